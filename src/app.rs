@@ -1,0 +1,32 @@
+//! The application state: one small `Clone` handle (configuration, database, master key,
+//! metrics, optional Redis) that every handler receives.
+
+use std::{sync::Arc, time::Instant};
+
+use crate::{config::Config, crypto::MasterKey, metrics::Metrics, storage::Db};
+
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: Config,
+    pub db: Db,
+    pub master_key: MasterKey,
+    pub metrics: Metrics,
+    pub redis: Option<crate::redis::Redis>,
+    pub started_at: Instant,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}

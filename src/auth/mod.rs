@@ -1,0 +1,4 @@
+//! Identity: users and their credentials.
+
+pub mod password;
+pub mod users;

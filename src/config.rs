@@ -1,0 +1,210 @@
+//! Configuration: built-in defaults, then a TOML file (`--config FILE`), then `GATEHOUSE_*`
+//! environment variables, validated once at start into typed values.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Every configuration key, its default and what it does. `gatehouse --help` prints this table,
+/// and the README's configuration reference is the same list.
+pub const REFERENCE: &[(&str, &str, &str)] = &[
+    ("listen", "127.0.0.1:8080", "address and port the HTTP server binds"),
+    ("database_url", "sqlite://gatehouse.db", "sqlite://PATH (embedded) or postgres://USER@HOST/DB"),
+    ("database_max_connections", "16", "connection pool size"),
+    ("redis_url", "(none)", "redis://HOST:PORT; shares limits, caches and invalidations between nodes"),
+    ("master_key", "(none)", "64 hex characters (32 bytes) that encrypt secrets at rest"),
+    ("master_key_file", "(beside the database)", "file holding the master key; generated (0600) on first start if absent"),
+    ("smtp_url", "(none)", "smtp://user:pass@host:port for outgoing mail; otherwise mail goes to the log and the dev mailbox"),
+    ("public_url", "http://127.0.0.1:8080", "the URL users reach this server at (links in emails)"),
+    ("trusted_proxies", "[]", "CIDRs of reverse proxies whose X-Forwarded-For is believed"),
+    ("allow_private_webhook_targets", "false", "allow webhook URLs that resolve to private/loopback addresses"),
+    ("log_format", "text", "text | json"),
+    ("log_level", "info", "tracing filter, e.g. info or gatehouse=debug,tower_http=info"),
+    ("request_timeout_secs", "30", "time limit for one control-plane request (503 after it)"),
+    ("max_body_bytes", "1048576", "largest control-plane request body (413 above it)"),
+    ("shutdown_grace_secs", "30", "how long SIGTERM waits for in-flight requests to finish"),
+    ("bootstrap_admin", "true", "create a platform admin (and print its password once) when the database has no users"),
+];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub redis_url: Option<String>,
+    pub master_key: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+    pub smtp_url: Option<String>,
+    pub public_url: String,
+    pub trusted_proxies: Vec<IpNet>,
+    pub allow_private_webhook_targets: bool,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub request_timeout_secs: u64,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_secs: u64,
+    pub bootstrap_admin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://gatehouse.db".into(),
+            database_max_connections: 16,
+            redis_url: None,
+            master_key: None,
+            master_key_file: None,
+            smtp_url: None,
+            public_url: "http://127.0.0.1:8080".into(),
+            trusted_proxies: Vec::new(),
+            allow_private_webhook_targets: false,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            request_timeout_secs: 30,
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+            bootstrap_admin: true,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then `GATEHOUSE_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                anyhow::bail!("configuration file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("GATEHOUSE_").split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.database_url.starts_with("sqlite:")
+            || self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            anyhow::bail!("database_url must start with sqlite: or postgres://");
+        }
+        if self.database_max_connections == 0 {
+            anyhow::bail!("database_max_connections must be at least 1");
+        }
+        if let Some(key) = &self.master_key {
+            crate::crypto::MasterKey::from_hex(key)
+                .map_err(|_| anyhow::anyhow!("master_key must be 64 hexadecimal characters"))?;
+        }
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                anyhow::bail!("redis_url must start with redis:// or rediss://");
+            }
+        }
+        url::Url::parse(&self.public_url)
+            .map_err(|e| anyhow::anyhow!("public_url is not a URL: {e}"))?;
+        if self.request_timeout_secs == 0 || self.max_body_bytes == 0 {
+            anyhow::bail!("request_timeout_secs and max_body_bytes must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+
+    /// Where the master key lives when it is not given inline: the configured file, or
+    /// `<database file>.master.key` beside an SQLite database, or `gatehouse.master.key`.
+    pub fn master_key_path(&self) -> PathBuf {
+        if let Some(p) = &self.master_key_file {
+            return p.clone();
+        }
+        if self.is_sqlite() {
+            if let Some(path) = crate::storage::sqlite_file_path(&self.database_url) {
+                let mut name = path.file_name().unwrap_or_default().to_os_string();
+                name.push(".master.key");
+                return path.with_file_name(name);
+            }
+        }
+        PathBuf::from("gatehouse.master.key")
+    }
+
+    /// The help text section listing every key (used by `gatehouse --help`).
+    pub fn help_text() -> String {
+        let mut s = String::from(
+            "CONFIGURATION (TOML file keys; the environment variable GATEHOUSE_<KEY> wins over the file):\n",
+        );
+        for (key, default, what) in REFERENCE {
+            s.push_str(&format!("  {key:<30} {what} [default: {default}]\n"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_field_is_documented() {
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        for k in &keys {
+            assert!(
+                REFERENCE.iter().any(|(name, _, _)| name == k),
+                "config key {k} missing from REFERENCE"
+            );
+        }
+        assert_eq!(keys.len(), REFERENCE.len());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9\"\nlistne = 1\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn file_values_are_read_and_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9\"\nlog_format = \"json\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.listen.port(), 9);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.trusted_proxies.len(), 1);
+        std::fs::write(&path, "database_url = \"mysql://x\"\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+        std::fs::write(&path, "master_key = \"abc\"\n").unwrap();
+        assert!(Config::load(Some(&path)).is_err());
+    }
+}

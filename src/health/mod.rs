@@ -1,0 +1,159 @@
+//! Health and operations (SPEC §9): `/health`, `/health/ready`, `/health/live`, `/metrics`.
+
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Json, Router,
+};
+use serde::Serialize;
+
+use crate::app::AppState;
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/health/ready", get(ready))
+        .route("/health/live", get(live))
+        .route("/metrics", get(metrics))
+}
+
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Degraded,
+    Down,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
+}
+
+impl Check {
+    fn from_result<E: std::fmt::Display>(
+        r: Result<Result<Duration, E>, tokio::time::error::Elapsed>,
+        failed: Status,
+    ) -> Check {
+        match r {
+            Ok(Ok(d)) => Check {
+                status: Status::Ok,
+                latency_ms: Some((d.as_secs_f64() * 1e5).round() / 100.0),
+                error: None,
+                backend: None,
+            },
+            Ok(Err(e)) => Check {
+                status: failed,
+                latency_ms: None,
+                error: Some(e.to_string()),
+                backend: None,
+            },
+            Err(_) => Check {
+                status: failed,
+                latency_ms: None,
+                error: Some("timed out".into()),
+                backend: None,
+            },
+        }
+    }
+}
+
+async fn database_check(state: &AppState) -> Check {
+    let mut check = Check::from_result(
+        tokio::time::timeout(CHECK_TIMEOUT, state.db.ping()).await,
+        Status::Down,
+    );
+    if check.status != Status::Ok {
+        // The driver's message can name hosts and users: keep it in the log, not the body.
+        tracing::warn!(error = ?check.error, "database health check failed");
+        check.error = Some("database unreachable".into());
+    }
+    check.backend = Some(state.db.backend().name());
+    check
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let database = database_check(&state).await;
+    let mut checks = serde_json::Map::new();
+    let mut overall = database.status;
+    if let Some(redis) = &state.redis {
+        let mut check = Check::from_result(
+            tokio::time::timeout(CHECK_TIMEOUT, redis.ping(CHECK_TIMEOUT)).await,
+            Status::Degraded,
+        );
+        if check.status != Status::Ok {
+            tracing::warn!(error = ?check.error, "redis health check failed");
+            check.error = Some("redis unreachable; limits and caches are node-local".into());
+            if overall == Status::Ok {
+                overall = Status::Degraded;
+            }
+        }
+        checks.insert(
+            "redis".into(),
+            serde_json::to_value(check).unwrap_or_default(),
+        );
+    }
+    checks.insert(
+        "database".into(),
+        serde_json::to_value(database).unwrap_or_default(),
+    );
+    let code = if overall == Status::Down {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        code,
+        Json(serde_json::json!({
+            "status": overall,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": state.started_at.elapsed().as_secs(),
+            "checks": checks,
+        })),
+    )
+}
+
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let database = database_check(&state).await;
+    let migrated =
+        database.status == Status::Ok && state.db.migrations_applied().await.unwrap_or(false);
+    let status = if migrated { Status::Ok } else { Status::Down };
+    let code = if migrated {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(serde_json::json!({
+            "status": status,
+            "checks": { "database": database, "migrations": { "status": if migrated { Status::Ok } else { Status::Down } } },
+        })),
+    )
+}
+
+async fn live() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": Status::Ok }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,215 @@
+//! Extractors whose every failure is the SPEC's envelope: JSON bodies (415 for a wrong content
+//! type, 413 over the limit, 400 naming the bad or unknown field), query strings and paths.
+
+use axum::{
+    body::Bytes,
+    extract::{rejection::BytesRejection, FromRequest, FromRequestParts, Request},
+    http::{header::CONTENT_TYPE, request::Parts},
+};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorCode, FieldError};
+
+/// A JSON request body. Input types use `#[serde(deny_unknown_fields)]`, so an unknown field is
+/// refused by name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json_content_type(req.headers().get(CONTENT_TYPE)) {
+            return Err(Error::new(
+                ErrorCode::UnsupportedMediaType,
+                "Expected a request body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+pub fn is_json_content_type(value: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(mime) = value.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = mime.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+pub fn body_rejection(rejection: BytesRejection) -> Error {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        Error::new(
+            ErrorCode::PayloadTooLarge,
+            "The request body is larger than this route accepts",
+        )
+    } else {
+        Error::bad_request("The request body could not be read")
+    }
+}
+
+/// Parses JSON, naming the field at fault (`settings.timezone`, `scopes[2]`) in `details`.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::bad_request(
+            "The request body is empty; expected a JSON object",
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return Error::bad_request(format!("Malformed JSON: {inner}"));
+        }
+        let message = inner.to_string();
+        // serde_path_to_error's path already ends with the unknown field's name.
+        if let Some(name) = unknown_field_name(&message) {
+            let field = if path == "." { name.to_string() } else { path };
+            return Error::invalid(vec![FieldError::new(field, "unknown field")]);
+        }
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        Error::invalid(vec![FieldError::new(field, message)])
+    })
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// A query string; an unparsable value answers `invalid_request`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de)
+            .map(Query)
+            .map_err(|err| {
+                let field = err.path().to_string();
+                let message = err.into_inner().to_string();
+                Error::invalid(vec![FieldError::new(
+                    if field == "." {
+                        "query".to_string()
+                    } else {
+                        field
+                    },
+                    message,
+                )])
+            })
+    }
+}
+
+/// Path parameters; a mismatch answers `not_found` (the resource named cannot exist).
+#[derive(Debug, Clone)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|_| Error::not_found("Resource not found"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Input {
+        name: String,
+        nested: Option<Nested>,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Nested {
+        size: u32,
+    }
+
+    fn details(err: Error) -> (ErrorCode, serde_json::Value) {
+        match err {
+            Error::Api { code, details, .. } => (code, details.unwrap_or_default()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let (code, d) = details(parse_json::<Input>(br#"{"name":"a","nmae":"b"}"#).unwrap_err());
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        assert_eq!(d[0]["field"], "nmae");
+        let (_, d) =
+            details(parse_json::<Input>(br#"{"name":"a","nested":{"size":1,"x":2}}"#).unwrap_err());
+        assert_eq!(d[0]["field"], "nested.x");
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_name_the_field() {
+        let (_, d) =
+            details(parse_json::<Input>(br#"{"name":"a","nested":{"size":"big"}}"#).unwrap_err());
+        assert_eq!(d[0]["field"], "nested.size");
+        let (_, d) = details(parse_json::<Input>(br#"{}"#).unwrap_err());
+        assert!(d[0]["message"].as_str().unwrap().contains("name"));
+    }
+
+    #[test]
+    fn malformed_and_empty_bodies_are_invalid_requests() {
+        let (code, _) = details(parse_json::<Input>(b"{\"name\":").unwrap_err());
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        let (code, _) = details(parse_json::<Input>(b"  ").unwrap_err());
+        assert_eq!(code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        use axum::http::HeaderValue;
+        assert!(is_json_content_type(Some(&HeaderValue::from_static(
+            "application/json; charset=utf-8"
+        ))));
+        assert!(is_json_content_type(Some(&HeaderValue::from_static(
+            "application/merge-patch+json"
+        ))));
+        assert!(!is_json_content_type(Some(&HeaderValue::from_static(
+            "text/plain"
+        ))));
+        assert!(!is_json_content_type(None));
+    }
+}

@@ -1,0 +1,116 @@
+//! HTTP: the router (every area of the API, merged in one place), the layers every request
+//! passes through, and serving with graceful shutdown.
+
+pub mod extract;
+pub mod middleware;
+pub mod pagination;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use axum::{extract::DefaultBodyLimit, http::StatusCode, middleware as mw, Router};
+use tokio::net::TcpListener;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    timeout::TimeoutLayer,
+    trace::{DefaultOnFailure, TraceLayer},
+};
+
+use crate::app::AppState;
+
+/// Every route of the API. Reading this function tells you every area of the product.
+pub fn router(state: AppState) -> Router {
+    let control_plane = Router::new()
+        .merge(crate::health::router())
+        // A control-plane request that runs past the limit is abandoned with 503.
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.config.request_timeout(),
+        ))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+
+    control_plane
+        .fallback(middleware::not_found)
+        .layer(CatchPanicLayer::new())
+        .layer(mw::from_fn(middleware::error_envelope))
+        .layer(mw::from_fn_with_state(
+            state.clone(),
+            middleware::http_metrics,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let request_id = req
+                        .headers()
+                        .get(middleware::REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    // The path only: query strings may carry credentials (`?key=`).
+                    tracing::info_span!(
+                        "request",
+                        request_id,
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                    )
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
+        .layer(mw::from_fn(middleware::request_id))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting connections and lets in-flight
+/// requests finish for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = started_tx.send(());
+    });
+    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+    tokio::select! {
+        result = &mut server => return result.map_err(Into::into),
+        _ = started_rx => {}
+    }
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: finishing in-flight requests"
+    );
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => {
+            tracing::warn!("grace period over; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

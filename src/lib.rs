@@ -1,0 +1,19 @@
+//! Gatehouse: a SaaS platform backbone and AI gateway in one server.
+//!
+//! The module tree is the architecture: one module per domain (`auth`, …), each with its
+//! routes, service logic and queries together; `http` holds what every route shares; `storage`
+//! the database; `server` start-up.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod redis;
+pub mod server;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,104 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use gatehouse::{config::Config, server};
+
+/// Gatehouse: users, organizations, API keys, rate limits, billing, webhooks, audit log and an
+/// AI gateway, in one server.
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version, after_help = Config::help_text())]
+struct Cli {
+    /// TOML configuration file (every key is listed below; GATEHOUSE_<KEY> variables win over it)
+    #[arg(long, short = 'c', global = true, env = "GATEHOUSE_CONFIG")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default when no command is given)
+    Serve,
+    /// Apply the database migrations and exit
+    Migrate,
+    /// Administration tasks
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create a platform admin user
+    Create {
+        /// The admin's email address
+        #[arg(long)]
+        email: String,
+        /// The admin's password (8–1024 characters, not a common one)
+        #[arg(long)]
+        password: String,
+        /// Display name
+        #[arg(long, default_value = "Platform admin")]
+        name: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatehouse: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    gatehouse::telemetry::init(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime");
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatehouse: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => server::run(config).await,
+        Command::Migrate => {
+            let db = server::open_database(&config).await?;
+            println!("migrations applied ({} database)", db.backend().name());
+            Ok(())
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Create {
+                    email,
+                    password,
+                    name,
+                },
+        } => {
+            let db = server::open_database(&config).await?;
+            let user = gatehouse::auth::users::create(
+                &db,
+                gatehouse::auth::users::NewUser {
+                    email: &email,
+                    name: &name,
+                    password: &password,
+                    is_platform_admin: true,
+                    email_verified: true,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("created platform admin {} ({})", user.email, user.id);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Start-up: configuration → database (migrated) → master key → bootstrap admin → HTTP.
+
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    app::{AppState, Inner},
+    auth::users,
+    config::Config,
+    crypto::{self, MasterKey},
+    metrics::Metrics,
+    storage::Db,
+};
+
+/// Connects and migrates the database named by the configuration.
+pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
+    let db = Db::connect(&config.database_url, config.database_max_connections).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// The master key: inline from the configuration, else from its file, else generated into that
+/// file (0600) with a warning.
+pub fn load_master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    if let Some(hex_key) = &config.master_key {
+        return Ok(MasterKey::from_hex(hex_key)?);
+    }
+    let path = config.master_key_path();
+    let (key, created) = MasterKey::load_or_create(&path)?;
+    if created {
+        tracing::warn!(
+            path = %path.display(),
+            "generated a new master key; back this file up (or set GATEHOUSE_MASTER_KEY): \
+             secrets stored with it cannot be read without it"
+        );
+    }
+    Ok(key)
+}
+
+/// With an empty database, creates a platform admin and prints its credentials once.
+pub async fn bootstrap_admin(db: &Db) -> anyhow::Result<()> {
+    if users::count(db).await? > 0 {
+        return Ok(());
+    }
+    let email = "admin@gatehouse.local";
+    let password = crypto::random_base62(24);
+    users::create(
+        db,
+        users::NewUser {
+            email,
+            name: "Platform admin",
+            password: &password,
+            is_platform_admin: true,
+            email_verified: true,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot create the bootstrap admin: {e}"))?;
+    // Printed, not logged: the password must not end up in log files.
+    println!(
+        "\n  Created the first platform admin (shown only this once):\n    email:    {email}\n    password: {password}\n"
+    );
+    tracing::warn!(
+        email,
+        "created the bootstrap platform admin; its password was printed once to stdout"
+    );
+    Ok(())
+}
+
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    let db = open_database(&config).await?;
+    let master_key = load_master_key(&config)?;
+    if config.bootstrap_admin {
+        bootstrap_admin(&db).await?;
+    }
+    let redis = config
+        .redis_url
+        .as_deref()
+        .map(crate::redis::Redis::new)
+        .transpose()?;
+    Ok(AppState::new(Inner {
+        config,
+        db,
+        master_key,
+        metrics: Metrics::new(),
+        redis,
+        started_at: Instant::now(),
+    }))
+}
+
+/// Runs the server until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let state = build_state(config).await?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = state.db.backend().name(),
+        "gatehouse listening"
+    );
+    let app = crate::http::router(state.clone());
+    crate::http::serve(listener, app, crate::http::shutdown_signal(), grace).await?;
+    state.db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Storage: one sqlx `Any` pool over an embedded SQLite file or PostgreSQL, chosen by URL.
+//!
+//! Queries are written once, in the dialect both databases share: `$1` placeholders (SQLite
+//! accepts them too), `TEXT` timestamps in one fixed RFC 3339 form (so they compare as strings),
+//! JSON as `TEXT`, booleans as integers 0/1. Each backend has its own migration files under
+//! `migrations/<backend>/`, embedded in the binary and applied at start and by `gatehouse migrate`.
+
+mod migrations;
+mod sql;
+
+use std::{str::FromStr, time::Duration};
+
+use sqlx::{
+    any::{AnyConnectOptions, AnyPoolOptions},
+    AnyPool, Executor,
+};
+
+pub use sql::{Arg, Sql};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// The file an `sqlite:` URL points at (`None` for in-memory databases).
+pub fn sqlite_file_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(path.into())
+    }
+}
+
+impl Db {
+    /// Connects (creating an SQLite file if absent). Does not migrate.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| anyhow::anyhow!("invalid database_url: {e}"))?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL for concurrent readers, foreign keys enforced, and waiting (not
+                        // failing) when another connection holds the write lock.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot connect to the {} database: {e}", backend.name())
+            })?;
+        Ok(Db { pool, backend })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies every embedded migration not yet applied.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        migrations::migrator(self.backend)
+            .run(&self.pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+    }
+
+    /// True when every embedded migration has been applied.
+    pub async fn migrations_applied(&self) -> anyhow::Result<bool> {
+        let latest = migrations::latest_version(self.backend);
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&self.pool)
+                .await
+                .ok()
+                .flatten();
+        Ok(applied == Some(latest))
+    }
+
+    /// One round trip to the database, timed.
+    pub async fn ping(&self) -> Result<Duration, sqlx::Error> {
+        let start = std::time::Instant::now();
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(start.elapsed())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Decoding helpers for the columns whose SQL type differs between the backends.
+pub trait RowExt {
+    /// A boolean stored as INTEGER 0/1 (SQLite) or BOOLEAN (PostgreSQL).
+    fn get_bool(&self, column: &str) -> Result<bool, sqlx::Error>;
+    /// A JSON document stored as TEXT.
+    fn get_json(&self, column: &str) -> Result<serde_json::Value, sqlx::Error>;
+}
+
+impl RowExt for sqlx::any::AnyRow {
+    fn get_bool(&self, column: &str) -> Result<bool, sqlx::Error> {
+        use sqlx::Row;
+        match self.try_get::<bool, _>(column) {
+            Ok(b) => Ok(b),
+            Err(_) => self.try_get::<i64, _>(column).map(|i| i != 0),
+        }
+    }
+
+    fn get_json(&self, column: &str) -> Result<serde_json::Value, sqlx::Error> {
+        use sqlx::Row;
+        let text: String = self.try_get(column)?;
+        serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
+            index: column.to_string(),
+            source: Box::new(e),
+        })
+    }
+}
+
+/// Now, in the one timestamp form stored everywhere: `2026-01-15T10:00:00.123456Z`.
+pub fn now() -> String {
+    format_time(chrono::Utc::now())
+}
+
+pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Stored timestamps are rendered as RFC 3339 with second precision in API bodies.
+pub fn api_time(stored: &str) -> String {
+    parse_time(stored)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| stored.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_are_found_in_urls() {
+        assert_eq!(
+            sqlite_file_path("sqlite://gatehouse.db").unwrap(),
+            std::path::PathBuf::from("gatehouse.db")
+        );
+        assert_eq!(
+            sqlite_file_path("sqlite:///tmp/x.db?mode=rwc").unwrap(),
+            std::path::PathBuf::from("/tmp/x.db")
+        );
+        assert!(sqlite_file_path("sqlite::memory:").is_none());
+        assert!(sqlite_file_path("postgres://x").is_none());
+    }
+
+    #[test]
+    fn stored_timestamps_sort_as_strings() {
+        let a = chrono::DateTime::parse_from_rfc3339("2026-01-15T10:00:00Z").unwrap();
+        let b = a + chrono::Duration::milliseconds(1);
+        let (sa, sb) = (format_time(a.into()), format_time(b.into()));
+        assert!(sa < sb);
+        assert_eq!(api_time(&sa), "2026-01-15T10:00:00Z");
+    }
+}
