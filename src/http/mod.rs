@@ -19,8 +19,15 @@ use crate::app::AppState;
 
 /// Every route of the API. Reading this function tells you every area of the product.
 pub fn router(state: AppState) -> Router {
+    router_with(state, Router::new())
+}
+
+/// The API with `extra` routes merged into the control plane, under the same layers (the test
+/// harness mounts probe routes this way).
+pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let control_plane = Router::new()
         .merge(crate::health::router())
+        .merge(extra)
         // A control-plane request that runs past the limit is abandoned with 503.
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,0 +1,290 @@
+//! The `gatehouse` binary as an operator runs it: first start, configuration layering, the
+//! `migrate` and `admin create` commands, `--help`, and SIGTERM.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use common::{Backend, TestDatabase};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+fn gatehouse(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .env_remove("GATEHOUSE_CONFIG")
+        .env("GATEHOUSE_LISTEN", "127.0.0.1:0")
+        .env("GATEHOUSE_LOG_FORMAT", "json");
+    cmd
+}
+
+/// A started server process, with its address read from its "listening" log line.
+struct Process {
+    child: Child,
+    addr: String,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+fn lines(reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn spawn(mut cmd: Command) -> Process {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gatehouse");
+    let stdout = lines(child.stdout.take().unwrap());
+    let stderr = lines(child.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    let addr = loop {
+        let line = stderr
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no 'listening' line; stderr so far: {seen:#?}"));
+        let parsed: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("log line is not JSON: {line}"));
+        if parsed["fields"]["message"] == "gatehouse listening" {
+            break parsed["fields"]["address"].as_str().unwrap().to_string();
+        }
+        seen.push(line);
+    };
+    Process {
+        child,
+        addr,
+        stdout,
+        stderr,
+    }
+}
+
+impl Process {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends SIGTERM and waits for the exit status; returns it with the log lines and the
+    /// stdout lines not yet read.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        // The reader threads end with the process's pipes.
+        let logs = self.stderr.iter().collect();
+        let stdout = self.stdout.iter().collect();
+        (status, logs, stdout)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+async fn health(p: &Process) -> serde_json::Value {
+    reqwest::get(p.url("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn first_start_creates_the_key_and_an_admin_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(gatehouse(dir.path()));
+    let h = health(&p).await;
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["checks"]["database"]["status"], "ok");
+    assert_eq!(h["checks"]["database"]["backend"], "sqlite");
+
+    // The SQLite file and the master key file are beside each other; the key is private.
+    assert!(dir.path().join("gatehouse.db").exists());
+    let key_path = dir.path().join("gatehouse.db.master.key");
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (status, logs, stdout) = p.terminate();
+    assert!(status.success(), "exit status {status:?}; logs: {logs:#?}");
+    assert!(
+        logs.iter().any(|l| l.contains("SIGTERM received")),
+        "{logs:#?}"
+    );
+
+    // The bootstrap admin's password is printed once, to stdout, never to the log.
+    let password_line = stdout
+        .iter()
+        .find(|l| l.trim_start().starts_with("password:"))
+        .unwrap_or_else(|| panic!("no password printed: {stdout:?}"));
+    let password = password_line.split(':').nth(1).unwrap().trim().to_string();
+    assert!(password.len() >= 20);
+    assert!(
+        !logs.iter().any(|l| l.contains(&password)),
+        "password leaked to the log"
+    );
+
+    // A second start reuses the key and creates no second admin.
+    let p = spawn(gatehouse(dir.path()));
+    assert_eq!(health(&p).await["status"], "ok");
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
+    let (status, _, stdout) = p.terminate();
+    assert!(status.success());
+    assert!(stdout.is_empty(), "{stdout:?}");
+}
+
+#[tokio::test]
+async fn the_same_binary_serves_postgres() {
+    if !common::postgres_available("the_same_binary_serves_postgres").await {
+        return;
+    }
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gatehouse(dir.path());
+    cmd.env("GATEHOUSE_DATABASE_URL", &db.url);
+    let p = spawn(cmd);
+    let h = health(&p).await;
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["checks"]["database"]["backend"], "postgres");
+    let ready = reqwest::get(p.url("/health/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let (status, _, _) = p.terminate();
+    assert!(status.success());
+    // Without a database beside it, the master key file goes to the working directory.
+    assert!(dir.path().join("gatehouse.master.key").exists());
+}
+
+#[tokio::test]
+async fn redis_is_reported_in_health_when_configured() {
+    if !common::redis_available("redis_is_reported_in_health_when_configured").await {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gatehouse(dir.path());
+    cmd.env("GATEHOUSE_REDIS_URL", common::redis_url());
+    let p = spawn(cmd);
+    let h = health(&p).await;
+    assert_eq!(h["checks"]["redis"]["status"], "ok", "{h}");
+    assert_eq!(h["status"], "ok");
+    drop(p);
+
+    // An unreachable Redis degrades the node; it does not take it down.
+    let mut cmd = gatehouse(dir.path());
+    cmd.env("GATEHOUSE_REDIS_URL", "redis://127.0.0.1:1");
+    let p = spawn(cmd);
+    let res = reqwest::get(p.url("/health")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let h: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["checks"]["redis"]["status"], "degraded");
+}
+
+#[test]
+fn migrate_and_admin_create_script_the_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gatehouse(dir.path()).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+
+    let create = |email: &str, password: &str| {
+        gatehouse(dir.path())
+            .args(["admin", "create", "--email", email, "--password", password])
+            .output()
+            .unwrap()
+    };
+    let out = create("Ops@Example.com", "a-long-and-unusual-passphrase");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ops@example.com"));
+
+    // The same email (in any case) again is refused, as is a weak password.
+    let out = create("OPS@example.com", "another-unusual-passphrase");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = create("other@example.com", "password123");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("common"));
+}
+
+#[test]
+fn help_documents_every_command_and_configuration_key() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in ["serve", "migrate", "admin", "--config"] {
+        assert!(help.contains(word), "help lacks {word}:\n{help}");
+    }
+    for (key, _, _) in gatehouse::config::REFERENCE {
+        assert!(help.contains(key), "help lacks configuration key {key}");
+    }
+    let out = Command::new(BIN)
+        .args(["admin", "create", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--email") && help.contains("--password"));
+}
+
+#[test]
+fn environment_wins_over_the_file_and_bad_configuration_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    std::fs::write(&file, "database_url = \"sqlite://from-file.db\"\n").unwrap();
+    let out = gatehouse(dir.path())
+        .args(["--config", file.to_str().unwrap(), "migrate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(dir.path().join("from-file.db").exists());
+
+    let out = gatehouse(dir.path())
+        .args(["--config", file.to_str().unwrap(), "migrate"])
+        .env("GATEHOUSE_DATABASE_URL", "sqlite://from-env.db")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(dir.path().join("from-env.db").exists());
+
+    std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = gatehouse(dir.path())
+        .args(["--config", file.to_str().unwrap(), "migrate"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lisen"));
+
+    let out = gatehouse(dir.path())
+        .arg("migrate")
+        .env("GATEHOUSE_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
