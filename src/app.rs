@@ -3,7 +3,10 @@
 
 use std::{sync::Arc, time::Instant};
 
-use crate::{config::Config, crypto::MasterKey, metrics::Metrics, storage::Db};
+use crate::{
+    auth::tokens::KeyRing, config::Config, crypto::MasterKey, limits::MemoryLimiter, mail::Mailer,
+    metrics::Metrics, storage::Db,
+};
 
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Inner>);
@@ -15,6 +18,9 @@ pub struct Inner {
     pub master_key: MasterKey,
     pub metrics: Metrics,
     pub redis: Option<crate::redis::Redis>,
+    pub keys: KeyRing,
+    pub mailer: Arc<dyn Mailer>,
+    pub limiter: MemoryLimiter,
     pub started_at: Instant,
 }
 

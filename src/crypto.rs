@@ -17,7 +17,7 @@ const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrst
 
 /// The 32-byte key that encrypts secrets at rest. Its `Debug` never prints the key.
 #[derive(Clone)]
-pub struct MasterKey(Aes256Gcm);
+pub struct MasterKey(Aes256Gcm, [u8; 32]);
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -39,8 +39,10 @@ impl MasterKey {
         if bytes.len() != 32 {
             return Err(CryptoError::BadKey);
         }
+        let raw: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadKey)?;
         Ok(Self(
-            Aes256Gcm::new_from_slice(&bytes).map_err(|_| CryptoError::BadKey)?,
+            Aes256Gcm::new_from_slice(&raw).map_err(|_| CryptoError::BadKey)?,
+            raw,
         ))
     }
 
@@ -65,6 +67,12 @@ impl MasterKey {
         let hex_key = Self::generate_hex();
         write_private_file(path, hex_key.as_bytes())?;
         Ok((Self::from_hex(&hex_key)?, true))
+    }
+
+    /// A 32-byte key for one purpose, derived from the master key (HMAC-SHA256 of the label),
+    /// so that no two uses share key material.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        hmac_sha256(&self.1, label.as_bytes())
     }
 
     /// `base64(nonce || ciphertext)`; `aad` binds the ciphertext to its purpose (e.g. a row id).
@@ -138,6 +146,20 @@ pub fn random_digits(digits: u32) -> String {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac =
+        <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// Keyed digest of a short secret (a 6-digit code, a recovery code): without the key, a
+/// leaked table cannot be brute-forced offline.
+pub fn keyed_digest(key: &[u8; 32], secret: &str) -> String {
+    hex::encode(hmac_sha256(key, secret.as_bytes()))
 }
 
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

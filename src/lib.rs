@@ -4,6 +4,7 @@
 //! routes, service logic and queries together; `http` holds what every route shares; `storage`
 //! the database; `server` start-up.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod config;
@@ -12,6 +13,8 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod ids;
+pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod redis;
 pub mod server;

@@ -1,14 +1,19 @@
 //! Start-up: configuration → database (migrated) → master key → bootstrap admin → HTTP.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::net::TcpListener;
 
 use crate::{
     app::{AppState, Inner},
-    auth::users,
+    auth::{tokens::KeyRing, users},
     config::Config,
     crypto::{self, MasterKey},
+    limits::MemoryLimiter,
+    mail::{DevMailbox, Mailer, SmtpMailer},
     metrics::Metrics,
     storage::Db,
 };
@@ -79,12 +84,23 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         .as_deref()
         .map(crate::redis::Redis::new)
         .transpose()?;
+    let keys = KeyRing::load(db.clone(), master_key.clone(), config.public_url.clone()).await?;
+    let mailer: Arc<dyn Mailer> = match &config.smtp_url {
+        Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from)?),
+        None => {
+            tracing::info!("no smtp_url: mail goes to the log and the development mailbox (GET /v1/admin/mailbox)");
+            Arc::new(DevMailbox::new(db.clone()))
+        }
+    };
     Ok(AppState::new(Inner {
         config,
         db,
         master_key,
         metrics: Metrics::new(),
         redis,
+        keys,
+        mailer,
+        limiter: MemoryLimiter::new(),
         started_at: Instant::now(),
     }))
 }

@@ -125,3 +125,156 @@ pub async fn count(db: &Db) -> Result<i64, Error> {
         .fetch_one(db.pool())
         .await?)
 }
+
+/// What a login needs to know about an account.
+pub struct Credentials {
+    pub id: String,
+    pub email: String,
+    pub password_hash: Option<String>,
+    pub status: String,
+    pub mfa_enabled: bool,
+}
+
+pub async fn credentials_by_email(db: &Db, email: &str) -> Result<Option<Credentials>, Error> {
+    let email = email.trim().to_lowercase();
+    let row = sqlx::query(
+        "SELECT id, email, password_hash, status, mfa_enabled FROM users WHERE email = $1",
+    )
+    .bind(&email)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|r| {
+        Ok(Credentials {
+            id: r.try_get("id")?,
+            email: r.try_get("email")?,
+            password_hash: r.try_get("password_hash")?,
+            status: r.try_get("status")?,
+            mfa_enabled: r.get_bool("mfa_enabled")?,
+        })
+    })
+    .transpose()
+    .map_err(|e: sqlx::Error| e.into())
+}
+
+/// Verifies a password off the async threads. With no account (`hash` None) it verifies
+/// against a dummy hash, so unknown emails cost the same time as wrong passwords.
+pub async fn verify_password(password: &str, hash: Option<&str>) -> Result<bool, Error> {
+    let password = password.to_string();
+    let known = hash.is_some();
+    let hash = hash
+        .unwrap_or_else(|| crypto::dummy_password_hash())
+        .to_string();
+    let ok = tokio::task::spawn_blocking(move || crypto::verify_password(&password, &hash))
+        .await
+        .map_err(|e| anyhow::anyhow!("password check task failed: {e}"))?;
+    Ok(ok && known)
+}
+
+/// Checks the rules and stores a new password.
+pub async fn set_password(
+    db: &Db,
+    user_id: &str,
+    email: &str,
+    password: &str,
+) -> Result<(), Error> {
+    crate::auth::password::check_password(password, Some(email))
+        .map_err(|reason| Error::invalid_field("new_password", reason))?;
+    let password = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || crypto::hash_password(&password))
+        .await
+        .map_err(|e| anyhow::anyhow!("password hashing task failed: {e}"))?;
+    sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+        .bind(&hash)
+        .bind(storage::now())
+        .bind(user_id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+pub async fn mark_email_verified(db: &Db, user_id: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE users SET email_verified = $1, updated_at = $2 WHERE id = $3")
+        .bind(true)
+        .bind(storage::now())
+        .bind(user_id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// A profile change: each field only if given.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePatch {
+    pub name: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Admin-only fields on top of the profile.
+#[derive(Debug, Default)]
+pub struct AdminPatch {
+    pub status: Option<String>,
+    pub is_platform_admin: Option<bool>,
+}
+
+pub const MAX_METADATA_BYTES: usize = 8 * 1024;
+
+pub async fn update(
+    db: &Db,
+    user_id: &str,
+    profile: ProfilePatch,
+    admin: AdminPatch,
+) -> Result<User, Error> {
+    let mut errors = Vec::new();
+    if let Some(name) = &profile.name {
+        if name.chars().count() > 200 {
+            errors.push(crate::error::FieldError::new(
+                "name",
+                "must be at most 200 characters",
+            ));
+        }
+    }
+    if let Some(meta) = &profile.metadata {
+        if !meta.is_object() {
+            errors.push(crate::error::FieldError::new(
+                "metadata",
+                "must be an object",
+            ));
+        } else if meta.to_string().len() > MAX_METADATA_BYTES {
+            errors.push(crate::error::FieldError::new(
+                "metadata",
+                "must be at most 8 KiB of JSON",
+            ));
+        }
+    }
+    if let Some(status) = &admin.status {
+        if status != "active" && status != "suspended" {
+            errors.push(crate::error::FieldError::new(
+                "status",
+                "must be active or suspended",
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Error::invalid(errors));
+    }
+    let mut sql = crate::storage::Sql::new("UPDATE users SET updated_at = ");
+    sql.bind(storage::now());
+    if let Some(name) = profile.name {
+        sql.push(", name = ").bind(name.trim().to_string());
+    }
+    if let Some(meta) = profile.metadata {
+        sql.push(", metadata = ").bind(meta.to_string());
+    }
+    if let Some(status) = admin.status {
+        sql.push(", status = ").bind(status);
+    }
+    if let Some(flag) = admin.is_platform_admin {
+        sql.push(", is_platform_admin = ").bind(flag);
+    }
+    sql.push(" WHERE id = ").bind(user_id);
+    sql.query().execute(db.pool()).await?;
+    get(db, &UserId(user_id.to_string()))
+        .await?
+        .ok_or_else(|| Error::not_found("User not found"))
+}

@@ -4,6 +4,7 @@
 pub mod extract;
 pub mod middleware;
 pub mod pagination;
+pub mod request_meta;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -27,6 +28,8 @@ pub fn router(state: AppState) -> Router {
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
     let control_plane = Router::new()
         .merge(crate::health::router())
+        .merge(crate::auth::router())
+        .merge(crate::admin::router())
         .merge(extra)
         // A control-plane request that runs past the limit is abandoned with 503.
         .layer(TimeoutLayer::with_status_code(

@@ -21,10 +21,12 @@ type Embedded = &'static [(i64, &'static str, &'static str)];
 
 const SQLITE: Embedded = migrations!("sqlite":
     (1, "foundation"),
+    (2, "identity"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
     (1, "foundation"),
+    (2, "identity"),
 );
 
 fn embedded(backend: Backend) -> Embedded {

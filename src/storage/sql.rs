@@ -71,6 +71,15 @@ impl Sql {
         }
     }
 
+    /// `prefix` (with no placeholders of its own) followed by `filter` and its bound values:
+    /// one filter serves both the `COUNT(*)` and the page query of a list.
+    pub fn prefixed(prefix: &str, filter: &Sql) -> Self {
+        Sql {
+            text: format!("{prefix}{}", filter.text),
+            args: filter.args.clone(),
+        }
+    }
+
     /// Appends raw SQL (never user input).
     pub fn push(&mut self, text: &str) -> &mut Self {
         self.text.push_str(text);

@@ -1,0 +1,171 @@
+//! Authentication as extractors: a handler states in its signature which caller it needs
+//! (`AuthUser`, `PlatformAdmin`) and cannot forget to check.
+//!
+//! A user access token is accepted only while its session is live and its user active, so
+//! logout, a password reset or a suspension take effect on the next request.
+
+use axum::{
+    extract::FromRequestParts,
+    http::{header, request::Parts},
+};
+use sqlx::Row;
+
+use crate::{
+    app::AppState,
+    auth::{
+        tokens::Claims,
+        users::{User, USER_COLUMNS},
+    },
+    error::{Error, ErrorCode},
+    storage,
+};
+
+/// The tenant a scoped token acts in.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub organization_id: String,
+    pub role: String,
+    pub environment: String,
+}
+
+/// A signed-in user (any valid access token, tenant-scoped or not).
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user: User,
+    pub session_id: String,
+    pub claims: Claims,
+    pub tenant: Option<Tenant>,
+}
+
+/// A platform administrator.
+#[derive(Debug, Clone)]
+pub struct PlatformAdmin(pub AuthUser);
+
+/// The bearer credential of a request, if any.
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        if let Some(cached) = parts.extensions.get::<AuthUser>() {
+            return Ok(cached.clone());
+        }
+        let token = bearer(parts).ok_or_else(|| {
+            Error::unauthorized(
+                "Authentication required: send Authorization: Bearer <access token>",
+            )
+        })?;
+        if token.len() > 4096 {
+            return Err(Error::unauthorized(
+                "The access token is invalid or expired",
+            ));
+        }
+        let claims = state.keys.verify(token).await?;
+        let auth = authenticate(state, claims).await?;
+        parts.extensions.insert(auth.clone());
+        Ok(auth)
+    }
+}
+
+async fn authenticate(state: &AppState, claims: Claims) -> Result<AuthUser, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {cols}, s.revoked_at AS s_revoked, s.expires_at AS s_expires, s.last_seen_at AS s_seen \
+         FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.id = $2",
+        cols = USER_COLUMNS
+            .split(", ")
+            .map(|c| format!("u.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(&claims.sid)
+    .bind(&claims.sub)
+    .fetch_optional(state.db.pool())
+    .await?
+    .ok_or_else(|| Error::unauthorized("The session has ended"))?;
+    let now = storage::now();
+    if row.try_get::<Option<String>, _>("s_revoked")?.is_some()
+        || row.try_get::<String, _>("s_expires")? <= now
+    {
+        return Err(Error::unauthorized("The session has ended"));
+    }
+    let user = User::from_row(&row)?;
+    if user.status != "active" {
+        return Err(Error::forbidden("This account is suspended"));
+    }
+    let tenant = match &claims.tid {
+        Some(org_id) => Some(tenant_of(state, &user.id.0, org_id, claims.env.as_deref()).await?),
+        None => None,
+    };
+    // Keep "last seen" within a minute of the truth without a write per request.
+    let seen: String = row.try_get("s_seen")?;
+    let stale = storage::parse_time(&seen)
+        .is_none_or(|t| chrono::Utc::now() - t > chrono::Duration::seconds(60));
+    if stale {
+        let db = state.db.clone();
+        let sid = claims.sid.clone();
+        tokio::spawn(async move {
+            let _ = sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
+                .bind(storage::now())
+                .bind(sid)
+                .execute(db.pool())
+                .await;
+        });
+    }
+    Ok(AuthUser {
+        user,
+        session_id: claims.sid.clone(),
+        claims,
+        tenant,
+    })
+}
+
+/// The caller's current membership in an organization (by id or slug), refusing suspended
+/// organizations. The role is read now, not from the token, so a demotion takes effect at once.
+pub async fn tenant_of(
+    state: &AppState,
+    user_id: &str,
+    org: &str,
+    environment: Option<&str>,
+) -> Result<Tenant, Error> {
+    let row = sqlx::query(
+        "SELECT o.id, o.status, m.role FROM organizations o \
+         JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
+         WHERE o.id = $2 OR o.slug = $2",
+    )
+    .bind(user_id)
+    .bind(org)
+    .fetch_optional(state.db.pool())
+    .await?
+    .ok_or_else(|| Error::not_found("Organization not found"))?;
+    if row.try_get::<String, _>("status")? != "active" {
+        return Err(Error::new(
+            ErrorCode::OrganizationSuspended,
+            "This organization is suspended",
+        ));
+    }
+    Ok(Tenant {
+        organization_id: row.try_get("id")?,
+        role: row.try_get("role")?,
+        environment: environment.unwrap_or("live").to_string(),
+    })
+}
+
+impl FromRequestParts<AppState> for PlatformAdmin {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if !user.user.is_platform_admin {
+            return Err(Error::forbidden("Platform administrators only"));
+        }
+        Ok(PlatformAdmin(user))
+    }
+}

@@ -1,0 +1,556 @@
+//! `/v1/auth/*`, `/v1/me*` and `/.well-known/jwks.json` (SPEC §2). Handlers are thin: extract,
+//! call the domain functions, answer.
+
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::{delete, get, post, put},
+    Router,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{
+    app::AppState,
+    auth::{
+        codes::{self, Purpose},
+        extract::{tenant_of, AuthUser},
+        mfa, sessions,
+        users::{self, NewUser, ProfilePatch},
+    },
+    error::{Error, ErrorCode, FieldError},
+    http::{
+        extract::{Json, Path},
+        request_meta::RequestMeta,
+    },
+    mail::{self, Mail},
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/v1/auth/register", post(register))
+        .route("/v1/auth/verify-email", post(verify_email))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/mfa/verify", post(mfa_verify))
+        .route("/v1/auth/otp/request", post(otp_request))
+        .route("/v1/auth/otp/verify", post(otp_verify))
+        .route("/v1/auth/forgot-password", post(forgot_password))
+        .route("/v1/auth/reset-password", post(reset_password))
+        .route("/v1/auth/password", put(change_password))
+        .route("/v1/auth/select-tenant", post(select_tenant))
+        .route("/v1/auth/switch-environment", post(switch_environment))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/me", get(me).patch(update_me))
+        .route("/v1/me/sessions", get(my_sessions))
+        .route("/v1/me/sessions/{id}", delete(end_session))
+        .route("/v1/me/mfa/totp", post(mfa_enrol))
+        .route("/v1/me/mfa/totp/verify", post(mfa_activate))
+        .route("/v1/me/mfa", delete(mfa_disable))
+}
+
+/// Login attempts per (IP, email): 10 per 15 minutes.
+const LOGIN_LIMIT: (u32, Duration) = (10, Duration::from_secs(15 * 60));
+/// Reset and passwordless-code requests per email: 3 per hour.
+const MAIL_LIMIT: (u32, Duration) = (3, Duration::from_secs(3600));
+
+fn throttle(state: &AppState, key: String, (limit, period): (u32, Duration)) -> Result<(), Error> {
+    let d = state.limiter.check(&key, limit, period);
+    if d.allowed {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorCode::RateLimitExceeded,
+            "Too many attempts; try again later",
+        )
+        .with_retry_after(d.retry_after.as_secs().max(1)))
+    }
+}
+
+fn required<'a>(value: &'a Option<String>, field: &str, errors: &mut Vec<FieldError>) -> &'a str {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => value.as_deref().unwrap_or_default(),
+        _ => {
+            errors.push(FieldError::new(field, "is required"));
+            ""
+        }
+    }
+}
+
+fn accepted(message: &str) -> impl IntoResponse {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "message": message })),
+    )
+}
+
+async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(state.keys.jwks()),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    email: String,
+    password: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<RegisterRequest>,
+) -> Result<impl IntoResponse, Error> {
+    let user = users::create(
+        &state.db,
+        NewUser {
+            email: &body.email,
+            name: body.name.trim(),
+            password: &body.password,
+            is_platform_admin: false,
+            email_verified: false,
+        },
+    )
+    .await?;
+    let code = codes::issue_code(&state, &user.id.0, Purpose::VerifyEmail).await?;
+    mail::send_later(
+        &state.mailer,
+        Mail {
+            to: user.email.clone(),
+            subject: "Verify your email address".into(),
+            body: format!(
+                "Your Gatehouse verification code is {code}.\nIt expires in {} minutes.\n",
+                codes::CODE_TTL_MINUTES
+            ),
+        },
+    );
+    let tokens = sessions::start(&state, &user.id.0, &meta).await?;
+    let user = users::get(&state.db, &user.id).await?.unwrap_or(user);
+    let mut body = serde_json::to_value(&tokens).map_err(anyhow::Error::from)?;
+    body["user"] = serde_json::to_value(&user).map_err(anyhow::Error::from)?;
+    Ok((StatusCode::CREATED, axum::Json(body)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailCode {
+    email: String,
+    code: String,
+}
+
+async fn verify_email(
+    State(state): State<AppState>,
+    Json(body): Json<EmailCode>,
+) -> Result<impl IntoResponse, Error> {
+    let user = users::credentials_by_email(&state.db, &body.email).await?;
+    codes::consume_code(
+        &state,
+        user.as_ref().map(|u| u.id.as_str()),
+        Purpose::VerifyEmail,
+        &body.code,
+    )
+    .await?;
+    let user = user.ok_or_else(|| Error::unauthorized("The code is invalid or expired"))?;
+    users::mark_email_verified(&state.db, &user.id).await?;
+    Ok(axum::Json(
+        json!({ "email": user.email, "email_verified": true }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    #[serde(default, alias = "grantType")]
+    grant_type: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default, alias = "refreshToken")]
+    refresh_token: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<LoginRequest>,
+) -> Result<axum::response::Response, Error> {
+    let mut errors = Vec::new();
+    match body.grant_type.as_deref().unwrap_or("password") {
+        "refresh_token" => {
+            let token = required(&body.refresh_token, "refresh_token", &mut errors);
+            if !errors.is_empty() {
+                return Err(Error::invalid(errors));
+            }
+            Ok(axum::Json(sessions::refresh(&state, token).await?).into_response())
+        }
+        "password" => {
+            let email = required(&body.email, "email", &mut errors)
+                .trim()
+                .to_lowercase();
+            let password = required(&body.password, "password", &mut errors);
+            if !errors.is_empty() {
+                return Err(Error::invalid(errors));
+            }
+            throttle(
+                &state,
+                format!("login:{}:{email}", meta.ip_string()),
+                LOGIN_LIMIT,
+            )?;
+            password_login(&state, &meta, &email, password).await
+        }
+        _ => Err(Error::invalid_field(
+            "grant_type",
+            "must be password or refresh_token",
+        )),
+    }
+}
+
+async fn password_login(
+    state: &AppState,
+    meta: &RequestMeta,
+    email: &str,
+    password: &str,
+) -> Result<axum::response::Response, Error> {
+    let account = users::credentials_by_email(&state.db, email).await?;
+    let hash = account.as_ref().and_then(|a| a.password_hash.as_deref());
+    // Unknown email and wrong password: the same work, the same answer.
+    if !users::verify_password(password, hash).await? {
+        tracing::info!(ip = %meta.ip_string(), "login failed");
+        return Err(Error::unauthorized("Invalid email or password"));
+    }
+    let account = account.ok_or_else(|| Error::unauthorized("Invalid email or password"))?;
+    if account.status != "active" {
+        return Err(Error::forbidden("This account is suspended"));
+    }
+    if account.mfa_enabled {
+        let mfa_token =
+            codes::issue_mfa_challenge(&state.db, &account.id, &meta.user_agent, &meta.ip_string())
+                .await?;
+        return Ok(
+            axum::Json(json!({ "mfa_required": true, "mfa_token": mfa_token })).into_response(),
+        );
+    }
+    Ok(axum::Json(sessions::start(state, &account.id, meta).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MfaVerify {
+    mfa_token: String,
+    code: String,
+}
+
+async fn mfa_verify(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<MfaVerify>,
+) -> Result<impl IntoResponse, Error> {
+    let user_id = codes::mfa_challenge_user(&state.db, &body.mfa_token).await?;
+    let ok = mfa::check_second_factor(&state, &user_id, &body.code).await?;
+    if !ok {
+        codes::finish_mfa_attempt(&state.db, &body.mfa_token, false).await?;
+        return Err(Error::unauthorized("The code is invalid"));
+    }
+    if !codes::finish_mfa_attempt(&state.db, &body.mfa_token, true).await? {
+        return Err(Error::unauthorized("The MFA token is invalid or expired"));
+    }
+    Ok(axum::Json(sessions::start(&state, &user_id, &meta).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmailOnly {
+    email: String,
+}
+
+/// Passwordless login, step 1: always 202, whether or not the account exists.
+async fn otp_request(
+    State(state): State<AppState>,
+    Json(body): Json<EmailOnly>,
+) -> Result<impl IntoResponse, Error> {
+    let email = users::normalize_email(&body.email)?;
+    throttle(&state, format!("otp:{email}"), MAIL_LIMIT)?;
+    if let Some(user) = users::credentials_by_email(&state.db, &email)
+        .await?
+        .filter(|u| u.status == "active")
+    {
+        let code = codes::issue_code(&state, &user.id, Purpose::Login).await?;
+        mail::send_later(
+            &state.mailer,
+            Mail {
+                to: user.email,
+                subject: "Your sign-in code".into(),
+                body: format!(
+                    "Your Gatehouse sign-in code is {code}.\nIt expires in {} minutes. If you did not ask for it, ignore this email.\n",
+                    codes::CODE_TTL_MINUTES
+                ),
+            },
+        );
+    }
+    Ok(accepted(
+        "If an account exists for this email, a sign-in code has been sent.",
+    ))
+}
+
+async fn otp_verify(
+    State(state): State<AppState>,
+    meta: RequestMeta,
+    Json(body): Json<EmailCode>,
+) -> Result<impl IntoResponse, Error> {
+    let user = users::credentials_by_email(&state.db, &body.email).await?;
+    codes::consume_code(
+        &state,
+        user.as_ref().map(|u| u.id.as_str()),
+        Purpose::Login,
+        &body.code,
+    )
+    .await?;
+    let user = user.ok_or_else(|| Error::unauthorized("The code is invalid or expired"))?;
+    if user.status != "active" {
+        return Err(Error::forbidden("This account is suspended"));
+    }
+    // The code came by email: the address is proven.
+    users::mark_email_verified(&state.db, &user.id).await?;
+    Ok(axum::Json(sessions::start(&state, &user.id, &meta).await?))
+}
+
+async fn forgot_password(
+    State(state): State<AppState>,
+    Json(body): Json<EmailOnly>,
+) -> Result<impl IntoResponse, Error> {
+    let email = users::normalize_email(&body.email)?;
+    throttle(&state, format!("reset:{email}"), MAIL_LIMIT)?;
+    if let Some(user) = users::credentials_by_email(&state.db, &email)
+        .await?
+        .filter(|u| u.status == "active")
+    {
+        let token = codes::issue_reset_token(&state.db, &user.id).await?;
+        let link = format!(
+            "{}/reset-password?token={token}",
+            state.config.public_url.trim_end_matches('/')
+        );
+        mail::send_later(
+            &state.mailer,
+            Mail {
+                to: user.email,
+                subject: "Reset your password".into(),
+                body: format!(
+                    "Reset your Gatehouse password within {} minutes with this token:\n\n{token}\n\nor open {link}\n\nIf you did not ask for it, ignore this email.\n",
+                    codes::RESET_TTL_MINUTES
+                ),
+            },
+        );
+    }
+    Ok(accepted(
+        "If an account exists for this email, a reset link has been sent.",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetPassword {
+    token: String,
+    new_password: String,
+}
+
+async fn reset_password(
+    State(state): State<AppState>,
+    Json(body): Json<ResetPassword>,
+) -> Result<StatusCode, Error> {
+    let user_id = codes::peek_reset_token(&state.db, &body.token).await?;
+    let user = users::get(&state.db, &crate::ids::UserId(user_id.clone()))
+        .await?
+        .ok_or_else(|| {
+            Error::unauthorized("The reset token is invalid, expired or already used")
+        })?;
+    // Check the new password before spending the token, so a weak one can be corrected.
+    crate::auth::password::check_password(&body.new_password, Some(&user.email))
+        .map_err(|reason| Error::invalid_field("new_password", reason))?;
+    codes::consume_reset_token(&state.db, &body.token).await?;
+    users::set_password(&state.db, &user_id, &user.email, &body.new_password).await?;
+    sessions::revoke_all(&state.db, &user_id, None, "password_reset").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(body): Json<ChangePassword>,
+) -> Result<StatusCode, Error> {
+    let account = users::credentials_by_email(&state.db, &auth.user.email)
+        .await?
+        .ok_or_else(|| Error::unauthorized("The session has ended"))?;
+    if !users::verify_password(&body.current_password, account.password_hash.as_deref()).await? {
+        return Err(Error::invalid_field(
+            "current_password",
+            "is not your current password",
+        ));
+    }
+    users::set_password(&state.db, &account.id, &account.email, &body.new_password).await?;
+    sessions::revoke_all(
+        &state.db,
+        &account.id,
+        Some(&auth.session_id),
+        "password_changed",
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn parse_environment(env: Option<&str>) -> Result<&'static str, Error> {
+    match env.unwrap_or("live") {
+        "live" => Ok("live"),
+        "test" => Ok("test"),
+        _ => Err(Error::invalid_field("environment", "must be live or test")),
+    }
+}
+
+fn scoped_token(
+    state: &AppState,
+    auth: &AuthUser,
+    tenant: &crate::auth::extract::Tenant,
+) -> Result<Value, Error> {
+    let mut claims = state.keys.claims(&auth.user.id.0, &auth.session_id);
+    claims.tid = Some(tenant.organization_id.clone());
+    claims.role = Some(tenant.role.clone());
+    claims.env = Some(tenant.environment.clone());
+    Ok(json!({
+        "access_token": state.keys.sign(&claims)?,
+        "token_type": "Bearer",
+        "expires_in": crate::auth::tokens::ACCESS_TTL.as_secs(),
+        "organization_id": tenant.organization_id,
+        "role": tenant.role,
+        "environment": tenant.environment,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectTenant {
+    organization_id: String,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+async fn select_tenant(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(body): Json<SelectTenant>,
+) -> Result<impl IntoResponse, Error> {
+    let env = parse_environment(body.environment.as_deref())?;
+    let tenant = tenant_of(&state, &auth.user.id.0, &body.organization_id, Some(env)).await?;
+    Ok(axum::Json(scoped_token(&state, &auth, &tenant)?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchEnvironment {
+    environment: String,
+}
+
+async fn switch_environment(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(body): Json<SwitchEnvironment>,
+) -> Result<impl IntoResponse, Error> {
+    let env = parse_environment(Some(&body.environment))?;
+    let current = auth.tenant.as_ref().ok_or_else(|| {
+        Error::bad_request("switch-environment needs a tenant-scoped token (see select-tenant)")
+    })?;
+    let tenant = tenant_of(&state, &auth.user.id.0, &current.organization_id, Some(env)).await?;
+    Ok(axum::Json(scoped_token(&state, &auth, &tenant)?))
+}
+
+async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<StatusCode, Error> {
+    sessions::revoke(&state.db, &auth.session_id, "logout").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(auth: AuthUser) -> impl IntoResponse {
+    axum::Json(auth.user)
+}
+
+async fn update_me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(patch): Json<ProfilePatch>,
+) -> Result<impl IntoResponse, Error> {
+    let user = users::update(&state.db, &auth.user.id.0, patch, Default::default()).await?;
+    Ok(axum::Json(user))
+}
+
+async fn my_sessions(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, Error> {
+    let list = sessions::list(&state.db, &auth.user.id.0, Some(&auth.session_id)).await?;
+    let total = list.len();
+    Ok(axum::Json(json!({
+        "sessions": list, "total": total, "limit": total, "offset": 0, "has_more": false,
+    })))
+}
+
+async fn end_session(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    let mine = sessions::list(&state.db, &auth.user.id.0, None).await?;
+    if !mine.iter().any(|s| s.id == id) {
+        return Err(Error::not_found("Session not found"));
+    }
+    sessions::revoke(&state.db, &id, "ended_by_user").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn mfa_enrol(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<impl IntoResponse, Error> {
+    let e = mfa::enrol(&state, &auth.user.id.0, &auth.user.email).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "secret": e.secret, "otpauth_uri": e.otpauth_uri })),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeOnly {
+    code: String,
+}
+
+async fn mfa_activate(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(body): Json<CodeOnly>,
+) -> Result<impl IntoResponse, Error> {
+    let codes = mfa::activate(&state, &auth.user.id.0, &body.code).await?;
+    Ok(axum::Json(
+        json!({ "mfa_enabled": true, "recovery_codes": codes }),
+    ))
+}
+
+async fn mfa_disable(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(body): Json<CodeOnly>,
+) -> Result<StatusCode, Error> {
+    mfa::disable(&state, &auth.user.id.0, &body.code).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

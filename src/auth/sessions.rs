@@ -1,0 +1,214 @@
+//! Sessions and refresh tokens. A session is one sign-in on one device; its refresh tokens are
+//! opaque, stored as SHA-256, single use and rotated on every use. Presenting a spent refresh
+//! token is treated as theft: the whole session ends.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::{
+    app::AppState,
+    auth::tokens::ACCESS_TTL,
+    crypto,
+    error::Error,
+    http::request_meta::RequestMeta,
+    ids::SessionId,
+    storage::{self, Db},
+};
+
+/// Lifetime of a session without use of its refresh token.
+pub const REFRESH_TTL_DAYS: i64 = 30;
+
+#[derive(Debug, Serialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    pub id: String,
+    pub device: String,
+    pub ip_address: String,
+    pub created_at: String,
+    pub last_seen_at: String,
+    pub expires_at: String,
+    pub current: bool,
+}
+
+fn days_from_now(days: i64) -> String {
+    storage::format_time(chrono::Utc::now() + chrono::Duration::days(days))
+}
+
+async fn new_refresh_token(db: &Db, session_id: &str) -> Result<String, Error> {
+    let token = format!("rt_{}", crypto::random_base62(43));
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(crypto::sha256_hex(token.as_bytes()))
+    .bind(session_id)
+    .bind(storage::now())
+    .bind(days_from_now(REFRESH_TTL_DAYS))
+    .execute(db.pool())
+    .await?;
+    Ok(token)
+}
+
+fn access_token(state: &AppState, user_id: &str, session_id: &str) -> Result<String, Error> {
+    state.keys.sign(&state.keys.claims(user_id, session_id))
+}
+
+/// Starts a session for a user who has proven who they are, and records the login.
+pub async fn start(state: &AppState, user_id: &str, meta: &RequestMeta) -> Result<Tokens, Error> {
+    let id = SessionId::generate();
+    let now = storage::now();
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, device, ip_address, created_at, last_seen_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6)",
+    )
+    .bind(id.as_str())
+    .bind(user_id)
+    .bind(&meta.user_agent)
+    .bind(meta.ip_string())
+    .bind(&now)
+    .bind(days_from_now(REFRESH_TTL_DAYS))
+    .execute(state.db.pool())
+    .await?;
+    sqlx::query("UPDATE users SET last_login = $1 WHERE id = $2")
+        .bind(&now)
+        .bind(user_id)
+        .execute(state.db.pool())
+        .await?;
+    Ok(Tokens {
+        access_token: access_token(state, user_id, id.as_str())?,
+        refresh_token: new_refresh_token(&state.db, id.as_str()).await?,
+        token_type: "Bearer",
+        expires_in: ACCESS_TTL.as_secs(),
+    })
+}
+
+/// The refresh-token grant: spends the token and returns a new pair. A token already spent
+/// ends its session (someone replayed it).
+pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Tokens, Error> {
+    let invalid = || Error::unauthorized("The refresh token is invalid or expired");
+    let hash = crypto::sha256_hex(refresh_token.as_bytes());
+    let row = sqlx::query(
+        "SELECT r.session_id, r.expires_at, r.used_at, s.user_id, s.revoked_at, u.status \
+         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id \
+         WHERE r.token_hash = $1",
+    )
+    .bind(&hash)
+    .fetch_optional(state.db.pool())
+    .await?
+    .ok_or_else(invalid)?;
+    let session_id: String = row.try_get("session_id")?;
+    let user_id: String = row.try_get("user_id")?;
+    let now = storage::now();
+    if row.try_get::<Option<String>, _>("revoked_at")?.is_some() {
+        return Err(invalid());
+    }
+    if row.try_get::<Option<String>, _>("used_at")?.is_some() {
+        tracing::warn!(
+            session_id,
+            "spent refresh token presented again; ending the session"
+        );
+        revoke(&state.db, &session_id, "refresh_token_reuse").await?;
+        return Err(invalid());
+    }
+    if row.try_get::<String, _>("expires_at")? <= now {
+        return Err(invalid());
+    }
+    if row.try_get::<String, _>("status")? != "active" {
+        return Err(Error::forbidden("This account is suspended"));
+    }
+    // Spend it; only one of two concurrent presentations wins.
+    let spent = sqlx::query(
+        "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+    )
+    .bind(&now)
+    .bind(&hash)
+    .execute(state.db.pool())
+    .await?;
+    if spent.rows_affected() != 1 {
+        revoke(&state.db, &session_id, "refresh_token_reuse").await?;
+        return Err(invalid());
+    }
+    sqlx::query("UPDATE sessions SET last_seen_at = $1, expires_at = $2 WHERE id = $3")
+        .bind(&now)
+        .bind(days_from_now(REFRESH_TTL_DAYS))
+        .bind(&session_id)
+        .execute(state.db.pool())
+        .await?;
+    Ok(Tokens {
+        access_token: access_token(state, &user_id, &session_id)?,
+        refresh_token: new_refresh_token(&state.db, &session_id).await?,
+        token_type: "Bearer",
+        expires_in: ACCESS_TTL.as_secs(),
+    })
+}
+
+/// Ends one session: its access tokens are refused from the next request, its refresh tokens
+/// are dead.
+pub async fn revoke(db: &Db, session_id: &str, reason: &str) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL",
+    )
+    .bind(storage::now())
+    .bind(reason)
+    .bind(session_id)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Ends every session of a user, except `keep` if given.
+pub async fn revoke_all(
+    db: &Db,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: &str,
+) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+         WHERE user_id = $3 AND revoked_at IS NULL AND id <> $4",
+    )
+    .bind(storage::now())
+    .bind(reason)
+    .bind(user_id)
+    .bind(keep.unwrap_or(""))
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// The user's live sessions, newest first.
+pub async fn list(
+    db: &Db,
+    user_id: &str,
+    current: Option<&str>,
+) -> Result<Vec<SessionView>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, device, ip_address, created_at, last_seen_at, expires_at FROM sessions \
+         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 ORDER BY id DESC LIMIT 100",
+    )
+    .bind(user_id)
+    .bind(storage::now())
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("id")?;
+            Ok(SessionView {
+                current: current == Some(id.as_str()),
+                id,
+                device: r.try_get("device")?,
+                ip_address: r.try_get("ip_address")?,
+                created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+                last_seen_at: storage::api_time(&r.try_get::<String, _>("last_seen_at")?),
+                expires_at: storage::api_time(&r.try_get::<String, _>("expires_at")?),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(Into::into)
+}
