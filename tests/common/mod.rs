@@ -247,16 +247,14 @@ impl TestServer {
         Response::from(self.client.get(self.url(path)).send().await.unwrap()).await
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        Response::from(
-            self.client
-                .post(self.url(path))
-                .json(body)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
+    /// The body is serialized at once, so the future borrows only the server.
+    pub fn post_json<'a>(
+        &'a self,
+        path: &str,
+        body: &Value,
+    ) -> impl std::future::Future<Output = Response> + use<'a> {
+        let req = self.client.post(self.url(path)).json(body);
+        self.send(req)
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Response {
@@ -329,4 +327,143 @@ impl Response {
         assert_eq!(self.header("content-type"), Some("application/json"));
         err
     }
+}
+
+pub const PASSWORD: &str = "correct-horse-battery-staple";
+
+/// Calls with a bearer token, and the identity helpers most tests start from.
+impl TestServer {
+    pub fn call<'a>(
+        &'a self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> impl std::future::Future<Output = Response> + use<'a> {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        self.send(req)
+    }
+
+    pub async fn get_as(&self, path: &str, token: &str) -> Response {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post_as(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn patch_as(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.call(reqwest::Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn put_as(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.call(reqwest::Method::PUT, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete_as(&self, path: &str, token: &str) -> Response {
+        self.call(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// Creates a platform admin (directly, as `gatehouse admin create` does) and signs it in.
+    pub async fn admin_token(&self) -> String {
+        let email = format!(
+            "admin-{}@example.com",
+            gatehouse::crypto::random_base62(6).to_lowercase()
+        );
+        gatehouse::auth::users::create(
+            &self.state.db,
+            gatehouse::auth::users::NewUser {
+                email: &email,
+                name: "Admin",
+                password: PASSWORD,
+                is_platform_admin: true,
+                email_verified: true,
+            },
+        )
+        .await
+        .expect("admin user");
+        self.login(&email, PASSWORD).await
+    }
+
+    /// Registers a user with [`PASSWORD`]; returns the registration body (user + tokens).
+    pub async fn register(&self, email: &str) -> Value {
+        let res = self
+            .post_json(
+                "/v1/auth/register",
+                &serde_json::json!({"email": email, "password": PASSWORD, "name": "Test User"}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "register: {}", res.text);
+        res.json
+    }
+
+    /// Signs in with a password; returns the access token.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let res = self
+            .post_json(
+                "/v1/auth/login",
+                &serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "login: {}", res.text);
+        res.json["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
+    }
+
+    /// The newest message to `to` whose subject contains `subject`, waiting for the
+    /// background delivery (bounded).
+    pub async fn mail(&self, admin: &str, to: &str, subject: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let res = self
+                .get_as(&format!("/v1/admin/mailbox?to={to}"), admin)
+                .await;
+            assert_eq!(res.status, 200, "{}", res.text);
+            if let Some(m) = res.json["messages"].as_array().and_then(|ms| {
+                ms.iter()
+                    .find(|m| m["subject"].as_str().unwrap_or("").contains(subject))
+            }) {
+                return m["body"].as_str().unwrap().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no mail '{subject}' to {to}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Number of messages to `to` (for tests that a mail was *not* sent).
+    pub async fn mail_count(&self, admin: &str, to: &str) -> u64 {
+        let res = self
+            .get_as(&format!("/v1/admin/mailbox?to={to}"), admin)
+            .await;
+        res.json["total"].as_u64().unwrap()
+    }
+}
+
+/// The first run of `digits` consecutive ASCII digits in `text`.
+pub fn find_code(text: &str, digits: usize) -> String {
+    let bytes = text.as_bytes();
+    (0..bytes.len())
+        .find_map(|i| {
+            let run = &text[i..];
+            let n = run.bytes().take_while(u8::is_ascii_digit).count();
+            (n == digits && (i == 0 || !bytes[i - 1].is_ascii_digit()))
+                .then(|| run[..digits].to_string())
+        })
+        .expect("a code in the mail")
 }
