@@ -16,6 +16,7 @@ pub mod ids;
 pub mod limits;
 pub mod mail;
 pub mod metrics;
+pub mod orgs;
 pub mod redis;
 pub mod server;
 pub mod storage;

@@ -1,5 +1,7 @@
 //! Platform administration (SPEC §8): every route here requires a platform admin.
 
+pub mod orgs;
+
 use axum::{
     extract::State,
     http::StatusCode,

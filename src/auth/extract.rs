@@ -17,7 +17,7 @@ use crate::{
         users::{User, USER_COLUMNS},
     },
     error::{Error, ErrorCode},
-    storage,
+    storage::{self, RowExt},
 };
 
 /// The tenant a scoped token acts in.
@@ -69,13 +69,18 @@ impl FromRequestParts<AppState> for AuthUser {
             ));
         }
         let claims = state.keys.verify(token).await?;
-        let auth = authenticate(state, claims).await?;
+        let ip = crate::http::request_meta::client_ip(parts, &state.config.trusted_proxies);
+        let auth = authenticate(state, claims, ip).await?;
         parts.extensions.insert(auth.clone());
         Ok(auth)
     }
 }
 
-async fn authenticate(state: &AppState, claims: Claims) -> Result<AuthUser, Error> {
+async fn authenticate(
+    state: &AppState,
+    claims: Claims,
+    ip: Option<std::net::IpAddr>,
+) -> Result<AuthUser, Error> {
     let row = sqlx::query(&format!(
         "SELECT {cols}, s.revoked_at AS s_revoked, s.expires_at AS s_expires, s.last_seen_at AS s_seen \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.id = $2",
@@ -101,7 +106,9 @@ async fn authenticate(state: &AppState, claims: Claims) -> Result<AuthUser, Erro
         return Err(Error::forbidden("This account is suspended"));
     }
     let tenant = match &claims.tid {
-        Some(org_id) => Some(tenant_of(state, &user.id.0, org_id, claims.env.as_deref()).await?),
+        Some(org_id) => {
+            Some(tenant_of(state, &user.id.0, org_id, claims.env.as_deref(), ip).await?)
+        }
         None => None,
     };
     // Keep "last seen" within a minute of the truth without a write per request.
@@ -128,15 +135,17 @@ async fn authenticate(state: &AppState, claims: Claims) -> Result<AuthUser, Erro
 }
 
 /// The caller's current membership in an organization (by id or slug), refusing suspended
-/// organizations. The role is read now, not from the token, so a demotion takes effect at once.
+/// organizations and addresses outside the organization's IP allowlist. The role is read now,
+/// not from the token, so a demotion takes effect at once.
 pub async fn tenant_of(
     state: &AppState,
     user_id: &str,
     org: &str,
     environment: Option<&str>,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<Tenant, Error> {
     let row = sqlx::query(
-        "SELECT o.id, o.status, m.role FROM organizations o \
+        "SELECT o.id, o.status, o.settings, m.role FROM organizations o \
          JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
          WHERE o.id = $2 OR o.slug = $2",
     )
@@ -151,6 +160,7 @@ pub async fn tenant_of(
             "This organization is suspended",
         ));
     }
+    crate::orgs::access::check_ip_allowlist(&row.get_json("settings")?, ip)?;
     Ok(Tenant {
         organization_id: row.try_get("id")?,
         role: row.try_get("role")?,

@@ -101,6 +101,9 @@ struct RegisterRequest {
     password: String,
     #[serde(default)]
     name: String,
+    /// Registers and joins the organization that sent this invitation (the email must match).
+    #[serde(default)]
+    invitation_token: Option<String>,
 }
 
 async fn register(
@@ -108,6 +111,16 @@ async fn register(
     meta: RequestMeta,
     Json(body): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, Error> {
+    // An invitation is checked before the account exists, so a bad token creates nothing.
+    if let Some(token) = &body.invitation_token {
+        let (_, _, invited, _) = crate::orgs::members::find_invitation(&state.db, token).await?;
+        if !invited.eq_ignore_ascii_case(body.email.trim()) {
+            return Err(Error::invalid_field(
+                "invitation_token",
+                "was sent to another email address",
+            ));
+        }
+    }
     let user = users::create(
         &state.db,
         NewUser {
@@ -115,26 +128,38 @@ async fn register(
             name: body.name.trim(),
             password: &body.password,
             is_platform_admin: false,
-            email_verified: false,
+            // The invitation came by email: the address is proven.
+            email_verified: body.invitation_token.is_some(),
         },
     )
     .await?;
-    let code = codes::issue_code(&state, &user.id.0, Purpose::VerifyEmail).await?;
-    mail::send_later(
-        &state.mailer,
-        Mail {
-            to: user.email.clone(),
-            subject: "Verify your email address".into(),
-            body: format!(
-                "Your Gatehouse verification code is {code}.\nIt expires in {} minutes.\n",
-                codes::CODE_TTL_MINUTES
-            ),
-        },
-    );
+    let membership = match &body.invitation_token {
+        Some(token) => {
+            Some(crate::orgs::members::accept(&state.db, token, &user.id.0, &user.email).await?)
+        }
+        None => None,
+    };
+    if !user.email_verified {
+        let code = codes::issue_code(&state, &user.id.0, Purpose::VerifyEmail).await?;
+        mail::send_later(
+            &state.mailer,
+            Mail {
+                to: user.email.clone(),
+                subject: "Verify your email address".into(),
+                body: format!(
+                    "Your Gatehouse verification code is {code}.\nIt expires in {} minutes.\n",
+                    codes::CODE_TTL_MINUTES
+                ),
+            },
+        );
+    }
     let tokens = sessions::start(&state, &user.id.0, &meta).await?;
     let user = users::get(&state.db, &user.id).await?.unwrap_or(user);
     let mut body = serde_json::to_value(&tokens).map_err(anyhow::Error::from)?;
     body["user"] = serde_json::to_value(&user).map_err(anyhow::Error::from)?;
+    if let Some(m) = membership {
+        body["membership"] = m;
+    }
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
 
@@ -450,10 +475,18 @@ struct SelectTenant {
 async fn select_tenant(
     State(state): State<AppState>,
     auth: AuthUser,
+    meta: RequestMeta,
     Json(body): Json<SelectTenant>,
 ) -> Result<impl IntoResponse, Error> {
     let env = parse_environment(body.environment.as_deref())?;
-    let tenant = tenant_of(&state, &auth.user.id.0, &body.organization_id, Some(env)).await?;
+    let tenant = tenant_of(
+        &state,
+        &auth.user.id.0,
+        &body.organization_id,
+        Some(env),
+        meta.ip,
+    )
+    .await?;
     Ok(axum::Json(scoped_token(&state, &auth, &tenant)?))
 }
 
@@ -466,13 +499,21 @@ struct SwitchEnvironment {
 async fn switch_environment(
     State(state): State<AppState>,
     auth: AuthUser,
+    meta: RequestMeta,
     Json(body): Json<SwitchEnvironment>,
 ) -> Result<impl IntoResponse, Error> {
     let env = parse_environment(Some(&body.environment))?;
     let current = auth.tenant.as_ref().ok_or_else(|| {
         Error::bad_request("switch-environment needs a tenant-scoped token (see select-tenant)")
     })?;
-    let tenant = tenant_of(&state, &auth.user.id.0, &current.organization_id, Some(env)).await?;
+    let tenant = tenant_of(
+        &state,
+        &auth.user.id.0,
+        &current.organization_id,
+        Some(env),
+        meta.ip,
+    )
+    .await?;
     Ok(axum::Json(scoped_token(&state, &auth, &tenant)?))
 }
 

@@ -5,6 +5,7 @@ pub mod extract;
 pub mod middleware;
 pub mod pagination;
 pub mod request_meta;
+pub mod routes;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
@@ -23,6 +24,18 @@ pub fn router(state: AppState) -> Router {
     router_with(state, Router::new())
 }
 
+/// The routes registered through the recording builder, with their method and path template
+/// (tests generate per-route checks from it).
+pub fn api_routes() -> routes::Routes {
+    routes::Routes::new()
+        .merge(crate::orgs::routes())
+        .merge(crate::admin::orgs::routes())
+}
+
+pub fn route_table() -> Vec<routes::RouteInfo> {
+    api_routes().table().to_vec()
+}
+
 /// The API with `extra` routes merged into the control plane, under the same layers (the test
 /// harness mounts probe routes this way).
 pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
@@ -30,6 +43,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(crate::health::router())
         .merge(crate::auth::router())
         .merge(crate::admin::router())
+        .merge(api_routes().into_router())
         .merge(extra)
         // A control-plane request that runs past the limit is abandoned with 503.
         .layer(TimeoutLayer::with_status_code(

@@ -22,11 +22,13 @@ type Embedded = &'static [(i64, &'static str, &'static str)];
 const SQLITE: Embedded = migrations!("sqlite":
     (1, "foundation"),
     (2, "identity"),
+    (4, "organizations"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
     (1, "foundation"),
     (2, "identity"),
+    (4, "organizations"),
 );
 
 fn embedded(backend: Backend) -> Embedded {

@@ -1,0 +1,62 @@
+//! A router builder that also records its route table (method, path template), so that tests
+//! can be generated from the routes that really exist (e.g. the tenant-isolation test walks
+//! every organization-scoped route).
+
+use axum::{handler::Handler, http::Method, routing, Router};
+
+use crate::app::AppState;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub method: Method,
+    pub path: &'static str,
+}
+
+#[derive(Default)]
+pub struct Routes {
+    router: Router<AppState>,
+    table: Vec<RouteInfo>,
+}
+
+macro_rules! method {
+    ($name:ident, $method:ident) => {
+        pub fn $name<H, T>(mut self, path: &'static str, handler: H) -> Self
+        where
+            H: Handler<T, AppState>,
+            T: 'static,
+        {
+            self.table.push(RouteInfo {
+                method: Method::$method,
+                path,
+            });
+            self.router = self.router.route(path, routing::$name(handler));
+            self
+        }
+    };
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    method!(get, GET);
+    method!(post, POST);
+    method!(put, PUT);
+    method!(patch, PATCH);
+    method!(delete, DELETE);
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.table.extend(other.table);
+        self
+    }
+
+    pub fn table(&self) -> &[RouteInfo] {
+        &self.table
+    }
+
+    pub fn into_router(self) -> Router<AppState> {
+        self.router
+    }
+}

@@ -1,0 +1,164 @@
+//! `OrgAccess<P>`: the extractor every organization-scoped route takes. It resolves `{org_id}`
+//! (id or slug), authenticates the caller, and refuses — in this order — organizations the
+//! caller does not belong to (`not_found`: a foreign id reveals nothing), suspended
+//! organizations (`organization_suspended`), addresses outside `settings.ip_allowlist`
+//! (`forbidden`) and callers whose role lacks `P` (`forbidden`).
+
+use std::marker::PhantomData;
+
+use axum::{
+    extract::{FromRequestParts, RawPathParams},
+    http::request::Parts,
+};
+use ipnet::IpNet;
+use sqlx::Row;
+
+use crate::{
+    app::AppState,
+    auth::extract::AuthUser,
+    error::{Error, ErrorCode},
+    http::request_meta::{client_ip, RequestMeta},
+    orgs::roles::{Permission, RequiredPermission, Role},
+    storage::RowExt,
+};
+
+/// The organization a request acts on, as far as access decisions need it.
+#[derive(Debug, Clone)]
+pub struct OrgRef {
+    pub id: String,
+    pub slug: String,
+    pub settings: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrgAccess<P> {
+    pub org: OrgRef,
+    pub user: AuthUser,
+    pub role: Role,
+    pub meta: RequestMeta,
+    _permission: PhantomData<P>,
+}
+
+impl<P> OrgAccess<P> {
+    pub fn org_id(&self) -> &str {
+        &self.org.id
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user.user.id.0
+    }
+
+    /// A second permission decided inside the handler (e.g. only an owner grants owner).
+    pub fn require(&self, p: Permission) -> Result<(), Error> {
+        if self.role.can(p) {
+            Ok(())
+        } else {
+            Err(forbidden_for(p))
+        }
+    }
+}
+
+pub fn forbidden_for(p: Permission) -> Error {
+    Error::forbidden(format!(
+        "This requires the {} role or higher ({})",
+        p.min_role().as_str(),
+        p.name()
+    ))
+}
+
+/// The IP allowlist of an organization's settings (empty: everyone).
+pub fn ip_allowlist(settings: &serde_json::Value) -> Vec<IpNet> {
+    settings["ip_allowlist"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .filter_map(parse_cidr)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A CIDR, or a bare address as a /32 or /128.
+pub fn parse_cidr(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+pub fn check_ip_allowlist(
+    settings: &serde_json::Value,
+    ip: Option<std::net::IpAddr>,
+) -> Result<(), Error> {
+    let list = ip_allowlist(settings);
+    if list.is_empty() {
+        return Ok(());
+    }
+    match ip {
+        Some(ip) if list.iter().any(|n| n.contains(&ip)) => Ok(()),
+        _ => Err(Error::forbidden(
+            "Requests from this address are not allowed for this organization",
+        )),
+    }
+}
+
+impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let meta = RequestMeta::from_request_parts(parts, state).await?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Error::not_found("Organization not found"))?;
+        let org_param = params
+            .iter()
+            .find(|(k, _)| *k == "org_id")
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| Error::not_found("Organization not found"))?;
+        let row = sqlx::query(
+            "SELECT o.id, o.slug, o.status, o.settings, m.role FROM organizations o \
+             JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
+             WHERE o.id = $2 OR o.slug = $2",
+        )
+        .bind(&user.user.id.0)
+        .bind(&org_param)
+        .fetch_optional(state.db.pool())
+        .await?
+        .ok_or_else(|| Error::not_found("Organization not found"))?;
+        let org = OrgRef {
+            id: row.try_get("id")?,
+            slug: row.try_get("slug")?,
+            settings: row.get_json("settings")?,
+        };
+        if let Some(tenant) = &user.tenant {
+            if tenant.organization_id != org.id {
+                return Err(Error::forbidden(
+                    "This token is scoped to another organization",
+                ));
+            }
+        }
+        if row.try_get::<String, _>("status")? != "active" {
+            return Err(Error::new(
+                ErrorCode::OrganizationSuspended,
+                "This organization is suspended",
+            ));
+        }
+        check_ip_allowlist(
+            &org.settings,
+            client_ip(parts, &state.config.trusted_proxies),
+        )?;
+        let role = Role::parse(&row.try_get::<String, _>("role")?)
+            .ok_or_else(|| anyhow::anyhow!("membership with an unknown role"))?;
+        if !role.can(P::PERMISSION) {
+            return Err(forbidden_for(P::PERMISSION));
+        }
+        Ok(OrgAccess {
+            org,
+            user,
+            role,
+            meta,
+            _permission: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,520 @@
+//! Organizations (tenants): create, list mine, slug availability, get, update (settings
+//! deep-merged and validated), delete.
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::{
+    app::AppState,
+    auth::extract::AuthUser,
+    error::{Error, FieldError, ResultExt},
+    http::{
+        extract::{Json, Query},
+        pagination::{HasId, List, Page},
+    },
+    orgs::{
+        access::{parse_cidr, OrgAccess},
+        roles::perm,
+    },
+    storage::{self, RowExt, Sql},
+};
+
+pub const DEFAULT_PLAN: &str = "smb";
+const RESERVED_SLUGS: &[&str] = &["check-availability", "new", "admin", "api", "me"];
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    pub description: String,
+    pub website: String,
+    pub timezone: String,
+    pub status: String,
+    pub plan: String,
+    pub settings: Value,
+    pub members_count: i64,
+    pub projects_count: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The caller's role, on lists of "my" organizations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+impl HasId for Organization {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+pub const ORG_SELECT: &str = "SELECT o.id, o.name, o.slug, o.description, o.website, o.timezone, \
+     o.status, o.plan, o.settings, o.created_at, o.updated_at, \
+     (SELECT COUNT(*) FROM memberships mc WHERE mc.organization_id = o.id) AS members_count, \
+     (SELECT COUNT(*) FROM projects pc WHERE pc.organization_id = o.id) AS projects_count";
+
+impl Organization {
+    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Organization {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            slug: r.try_get("slug")?,
+            description: r.try_get("description")?,
+            website: r.try_get("website")?,
+            timezone: r.try_get("timezone")?,
+            status: r.try_get("status")?,
+            plan: r.try_get("plan")?,
+            settings: r.get_json("settings")?,
+            members_count: r.try_get("members_count")?,
+            projects_count: r.try_get("projects_count")?,
+            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+            role: r.try_get::<Option<String>, _>("role").ok().flatten(),
+        })
+    }
+}
+
+pub async fn get(db: &storage::Db, id: &str) -> Result<Organization, Error> {
+    let row = sqlx::query(&format!(
+        "{ORG_SELECT} FROM organizations o WHERE o.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or_else(|| Error::not_found("Organization not found"))?;
+    Ok(Organization::from_row(&row)?)
+}
+
+// ---- validation -------------------------------------------------------------------------
+
+pub fn validate_slug(slug: &str) -> Result<(), &'static str> {
+    if !(3..=63).contains(&slug.len()) {
+        return Err("must be 3 to 63 characters");
+    }
+    if !slug
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("may contain only a-z, 0-9 and -");
+    }
+    if slug.starts_with('-') || slug.ends_with('-') {
+        return Err("must not start or end with -");
+    }
+    if RESERVED_SLUGS.contains(&slug) || crate::ids::has_prefix(slug, "org") {
+        return Err("is reserved");
+    }
+    Ok(())
+}
+
+pub fn is_timezone(tz: &str) -> bool {
+    static ZONES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ZONES
+        .get_or_init(|| {
+            include_str!("../../data/timezones.txt")
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .collect()
+        })
+        .binary_search(&tz)
+        .is_ok()
+}
+
+fn slug_from_name(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.to_lowercase().chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let mut slug: String = slug.trim_matches('-').chars().take(50).collect();
+    slug = slug.trim_matches('-').to_string();
+    if slug.len() < 3 {
+        slug = format!("org-{slug}").trim_matches('-').to_string();
+    }
+    slug
+}
+
+fn check_url(field: &str, url: &str, errors: &mut Vec<FieldError>) {
+    if url.is_empty() {
+        return;
+    }
+    let ok = url.len() <= 2048
+        && url::Url::parse(url)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if !ok {
+        errors.push(FieldError::new(field, "must be an http(s) URL"));
+    }
+}
+
+/// Validates the settings object (known keys, their types, CIDRs).
+pub fn validate_settings(settings: &Value, errors: &mut Vec<FieldError>) {
+    let Some(map) = settings.as_object() else {
+        errors.push(FieldError::new("settings", "must be an object"));
+        return;
+    };
+    for (key, value) in map {
+        let field = format!("settings.{key}");
+        match key.as_str() {
+            "sso_enabled" => {
+                if !value.is_boolean() && !value.is_null() {
+                    errors.push(FieldError::new(field, "must be true or false"));
+                }
+            }
+            "sso_provider" | "data_residency" => {
+                if !(value.is_null() || value.as_str().is_some_and(|s| s.len() <= 100)) {
+                    errors.push(FieldError::new(
+                        field,
+                        "must be a string of at most 100 characters",
+                    ));
+                }
+            }
+            "ip_allowlist" => match value.as_array() {
+                Some(list) if list.len() <= 200 => {
+                    for (i, entry) in list.iter().enumerate() {
+                        if entry.as_str().and_then(parse_cidr).is_none() {
+                            errors.push(FieldError::new(
+                                format!("{field}[{i}]"),
+                                "must be a CIDR such as 203.0.113.0/24 or an IP address",
+                            ));
+                        }
+                    }
+                }
+                None if value.is_null() => {}
+                _ => errors.push(FieldError::new(
+                    field,
+                    "must be a list of at most 200 CIDRs",
+                )),
+            },
+            _ => errors.push(FieldError::new(field, "unknown field")),
+        }
+    }
+}
+
+/// JSON merge: objects merge key by key (recursively), `null` removes a key, anything else
+/// replaces.
+pub fn deep_merge(base: &mut Value, patch: &Value) {
+    match (base.as_object_mut(), patch.as_object()) {
+        (Some(b), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    b.remove(k);
+                } else if let Some(existing) = b.get_mut(k) {
+                    deep_merge(existing, v);
+                } else {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        _ => *base = patch.clone(),
+    }
+}
+
+fn default_settings() -> Value {
+    json!({ "sso_enabled": false, "sso_provider": null, "ip_allowlist": [], "data_residency": null })
+}
+
+// ---- handlers -----------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrganization {
+    name: String,
+    slug: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    website: String,
+    timezone: Option<String>,
+    settings: Option<Value>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(body): Json<CreateOrganization>,
+) -> Result<impl IntoResponse, Error> {
+    let mut errors = Vec::new();
+    let name = body.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 200 {
+        errors.push(FieldError::new("name", "must be 1 to 200 characters"));
+    }
+    if let Some(slug) = &body.slug {
+        if let Err(why) = validate_slug(slug) {
+            errors.push(FieldError::new("slug", why));
+        }
+    }
+    if body.description.chars().count() > 2000 {
+        errors.push(FieldError::new(
+            "description",
+            "must be at most 2000 characters",
+        ));
+    }
+    check_url("website", &body.website, &mut errors);
+    let timezone = body.timezone.unwrap_or_else(|| "UTC".into());
+    if !is_timezone(&timezone) {
+        errors.push(FieldError::new(
+            "timezone",
+            "must be an IANA time zone such as Europe/Paris",
+        ));
+    }
+    let mut settings = default_settings();
+    if let Some(s) = &body.settings {
+        validate_settings(s, &mut errors);
+        deep_merge(&mut settings, s);
+    }
+    if !errors.is_empty() {
+        return Err(Error::invalid(errors));
+    }
+    let explicit = body.slug.is_some();
+    let base = body.slug.unwrap_or_else(|| slug_from_name(&name));
+    let id = crate::ids::new_id("org");
+    let now = storage::now();
+    for attempt in 0..5 {
+        let slug = if attempt == 0 {
+            base.clone()
+        } else {
+            format!(
+                "{}-{}",
+                base.chars().take(55).collect::<String>(),
+                crate::crypto::random_base62(4).to_lowercase()
+            )
+        };
+        let mut tx = state.db.pool().begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO organizations (id, name, slug, description, website, timezone, status, plan, settings, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $9)",
+        )
+        .bind(&id)
+        .bind(&name)
+        .bind(&slug)
+        .bind(body.description.trim())
+        .bind(body.website.trim())
+        .bind(&timezone)
+        .bind(DEFAULT_PLAN)
+        .bind(settings.to_string())
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .on_unique("organizations", "slug", || Error::conflict("This slug is taken"));
+        match inserted {
+            Err(e) if !explicit && e.code() == crate::error::ErrorCode::Conflict => continue,
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
+        sqlx::query(
+            "INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) VALUES ($1, $2, $3, 'owner', $4, $4)",
+        )
+        .bind(crate::ids::new_id("mem"))
+        .bind(&id)
+        .bind(&auth.user.id.0)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut org = get(&state.db, &id).await?;
+        org.role = Some("owner".into());
+        return Ok((StatusCode::CREATED, axum::Json(org)));
+    }
+    Err(Error::conflict("Could not find a free slug; choose one"))
+}
+
+pub async fn list_mine(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    page: Page,
+) -> Result<impl IntoResponse, Error> {
+    let mut filter = Sql::new(
+        " FROM organizations o JOIN memberships m ON m.organization_id = o.id WHERE m.user_id = ",
+    );
+    filter.bind(auth.user.id.0.clone());
+    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &filter)
+        .query_scalar()
+        .fetch_one(state.db.pool())
+        .await?;
+    let mut q = Sql::prefixed(&format!("{ORG_SELECT}, m.role AS role"), &filter);
+    page.apply_offset(&mut q, "o.id");
+    let rows = q.query().fetch_all(state.db.pool()).await?;
+    let orgs = rows
+        .iter()
+        .map(Organization::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(axum::Json(List::from_rows(
+        "organizations",
+        orgs,
+        total,
+        &page,
+    )))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SlugQuery {
+    slug: Option<String>,
+}
+
+pub async fn check_availability(
+    State(state): State<AppState>,
+    Query(q): Query<SlugQuery>,
+) -> Result<impl IntoResponse, Error> {
+    let slug = q
+        .slug
+        .ok_or_else(|| Error::invalid_field("slug", "is required"))?
+        .trim()
+        .to_string();
+    if let Err(why) = validate_slug(&slug) {
+        return Ok(axum::Json(
+            json!({ "slug": slug, "available": false, "reason": why }),
+        ));
+    }
+    let taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations WHERE slug = $1")
+        .bind(&slug)
+        .fetch_one(state.db.pool())
+        .await?;
+    Ok(axum::Json(json!({ "slug": slug, "available": taken == 0 })))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::OrganizationsRead>,
+) -> Result<impl IntoResponse, Error> {
+    let mut org = get(&state.db, access.org_id()).await?;
+    org.role = Some(access.role.as_str().into());
+    Ok(axum::Json(org))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrganization {
+    name: Option<String>,
+    description: Option<String>,
+    website: Option<String>,
+    timezone: Option<String>,
+    settings: Option<Value>,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::OrganizationsUpdate>,
+    Json(body): Json<UpdateOrganization>,
+) -> Result<impl IntoResponse, Error> {
+    let mut errors = Vec::new();
+    if let Some(name) = &body.name {
+        if name.trim().is_empty() || name.chars().count() > 200 {
+            errors.push(FieldError::new("name", "must be 1 to 200 characters"));
+        }
+    }
+    if let Some(d) = &body.description {
+        if d.chars().count() > 2000 {
+            errors.push(FieldError::new(
+                "description",
+                "must be at most 2000 characters",
+            ));
+        }
+    }
+    if let Some(w) = &body.website {
+        check_url("website", w, &mut errors);
+    }
+    if let Some(tz) = &body.timezone {
+        if !is_timezone(tz) {
+            errors.push(FieldError::new(
+                "timezone",
+                "must be an IANA time zone such as Europe/Paris",
+            ));
+        }
+    }
+    let mut settings = access.org.settings.clone();
+    if let Some(patch) = &body.settings {
+        validate_settings(patch, &mut errors);
+        deep_merge(&mut settings, patch);
+    }
+    if !errors.is_empty() {
+        return Err(Error::invalid(errors));
+    }
+    let mut sql = Sql::new("UPDATE organizations SET updated_at = ");
+    sql.bind(storage::now());
+    if let Some(v) = body.name {
+        sql.push(", name = ").bind(v.trim().to_string());
+    }
+    if let Some(v) = body.description {
+        sql.push(", description = ").bind(v.trim().to_string());
+    }
+    if let Some(v) = body.website {
+        sql.push(", website = ").bind(v.trim().to_string());
+    }
+    if let Some(v) = body.timezone {
+        sql.push(", timezone = ").bind(v);
+    }
+    if body.settings.is_some() {
+        sql.push(", settings = ").bind(settings.to_string());
+    }
+    sql.push(" WHERE id = ").bind(access.org_id().to_string());
+    sql.query().execute(state.db.pool()).await?;
+    let mut org = get(&state.db, access.org_id()).await?;
+    org.role = Some(access.role.as_str().into());
+    Ok(axum::Json(org))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::OrganizationsDelete>,
+) -> Result<StatusCode, Error> {
+    sqlx::query("DELETE FROM organizations WHERE id = $1")
+        .bind(access.org_id())
+        .execute(state.db.pool())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_follow_the_rules() {
+        assert!(validate_slug("acme-corp").is_ok());
+        assert!(validate_slug("ab").is_err());
+        assert!(validate_slug("Acme").is_err());
+        assert!(validate_slug("-acme").is_err());
+        assert!(validate_slug(&"a".repeat(64)).is_err());
+        assert!(validate_slug("check-availability").is_err());
+        assert_eq!(slug_from_name("Acme Corp, Inc."), "acme-corp-inc");
+        assert_eq!(slug_from_name("X"), "org-x");
+    }
+
+    #[test]
+    fn timezones_are_iana_names() {
+        assert!(is_timezone("America/New_York"));
+        assert!(is_timezone("UTC"));
+        assert!(!is_timezone("Mars/Olympus"));
+        assert!(!is_timezone("america/new_york"));
+    }
+
+    #[test]
+    fn settings_merge_deeply_and_null_removes() {
+        let mut base = json!({"sso_enabled": true, "ip_allowlist": ["10.0.0.0/8"], "nested": {"a": 1, "b": 2}});
+        deep_merge(
+            &mut base,
+            &json!({"ip_allowlist": ["1.2.3.0/24"], "nested": {"b": null, "c": 3}, "sso_enabled": null}),
+        );
+        assert_eq!(
+            base,
+            json!({"ip_allowlist": ["1.2.3.0/24"], "nested": {"a": 1, "c": 3}})
+        );
+    }
+
+    #[test]
+    fn settings_are_validated_by_field() {
+        let mut errors = Vec::new();
+        validate_settings(
+            &json!({"ip_allowlist": ["10.0.0.0/8", "nope"], "sso_enabled": "yes", "colour": 1}),
+            &mut errors,
+        );
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"settings.ip_allowlist[1]"));
+        assert!(fields.contains(&"settings.sso_enabled"));
+        assert!(fields.contains(&"settings.colour"));
+    }
+}

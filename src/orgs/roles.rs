@@ -1,0 +1,240 @@
+//! Roles and permissions: **the one table** every organization route consults (through the
+//! `OrgAccess<P>` extractor). Each role includes the ones below it.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Member,
+    Editor,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Owner,
+        Role::Admin,
+        Role::Editor,
+        Role::Member,
+        Role::Viewer,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Member => "member",
+            Role::Editor => "editor",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Role::Owner => "Billing, deletion and ownership; everything an admin can do",
+            Role::Admin => "Members, invitations, API keys, settings, webhooks and plan changes",
+            Role::Editor => "Policies and alerts",
+            Role::Member => "Reads keys, logs and policies; manages own settings",
+            Role::Viewer => "Read-only dashboards",
+        }
+    }
+
+    pub fn can(self, p: Permission) -> bool {
+        self >= p.min_role()
+    }
+}
+
+/// What a caller may do in an organization. Most map to an API-key scope of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    OrganizationsRead,
+    OrganizationsUpdate,
+    OrganizationsDelete,
+    MembersRead,
+    MembersManage,
+    ApiKeysRead,
+    ApiKeysManage,
+    BillingRead,
+    BillingManage,
+    BillingCancel,
+    UsageRead,
+    WebhooksManage,
+    AuditRead,
+    ConfigsRead,
+    ConfigsManage,
+    StorageManage,
+    PoliciesRead,
+    PoliciesManage,
+    AnalyticsRead,
+    ProvidersManage,
+    GatewayProxy,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 21] = [
+        Permission::OrganizationsRead,
+        Permission::OrganizationsUpdate,
+        Permission::OrganizationsDelete,
+        Permission::MembersRead,
+        Permission::MembersManage,
+        Permission::ApiKeysRead,
+        Permission::ApiKeysManage,
+        Permission::BillingRead,
+        Permission::BillingManage,
+        Permission::BillingCancel,
+        Permission::UsageRead,
+        Permission::WebhooksManage,
+        Permission::AuditRead,
+        Permission::ConfigsRead,
+        Permission::ConfigsManage,
+        Permission::StorageManage,
+        Permission::PoliciesRead,
+        Permission::PoliciesManage,
+        Permission::AnalyticsRead,
+        Permission::ProvidersManage,
+        Permission::GatewayProxy,
+    ];
+
+    /// The least role that holds the permission (SPEC §3, §4, §6, §7, §10).
+    pub fn min_role(self) -> Role {
+        use Permission::*;
+        match self {
+            OrganizationsRead | MembersRead | UsageRead | ConfigsRead => Role::Viewer,
+            ApiKeysRead | PoliciesRead | AnalyticsRead | GatewayProxy => Role::Member,
+            PoliciesManage => Role::Editor,
+            OrganizationsUpdate | MembersManage | ApiKeysManage | BillingRead | BillingManage
+            | WebhooksManage | AuditRead | ConfigsManage | StorageManage | ProvidersManage => {
+                Role::Admin
+            }
+            OrganizationsDelete | BillingCancel => Role::Owner,
+        }
+    }
+
+    /// The API-key scope that grants it (`None`: a person's role only).
+    pub fn scope(self) -> Option<&'static str> {
+        use Permission::*;
+        Some(match self {
+            OrganizationsRead => "organizations:read",
+            OrganizationsUpdate => "organizations:update",
+            MembersRead => "members:read",
+            MembersManage => "members:manage",
+            ApiKeysRead => "api_keys:read",
+            ApiKeysManage => "api_keys:manage",
+            BillingRead => "billing:read",
+            BillingManage => "billing:manage",
+            UsageRead => "usage:read",
+            WebhooksManage => "webhooks:manage",
+            AuditRead => "audit:read",
+            ConfigsRead => "configs:read",
+            ConfigsManage | StorageManage | ProvidersManage => "configs:manage",
+            PoliciesRead => "policies:read",
+            PoliciesManage => "policies:manage",
+            AnalyticsRead => "analytics:read",
+            GatewayProxy => "gateway:proxy",
+            OrganizationsDelete | BillingCancel => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use Permission::*;
+        match self {
+            OrganizationsDelete => "organizations:delete",
+            BillingCancel => "billing:cancel",
+            other => other.scope().unwrap_or_default(),
+        }
+    }
+}
+
+/// Compile-time permission markers for `OrgAccess<P>`: a handler's signature says what it needs.
+pub trait RequiredPermission: Send + Sync + 'static {
+    const PERMISSION: Permission;
+}
+
+macro_rules! permission_markers {
+    ($($name:ident),* $(,)?) => {
+        /// Marker types, one per [`Permission`].
+        pub mod perm {
+            $(
+                #[derive(Debug, Clone, Copy)]
+                pub struct $name;
+                impl super::RequiredPermission for $name {
+                    const PERMISSION: super::Permission = super::Permission::$name;
+                }
+            )*
+        }
+    };
+}
+
+permission_markers!(
+    OrganizationsRead,
+    OrganizationsUpdate,
+    OrganizationsDelete,
+    MembersRead,
+    MembersManage,
+    ApiKeysRead,
+    ApiKeysManage,
+    BillingRead,
+    BillingManage,
+    BillingCancel,
+    UsageRead,
+    WebhooksManage,
+    AuditRead,
+    ConfigsRead,
+    ConfigsManage,
+    StorageManage,
+    PoliciesRead,
+    PoliciesManage,
+    AnalyticsRead,
+    ProvidersManage,
+    GatewayProxy,
+);
+
+/// `GET /v1/roles`
+pub fn roles_document() -> serde_json::Value {
+    let roles: Vec<serde_json::Value> = Role::ALL
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.as_str(),
+                "name": r.as_str(),
+                "description": r.description(),
+                "permissions": Permission::ALL
+                    .iter()
+                    .filter(|p| r.can(**p))
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let total = roles.len();
+    serde_json::json!({ "roles": roles, "total": total, "limit": total, "offset": 0, "has_more": false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_include_the_ones_below() {
+        for p in Permission::ALL {
+            let holders: Vec<Role> = Role::ALL.into_iter().filter(|r| r.can(p)).collect();
+            // Whoever holds it, every higher role holds it too.
+            for r in &holders {
+                assert!(Role::ALL.iter().filter(|h| *h > r).all(|h| h.can(p)));
+            }
+            assert!(Role::Owner.can(p));
+        }
+        assert!(!Role::Admin.can(Permission::OrganizationsDelete));
+        assert!(Role::Editor.can(Permission::PoliciesManage));
+        assert!(!Role::Member.can(Permission::PoliciesManage));
+        assert!(Role::Viewer.can(Permission::OrganizationsRead));
+        assert!(!Role::Viewer.can(Permission::ApiKeysRead));
+    }
+}
