@@ -21,10 +21,14 @@ type Embedded = &'static [(i64, &'static str, &'static str)];
 
 const SQLITE: Embedded = migrations!("sqlite":
     (1, "foundation"),
+    // 2 is reserved for identity.
+    (3, "events"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
     (1, "foundation"),
+    // 2 is reserved for identity.
+    (3, "events"),
 );
 
 fn embedded(backend: Backend) -> Embedded {
