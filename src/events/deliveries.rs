@@ -144,7 +144,7 @@ pub async fn retry(
             "The webhook endpoint is disabled; enable it to retry deliveries",
         ));
     }
-    let mut tx = db.pool().begin().await?;
+    let mut tx = super::begin_write(db).await?;
     let original = fetch(&mut *tx, endpoint_id, delivery_id).await?;
     let open = sqlx::query(
         "SELECT id, status FROM webhook_deliveries WHERE event_id = $1 AND endpoint_id = $2 \

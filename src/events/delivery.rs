@@ -409,7 +409,7 @@ impl DeliveryWorker {
                 .after_failure(job.attempt)
                 .map(|d| storage::format_time(now + d))
         };
-        let mut tx = inner.state.db.pool().begin().await?;
+        let mut tx = super::begin_write(&inner.state.db).await?;
         let updated = sqlx::query(
             "UPDATE webhook_deliveries SET status = $1, response_status = $2, response_body = $3, \
              error = $4, latency_ms = $5, next_attempt_at = $6, locked_by = NULL, \

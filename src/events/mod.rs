@@ -118,6 +118,18 @@ impl ActorContext {
     }
 }
 
+/// Begins a transaction that will write. On SQLite it takes the write lock at once
+/// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then writes fails with
+/// "database is locked" when another connection wrote in between, instead of waiting.
+pub(crate) async fn begin_write(
+    db: &crate::storage::Db,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    match db.backend() {
+        crate::storage::Backend::Sqlite => db.pool().begin_with("BEGIN IMMEDIATE").await,
+        crate::storage::Backend::Postgres => db.pool().begin().await,
+    }
+}
+
 /// Which webhook endpoints an operation is confined to: one organization's, or the platform's
 /// own (`organization_id` NULL), which receive every organization's events.
 #[derive(Debug, Clone, PartialEq, Eq)]

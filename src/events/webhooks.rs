@@ -215,7 +215,7 @@ pub async fn create(
     let id = new_id("wh");
     let secret = WebhookSecret::generate();
     let now = storage::now();
-    let mut tx = state.db.pool().begin().await?;
+    let mut tx = super::begin_write(&state.db).await?;
     sqlx::query(
         "INSERT INTO webhook_endpoints (id, organization_id, url, description, events, enabled, \
          secret_ciphertext, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
@@ -301,7 +301,7 @@ pub async fn update(
         (u, e, d) => return Err(invalid([u.err(), e.err(), d.err()])),
     };
 
-    let mut tx = state.db.pool().begin().await?;
+    let mut tx = super::begin_write(&state.db).await?;
     let before = fetch(&mut tx, scope, id).await?;
     let mut sql = Sql::new("UPDATE webhook_endpoints SET updated_at = ");
     sql.bind(storage::now());
@@ -353,7 +353,7 @@ pub async fn update(
 
 /// Deletes the endpoint with its delivery log and pending deliveries.
 pub async fn delete(db: &Db, scope: &Scope, ctx: &ActorContext, id: &str) -> Result<()> {
-    let mut tx = db.pool().begin().await?;
+    let mut tx = super::begin_write(db).await?;
     let before = fetch(&mut tx, scope, id).await?;
     sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1")
         .bind(id)
@@ -377,7 +377,7 @@ pub async fn rotate_secret(
     ctx: &ActorContext,
     id: &str,
 ) -> Result<RotatedSecret> {
-    let mut tx = state.db.pool().begin().await?;
+    let mut tx = super::begin_write(&state.db).await?;
     fetch(&mut tx, scope, id).await?;
     let secret = WebhookSecret::generate();
     let expires = storage::format_time(chrono::Utc::now() + ROTATION_OVERLAP);
@@ -404,7 +404,7 @@ pub async fn rotate_secret(
 /// Sends a `webhook.test` event to this endpoint (whatever it subscribes to). Returns the event
 /// id (the `webhook-id` the receiver gets).
 pub async fn send_test(db: &Db, scope: &Scope, ctx: &ActorContext, id: &str) -> Result<String> {
-    let mut tx = db.pool().begin().await?;
+    let mut tx = super::begin_write(db).await?;
     let endpoint = fetch(&mut tx, scope, id).await?;
     if !endpoint.enabled {
         return Err(Error::conflict(
