@@ -593,8 +593,9 @@ async fn the_audit_export_of_100000_events_streams_in_batches(backend: Backend) 
             AuditFilter::default(),
             format,
         );
-        // The stream hands out one keyset batch per chunk: never the whole export at once.
-        let mut stream = std::pin::pin!(stream);
+        // As a handler would send it; the body hands out one keyset batch per chunk, fetched as
+        // the previous one is taken: never the whole export at once.
+        let mut stream = axum::body::Body::from_stream(stream).into_data_stream();
         let (mut chunks, mut lines, mut max_chunk, mut last_id) =
             (0usize, 0usize, 0usize, String::new());
         let mut header = None;
@@ -1241,6 +1242,65 @@ async fn killing_the_server_between_commit_and_delivery_still_delivers(backend: 
     worker.stop().await;
 }
 
+/// Three nodes on one database, competing for the same due attempts: each event is sent once.
+async fn several_nodes_deliver_each_event_exactly_once(backend: Backend) {
+    let s = server(backend).await;
+    let state = &s.state;
+    let org = create_org(state, "acme").await;
+    let scope = Scope::Organization(org.clone());
+    let receiver = Receiver::start(|_| Reply::Status(200)).await;
+    let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
+    const EVENTS: usize = 60;
+    for i in 0..EVENTS {
+        emit_committed(
+            state,
+            &user_ctx("user_1"),
+            member_added(&org, &format!("mem_{i}")),
+        )
+        .await;
+    }
+    let mut nodes = vec![state.clone()];
+    for _ in 0..2 {
+        nodes.push(
+            gatehouse::server::build_state(state.config.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let small_batches = WorkerConfig {
+        batch_size: 4,
+        ..fast_config(true)
+    };
+    let workers: Vec<WorkerHandle> = nodes
+        .iter()
+        .map(|n| start_worker(n, small_batches.clone()))
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..EVENTS {
+        ids.insert(receiver.next().await.header("webhook-id").to_string());
+    }
+    assert_eq!(ids.len(), EVENTS, "every event arrived");
+    let id = created.endpoint.id.clone();
+    eventually("every attempt recorded", || {
+        let (state, scope, id) = (state.clone(), scope.clone(), id.clone());
+        async move {
+            let page = Page {
+                limit: 100,
+                ..Page::default()
+            };
+            let log = deliveries::list(&state.db, &scope, &id, &page)
+                .await
+                .unwrap();
+            log.total == EVENTS as i64 && log.items.iter().all(|d| d.status == status::SUCCEEDED)
+        }
+    })
+    .await;
+    for w in workers {
+        w.stop().await;
+    }
+    assert_eq!(receiver.requests(), EVENTS, "no attempt was sent twice");
+}
+
 async fn an_endpoint_failing_for_five_days_is_disabled_with_an_event(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
@@ -1400,6 +1460,7 @@ on_both_databases!(
     the_schedule_gives_up_and_a_manual_retry_sends_again,
     a_dead_workers_claim_is_delivered_after_its_lease,
     killing_the_server_between_commit_and_delivery_still_delivers,
+    several_nodes_deliver_each_event_exactly_once,
     an_endpoint_failing_for_five_days_is_disabled_with_an_event,
     private_targets_are_refused_unless_allowed,
 );

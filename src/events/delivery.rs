@@ -200,6 +200,12 @@ struct Outcome {
 
 impl DeliveryWorker {
     pub fn new(state: AppState, config: WorkerConfig) -> anyhow::Result<Self> {
+        if config.lease <= config.attempt_timeout {
+            tracing::warn!(
+                "the webhook lease is not longer than the attempt timeout: a slow attempt may be \
+                 sent again by another worker"
+            );
+        }
         let client = OutboundClient::new(
             config.allow_private_targets,
             config.attempt_timeout,

@@ -118,10 +118,11 @@ impl ActorContext {
     }
 }
 
-/// Begins a transaction that will write. On SQLite it takes the write lock at once
-/// (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then writes fails with
-/// "database is locked" when another connection wrote in between, instead of waiting.
-pub(crate) async fn begin_write(
+/// Begins a transaction that will write (use it for the transaction you [`emit`] into). On
+/// SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred transaction that reads
+/// first and then writes fails with "database is locked" when another connection wrote in
+/// between, instead of waiting. (Belongs in `storage` once that is shared.)
+pub async fn begin_write(
     db: &crate::storage::Db,
 ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
     match db.backend() {

@@ -260,9 +260,15 @@ impl OutboundClient {
         // Dropping `res` here closes the connection without reading the rest.
         Ok(OutboundResponse {
             status,
-            body_excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+            body_excerpt: excerpt_text(&excerpt),
         })
     }
+}
+
+/// The bytes as text fit for a TEXT column: invalid UTF-8 replaced, NUL (which PostgreSQL
+/// refuses in text) dropped.
+fn excerpt_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace('\0', "")
 }
 
 fn classify(e: reqwest::Error) -> OutboundError {
@@ -346,6 +352,11 @@ mod tests {
         ] {
             assert!(is_public(ip(s)), "{s} should be public");
         }
+    }
+
+    #[test]
+    fn excerpts_are_storable_text() {
+        assert_eq!(excerpt_text(b"ok\0\xff!"), "ok\u{fffd}!");
     }
 
     #[test]
