@@ -200,6 +200,8 @@ enum Reply {
     Status(u16),
     /// Never answers (a receiver that hangs, or a worker killed mid-delivery).
     Hang,
+    /// This status with a 64 KiB body.
+    Verbose(u16),
 }
 
 /// A webhook receiver on loopback; `script(n)` decides the answer to the n-th request (0-based).
@@ -245,6 +247,9 @@ impl Receiver {
                 match script(n) {
                     Reply::Status(s) => {
                         (StatusCode::from_u16(s).unwrap(), "receiver says hi").into_response()
+                    }
+                    Reply::Verbose(s) => {
+                        (StatusCode::from_u16(s).unwrap(), "x".repeat(64 * 1024)).into_response()
                     }
                     Reply::Hang => std::future::pending().await,
                 }
@@ -1301,6 +1306,44 @@ async fn several_nodes_deliver_each_event_exactly_once(backend: Backend) {
     assert_eq!(receiver.requests(), EVENTS, "no attempt was sent twice");
 }
 
+/// An attempt is bounded by its timeout, and only the first 4 KiB of an answer are kept.
+async fn slow_and_verbose_receivers_are_cut_short(backend: Backend) {
+    let s = server(backend).await;
+    let state = &s.state;
+    let org = create_org(state, "acme").await;
+    let scope = Scope::Organization(org.clone());
+    let receiver = Receiver::start(|n| match n {
+        0 => Reply::Hang,
+        _ => Reply::Verbose(200),
+    })
+    .await;
+    let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
+    let config = WorkerConfig {
+        attempt_timeout: Duration::from_millis(300),
+        ..fast_config(true)
+    };
+    let worker = start_worker(state, config);
+    emit_committed(state, &user_ctx("user_1"), member_added(&org, "mem_1")).await;
+    let id = created.endpoint.id.clone();
+    eventually("the second attempt recorded", || {
+        let (state, scope, id) = (state.clone(), scope.clone(), id.clone());
+        async move {
+            attempts(&state, &scope, &id)
+                .await
+                .iter()
+                .any(|d| d.status == status::SUCCEEDED)
+        }
+    })
+    .await;
+    worker.stop().await;
+    let log = attempts(state, &scope, &created.endpoint.id).await;
+    assert_eq!(log[0].status, "failed");
+    assert_eq!(log[0].error.as_deref(), Some("timed out"));
+    assert!(log[0].next_attempt_at.is_some());
+    assert_eq!(log[1].response_status, Some(200));
+    assert_eq!(log[1].response_body.as_deref().map(str::len), Some(4096));
+}
+
 async fn an_endpoint_failing_for_five_days_is_disabled_with_an_event(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
@@ -1461,6 +1504,7 @@ on_both_databases!(
     a_dead_workers_claim_is_delivered_after_its_lease,
     killing_the_server_between_commit_and_delivery_still_delivers,
     several_nodes_deliver_each_event_exactly_once,
+    slow_and_verbose_receivers_are_cut_short,
     an_endpoint_failing_for_five_days_is_disabled_with_an_event,
     private_targets_are_refused_unless_allowed,
 );
