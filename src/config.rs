@@ -24,6 +24,7 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("public_url", "http://127.0.0.1:8080", "the URL users reach this server at (links in emails)"),
     ("trusted_proxies", "[]", "CIDRs of reverse proxies whose X-Forwarded-For is believed"),
     ("allow_private_webhook_targets", "false", "allow webhook URLs that resolve to private/loopback addresses"),
+    ("webhook_timeout_secs", "15", "time limit for one webhook delivery attempt (connect, send, read the capped answer)"),
     ("log_format", "text", "text | json"),
     ("log_level", "info", "tracing filter, e.g. info or gatehouse=debug,tower_http=info"),
     ("request_timeout_secs", "30", "time limit for one control-plane request (503 after it)"),
@@ -46,6 +47,7 @@ pub struct Config {
     pub public_url: String,
     pub trusted_proxies: Vec<IpNet>,
     pub allow_private_webhook_targets: bool,
+    pub webhook_timeout_secs: u64,
     pub log_format: LogFormat,
     pub log_level: String,
     pub request_timeout_secs: u64,
@@ -75,6 +77,7 @@ impl Default for Config {
             public_url: "http://127.0.0.1:8080".into(),
             trusted_proxies: Vec::new(),
             allow_private_webhook_targets: false,
+            webhook_timeout_secs: 15,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             request_timeout_secs: 30,
@@ -124,8 +127,13 @@ impl Config {
         }
         url::Url::parse(&self.public_url)
             .map_err(|e| anyhow::anyhow!("public_url is not a URL: {e}"))?;
-        if self.request_timeout_secs == 0 || self.max_body_bytes == 0 {
-            anyhow::bail!("request_timeout_secs and max_body_bytes must be positive");
+        if self.request_timeout_secs == 0
+            || self.max_body_bytes == 0
+            || self.webhook_timeout_secs == 0
+        {
+            anyhow::bail!(
+                "request_timeout_secs, max_body_bytes and webhook_timeout_secs must be positive"
+            );
         }
         Ok(())
     }

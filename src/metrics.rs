@@ -3,7 +3,7 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -20,6 +20,13 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// The outcome of one webhook delivery attempt: `succeeded`, `retrying` (failed, another attempt
+/// is scheduled), `failed` (failed, no attempt follows: the schedule or a manual retry ended).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookOutcomeLabels {
+    pub outcome: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -33,6 +40,9 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_latency: HistogramFamily<RouteLabels>,
+    pub webhook_deliveries: Family<WebhookOutcomeLabels, Counter>,
+    pub webhook_pending: Gauge,
+    pub webhook_endpoints_disabled: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -63,10 +73,31 @@ impl Metrics {
             "Time to answer an HTTP request (until the response head), by route template",
             http_latency.clone(),
         );
+        let webhook_deliveries = Family::<WebhookOutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts made, by outcome (succeeded, retrying, failed)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_pending = Gauge::default();
+        registry.register(
+            "webhook_deliveries_pending",
+            "Webhook delivery attempts queued or in flight (the delivery queue depth)",
+            webhook_pending.clone(),
+        );
+        let webhook_endpoints_disabled = Counter::default();
+        registry.register(
+            "webhook_endpoints_disabled",
+            "Webhook endpoints disabled after failing continuously",
+            webhook_endpoints_disabled.clone(),
+        );
         Metrics {
             registry,
             http_requests,
             http_latency,
+            webhook_deliveries,
+            webhook_pending,
+            webhook_endpoints_disabled,
         }
     }
 

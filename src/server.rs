@@ -117,8 +117,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         database = state.db.backend().name(),
         "gatehouse listening"
     );
+    let worker = crate::events::delivery::spawn(state.clone())?;
     let app = crate::http::router(state.clone());
     crate::http::serve(listener, app, crate::http::shutdown_signal(), grace).await?;
+    worker.stop().await;
     state.db.close().await;
     tracing::info!("stopped");
     Ok(())

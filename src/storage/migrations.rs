@@ -22,12 +22,14 @@ type Embedded = &'static [(i64, &'static str, &'static str)];
 const SQLITE: Embedded = migrations!("sqlite":
     (1, "foundation"),
     (2, "identity"),
+    (3, "events"),
     (4, "organizations"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
     (1, "foundation"),
     (2, "identity"),
+    (3, "events"),
     (4, "organizations"),
 );
 

@@ -1,0 +1,161 @@
+//! Events (SPEC §7): every change is recorded in the append-only audit log and, when it is a
+//! webhook event type, handed to the webhook endpoints subscribed to it — both **in the same
+//! database transaction** as the change itself (a transactional outbox), so that a rolled-back
+//! change emits nothing and a crash after commit loses nothing.
+//!
+//! - [`emit`] (`outbox.rs`): the one place events are emitted, on the caller's transaction.
+//! - [`audit`]: filtered, paginated listing and a streamed CSV/NDJSON export.
+//! - [`webhooks`]: the endpoint store (organization and platform scope), secrets, test events.
+//! - [`deliveries`]: the delivery log and manual retry.
+//! - [`delivery`]: the background worker that claims due attempts and sends them.
+//! - [`signing`]: Standard Webhooks signatures; [`ssrf`]: the outbound client that refuses
+//!   private addresses.
+
+pub mod audit;
+pub mod deliveries;
+pub mod delivery;
+mod outbox;
+pub mod signing;
+pub mod ssrf;
+pub mod webhooks;
+
+pub use outbox::{emit, record_audit, Emitted, NewEvent};
+
+use crate::ids::{KeyId, OrgId, UserId};
+
+/// Every webhook event type (SPEC §7), `<resource>.<verb>`. `webhook.disabled` is Gatehouse's
+/// own: sent when an endpoint is disabled after failing for five days.
+pub const EVENT_TYPES: &[&str] = &[
+    "user.created",
+    "user.updated",
+    "user.deleted",
+    "organization.created",
+    "organization.updated",
+    "organization.deleted",
+    "organization.suspended",
+    "member.added",
+    "member.updated",
+    "member.removed",
+    "invitation.created",
+    "invitation.accepted",
+    "invitation.revoked",
+    "api_key.created",
+    "api_key.rotated",
+    "api_key.revoked",
+    "subscription.created",
+    "subscription.updated",
+    "subscription.canceled",
+    "invoice.created",
+    "invoice.paid",
+    "quota.exceeded",
+    "policy.violation",
+    "webhook.test",
+    "webhook.disabled",
+];
+
+/// Subscribing to this receives every event type.
+pub const ALL_EVENTS: &str = "*";
+
+/// True for the event types webhooks can subscribe to (audit-only actions are not).
+pub fn is_event_type(action: &str) -> bool {
+    EVENT_TYPES.contains(&action)
+}
+
+/// Who did it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    User(UserId),
+    ApiKey(KeyId),
+    /// Gatehouse itself (background jobs, the delivery worker).
+    System,
+}
+
+impl Actor {
+    /// The audit log's `actor_type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Actor::User(_) => "user",
+            Actor::ApiKey(_) => "api_key",
+            Actor::System => "system",
+        }
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Actor::User(id) => Some(id.as_str()),
+            Actor::ApiKey(id) => Some(id.as_str()),
+            Actor::System => None,
+        }
+    }
+}
+
+/// What the request that caused a change tells about it (filled by the handler).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestMeta {
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// The actor and request every emitted event is attributed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorContext {
+    pub actor: Actor,
+    pub request: RequestMeta,
+}
+
+impl ActorContext {
+    pub fn new(actor: Actor, request: RequestMeta) -> Self {
+        ActorContext { actor, request }
+    }
+
+    /// Gatehouse acting on its own, outside any request.
+    pub fn system() -> Self {
+        ActorContext {
+            actor: Actor::System,
+            request: RequestMeta::default(),
+        }
+    }
+}
+
+/// Begins a transaction that will write (use it for the transaction you [`emit`] into). On
+/// SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred transaction that reads
+/// first and then writes fails with "database is locked" when another connection wrote in
+/// between, instead of waiting. (Belongs in `storage` once that is shared.)
+pub async fn begin_write(
+    db: &crate::storage::Db,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    match db.backend() {
+        crate::storage::Backend::Sqlite => db.pool().begin_with("BEGIN IMMEDIATE").await,
+        crate::storage::Backend::Postgres => db.pool().begin().await,
+    }
+}
+
+/// Which webhook endpoints an operation is confined to: one organization's, or the platform's
+/// own (`organization_id` NULL), which receive every organization's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Organization(OrgId),
+    Platform,
+}
+
+impl Scope {
+    pub fn organization_id(&self) -> Option<&str> {
+        match self {
+            Scope::Organization(id) => Some(id.as_str()),
+            Scope::Platform => None,
+        }
+    }
+
+    /// Appends ` AND <column> = $n` or ` AND <column> IS NULL`.
+    pub(crate) fn restrict(&self, sql: &mut crate::storage::Sql, column: &str) {
+        match self {
+            Scope::Organization(id) => {
+                sql.and(&format!("{column} = ?"), id.as_str());
+            }
+            Scope::Platform => {
+                sql.push(&format!(" AND {column} IS NULL"));
+            }
+        }
+    }
+}
