@@ -87,6 +87,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let db = server::open_database(&config).await?;
             let user = gatehouse::auth::users::create(
                 &db,
+                &gatehouse::events::ActorContext::system(),
                 gatehouse::auth::users::NewUser {
                     email: &email,
                     name: &name,

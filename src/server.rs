@@ -52,6 +52,7 @@ pub async fn bootstrap_admin(db: &Db) -> anyhow::Result<()> {
     let password = crypto::random_base62(24);
     users::create(
         db,
+        &crate::events::ActorContext::system(),
         users::NewUser {
             email,
             name: "Platform admin",

@@ -97,6 +97,7 @@ async fn start_notifying(backend: Backend, started: Arc<Notify>) -> TestServer {
                 c.request_timeout_secs = 1;
             }),
             extra_routes: probe_routes(started),
+            ..Default::default()
         },
     )
     .await

@@ -978,7 +978,14 @@ async fn platform_admin_lists_and_suspends_organizations(backend: Backend) {
 /// organization B gets `not_found` or `forbidden` on organization A's resources, sees none of
 /// A's data, and changes nothing. A route added later is covered without editing this test.
 async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
-    let srv = TestServer::start(backend).await;
+    let srv = TestServer::start_with(
+        backend,
+        ServerOptions {
+            configure: Box::new(|c| c.allow_private_webhook_targets = true),
+            ..Default::default()
+        },
+    )
+    .await;
     let admin = srv.admin_token().await;
     let alice = person(&srv, "alice@example.com").await;
     let bob = person(&srv, "bob@example.com").await;
@@ -1012,6 +1019,15 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
         .await;
     let inv_id = inv.json["id"].as_str().unwrap().to_string();
     srv.mail(&admin, "x@example.com", "invited").await;
+    let hook = srv
+        .post_as(
+            &format!("{base}/webhooks"),
+            &alice.token,
+            &json!({"url": "http://127.0.0.1:9/secret-hook", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.text);
+    let hook_id = hook.json["id"].as_str().unwrap().to_string();
     let b_scoped = srv
         .post_as(
             "/v1/auth/select-tenant",
@@ -1038,10 +1054,13 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
                 .replace("{org_id}", org_ref)
                 .replace("{user_id}", &alice.id)
                 .replace("{key}", "secret-key")
+                .replace("{delivery_id}", "del_01aaaaaaaaaaaaaaaaaaaaaaaa")
                 .replace(
                     "{id}",
                     if route.path.contains("/invitations/") {
                         &inv_id
+                    } else if route.path.contains("/webhooks/") {
+                        &hook_id
                     } else {
                         &project_id
                     },
@@ -1061,7 +1080,13 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
                     res.status,
                     res.text
                 );
-                for secret in ["secret-project", "secret-value", "Secret A", &alice.id] {
+                for secret in [
+                    "secret-project",
+                    "secret-value",
+                    "Secret A",
+                    "secret-hook",
+                    &alice.id,
+                ] {
                     assert!(
                         !res.text.contains(secret),
                         "{} {} leaked {secret}",

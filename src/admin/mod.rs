@@ -21,6 +21,8 @@ use crate::{
         users::{self, AdminPatch, ProfilePatch, User, USER_COLUMNS},
     },
     error::Error,
+    events::{Actor, ActorContext},
+    http::request_meta::RequestMeta,
     http::{
         extract::{Json, Path, Query},
         pagination::{HasId, List, Page},
@@ -39,6 +41,13 @@ pub fn router() -> Router<AppState> {
         .route("/v1/admin/signing-keys", get(list_signing_keys))
         .route("/v1/admin/signing-keys/rotate", post(rotate_signing_key))
         .route("/v1/admin/mailbox", get(mailbox))
+}
+
+impl PlatformAdmin {
+    /// The admin as the actor of an audited change.
+    pub fn context(&self, meta: &RequestMeta) -> ActorContext {
+        ActorContext::new(Actor::User(self.0.user.id.clone()), meta.into())
+    }
 }
 
 impl HasId for User {
@@ -148,6 +157,7 @@ struct AdminUserPatch {
 async fn update_user(
     State(state): State<AppState>,
     PlatformAdmin(admin): PlatformAdmin,
+    meta: RequestMeta,
     Path(id): Path<String>,
     Json(patch): Json<AdminUserPatch>,
 ) -> Result<impl IntoResponse, Error> {
@@ -159,8 +169,10 @@ async fn update_user(
             "You cannot suspend yourself or remove your own platform-admin role",
         ));
     }
+    let ctx = ActorContext::new(Actor::User(admin.user.id.clone()), (&meta).into());
     let user = users::update(
         &state.db,
+        &ctx,
         &id,
         ProfilePatch {
             name: patch.name,
@@ -178,18 +190,28 @@ async fn update_user(
 async fn delete_user(
     State(state): State<AppState>,
     PlatformAdmin(admin): PlatformAdmin,
+    meta: RequestMeta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
     if id == admin.user.id.0 {
         return Err(Error::bad_request("You cannot delete your own account"));
     }
+    let mut tx = crate::events::begin_write(&state.db).await?;
     let done = sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(&id)
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(Error::not_found("User not found"));
     }
+    crate::events::emit(
+        &mut tx,
+        &ActorContext::new(Actor::User(admin.user.id.clone()), (&meta).into()),
+        crate::events::NewEvent::new("user.deleted", "user", Some(id.clone()))
+            .data(json!({"id": id})),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -121,7 +121,8 @@ struct StatusChange {
 /// organization-scoped request reads the status.
 async fn set_status(
     State(state): State<AppState>,
-    _admin: PlatformAdmin,
+    admin: PlatformAdmin,
+    meta: crate::http::request_meta::RequestMeta,
     Path(id): Path<String>,
     Json(body): Json<StatusChange>,
 ) -> Result<impl IntoResponse, Error> {
@@ -135,15 +136,31 @@ async fn set_status(
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
     }
+    let mut tx = crate::events::begin_write(&state.db).await?;
     let done = sqlx::query("UPDATE organizations SET status = $1, updated_at = $2 WHERE id = $3")
         .bind(&body.status)
         .bind(storage::now())
         .bind(&id)
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(Error::not_found("Organization not found"));
     }
+    let action = if body.status == "suspended" {
+        "organization.suspended"
+    } else {
+        "organization.updated"
+    };
+    crate::events::emit(
+        &mut tx,
+        &admin.context(&meta),
+        crate::events::NewEvent::new(action, "organization", Some(id.clone()))
+            .organization(crate::ids::OrgId(id.clone()))
+            .data(json!({"id": id, "status": body.status}))
+            .metadata(json!({"reason": body.reason})),
+    )
+    .await?;
+    tx.commit().await?;
     tracing::info!(organization_id = %id, status = %body.status, reason = %body.reason, "organization status changed");
     Ok(axum::Json(organizations::get(&state.db, &id).await?))
 }

@@ -22,12 +22,34 @@ use crate::{
         users::{self, NewUser, ProfilePatch},
     },
     error::{Error, ErrorCode, FieldError},
+    events::{record_security_event, Actor, ActorContext, NewEvent},
     http::{
         extract::{Json, Path},
         request_meta::RequestMeta,
     },
+    ids::UserId,
     mail::{self, Mail},
 };
+
+/// Records a security event about a user (audit only).
+async fn security_event(
+    state: &AppState,
+    meta: &RequestMeta,
+    user_id: Option<&str>,
+    action: &str,
+    metadata: Value,
+) {
+    let actor = match user_id {
+        Some(id) => Actor::User(UserId(id.to_string())),
+        None => Actor::System,
+    };
+    record_security_event(
+        &state.db,
+        &ActorContext::new(actor, meta.into()),
+        NewEvent::new(action, "user", user_id.map(str::to_string)).metadata(metadata),
+    )
+    .await;
+}
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -123,6 +145,7 @@ async fn register(
     }
     let user = users::create(
         &state.db,
+        &ActorContext::new(Actor::System, (&meta).into()),
         NewUser {
             email: &body.email,
             name: body.name.trim(),
@@ -135,7 +158,14 @@ async fn register(
     .await?;
     let membership = match &body.invitation_token {
         Some(token) => {
-            Some(crate::orgs::members::accept(&state.db, token, &user.id.0, &user.email).await?)
+            let ctx = crate::events::ActorContext::new(
+                crate::events::Actor::User(user.id.clone()),
+                (&meta).into(),
+            );
+            Some(
+                crate::orgs::members::accept(&state.db, &ctx, token, &user.id.0, &user.email)
+                    .await?,
+            )
         }
         None => None,
     };
@@ -249,6 +279,15 @@ async fn password_login(
     // Unknown email and wrong password: the same work, the same answer.
     if !users::verify_password(password, hash).await? {
         tracing::info!(ip = %meta.ip_string(), "login failed");
+        let id = account.as_ref().map(|a| a.id.as_str());
+        security_event(
+            state,
+            meta,
+            id,
+            "user.login_failed",
+            json!({"email": email, "method": "password"}),
+        )
+        .await;
         return Err(Error::unauthorized("Invalid email or password"));
     }
     let account = account.ok_or_else(|| Error::unauthorized("Invalid email or password"))?;
@@ -263,6 +302,14 @@ async fn password_login(
             axum::Json(json!({ "mfa_required": true, "mfa_token": mfa_token })).into_response(),
         );
     }
+    security_event(
+        state,
+        meta,
+        Some(&account.id),
+        "user.login_succeeded",
+        json!({"method": "password"}),
+    )
+    .await;
     Ok(axum::Json(sessions::start(state, &account.id, meta).await?).into_response())
 }
 
@@ -388,6 +435,7 @@ struct ResetPassword {
 
 async fn reset_password(
     State(state): State<AppState>,
+    meta: RequestMeta,
     Json(body): Json<ResetPassword>,
 ) -> Result<StatusCode, Error> {
     let user_id = codes::peek_reset_token(&state.db, &body.token).await?;
@@ -402,6 +450,14 @@ async fn reset_password(
     codes::consume_reset_token(&state.db, &body.token).await?;
     users::set_password(&state.db, &user_id, &user.email, &body.new_password).await?;
     sessions::revoke_all(&state.db, &user_id, None, "password_reset").await?;
+    security_event(
+        &state,
+        &meta,
+        Some(&user_id),
+        "user.password_reset",
+        json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -415,6 +471,7 @@ struct ChangePassword {
 async fn change_password(
     State(state): State<AppState>,
     auth: AuthUser,
+    meta: RequestMeta,
     Json(body): Json<ChangePassword>,
 ) -> Result<StatusCode, Error> {
     let account = users::credentials_by_email(&state.db, &auth.user.email)
@@ -434,6 +491,14 @@ async fn change_password(
         "password_changed",
     )
     .await?;
+    security_event(
+        &state,
+        &meta,
+        Some(&account.id),
+        "user.password_changed",
+        json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -529,9 +594,11 @@ async fn me(auth: AuthUser) -> impl IntoResponse {
 async fn update_me(
     State(state): State<AppState>,
     auth: AuthUser,
+    meta: RequestMeta,
     Json(patch): Json<ProfilePatch>,
 ) -> Result<impl IntoResponse, Error> {
-    let user = users::update(&state.db, &auth.user.id.0, patch, Default::default()).await?;
+    let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
+    let user = users::update(&state.db, &ctx, &auth.user.id.0, patch, Default::default()).await?;
     Ok(axum::Json(user))
 }
 
@@ -579,9 +646,18 @@ struct CodeOnly {
 async fn mfa_activate(
     State(state): State<AppState>,
     auth: AuthUser,
+    meta: RequestMeta,
     Json(body): Json<CodeOnly>,
 ) -> Result<impl IntoResponse, Error> {
     let codes = mfa::activate(&state, &auth.user.id.0, &body.code).await?;
+    security_event(
+        &state,
+        &meta,
+        Some(&auth.user.id.0),
+        "user.mfa_enabled",
+        json!({"method": "totp"}),
+    )
+    .await;
     Ok(axum::Json(
         json!({ "mfa_enabled": true, "recovery_codes": codes }),
     ))
@@ -590,8 +666,17 @@ async fn mfa_activate(
 async fn mfa_disable(
     State(state): State<AppState>,
     auth: AuthUser,
+    meta: RequestMeta,
     Json(body): Json<CodeOnly>,
 ) -> Result<StatusCode, Error> {
     mfa::disable(&state, &auth.user.id.0, &body.code).await?;
+    security_event(
+        &state,
+        &meta,
+        Some(&auth.user.id.0),
+        "user.mfa_disabled",
+        json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

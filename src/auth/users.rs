@@ -6,6 +6,7 @@ use sqlx::Row;
 use crate::{
     crypto,
     error::{Error, ResultExt},
+    events::{emit, ActorContext, NewEvent},
     ids::UserId,
     storage::{self, Db, RowExt},
 };
@@ -75,7 +76,7 @@ pub struct NewUser<'a> {
 
 /// Creates a user after checking the email and password rules. Hashing runs off the async
 /// threads.
-pub async fn create(db: &Db, new: NewUser<'_>) -> Result<User, Error> {
+pub async fn create(db: &Db, ctx: &ActorContext, new: NewUser<'_>) -> Result<User, Error> {
     let email = normalize_email(new.email)?;
     crate::auth::password::check_password(new.password, Some(&email))
         .map_err(|reason| Error::invalid_field("password", reason))?;
@@ -91,6 +92,7 @@ pub async fn create(db: &Db, new: NewUser<'_>) -> Result<User, Error> {
         .map_err(|e| anyhow::anyhow!("password hashing task failed: {e}"))?;
     let id = UserId::generate();
     let now = storage::now();
+    let mut tx = crate::events::begin_write(db).await?;
     sqlx::query(
         "INSERT INTO users (id, email, name, password_hash, is_platform_admin, email_verified, \
          created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -102,11 +104,19 @@ pub async fn create(db: &Db, new: NewUser<'_>) -> Result<User, Error> {
     .bind(new.is_platform_admin)
     .bind(new.email_verified)
     .bind(&now)
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await
     .on_unique("users", "email", || {
         Error::conflict("A user with this email already exists")
     })?;
+    emit(
+        &mut tx,
+        ctx,
+        NewEvent::new("user.created", "user", Some(id.0.clone()))
+            .data(serde_json::json!({"id": id.0, "email": email})),
+    )
+    .await?;
+    tx.commit().await?;
     get(db, &id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("user vanished after insert").into())
@@ -221,6 +231,7 @@ pub const MAX_METADATA_BYTES: usize = 8 * 1024;
 
 pub async fn update(
     db: &Db,
+    ctx: &ActorContext,
     user_id: &str,
     profile: ProfilePatch,
     admin: AdminPatch,
@@ -258,6 +269,15 @@ pub async fn update(
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
     }
+    let changed: Vec<&str> = [
+        ("name", profile.name.is_some()),
+        ("metadata", profile.metadata.is_some()),
+        ("status", admin.status.is_some()),
+        ("is_platform_admin", admin.is_platform_admin.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
     let mut sql = crate::storage::Sql::new("UPDATE users SET updated_at = ");
     sql.bind(storage::now());
     if let Some(name) = profile.name {
@@ -273,7 +293,17 @@ pub async fn update(
         sql.push(", is_platform_admin = ").bind(flag);
     }
     sql.push(" WHERE id = ").bind(user_id);
-    sql.query().execute(db.pool()).await?;
+    let mut tx = crate::events::begin_write(db).await?;
+    sql.query().execute(&mut *tx).await?;
+    emit(
+        &mut tx,
+        ctx,
+        NewEvent::new("user.updated", "user", Some(user_id.to_string()))
+            .data(serde_json::json!({"id": user_id}))
+            .metadata(serde_json::json!({"changed": changed})),
+    )
+    .await?;
+    tx.commit().await?;
     get(db, &UserId(user_id.to_string()))
         .await?
         .ok_or_else(|| Error::not_found("User not found"))

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod deliveries;
 pub mod delivery;
 mod outbox;
+pub mod routes;
 pub mod signing;
 pub mod ssrf;
 pub mod webhooks;
@@ -115,6 +116,21 @@ impl ActorContext {
             actor: Actor::System,
             request: RequestMeta::default(),
         }
+    }
+}
+
+/// Records an audit-only security event (a login, a refused key) in a transaction of its own:
+/// nothing else changes with it. A failure is logged, never turned into the caller's error.
+pub async fn record_security_event(db: &crate::storage::Db, ctx: &ActorContext, event: NewEvent) {
+    let result = async {
+        let mut tx = begin_write(db).await?;
+        record_audit(&mut tx, ctx, &event).await?;
+        tx.commit().await?;
+        Ok::<_, crate::error::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(action = %event.action, error = %e, "could not record a security event");
     }
 }
 

@@ -30,6 +30,7 @@ pub fn api_routes() -> routes::Routes {
     routes::Routes::new()
         .merge(crate::orgs::routes())
         .merge(crate::admin::orgs::routes())
+        .merge(crate::events::routes::routes())
 }
 
 pub fn route_table() -> Vec<routes::RouteInfo> {

@@ -9,7 +9,7 @@ use crate::app::AppState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteInfo {
     pub method: Method,
-    pub path: &'static str,
+    pub path: String,
 }
 
 #[derive(Default)]
@@ -20,14 +20,14 @@ pub struct Routes {
 
 macro_rules! method {
     ($name:ident, $method:ident) => {
-        pub fn $name<H, T>(mut self, path: &'static str, handler: H) -> Self
+        pub fn $name<H, T>(mut self, path: &str, handler: H) -> Self
         where
             H: Handler<T, AppState>,
             T: 'static,
         {
             self.table.push(RouteInfo {
                 method: Method::$method,
-                path,
+                path: path.to_string(),
             });
             self.router = self.router.route(path, routing::$name(handler));
             self

@@ -48,6 +48,14 @@ impl<P> OrgAccess<P> {
         &self.user.user.id.0
     }
 
+    /// Who is acting, for the audit log and webhooks.
+    pub fn actor_context(&self) -> crate::events::ActorContext {
+        crate::events::ActorContext::new(
+            crate::events::Actor::User(self.user.user.id.clone()),
+            (&self.meta).into(),
+        )
+    }
+
     /// A second permission decided inside the handler (e.g. only an owner grants owner).
     pub fn require(&self, p: Permission) -> Result<(), Error> {
         if self.role.can(p) {

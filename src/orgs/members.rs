@@ -13,10 +13,12 @@ use crate::{
     auth::{extract::AuthUser, users},
     crypto,
     error::{Error, FieldError},
+    events::{emit, ActorContext, NewEvent},
     http::{
         extract::{Json, Path, Query},
         pagination::{HasId, List, Page},
     },
+    ids::OrgId,
     mail::{self, Mail},
     orgs::{
         access::OrgAccess,
@@ -24,6 +26,26 @@ use crate::{
     },
     storage::{self, Db, RowExt, Sql},
 };
+
+/// Emits one event of this organization inside `tx`.
+async fn emit_org(
+    tx: &mut sqlx::AnyConnection,
+    ctx: &ActorContext,
+    org_id: &str,
+    action: &str,
+    resource: (&str, &str),
+    data: serde_json::Value,
+) -> Result<(), Error> {
+    emit(
+        tx,
+        ctx,
+        NewEvent::new(action, resource.0, Some(resource.1.to_string()))
+            .organization(OrgId(org_id.to_string()))
+            .data(data),
+    )
+    .await?;
+    Ok(())
+}
 
 pub const INVITATION_TTL_DAYS: i64 = 30;
 
@@ -259,6 +281,7 @@ pub async fn invite<P>(
     }
     let id = crate::ids::new_id("inv");
     let (token, hash) = new_token();
+    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query(
         "INSERT INTO invitations (id, organization_id, email, name, role, token_hash, status, invited_by, created_at, sent_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $8, $9)",
@@ -272,8 +295,18 @@ pub async fn invite<P>(
     .bind(access.user_id())
     .bind(&now)
     .bind(expiry())
-    .execute(state.db.pool())
+    .execute(&mut *tx)
     .await?;
+    emit_org(
+        &mut tx,
+        &access.actor_context(),
+        access.org_id(),
+        "invitation.created",
+        ("invitation", &id),
+        json!({"id": id, "email": email, "role": role.as_str()}),
+    )
+    .await?;
+    tx.commit().await?;
     send_invitation(
         state,
         &org_name(&state.db, access.org_id()).await?,
@@ -436,11 +469,22 @@ pub async fn revoke_invitation(
     if inv.status == "accepted" {
         return Err(Error::conflict("This invitation was already accepted"));
     }
+    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query("UPDATE invitations SET status = 'revoked', revoked_at = $1 WHERE id = $2 AND status = 'pending'")
         .bind(storage::now())
         .bind(&id)
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
+    emit_org(
+        &mut tx,
+        &access.actor_context(),
+        access.org_id(),
+        "invitation.revoked",
+        ("invitation", &id),
+        json!({"id": id, "email": inv.email}),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -474,6 +518,7 @@ pub async fn find_invitation(
 /// Accepts an invitation for a user whose email matches it.
 pub async fn accept(
     db: &Db,
+    ctx: &ActorContext,
     token: &str,
     user_id: &str,
     user_email: &str,
@@ -485,7 +530,7 @@ pub async fn accept(
         ));
     }
     let now = storage::now();
-    let mut tx = db.pool().begin().await?;
+    let mut tx = crate::events::begin_write(db).await?;
     let claimed = sqlx::query("UPDATE invitations SET status = 'accepted', accepted_at = $1 WHERE id = $2 AND status = 'pending'")
         .bind(&now)
         .bind(&id)
@@ -514,6 +559,24 @@ pub async fn accept(
         .bind(&now)
         .execute(&mut *tx)
         .await?;
+    emit_org(
+        &mut tx,
+        ctx,
+        &org_id,
+        "invitation.accepted",
+        ("invitation", &id),
+        json!({"id": id, "email": email, "user_id": user_id}),
+    )
+    .await?;
+    emit_org(
+        &mut tx,
+        ctx,
+        &org_id,
+        "member.added",
+        ("member", user_id),
+        json!({"organization_id": org_id, "user_id": user_id, "role": role}),
+    )
+    .await?;
     tx.commit().await?;
     Ok(
         json!({ "organization_id": org_id, "user_id": user_id, "role": role, "status": "active", "invitation_id": id }),
@@ -529,9 +592,21 @@ pub struct AcceptInvitation {
 pub async fn accept_invitation(
     State(state): State<AppState>,
     auth: AuthUser,
+    meta: crate::http::request_meta::RequestMeta,
     Json(body): Json<AcceptInvitation>,
 ) -> Result<impl IntoResponse, Error> {
-    let membership = accept(&state.db, &body.token, &auth.user.id.0, &auth.user.email).await?;
+    let ctx = ActorContext::new(
+        crate::events::Actor::User(auth.user.id.clone()),
+        (&meta).into(),
+    );
+    let membership = accept(
+        &state.db,
+        &ctx,
+        &body.token,
+        &auth.user.id.0,
+        &auth.user.email,
+    )
+    .await?;
     Ok(axum::Json(membership))
 }
 
@@ -585,13 +660,24 @@ pub async fn change_role(
             "the last owner cannot be demoted; make someone else owner first",
         )]));
     }
+    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query("UPDATE memberships SET role = $1, updated_at = $2 WHERE organization_id = $3 AND user_id = $4")
         .bind(new_role.as_str())
         .bind(storage::now())
         .bind(access.org_id())
         .bind(&user_id)
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
+    emit_org(
+        &mut tx,
+        &access.actor_context(),
+        access.org_id(),
+        "member.updated",
+        ("member", &user_id),
+        json!({"organization_id": access.org_id(), "user_id": user_id, "role": new_role.as_str(), "previous_role": current.as_str()}),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(axum::Json(
         json!({ "id": user_id, "organization_id": access.org_id(), "role": new_role.as_str(), "status": "active" }),
     ))
@@ -617,10 +703,21 @@ pub async fn remove(
             ));
         }
     }
+    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2")
         .bind(access.org_id())
         .bind(&user_id)
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
+    emit_org(
+        &mut tx,
+        &access.actor_context(),
+        access.org_id(),
+        "member.removed",
+        ("member", &user_id),
+        json!({"organization_id": access.org_id(), "user_id": user_id, "role": current.as_str()}),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

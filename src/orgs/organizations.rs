@@ -10,10 +10,13 @@ use crate::{
     app::AppState,
     auth::extract::AuthUser,
     error::{Error, FieldError, ResultExt},
+    events::{emit, Actor, ActorContext, NewEvent},
+    http::request_meta::RequestMeta,
     http::{
         extract::{Json, Query},
         pagination::{HasId, List, Page},
     },
+    ids::OrgId,
     orgs::{
         access::{parse_cidr, OrgAccess},
         roles::perm,
@@ -235,6 +238,7 @@ pub struct CreateOrganization {
 pub async fn create(
     State(state): State<AppState>,
     auth: AuthUser,
+    meta: RequestMeta,
     Json(body): Json<CreateOrganization>,
 ) -> Result<impl IntoResponse, Error> {
     let mut errors = Vec::new();
@@ -283,7 +287,7 @@ pub async fn create(
                 crate::crypto::random_base62(4).to_lowercase()
             )
         };
-        let mut tx = state.db.pool().begin().await?;
+        let mut tx = crate::events::begin_write(&state.db).await?;
         let inserted = sqlx::query(
             "INSERT INTO organizations (id, name, slug, description, website, timezone, status, plan, settings, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $9)",
@@ -313,6 +317,24 @@ pub async fn create(
         .bind(&auth.user.id.0)
         .bind(&now)
         .execute(&mut *tx)
+        .await?;
+        let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
+        let org_ref = OrgId(id.clone());
+        emit(
+            &mut tx,
+            &ctx,
+            NewEvent::new("organization.created", "organization", Some(id.clone()))
+                .organization(org_ref.clone())
+                .data(json!({"id": id, "name": name, "slug": slug})),
+        )
+        .await?;
+        emit(
+            &mut tx,
+            &ctx,
+            NewEvent::new("member.added", "member", Some(auth.user.id.0.clone()))
+                .organization(org_ref)
+                .data(json!({"organization_id": id, "user_id": auth.user.id.0, "role": "owner"})),
+        )
         .await?;
         tx.commit().await?;
         let mut org = get(&state.db, &id).await?;
@@ -433,6 +455,16 @@ pub async fn update(
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
     }
+    let changed: Vec<&str> = [
+        ("name", body.name.is_some()),
+        ("description", body.description.is_some()),
+        ("website", body.website.is_some()),
+        ("timezone", body.timezone.is_some()),
+        ("settings", body.settings.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
     let mut sql = Sql::new("UPDATE organizations SET updated_at = ");
     sql.bind(storage::now());
     if let Some(v) = body.name {
@@ -451,7 +483,22 @@ pub async fn update(
         sql.push(", settings = ").bind(settings.to_string());
     }
     sql.push(" WHERE id = ").bind(access.org_id().to_string());
-    sql.query().execute(state.db.pool()).await?;
+    let mut tx = crate::events::begin_write(&state.db).await?;
+    sql.query().execute(&mut *tx).await?;
+    emit(
+        &mut tx,
+        &access.actor_context(),
+        NewEvent::new(
+            "organization.updated",
+            "organization",
+            Some(access.org_id().to_string()),
+        )
+        .organization(OrgId(access.org_id().to_string()))
+        .data(json!({"id": access.org_id()}))
+        .metadata(json!({"changed": changed})),
+    )
+    .await?;
+    tx.commit().await?;
     let mut org = get(&state.db, access.org_id()).await?;
     org.role = Some(access.role.as_str().into());
     Ok(axum::Json(org))
@@ -461,10 +508,24 @@ pub async fn delete(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsDelete>,
 ) -> Result<StatusCode, Error> {
+    let mut tx = crate::events::begin_write(&state.db).await?;
+    // The event is platform-level: the organization's own rows (and endpoints) go with it.
+    emit(
+        &mut tx,
+        &access.actor_context(),
+        NewEvent::new(
+            "organization.deleted",
+            "organization",
+            Some(access.org_id().to_string()),
+        )
+        .data(json!({"id": access.org_id(), "slug": access.org.slug})),
+    )
+    .await?;
     sqlx::query("DELETE FROM organizations WHERE id = $1")
         .bind(access.org_id())
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

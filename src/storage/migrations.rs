@@ -24,6 +24,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (2, "identity"),
     (3, "events"),
     (4, "organizations"),
+    (6, "api_keys"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
@@ -31,6 +32,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (2, "identity"),
     (3, "events"),
     (4, "organizations"),
+    (6, "api_keys"),
 );
 
 fn embedded(backend: Backend) -> Embedded {

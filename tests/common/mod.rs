@@ -175,6 +175,8 @@ pub fn test_config(db: &TestDatabase) -> Config {
 pub struct ServerOptions {
     pub configure: Box<dyn FnOnce(&mut Config) + Send>,
     pub extra_routes: Router<AppState>,
+    /// Run the webhook delivery worker beside the server (as `gatehouse serve` does).
+    pub delivery_worker: bool,
 }
 
 impl Default for ServerOptions {
@@ -182,6 +184,7 @@ impl Default for ServerOptions {
         ServerOptions {
             configure: Box::new(|_| {}),
             extra_routes: Router::new(),
+            delivery_worker: false,
         }
     }
 }
@@ -194,6 +197,7 @@ pub struct TestServer {
     pub state: AppState,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     pub handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    worker: Option<gatehouse::events::delivery::WorkerHandle>,
     pub db: TestDatabase,
 }
 
@@ -211,6 +215,9 @@ impl TestServer {
             .expect("server state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let worker = options
+            .delivery_worker
+            .then(|| gatehouse::events::delivery::spawn(state.clone()).expect("delivery worker"));
         let app = gatehouse::http::router_with(state.clone(), options.extra_routes);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(gatehouse::http::serve(
@@ -228,6 +235,7 @@ impl TestServer {
             state,
             shutdown: Some(tx),
             handle: Some(handle),
+            worker,
             db,
         }
     }
@@ -267,6 +275,9 @@ impl Drop for TestServer {
         self.begin_shutdown();
         if let Some(h) = self.handle.take() {
             h.abort();
+        }
+        if let Some(w) = self.worker.take() {
+            w.abort();
         }
     }
 }
@@ -383,6 +394,7 @@ impl TestServer {
         );
         gatehouse::auth::users::create(
             &self.state.db,
+            &gatehouse::events::ActorContext::system(),
             gatehouse::auth::users::NewUser {
                 email: &email,
                 name: "Admin",

@@ -1,0 +1,333 @@
+//! The audit log and webhooks through the HTTP API: changes made through other routes are
+//! audited and delivered, organization and platform scopes are kept apart, exports stream.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::{http::HeaderMap, routing::post, Router};
+use common::{Backend, ServerOptions, TestServer, PASSWORD};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+on_both_databases!(
+    changes_are_audited_and_delivered_to_webhooks,
+    audit_exports_stream_csv_and_ndjson,
+);
+
+async fn start(backend: Backend) -> TestServer {
+    TestServer::start_with(
+        backend,
+        ServerOptions {
+            configure: Box::new(|c| c.allow_private_webhook_targets = true),
+            delivery_worker: true,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// A receiver on loopback that forwards (webhook-id, body) of every POST.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<(String, Value)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let id = headers["webhook-id"].to_str().unwrap().to_string();
+                assert!(headers["webhook-signature"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("v1,"));
+                let _ = tx.send((id, serde_json::from_str(&body).unwrap()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+async fn next_of_type(
+    rx: &mut mpsc::UnboundedReceiver<(String, Value)>,
+    ty: &str,
+) -> (String, Value) {
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {ty} webhook within 15 s"))
+            .unwrap();
+        if got.1["type"] == ty {
+            return got;
+        }
+    }
+}
+
+async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
+    let srv = start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = srv.register("alice@example.com").await;
+    let a = alice["access_token"].as_str().unwrap().to_string();
+    let org = srv
+        .post_as(
+            "/v1/organizations",
+            &a,
+            &json!({"name": "Acme", "slug": "acme"}),
+        )
+        .await;
+    let base = format!("/v1/organizations/{}", org.json["id"].as_str().unwrap());
+
+    // An organization endpoint for member events, and a platform endpoint for everything.
+    let (org_url, mut org_rx) = receiver().await;
+    let (platform_url, mut platform_rx) = receiver().await;
+    let hook = srv
+        .post_as(
+            &format!("{base}/webhooks"),
+            &a,
+            &json!({"url": org_url, "events": ["member.added", "webhook.test"]}),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.text);
+    assert!(
+        hook.json["secret"].as_str().unwrap().starts_with("whsec_"),
+        "{}",
+        hook.text
+    );
+    let hook_id = hook.json["id"].as_str().unwrap().to_string();
+    let shown = srv.get_as(&format!("{base}/webhooks/{hook_id}"), &a).await;
+    assert!(
+        !shown.text.contains("whsec_"),
+        "secret shown twice: {}",
+        shown.text
+    );
+    assert_eq!(
+        srv.get_as(&format!("{base}/webhooks"), &a).await.json["total"],
+        1
+    );
+    let res = srv
+        .post_as(
+            "/v1/admin/webhooks",
+            &admin,
+            &json!({"url": platform_url, "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    srv.post_as(
+        "/v1/admin/webhooks",
+        &a,
+        &json!({"url": platform_url, "events": ["*"]}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    srv.post_as(
+        &format!("{base}/webhooks"),
+        &a,
+        &json!({"url": org_url, "events": ["no.such"]}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+
+    // A member joins through an invitation: both endpoints hear of it, with the same event id.
+    srv.post_as(
+        &format!("{base}/invitations"),
+        &a,
+        &json!({"email": "bob@example.com", "role": "viewer"}),
+    )
+    .await;
+    let mail = srv.mail(&admin, "bob@example.com", "invited").await;
+    let token = mail
+        .split_whitespace()
+        .find(|w| w.starts_with("invt_"))
+        .unwrap()
+        .to_string();
+    let bob = srv
+        .post_json(
+            "/v1/auth/register",
+            &json!({"email": "bob@example.com", "password": PASSWORD, "invitation_token": token}),
+        )
+        .await;
+    assert_eq!(bob.status, 201, "{}", bob.text);
+    let (org_id_header, org_event) = next_of_type(&mut org_rx, "member.added").await;
+    let (platform_id_header, _) = next_of_type(&mut platform_rx, "member.added").await;
+    assert_eq!(org_id_header, platform_id_header);
+    assert_eq!(org_event["data"]["role"], "viewer");
+
+    // The test event and the delivery log.
+    let res = srv
+        .post_as(&format!("{base}/webhooks/{hook_id}/test"), &a, &json!({}))
+        .await;
+    assert_eq!(res.status, 202, "{}", res.text);
+    next_of_type(&mut org_rx, "webhook.test").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deliveries = loop {
+        let d = srv
+            .get_as(&format!("{base}/webhooks/{hook_id}/deliveries"), &a)
+            .await;
+        if d.json["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["status"] == "succeeded")
+            .count()
+            >= 2
+            || std::time::Instant::now() > deadline
+        {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let first = &deliveries.json["deliveries"][0];
+    assert_eq!(first["response_status"], 200, "{}", deliveries.text);
+    let retry = srv
+        .post_as(
+            &format!(
+                "{base}/webhooks/{hook_id}/deliveries/{}/retry",
+                first["id"].as_str().unwrap()
+            ),
+            &a,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(retry.status, 202, "{}", retry.text);
+    let rotated = srv
+        .post_as(
+            &format!("{base}/webhooks/{hook_id}/rotate-secret"),
+            &a,
+            &json!({}),
+        )
+        .await;
+    assert!(
+        rotated.json["secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_"),
+        "{}",
+        rotated.text
+    );
+
+    // Viewers read neither webhooks nor the audit log.
+    let b = bob.json["access_token"].as_str().unwrap();
+    srv.get_as(&format!("{base}/webhooks"), b)
+        .await
+        .assert_error(403, "forbidden");
+    srv.get_as(&format!("{base}/audit"), b)
+        .await
+        .assert_error(403, "forbidden");
+
+    // The organization's audit log holds its changes, with actors and request ids.
+    let audit = srv.get_as(&format!("{base}/audit?limit=100"), &a).await;
+    assert_eq!(audit.status, 200, "{}", audit.text);
+    let actions: Vec<&str> = audit.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "organization.created",
+        "member.added",
+        "invitation.created",
+        "invitation.accepted",
+        "webhook.created",
+    ] {
+        assert!(
+            actions.contains(&expected),
+            "{expected} missing from {actions:?}"
+        );
+    }
+    let created = audit.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "organization.created")
+        .unwrap();
+    assert_eq!(created["actor_type"], "user");
+    assert_eq!(created["actor_id"], alice["user"]["id"]);
+    assert!(created["request_id"].as_str().unwrap().starts_with("req_"));
+    let filtered = srv
+        .get_as(&format!("{base}/audit?action=member.added"), &a)
+        .await;
+    assert_eq!(filtered.json["total"], 2);
+    srv.get_as(&format!("{base}/audit?color=red"), &a)
+        .await
+        .assert_error(400, "invalid_request");
+
+    // Security events reach the platform audit log only.
+    srv.post_json(
+        "/v1/auth/login",
+        &json!({"email": "alice@example.com", "password": "wrong-password!"}),
+    )
+    .await;
+    let platform = srv
+        .get_as("/v1/admin/audit?action=user.login_failed", &admin)
+        .await;
+    assert_eq!(platform.json["total"], 1, "{}", platform.text);
+    srv.get_as("/v1/admin/audit", &a)
+        .await
+        .assert_error(403, "forbidden");
+    assert_eq!(
+        srv.get_as(&format!("{base}/audit?action=user.login_failed"), &a)
+            .await
+            .json["total"],
+        0
+    );
+
+    assert_eq!(
+        srv.delete_as(&format!("{base}/webhooks/{hook_id}"), &a)
+            .await
+            .status,
+        204
+    );
+    srv.get_as(&format!("{base}/webhooks/{hook_id}"), &a)
+        .await
+        .assert_error(404, "not_found");
+}
+
+async fn audit_exports_stream_csv_and_ndjson(backend: Backend) {
+    let srv = start(backend).await;
+    let alice = srv.register("alice@example.com").await;
+    let a = alice["access_token"].as_str().unwrap().to_string();
+    let org = srv
+        .post_as(
+            "/v1/organizations",
+            &a,
+            &json!({"name": "Acme", "slug": "acme"}),
+        )
+        .await;
+    let base = format!("/v1/organizations/{}", org.json["id"].as_str().unwrap());
+    for i in 0..5 {
+        srv.put_as(&format!("{base}/configs/k{i}"), &a, &json!({"value": i}))
+            .await;
+        srv.patch_as(&base, &a, &json!({"description": format!("v{i}")}))
+            .await;
+    }
+    let csv = srv.get_as(&format!("{base}/audit?format=csv"), &a).await;
+    assert_eq!(csv.status, 200);
+    assert!(csv.header("content-type").unwrap().starts_with("text/csv"));
+    assert!(csv
+        .header("content-disposition")
+        .unwrap()
+        .contains("audit.csv"));
+    let lines: Vec<&str> = csv.text.lines().collect();
+    assert!(lines[0].starts_with("id,"), "{}", lines[0]);
+    assert_eq!(lines.len(), 1 + 2 + 5, "{}", csv.text);
+    let nd = srv
+        .get_as(
+            &format!("{base}/audit?format=ndjson&action=organization.updated"),
+            &a,
+        )
+        .await;
+    let rows: Vec<Value> = nd
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().all(|r| r["action"] == "organization.updated"));
+    srv.get_as(&format!("{base}/audit?format=xml"), &a)
+        .await
+        .assert_error(400, "invalid_request");
+}
