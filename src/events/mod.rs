@@ -119,6 +119,26 @@ impl ActorContext {
     }
 }
 
+/// Emits one event of this organization inside `tx`.
+pub async fn emit_org(
+    tx: &mut sqlx::AnyConnection,
+    ctx: &ActorContext,
+    org_id: &str,
+    action: &str,
+    resource: (&str, &str),
+    data: serde_json::Value,
+) -> crate::error::Result<()> {
+    emit(
+        tx,
+        ctx,
+        NewEvent::new(action, resource.0, Some(resource.1.to_string()))
+            .organization(crate::ids::OrgId(org_id.to_string()))
+            .data(data),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Records an audit-only security event (a login, a refused key) in a transaction of its own:
 /// nothing else changes with it. A failure is logged, never turned into the caller's error.
 pub async fn record_security_event(db: &crate::storage::Db, ctx: &ActorContext, event: NewEvent) {

@@ -56,6 +56,25 @@ impl<P> OrgAccess<P> {
         )
     }
 
+    /// Emits an event of this organization, by this caller, inside `tx`.
+    pub async fn emit(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        action: &str,
+        resource: (&str, &str),
+        data: serde_json::Value,
+    ) -> Result<(), Error> {
+        crate::events::emit_org(
+            tx,
+            &self.actor_context(),
+            &self.org.id,
+            action,
+            resource,
+            data,
+        )
+        .await
+    }
+
     /// A second permission decided inside the handler (e.g. only an owner grants owner).
     pub fn require(&self, p: Permission) -> Result<(), Error> {
         if self.role.can(p) {

@@ -13,12 +13,11 @@ use crate::{
     auth::{extract::AuthUser, users},
     crypto,
     error::{Error, FieldError},
-    events::{emit, ActorContext, NewEvent},
+    events::{emit_org, ActorContext},
     http::{
         extract::{Json, Path, Query},
         pagination::{HasId, List, Page},
     },
-    ids::OrgId,
     mail::{self, Mail},
     orgs::{
         access::OrgAccess,
@@ -26,26 +25,6 @@ use crate::{
     },
     storage::{self, Db, RowExt, Sql},
 };
-
-/// Emits one event of this organization inside `tx`.
-async fn emit_org(
-    tx: &mut sqlx::AnyConnection,
-    ctx: &ActorContext,
-    org_id: &str,
-    action: &str,
-    resource: (&str, &str),
-    data: serde_json::Value,
-) -> Result<(), Error> {
-    emit(
-        tx,
-        ctx,
-        NewEvent::new(action, resource.0, Some(resource.1.to_string()))
-            .organization(OrgId(org_id.to_string()))
-            .data(data),
-    )
-    .await?;
-    Ok(())
-}
 
 pub const INVITATION_TTL_DAYS: i64 = 30;
 

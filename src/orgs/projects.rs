@@ -169,6 +169,7 @@ pub async fn create(
     body.validate(true)?;
     let id = crate::ids::new_id("proj");
     let now = storage::now();
+    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query(
         "INSERT INTO projects (id, organization_id, name, settings, allowed_origins, redirect_urls, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
@@ -180,8 +181,17 @@ pub async fn create(
     .bind(json!(body.allowed_origins.unwrap_or_default()).to_string())
     .bind(json!(body.redirect_urls.unwrap_or_default()).to_string())
     .bind(&now)
-    .execute(state.db.pool())
-    .await?;
+    .execute(&mut *tx)
+        .await?;
+    access
+        .emit(
+            &mut tx,
+            "project.created",
+            ("project", &id),
+            json!({"id": id}),
+        )
+        .await?;
+    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(load(&state.db, access.org_id(), &id).await?),
@@ -247,7 +257,17 @@ pub async fn update(
     sql.push(" WHERE id = ").bind(id.clone());
     sql.push(" AND organization_id = ")
         .bind(access.org_id().to_string());
-    sql.query().execute(state.db.pool()).await?;
+    let mut tx = crate::events::begin_write(&state.db).await?;
+    sql.query().execute(&mut *tx).await?;
+    access
+        .emit(
+            &mut tx,
+            "project.updated",
+            ("project", &id),
+            json!({"id": id}),
+        )
+        .await?;
+    tx.commit().await?;
     Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
 }
 
@@ -256,14 +276,24 @@ pub async fn delete(
     access: OrgAccess<perm::OrganizationsUpdate>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
+    let mut tx = crate::events::begin_write(&state.db).await?;
     let done = sqlx::query("DELETE FROM projects WHERE id = $1 AND organization_id = $2")
         .bind(&id)
         .bind(access.org_id())
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(Error::not_found("Project not found"));
     }
+    access
+        .emit(
+            &mut tx,
+            "project.deleted",
+            ("project", &id),
+            json!({"id": &id}),
+        )
+        .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -349,6 +379,7 @@ pub async fn put_config(
         ));
     }
     let now = storage::now();
+    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query(
         "INSERT INTO org_configs (organization_id, key, value, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (organization_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -357,8 +388,17 @@ pub async fn put_config(
     .bind(&key)
     .bind(&text)
     .bind(&now)
-    .execute(state.db.pool())
-    .await?;
+    .execute(&mut *tx)
+        .await?;
+    access
+        .emit(
+            &mut tx,
+            "config.updated",
+            ("config", &key),
+            json!({"key": key}),
+        )
+        .await?;
+    tx.commit().await?;
     Ok(axum::Json(
         json!({ "key": key, "value": body.value, "updated_at": storage::api_time(&now) }),
     ))
@@ -369,14 +409,24 @@ pub async fn delete_config(
     access: OrgAccess<perm::ConfigsManage>,
     Path((_, key)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
+    let mut tx = crate::events::begin_write(&state.db).await?;
     let done = sqlx::query("DELETE FROM org_configs WHERE organization_id = $1 AND key = $2")
         .bind(access.org_id())
         .bind(&key)
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
     if done.rows_affected() == 0 {
         return Err(Error::not_found("Config not found"));
     }
+    access
+        .emit(
+            &mut tx,
+            "config.deleted",
+            ("config", &key),
+            json!({"id": &key}),
+        )
+        .await?;
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -468,6 +518,7 @@ pub async fn put_storage(
             .encrypt(c.to_string().as_bytes(), access.org_id().as_bytes())
     });
     let now = storage::now();
+    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query(
         "INSERT INTO org_storage (organization_id, provider, bucket, region, prefix, retention_days, credentials, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
@@ -483,7 +534,16 @@ pub async fn put_storage(
     .bind(body.retention_days)
     .bind(sealed)
     .bind(&now)
-    .execute(state.db.pool())
-    .await?;
+    .execute(&mut *tx)
+        .await?;
+    access
+        .emit(
+            &mut tx,
+            "storage.updated",
+            ("storage", access.org_id()),
+            json!({"provider": body.provider, "bucket": body.bucket.trim()}),
+        )
+        .await?;
+    tx.commit().await?;
     Ok(axum::Json(storage_json(&state.db, access.org_id()).await?))
 }
