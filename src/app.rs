@@ -21,6 +21,10 @@ pub struct Inner {
     pub keys: KeyRing,
     pub mailer: Arc<dyn Mailer>,
     pub limiter: MemoryLimiter,
+    /// Verified API keys (no database round trip for a known key).
+    pub api_keys: Arc<crate::keys::cache::KeyCache>,
+    /// Cache invalidation across nodes.
+    pub bus: crate::keys::bus::Bus,
     pub started_at: Instant,
 }
 

@@ -93,6 +93,15 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             Arc::new(DevMailbox::new(db.clone()))
         }
     };
+    let api_keys = Arc::new(crate::keys::cache::KeyCache::new());
+    let bus = crate::keys::bus::Bus::new(
+        api_keys.clone(),
+        db.clone(),
+        &config.database_url,
+        config.redis_url.as_deref(),
+        redis.clone(),
+    )?;
+    bus.spawn_listener();
     Ok(AppState::new(Inner {
         config,
         db,
@@ -102,6 +111,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         keys,
         mailer,
         limiter: MemoryLimiter::new(),
+        api_keys,
+        bus,
         started_at: Instant::now(),
     }))
 }
@@ -119,9 +130,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "gatehouse listening"
     );
     let worker = crate::events::delivery::spawn(state.clone())?;
+    let flusher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tick.tick().await;
+                if let Err(e) = state.api_keys.flush_last_used(&state.db).await {
+                    tracing::warn!(error = %e, "writing API keys' last_used_at failed");
+                }
+            }
+        })
+    };
     let app = crate::http::router(state.clone());
     crate::http::serve(listener, app, crate::http::shutdown_signal(), grace).await?;
     worker.stop().await;
+    flusher.abort();
+    if let Err(e) = state.api_keys.flush_last_used(&state.db).await {
+        tracing::warn!(error = %e, "writing API keys' last_used_at failed");
+    }
     state.db.close().await;
     tracing::info!("stopped");
     Ok(())

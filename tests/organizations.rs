@@ -1028,6 +1028,23 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
         .await;
     assert_eq!(hook.status, 201, "{}", hook.text);
     let hook_id = hook.json["id"].as_str().unwrap().to_string();
+    let a_key = srv
+        .post_as(
+            &format!("{base}/api-keys"),
+            &alice.token,
+            &json!({"name": "secret-key-name"}),
+        )
+        .await;
+    assert_eq!(a_key.status, 201, "{}", a_key.text);
+    let a_key_id = a_key.json["id"].as_str().unwrap().to_string();
+    let b_key = srv
+        .post_as(
+            &format!("/v1/organizations/{b_id}/api-keys"),
+            &mallory.token,
+            &json!({"name": "b"}),
+        )
+        .await;
+    let b_key = b_key.json["token"].as_str().unwrap().to_string();
     let b_scoped = srv
         .post_as(
             "/v1/auth/select-tenant",
@@ -1055,6 +1072,7 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
                 .replace("{user_id}", &alice.id)
                 .replace("{key}", "secret-key")
                 .replace("{delivery_id}", "del_01aaaaaaaaaaaaaaaaaaaaaaaa")
+                .replace("{key_id}", &a_key_id)
                 .replace(
                     "{id}",
                     if route.path.contains("/invitations/") {
@@ -1066,7 +1084,7 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
                     },
                 );
             assert!(!path.contains('{'), "unfilled parameter in {path}");
-            for token in [&mallory.token, &b_scoped] {
+            for token in [&mallory.token, &b_scoped, &b_key] {
                 let body = json!({"name": "pwn", "role": "owner", "value": 1, "email": "m@example.com",
                                   "provider": "s3", "bucket": "b", "retention_days": 1});
                 let res = srv

@@ -31,6 +31,7 @@ pub fn api_routes() -> routes::Routes {
         .merge(crate::orgs::routes())
         .merge(crate::admin::orgs::routes())
         .merge(crate::events::routes::routes())
+        .merge(crate::keys::routes())
 }
 
 pub fn route_table() -> Vec<routes::RouteInfo> {

@@ -4,7 +4,7 @@
 //! organizations (`organization_suspended`), addresses outside `settings.ip_allowlist`
 //! (`forbidden`) and callers whose role lacks `P` (`forbidden`).
 
-use std::marker::PhantomData;
+use std::{marker::PhantomData, sync::Arc};
 
 use axum::{
     extract::{FromRequestParts, RawPathParams},
@@ -18,6 +18,7 @@ use crate::{
     auth::extract::AuthUser,
     error::{Error, ErrorCode},
     http::request_meta::{client_ip, RequestMeta},
+    keys::cache::{looks_like_key, CachedKey},
     orgs::roles::{Permission, RequiredPermission, Role},
     storage::RowExt,
 };
@@ -30,10 +31,18 @@ pub struct OrgRef {
     pub settings: serde_json::Value,
 }
 
+/// Who is calling: a signed-in person, or an API key of the organization.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    User(AuthUser),
+    Key(Arc<CachedKey>),
+}
+
 #[derive(Debug, Clone)]
 pub struct OrgAccess<P> {
     pub org: OrgRef,
-    pub user: AuthUser,
+    pub caller: Caller,
+    /// The caller's role; for a key, its creator's current role (a key never exceeds it).
     pub role: Role,
     pub meta: RequestMeta,
     _permission: PhantomData<P>,
@@ -44,16 +53,38 @@ impl<P> OrgAccess<P> {
         &self.org.id
     }
 
-    pub fn user_id(&self) -> &str {
-        &self.user.user.id.0
+    /// The person calling (`None` for an API key).
+    pub fn user_id(&self) -> Option<&str> {
+        match &self.caller {
+            Caller::User(u) => Some(&u.user.id.0),
+            Caller::Key(_) => None,
+        }
+    }
+
+    /// The person a new resource is attributed to: the caller, or the calling key's creator.
+    pub fn creator_id(&self) -> Option<&str> {
+        match &self.caller {
+            Caller::User(u) => Some(&u.user.id.0),
+            Caller::Key(k) => k.created_by.as_deref(),
+        }
+    }
+
+    /// The environment the caller is confined to (test keys see test data only); `None` for an
+    /// unscoped user token.
+    pub fn environment(&self) -> Option<&str> {
+        match &self.caller {
+            Caller::User(u) => u.tenant.as_ref().map(|t| t.environment.as_str()),
+            Caller::Key(k) => Some(&k.environment),
+        }
     }
 
     /// Who is acting, for the audit log and webhooks.
     pub fn actor_context(&self) -> crate::events::ActorContext {
-        crate::events::ActorContext::new(
-            crate::events::Actor::User(self.user.user.id.clone()),
-            (&self.meta).into(),
-        )
+        let actor = match &self.caller {
+            Caller::User(u) => crate::events::Actor::User(u.user.id.clone()),
+            Caller::Key(k) => crate::events::Actor::ApiKey(crate::ids::KeyId(k.id.clone())),
+        };
+        crate::events::ActorContext::new(actor, (&self.meta).into())
     }
 
     /// Emits an event of this organization, by this caller, inside `tx`.
@@ -129,11 +160,18 @@ pub fn check_ip_allowlist(
     }
 }
 
+/// The API key a request presents, in `X-API-Key` or as a bearer token of key form.
+pub fn presented_key(parts: &Parts) -> Option<&str> {
+    if let Some(k) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(k.trim());
+    }
+    crate::auth::extract::bearer(parts).filter(|t| looks_like_key(t))
+}
+
 impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
         let meta = RequestMeta::from_request_parts(parts, state).await?;
         let params = RawPathParams::from_request_parts(parts, state)
             .await
@@ -143,6 +181,57 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
             .find(|(k, _)| *k == "org_id")
             .map(|(_, v)| v.to_string())
             .ok_or_else(|| Error::not_found("Organization not found"))?;
+        if let Some(token) = presented_key(parts) {
+            let origin = parts.headers.get("origin").and_then(|v| v.to_str().ok());
+            let key = match state
+                .api_keys
+                .authenticate(&state.db, token, origin, meta.ip)
+                .await
+            {
+                Ok(k) => k,
+                Err(e) => {
+                    crate::keys::routes::record_refusal(state, &meta, token, &e);
+                    return Err(e);
+                }
+            };
+            let row = sqlx::query(
+                "SELECT id, slug, settings FROM organizations WHERE id = $1 OR slug = $1",
+            )
+            .bind(&org_param)
+            .fetch_optional(state.db.pool())
+            .await?
+            .filter(|r| {
+                r.try_get::<String, _>("id")
+                    .is_ok_and(|id| id == key.organization_id)
+            })
+            .ok_or_else(|| Error::not_found("Organization not found"))?;
+            let org = OrgRef {
+                id: row.try_get("id")?,
+                slug: row.try_get("slug")?,
+                settings: row.get_json("settings")?,
+            };
+            let role = key.creator_role.ok_or_else(|| {
+                Error::forbidden("The key's creator is no longer a member of this organization")
+            })?;
+            let scoped = P::PERMISSION.scope().is_some_and(|s| key.has_scope(s));
+            if !scoped {
+                return Err(Error::forbidden(format!(
+                    "This API key lacks the scope this route needs ({})",
+                    P::PERMISSION.name()
+                )));
+            }
+            if !role.can(P::PERMISSION) {
+                return Err(forbidden_for(P::PERMISSION));
+            }
+            return Ok(OrgAccess {
+                org,
+                caller: Caller::Key(key),
+                role,
+                meta,
+                _permission: PhantomData,
+            });
+        }
+        let user = AuthUser::from_request_parts(parts, state).await?;
         let row = sqlx::query(
             "SELECT o.id, o.slug, o.status, o.settings, m.role FROM organizations o \
              JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
@@ -182,7 +271,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
         }
         Ok(OrgAccess {
             org,
-            user,
+            caller: Caller::User(user),
             role,
             meta,
             _permission: PhantomData,

@@ -271,7 +271,7 @@ pub async fn invite<P>(
     .bind(name.trim())
     .bind(role.as_str())
     .bind(&hash)
-    .bind(access.user_id())
+    .bind(access.creator_id())
     .bind(&now)
     .bind(expiry())
     .execute(&mut *tx)
@@ -657,6 +657,8 @@ pub async fn change_role(
     )
     .await?;
     tx.commit().await?;
+    // Keys this member created are capped by their role.
+    state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok(axum::Json(
         json!({ "id": user_id, "organization_id": access.org_id(), "role": new_role.as_str(), "status": "active" }),
     ))
@@ -667,7 +669,7 @@ pub async fn remove(
     access: OrgAccess<perm::MembersRead>,
     Path((_, user_id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    let leaving_self = user_id == access.user_id();
+    let leaving_self = access.user_id() == Some(user_id.as_str());
     if !leaving_self {
         access.require(Permission::MembersManage)?;
     }
@@ -698,5 +700,7 @@ pub async fn remove(
     )
     .await?;
     tx.commit().await?;
+    // Keys this member created are capped by their role.
+    state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok(StatusCode::NO_CONTENT)
 }

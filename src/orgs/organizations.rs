@@ -499,6 +499,8 @@ pub async fn update(
     )
     .await?;
     tx.commit().await?;
+    // Cached keys carry the IP allowlist.
+    state.bus.publish(&format!("org:{}", access.org_id())).await;
     let mut org = get(&state.db, access.org_id()).await?;
     org.role = Some(access.role.as_str().into());
     Ok(axum::Json(org))
@@ -526,6 +528,7 @@ pub async fn delete(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,149 @@
+//! Cache invalidation across nodes. A message (`key:<id>`, `org:<id>`, `all`) is applied to
+//! this node's cache at once and broadcast: over Redis pub/sub when `redis_url` is set, else
+//! over PostgreSQL `LISTEN/NOTIFY`, else (one SQLite node) nowhere else. A listener that loses
+//! its connection clears the cache (it may have missed messages) and reconnects.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+
+use super::cache::KeyCache;
+use crate::storage::{Backend, Db};
+
+const CHANNEL: &str = "gatehouse_invalidate";
+
+#[derive(Clone)]
+enum Transport {
+    Local,
+    Postgres { url: String },
+    Redis(redis::Client),
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    transport: Transport,
+    cache: Arc<KeyCache>,
+    db: Db,
+    redis: Option<crate::redis::Redis>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.transport {
+            Transport::Local => "local",
+            Transport::Postgres { .. } => "postgres",
+            Transport::Redis(_) => "redis",
+        };
+        write!(f, "Bus({kind})")
+    }
+}
+
+fn apply(cache: &KeyCache, message: &str) {
+    match message.split_once(':') {
+        Some(("key", id)) => cache.invalidate_key(id),
+        Some(("org", id)) => cache.invalidate_org(id),
+        _ => cache.clear(),
+    }
+}
+
+impl Bus {
+    pub fn new(
+        cache: Arc<KeyCache>,
+        db: Db,
+        database_url: &str,
+        redis_url: Option<&str>,
+        redis: Option<crate::redis::Redis>,
+    ) -> anyhow::Result<Bus> {
+        let transport = match (redis_url, db.backend()) {
+            (Some(url), _) => Transport::Redis(redis::Client::open(url)?),
+            (None, Backend::Postgres) => Transport::Postgres {
+                url: database_url.to_string(),
+            },
+            (None, Backend::Sqlite) => Transport::Local,
+        };
+        Ok(Bus {
+            transport,
+            cache,
+            db,
+            redis,
+        })
+    }
+
+    /// Applies the message here and sends it to every other node. A failed broadcast is
+    /// logged; other nodes then catch up within the cache's maximum age.
+    pub async fn publish(&self, message: &str) {
+        apply(&self.cache, message);
+        let result: anyhow::Result<()> = match &self.transport {
+            Transport::Local => Ok(()),
+            Transport::Postgres { .. } => sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(message)
+                .execute(self.db.pool())
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
+            Transport::Redis(_) => match &self.redis {
+                Some(r) => {
+                    async {
+                        let mut conn = r.connection(Duration::from_secs(1)).await?;
+                        redis::cmd("PUBLISH")
+                            .arg(CHANNEL)
+                            .arg(message)
+                            .query_async::<i64>(&mut conn)
+                            .await?;
+                        Ok(())
+                    }
+                    .await
+                }
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, message, "cache invalidation broadcast failed");
+        }
+    }
+
+    /// Listens for other nodes' messages until the process ends.
+    pub fn spawn_listener(&self) -> tokio::task::JoinHandle<()> {
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let result = match &bus.transport {
+                    Transport::Local => return,
+                    Transport::Postgres { url } => bus.listen_postgres(url).await,
+                    Transport::Redis(client) => bus.listen_redis(client).await,
+                };
+                bus.cache.clear();
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "invalidation listener lost its connection; reconnecting");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+
+    async fn listen_postgres(&self, url: &str) -> anyhow::Result<()> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+        listener.listen(CHANNEL).await?;
+        // Messages sent while we were not listening are lost: start from an empty cache.
+        self.cache.clear();
+        loop {
+            let n = listener.recv().await?;
+            apply(&self.cache, n.payload());
+        }
+    }
+
+    async fn listen_redis(&self, client: &redis::Client) -> anyhow::Result<()> {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(CHANNEL).await?;
+        self.cache.clear();
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let payload: String = msg.get_payload()?;
+            apply(&self.cache, &payload);
+        }
+        anyhow::bail!("Redis pub/sub stream ended")
+    }
+}

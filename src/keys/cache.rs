@@ -1,0 +1,287 @@
+//! The verified-key cache: authenticating a known key costs one SHA-256 and one hash-map
+//! lookup — no database round trip. Entries are dropped by invalidation messages (revocation,
+//! disabling, rotation, scope or organization changes; see `bus.rs`) and refreshed after
+//! [`MAX_AGE`] as a safety net. Unknown keys are remembered briefly (negative entries, bounded)
+//! so a flood of random keys cannot turn into a flood of queries.
+//!
+//! `last_used_at` is kept in an atomic on the entry and written in batches by
+//! [`KeyCache::flush_last_used`], so it stays within a minute of the truth without a write per
+//! request.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::{
+    error::{Error, ErrorCode},
+    orgs::{access::ip_allowlist, roles::Role},
+    storage::{self, Db, RowExt},
+};
+
+/// Entries older than this are re-read from the database on next use.
+pub const MAX_AGE: Duration = Duration::from_secs(60);
+/// Unknown keys are remembered this long.
+const NEGATIVE_AGE: Duration = Duration::from_secs(5);
+const MAX_ENTRIES: usize = 100_000;
+
+#[derive(Debug)]
+pub struct CachedKey {
+    pub id: String,
+    pub organization_id: String,
+    pub organization_active: bool,
+    pub ip_allowlist: Vec<IpNet>,
+    pub publishable: bool,
+    pub environment: String,
+    /// Bit i set: scope `SCOPES[i]`.
+    pub scopes: u32,
+    pub allowed_origins: Vec<String>,
+    pub status: String,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    /// For a secret replaced by a rotation: until when it still works (unix seconds).
+    pub grace_until: Option<i64>,
+    pub created_by: Option<String>,
+    /// The creator's current role in the organization (a key never exceeds it).
+    pub creator_role: Option<Role>,
+    pub rate_limit: Option<serde_json::Value>,
+    pub project_id: Option<String>,
+    pub last_used: AtomicI64,
+    loaded: Instant,
+}
+
+impl CachedKey {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        super::scope_bit(scope).is_some_and(|b| self.scopes & b != 0)
+    }
+}
+
+enum Entry {
+    Known(Arc<CachedKey>),
+    Unknown(Instant),
+}
+
+#[derive(Default)]
+pub struct KeyCache {
+    map: RwLock<HashMap<[u8; 32], Entry>>,
+    flushed: AtomicI64,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyCache")
+    }
+}
+
+fn unauthorized(why: &str) -> Error {
+    Error::unauthorized(format!("The API key is {why}"))
+}
+
+pub fn looks_like_key(token: &str) -> bool {
+    ["sk_live_", "sk_test_", "pk_live_", "pk_test_"]
+        .iter()
+        .any(|p| token.starts_with(p))
+}
+
+impl KeyCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cached entry for a digest, if fresh.
+    fn lookup(&self, digest: &[u8; 32], now: Instant) -> Option<Option<Arc<CachedKey>>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        match map.get(digest)? {
+            Entry::Known(k) if now.duration_since(k.loaded) < MAX_AGE => Some(Some(k.clone())),
+            Entry::Unknown(at) if now.duration_since(*at) < NEGATIVE_AGE => Some(None),
+            _ => None,
+        }
+    }
+
+    /// Resolves a presented key to its entry, checking everything that does not depend on the
+    /// route: existence, status, expiry, rotation grace, organization status, IP allowlist and,
+    /// for publishable keys, the `Origin`.
+    pub async fn authenticate(
+        &self,
+        db: &Db,
+        token: &str,
+        origin: Option<&str>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<Arc<CachedKey>, Error> {
+        if token.len() > 200 || !looks_like_key(token) {
+            return Err(unauthorized("invalid"));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        let key = match self.lookup(&digest, now) {
+            Some(Some(k)) => k,
+            Some(None) => return Err(unauthorized("invalid")),
+            None => match load(db, &hex::encode(digest)).await? {
+                Some(k) => {
+                    let k = Arc::new(k);
+                    self.insert(digest, Entry::Known(k.clone()));
+                    k
+                }
+                None => {
+                    self.insert(digest, Entry::Unknown(now));
+                    return Err(unauthorized("invalid"));
+                }
+            },
+        };
+        check(&key, origin, ip)?;
+        key.last_used
+            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+        Ok(key)
+    }
+
+    fn insert(&self, digest: [u8; 32], entry: Entry) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            let now = Instant::now();
+            map.retain(|_, e| match e {
+                Entry::Known(k) => now.duration_since(k.loaded) < MAX_AGE,
+                Entry::Unknown(_) => false,
+            });
+        }
+        map.insert(digest, entry);
+    }
+
+    /// Drops every entry of this key.
+    pub fn invalidate_key(&self, key_id: &str) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, e| !matches!(e, Entry::Known(k) if k.id == key_id));
+    }
+
+    /// Drops every entry of this organization's keys.
+    pub fn invalidate_org(&self, org_id: &str) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, e| !matches!(e, Entry::Known(k) if k.organization_id == org_id));
+    }
+
+    pub fn clear(&self) {
+        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Writes `last_used_at` for the keys used since the last flush (one UPDATE per key used).
+    pub async fn flush_last_used(&self, db: &Db) -> Result<usize, sqlx::Error> {
+        let since = self.flushed.load(Ordering::Relaxed);
+        let used: Vec<(String, i64)> = {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            let mut seen = HashMap::new();
+            for e in map.values() {
+                if let Entry::Known(k) = e {
+                    let t = k.last_used.load(Ordering::Relaxed);
+                    if t > since {
+                        seen.insert(k.id.clone(), t);
+                    }
+                }
+            }
+            seen.into_iter().collect()
+        };
+        let high = used.iter().map(|(_, t)| *t).max().unwrap_or(since);
+        for (id, t) in &used {
+            let at = chrono::DateTime::from_timestamp(*t, 0).unwrap_or_default();
+            sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+                .bind(storage::format_time(at))
+                .bind(id)
+                .execute(db.pool())
+                .await?;
+        }
+        self.flushed.store(high, Ordering::Relaxed);
+        Ok(used.len())
+    }
+}
+
+fn check(key: &CachedKey, origin: Option<&str>, ip: Option<std::net::IpAddr>) -> Result<(), Error> {
+    let now = chrono::Utc::now().timestamp();
+    match key.status.as_str() {
+        "active" => {}
+        "revoked" => return Err(unauthorized("revoked")),
+        "disabled" => return Err(unauthorized("disabled")),
+        _ => return Err(unauthorized("invalid")),
+    }
+    if key.expires_at.is_some_and(|t| t <= now) {
+        return Err(unauthorized("expired"));
+    }
+    if key.grace_until.is_some_and(|t| t <= now) {
+        return Err(unauthorized("rotated (its grace period is over)"));
+    }
+    if !key.organization_active {
+        return Err(Error::new(
+            ErrorCode::OrganizationSuspended,
+            "This organization is suspended",
+        ));
+    }
+    if !key.ip_allowlist.is_empty()
+        && !ip.is_some_and(|ip| key.ip_allowlist.iter().any(|n| n.contains(&ip)))
+    {
+        return Err(Error::forbidden(
+            "Requests from this address are not allowed for this organization",
+        ));
+    }
+    if key.publishable && !origin.is_some_and(|o| key.allowed_origins.iter().any(|a| a == o)) {
+        return Err(Error::forbidden(
+            "This publishable key is not allowed from this origin",
+        ));
+    }
+    Ok(())
+}
+
+fn unix(stored: Option<String>) -> Option<i64> {
+    stored
+        .and_then(|s| storage::parse_time(&s))
+        .map(|t| t.timestamp())
+}
+
+async fn load(db: &Db, hash: &str) -> Result<Option<CachedKey>, Error> {
+    let row = sqlx::query(
+        "SELECT k.id, k.organization_id, k.type, k.environment, k.scopes, k.allowed_origins, k.status, \
+         k.expires_at, k.created_by, k.rate_limit, k.project_id, s.grace_expires_at AS secret_grace, \
+         o.status AS org_status, o.settings AS org_settings, m.role AS creator_role \
+         FROM api_key_secrets s JOIN api_keys k ON k.id = s.key_id \
+         JOIN organizations o ON o.id = k.organization_id \
+         LEFT JOIN memberships m ON m.organization_id = k.organization_id AND m.user_id = k.created_by \
+         WHERE s.secret_hash = $1",
+    )
+    .bind(hash)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let scopes: Vec<String> = serde_json::from_value(r.get_json("scopes")?).unwrap_or_default();
+    let origins: Vec<String> =
+        serde_json::from_value(r.get_json("allowed_origins")?).unwrap_or_default();
+    let rate_limit: Option<String> = r.try_get("rate_limit")?;
+    Ok(Some(CachedKey {
+        id: r.try_get("id")?,
+        organization_id: r.try_get("organization_id")?,
+        organization_active: r.try_get::<String, _>("org_status")? == "active",
+        ip_allowlist: ip_allowlist(&r.get_json("org_settings")?),
+        publishable: r.try_get::<String, _>("type")? == "publishable",
+        environment: r.try_get("environment")?,
+        scopes: scopes
+            .iter()
+            .filter_map(|s| super::scope_bit(s))
+            .fold(0, |a, b| a | b),
+        allowed_origins: origins,
+        status: r.try_get("status")?,
+        expires_at: unix(r.try_get("expires_at")?),
+        grace_until: unix(r.try_get("secret_grace")?),
+        created_by: r.try_get("created_by")?,
+        creator_role: r
+            .try_get::<Option<String>, _>("creator_role")?
+            .as_deref()
+            .and_then(Role::parse),
+        rate_limit: rate_limit.and_then(|s| serde_json::from_str(&s).ok()),
+        project_id: r.try_get("project_id")?,
+        last_used: AtomicI64::new(0),
+        loaded: Instant::now(),
+    }))
+}

@@ -1,0 +1,49 @@
+//! API keys (SPEC §4): the store and routes (`routes.rs`), the verified-key cache that keeps
+//! the database off the authentication path (`cache.rs`) and the invalidation bus that makes a
+//! revocation reach every node (`bus.rs`).
+
+pub mod bus;
+pub mod cache;
+pub mod routes;
+
+/// Every scope a key can carry (SPEC §4), in a fixed order: bit i of a key's scope set is
+/// `SCOPES[i]`.
+pub const SCOPES: [&str; 18] = [
+    "organizations:create",
+    "organizations:read",
+    "organizations:update",
+    "members:read",
+    "members:manage",
+    "api_keys:read",
+    "api_keys:manage",
+    "billing:read",
+    "billing:manage",
+    "usage:read",
+    "webhooks:manage",
+    "audit:read",
+    "configs:read",
+    "configs:manage",
+    "policies:read",
+    "policies:manage",
+    "analytics:read",
+    "gateway:proxy",
+];
+
+pub fn scope_bit(scope: &str) -> Option<u32> {
+    SCOPES.iter().position(|s| *s == scope).map(|i| 1u32 << i)
+}
+
+/// The least role that may hold a scope (a key never exceeds its creator's role).
+pub fn scope_min_role(scope: &str) -> Option<crate::orgs::roles::Role> {
+    use crate::orgs::roles::{Permission, Role};
+    if scope == "organizations:create" {
+        return Some(Role::Admin);
+    }
+    Permission::ALL
+        .iter()
+        .filter(|p| p.scope() == Some(scope))
+        .map(|p| p.min_role())
+        .min()
+}
+
+pub use routes::routes;
