@@ -34,7 +34,7 @@ pub struct OrgRef {
 /// Who is calling: a signed-in person, or an API key of the organization.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    User(AuthUser),
+    User(Box<AuthUser>),
     Key(Arc<CachedKey>),
 }
 
@@ -271,7 +271,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
         }
         Ok(OrgAccess {
             org,
-            caller: Caller::User(user),
+            caller: Caller::User(Box::new(user)),
             role,
             meta,
             _permission: PhantomData,
