@@ -62,6 +62,14 @@ impl CachedKey {
     pub fn has_scope(&self, scope: &str) -> bool {
         super::scope_bit(scope).is_some_and(|b| self.scopes & b != 0)
     }
+
+    /// Whether the key's scopes grant `scope` (`x:manage` includes `x:read`).
+    pub fn allows(&self, scope: &str) -> bool {
+        self.has_scope(scope)
+            || scope
+                .strip_suffix(":read")
+                .is_some_and(|resource| self.has_scope(&format!("{resource}:manage")))
+    }
 }
 
 enum Entry {

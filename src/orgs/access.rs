@@ -213,7 +213,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
             let role = key.creator_role.ok_or_else(|| {
                 Error::forbidden("The key's creator is no longer a member of this organization")
             })?;
-            let scoped = P::PERMISSION.scope().is_some_and(|s| key.has_scope(s));
+            let scoped = P::PERMISSION.scope().is_some_and(|s| key.allows(s));
             if !scoped {
                 return Err(Error::forbidden(format!(
                     "This API key lacks the scope this route needs ({})",
