@@ -56,15 +56,16 @@ impl HasId for User {
     }
 }
 
-/// `%term%` for LIKE, with the pattern characters of the term escaped.
+/// `%term%` for LIKE (lower-cased), with the pattern characters of the term escaped.
 pub fn like_pattern(term: &str) -> String {
-    let escaped = term
-        .trim()
-        .to_lowercase()
-        .replace('\\', "\\\\")
+    format!("%{}%", escape_like(&term.trim().to_lowercase()))
+}
+
+/// Escapes LIKE's pattern characters (use with `ESCAPE '\\'`).
+pub fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
         .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
+        .replace('_', "\\_")
 }
 
 #[derive(Debug, Deserialize)]

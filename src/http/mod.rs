@@ -56,6 +56,10 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 
     control_plane
         .fallback(middleware::not_found)
+        .layer(mw::from_fn_with_state(
+            state.clone(),
+            crate::keys::cors::cors,
+        ))
         .layer(CatchPanicLayer::new())
         .layer(mw::from_fn(middleware::error_envelope))
         .layer(mw::from_fn_with_state(

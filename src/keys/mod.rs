@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod cache;
+pub mod cors;
 pub mod routes;
 
 /// Every scope a key can carry (SPEC §4), in a fixed order: bit i of a key's scope set is

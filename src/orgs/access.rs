@@ -162,10 +162,19 @@ pub fn check_ip_allowlist(
 
 /// The API key a request presents, in `X-API-Key` or as a bearer token of key form.
 pub fn presented_key(parts: &Parts) -> Option<&str> {
-    if let Some(k) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+    presented_key_in(&parts.headers)
+}
+
+pub fn presented_key_in(headers: &axum::http::HeaderMap) -> Option<&str> {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(k.trim());
     }
-    crate::auth::extract::bearer(parts).filter(|t| looks_like_key(t))
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && looks_like_key(token.trim())).then(|| token.trim())
 }
 
 impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
