@@ -12,7 +12,7 @@ use crate::{
     auth::{tokens::KeyRing, users},
     config::Config,
     crypto::{self, MasterKey},
-    limits::MemoryLimiter,
+    limits::{self, UsageMeter},
     mail::{DevMailbox, Mailer, SmtpMailer},
     metrics::Metrics,
     storage::Db,
@@ -92,6 +92,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             Arc::new(DevMailbox::new(db.clone()))
         }
     };
+    let limiter = limits::from_config(redis.as_ref());
+    let usage = UsageMeter::new(db.clone());
+    usage.spawn_flusher(limits::usage::FLUSH_EVERY);
     Ok(AppState::new(Inner {
         config,
         db,
@@ -100,7 +103,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         redis,
         keys,
         mailer,
-        limiter: MemoryLimiter::new(),
+        limiter,
+        usage,
         started_at: Instant::now(),
     }))
 }
@@ -119,6 +123,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let app = crate::http::router(state.clone());
     crate::http::serve(listener, app, crate::http::shutdown_signal(), grace).await?;
+    if let Err(e) = state.usage.flush().await {
+        tracing::error!(error = %e, "could not flush usage counters at shutdown");
+    }
     state.db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -23,12 +23,14 @@ const SQLITE: Embedded = migrations!("sqlite":
     (1, "foundation"),
     (2, "identity"),
     (4, "organizations"),
+    (5, "limits"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
     (1, "foundation"),
     (2, "identity"),
     (4, "organizations"),
+    (5, "limits"),
 );
 
 fn embedded(backend: Backend) -> Embedded {
