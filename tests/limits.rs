@@ -205,7 +205,11 @@ async fn two_nodes_sharing_redis_enforce_one_global_limit() {
     let (a, _) = node(&redis_url());
     let (b, _) = node(&redis_url());
     let (a, b): (Arc<dyn RateLimiter>, Arc<dyn RateLimiter>) = (Arc::new(a), Arc::new(b));
-    let specs = vec![LimitSpec::new(unique("global"), 50, Duration::from_secs(3600))];
+    let specs = vec![LimitSpec::new(
+        unique("global"),
+        50,
+        Duration::from_secs(3600),
+    )];
     let (na, nb) = tokio::join!(
         race(a.clone(), specs.clone(), 100),
         race(b.clone(), specs.clone(), 100)
@@ -259,7 +263,11 @@ async fn health_says_limits_are_node_local_while_redis_is_down() {
     )
     .await;
     let h = server.get("/health").await;
-    assert_eq!(h.json["checks"]["rate_limits"]["status"], "ok", "{}", h.text);
+    assert_eq!(
+        h.json["checks"]["rate_limits"]["status"], "ok",
+        "{}",
+        h.text
+    );
     assert_eq!(h.json["checks"]["rate_limits"]["backend"], "redis+memory");
     // A throttled route decides (from memory) instead of failing.
     let res = server
@@ -373,9 +381,11 @@ async fn a_node_returns_to_redis_when_it_answers_again() {
 #[tokio::test]
 async fn one_round_trip_per_request_whatever_the_number_of_limits() {
     let port = PrivateRedis::free_port();
-    let Some(server) =
-        PrivateRedis::start_on(port, "one_round_trip_per_request_whatever_the_number_of_limits")
-            .await
+    let Some(server) = PrivateRedis::start_on(
+        port,
+        "one_round_trip_per_request_whatever_the_number_of_limits",
+    )
+    .await
     else {
         return;
     };
@@ -440,7 +450,11 @@ async fn usage_counts_survive_a_restart(backend: Backend) {
         }
         meter.record_in(Counter::new("org_b", "api_requests", "2026-11"), 2);
         meter.record_in(Counter::new("org_a", "api_requests", "2026-10"), 5);
-        assert_eq!(meter.current(&c).await.unwrap(), 7, "unflushed counts are read");
+        assert_eq!(
+            meter.current(&c).await.unwrap(),
+            7,
+            "unflushed counts are read"
+        );
         assert_eq!(meter.flush().await.unwrap(), 3);
         assert_eq!(meter.flush().await.unwrap(), 0, "nothing twice");
         meter.record_in(c.clone(), 3);

@@ -64,11 +64,7 @@ async fn throttle(
     (limit, period): (u64, Duration),
 ) -> Result<(), Error> {
     let spec = [LimitSpec::new(key, limit, period)];
-    let v = state
-        .limiter
-        .check(&spec)
-        .await
-        .map_err(|e| anyhow::anyhow!("login throttling: {e}"))?;
+    let v = state.limiter.check(&spec).await?;
     if v.allowed {
         Ok(())
     } else {

@@ -161,6 +161,14 @@ pub enum LimiterError {
     Timeout,
 }
 
+/// A limiter failure is an internal error for the HTTP API (logged, never shown): with the
+/// failover limiter it happens only for an invalid spec, since Redis failures fall back to memory.
+impl From<LimiterError> for crate::error::Error {
+    fn from(e: LimiterError) -> Self {
+        crate::error::Error::Internal(anyhow::Error::new(e).context("rate limiter"))
+    }
+}
+
 /// A rate limiter: decides a request against all the limits that apply to it, atomically.
 pub trait RateLimiter: Send + Sync + Debug {
     /// Allowed only if **every** limit allows it; then each is charged its cost. When refused,
