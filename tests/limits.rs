@@ -376,6 +376,26 @@ async fn a_node_returns_to_redis_when_it_answers_again() {
     let v = l.check(&spec).await.unwrap();
     assert_eq!(v.source, Source::Memory);
     assert!(l.is_degraded());
+    // A restarted Redis (empty: no script, no counts) is used again at the next probe.
+    let Some(_server) =
+        PrivateRedis::start_on(port, "a_node_returns_to_redis_when_it_answers_again").await
+    else {
+        return;
+    };
+    clock.advance(Duration::from_secs(1));
+    let mut v = l.check(&spec).await.unwrap();
+    // The connection manager may still be reconnecting: then one more probe a second later.
+    for _ in 0..50 {
+        if v.source == Source::Redis {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        clock.advance(Duration::from_secs(1));
+        v = l.check(&spec).await.unwrap();
+    }
+    assert_eq!(v.source, Source::Redis);
+    assert!(!l.is_degraded());
+    assert_eq!(v.remaining, 99, "a fresh Redis counts from zero");
 }
 
 #[tokio::test]

@@ -259,6 +259,14 @@ impl Clock for ManualClock {
 /// Validates specs and gives each period in `unit`s (nanoseconds in memory, milliseconds in
 /// Redis).
 pub(crate) fn periods_in(limits: &[LimitSpec], unit: Duration) -> Result<Vec<u128>, LimiterError> {
+    for (i, l) in limits.iter().enumerate() {
+        if limits[..i].iter().any(|o| o.key == l.key) {
+            return Err(LimiterError::InvalidSpec {
+                key: l.key.clone(),
+                reason: "the same key twice in one request",
+            });
+        }
+    }
     limits
         .iter()
         .map(|l| {
@@ -467,5 +475,7 @@ mod tests {
     fn specs_are_validated() {
         assert!(periods_in(&[LimitSpec::new("k", 1, Duration::from_micros(10))], MS).is_err());
         assert!(periods_in(&[LimitSpec::new("", 1, Duration::from_secs(1))], MS).is_err());
+        let twice = [LimitSpec::per_minute("k", 1), LimitSpec::per_hour("k", 10)];
+        assert!(periods_in(&twice, MS).is_err());
     }
 }
