@@ -145,6 +145,12 @@ async fn redis_several_limits_are_all_or_nothing_in_one_script() {
     let v = l.check_at(&[tpm.with_cost(0)], T0).await.unwrap();
     assert!(!v.allowed);
     assert_eq!(v.retry_after, Some(Duration::from_millis(18_000)));
+    // A limit of 0 refuses (waiting a period would not help) and writes nothing.
+    let zero = LimitSpec::new(unique("zero"), 0, MIN);
+    let v = l.check_at(std::slice::from_ref(&zero), T0).await.unwrap();
+    assert!(!v.allowed);
+    assert_eq!(v.retry_after, Some(MIN));
+    l.charge_at(&zero, Some(T0)).await.unwrap();
 }
 
 #[tokio::test]

@@ -139,7 +139,8 @@ impl MemoryLimiter {
             .get(&limit.key)
             .map_or(0, |e| e.level(now_ns, limit.limit));
         let level = level + u128::from(limit.cost) * limit.period.as_nanos();
-        if limit.cost > 0 {
+        // A limit of 0 refuses everything anyway: nothing to remember.
+        if limit.cost > 0 && limit.limit > 0 {
             self.store(&mut shard, limit, level, now_ns);
         }
         Ok(())
@@ -348,6 +349,18 @@ mod tests {
         assert_eq!(v.retry_after, Some(Duration::from_secs(30)));
         clock.advance(Duration::from_secs(30));
         assert!(l.check_now(&[tpm.with_cost(0)]).unwrap().allowed);
+    }
+
+    #[test]
+    fn a_limit_of_zero_refuses_and_stores_nothing() {
+        let (l, clock) = limiter();
+        let zero = LimitSpec::new("blocked", 0, MIN);
+        let v = l.check_now(std::slice::from_ref(&zero)).unwrap();
+        assert!(!v.allowed);
+        assert_eq!((v.limit, v.remaining), (0, 0));
+        assert_eq!(v.retry_after, Some(MIN));
+        l.charge_at(&zero, clock.now()).unwrap();
+        assert!(l.is_empty());
     }
 
     #[test]

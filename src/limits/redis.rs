@@ -61,7 +61,7 @@ if ok or charge then
     local limit = tonumber(ARGV[3 * i])
     local period = tonumber(ARGV[3 * i + 1])
     local cost = tonumber(ARGV[3 * i + 2])
-    if cost > 0 then
+    if cost > 0 and limit > 0 then
       local new = levels[i] + cost * period
       local ttl = math.ceil(new / limit)
       if ttl < 1 then ttl = 1 end
