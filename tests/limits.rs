@@ -511,6 +511,46 @@ async fn usage_counts_survive_a_restart(backend: Backend) {
 
 on_both_databases!(usage_counts_survive_a_restart);
 
+async fn the_request_path_read_is_cached_yet_exact_for_this_node(backend: Backend) {
+    let test_db = common::TestDatabase::create(backend).await;
+    let db = open_db(&test_db.url).await;
+    let c = Counter::new("org_a", "gateway_requests", "2026-11");
+    let a = UsageMeter::new(db.clone());
+    // Node b trusts what it read for an hour: no clock games needed to show the cache.
+    let b = UsageMeter::with_refresh(db.clone(), Duration::from_secs(3600));
+    a.record_in(c.clone(), 5);
+    a.flush().await.unwrap();
+    assert_eq!(
+        b.used(&c).await.unwrap(),
+        5,
+        "first read goes to the database"
+    );
+    a.record_in(c.clone(), 3);
+    a.flush().await.unwrap();
+    assert_eq!(
+        b.used(&c).await.unwrap(),
+        5,
+        "cached: a's new counts not yet seen"
+    );
+    // b's own counts are exact at once, before and after its flush.
+    b.record_in(c.clone(), 2);
+    assert_eq!(b.used(&c).await.unwrap(), 7);
+    b.flush().await.unwrap();
+    assert_eq!(b.used(&c).await.unwrap(), 7);
+    // A database read sees everyone.
+    assert_eq!(b.current(&c).await.unwrap(), 10);
+    assert_eq!(b.used(&c).await.unwrap(), 10);
+    // With no caching, every read is fresh.
+    let fresh = UsageMeter::with_refresh(db.clone(), Duration::ZERO);
+    assert_eq!(fresh.used(&c).await.unwrap(), 10);
+    a.record_in(c.clone(), 1);
+    a.flush().await.unwrap();
+    assert_eq!(fresh.used(&c).await.unwrap(), 11);
+    db.close().await;
+}
+
+on_both_databases!(the_request_path_read_is_cached_yet_exact_for_this_node);
+
 #[tokio::test]
 async fn a_failed_flush_loses_nothing() {
     let test_db = common::TestDatabase::create(Backend::Sqlite).await;
@@ -544,7 +584,7 @@ async fn the_server_state_holds_the_limiter_and_meter() {
         server
             .state
             .usage
-            .current_month("org_x", "api_requests")
+            .used_this_month("org_x", "api_requests")
             .await
             .unwrap(),
         2

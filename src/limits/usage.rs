@@ -5,12 +5,13 @@
 //! upsert that *adds* (`value = usage_counters.value + excluded.value`): every node flushes its
 //! own deltas, so the stored value is the sum over all nodes and survives restarts. A failed
 //! flush keeps its deltas for the next one. [`UsageMeter::current`] is the stored value plus
-//! this node's unflushed delta.
+//! this node's unflushed delta; [`UsageMeter::used`], for the request path, the same with the
+//! stored part re-read at most every 5 s.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, Utc};
@@ -55,33 +56,59 @@ pub struct UsageMeter {
 
 struct Inner {
     db: Db,
-    pending: Mutex<HashMap<Counter, u64>>,
-    /// Held by a flush from taking the deltas to committing them, and by readers, so that a
-    /// reader never sees a delta twice (or not at all).
+    state: Mutex<State>,
+    /// Held by a flush from taking the deltas to recording the outcome, and by reads of the
+    /// database, so that a delta is never counted twice (or not at all) by a reader.
     flushing: tokio::sync::Mutex<()>,
+    /// How long a stored value read from the database is trusted by [`UsageMeter::used`].
+    refresh_after: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    /// Recorded, not yet flushed.
+    pending: HashMap<Counter, u64>,
+    /// Being written by the flush in progress.
+    in_flight: HashMap<Counter, u64>,
+    /// Stored values as last read, plus what this node flushed since; and when read.
+    stored: HashMap<Counter, (u64, Instant)>,
+}
+
+impl State {
+    fn local(&self, c: &Counter) -> u64 {
+        let p = self.pending.get(c).copied().unwrap_or(0);
+        p.saturating_add(self.in_flight.get(c).copied().unwrap_or(0))
+    }
 }
 
 impl std::fmt::Debug for UsageMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UsageMeter")
-            .field("pending", &self.pending_len())
+            .field("pending", &self.state().pending.len())
             .finish()
     }
 }
 
 impl UsageMeter {
     pub fn new(db: Db) -> Self {
+        Self::with_refresh(db, FLUSH_EVERY)
+    }
+
+    /// A meter whose [`UsageMeter::used`] re-reads a counter from the database at most every
+    /// `refresh_after` (other nodes' counts are that much late there).
+    pub fn with_refresh(db: Db, refresh_after: Duration) -> Self {
         UsageMeter {
             inner: Arc::new(Inner {
                 db,
-                pending: Mutex::new(HashMap::new()),
+                state: Mutex::new(State::default()),
                 flushing: tokio::sync::Mutex::new(()),
+                refresh_after,
             }),
         }
     }
 
-    fn pending_map(&self) -> std::sync::MutexGuard<'_, HashMap<Counter, u64>> {
-        self.inner.pending.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts `amount` of `metric` for the organization in the current month.
@@ -97,21 +124,17 @@ impl UsageMeter {
         if amount == 0 {
             return;
         }
-        let mut pending = self.pending_map();
-        let v = pending.entry(counter).or_insert(0);
+        let mut state = self.state();
+        let v = state.pending.entry(counter).or_insert(0);
         *v = v.saturating_add(amount);
     }
 
-    /// This node's delta not yet flushed for one counter.
+    /// This node's delta not yet in the database for one counter.
     pub fn unflushed(&self, counter: &Counter) -> u64 {
-        self.pending_map().get(counter).copied().unwrap_or(0)
+        self.state().local(counter)
     }
 
-    fn pending_len(&self) -> usize {
-        self.pending_map().len()
-    }
-
-    /// The counter's value: what the database holds (all nodes' flushed deltas) plus this
+    /// The counter's value, read from the database now: every node's flushed deltas plus this
     /// node's unflushed delta.
     pub async fn current(&self, counter: &Counter) -> Result<u64, sqlx::Error> {
         let _flush = self.inner.flushing.lock().await;
@@ -125,16 +148,35 @@ impl UsageMeter {
         .fetch_optional(self.inner.db.pool())
         .await?;
         let stored = u64::try_from(stored.unwrap_or(0)).unwrap_or(0);
-        Ok(stored.saturating_add(self.unflushed(counter)))
+        let mut state = self.state();
+        state
+            .stored
+            .insert(counter.clone(), (stored, Instant::now()));
+        Ok(stored.saturating_add(state.local(counter)))
     }
 
-    /// The current value of `metric` for the organization this month.
-    pub async fn current_month(
+    /// The same as [`UsageMeter::current`] for the request path: the stored part is read from
+    /// the database at most every `refresh_after` (5 s by default), so most calls do no I/O.
+    /// This node's own counts are always exact; other nodes' may be that much late.
+    pub async fn used(&self, counter: &Counter) -> Result<u64, sqlx::Error> {
+        {
+            let state = self.state();
+            if let Some((stored, at)) = state.stored.get(counter) {
+                if at.elapsed() < self.inner.refresh_after {
+                    return Ok(stored.saturating_add(state.local(counter)));
+                }
+            }
+        }
+        self.current(counter).await
+    }
+
+    /// The current value of `metric` for the organization this month (see [`UsageMeter::used`]).
+    pub async fn used_this_month(
         &self,
         organization_id: &str,
         metric: &str,
     ) -> Result<u64, sqlx::Error> {
-        self.current(&Counter::new(
+        self.used(&Counter::new(
             organization_id,
             metric,
             period_of(Utc::now()),
@@ -146,17 +188,37 @@ impl UsageMeter {
     /// were written. On failure nothing is lost: the deltas wait for the next flush.
     pub async fn flush(&self) -> Result<usize, sqlx::Error> {
         let _flush = self.inner.flushing.lock().await;
-        let batch: Vec<(Counter, u64)> = std::mem::take(&mut *self.pending_map())
-            .into_iter()
-            .collect();
+        let batch: Vec<(Counter, u64)> = {
+            let mut state = self.state();
+            state.in_flight = std::mem::take(&mut state.pending);
+            state
+                .in_flight
+                .iter()
+                .map(|(c, d)| (c.clone(), *d))
+                .collect()
+        };
         if batch.is_empty() {
             return Ok(0);
         }
-        match self.write(&batch).await {
-            Ok(()) => Ok(batch.len()),
+        let result = self.write(&batch).await;
+        let mut state = self.state();
+        let in_flight = std::mem::take(&mut state.in_flight);
+        match result {
+            Ok(()) => {
+                for (c, d) in in_flight {
+                    if let Some((stored, _)) = state.stored.get_mut(&c) {
+                        *stored = stored.saturating_add(d);
+                    }
+                }
+                // Forget what has not been read for a long time (past months, gone orgs).
+                let horizon = self.inner.refresh_after.max(Duration::from_secs(3600));
+                state.stored.retain(|_, (_, at)| at.elapsed() < horizon);
+                Ok(batch.len())
+            }
             Err(e) => {
-                for (counter, delta) in batch {
-                    self.record_in(counter, delta);
+                for (c, d) in in_flight {
+                    let v = state.pending.entry(c).or_insert(0);
+                    *v = v.saturating_add(d);
                 }
                 Err(e)
             }
