@@ -128,6 +128,29 @@ fn redis(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("redis");
     g.throughput(Throughput::Elements(1));
+    // Many requests in flight on the one multiplexed connection, as a busy server has them.
+    for n in [1, 3] {
+        let requests = request_set(10_000, n);
+        g.bench_function(
+            BenchmarkId::new(format!("{n} limit(s)"), "64 in flight, one connection"),
+            |b| {
+                b.iter_custom(|iters| {
+                    use futures_util::stream::{self, StreamExt};
+                    let start = std::time::Instant::now();
+                    rt.block_on(
+                        stream::iter(0..iters as usize)
+                            .map(|i| l.check_limits(&requests[i % requests.len()]))
+                            .buffer_unordered(64)
+                            .for_each(|r| {
+                                black_box(r.ok());
+                                std::future::ready(())
+                            }),
+                    );
+                    start.elapsed()
+                })
+            },
+        );
+    }
     for n in [1, 3] {
         let requests = request_set(10_000, n);
         let mut i = 0;

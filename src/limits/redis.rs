@@ -27,6 +27,9 @@ const MAX_EXACT: u128 = 1 << 52;
 /// ARGV[3i+2]: limit, period (ms), cost. Returns {allowed (0/1), now (ms), level_1 … level_n},
 /// the levels as they were before this request (drained to now).
 const SCRIPT: &str = r#"
+-- Redis < 5 replicates scripts verbatim and then refuses writes after TIME; from 5 on this is
+-- the default (and from 7 a no-op).
+if redis.replicate_commands then pcall(redis.replicate_commands) end
 local now
 if ARGV[1] ~= '' then
   now = tonumber(ARGV[1])
