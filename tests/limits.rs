@@ -31,11 +31,13 @@ fn redis_limiter(url: &str) -> RedisLimiter {
     RedisLimiter::new(Redis::new(url).expect("redis url"))
 }
 
-/// A node: Redis with in-memory failover, its probes paced by a clock the test moves.
-fn node(url: &str) -> (FailoverLimiter, Arc<ManualClock>) {
+/// A node: Redis with in-memory failover, its probes paced by a clock the test moves. Tests
+/// that need Redis to answer give it a generous time limit (a busy CI machine must not turn a
+/// slow answer into a local decision); outage tests a short one.
+fn node(url: &str, timeout: Duration) -> (FailoverLimiter, Arc<ManualClock>) {
     let clock = ManualClock::new(T0);
     let limiter = FailoverLimiter::with_clock(
-        redis_limiter(url).with_timeout(Duration::from_millis(500)),
+        redis_limiter(url).with_timeout(timeout),
         MemoryLimiter::new(),
         clock.clone(),
     );
@@ -208,8 +210,8 @@ async fn two_nodes_sharing_redis_enforce_one_global_limit() {
         return;
     }
     // Two limiters, two connections: two nodes.
-    let (a, _) = node(&redis_url());
-    let (b, _) = node(&redis_url());
+    let (a, _) = node(&redis_url(), Duration::from_secs(5));
+    let (b, _) = node(&redis_url(), Duration::from_secs(5));
     let (a, b): (Arc<dyn RateLimiter>, Arc<dyn RateLimiter>) = (Arc::new(a), Arc::new(b));
     let specs = vec![LimitSpec::new(
         unique("global"),
@@ -233,7 +235,7 @@ async fn two_nodes_sharing_redis_enforce_one_global_limit() {
 
 #[tokio::test]
 async fn with_redis_down_a_node_limits_from_memory_and_says_degraded() {
-    let (l, clock) = node("redis://127.0.0.1:1");
+    let (l, clock) = node("redis://127.0.0.1:1", Duration::from_millis(300));
     assert!(!l.is_degraded());
     let spec = [LimitSpec::new("outage", 3, MIN)];
     for i in 0..3 {
@@ -358,7 +360,7 @@ impl Drop for PrivateRedis {
 async fn a_node_returns_to_redis_when_it_answers_again() {
     let port = PrivateRedis::free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let (l, clock) = node(&url);
+    let (l, clock) = node(&url, Duration::from_secs(2));
     let spec = [LimitSpec::new("recover", 100, MIN)];
     // Nothing listens yet: memory, degraded.
     assert_eq!(l.check(&spec).await.unwrap().source, Source::Memory);
