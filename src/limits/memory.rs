@@ -108,10 +108,11 @@ impl MemoryLimiter {
         let levels: Vec<u128> = limits
             .iter()
             .zip(&shard_of)
-            .map(|(l, s)| {
+            .map(|(l, &s)| {
                 guards
-                    .get(s)
-                    .and_then(|g| g.get(&l.key))
+                    .iter()
+                    .find(|(i, _)| *i == s)
+                    .and_then(|(_, g)| g.get(&l.key))
                     .map_or(0, |e| e.level(now_ns, l.limit))
             })
             .collect();
@@ -121,7 +122,7 @@ impl MemoryLimiter {
                 if l.cost == 0 {
                     continue;
                 }
-                if let Some(shard) = guards.get_mut(s) {
+                if let Some((_, shard)) = guards.iter_mut().find(|(i, _)| i == s) {
                     self.store(shard, l, *level, now_ns);
                 }
             }
@@ -150,8 +151,8 @@ impl MemoryLimiter {
         (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
-    /// Locks each distinct shard once, in ascending order.
-    fn lock(&self, shard_of: &[usize]) -> std::collections::BTreeMap<usize, MutexGuard<'_, Shard>> {
+    /// Locks each distinct shard once, in ascending order (so no two requests deadlock).
+    fn lock(&self, shard_of: &[usize]) -> Vec<(usize, MutexGuard<'_, Shard>)> {
         let mut wanted: Vec<usize> = shard_of.to_vec();
         wanted.sort_unstable();
         wanted.dedup();

@@ -317,20 +317,37 @@ pub(crate) fn evaluate(
     };
     let div_ceil = |a: u128, b: u128| a.div_ceil(b.max(1));
 
+    #[derive(Clone, Copy)]
     struct One {
         remaining: u64,
         reset_after: u128,
         retry_after: Option<u128>,
     }
-    let mut allowed = true;
-    let mut new_levels = Vec::with_capacity(limits.len());
-    let mut each = Vec::with_capacity(limits.len());
-    for ((spec, &period), &level) in limits.iter().zip(periods).zip(levels) {
+    // First every limit's level after this request, and whether all fit.
+    let new_levels: Vec<u128> = limits
+        .iter()
+        .zip(periods)
+        .zip(levels)
+        .map(|((spec, &period), &level)| level + u128::from(spec.cost) * period)
+        .collect();
+    let allowed = limits
+        .iter()
+        .zip(periods)
+        .zip(&new_levels)
+        .all(|((spec, &period), &need)| need <= u128::from(spec.limit) * period);
+    // Then the most restrictive: when allowed, the fewest remaining (then the latest reset);
+    // when refused, the longest wait (then the fewest remaining, then the first).
+    let mut best: Option<(usize, One)> = None;
+    for (i, (((spec, &period), &level), &need)) in limits
+        .iter()
+        .zip(periods)
+        .zip(levels)
+        .zip(&new_levels)
+        .enumerate()
+    {
         let limit = u128::from(spec.limit);
         let full = limit * period;
-        let need = level + u128::from(spec.cost) * period;
-        let fits = need <= full;
-        let retry_after = if fits {
+        let retry_after = if need <= full {
             None
         } else if spec.cost > spec.limit {
             // Never fits: the request is too big for this limit; suggest a whole period.
@@ -338,43 +355,38 @@ pub(crate) fn evaluate(
         } else {
             Some(div_ceil(need - full, limit))
         };
-        allowed &= fits;
-        new_levels.push(need);
-        each.push((level, need, retry_after, limit, period));
-    }
-    let each: Vec<One> = each
-        .into_iter()
-        .map(|(level, need, retry_after, limit, period)| {
-            // After the request when allowed; as things stand when refused (nothing charged).
-            let after = if allowed { need } else { level };
-            let full = limit * period;
-            One {
-                remaining: u64::try_from(full.saturating_sub(after) / period).unwrap_or(u64::MAX),
-                reset_after: if limit == 0 {
-                    0
-                } else {
-                    div_ceil(after, limit)
-                },
-                retry_after,
+        // After the request when allowed; as things stand when refused (nothing charged).
+        let after = if allowed { need } else { level };
+        let one = One {
+            remaining: u64::try_from(full.saturating_sub(after) / period).unwrap_or(u64::MAX),
+            reset_after: if limit == 0 {
+                0
+            } else {
+                div_ceil(after, limit)
+            },
+            retry_after,
+        };
+        let better = match &best {
+            None => true,
+            Some((_, b)) if allowed => {
+                (one.remaining, std::cmp::Reverse(one.reset_after))
+                    < (b.remaining, std::cmp::Reverse(b.reset_after))
             }
-        })
-        .collect();
-    let pick = if allowed {
-        (0..each.len()).min_by(|&a, &b| {
-            (each[a].remaining)
-                .cmp(&each[b].remaining)
-                .then(each[b].reset_after.cmp(&each[a].reset_after))
-        })
-    } else {
-        (0..each.len()).max_by(|&a, &b| {
-            (each[a].retry_after)
-                .cmp(&each[b].retry_after)
-                .then(each[b].remaining.cmp(&each[a].remaining))
-                .then(b.cmp(&a))
-        })
+            Some((_, b)) => {
+                (one.retry_after, std::cmp::Reverse(one.remaining))
+                    > (b.retry_after, std::cmp::Reverse(b.remaining))
+            }
+        };
+        if better {
+            best = Some((i, one));
+        }
     }
-    .unwrap_or(0);
-    let chosen = &each[pick];
+    let Some((pick, chosen)) = best else {
+        return Evaluation {
+            verdict: Verdict::unlimited(source),
+            new_levels,
+        };
+    };
     let reset_after = to_duration(chosen.reset_after);
     Evaluation {
         verdict: Verdict {
