@@ -4,8 +4,13 @@
 use std::{sync::Arc, time::Instant};
 
 use crate::{
-    auth::tokens::KeyRing, config::Config, crypto::MasterKey, limits::MemoryLimiter, mail::Mailer,
-    metrics::Metrics, storage::Db,
+    auth::tokens::KeyRing,
+    config::Config,
+    crypto::MasterKey,
+    limits::{RateLimiter, UsageMeter},
+    mail::Mailer,
+    metrics::Metrics,
+    storage::Db,
 };
 
 #[derive(Clone, Debug)]
@@ -20,11 +25,14 @@ pub struct Inner {
     pub redis: Option<crate::redis::Redis>,
     pub keys: KeyRing,
     pub mailer: Arc<dyn Mailer>,
-    pub limiter: MemoryLimiter,
     /// Verified API keys (no database round trip for a known key).
     pub api_keys: Arc<crate::keys::cache::KeyCache>,
     /// Cache invalidation across nodes.
     pub bus: crate::keys::bus::Bus,
+    /// Rate limits: Redis with in-memory failover when `redis_url` is set, else memory.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Monthly usage counters (quotas), flushed to the database.
+    pub usage: UsageMeter,
     pub started_at: Instant,
 }
 

@@ -12,7 +12,7 @@ use crate::{
     auth::{tokens::KeyRing, users},
     config::Config,
     crypto::{self, MasterKey},
-    limits::MemoryLimiter,
+    limits::{self, UsageMeter},
     mail::{DevMailbox, Mailer, SmtpMailer},
     metrics::Metrics,
     storage::Db,
@@ -93,6 +93,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
             Arc::new(DevMailbox::new(db.clone()))
         }
     };
+    let limiter = limits::from_config(redis.as_ref());
+    let usage = UsageMeter::new(db.clone());
+    usage.spawn_flusher(limits::usage::FLUSH_EVERY);
     let api_keys = Arc::new(crate::keys::cache::KeyCache::new());
     let bus = crate::keys::bus::Bus::new(
         api_keys.clone(),
@@ -110,9 +113,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         redis,
         keys,
         mailer,
-        limiter: MemoryLimiter::new(),
         api_keys,
         bus,
+        limiter,
+        usage,
         started_at: Instant::now(),
     }))
 }
@@ -148,6 +152,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     flusher.abort();
     if let Err(e) = state.api_keys.flush_last_used(&state.db).await {
         tracing::warn!(error = %e, "writing API keys' last_used_at failed");
+    }
+    if let Err(e) = state.usage.flush().await {
+        tracing::error!(error = %e, "could not flush usage counters at shutdown");
     }
     state.db.close().await;
     tracing::info!("stopped");

@@ -28,6 +28,7 @@ use crate::{
         request_meta::RequestMeta,
     },
     ids::UserId,
+    limits::LimitSpec,
     mail::{self, Mail},
 };
 
@@ -75,20 +76,25 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Login attempts per (IP, email): 10 per 15 minutes.
-const LOGIN_LIMIT: (u32, Duration) = (10, Duration::from_secs(15 * 60));
+const LOGIN_LIMIT: (u64, Duration) = (10, Duration::from_secs(15 * 60));
 /// Reset and passwordless-code requests per email: 3 per hour.
-const MAIL_LIMIT: (u32, Duration) = (3, Duration::from_secs(3600));
+const MAIL_LIMIT: (u64, Duration) = (3, Duration::from_secs(3600));
 
-fn throttle(state: &AppState, key: String, (limit, period): (u32, Duration)) -> Result<(), Error> {
-    let d = state.limiter.check(&key, limit, period);
-    if d.allowed {
+async fn throttle(
+    state: &AppState,
+    key: String,
+    (limit, period): (u64, Duration),
+) -> Result<(), Error> {
+    let spec = [LimitSpec::new(key, limit, period)];
+    let v = state.limiter.check(&spec).await?;
+    if v.allowed {
         Ok(())
     } else {
         Err(Error::new(
             ErrorCode::RateLimitExceeded,
             "Too many attempts; try again later",
         )
-        .with_retry_after(d.retry_after.as_secs().max(1)))
+        .with_retry_after(v.retry_after_secs().unwrap_or(1)))
     }
 }
 
@@ -258,7 +264,8 @@ async fn login(
                 &state,
                 format!("login:{}:{email}", meta.ip_string()),
                 LOGIN_LIMIT,
-            )?;
+            )
+            .await?;
             password_login(&state, &meta, &email, password).await
         }
         _ => Err(Error::invalid_field(
@@ -349,7 +356,7 @@ async fn otp_request(
     Json(body): Json<EmailOnly>,
 ) -> Result<impl IntoResponse, Error> {
     let email = users::normalize_email(&body.email)?;
-    throttle(&state, format!("otp:{email}"), MAIL_LIMIT)?;
+    throttle(&state, format!("otp:{email}"), MAIL_LIMIT).await?;
     if let Some(user) = users::credentials_by_email(&state.db, &email)
         .await?
         .filter(|u| u.status == "active")
@@ -399,7 +406,7 @@ async fn forgot_password(
     Json(body): Json<EmailOnly>,
 ) -> Result<impl IntoResponse, Error> {
     let email = users::normalize_email(&body.email)?;
-    throttle(&state, format!("reset:{email}"), MAIL_LIMIT)?;
+    throttle(&state, format!("reset:{email}"), MAIL_LIMIT).await?;
     if let Some(user) = users::credentials_by_email(&state.db, &email)
         .await?
         .filter(|u| u.status == "active")

@@ -84,6 +84,24 @@ async fn database_check(state: &AppState) -> Check {
     check
 }
 
+/// The rate limiter: `degraded` while it should share limits through Redis but cannot, and so
+/// enforces them per node.
+fn limits_check(state: &AppState) -> Check {
+    let degraded = state.limiter.is_degraded();
+    Check {
+        status: if degraded {
+            Status::Degraded
+        } else {
+            Status::Ok
+        },
+        latency_ms: None,
+        error: degraded.then(|| {
+            "redis unreachable: rate limits are node-local (enforced in this node's memory) until it answers again".into()
+        }),
+        backend: Some(state.limiter.backend()),
+    }
+}
+
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let database = database_check(&state).await;
     let mut checks = serde_json::Map::new();
@@ -105,6 +123,14 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
             serde_json::to_value(check).unwrap_or_default(),
         );
     }
+    let limits = limits_check(&state);
+    if limits.status != Status::Ok && overall == Status::Ok {
+        overall = Status::Degraded;
+    }
+    checks.insert(
+        "rate_limits".into(),
+        serde_json::to_value(limits).unwrap_or_default(),
+    );
     checks.insert(
         "database".into(),
         serde_json::to_value(database).unwrap_or_default(),

@@ -669,19 +669,19 @@ pub fn record_refusal(
 ) {
     let digest = crypto::sha256_hex(token.as_bytes());
     let reason = error.to_string();
-    let once = state.limiter.check(
-        &format!("key-refused:{}:{reason}", &digest[..16]),
-        1,
-        std::time::Duration::from_secs(10),
-    );
-    if !once.allowed {
-        return;
-    }
     let state = state.clone();
     let ctx = crate::events::ActorContext::new(crate::events::Actor::System, meta.into());
     // The prefix and 3 characters are enough to recognise a key; never the whole value.
     let preview: String = token.chars().take(11).collect();
     tokio::spawn(async move {
+        let once = crate::limits::LimitSpec::new(
+            format!("key-refused:{}:{reason}", &digest[..16]),
+            1,
+            std::time::Duration::from_secs(10),
+        );
+        if !state.limiter.check(&[once]).await.is_ok_and(|v| v.allowed) {
+            return;
+        }
         let key_id: Option<String> =
             sqlx::query_scalar("SELECT key_id FROM api_key_secrets WHERE secret_hash = $1")
                 .bind(&digest)

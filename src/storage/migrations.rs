@@ -24,6 +24,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (2, "identity"),
     (3, "events"),
     (4, "organizations"),
+    (5, "limits"),
     (6, "api_keys"),
 );
 
@@ -32,6 +33,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (2, "identity"),
     (3, "events"),
     (4, "organizations"),
+    (5, "limits"),
     (6, "api_keys"),
 );
 
