@@ -206,19 +206,29 @@ struct EmailCode {
     code: String,
 }
 
+/// The account a valid emailed code belongs to (the code is spent); an unknown email gets the
+/// same answer as a wrong code.
+async fn spend_code(
+    state: &AppState,
+    body: &EmailCode,
+    purpose: Purpose,
+) -> Result<users::Credentials, Error> {
+    let user = users::credentials_by_email(&state.db, &body.email).await?;
+    codes::consume_code(
+        state,
+        user.as_ref().map(|u| u.id.as_str()),
+        purpose,
+        &body.code,
+    )
+    .await?;
+    user.ok_or_else(|| Error::unauthorized("The code is invalid or expired"))
+}
+
 async fn verify_email(
     State(state): State<AppState>,
     Json(body): Json<EmailCode>,
 ) -> Result<impl IntoResponse, Error> {
-    let user = users::credentials_by_email(&state.db, &body.email).await?;
-    codes::consume_code(
-        &state,
-        user.as_ref().map(|u| u.id.as_str()),
-        Purpose::VerifyEmail,
-        &body.code,
-    )
-    .await?;
-    let user = user.ok_or_else(|| Error::unauthorized("The code is invalid or expired"))?;
+    let user = spend_code(&state, &body, Purpose::VerifyEmail).await?;
     users::mark_email_verified(&state.db, &user.id).await?;
     Ok(axum::Json(
         json!({ "email": user.email, "email_verified": true }),
@@ -384,15 +394,7 @@ async fn otp_verify(
     meta: RequestMeta,
     Json(body): Json<EmailCode>,
 ) -> Result<impl IntoResponse, Error> {
-    let user = users::credentials_by_email(&state.db, &body.email).await?;
-    codes::consume_code(
-        &state,
-        user.as_ref().map(|u| u.id.as_str()),
-        Purpose::Login,
-        &body.code,
-    )
-    .await?;
-    let user = user.ok_or_else(|| Error::unauthorized("The code is invalid or expired"))?;
+    let user = spend_code(&state, &body, Purpose::Login).await?;
     if user.status != "active" {
         return Err(Error::forbidden("This account is suspended"));
     }
