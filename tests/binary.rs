@@ -199,3 +199,45 @@ fn environment_wins_over_the_file_and_bad_configuration_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// SIGTERM while a request is in flight: the server stops accepting, but the request that had
+/// begun (its body still arriving) is finished and answered before the process exits.
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(gatehouse(dir.path()));
+    let body = br#"{"email": "nobody@example.com", "password": "not-the-password"}"#;
+    let mut conn = tokio::net::TcpStream::connect(&p.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..10]).await.unwrap();
+    // Give the server a moment to read the head and start the handler (which then waits for
+    // the body). Were the head unread at SIGTERM, the connection would be closed unanswered
+    // and this test would fail — it cannot pass wrongly.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let pid = p.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    // New connections are refused once the shutdown has begun.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while reqwest::get(p.url("/health/live")).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The in-flight request completes.
+    conn.write_all(&body[10..]).await.unwrap();
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains("\"unauthorized\""), "{text}");
+    let (status, logs, _) = p.terminate_wait();
+    assert!(status.success(), "{logs:#?}");
+}

@@ -72,6 +72,14 @@ impl Process {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Waits for the process to exit (after a signal sent elsewhere).
+    pub fn terminate_wait(mut self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        let logs = self.stderr.iter().collect();
+        let stdout = self.stdout.iter().collect();
+        (status, logs, stdout)
+    }
+
     /// Sends SIGTERM and waits for the exit status; returns it with the log lines and the
     /// stdout lines not yet read.
     pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
