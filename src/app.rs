@@ -29,6 +29,10 @@ pub struct Inner {
     pub api_keys: Arc<crate::keys::cache::KeyCache>,
     /// Cache invalidation across nodes.
     pub bus: crate::keys::bus::Bus,
+    /// The gateway's batching usage-log writer.
+    pub gateway: Arc<crate::gateway::usage::UsageWriter>,
+    /// The outbound client for providers.
+    pub gateway_client: reqwest::Client,
     /// Rate limits: Redis with in-memory failover when `redis_url` is set, else memory.
     pub limiter: Arc<dyn RateLimiter>,
     /// Monthly usage counters (quotas), flushed to the database.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod events;
+pub mod gateway;
 pub mod health;
 pub mod http;
 pub mod ids;

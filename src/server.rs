@@ -105,6 +105,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         redis.clone(),
     )?;
     bus.spawn_listener();
+    let (gateway, _usage_task) = crate::gateway::usage::UsageWriter::spawn(db.clone());
+    let gateway_client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        // Idle stream: no byte from the provider for this long ends the response.
+        .read_timeout(Duration::from_secs(120))
+        .pool_max_idle_per_host(64)
+        .build()?;
     Ok(AppState::new(Inner {
         config,
         db,
@@ -115,6 +122,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         mailer,
         api_keys,
         bus,
+        gateway,
+        gateway_client,
         limiter,
         usage,
         started_at: Instant::now(),
@@ -149,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let app = crate::http::router(state.clone());
     crate::http::serve(listener, app, crate::http::shutdown_signal(), grace).await?;
     worker.stop().await;
+    state.gateway.shutdown();
     flusher.abort();
     if let Err(e) = state.api_keys.flush_last_used(&state.db).await {
         tracing::warn!(error = %e, "writing API keys' last_used_at failed");

@@ -32,6 +32,7 @@ pub fn api_routes() -> routes::Routes {
         .merge(crate::admin::orgs::routes())
         .merge(crate::events::routes::routes())
         .merge(crate::keys::routes())
+        .merge(crate::gateway::routes())
 }
 
 pub fn route_table() -> Vec<routes::RouteInfo> {
@@ -55,6 +56,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
 
     control_plane
+        // The data plane: no control-plane timeout (streams last), its own body limit.
+        .merge(crate::gateway::proxy_router())
         .fallback(middleware::not_found)
         .layer(mw::from_fn_with_state(
             state.clone(),

@@ -26,6 +26,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (4, "organizations"),
     (5, "limits"),
     (6, "api_keys"),
+    (8, "gateway"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
@@ -35,6 +36,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (4, "organizations"),
     (5, "limits"),
     (6, "api_keys"),
+    (8, "gateway"),
 );
 
 fn embedded(backend: Backend) -> Embedded {

@@ -1,0 +1,155 @@
+//! The AI gateway (SPEC §10): provider configuration (`providers.rs`), the proxy routes
+//! (`proxy.rs`), the mock provider (`mock.rs`), usage and cost (`usage.rs`), and analytics.
+
+pub mod mock;
+pub mod providers;
+pub mod proxy;
+pub mod usage;
+
+use axum::{extract::State, response::IntoResponse, routing::any, Router};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::{
+    app::AppState,
+    error::Error,
+    http::{
+        extract::Query,
+        pagination::{HasId, List, Page},
+        routes::Routes,
+    },
+    orgs::{access::OrgAccess, roles::perm},
+    storage::{self, RowExt, Sql},
+};
+
+/// Largest gateway request body (413 above it).
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Management routes (organization-scoped, in the route table).
+pub fn routes() -> Routes {
+    const P: &str = "/v1/organizations/{org_id}/providers";
+    const ONE: &str = "/v1/organizations/{org_id}/providers/{id}";
+    Routes::new()
+        .post(P, providers::create)
+        .get(P, providers::list)
+        .get(ONE, providers::get)
+        .patch(ONE, providers::update)
+        .delete(ONE, providers::delete)
+        .get("/v1/organizations/{org_id}/analytics/logs", logs)
+}
+
+/// The proxy routes: no control-plane timeout (streams last), their own body limit.
+pub fn proxy_router() -> Router<AppState> {
+    Router::new()
+        .route("/openai/v1/{*path}", any(proxy::openai))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogEntry {
+    pub id: String,
+    pub key_id: String,
+    pub environment: String,
+    pub provider: String,
+    pub model: String,
+    pub path: String,
+    pub status: i64,
+    pub latency_ms: i64,
+    pub ttfb_ms: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub cost_usd: f64,
+    pub streamed: bool,
+    pub violation_ids: serde_json::Value,
+    pub created_at: String,
+}
+
+impl HasId for LogEntry {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogFilter {
+    key_id: Option<String>,
+    model: Option<String>,
+    provider: Option<String>,
+    status: Option<i64>,
+    start: Option<String>,
+    end: Option<String>,
+}
+
+fn bound(field: &str, v: &str) -> Result<String, Error> {
+    storage::parse_time(v)
+        .map(storage::format_time)
+        .ok_or_else(|| Error::invalid_field(field, "must be an RFC 3339 timestamp"))
+}
+
+/// `GET …/analytics/logs`: newest first, filters, cursor (or offset) paging.
+async fn logs(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::AnalyticsRead>,
+    page: Page,
+    Query(f): Query<LogFilter>,
+) -> Result<impl IntoResponse, Error> {
+    let mut sql = Sql::new(" FROM usage_logs WHERE organization_id = ");
+    sql.bind(access.org_id().to_string());
+    if let Some(env) = access.environment() {
+        sql.and("environment = ?", env.to_string());
+    }
+    if let Some(v) = f.key_id {
+        sql.and("key_id = ?", v);
+    }
+    if let Some(v) = f.model {
+        sql.and("model = ?", v);
+    }
+    if let Some(v) = f.provider {
+        sql.and("provider = ?", v);
+    }
+    if let Some(v) = f.status {
+        sql.and("status = ?", v);
+    }
+    if let Some(v) = &f.start {
+        sql.and("created_at >= ?", bound("start", v)?);
+    }
+    if let Some(v) = &f.end {
+        sql.and("created_at < ?", bound("end", v)?);
+    }
+    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &sql)
+        .query_scalar()
+        .fetch_one(state.db.pool())
+        .await?;
+    let mut q = Sql::prefixed(
+        "SELECT id, key_id, environment, provider, model, path, status, latency_ms, ttfb_ms, prompt_tokens, \
+         completion_tokens, total_tokens, cost_usd, streamed, violation_ids, created_at",
+        &sql,
+    );
+    page.apply_newest_first(&mut q, "id");
+    let rows = q.query().fetch_all(state.db.pool()).await?;
+    let entries = rows
+        .iter()
+        .map(|r| {
+            Ok(LogEntry {
+                id: r.try_get("id")?,
+                key_id: r.try_get("key_id")?,
+                environment: r.try_get("environment")?,
+                provider: r.try_get("provider")?,
+                model: r.try_get("model")?,
+                path: r.try_get("path")?,
+                status: r.try_get("status")?,
+                latency_ms: r.try_get("latency_ms")?,
+                ttfb_ms: r.try_get("ttfb_ms")?,
+                prompt_tokens: r.try_get("prompt_tokens")?,
+                completion_tokens: r.try_get("completion_tokens")?,
+                total_tokens: r.try_get("total_tokens")?,
+                cost_usd: r.try_get("cost_usd")?,
+                streamed: r.get_bool("streamed")?,
+                violation_ids: r.get_json("violation_ids")?,
+                created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(axum::Json(List::from_rows("logs", entries, total, &page)))
+}

@@ -1,0 +1,371 @@
+//! The organization's upstream providers: `CRUD /v1/organizations/{org_id}/providers` (admin).
+//! API keys are write-only and encrypted with the master key (bound to the provider's id).
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::{
+    app::AppState,
+    error::{Error, FieldError},
+    http::{
+        extract::{Json, Path},
+        pagination::{HasId, List, Page},
+    },
+    orgs::{access::OrgAccess, roles::perm},
+    storage::{self, Db, RowExt, Sql},
+};
+
+pub const KINDS: &[&str] = &[
+    "openai",
+    "anthropic",
+    "google",
+    "azure",
+    "openai_compatible",
+    "mock",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Provider {
+    pub id: String,
+    pub organization_id: String,
+    pub provider: String,
+    pub name: String,
+    pub base_url: Option<String>,
+    pub api_key_set: bool,
+    pub models: Value,
+    pub priority: i64,
+    pub enabled: bool,
+    pub environment: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl HasId for Provider {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+const COLUMNS: &str =
+    "id, organization_id, provider, name, base_url, api_key, models, priority, enabled, \
+     environment, created_at, updated_at";
+
+impl Provider {
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Provider {
+            id: r.try_get("id")?,
+            organization_id: r.try_get("organization_id")?,
+            provider: r.try_get("provider")?,
+            name: r.try_get("name")?,
+            base_url: r.try_get("base_url")?,
+            api_key_set: r.try_get::<Option<String>, _>("api_key")?.is_some(),
+            models: r.get_json("models")?,
+            priority: r.try_get("priority")?,
+            enabled: r.get_bool("enabled")?,
+            environment: r.try_get("environment")?,
+            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+        })
+    }
+}
+
+/// A provider as the proxy uses it: with its decrypted key.
+#[derive(Clone)]
+pub struct Upstream {
+    pub id: String,
+    pub provider: String,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub models: Vec<String>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upstream({} {})", self.provider, self.id)
+    }
+}
+
+impl Upstream {
+    pub fn serves(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+}
+
+/// The enabled providers of an organization for one environment, in priority order.
+pub async fn upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec<Upstream>, Error> {
+    let rows = sqlx::query(
+        "SELECT id, provider, base_url, api_key, models FROM providers \
+         WHERE organization_id = $1 AND environment = $2 AND enabled = TRUE ORDER BY priority, id",
+    )
+    .bind(org_id)
+    .bind(env)
+    .fetch_all(state.db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("id")?;
+            let api_key = match r.try_get::<Option<String>, _>("api_key")? {
+                Some(sealed) => Some(
+                    String::from_utf8(
+                        state
+                            .master_key
+                            .decrypt(&sealed, id.as_bytes())
+                            .map_err(|e| anyhow::anyhow!("provider key unreadable: {e}"))?,
+                    )
+                    .map_err(|e| anyhow::anyhow!("provider key is not UTF-8: {e}"))?,
+                ),
+                None => None,
+            };
+            Ok(Upstream {
+                provider: r.try_get("provider")?,
+                base_url: r.try_get("base_url")?,
+                api_key,
+                models: serde_json::from_value(r.get_json("models")?).unwrap_or_default(),
+                id,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderInput {
+    provider: Option<String>,
+    name: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+    models: Option<Vec<String>>,
+    priority: Option<i64>,
+    enabled: Option<bool>,
+    environment: Option<String>,
+}
+
+impl ProviderInput {
+    fn validate(&self, creating: bool) -> Result<(), Error> {
+        let mut errors = Vec::new();
+        match &self.provider {
+            Some(p) if !KINDS.contains(&p.as_str()) => errors.push(FieldError::new(
+                "provider",
+                format!("must be one of {}", KINDS.join(", ")),
+            )),
+            None if creating => errors.push(FieldError::new("provider", "is required")),
+            Some(_) if !creating => errors.push(FieldError::new("provider", "is immutable")),
+            _ => {}
+        }
+        match &self.name {
+            Some(n) if n.trim().is_empty() || n.len() > 200 => {
+                errors.push(FieldError::new("name", "must be 1 to 200 characters"))
+            }
+            None if creating => errors.push(FieldError::new("name", "is required")),
+            _ => {}
+        }
+        if let Some(u) = &self.base_url {
+            if !url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+                || u.len() > 2048
+            {
+                errors.push(FieldError::new("base_url", "must be an http(s) URL"));
+            }
+        } else if creating
+            && matches!(
+                self.provider.as_deref(),
+                Some("openai_compatible" | "azure")
+            )
+        {
+            errors.push(FieldError::new("base_url", "is required for this provider"));
+        }
+        if let Some(k) = &self.api_key {
+            if k.is_empty() || k.len() > 4096 {
+                errors.push(FieldError::new("api_key", "must be 1 to 4096 characters"));
+            }
+        }
+        if let Some(m) = &self.models {
+            if m.len() > 200 || m.iter().any(|x| x.is_empty() || x.len() > 200) {
+                errors.push(FieldError::new(
+                    "models",
+                    "at most 200 model names of 1 to 200 characters",
+                ));
+            }
+        }
+        if let Some(p) = self.priority {
+            if !(0..=1000).contains(&p) {
+                errors.push(FieldError::new("priority", "must be from 0 to 1000"));
+            }
+        }
+        if let Some(e) = &self.environment {
+            if e != "live" && e != "test" {
+                errors.push(FieldError::new("environment", "must be live or test"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::invalid(errors))
+        }
+    }
+}
+
+async fn load(db: &Db, org_id: &str, id: &str) -> Result<Provider, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM providers WHERE id = $1 AND organization_id = $2"
+    ))
+    .bind(id)
+    .bind(org_id)
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or_else(|| Error::not_found("Provider not found"))?;
+    Ok(Provider::from_row(&row)?)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::ProvidersManage>,
+    Json(body): Json<ProviderInput>,
+) -> Result<impl IntoResponse, Error> {
+    body.validate(true)?;
+    let id = crate::ids::new_id("prov");
+    let now = storage::now();
+    let sealed = body
+        .api_key
+        .as_ref()
+        .map(|k| state.master_key.encrypt(k.as_bytes(), id.as_bytes()));
+    let mut tx = crate::events::begin_write(&state.db).await?;
+    sqlx::query(
+        "INSERT INTO providers (id, organization_id, provider, name, base_url, api_key, models, priority, enabled, environment, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+    )
+    .bind(&id)
+    .bind(access.org_id())
+    .bind(body.provider.as_deref().unwrap_or_default())
+    .bind(body.name.as_deref().unwrap_or_default().trim())
+    .bind(body.base_url.as_deref())
+    .bind(sealed)
+    .bind(json!(body.models.clone().unwrap_or_default()).to_string())
+    .bind(body.priority.unwrap_or(0))
+    .bind(body.enabled.unwrap_or(true))
+    .bind(body.environment.as_deref().unwrap_or("live"))
+    .bind(&now)
+    .execute(&mut *tx)
+    .await?;
+    access
+        .emit(
+            &mut tx,
+            "provider.created",
+            ("provider", &id),
+            json!({"id": id, "provider": body.provider}),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(load(&state.db, access.org_id(), &id).await?),
+    ))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::ProvidersManage>,
+    page: Page,
+) -> Result<impl IntoResponse, Error> {
+    let mut sql = Sql::new(" FROM providers WHERE organization_id = ");
+    sql.bind(access.org_id().to_string());
+    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &sql)
+        .query_scalar()
+        .fetch_one(state.db.pool())
+        .await?;
+    let mut q = Sql::prefixed(&format!("SELECT {COLUMNS}"), &sql);
+    page.apply_offset(&mut q, "priority, id");
+    let rows = q.query().fetch_all(state.db.pool()).await?;
+    let items = rows
+        .iter()
+        .map(Provider::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(axum::Json(List::from_rows(
+        "providers",
+        items,
+        total,
+        &page,
+    )))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::ProvidersManage>,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<impl IntoResponse, Error> {
+    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::ProvidersManage>,
+    Path((_, id)): Path<(String, String)>,
+    Json(body): Json<ProviderInput>,
+) -> Result<impl IntoResponse, Error> {
+    body.validate(false)?;
+    load(&state.db, access.org_id(), &id).await?;
+    let mut sql = Sql::new("UPDATE providers SET updated_at = ");
+    sql.bind(storage::now());
+    if let Some(v) = &body.name {
+        sql.push(", name = ").bind(v.trim().to_string());
+    }
+    if let Some(v) = &body.base_url {
+        sql.push(", base_url = ").bind(v.clone());
+    }
+    if let Some(k) = &body.api_key {
+        sql.push(", api_key = ")
+            .bind(state.master_key.encrypt(k.as_bytes(), id.as_bytes()));
+    }
+    if let Some(v) = &body.models {
+        sql.push(", models = ").bind(json!(v).to_string());
+    }
+    if let Some(v) = body.priority {
+        sql.push(", priority = ").bind(v);
+    }
+    if let Some(v) = body.enabled {
+        sql.push(", enabled = ").bind(v);
+    }
+    if let Some(v) = &body.environment {
+        sql.push(", environment = ").bind(v.clone());
+    }
+    sql.push(" WHERE id = ").bind(id.clone());
+    let mut tx = crate::events::begin_write(&state.db).await?;
+    sql.query().execute(&mut *tx).await?;
+    access
+        .emit(
+            &mut tx,
+            "provider.updated",
+            ("provider", &id),
+            json!({"id": id}),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::ProvidersManage>,
+    Path((_, id)): Path<(String, String)>,
+) -> Result<StatusCode, Error> {
+    let mut tx = crate::events::begin_write(&state.db).await?;
+    let done = sqlx::query("DELETE FROM providers WHERE id = $1 AND organization_id = $2")
+        .bind(&id)
+        .bind(access.org_id())
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::not_found("Provider not found"));
+    }
+    access
+        .emit(
+            &mut tx,
+            "provider.deleted",
+            ("provider", &id),
+            json!({"id": id}),
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

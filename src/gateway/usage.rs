@@ -1,0 +1,318 @@
+//! Usage: token counts read from each response as it streams through ([`Tap`]), the cost from a
+//! price table, and a batching writer that stores usage-log entries **off the request path**
+//! (bounded queue; a full queue is counted, never waited on; drained on shutdown).
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify};
+
+use crate::storage::{self, Db};
+
+pub const QUEUE_CAPACITY: usize = 10_000;
+const BATCH: usize = 500;
+/// Bodies larger than this are streamed through without being inspected for usage.
+const INSPECT_LIMIT: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct UsageRecord {
+    pub organization_id: String,
+    pub key_id: String,
+    pub environment: String,
+    pub provider: String,
+    pub model: String,
+    pub path: String,
+    pub status: u16,
+    pub latency_ms: i64,
+    pub ttfb_ms: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub streamed: bool,
+}
+
+/// Prices per million tokens, from `data/prices.json`.
+#[derive(Debug, Clone)]
+pub struct Prices(Value);
+
+impl Prices {
+    pub fn builtin() -> Prices {
+        Prices(serde_json::from_str(include_str!("../../data/prices.json")).unwrap_or_default())
+    }
+
+    /// USD for a request; unknown models cost 0. A model matches its own entry or the longest
+    /// entry it starts with (`gpt-4o-2024-08-06` → `gpt-4o`).
+    pub fn cost(&self, model: &str, prompt: i64, completion: i64) -> f64 {
+        let Some(table) = self.0["models"].as_object() else {
+            return 0.0;
+        };
+        let entry = table.get(model).or_else(|| {
+            table
+                .iter()
+                .filter(|(k, _)| model.starts_with(k.as_str()))
+                .max_by_key(|(k, _)| k.len())
+                .map(|(_, v)| v)
+        });
+        let Some(e) = entry else { return 0.0 };
+        let per = |k: &str| e[k].as_f64().unwrap_or(0.0) / 1_000_000.0;
+        prompt as f64 * per("input") + completion as f64 * per("output")
+    }
+}
+
+pub struct UsageWriter {
+    tx: mpsc::Sender<UsageRecord>,
+    pub dropped: AtomicU64,
+    stop: Arc<Notify>,
+    prices: Prices,
+}
+
+impl std::fmt::Debug for UsageWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UsageWriter")
+    }
+}
+
+impl UsageWriter {
+    /// Starts the writer task; it stops (after draining) when [`UsageWriter::shutdown`] is called.
+    pub fn spawn(db: Db) -> (Arc<UsageWriter>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let stop = Arc::new(Notify::new());
+        let prices = Prices::builtin();
+        let writer = Arc::new(UsageWriter {
+            tx,
+            dropped: AtomicU64::new(0),
+            stop: stop.clone(),
+            prices: prices.clone(),
+        });
+        let handle = tokio::spawn(run(db, rx, stop, prices));
+        (writer, handle)
+    }
+
+    /// Queues a record; never waits. A full queue drops it and counts it.
+    pub fn record(&self, r: UsageRecord) {
+        if self.tx.try_send(r).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "usage log queue full; records dropped");
+            }
+        }
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        QUEUE_CAPACITY - self.tx.capacity()
+    }
+
+    pub fn prices(&self) -> &Prices {
+        &self.prices
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.notify_one();
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<UsageRecord>, stop: Arc<Notify>, prices: Prices) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 { break; }
+            }
+            _ = stop.notified() => {
+                while let Ok(r) = rx.try_recv() { batch.push(r); }
+                write(&db, &prices, &mut batch).await;
+                break;
+            }
+        }
+        write(&db, &prices, &mut batch).await;
+    }
+}
+
+async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
+    if batch.is_empty() {
+        return;
+    }
+    let result: Result<(), sqlx::Error> = async {
+        let mut tx = db.pool().begin().await?;
+        for r in batch.iter() {
+            sqlx::query(
+                "INSERT INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, status, \
+                 latency_ms, ttfb_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, streamed, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            )
+            .bind(crate::ids::new_id("log"))
+            .bind(&r.organization_id)
+            .bind(&r.key_id)
+            .bind(&r.environment)
+            .bind(&r.provider)
+            .bind(&r.model)
+            .bind(&r.path)
+            .bind(r.status as i64)
+            .bind(r.latency_ms)
+            .bind(r.ttfb_ms)
+            .bind(r.prompt_tokens)
+            .bind(r.completion_tokens)
+            .bind(r.prompt_tokens + r.completion_tokens)
+            .bind(prices.cost(&r.model, r.prompt_tokens, r.completion_tokens))
+            .bind(r.streamed)
+            .bind(storage::now())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, records = batch.len(), "writing usage logs failed");
+    }
+    batch.clear();
+}
+
+/// Reads `usage` from an OpenAI-format body: a JSON object, or server-sent events whose last
+/// `usage` wins. Returns `(prompt, completion, model)`.
+pub fn openai_usage(body: &[u8]) -> (i64, i64, Option<String>) {
+    let read = |v: &Value| {
+        let u = &v["usage"];
+        (
+            u["prompt_tokens"].as_i64().unwrap_or(0),
+            u["completion_tokens"].as_i64().unwrap_or(0),
+            v["model"].as_str().map(str::to_string),
+        )
+    };
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        return read(&v);
+    }
+    let mut found = (0, 0, None);
+    for line in body.split(|b| *b == b'\n') {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        if let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) {
+            if found.2.is_none() {
+                found.2 = v["model"].as_str().map(str::to_string);
+            }
+            if v["usage"].is_object() {
+                let (p, c, _) = read(&v);
+                found.0 = p;
+                found.1 = c;
+            }
+        }
+    }
+    found
+}
+
+/// Passes a response body through chunk by chunk, timing the first byte and keeping a bounded
+/// copy; when the body ends — or the client goes away — it hands the record to the writer.
+pub struct Tap<S> {
+    inner: S,
+    copy: Vec<u8>,
+    overflow: bool,
+    started: Instant,
+    first_byte: Option<Duration>,
+    record: Option<UsageRecord>,
+    writer: Arc<UsageWriter>,
+}
+
+impl<S> Tap<S> {
+    pub fn new(inner: S, record: UsageRecord, started: Instant, writer: Arc<UsageWriter>) -> Self {
+        Tap {
+            inner,
+            copy: Vec::new(),
+            overflow: false,
+            started,
+            first_byte: None,
+            record: Some(record),
+            writer,
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some(mut r) = self.record.take() else {
+            return;
+        };
+        r.latency_ms = self.started.elapsed().as_millis() as i64;
+        r.ttfb_ms = self
+            .first_byte
+            .unwrap_or_else(|| self.started.elapsed())
+            .as_millis() as i64;
+        if !self.overflow {
+            let (p, c, model) = openai_usage(&self.copy);
+            r.prompt_tokens = p;
+            r.completion_tokens = c;
+            if let Some(m) = model.filter(|_| r.model.is_empty()) {
+                r.model = m;
+            }
+        }
+        self.writer.record(r);
+    }
+}
+
+impl<S, E> Stream for Tap<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    type Item = Result<Bytes, E>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                if this.first_byte.is_none() {
+                    this.first_byte = Some(this.started.elapsed());
+                }
+                if !this.overflow {
+                    if this.copy.len() + chunk.len() <= INSPECT_LIMIT {
+                        this.copy.extend_from_slice(&chunk);
+                    } else {
+                        this.overflow = true;
+                        this.copy = Vec::new();
+                    }
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S> Drop for Tap<S> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_json_and_from_sse() {
+        let json = br#"{"model":"gpt-4o","usage":{"prompt_tokens":12,"completion_tokens":5}}"#;
+        assert_eq!(openai_usage(json), (12, 5, Some("gpt-4o".into())));
+        let sse = b"data: {\"model\":\"m\",\"choices\":[]}\n\ndata: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
+        assert_eq!(openai_usage(sse), (3, 4, Some("m".into())));
+        assert_eq!(openai_usage(b"garbage"), (0, 0, None));
+    }
+
+    #[test]
+    fn costs_come_from_the_price_table() {
+        let p = Prices::builtin();
+        let c = p.cost("gpt-4o-mini", 1_000_000, 1_000_000);
+        assert!((c - 0.75).abs() < 1e-9, "{c}");
+        assert!(p.cost("gpt-4o-mini-2024-07-18", 1_000_000, 0) > 0.0);
+        assert_eq!(p.cost("unknown-model", 1000, 1000), 0.0);
+    }
+}

@@ -1,0 +1,362 @@
+//! The AI gateway's first slice: providers, the OpenAI-format route with the mock provider and
+//! with an OpenAI-compatible upstream on loopback (credential injection, streaming, fallback),
+//! and the usage log.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::{http::HeaderMap, response::IntoResponse, routing::post, Router};
+use common::{Backend, TestServer};
+use serde_json::{json, Value};
+
+on_both_databases!(
+    test_keys_get_the_mock_provider_and_usage_is_logged,
+    requests_are_forwarded_with_the_providers_credential_and_fall_back,
+    providers_keep_their_keys_secret,
+);
+
+struct Setup {
+    base: String,
+    owner: String,
+}
+
+async fn setup(srv: &TestServer) -> Setup {
+    let reg = srv.register("owner@example.com").await;
+    let owner = reg["access_token"].as_str().unwrap().to_string();
+    let org = srv
+        .post_as(
+            "/v1/organizations",
+            &owner,
+            &json!({"name": "Acme", "slug": "acme"}),
+        )
+        .await;
+    Setup {
+        base: format!("/v1/organizations/{}", org.json["id"].as_str().unwrap()),
+        owner,
+    }
+}
+
+async fn key(srv: &TestServer, s: &Setup, body: Value) -> String {
+    let res = srv
+        .post_as(&format!("{}/api-keys", s.base), &s.owner, &body)
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    res.json["token"].as_str().unwrap().to_string()
+}
+
+async fn logs(srv: &TestServer, s: &Setup, want: usize) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = srv
+            .get_as(&format!("{}/analytics/logs", s.base), &s.owner)
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        if res.json["logs"].as_array().unwrap().len() >= want {
+            return res.json;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {}", res.text);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let test_key = key(
+        &srv,
+        &s,
+        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
+    )
+    .await;
+    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &test_key, &chat)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["object"], "chat.completion");
+    assert_eq!(
+        res.json["choices"][0]["message"]["content"],
+        "Mock reply to: hello there gateway"
+    );
+    assert_eq!(res.json["usage"]["prompt_tokens"], 5);
+    assert_eq!(res.json["usage"]["completion_tokens"], 6);
+    // Deterministic.
+    let again = srv
+        .post_as("/openai/v1/chat/completions", &test_key, &chat)
+        .await;
+    assert_eq!(again.json, res.json);
+
+    // Streamed, with usage in the last chunk.
+    let mut streaming = chat.clone();
+    streaming["stream"] = json!(true);
+    streaming["stream_options"] = json!({"include_usage": true});
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &test_key, &streaming)
+        .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("content-type"), Some("text/event-stream"));
+    let data: Vec<&str> = res
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(*data.last().unwrap(), "[DONE]");
+    let text: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "Mock reply to: hello there gateway");
+
+    let logs = logs(&srv, &s, 3).await;
+    let entries = logs["logs"].as_array().unwrap();
+    assert!(entries
+        .iter()
+        .all(|e| e["provider"] == "mock" && e["status"] == 200 && e["environment"] == "test"));
+    let streamed = entries.iter().find(|e| e["streamed"] == true).unwrap();
+    assert_eq!(streamed["prompt_tokens"], 5);
+    assert_eq!(streamed["completion_tokens"], 6);
+    assert_eq!(streamed["total_tokens"], 11);
+    // mock-model: $1 per million prompt tokens, $2 per million completion tokens.
+    let cost = streamed["cost_usd"].as_f64().unwrap();
+    assert!((cost - (5.0 + 12.0) / 1e6).abs() < 1e-12, "{cost}");
+    assert!(streamed["id"].as_str().unwrap().starts_with("log_"));
+
+    // Refusals: no key, a key without the scope, a live key without a provider.
+    srv.post_json("/openai/v1/chat/completions", &chat)
+        .await
+        .assert_error(401, "unauthorized");
+    let no_scope = key(
+        &srv,
+        &s,
+        json!({"name": "n", "environment": "test", "scopes": ["members:read"]}),
+    )
+    .await;
+    srv.post_as("/openai/v1/chat/completions", &no_scope, &chat)
+        .await
+        .assert_error(403, "forbidden");
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    srv.post_as("/openai/v1/chat/completions", &live, &chat)
+        .await
+        .assert_error(502, "upstream_error");
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/openai/v1/chat/completions"))
+                .bearer_auth(&test_key)
+                .header("content-type", "application/json")
+                .body("{nope"),
+        )
+        .await;
+    res.assert_error(400, "invalid_request");
+}
+
+/// An OpenAI-compatible upstream on loopback that records what it receives.
+async fn upstream(
+    fail: bool,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, Value)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(move |headers: HeaderMap, body: String| {
+            let tx = tx.clone();
+            async move {
+                let body: Value = serde_json::from_str(&body).unwrap();
+                let _ = tx.send((headers, body.clone()));
+                if fail {
+                    return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded").into_response();
+                }
+                if body["stream"] == true {
+                    let frames = ["data: {\"model\":\"up-model\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+                                  "data: {\"model\":\"up-model\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1}}\n\n",
+                                  "data: [DONE]\n\n"];
+                    let stream = futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>));
+                    return ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream)).into_response();
+                }
+                axum::Json(json!({"id": "x", "object": "chat.completion", "model": "up-model",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "from upstream"}}],
+                    "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}}))
+                .into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let (bad_url, mut bad_rx) = upstream(true).await;
+    let (good_url, mut good_rx) = upstream(false).await;
+    for (name, url, priority, secret) in [
+        ("down", &bad_url, 0, "sk-upstream-down"),
+        ("up", &good_url, 1, "sk-upstream-secret"),
+    ] {
+        let res = srv
+            .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "openai_compatible", "name": name, "base_url": url, "api_key": secret, "priority": priority}))
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+    }
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/openai/v1/chat/completions"))
+                .bearer_auth(&live)
+                .header("x-custom", "kept")
+                .json(&chat),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        res.json["choices"][0]["message"]["content"],
+        "from upstream"
+    );
+    // The first provider answered 503: the request went on to the next one.
+    let (bad_headers, _) = bad_rx.recv().await.unwrap();
+    assert_eq!(bad_headers["authorization"], "Bearer sk-upstream-down");
+    let (headers, body) = good_rx.recv().await.unwrap();
+    assert_eq!(headers["authorization"], "Bearer sk-upstream-secret");
+    assert_eq!(headers["x-custom"], "kept");
+    assert!(
+        !format!("{headers:?}").contains(&live),
+        "the gateway key leaked upstream"
+    );
+    assert_eq!(body, chat);
+
+    // Streaming passes the upstream's events through.
+    let mut streaming = chat.clone();
+    streaming["stream"] = json!(true);
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &live, &streaming)
+        .await;
+    assert_eq!(res.status, 200);
+    assert!(
+        res.text.contains("\"Hi\"") && res.text.trim_end().ends_with("data: [DONE]"),
+        "{}",
+        res.text
+    );
+
+    let logs = logs(&srv, &s, 2).await;
+    let entries = logs["logs"].as_array().unwrap();
+    let plain = entries.iter().find(|e| e["streamed"] == false).unwrap();
+    assert_eq!(
+        (
+            plain["prompt_tokens"].as_i64(),
+            plain["completion_tokens"].as_i64()
+        ),
+        (Some(9), Some(3))
+    );
+    assert_eq!(plain["provider"], "openai_compatible");
+    let streamed = entries.iter().find(|e| e["streamed"] == true).unwrap();
+    assert_eq!(
+        (
+            streamed["prompt_tokens"].as_i64(),
+            streamed["completion_tokens"].as_i64()
+        ),
+        (Some(7), Some(1))
+    );
+    // Filters and cursor paging.
+    let res = srv
+        .get_as(&format!("{}/analytics/logs?limit=1", s.base), &s.owner)
+        .await;
+    let cursor = res.json["next_cursor"].as_str().unwrap();
+    let next = srv
+        .get_as(
+            &format!("{}/analytics/logs?limit=1&cursor={cursor}", s.base),
+            &s.owner,
+        )
+        .await;
+    assert_ne!(next.json["logs"][0]["id"], res.json["logs"][0]["id"]);
+    let res = srv
+        .get_as(
+            &format!("{}/analytics/logs?start=yesterday", s.base),
+            &s.owner,
+        )
+        .await;
+    res.assert_error(400, "invalid_request");
+}
+
+async fn providers_keep_their_keys_secret(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let res = srv
+        .post_as(
+            &format!("{}/providers", s.base),
+            &s.owner,
+            &json!({"provider": "openai", "name": "OpenAI", "api_key": "sk-very-secret-upstream"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["api_key_set"], true);
+    assert!(!res.text.contains("very-secret"));
+    let id = res.json["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("prov_"));
+    let stored: String = sqlx::query_scalar("SELECT api_key FROM providers WHERE id = $1")
+        .bind(&id)
+        .fetch_one(srv.state.db.pool())
+        .await
+        .unwrap();
+    assert!(!stored.contains("very-secret"));
+    let list = srv.get_as(&format!("{}/providers", s.base), &s.owner).await;
+    assert_eq!(list.json["total"], 1);
+    assert!(!list.text.contains("very-secret"));
+    for (body, field) in [
+        (json!({"provider": "skynet", "name": "x"}), "provider"),
+        (
+            json!({"provider": "openai_compatible", "name": "x"}),
+            "base_url",
+        ),
+        (json!({"provider": "openai", "name": ""}), "name"),
+        (
+            json!({"provider": "openai", "name": "x", "priority": -1}),
+            "priority",
+        ),
+    ] {
+        let res = srv
+            .post_as(&format!("{}/providers", s.base), &s.owner, &body)
+            .await;
+        assert_eq!(
+            res.assert_error(400, "invalid_request")["details"][0]["field"],
+            field,
+            "{}",
+            res.text
+        );
+    }
+    let res = srv
+        .patch_as(
+            &format!("{}/providers/{id}", s.base),
+            &s.owner,
+            &json!({"enabled": false, "priority": 5}),
+        )
+        .await;
+    assert_eq!(res.json["enabled"], false);
+    srv.patch_as(
+        &format!("{}/providers/{id}", s.base),
+        &s.owner,
+        &json!({"provider": "mock"}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    assert_eq!(
+        srv.delete_as(&format!("{}/providers/{id}", s.base), &s.owner)
+            .await
+            .status,
+        204
+    );
+    srv.get_as(&format!("{}/providers/{id}", s.base), &s.owner)
+        .await
+        .assert_error(404, "not_found");
+}
