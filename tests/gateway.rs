@@ -14,6 +14,7 @@ on_both_databases!(
     test_keys_get_the_mock_provider_and_usage_is_logged,
     requests_are_forwarded_with_the_providers_credential_and_fall_back,
     providers_keep_their_keys_secret,
+    anthropic_and_gemini_formats_with_their_own_credentials,
 );
 
 struct Setup {
@@ -359,4 +360,131 @@ async fn providers_keep_their_keys_secret(backend: Backend) {
     srv.get_as(&format!("{}/providers/{id}", s.base), &s.owner)
         .await
         .assert_error(404, "not_found");
+}
+
+async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let test_key = key(
+        &srv,
+        &s,
+        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
+    )
+    .await;
+
+    // Anthropic Messages, with the key in x-api-key as the Anthropic SDK sends it.
+    let msg = json!({"model": "claude-3-5-haiku", "max_tokens": 50, "system": "be brief", "messages": [{"role": "user", "content": "hello claude"}]});
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/anthropic/v1/messages"))
+                .header("x-api-key", &test_key)
+                .header("anthropic-version", "2023-06-01")
+                .json(&msg),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["type"], "message");
+    assert_eq!(
+        res.json["content"][0]["text"],
+        "Mock reply to: hello claude"
+    );
+    assert_eq!(
+        res.json["usage"],
+        json!({"input_tokens": 4, "output_tokens": 5})
+    );
+    let mut streaming = msg.clone();
+    streaming["stream"] = json!(true);
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/anthropic/v1/messages"))
+                .header("x-api-key", &test_key)
+                .json(&streaming),
+        )
+        .await;
+    assert!(res.text.starts_with("event: message_start"), "{}", res.text);
+    assert!(res.text.contains("event: message_stop"));
+
+    // Gemini generateContent, with x-goog-api-key and with ?key=.
+    let gen = json!({"contents": [{"role": "user", "parts": [{"text": "hello gemini"}]}]});
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/google/v1beta/models/gemini-2.0-flash:generateContent"))
+                .header("x-goog-api-key", &test_key)
+                .json(&gen),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        res.json["candidates"][0]["content"]["parts"][0]["text"],
+        "Mock reply to: hello gemini"
+    );
+    assert_eq!(res.json["usageMetadata"]["promptTokenCount"], 2);
+    let res = srv
+        .send(srv.client.post(srv.url(&format!("/google/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key={test_key}"))).json(&gen))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(res.text.contains("usageMetadata"));
+
+    let logs = logs(&srv, &s, 4).await;
+    let entries = logs["logs"].as_array().unwrap();
+    let streamed_claude = entries
+        .iter()
+        .find(|e| e["path"] == "/anthropic/v1/messages" && e["streamed"] == true)
+        .unwrap();
+    assert_eq!(
+        (
+            streamed_claude["prompt_tokens"].as_i64(),
+            streamed_claude["completion_tokens"].as_i64()
+        ),
+        (Some(4), Some(5))
+    );
+    let streamed_gemini = entries
+        .iter()
+        .find(|e| e["model"] == "gemini-2.0-flash" && e["streamed"] == true)
+        .unwrap();
+    assert_eq!(
+        (
+            streamed_gemini["prompt_tokens"].as_i64(),
+            streamed_gemini["completion_tokens"].as_i64()
+        ),
+        (Some(2), Some(5))
+    );
+    assert!(streamed_gemini["cost_usd"].as_f64().unwrap() > 0.0);
+    // The key in the query string is not logged as part of the path.
+    assert!(!logs.to_string().contains(&test_key));
+
+    // An Anthropic provider gets its credential as x-api-key, with a default anthropic-version.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/v1/messages",
+        post(move |headers: HeaderMap| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(headers);
+                axum::Json(json!({"type": "message", "model": "claude-x", "content": [], "usage": {"input_tokens": 1, "output_tokens": 2}}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    srv.post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "anthropic", "name": "a", "base_url": base, "api_key": "sk-ant-upstream"}))
+        .await;
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/anthropic/v1/messages"))
+                .header("x-api-key", &live)
+                .json(&msg),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let headers = rx.recv().await.unwrap();
+    assert_eq!(headers["x-api-key"], "sk-ant-upstream");
+    assert_eq!(headers["anthropic-version"], "2023-06-01");
+    assert!(headers.get("authorization").is_none());
 }

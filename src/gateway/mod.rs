@@ -42,6 +42,8 @@ pub fn routes() -> Routes {
 pub fn proxy_router() -> Router<AppState> {
     Router::new()
         .route("/openai/v1/{*path}", any(proxy::openai))
+        .route("/anthropic/v1/{*path}", any(proxy::anthropic))
+        .route("/google/v1beta/{*path}", any(proxy::google))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 

@@ -1,7 +1,8 @@
-//! The OpenAI-format proxy route (`/openai/v1/{path}`): authenticate the key from the cache,
-//! pick the organization's providers in priority order (the mock for test keys without one),
-//! forward with the provider's credential, fall back on connection errors, 429 and 5xx, and
-//! stream the answer back chunk by chunk through the usage [`Tap`](super::usage::Tap).
+//! The proxy routes (`/openai/v1/…`, `/anthropic/v1/…`, `/google/v1beta/…`): authenticate the
+//! key from the cache, pick the organization's providers for that format in priority order (the
+//! mock for test keys without one), forward with the provider's credential injected the
+//! provider's way, fall back on connection errors, 429 and 5xx, and stream the answer back chunk
+//! by chunk through the usage [`Tap`](super::usage::Tap).
 
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use axum::{
 use super::{
     mock,
     providers::{upstreams, Upstream},
-    usage::{Tap, UsageRecord},
+    usage::{Format, Tap, UsageRecord},
 };
 use crate::{
     app::AppState,
@@ -69,11 +70,99 @@ fn forwardable(name: &HeaderName) -> bool {
     !HOP_BY_HOP.contains(&n) && !CREDENTIALS.contains(&n)
 }
 
-pub async fn openai(
-    State(state): State<AppState>,
+/// What differs between the provider formats.
+struct Spec {
+    format: Format,
+    prefix: &'static str,
+    kinds: &'static [&'static str],
+    default_base: &'static str,
+}
+
+const OPENAI: Spec = Spec {
+    format: Format::OpenAi,
+    prefix: "/openai/v1",
+    kinds: &["openai", "openai_compatible", "mock"],
+    default_base: "https://api.openai.com/v1",
+};
+const ANTHROPIC: Spec = Spec {
+    format: Format::Anthropic,
+    prefix: "/anthropic/v1",
+    kinds: &["anthropic", "mock"],
+    default_base: "https://api.anthropic.com/v1",
+};
+const GOOGLE: Spec = Spec {
+    format: Format::Google,
+    prefix: "/google/v1beta",
+    kinds: &["google", "mock"],
+    default_base: "https://generativelanguage.googleapis.com/v1beta",
+};
+
+macro_rules! route {
+    ($name:ident, $spec:expr) => {
+        pub async fn $name(
+            State(state): State<AppState>,
+            meta: RequestMeta,
+            method: Method,
+            OriginalUri(uri): OriginalUri,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> Result<Response, Error> {
+            handle(&$spec, state, meta, method, uri, headers, body).await
+        }
+    };
+}
+
+route!(openai, OPENAI);
+route!(anthropic, ANTHROPIC);
+route!(google, GOOGLE);
+
+/// The model and whether the answer streams: from the body, or (Gemini) from the path
+/// `models/{model}:{generateContent|streamGenerateContent}`.
+fn model_and_stream(spec: &Spec, path: &str, json: Option<&serde_json::Value>) -> (String, bool) {
+    match spec.format {
+        Format::Google => {
+            let action = path.strip_prefix("models/").unwrap_or_default();
+            let (model, method) = action.split_once(':').unwrap_or((action, ""));
+            (model.to_string(), method == "streamGenerateContent")
+        }
+        _ => (
+            json.and_then(|j| j["model"].as_str())
+                .unwrap_or_default()
+                .to_string(),
+            json.is_some_and(|j| j["stream"].as_bool() == Some(true)),
+        ),
+    }
+}
+
+fn mock_answer(
+    spec: &Spec,
+    method: &Method,
+    path: &str,
+    model: &str,
+    stream: bool,
+    json: &serde_json::Value,
+) -> Response {
+    let post = method == Method::POST;
+    match spec.format {
+        Format::OpenAi if post && path == "chat/completions" => mock::openai_chat(json),
+        Format::Anthropic if post && path == "messages" => mock::anthropic_messages(json),
+        Format::Google if post && path.starts_with("models/") && path.contains(':') => {
+            mock::google_generate(model, stream, json)
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": {"message": format!("The mock provider does not serve {path}"), "type": "not_found_error"}})),
+        )
+            .into_response(),
+    }
+}
+
+async fn handle(
+    spec: &Spec,
+    state: AppState,
     meta: RequestMeta,
     method: Method,
-    OriginalUri(uri): OriginalUri,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
@@ -103,7 +192,7 @@ pub async fn openai(
     }
     let path = uri
         .path()
-        .trim_start_matches("/openai/v1")
+        .trim_start_matches(spec.prefix)
         .trim_start_matches('/')
         .to_string();
     let json: Option<serde_json::Value> = if body.is_empty() {
@@ -111,19 +200,12 @@ pub async fn openai(
     } else {
         Some(crate::http::extract::parse_json(&body)?)
     };
-    let model = json
-        .as_ref()
-        .and_then(|j| j["model"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    let streamed = json
-        .as_ref()
-        .is_some_and(|j| j["stream"].as_bool() == Some(true));
+    let (model, streamed) = model_and_stream(spec, &path, json.as_ref());
 
     let mut candidates: Vec<Upstream> = upstreams(&state, &key.organization_id, &key.environment)
         .await?
         .into_iter()
-        .filter(|u| matches!(u.provider.as_str(), "openai" | "openai_compatible" | "mock"))
+        .filter(|u| spec.kinds.contains(&u.provider.as_str()))
         .filter(|u| u.serves(&model))
         .collect();
     if candidates.is_empty() && key.environment == "test" {
@@ -147,14 +229,18 @@ pub async fn openai(
     let mut response = None;
     for upstream in candidates.iter().take(MAX_ATTEMPTS) {
         let res = if upstream.provider == "mock" {
-            if method == Method::POST && path == "chat/completions" {
-                mock::openai_chat(json.as_ref().unwrap_or(&serde_json::Value::Null))
-            } else {
-                (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": {"message": format!("The mock provider does not serve {path}"), "type": "invalid_request_error"}}))).into_response()
-            }
+            mock_answer(
+                spec,
+                &method,
+                &path,
+                &model,
+                streamed,
+                json.as_ref().unwrap_or(&serde_json::Value::Null),
+            )
         } else {
             match forward(
                 &state,
+                spec,
                 upstream,
                 &method,
                 &path,
@@ -190,7 +276,7 @@ pub async fn openai(
         environment: key.environment.clone(),
         provider: upstream.provider.clone(),
         model,
-        path: format!("/openai/v1/{path}"),
+        path: format!("{}/{path}", spec.prefix),
         status: res.status().as_u16(),
         streamed,
         ..Default::default()
@@ -199,6 +285,7 @@ pub async fn openai(
     let tapped = Tap::new(
         body.into_data_stream(),
         record,
+        spec.format,
         started,
         state.gateway.clone(),
     );
@@ -207,8 +294,10 @@ pub async fn openai(
     Ok(Response::from_parts(parts, Body::from_stream(tapped)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &AppState,
+    spec: &Spec,
     upstream: &Upstream,
     method: &Method,
     path: &str,
@@ -219,7 +308,7 @@ async fn forward(
     let base = upstream
         .base_url
         .clone()
-        .unwrap_or_else(|| "https://api.openai.com/v1".into());
+        .unwrap_or_else(|| spec.default_base.into());
     let mut url = format!("{}/{path}", base.trim_end_matches('/'));
     let query: Vec<(String, String)> = query
         .map(|q| {
@@ -246,8 +335,16 @@ async fn forward(
             req = req.header(name, value);
         }
     }
+    // Each provider's own way of taking a credential.
     if let Some(k) = &upstream.api_key {
-        req = req.bearer_auth(k);
+        req = match spec.format {
+            Format::OpenAi => req.bearer_auth(k),
+            Format::Anthropic => req.header("x-api-key", k),
+            Format::Google => req.header("x-goog-api-key", k),
+        };
+    }
+    if spec.format == Format::Anthropic && !headers.contains_key("anthropic-version") {
+        req = req.header("anthropic-version", "2023-06-01");
     }
     let res = req.send().await.map_err(|e| {
         let code = if e.is_timeout() {

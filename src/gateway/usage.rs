@@ -177,34 +177,74 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
     batch.clear();
 }
 
-/// Reads `usage` from an OpenAI-format body: a JSON object, or server-sent events whose last
-/// `usage` wins. Returns `(prompt, completion, model)`.
-pub fn openai_usage(body: &[u8]) -> (i64, i64, Option<String>) {
-    let read = |v: &Value| {
-        let u = &v["usage"];
-        (
-            u["prompt_tokens"].as_i64().unwrap_or(0),
-            u["completion_tokens"].as_i64().unwrap_or(0),
-            v["model"].as_str().map(str::to_string),
-        )
+/// The wire format a response is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    OpenAi,
+    Anthropic,
+    Google,
+}
+
+/// Updates `(prompt, completion, model)` from one JSON document of a response (the whole body,
+/// or one server-sent event). Later documents win, as each format's final event carries totals.
+fn read_usage(format: Format, v: &Value, found: &mut (i64, i64, Option<String>)) {
+    let mut model = |m: &Value| {
+        if found.2.is_none() {
+            found.2 = m.as_str().map(str::to_string);
+        }
     };
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        return read(&v);
+    match format {
+        Format::OpenAi => {
+            model(&v["model"]);
+            if v["usage"].is_object() {
+                found.0 = v["usage"]["prompt_tokens"].as_i64().unwrap_or(0);
+                found.1 = v["usage"]["completion_tokens"].as_i64().unwrap_or(0);
+            }
+        }
+        Format::Anthropic => {
+            // A whole message, or the message_start / message_delta events of a stream.
+            let message = if v["type"] == "message_start" {
+                &v["message"]
+            } else {
+                v
+            };
+            model(&message["model"]);
+            let u = &message["usage"];
+            if let Some(i) = u["input_tokens"].as_i64() {
+                found.0 = i;
+            }
+            if let Some(o) = u["output_tokens"].as_i64() {
+                found.1 = o;
+            }
+        }
+        Format::Google => {
+            model(&v["modelVersion"]);
+            let u = &v["usageMetadata"];
+            if u.is_object() {
+                found.0 = u["promptTokenCount"].as_i64().unwrap_or(0);
+                found.1 = u["candidatesTokenCount"].as_i64().unwrap_or(0);
+            }
+        }
     }
+}
+
+/// Reads the token usage from a body in `format`: one JSON document, a JSON array (Gemini's
+/// non-SSE stream), or server-sent events. Returns `(prompt, completion, model)`.
+pub fn parse_usage(format: Format, body: &[u8]) -> (i64, i64, Option<String>) {
     let mut found = (0, 0, None);
+    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        match v.as_array() {
+            Some(items) => items.iter().for_each(|i| read_usage(format, i, &mut found)),
+            None => read_usage(format, &v, &mut found),
+        }
+        return found;
+    }
     for line in body.split(|b| *b == b'\n') {
         let Some(data) = line.strip_prefix(b"data:") else {
             continue;
         };
         if let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) {
-            if found.2.is_none() {
-                found.2 = v["model"].as_str().map(str::to_string);
-            }
-            if v["usage"].is_object() {
-                let (p, c, _) = read(&v);
-                found.0 = p;
-                found.1 = c;
-            }
+            read_usage(format, &v, &mut found);
         }
     }
     found
@@ -219,11 +259,18 @@ pub struct Tap<S> {
     started: Instant,
     first_byte: Option<Duration>,
     record: Option<UsageRecord>,
+    format: Format,
     writer: Arc<UsageWriter>,
 }
 
 impl<S> Tap<S> {
-    pub fn new(inner: S, record: UsageRecord, started: Instant, writer: Arc<UsageWriter>) -> Self {
+    pub fn new(
+        inner: S,
+        record: UsageRecord,
+        format: Format,
+        started: Instant,
+        writer: Arc<UsageWriter>,
+    ) -> Self {
         Tap {
             inner,
             copy: Vec::new(),
@@ -231,6 +278,7 @@ impl<S> Tap<S> {
             started,
             first_byte: None,
             record: Some(record),
+            format,
             writer,
         }
     }
@@ -245,7 +293,7 @@ impl<S> Tap<S> {
             .unwrap_or_else(|| self.started.elapsed())
             .as_millis() as i64;
         if !self.overflow {
-            let (p, c, model) = openai_usage(&self.copy);
+            let (p, c, model) = parse_usage(self.format, &self.copy);
             r.prompt_tokens = p;
             r.completion_tokens = c;
             if let Some(m) = model.filter(|_| r.model.is_empty()) {
@@ -299,12 +347,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn usage_is_read_from_json_and_from_sse() {
+    fn usage_is_read_in_each_format() {
         let json = br#"{"model":"gpt-4o","usage":{"prompt_tokens":12,"completion_tokens":5}}"#;
-        assert_eq!(openai_usage(json), (12, 5, Some("gpt-4o".into())));
+        assert_eq!(
+            parse_usage(Format::OpenAi, json),
+            (12, 5, Some("gpt-4o".into()))
+        );
         let sse = b"data: {\"model\":\"m\",\"choices\":[]}\n\ndata: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
-        assert_eq!(openai_usage(sse), (3, 4, Some("m".into())));
-        assert_eq!(openai_usage(b"garbage"), (0, 0, None));
+        assert_eq!(parse_usage(Format::OpenAi, sse), (3, 4, Some("m".into())));
+        assert_eq!(parse_usage(Format::OpenAi, b"garbage"), (0, 0, None));
+        let anthropic = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
+        assert_eq!(
+            parse_usage(Format::Anthropic, anthropic),
+            (25, 15, Some("claude".into()))
+        );
+        let msg =
+            br#"{"type":"message","model":"claude","usage":{"input_tokens":8,"output_tokens":2}}"#;
+        assert_eq!(
+            parse_usage(Format::Anthropic, msg),
+            (8, 2, Some("claude".into()))
+        );
+        let gemini = br#"[{"modelVersion":"gemini-2.0-flash"},{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":9}}]"#;
+        assert_eq!(
+            parse_usage(Format::Google, gemini),
+            (4, 9, Some("gemini-2.0-flash".into()))
+        );
     }
 
     #[test]
