@@ -488,3 +488,89 @@ async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backen
     assert_eq!(headers["anthropic-version"], "2023-06-01");
     assert!(headers.get("authorization").is_none());
 }
+
+/// The official SDKs (openai, anthropic, google-genai) work by changing only base URL and key;
+/// the usage and cost of each call are recorded. Needs `.venv` with `tests/requirements.txt`.
+#[tokio::test]
+async fn official_python_sdks_work_through_the_gateway() {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let ready = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", "import openai, anthropic, google.genai"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ready {
+        assert!(
+            !common::in_ci(),
+            "CI=true but .venv lacks the provider SDKs (.ci/run installs them)"
+        );
+        eprintln!(
+            "\n!!! SKIPPED the SDK test: .venv/bin/pip install -r tests/requirements.txt !!!\n"
+        );
+        return;
+    }
+    let srv = TestServer::start(Backend::Sqlite).await;
+    let s = setup(&srv).await;
+    let test_key = key(
+        &srv,
+        &s,
+        json!({"name": "sdk", "environment": "test", "scopes": ["gateway:proxy"]}),
+    )
+    .await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_clients.py");
+    let base = srv.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(&script)
+            .args([&base, &test_key])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary.as_object().unwrap().len(), 6, "{summary}");
+
+    let logs = logs(&srv, &s, 6).await;
+    let entries = logs["logs"].as_array().unwrap();
+    for (path_part, model, prompt, completion) in [
+        ("/openai/v1/chat/completions", "gpt-4o-mini", 2, 5),
+        ("/anthropic/v1/messages", "claude-3-5-haiku", 2, 5),
+        (
+            "/google/v1beta/models/gemini-2.0-flash",
+            "gemini-2.0-flash",
+            2,
+            5,
+        ),
+    ] {
+        let calls: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["path"].as_str().unwrap().starts_with(path_part))
+            .collect();
+        assert_eq!(calls.len(), 2, "{path_part}: {logs}");
+        assert!(
+            calls.iter().any(|e| e["streamed"] == true)
+                && calls.iter().any(|e| e["streamed"] == false)
+        );
+        for e in calls {
+            assert_eq!(e["model"], model);
+            assert_eq!(
+                (e["prompt_tokens"].as_i64(), e["completion_tokens"].as_i64()),
+                (Some(prompt), Some(completion)),
+                "{e}"
+            );
+            let expected = srv.state.gateway.prices().cost(model, prompt, completion);
+            assert!(expected > 0.0);
+            assert!(
+                (e["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12,
+                "{e}"
+            );
+        }
+    }
+}
