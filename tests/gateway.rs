@@ -128,6 +128,58 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
     assert!((cost - (5.0 + 12.0) / 1e6).abs() < 1e-12, "{cost}");
     assert!(streamed["id"].as_str().unwrap().starts_with("log_"));
 
+    // Stats over the same calls: totals, a series by model, percentiles from the log.
+    let stats = srv
+        .get_as(
+            &format!("{}/analytics/stats?group_by=model", s.base),
+            &s.owner,
+        )
+        .await;
+    assert_eq!(stats.status, 200, "{}", stats.text);
+    assert_eq!(stats.json["totals"]["requests"], 3);
+    assert_eq!(stats.json["totals"]["errors"], 0);
+    assert_eq!(stats.json["totals"]["prompt_tokens"], 15);
+    assert_eq!(stats.json["totals"]["total_tokens"], 33);
+    assert!(stats.json["totals"]["latency_ms"]["p99"].is_i64());
+    assert_eq!(stats.json["series"][0]["group"], "mock-model");
+    assert_eq!(stats.json["series"][0]["requests"], 3);
+    let by_hour = srv
+        .get_as(
+            &format!("{}/analytics/stats?group_by=hour", s.base),
+            &s.owner,
+        )
+        .await;
+    assert!(by_hour.json["series"][0]["group"]
+        .as_str()
+        .unwrap()
+        .ends_with(":00:00Z"));
+    srv.get_as(
+        &format!("{}/analytics/stats?group_by=colour", s.base),
+        &s.owner,
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    srv.get_as(
+        &format!(
+            "{}/analytics/stats?start=2030-01-01T00:00:00Z&end=2029-01-01T00:00:00Z",
+            s.base
+        ),
+        &s.owner,
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    let empty = srv
+        .get_as(
+            &format!(
+                "{}/analytics/stats?start=2020-01-01T00:00:00Z&end=2020-01-02T00:00:00Z",
+                s.base
+            ),
+            &s.owner,
+        )
+        .await;
+    assert_eq!(empty.json["totals"]["requests"], 0);
+    assert!(empty.json["totals"]["latency_ms"]["p50"].is_null());
+
     // Refusals: no key, a key without the scope, a live key without a provider.
     srv.post_json("/openai/v1/chat/completions", &chat)
         .await

@@ -4,6 +4,7 @@
 pub mod mock;
 pub mod providers;
 pub mod proxy;
+pub mod stats;
 pub mod usage;
 
 use axum::{extract::State, response::IntoResponse, routing::any, Router};
@@ -36,6 +37,7 @@ pub fn routes() -> Routes {
         .patch(ONE, providers::update)
         .delete(ONE, providers::delete)
         .get("/v1/organizations/{org_id}/analytics/logs", logs)
+        .get("/v1/organizations/{org_id}/analytics/stats", stats::stats)
 }
 
 /// The proxy routes: no control-plane timeout (streams last), their own body limit.
