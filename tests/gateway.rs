@@ -252,6 +252,7 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
     let s = setup(&srv).await;
     let (bad_url, mut bad_rx) = upstream(true).await;
     let (good_url, mut good_rx) = upstream(false).await;
+    let mut ids = Vec::new();
     for (name, url, priority, secret) in [
         ("down", &bad_url, 0, "sk-upstream-down"),
         ("up", &good_url, 1, "sk-upstream-secret"),
@@ -260,6 +261,7 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
             .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "openai_compatible", "name": name, "base_url": url, "api_key": secret, "priority": priority}))
             .await;
         assert_eq!(res.status, 201, "{}", res.text);
+        ids.push(res.json["id"].as_str().unwrap().to_string());
     }
     let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
     let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
@@ -303,6 +305,19 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
     );
 
     let logs = logs(&srv, &s, 2).await;
+    // Disabling the healthy provider takes effect on the next request (the cached provider list
+    // is dropped): only the failing one is left, and its answer passes through.
+    srv.patch_as(
+        &format!("{}/providers/{}", s.base, ids[1]),
+        &s.owner,
+        &json!({"enabled": false}),
+    )
+    .await;
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &live, &chat)
+        .await;
+    assert_eq!(res.status, 503, "{}", res.text);
+    assert_eq!(res.text, "overloaded");
     let entries = logs["logs"].as_array().unwrap();
     let plain = entries.iter().find(|e| e["streamed"] == false).unwrap();
     assert_eq!(

@@ -1,6 +1,8 @@
 //! The organization's upstream providers: `CRUD /v1/organizations/{org_id}/providers` (admin).
 //! API keys are write-only and encrypted with the master key (bound to the provider's id).
 
+use std::sync::Arc;
+
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -93,8 +95,22 @@ impl Upstream {
     }
 }
 
-/// The enabled providers of an organization for one environment, in priority order.
-pub async fn upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec<Upstream>, Error> {
+/// The enabled providers of an organization for one environment, in priority order — from the
+/// cache when this node has them (dropped on every node when a provider changes).
+pub async fn upstreams(
+    state: &AppState,
+    org_id: &str,
+    env: &str,
+) -> Result<Arc<Vec<Upstream>>, Error> {
+    if let Some(list) = state.api_keys.providers(org_id, env) {
+        return Ok(list);
+    }
+    let list = Arc::new(load_upstreams(state, org_id, env).await?);
+    state.api_keys.put_providers(org_id, env, list.clone());
+    Ok(list)
+}
+
+async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec<Upstream>, Error> {
     let rows = sqlx::query(
         "SELECT id, provider, base_url, api_key, models FROM providers \
          WHERE organization_id = $1 AND environment = $2 AND enabled = TRUE ORDER BY priority, id",
@@ -257,6 +273,7 @@ pub async fn create(
         )
         .await?;
     tx.commit().await?;
+    state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok((
         StatusCode::CREATED,
         axum::Json(load(&state.db, access.org_id(), &id).await?),
@@ -341,6 +358,7 @@ pub async fn update(
         )
         .await?;
     tx.commit().await?;
+    state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
 }
 
@@ -367,5 +385,6 @@ pub async fn delete(
         )
         .await?;
     tx.commit().await?;
+    state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -204,7 +204,8 @@ async fn handle(
 
     let mut candidates: Vec<Upstream> = upstreams(&state, &key.organization_id, &key.environment)
         .await?
-        .into_iter()
+        .iter()
+        .cloned()
         .filter(|u| spec.kinds.contains(&u.provider.as_str()))
         .filter(|u| u.serves(&model))
         .collect();

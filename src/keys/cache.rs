@@ -77,9 +77,15 @@ enum Entry {
     Unknown(Instant),
 }
 
+type ProviderEntry = (Instant, Arc<Vec<crate::gateway::providers::Upstream>>);
+
+/// Also holds each organization's decrypted provider list for the gateway, so that a gateway
+/// request with a known key and a known organization touches no database; both are dropped by
+/// the same `org:<id>` invalidation.
 #[derive(Default)]
 pub struct KeyCache {
     map: RwLock<HashMap<[u8; 32], Entry>>,
+    providers: RwLock<HashMap<(String, String), ProviderEntry>>,
     flushed: AtomicI64,
 }
 
@@ -183,14 +189,49 @@ impl KeyCache {
         map.retain(|_, e| !matches!(e, Entry::Known(k) if k.id == key_id));
     }
 
-    /// Drops every entry of this organization's keys.
+    /// Drops every entry of this organization's keys and its providers.
     pub fn invalidate_org(&self, org_id: &str) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, e| !matches!(e, Entry::Known(k) if k.organization_id == org_id));
+        drop(map);
+        let mut providers = self.providers.write().unwrap_or_else(|e| e.into_inner());
+        providers.retain(|(org, _), _| org != org_id);
     }
 
     pub fn clear(&self) {
         self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.providers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// An organization's providers for one environment, if cached and fresh.
+    pub fn providers(
+        &self,
+        org_id: &str,
+        env: &str,
+    ) -> Option<Arc<Vec<crate::gateway::providers::Upstream>>> {
+        let map = self.providers.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&(org_id.to_string(), env.to_string()))
+            .filter(|(at, _)| at.elapsed() < MAX_AGE)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn put_providers(
+        &self,
+        org_id: &str,
+        env: &str,
+        list: Arc<Vec<crate::gateway::providers::Upstream>>,
+    ) {
+        let mut map = self.providers.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(
+            (org_id.to_string(), env.to_string()),
+            (Instant::now(), list),
+        );
     }
 
     /// Writes `last_used_at` for the keys used since the last flush (one UPDATE per key used).
