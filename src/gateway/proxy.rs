@@ -205,9 +205,8 @@ async fn handle(
     let mut candidates: Vec<Upstream> = upstreams(&state, &key.organization_id, &key.environment)
         .await?
         .iter()
+        .filter(|u| spec.kinds.contains(&u.provider.as_str()) && u.serves(&model))
         .cloned()
-        .filter(|u| spec.kinds.contains(&u.provider.as_str()))
-        .filter(|u| u.serves(&model))
         .collect();
     if candidates.is_empty() && key.environment == "test" {
         candidates.push(Upstream {
