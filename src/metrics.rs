@@ -43,6 +43,41 @@ pub struct Metrics {
     pub webhook_deliveries: Family<WebhookOutcomeLabels, Counter>,
     pub webhook_pending: Gauge,
     pub webhook_endpoints_disabled: Counter,
+    pub gateway: GatewayMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabels {
+    pub provider: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub provider: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+/// The gateway's metrics (cheap clones sharing the same series).
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub requests: Family<GatewayLabels, Counter>,
+    pub latency: HistogramFamily<ProviderLabels>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub upstream_errors: Family<ProviderLabels, Counter>,
+    pub usage_queue_depth: Gauge,
+    pub usage_dropped: Counter,
+}
+
+impl std::fmt::Debug for GatewayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayMetrics")
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,7 +126,46 @@ impl Metrics {
             "Webhook endpoints disabled after failing continuously",
             webhook_endpoints_disabled.clone(),
         );
+        let gateway = GatewayMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            tokens: Family::default(),
+            upstream_errors: Family::default(),
+            usage_queue_depth: Gauge::default(),
+            usage_dropped: Counter::default(),
+        };
+        registry.register(
+            "gateway_requests",
+            "Gateway requests answered, by provider and status",
+            gateway.requests.clone(),
+        );
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Gateway request duration until the last byte, by provider",
+            gateway.latency.clone(),
+        );
+        registry.register(
+            "gateway_tokens",
+            "Tokens through the gateway, by provider and kind (prompt|completion)",
+            gateway.tokens.clone(),
+        );
+        registry.register(
+            "gateway_upstream_errors",
+            "Provider connection failures and timeouts, by provider",
+            gateway.upstream_errors.clone(),
+        );
+        registry.register(
+            "gateway_usage_queue_depth",
+            "Usage-log records waiting to be written",
+            gateway.usage_queue_depth.clone(),
+        );
+        registry.register(
+            "gateway_usage_dropped",
+            "Usage-log records dropped because the queue was full",
+            gateway.usage_dropped.clone(),
+        );
         Metrics {
+            gateway,
             registry,
             http_requests,
             http_latency,

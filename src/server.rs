@@ -105,7 +105,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         redis.clone(),
     )?;
     bus.spawn_listener();
-    let (gateway, _usage_task) = crate::gateway::usage::UsageWriter::spawn(db.clone());
+    let metrics = Metrics::new();
+    let (gateway, _usage_task) =
+        crate::gateway::usage::UsageWriter::spawn(db.clone(), metrics.gateway.clone());
     let gateway_client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         // Idle stream: no byte from the provider for this long ends the response.
@@ -116,7 +118,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         config,
         db,
         master_key,
-        metrics: Metrics::new(),
+        metrics,
         redis,
         keys,
         mailer,

@@ -128,6 +128,18 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
     assert!((cost - (5.0 + 12.0) / 1e6).abs() < 1e-12, "{cost}");
     assert!(streamed["id"].as_str().unwrap().starts_with("log_"));
 
+    // Prometheus: requests by provider and status, tokens by kind.
+    let metrics = srv.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"gatehouse_gateway_requests_total{provider="mock",status="200"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"gatehouse_gateway_tokens_total{provider="mock",kind="prompt"} 15"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gatehouse_gateway_request_duration_seconds_bucket"));
+
     // Stats over the same calls: totals, a series by model, percentiles from the log.
     let stats = srv
         .get_as(

@@ -253,6 +253,14 @@ async fn handle(
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(provider = %upstream.id, error = %e, "upstream failed; trying the next provider");
+                    state
+                        .metrics
+                        .gateway
+                        .upstream_errors
+                        .get_or_create(&crate::metrics::ProviderLabels {
+                            provider: upstream.provider.clone(),
+                        })
+                        .inc();
                     last_error = Some(e);
                     continue;
                 }

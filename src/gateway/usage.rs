@@ -70,6 +70,7 @@ impl Prices {
 
 pub struct UsageWriter {
     tx: mpsc::Sender<UsageRecord>,
+    metrics: crate::metrics::GatewayMetrics,
     pub dropped: AtomicU64,
     stop: Arc<Notify>,
     prices: Prices,
@@ -83,23 +84,53 @@ impl std::fmt::Debug for UsageWriter {
 
 impl UsageWriter {
     /// Starts the writer task; it stops (after draining) when [`UsageWriter::shutdown`] is called.
-    pub fn spawn(db: Db) -> (Arc<UsageWriter>, tokio::task::JoinHandle<()>) {
+    pub fn spawn(
+        db: Db,
+        metrics: crate::metrics::GatewayMetrics,
+    ) -> (Arc<UsageWriter>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stop = Arc::new(Notify::new());
         let prices = Prices::builtin();
         let writer = Arc::new(UsageWriter {
             tx,
+            metrics: metrics.clone(),
             dropped: AtomicU64::new(0),
             stop: stop.clone(),
             prices: prices.clone(),
         });
-        let handle = tokio::spawn(run(db, rx, stop, prices));
+        let handle = tokio::spawn(run(db, rx, stop, prices, metrics));
         (writer, handle)
     }
 
     /// Queues a record; never waits. A full queue drops it and counts it.
     pub fn record(&self, r: UsageRecord) {
+        use crate::metrics::{GatewayLabels, ProviderLabels, TokenLabels};
+        let m = &self.metrics;
+        m.requests
+            .get_or_create(&GatewayLabels {
+                provider: r.provider.clone(),
+                status: r.status,
+            })
+            .inc();
+        m.latency
+            .get_or_create(&ProviderLabels {
+                provider: r.provider.clone(),
+            })
+            .observe(r.latency_ms as f64 / 1000.0);
+        for (kind, n) in [
+            ("prompt", r.prompt_tokens),
+            ("completion", r.completion_tokens),
+        ] {
+            m.tokens
+                .get_or_create(&TokenLabels {
+                    provider: r.provider.clone(),
+                    kind: kind.into(),
+                })
+                .inc_by(n.max(0) as u64);
+        }
+        m.usage_queue_depth.set(self.queue_depth() as i64 + 1);
         if self.tx.try_send(r).is_err() {
+            m.usage_dropped.inc();
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n, "usage log queue full; records dropped");
@@ -120,7 +151,13 @@ impl UsageWriter {
     }
 }
 
-async fn run(db: Db, mut rx: mpsc::Receiver<UsageRecord>, stop: Arc<Notify>, prices: Prices) {
+async fn run(
+    db: Db,
+    mut rx: mpsc::Receiver<UsageRecord>,
+    stop: Arc<Notify>,
+    prices: Prices,
+    metrics: crate::metrics::GatewayMetrics,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
@@ -134,6 +171,7 @@ async fn run(db: Db, mut rx: mpsc::Receiver<UsageRecord>, stop: Arc<Notify>, pri
             }
         }
         write(&db, &prices, &mut batch).await;
+        metrics.usage_queue_depth.set(rx.len() as i64);
     }
 }
 
