@@ -15,6 +15,7 @@ on_both_databases!(
     requests_are_forwarded_with_the_providers_credential_and_fall_back,
     providers_keep_their_keys_secret,
     anthropic_and_gemini_formats_with_their_own_credentials,
+    azure_deployments_are_routed_with_the_api_key_header,
 );
 
 struct Setup {
@@ -652,4 +653,82 @@ async fn official_python_sdks_work_through_the_gateway() {
             );
         }
     }
+}
+
+async fn azure_deployments_are_routed_with_the_api_key_header(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let test_key = key(
+        &srv,
+        &s,
+        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
+    )
+    .await;
+    let chat = json!({"messages": [{"role": "user", "content": "hello azure"}]});
+    let url = "/azure/my-resource/my-deployment/chat/completions?api-version=2024-06-01";
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url(url))
+                .header("api-key", &test_key)
+                .json(&chat),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        res.json["choices"][0]["message"]["content"],
+        "Mock reply to: hello azure"
+    );
+    srv.send(
+        srv.client
+            .post(srv.url("/azure/only-resource"))
+            .header("api-key", &test_key)
+            .json(&chat),
+    )
+    .await
+    .assert_error(404, "not_found");
+
+    // An Azure provider: the deployment URL, the api-version kept, the key in api-key.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/openai/deployments/{deployment}/chat/completions",
+        post(move |axum::extract::Path(dep): axum::extract::Path<String>, uri: axum::http::Uri, headers: HeaderMap| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((dep, uri.query().unwrap_or_default().to_string(), headers));
+                axum::Json(json!({"object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1}}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let res = srv
+        .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "azure", "name": "az", "base_url": base, "api_key": "azure-secret"}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url(url))
+                .header("api-key", &live)
+                .json(&chat),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let (dep, query, headers) = rx.recv().await.unwrap();
+    assert_eq!(dep, "my-deployment");
+    assert_eq!(query, "api-version=2024-06-01");
+    assert_eq!(headers["api-key"], "azure-secret");
+    let logs = logs(&srv, &s, 2).await;
+    let az = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["provider"] == "azure")
+        .unwrap()
+        .clone();
+    assert_eq!(az["model"], "my-deployment");
+    assert_eq!(az["prompt_tokens"], 2);
 }

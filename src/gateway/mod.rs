@@ -46,6 +46,7 @@ pub fn proxy_router() -> Router<AppState> {
         .route("/openai/v1/{*path}", any(proxy::openai))
         .route("/anthropic/v1/{*path}", any(proxy::anthropic))
         .route("/google/v1beta/{*path}", any(proxy::google))
+        .route("/azure/{*path}", any(proxy::azure))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 

@@ -183,12 +183,7 @@ impl ProviderInput {
             {
                 errors.push(FieldError::new("base_url", "must be an http(s) URL"));
             }
-        } else if creating
-            && matches!(
-                self.provider.as_deref(),
-                Some("openai_compatible" | "azure")
-            )
-        {
+        } else if creating && matches!(self.provider.as_deref(), Some("openai_compatible")) {
             errors.push(FieldError::new("base_url", "is required for this provider"));
         }
         if let Some(k) = &self.api_key {

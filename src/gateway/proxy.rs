@@ -76,6 +76,8 @@ struct Spec {
     prefix: &'static str,
     kinds: &'static [&'static str],
     default_base: &'static str,
+    /// Azure OpenAI: `/azure/{resource}/{deployment}/{path}`, key in `api-key`.
+    azure: bool,
 }
 
 const OPENAI: Spec = Spec {
@@ -83,18 +85,28 @@ const OPENAI: Spec = Spec {
     prefix: "/openai/v1",
     kinds: &["openai", "openai_compatible", "mock"],
     default_base: "https://api.openai.com/v1",
+    azure: false,
 };
 const ANTHROPIC: Spec = Spec {
     format: Format::Anthropic,
     prefix: "/anthropic/v1",
     kinds: &["anthropic", "mock"],
     default_base: "https://api.anthropic.com/v1",
+    azure: false,
 };
 const GOOGLE: Spec = Spec {
     format: Format::Google,
     prefix: "/google/v1beta",
     kinds: &["google", "mock"],
     default_base: "https://generativelanguage.googleapis.com/v1beta",
+    azure: false,
+};
+const AZURE: Spec = Spec {
+    format: Format::OpenAi,
+    prefix: "/azure",
+    kinds: &["azure", "mock"],
+    default_base: "",
+    azure: true,
 };
 
 macro_rules! route {
@@ -115,6 +127,7 @@ macro_rules! route {
 route!(openai, OPENAI);
 route!(anthropic, ANTHROPIC);
 route!(google, GOOGLE);
+route!(azure, AZURE);
 
 /// The model and whether the answer streams: from the body, or (Gemini) from the path
 /// `models/{model}:{generateContent|streamGenerateContent}`.
@@ -190,17 +203,36 @@ async fn handle(
             "This API key lacks the gateway:proxy scope",
         ));
     }
-    let path = uri
+    let mut path = uri
         .path()
         .trim_start_matches(spec.prefix)
         .trim_start_matches('/')
         .to_string();
+    // Azure: the resource and deployment come first in the path.
+    let mut deployment: Option<(String, String)> = None;
+    if spec.azure {
+        let mut parts = path.splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(r), Some(d), Some(rest)) if !r.is_empty() && !d.is_empty() => {
+                deployment = Some((r.to_string(), d.to_string()));
+                path = rest.to_string();
+            }
+            _ => {
+                return Err(Error::not_found(
+                    "Use /azure/{resource}/{deployment}/{path}",
+                ))
+            }
+        }
+    }
     let json: Option<serde_json::Value> = if body.is_empty() {
         None
     } else {
         Some(crate::http::extract::parse_json(&body)?)
     };
-    let (model, streamed) = model_and_stream(spec, &path, json.as_ref());
+    let (mut model, streamed) = model_and_stream(spec, &path, json.as_ref());
+    if let (true, Some((_, d))) = (model.is_empty(), &deployment) {
+        model = d.clone();
+    }
 
     let mut candidates: Vec<Upstream> = upstreams(&state, &key.organization_id, &key.environment)
         .await?
@@ -241,6 +273,7 @@ async fn handle(
             match forward(
                 &state,
                 spec,
+                deployment.as_ref(),
                 upstream,
                 &method,
                 &path,
@@ -284,7 +317,7 @@ async fn handle(
         environment: key.environment.clone(),
         provider: upstream.provider.clone(),
         model,
-        path: format!("{}/{path}", spec.prefix),
+        path: uri.path().to_string(),
         status: res.status().as_u16(),
         streamed,
         ..Default::default()
@@ -306,6 +339,7 @@ async fn handle(
 async fn forward(
     state: &AppState,
     spec: &Spec,
+    deployment: Option<&(String, String)>,
     upstream: &Upstream,
     method: &Method,
     path: &str,
@@ -313,11 +347,25 @@ async fn forward(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let base = upstream
-        .base_url
-        .clone()
-        .unwrap_or_else(|| spec.default_base.into());
-    let mut url = format!("{}/{path}", base.trim_end_matches('/'));
+    let mut url = match deployment {
+        Some((resource, deployment)) => {
+            let base = upstream
+                .base_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{resource}.openai.azure.com"));
+            format!(
+                "{}/openai/deployments/{deployment}/{path}",
+                base.trim_end_matches('/')
+            )
+        }
+        None => {
+            let base = upstream
+                .base_url
+                .clone()
+                .unwrap_or_else(|| spec.default_base.into());
+            format!("{}/{path}", base.trim_end_matches('/'))
+        }
+    };
     let query: Vec<(String, String)> = query
         .map(|q| {
             url::form_urlencoded::parse(q.as_bytes())
@@ -346,6 +394,7 @@ async fn forward(
     // Each provider's own way of taking a credential.
     if let Some(k) = &upstream.api_key {
         req = match spec.format {
+            Format::OpenAi if spec.azure => req.header("api-key", k),
             Format::OpenAi => req.bearer_auth(k),
             Format::Anthropic => req.header("x-api-key", k),
             Format::Google => req.header("x-goog-api-key", k),
