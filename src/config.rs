@@ -30,6 +30,10 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("request_timeout_secs", "30", "time limit for one control-plane request (503 after it)"),
     ("max_body_bytes", "1048576", "largest control-plane request body (413 above it)"),
     ("shutdown_grace_secs", "30", "how long SIGTERM waits for in-flight requests to finish"),
+    ("gateway_connect_timeout_secs", "10", "gateway: time to connect to a provider"),
+    ("gateway_first_byte_timeout_secs", "60", "gateway: time for a provider to start answering (504 upstream_timeout after it)"),
+    ("gateway_idle_timeout_secs", "120", "gateway: a streamed answer with no byte for this long ends"),
+    ("gateway_max_body_bytes", "10485760", "gateway: largest request body (413 above it)"),
     ("bootstrap_admin", "true", "create a platform admin (and print its password once) when the database has no users"),
 ];
 
@@ -54,6 +58,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub bootstrap_admin: bool,
+    pub gateway_connect_timeout_secs: u64,
+    pub gateway_first_byte_timeout_secs: u64,
+    pub gateway_idle_timeout_secs: u64,
+    pub gateway_max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +92,10 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
             bootstrap_admin: true,
+            gateway_connect_timeout_secs: 10,
+            gateway_first_byte_timeout_secs: 60,
+            gateway_idle_timeout_secs: 120,
+            gateway_max_body_bytes: 10 * 1024 * 1024,
         }
     }
 }

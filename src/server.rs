@@ -109,9 +109,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let (gateway, _usage_task) =
         crate::gateway::usage::UsageWriter::spawn(db.clone(), metrics.gateway.clone());
     let gateway_client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(config.gateway_connect_timeout_secs))
         // Idle stream: no byte from the provider for this long ends the response.
-        .read_timeout(Duration::from_secs(120))
+        .read_timeout(Duration::from_secs(config.gateway_idle_timeout_secs))
         .pool_max_idle_per_host(64)
         .build()?;
     Ok(AppState::new(Inner {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use axum::{http::HeaderMap, response::IntoResponse, routing::post, Router};
-use common::{Backend, TestServer};
+use common::{Backend, ServerOptions, TestServer};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -16,6 +16,7 @@ on_both_databases!(
     providers_keep_their_keys_secret,
     anthropic_and_gemini_formats_with_their_own_credentials,
     azure_deployments_are_routed_with_the_api_key_header,
+    slow_providers_time_out_and_big_bodies_are_refused,
 );
 
 struct Setup {
@@ -731,4 +732,44 @@ async fn azure_deployments_are_routed_with_the_api_key_header(backend: Backend) 
         .clone();
     assert_eq!(az["model"], "my-deployment");
     assert_eq!(az["prompt_tokens"], 2);
+}
+
+async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
+    let srv = TestServer::start_with(
+        backend,
+        ServerOptions {
+            configure: Box::new(|c| {
+                c.gateway_first_byte_timeout_secs = 1;
+                c.gateway_max_body_bytes = 4096;
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let s = setup(&srv).await;
+    // A provider that never starts answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(|| async { std::future::pending::<&str>().await }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    srv.post_as(
+        &format!("{}/providers", s.base),
+        &s.owner,
+        &json!({"provider": "openai_compatible", "name": "slow", "base_url": base}),
+    )
+    .await;
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &live, &chat)
+        .await;
+    let err = res.assert_error(504, "upstream_timeout");
+    assert_eq!(err["details"]["provider"], "openai_compatible");
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    srv.post_as("/openai/v1/chat/completions", &live, &big)
+        .await
+        .assert_error(413, "payload_too_large");
 }

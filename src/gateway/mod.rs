@@ -23,9 +23,6 @@ use crate::{
     storage::{self, RowExt, Sql},
 };
 
-/// Largest gateway request body (413 above it).
-pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
-
 /// Management routes (organization-scoped, in the route table).
 pub fn routes() -> Routes {
     const P: &str = "/v1/organizations/{org_id}/providers";
@@ -41,13 +38,13 @@ pub fn routes() -> Routes {
 }
 
 /// The proxy routes: no control-plane timeout (streams last), their own body limit.
-pub fn proxy_router() -> Router<AppState> {
+pub fn proxy_router(max_body_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/openai/v1/{*path}", any(proxy::openai))
         .route("/anthropic/v1/{*path}", any(proxy::anthropic))
         .route("/google/v1beta/{*path}", any(proxy::google))
         .route("/azure/{*path}", any(proxy::azure))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
 }
 
 #[derive(Debug, Serialize)]

@@ -403,15 +403,24 @@ async fn forward(
     if spec.format == Format::Anthropic && !headers.contains_key("anthropic-version") {
         req = req.header("anthropic-version", "2023-06-01");
     }
-    let res = req.send().await.map_err(|e| {
+    let details = serde_json::json!({"provider": upstream.provider, "provider_id": upstream.id});
+    let first_byte = std::time::Duration::from_secs(state.config.gateway_first_byte_timeout_secs);
+    let sent = tokio::time::timeout(first_byte, req.send())
+        .await
+        .map_err(|_| {
+            Error::new(
+                ErrorCode::UpstreamTimeout,
+                "The provider did not start answering in time",
+            )
+            .with_details(details.clone())
+        })?;
+    let res = sent.map_err(|e| {
         let code = if e.is_timeout() {
             ErrorCode::UpstreamTimeout
         } else {
             ErrorCode::UpstreamError
         };
-        Error::new(code, "The provider could not be reached").with_details(
-            serde_json::json!({"provider": upstream.provider, "provider_id": upstream.id}),
-        )
+        Error::new(code, "The provider could not be reached").with_details(details)
     })?;
     let mut out = Response::builder().status(res.status().as_u16());
     for (name, value) in res.headers() {

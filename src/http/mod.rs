@@ -57,7 +57,9 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
 
     control_plane
         // The data plane: no control-plane timeout (streams last), its own body limit.
-        .merge(crate::gateway::proxy_router())
+        .merge(crate::gateway::proxy_router(
+            state.config.gateway_max_body_bytes,
+        ))
         .fallback(middleware::not_found)
         .layer(mw::from_fn_with_state(
             state.clone(),
