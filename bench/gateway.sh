@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Gateway benchmark, end to end, on loopback:
+#   mock upstream (Rust, examples/mock_upstream.rs)  ←  nginx (proxy_pass, keep-alive, 1 worker)
+#                                                   ←  gatehouse (release, SQLite)
+# Load: oha (crates.io). Measures, in one run:
+#   1. latency at a fixed rate (default 1,000 requests/s, 1 KiB prompt, non-streaming) going to the
+#      mock directly, through nginx and through the gateway — the gateway's added p50/p99;
+#   2. maximum throughput of each path (64 connections).
+# Installs what it needs if missing: nginx (apt-get), oha (cargo install into ./target/tools).
+# Usage: bench/gateway.sh            RATE=1000 SECS=10 CONNS=64 bench/gateway.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATE=${RATE:-1000}
+SECS=${SECS:-10}
+CONNS=${CONNS:-64}
+MOCK=127.0.0.1:19101
+GATE=127.0.0.1:19100
+NGINX=127.0.0.1:19102
+
+OHA=${OHA:-$(command -v oha || true)}
+if [ -z "$OHA" ]; then
+  if [ ! -x target/tools/bin/oha ]; then
+    echo "installing oha (load generator) into target/tools…" >&2
+    cargo install oha --locked --root target/tools >&2
+  fi
+  OHA=target/tools/bin/oha
+fi
+if ! command -v nginx >/dev/null; then
+  echo "installing nginx-light…" >&2
+  apt-get install -y -qq nginx-light >&2
+fi
+
+cargo build --release --quiet --bin gatehouse --example mock_upstream
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+target/release/examples/mock_upstream "$MOCK" 2>/dev/null & pids+=($!)
+GATEHOUSE_LISTEN=$GATE GATEHOUSE_DATABASE_URL="sqlite://$work/bench.db" GATEHOUSE_LOG_LEVEL=error \
+  GATEHOUSE_BOOTSTRAP_ADMIN=false target/release/gatehouse >/dev/null 2>&1 & pids+=($!)
+
+cat > "$work/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream mock { server $MOCK; keepalive 128; }
+  server {
+    listen $NGINX;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+nginx -c "$work/nginx.conf" -p "$work"
+
+for addr in $MOCK $GATE $NGINX; do
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://$addr/" && break; sleep 0.1; done
+done
+
+# An organization, a live key (no rate limit in the way) and the mock as its provider.
+api() { curl -s -X "$1" "http://$GATE$2" -H "content-type: application/json" ${3:+-H "authorization: Bearer $3"} -d "${4:-}"; }
+owner=$(api POST /v1/auth/register "" '{"email":"bench@example.com","password":"benchmark-passphrase"}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["access_token"])')
+org=$(api POST /v1/organizations "$owner" '{"name":"Bench","slug":"bench"}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])')
+api POST "/v1/organizations/$org/providers" "$owner" "{\"provider\":\"openai_compatible\",\"name\":\"mock\",\"base_url\":\"http://$MOCK/v1\"}" >/dev/null
+key=$(api POST "/v1/organizations/$org/api-keys" "$owner" '{"name":"bench","scopes":["gateway:proxy"],"rate_limit":{"requests_per_minute":1000000}}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
+
+# A 1 KiB prompt.
+python3 - "$work/body.json" <<'EOF'
+import json, sys
+prompt = ("lorem ipsum dolor sit amet " * 40)[:1024]
+json.dump({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}, open(sys.argv[1], "w"))
+EOF
+
+run() { # name url extra-oha-args…
+  local name=$1 url=$2; shift 2
+  "$OHA" --no-tui --output-format json -z "${SECS}s" -m POST -H "content-type: application/json" \
+    -H "authorization: Bearer $key" -D "$work/body.json" "$@" "$url" > "$work/$name.json"
+}
+
+echo "fixed rate: $RATE requests/s for ${SECS}s" >&2
+run direct-rate "http://$MOCK/v1/chat/completions" -q "$RATE" -c 32
+run nginx-rate "http://$NGINX/v1/chat/completions" -q "$RATE" -c 32
+run gateway-rate "http://$GATE/openai/v1/chat/completions" -q "$RATE" -c 32
+echo "maximum throughput: $CONNS connections for ${SECS}s" >&2
+run direct-max "http://$MOCK/v1/chat/completions" -c "$CONNS"
+run nginx-max "http://$NGINX/v1/chat/completions" -c "$CONNS"
+run gateway-max "http://$GATE/openai/v1/chat/completions" -c "$CONNS"
+
+python3 - "$work" "$RATE" "$CONNS" <<'EOF'
+import json, sys
+work, rate, conns = sys.argv[1], sys.argv[2], sys.argv[3]
+def load(n): return json.load(open(f"{work}/{n}.json"))
+def ms(d, p): return d["latencyPercentiles"][p] * 1000
+def ok(d):
+    codes = d.get("statusCodeDistribution", {})
+    return sum(v for k, v in codes.items() if k.startswith("2")), sum(codes.values())
+print(f"| path | p50 ms @ {rate}/s | p99 ms @ {rate}/s | 2xx/all | max requests/s ({conns} conns) |")
+print("|---|---|---|---|---|")
+rows = {}
+for name in ["direct", "nginx", "gateway"]:
+    r, m = load(f"{name}-rate"), load(f"{name}-max")
+    rows[name] = (ms(r, "p50"), ms(r, "p99"), m["summary"]["requestsPerSec"])
+    good, total = ok(r)
+    print(f"| {name} | {ms(r,'p50'):.3f} | {ms(r,'p99'):.3f} | {good}/{total} | {m['summary']['requestsPerSec']:.0f} |")
+d, g, n = rows["direct"], rows["gateway"], rows["nginx"]
+print()
+print(f"gateway added latency at {rate}/s: p50 {g[0]-d[0]:+.3f} ms, p99 {g[1]-d[1]:+.3f} ms (targets ≤ 0.2 / ≤ 1 ms)")
+print(f"gateway throughput: {g[2]/n[2]*100:.0f}% of nginx (target ≥ 60%), {g[2]/d[2]*100:.0f}% of direct")
+EOF
