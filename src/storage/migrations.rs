@@ -26,6 +26,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (4, "organizations"),
     (5, "limits"),
     (6, "api_keys"),
+    (7, "plans"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
@@ -35,6 +36,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (4, "organizations"),
     (5, "limits"),
     (6, "api_keys"),
+    (7, "plans"),
 );
 
 fn embedded(backend: Backend) -> Embedded {
