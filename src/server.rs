@@ -105,6 +105,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         redis.clone(),
     )?;
     bus.spawn_listener();
+    let plans = Arc::new(crate::billing::PlanCatalogue::load(&db).await?);
+    plans.spawn_refresher(db.clone(), crate::billing::REFRESH_EVERY);
     Ok(AppState::new(Inner {
         config,
         db,
@@ -117,6 +119,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         bus,
         limiter,
         usage,
+        plans,
+        request_limits: Arc::new(crate::limits::middleware::RequestLimits::new()),
         started_at: Instant::now(),
     }))
 }
