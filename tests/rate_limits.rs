@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 on_both_databases!(
     headers_are_exact_on_authenticated_responses,
     a_key_burst_is_refused_with_retry_after,
+    a_key_burst_is_refused_with_retry_after_on_redis,
     unauthenticated_requests_are_limited_per_ip,
     the_organization_limit_comes_from_the_plan_catalogue,
     management_and_analytics_limits_come_from_configuration,
@@ -117,15 +118,38 @@ async fn headers_are_exact_on_authenticated_responses(backend: Backend) {
 }
 
 async fn a_key_burst_is_refused_with_retry_after(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = org(&srv, "acme").await;
-    let k = key(&srv, &o, 3).await;
+    key_burst(&TestServer::start(backend).await).await;
+}
+
+async fn a_key_burst_is_refused_with_retry_after_on_redis(backend: Backend) {
+    if !common::redis_available("a_key_burst_on_redis").await {
+        return;
+    }
+    key_burst(&with_redis(backend).await).await;
+}
+
+async fn with_redis(backend: Backend) -> TestServer {
+    let srv = TestServer::start_with(
+        backend,
+        ServerOptions {
+            configure: Box::new(|c| c.redis_url = Some(common::redis_url())),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(srv.state.limiter.backend(), "redis+memory");
+    srv
+}
+
+async fn key_burst(srv: &TestServer) {
+    let o = org(srv, "acme").await;
+    let k = key(srv, &o, 3).await;
     for i in 0..3 {
-        let res = get_with_key(&srv, &o.base, &k).await;
+        let res = get_with_key(srv, &o.base, &k).await;
         assert_eq!(res.status, 200, "request {i}: {}", res.text);
         assert_eq!(num(&res, "x-ratelimit-remaining"), 2 - i);
     }
-    let res = get_with_key(&srv, &o.base, &k).await;
+    let res = get_with_key(srv, &o.base, &k).await;
     let err = res.assert_error(429, "rate_limit_exceeded");
     assert_eq!(err["status"], 429);
     // 3/min: the next request fits 20 s after the first.
@@ -333,6 +357,8 @@ async fn over_quota_is_refused_and_notified_once(backend: Backend) {
         let res = srv.get_as(&o.base, &o.owner).await;
         res.assert_error(429, "quota_exceeded");
         assert!(res.header("x-ratelimit-limit").is_some());
+        // Available again when the month turns.
+        assert!(num(&res, "retry-after") <= 31 * 86_400);
     }
     // Keys of the organization are refused too.
     let res = srv
@@ -445,15 +471,7 @@ async fn parallel_requests_with_one_key_exactly_the_limit_succeeds_on_redis(back
     if !common::redis_available("parallel_requests_on_redis").await {
         return;
     }
-    let srv = TestServer::start_with(
-        backend,
-        ServerOptions {
-            configure: Box::new(|c| c.redis_url = Some(common::redis_url())),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(srv.state.limiter.backend(), "redis+memory");
+    let srv = with_redis(backend).await;
     parallel_with_one_key(&srv, 20, 80).await;
     assert!(!srv.state.limiter.is_degraded());
 }

@@ -386,7 +386,8 @@ async fn decide(
                         format!(
                             "The organization has used its {quota} API requests for this month"
                         ),
-                    ),
+                    )
+                    .with_retry_after(secs_to_next_period(chrono::Utc::now())),
                     headers,
                 });
             }
@@ -394,6 +395,21 @@ async fn decide(
         state.usage.record(org_id, API_REQUESTS, 1);
     }
     Ok(Decision::Pass { headers })
+}
+
+/// Seconds until the next monthly period (UTC) begins: when a quota is available again.
+pub fn secs_to_next_period(now: chrono::DateTime<chrono::Utc>) -> u64 {
+    use chrono::{Datelike, TimeZone};
+    let (y, m) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    chrono::Utc
+        .with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .map(|next| (next - now).num_seconds().max(1) as u64)
+        .unwrap_or(1)
 }
 
 fn too_many(retry_after: u64) -> Error {
@@ -452,8 +468,38 @@ pub async fn notify_quota_exceeded(
     .await;
     match result {
         Ok(()) => {
-            lock(&state.request_limits.notified).insert(k, period);
+            let mut notified = lock(&state.request_limits.notified);
+            if notified.len() >= MAX_ENTRIES {
+                notified.clear();
+            }
+            notified.insert(k, period);
         }
         Err(e) => tracing::error!(error = %e, org_id, metric, "could not record quota.exceeded"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn organization_routes_and_exemptions_are_recognised() {
+        assert_eq!(org_param("/v1/organizations/acme"), Some("acme"));
+        assert_eq!(org_param("/v1/organizations/org_1/members"), Some("org_1"));
+        assert_eq!(org_param("/v1/organizations"), None);
+        assert_eq!(org_param("/v1/organizations/"), None);
+        assert!(exempt("/health") && exempt("/health/ready") && exempt("/metrics"));
+        assert!(!exempt("/healthz") && !exempt("/v1/plans"));
+    }
+
+    #[test]
+    fn a_quota_is_back_at_the_next_month() {
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 0)
+            .unwrap();
+        assert_eq!(secs_to_next_period(t), 60);
+        let t = chrono::Utc.with_ymd_and_hms(2026, 2, 28, 0, 0, 0).unwrap();
+        assert_eq!(secs_to_next_period(t), 86_400);
     }
 }
