@@ -287,6 +287,23 @@ async fn the_organization_limit_comes_from_the_plan_catalogue(backend: Backend) 
     assert_eq!(num(&res, "retry-after"), 1200);
     // Another organization has its own hourly budget; non-organization routes are not charged.
     assert_eq!(srv.get_as("/v1/plans", &o2.owner).await.status, 200);
+
+    // Keys and members of an organization share its hourly budget.
+    let o3 = org(&srv, "gamma").await;
+    let k = key(&srv, &o3, 100).await; // 1
+    assert_eq!(srv.get_as(&o3.base, &o3.owner).await.status, 200); // 2
+    let res = get_with_key(&srv, &o3.base, &k).await; // 3
+    assert_eq!(res.status, 200);
+    assert_eq!(num(&res, "x-ratelimit-limit"), 3);
+    assert_eq!(num(&res, "x-ratelimit-remaining"), 0);
+    let res = get_with_key(&srv, &o3.base, &k).await;
+    res.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(num(&res, "x-ratelimit-limit"), 3);
+    let metrics = srv.get("/metrics").await.text;
+    assert!(
+        metrics.contains("gatehouse_rate_limit_refusals_total{reason=\"organization\"} 2"),
+        "{metrics}"
+    );
 }
 
 async fn probe() -> &'static str {
