@@ -35,6 +35,9 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("rate_limits.user_per_minute", "600", "requests per minute per signed-in user (access tokens)"),
     ("rate_limits.management_per_minute", "300", "mutating /v1/organizations/… requests per minute per user"),
     ("rate_limits.analytics_per_minute", "60", "…/analytics… requests per minute per key or user"),
+    ("rate_limits.login_attempts", "10", "login attempts per (IP, email) per login window"),
+    ("rate_limits.login_window_secs", "900", "the login window in seconds (10 per 15 minutes by default)"),
+    ("rate_limits.password_reset_per_hour", "3", "password-reset and one-time-code emails per address per hour"),
     ("rate_limits.unauthenticated_per_minute", "120", "requests per minute per client IP without valid credentials (/health* and /metrics exempt)"),
 ];
 
@@ -72,6 +75,9 @@ pub struct RateLimits {
     pub management_per_minute: u64,
     pub analytics_per_minute: u64,
     pub unauthenticated_per_minute: u64,
+    pub login_attempts: u64,
+    pub login_window_secs: u64,
+    pub password_reset_per_hour: u64,
 }
 
 impl Default for RateLimits {
@@ -82,6 +88,9 @@ impl Default for RateLimits {
             management_per_minute: 300,
             analytics_per_minute: 60,
             unauthenticated_per_minute: 120,
+            login_attempts: 10,
+            login_window_secs: 15 * 60,
+            password_reset_per_hour: 3,
         }
     }
 }
@@ -165,6 +174,9 @@ impl Config {
             anyhow::bail!(
                 "request_timeout_secs, max_body_bytes and webhook_timeout_secs must be positive"
             );
+        }
+        if self.rate_limits.login_window_secs == 0 {
+            anyhow::bail!("rate_limits.login_window_secs must be positive");
         }
         Ok(())
     }

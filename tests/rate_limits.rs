@@ -16,6 +16,7 @@ on_both_databases!(
     unauthenticated_requests_are_limited_per_ip,
     the_organization_limit_comes_from_the_plan_catalogue,
     management_and_analytics_limits_come_from_configuration,
+    login_and_reset_limits_come_from_configuration,
     over_quota_is_refused_and_notified_once,
     usage_reports_the_plan_and_what_was_used,
     parallel_requests_with_one_key_exactly_the_limit_succeeds_in_memory,
@@ -357,6 +358,41 @@ async fn management_and_analytics_limits_come_from_configuration(backend: Backen
         assert_eq!(get_with_key(&srv, &path, &k).await.status, 200);
     }
     get_with_key(&srv, &path, &k)
+        .await
+        .assert_error(429, "rate_limit_exceeded");
+}
+
+async fn login_and_reset_limits_come_from_configuration(backend: Backend) {
+    let srv = TestServer::start_with(
+        backend,
+        ServerOptions {
+            configure: Box::new(|c| {
+                c.rate_limits.login_attempts = 2;
+                c.rate_limits.login_window_secs = 60;
+                c.rate_limits.password_reset_per_hour = 1;
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    srv.register("ann@example.com").await;
+    let wrong = json!({"email": "ann@example.com", "password": "not-the-password"});
+    for _ in 0..2 {
+        srv.post_json("/v1/auth/login", &wrong)
+            .await
+            .assert_error(401, "unauthorized");
+    }
+    let res = srv.post_json("/v1/auth/login", &wrong).await;
+    res.assert_error(429, "rate_limit_exceeded");
+    assert_eq!(num(&res, "retry-after"), 30);
+    let forgot = json!({"email": "ann@example.com"});
+    assert_eq!(
+        srv.post_json("/v1/auth/forgot-password", &forgot)
+            .await
+            .status,
+        202
+    );
+    srv.post_json("/v1/auth/forgot-password", &forgot)
         .await
         .assert_error(429, "rate_limit_exceeded");
 }
