@@ -21,6 +21,8 @@ on_both_databases!(
     usage_reports_the_plan_and_what_was_used,
     parallel_requests_with_one_key_exactly_the_limit_succeeds_in_memory,
     parallel_requests_with_one_key_exactly_the_limit_succeeds_on_redis,
+    two_nodes_sharing_redis_enforce_one_limit,
+    a_tenant_scoped_token_counts_against_its_organization,
 );
 
 struct Org {
@@ -527,4 +529,88 @@ async fn parallel_requests_with_one_key_exactly_the_limit_succeeds_on_redis(back
     let srv = with_redis(backend).await;
     parallel_with_one_key(&srv, 20, 80).await;
     assert!(!srv.state.limiter.is_degraded());
+}
+
+/// A second node on the same database and Redis, served in this process.
+async fn second_node(srv: &TestServer) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let state = gatehouse::server::build_state(srv.state.config.clone())
+        .await
+        .expect("second node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = gatehouse::http::router(state);
+    let handle = tokio::spawn(gatehouse::http::serve(
+        listener,
+        app,
+        std::future::pending::<()>(),
+        std::time::Duration::from_secs(1),
+    ));
+    (base, handle)
+}
+
+async fn two_nodes_sharing_redis_enforce_one_limit(backend: Backend) {
+    if !common::redis_available("two_nodes_sharing_redis").await {
+        return;
+    }
+    let srv = with_redis(backend).await;
+    let (b, node_b) = second_node(&srv).await;
+    let o = org(&srv, "acme").await;
+    let k = key(&srv, &o, 10).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let url = if i % 2 == 0 {
+            srv.url(&o.base)
+        } else {
+            format!("{b}{}", o.base)
+        };
+        let client = srv.client.clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .get(url)
+                .header("x-api-key", k)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(ok, 10, "one limit across both nodes");
+    node_b.abort();
+}
+
+async fn a_tenant_scoped_token_counts_against_its_organization(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let o = org(&srv, "acme").await;
+    admin_patch_plan(&srv, &admin, "smb", json!({"requests_per_hour": 2})).await;
+    let res = srv
+        .post_as(
+            "/v1/auth/select-tenant",
+            &o.owner,
+            &json!({"organization_id": "acme"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let scoped = res.json["access_token"].as_str().unwrap().to_string();
+    // Any route, the organization's budget: 2 per hour.
+    for i in 0..2 {
+        let res = srv.get_as("/v1/plans", &scoped).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(num(&res, "x-ratelimit-remaining"), 1 - i);
+    }
+    srv.get_as("/v1/plans", &scoped)
+        .await
+        .assert_error(429, "rate_limit_exceeded");
+    // The same user unscoped, outside the organization's routes, is not charged to it.
+    assert_eq!(srv.get_as("/v1/plans", &o.owner).await.status, 200);
 }
