@@ -48,7 +48,7 @@ const MAX_ENTRIES: usize = 100_000;
 /// The metric metered for every organization request.
 pub const API_REQUESTS: &str = "api_requests";
 
-/// (user id, `{org_id}` as given) → the organization's id if the user belongs to it, and when.
+/// (user id, `{org_id}` as given) → the organization's id (the user belongs to it), and when.
 type Memberships = HashMap<(String, String), (Option<String>, Instant)>;
 
 /// Caches of the request path: organization → plan, (user, `{org_id}`) → organization, and the
@@ -131,11 +131,15 @@ impl RequestLimits {
             }
             None => None,
         };
-        let mut map = lock(&self.memberships);
-        if map.len() >= MAX_ENTRIES {
-            map.clear();
+        // Only memberships are remembered: a user who joins is counted against the
+        // organization from their next request on.
+        if org.is_some() {
+            let mut map = lock(&self.memberships);
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+            map.insert(k, (org.clone(), Instant::now()));
         }
-        map.insert(k, (org.clone(), Instant::now()));
         Ok(org)
     }
 }
