@@ -6,7 +6,9 @@ use axum::{body::Bytes, routing::post, Router};
 
 #[tokio::main]
 async fn main() {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:19101".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:19101".into());
     let app = Router::new().route(
         "/v1/chat/completions",
         post(|body: Bytes| async move {

@@ -37,6 +37,10 @@ pub struct Inner {
     pub limiter: Arc<dyn RateLimiter>,
     /// Monthly usage counters (quotas), flushed to the database.
     pub usage: UsageMeter,
+    /// The plan catalogue, in memory (the request path never queries it).
+    pub plans: Arc<crate::billing::PlanCatalogue>,
+    /// Request-path caches of the limits middleware (organization plans, memberships).
+    pub request_limits: Arc<crate::limits::middleware::RequestLimits>,
     pub started_at: Instant,
 }
 

@@ -35,6 +35,14 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("gateway_idle_timeout_secs", "120", "gateway: a streamed answer with no byte for this long ends"),
     ("gateway_max_body_bytes", "10485760", "gateway: largest request body (413 above it)"),
     ("bootstrap_admin", "true", "create a platform admin (and print its password once) when the database has no users"),
+    ("rate_limits.api_key_per_minute", "100", "requests per minute per API key on platform routes (a key's rate_limit.requests_per_minute wins)"),
+    ("rate_limits.user_per_minute", "600", "requests per minute per signed-in user (access tokens)"),
+    ("rate_limits.management_per_minute", "300", "mutating /v1/organizations/… requests per minute per user"),
+    ("rate_limits.analytics_per_minute", "60", "…/analytics… requests per minute per key or user"),
+    ("rate_limits.login_attempts", "10", "login attempts per (IP, email) per login window"),
+    ("rate_limits.login_window_secs", "900", "the login window in seconds (10 per 15 minutes by default)"),
+    ("rate_limits.password_reset_per_hour", "3", "password-reset and one-time-code emails per address per hour"),
+    ("rate_limits.unauthenticated_per_minute", "120", "requests per minute per client IP without valid credentials (/health* and /metrics exempt)"),
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +70,37 @@ pub struct Config {
     pub gateway_first_byte_timeout_secs: u64,
     pub gateway_idle_timeout_secs: u64,
     pub gateway_max_body_bytes: usize,
+    pub rate_limits: RateLimits,
+}
+
+/// `[rate_limits]`: the per-endpoint and per-caller limits of the request path (SPEC §5). The
+/// per-organization hourly limits and monthly quotas come from the plan catalogue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub api_key_per_minute: u64,
+    pub user_per_minute: u64,
+    pub management_per_minute: u64,
+    pub analytics_per_minute: u64,
+    pub unauthenticated_per_minute: u64,
+    pub login_attempts: u64,
+    pub login_window_secs: u64,
+    pub password_reset_per_hour: u64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            api_key_per_minute: 100,
+            user_per_minute: 600,
+            management_per_minute: 300,
+            analytics_per_minute: 60,
+            unauthenticated_per_minute: 120,
+            login_attempts: 10,
+            login_window_secs: 15 * 60,
+            password_reset_per_hour: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +135,7 @@ impl Default for Config {
             gateway_first_byte_timeout_secs: 60,
             gateway_idle_timeout_secs: 120,
             gateway_max_body_bytes: 10 * 1024 * 1024,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -147,6 +187,9 @@ impl Config {
                 "request_timeout_secs, max_body_bytes and webhook_timeout_secs must be positive"
             );
         }
+        if self.rate_limits.login_window_secs == 0 {
+            anyhow::bail!("rate_limits.login_window_secs must be positive");
+        }
         Ok(())
     }
 
@@ -193,10 +236,17 @@ mod tests {
     #[test]
     fn every_field_is_documented() {
         let value = serde_json::to_value(Config::default()).unwrap();
-        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        // A table's keys are documented as `table.key`.
+        let mut keys: Vec<String> = Vec::new();
+        for (k, v) in value.as_object().unwrap() {
+            match v.as_object() {
+                Some(table) => keys.extend(table.keys().map(|sub| format!("{k}.{sub}"))),
+                None => keys.push(k.clone()),
+            }
+        }
         for k in &keys {
             assert!(
-                REFERENCE.iter().any(|(name, _, _)| name == k),
+                REFERENCE.iter().any(|(name, _, _)| *name == k.as_str()),
                 "config key {k} missing from REFERENCE"
             );
         }
@@ -229,5 +279,23 @@ mod tests {
         assert!(Config::load(Some(&path)).is_err());
         std::fs::write(&path, "master_key = \"abc\"\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
+    }
+
+    #[test]
+    fn the_rate_limits_table_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(
+            &path,
+            "[rate_limits]\nmanagement_per_minute = 5\nanalytics_per_minute = 7\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.rate_limits.management_per_minute, 5);
+        assert_eq!(c.rate_limits.analytics_per_minute, 7);
+        assert_eq!(c.rate_limits.api_key_per_minute, 100);
+        std::fs::write(&path, "[rate_limits]\nmanagment_per_minute = 5\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("managment_per_minute"), "{err}");
     }
 }

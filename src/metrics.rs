@@ -27,6 +27,12 @@ pub struct WebhookOutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Why a request was refused with 429: `key`, `user`, `organization`, `endpoint`, `ip`, `quota`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -44,6 +50,7 @@ pub struct Metrics {
     pub webhook_pending: Gauge,
     pub webhook_endpoints_disabled: Counter,
     pub gateway: GatewayMetrics,
+    pub rate_limit_refusals: Family<RefusalLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -164,9 +171,16 @@ impl Metrics {
             "Usage-log records dropped because the queue was full",
             gateway.usage_dropped.clone(),
         );
+        let rate_limit_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "rate_limit_refusals",
+            "Requests refused with 429, by reason (key, user, organization, endpoint, ip, quota)",
+            rate_limit_refusals.clone(),
+        );
         Metrics {
             gateway,
             registry,
+            rate_limit_refusals,
             http_requests,
             http_latency,
             webhook_deliveries,

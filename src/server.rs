@@ -114,6 +114,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         .read_timeout(Duration::from_secs(config.gateway_idle_timeout_secs))
         .pool_max_idle_per_host(64)
         .build()?;
+    let plans = Arc::new(crate::billing::PlanCatalogue::load(&db).await?);
+    plans.spawn_refresher(db.clone(), crate::billing::REFRESH_EVERY);
     Ok(AppState::new(Inner {
         config,
         db,
@@ -128,6 +130,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         gateway_client,
         limiter,
         usage,
+        plans,
+        request_limits: Arc::new(crate::limits::middleware::RequestLimits::new()),
         started_at: Instant::now(),
     }))
 }

@@ -75,10 +75,20 @@ pub fn router() -> Router<AppState> {
         .route("/v1/me/mfa", delete(mfa_disable))
 }
 
-/// Login attempts per (IP, email): 10 per 15 minutes.
-const LOGIN_LIMIT: (u64, Duration) = (10, Duration::from_secs(15 * 60));
-/// Reset and passwordless-code requests per email: 3 per hour.
-const MAIL_LIMIT: (u64, Duration) = (3, Duration::from_secs(3600));
+/// Login attempts per (IP, email): `rate_limits.login_attempts` per
+/// `rate_limits.login_window_secs` (10 per 15 minutes).
+fn login_limit(state: &AppState) -> (u64, Duration) {
+    let c = &state.config.rate_limits;
+    (c.login_attempts, Duration::from_secs(c.login_window_secs))
+}
+
+/// Reset and passwordless-code requests per email: `rate_limits.password_reset_per_hour` (3).
+fn mail_limit(state: &AppState) -> (u64, Duration) {
+    (
+        state.config.rate_limits.password_reset_per_hour,
+        Duration::from_secs(3600),
+    )
+}
 
 async fn throttle(
     state: &AppState,
@@ -273,7 +283,7 @@ async fn login(
             throttle(
                 &state,
                 format!("login:{}:{email}", meta.ip_string()),
-                LOGIN_LIMIT,
+                login_limit(&state),
             )
             .await?;
             password_login(&state, &meta, &email, password).await
@@ -366,7 +376,7 @@ async fn otp_request(
     Json(body): Json<EmailOnly>,
 ) -> Result<impl IntoResponse, Error> {
     let email = users::normalize_email(&body.email)?;
-    throttle(&state, format!("otp:{email}"), MAIL_LIMIT).await?;
+    throttle(&state, format!("otp:{email}"), mail_limit(&state)).await?;
     if let Some(user) = users::credentials_by_email(&state.db, &email)
         .await?
         .filter(|u| u.status == "active")
@@ -408,7 +418,7 @@ async fn forgot_password(
     Json(body): Json<EmailOnly>,
 ) -> Result<impl IntoResponse, Error> {
     let email = users::normalize_email(&body.email)?;
-    throttle(&state, format!("reset:{email}"), MAIL_LIMIT).await?;
+    throttle(&state, format!("reset:{email}"), mail_limit(&state)).await?;
     if let Some(user) = users::credentials_by_email(&state.db, &email)
         .await?
         .filter(|u| u.status == "active")

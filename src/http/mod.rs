@@ -33,6 +33,7 @@ pub fn api_routes() -> routes::Routes {
         .merge(crate::events::routes::routes())
         .merge(crate::keys::routes())
         .merge(crate::gateway::routes())
+        .merge(crate::billing::routes())
 }
 
 pub fn route_table() -> Vec<routes::RouteInfo> {
@@ -46,6 +47,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(crate::health::router())
         .merge(crate::auth::router())
         .merge(crate::admin::router())
+        .merge(crate::billing::router())
         .merge(api_routes().into_router())
         .merge(extra)
         // A control-plane request that runs past the limit is abandoned with 503.
@@ -53,7 +55,12 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             state.config.request_timeout(),
         ))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Rate limits and quotas (SPEC §5): every limit of the request in one check.
+        .layer(mw::from_fn_with_state(
+            state.clone(),
+            crate::limits::middleware::rate_limit,
+        ));
 
     control_plane
         // The data plane: no control-plane timeout (streams last), its own body limit.

@@ -17,6 +17,7 @@
 
 pub mod failover;
 pub mod memory;
+pub mod middleware;
 pub mod redis;
 pub mod usage;
 

@@ -26,6 +26,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (4, "organizations"),
     (5, "limits"),
     (6, "api_keys"),
+    (7, "plans"),
     (8, "gateway"),
 );
 
@@ -36,6 +37,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (4, "organizations"),
     (5, "limits"),
     (6, "api_keys"),
+    (7, "plans"),
     (8, "gateway"),
 );
 

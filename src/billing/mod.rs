@@ -1,0 +1,516 @@
+//! Plans and usage (SPEC §6): the plan catalogue (`GET /v1/plans`, `/v1/admin/plans`), kept in
+//! memory so that the request path never queries it, and an organization's usage against its
+//! plan (`GET /v1/organizations/{org_id}/usage`).
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use chrono::{Datelike, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sqlx::Row;
+
+use crate::{
+    app::AppState,
+    auth::extract::{AuthUser, PlatformAdmin},
+    error::{Error, FieldError},
+    http::{
+        extract::{Json, Path},
+        pagination::Page,
+        routes::Routes,
+    },
+    orgs::{access::OrgAccess, roles::perm},
+    storage::{self, Db, RowExt},
+};
+
+/// The numeric limits every plan states (`null` = unlimited), in the order shown.
+pub const LIMIT_NAMES: &[&str] = &[
+    "requests_per_hour",
+    "api_requests_per_month",
+    "gateway_requests_per_month",
+    "gateway_tokens_per_month",
+    "members",
+    "projects",
+];
+
+/// The metered monthly quantities: (usage name, plan limit, meter metric).
+pub const METERED: &[(&str, &str, &str)] = &[
+    ("api_requests", "api_requests_per_month", "api_requests"),
+    (
+        "gateway_requests",
+        "gateway_requests_per_month",
+        "gateway_requests",
+    ),
+    (
+        "gateway_tokens",
+        "gateway_tokens_per_month",
+        "gateway_tokens",
+    ),
+];
+
+/// The plan of an organization whose plan is missing from the catalogue.
+pub const DEFAULT_PLAN: &str = "smb";
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Plan {
+    pub id: String,
+    pub name: String,
+    pub amount: i64,
+    pub currency: String,
+    pub interval: String,
+    pub limits: Value,
+    pub features: Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Plan {
+    /// A numeric limit (`None`: unlimited or not stated).
+    pub fn limit(&self, name: &str) -> Option<u64> {
+        self.limits.get(name).and_then(Value::as_u64)
+    }
+
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Plan, sqlx::Error> {
+        Ok(Plan {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            amount: r.try_get("amount")?,
+            currency: r.try_get("currency")?,
+            interval: r.try_get("billing_interval")?,
+            limits: r.get_json("limits")?,
+            features: r.get_json("features")?,
+            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+        })
+    }
+}
+
+/// The catalogue in memory: loaded at start, reloaded after every admin change on this node and
+/// every [`REFRESH_EVERY`] (other nodes' changes).
+#[derive(Debug, Default)]
+pub struct PlanCatalogue {
+    plans: RwLock<Arc<BTreeMap<String, Arc<Plan>>>>,
+}
+
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+const PLAN_SELECT: &str = "SELECT id, name, amount, currency, billing_interval, limits, features, \
+     created_at, updated_at FROM plans";
+
+impl PlanCatalogue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub async fn load(db: &Db) -> Result<PlanCatalogue, sqlx::Error> {
+        let c = PlanCatalogue::new();
+        c.reload(db).await?;
+        Ok(c)
+    }
+
+    pub async fn reload(&self, db: &Db) -> Result<(), sqlx::Error> {
+        let rows = sqlx::query(PLAN_SELECT).fetch_all(db.pool()).await?;
+        let mut map = BTreeMap::new();
+        for r in &rows {
+            let p = Plan::from_row(r)?;
+            map.insert(p.id.clone(), Arc::new(p));
+        }
+        *self.plans.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<BTreeMap<String, Arc<Plan>>> {
+        self.plans.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The plan, or the default plan when `id` is unknown.
+    pub fn get(&self, id: &str) -> Option<Arc<Plan>> {
+        let s = self.snapshot();
+        s.get(id).or_else(|| s.get(DEFAULT_PLAN)).cloned()
+    }
+
+    /// Every plan, cheapest first.
+    pub fn all(&self) -> Vec<Arc<Plan>> {
+        let mut v: Vec<_> = self.snapshot().values().cloned().collect();
+        v.sort_by(|a, b| a.amount.cmp(&b.amount).then_with(|| a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Reloads every `every` until the process ends (a failure is logged and retried).
+    pub fn spawn_refresher(self: &Arc<Self>, db: Db, every: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = me.reload(&db).await {
+                    tracing::warn!(error = %e, "could not reload the plan catalogue");
+                }
+            }
+        });
+    }
+}
+
+pub fn routes() -> Routes {
+    Routes::new().get("/v1/organizations/{org_id}/usage", usage)
+}
+
+pub fn router() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/v1/plans", get(list_plans))
+        .route("/v1/admin/plans", get(admin_list).post(admin_create))
+        .route(
+            "/v1/admin/plans/{id}",
+            get(admin_get).patch(admin_update).delete(admin_delete),
+        )
+}
+
+fn list_body(plans: Vec<Arc<Plan>>, page: &Page) -> Value {
+    let total = plans.len() as i64;
+    let items: Vec<&Plan> = plans
+        .iter()
+        .skip(page.offset.max(0) as usize)
+        .take(page.limit.max(0) as usize)
+        .map(|p| p.as_ref())
+        .collect();
+    let has_more = page.offset + (items.len() as i64) < total;
+    json!({
+        "plans": items,
+        "total": total,
+        "limit": page.limit,
+        "offset": page.offset,
+        "has_more": has_more,
+    })
+}
+
+async fn list_plans(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    page: Page,
+) -> Result<impl IntoResponse, Error> {
+    Ok(axum::Json(list_body(state.plans.all(), &page)))
+}
+
+async fn admin_list(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    page: Page,
+) -> Result<impl IntoResponse, Error> {
+    Ok(axum::Json(list_body(state.plans.all(), &page)))
+}
+
+async fn fetch(state: &AppState, id: &str) -> Result<Plan, Error> {
+    let row = sqlx::query(&format!("{PLAN_SELECT} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(state.db.pool())
+        .await?
+        .ok_or_else(|| Error::not_found("Plan not found"))?;
+    Ok(Plan::from_row(&row)?)
+}
+
+async fn admin_get(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, Error> {
+    Ok(axum::Json(fetch(&state, &id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanInput {
+    id: Option<String>,
+    name: Option<String>,
+    amount: Option<i64>,
+    currency: Option<String>,
+    interval: Option<String>,
+    limits: Option<Value>,
+    features: Option<Value>,
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=40).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Checks each given field; with `creating`, every field is required.
+fn validate(input: &PlanInput, creating: bool) -> Result<(), Error> {
+    let mut errors = Vec::new();
+    let mut missing = |field: &str, present: bool| {
+        if creating && !present {
+            errors.push(FieldError::new(field, "is required"));
+        }
+    };
+    missing("id", input.id.is_some());
+    missing("name", input.name.is_some());
+    missing("amount", input.amount.is_some());
+    missing("currency", input.currency.is_some());
+    missing("interval", input.interval.is_some());
+    missing("limits", input.limits.is_some());
+    if let Some(id) = &input.id {
+        if !valid_id(id) {
+            errors.push(FieldError::new(
+                "id",
+                "must be 1 to 40 lowercase letters, digits, '-' or '_'",
+            ));
+        }
+    }
+    if let Some(name) = &input.name {
+        if name.trim().is_empty() || name.len() > 100 {
+            errors.push(FieldError::new("name", "must be 1 to 100 characters"));
+        }
+    }
+    if let Some(amount) = input.amount {
+        if amount < 0 {
+            errors.push(FieldError::new(
+                "amount",
+                "must be zero or more (minor units)",
+            ));
+        }
+    }
+    if let Some(c) = &input.currency {
+        if c.len() != 3 || !c.bytes().all(|b| b.is_ascii_lowercase()) {
+            errors.push(FieldError::new(
+                "currency",
+                "must be a lowercase ISO 4217 code, e.g. usd",
+            ));
+        }
+    }
+    if let Some(i) = &input.interval {
+        if i != "month" && i != "year" {
+            errors.push(FieldError::new("interval", "must be month or year"));
+        }
+    }
+    if let Some(limits) = &input.limits {
+        match limits.as_object() {
+            None => errors.push(FieldError::new("limits", "must be an object")),
+            Some(map) => {
+                for (k, v) in map {
+                    if !LIMIT_NAMES.contains(&k.as_str()) {
+                        errors.push(FieldError::new(
+                            format!("limits.{k}"),
+                            format!("unknown limit; known: {}", LIMIT_NAMES.join(", ")),
+                        ));
+                    } else if !(v.is_null() || v.as_u64().is_some()) {
+                        errors.push(FieldError::new(
+                            format!("limits.{k}"),
+                            "must be a non-negative integer or null (unlimited)",
+                        ));
+                    }
+                }
+                if creating {
+                    for name in LIMIT_NAMES {
+                        if !map.contains_key(*name) {
+                            errors.push(FieldError::new(
+                                format!("limits.{name}"),
+                                "is required (null for unlimited)",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(f) = &input.features {
+        if !f.is_object() {
+            errors.push(FieldError::new("features", "must be an object"));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(errors))
+    }
+}
+
+async fn admin_create(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    Json(input): Json<PlanInput>,
+) -> Result<impl IntoResponse, Error> {
+    validate(&input, true)?;
+    let now = storage::now();
+    let id = input.id.clone().unwrap_or_default();
+    let result = sqlx::query(
+        "INSERT INTO plans (id, name, amount, currency, billing_interval, limits, features, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+    )
+    .bind(&id)
+    .bind(input.name.as_deref().unwrap_or_default().trim())
+    .bind(input.amount.unwrap_or_default())
+    .bind(input.currency.as_deref().unwrap_or_default())
+    .bind(input.interval.as_deref().unwrap_or_default())
+    .bind(
+        input
+            .limits
+            .clone()
+            .unwrap_or_else(|| json!({}))
+            .to_string(),
+    )
+    .bind(
+        input
+            .features
+            .clone()
+            .unwrap_or_else(|| json!({}))
+            .to_string(),
+    )
+    .bind(&now)
+    .execute(state.db.pool())
+    .await;
+    match result {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return Err(Error::conflict("A plan with this id already exists"));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state.plans.reload(&state.db).await?;
+    Ok((StatusCode::CREATED, axum::Json(fetch(&state, &id).await?)))
+}
+
+async fn admin_update(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    Path(id): Path<String>,
+    Json(input): Json<PlanInput>,
+) -> Result<impl IntoResponse, Error> {
+    if input.id.as_deref().is_some_and(|new| new != id) {
+        return Err(Error::invalid_field("id", "cannot be changed"));
+    }
+    validate(&input, false)?;
+    let current = fetch(&state, &id).await?;
+    // `limits` and `features` are merged into the current objects (null removes a feature).
+    let mut limits = current.limits.as_object().cloned().unwrap_or_default();
+    if let Some(Value::Object(m)) = &input.limits {
+        limits.extend(m.clone());
+    }
+    let mut features: Map<String, Value> =
+        current.features.as_object().cloned().unwrap_or_default();
+    if let Some(Value::Object(m)) = &input.features {
+        for (k, v) in m {
+            if v.is_null() {
+                features.remove(k);
+            } else {
+                features.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    sqlx::query(
+        "UPDATE plans SET name = $1, amount = $2, currency = $3, billing_interval = $4, \
+         limits = $5, features = $6, updated_at = $7 WHERE id = $8",
+    )
+    .bind(
+        input
+            .name
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or(&current.name),
+    )
+    .bind(input.amount.unwrap_or(current.amount))
+    .bind(input.currency.as_deref().unwrap_or(&current.currency))
+    .bind(input.interval.as_deref().unwrap_or(&current.interval))
+    .bind(Value::Object(limits).to_string())
+    .bind(Value::Object(features).to_string())
+    .bind(storage::now())
+    .bind(&id)
+    .execute(state.db.pool())
+    .await?;
+    state.plans.reload(&state.db).await?;
+    Ok(axum::Json(fetch(&state, &id).await?))
+}
+
+async fn admin_delete(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, Error> {
+    fetch(&state, &id).await?;
+    if id == DEFAULT_PLAN {
+        return Err(Error::conflict("The default plan (smb) cannot be deleted"));
+    }
+    let used: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations WHERE plan = $1")
+        .bind(&id)
+        .fetch_one(state.db.pool())
+        .await?;
+    if used > 0 {
+        return Err(Error::conflict(format!(
+            "{used} organization(s) are on this plan; move them first"
+        )));
+    }
+    sqlx::query("DELETE FROM plans WHERE id = $1")
+        .bind(&id)
+        .execute(state.db.pool())
+        .await?;
+    state.plans.reload(&state.db).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The current period: the calendar month (UTC), as dates, end inclusive (seed 000).
+pub fn current_period() -> (String, String) {
+    let today = Utc::now().date_naive();
+    let start = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
+    let next = if today.month() == 12 {
+        NaiveDate::from_ymd_opt(today.year() + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(today.year(), today.month() + 1, 1)
+    };
+    let end = next.and_then(|n| n.pred_opt()).unwrap_or(today);
+    (start.to_string(), end.to_string())
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::UsageRead>,
+) -> Result<impl IntoResponse, Error> {
+    let org_id = access.org_id().to_string();
+    let plan_id: String = sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
+        .bind(&org_id)
+        .fetch_one(state.db.pool())
+        .await?;
+    let plan = state.plans.get(&plan_id);
+    let limit = |name: &str| plan.as_ref().and_then(|p| p.limit(name));
+    let (start, end) = current_period();
+    let mut body = Map::new();
+    body.insert("organization_id".into(), json!(org_id));
+    body.insert("plan".into(), json!(plan_id));
+    body.insert("period".into(), json!({"start": start, "end": end}));
+    for (name, limit_name, metric) in METERED {
+        let used = state
+            .usage
+            .current(&crate::limits::usage::Counter::new(
+                &org_id,
+                *metric,
+                crate::limits::usage::period_of(Utc::now()),
+            ))
+            .await?;
+        body.insert(
+            (*name).into(),
+            json!({"limit": limit(limit_name), "used": used}),
+        );
+    }
+    let members: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE organization_id = $1")
+            .bind(&org_id)
+            .fetch_one(state.db.pool())
+            .await?;
+    let projects: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE organization_id = $1")
+            .bind(&org_id)
+            .fetch_one(state.db.pool())
+            .await?;
+    body.insert(
+        "members".into(),
+        json!({"limit": limit("members"), "used": members}),
+    );
+    body.insert(
+        "projects".into(),
+        json!({"limit": limit("projects"), "used": projects}),
+    );
+    Ok(axum::Json(Value::Object(body)))
+}

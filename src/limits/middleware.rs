@@ -1,0 +1,509 @@
+//! The request path of SPEC §5: one middleware decides, for every control-plane request, which
+//! limits apply, checks them all in **one** `limiter.check`, puts `X-RateLimit-*` on every
+//! authenticated response (the most restrictive limit), refuses with 429 `rate_limit_exceeded`
+//! and `Retry-After`, and meters and enforces the monthly `api_requests` quota of organization
+//! requests (429 `quota_exceeded`, one `quota.exceeded` event per organization and period).
+//!
+//! Limits (keys of the limiter in brackets):
+//! - API key: its `rate_limit.requests_per_minute`, else `rate_limits.api_key_per_minute`
+//!   (`key:<id>:min`); authenticated from the key cache (no database round trip);
+//! - user: `rate_limits.user_per_minute` (`user:<id>:min`), from the access token's claims;
+//! - organization, per hour, from its plan in the catalogue (`org:<id>:hour`): for keys, for
+//!   tenant-scoped tokens and for users on `/v1/organizations/{org_id}/…` routes of an
+//!   organization they belong to;
+//! - per endpoint: `rate_limits.management_per_minute` for a user's mutating
+//!   `/v1/organizations/…` requests (`mgmt:user:<id>:min`), `rate_limits.analytics_per_minute`
+//!   for `…/analytics…` routes (`analytics:<caller>:min`);
+//! - unauthenticated requests: `rate_limits.unauthenticated_per_minute` per client IP
+//!   (`ip:<addr>:min`); `/health*` and `/metrics` are never limited.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{HeaderValue, Method},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use sqlx::Row;
+
+use super::LimitSpec;
+use crate::{
+    app::AppState,
+    error::{Error, ErrorCode},
+    events::{ActorContext, NewEvent},
+    http::request_meta::client_ip,
+    keys::cache::looks_like_key,
+    orgs::access::presented_key_in,
+};
+
+/// How long an organization's plan (and a user's membership) is trusted without a re-read.
+pub const ORG_CACHE_AGE: Duration = Duration::from_secs(30);
+const MAX_ENTRIES: usize = 100_000;
+
+/// The metric metered for every organization request.
+pub const API_REQUESTS: &str = "api_requests";
+
+/// (user id, `{org_id}` as given) → the organization's id (the user belongs to it), and when.
+type Memberships = HashMap<(String, String), (Option<String>, Instant)>;
+
+/// Caches of the request path: organization → plan, (user, `{org_id}`) → organization, and the
+/// quota notices already sent (so the table is not asked again on every refused request).
+#[derive(Debug, Default)]
+pub struct RequestLimits {
+    org_plans: Mutex<HashMap<String, (String, Instant)>>,
+    memberships: Mutex<Memberships>,
+    notified: Mutex<HashMap<(String, String), String>>,
+}
+
+impl RequestLimits {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets what is cached about an organization (its plan changed, it was deleted).
+    pub fn invalidate_org(&self, org_id: &str) {
+        lock(&self.org_plans).remove(org_id);
+        lock(&self.memberships).retain(|_, (id, _)| id.as_deref() != Some(org_id));
+    }
+
+    pub fn clear(&self) {
+        lock(&self.org_plans).clear();
+        lock(&self.memberships).clear();
+    }
+
+    async fn plan_of(&self, state: &AppState, org_id: &str) -> Result<String, Error> {
+        if let Some((plan, at)) = lock(&self.org_plans).get(org_id) {
+            if at.elapsed() < ORG_CACHE_AGE {
+                return Ok(plan.clone());
+            }
+        }
+        let plan: Option<String> =
+            sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
+                .bind(org_id)
+                .fetch_optional(state.db.pool())
+                .await?;
+        let plan = plan.unwrap_or_else(|| crate::billing::DEFAULT_PLAN.to_string());
+        let mut map = lock(&self.org_plans);
+        if map.len() >= MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(org_id.to_string(), (plan.clone(), Instant::now()));
+        Ok(plan)
+    }
+
+    /// The organization `{org_id}` (id or slug) names, if the user belongs to it.
+    async fn membership(
+        &self,
+        state: &AppState,
+        user_id: &str,
+        org_param: &str,
+    ) -> Result<Option<String>, Error> {
+        let k = (user_id.to_string(), org_param.to_string());
+        if let Some((org, at)) = lock(&self.memberships).get(&k) {
+            if at.elapsed() < ORG_CACHE_AGE {
+                return Ok(org.clone());
+            }
+        }
+        let row = sqlx::query(
+            "SELECT o.id, o.plan FROM organizations o \
+             JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
+             WHERE o.id = $2 OR o.slug = $2",
+        )
+        .bind(user_id)
+        .bind(org_param)
+        .fetch_optional(state.db.pool())
+        .await?;
+        let org = match row {
+            Some(r) => {
+                let id: String = r.try_get("id")?;
+                let plan: String = r.try_get("plan")?;
+                let mut plans = lock(&self.org_plans);
+                if plans.len() >= MAX_ENTRIES {
+                    plans.clear();
+                }
+                plans.insert(id.clone(), (plan, Instant::now()));
+                Some(id)
+            }
+            None => None,
+        };
+        // Only memberships are remembered: a user who joins is counted against the
+        // organization from their next request on.
+        if org.is_some() {
+            let mut map = lock(&self.memberships);
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+            map.insert(k, (org.clone(), Instant::now()));
+        }
+        Ok(org)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Who a request comes from, as far as limits care.
+enum Who {
+    Key {
+        id: String,
+        org_id: String,
+        per_minute: Option<u64>,
+    },
+    User {
+        id: String,
+        tenant_org: Option<String>,
+    },
+    Anonymous,
+}
+
+/// `{org_id}` of a `/v1/organizations/{org_id}[/…]` path.
+fn org_param(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/organizations/")?;
+    let seg = rest.split('/').next()?;
+    (!seg.is_empty()).then_some(seg)
+}
+
+fn exempt(path: &str) -> bool {
+    path == "/metrics" || path == "/health" || path.starts_with("/health/")
+}
+
+pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if exempt(&path) || req.method() == Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let ip = client_ip(&parts, &state.config.trusted_proxies);
+    let who = identify(&state, &parts, ip).await;
+    let req = Request::from_parts(parts, body);
+    match decide(&state, &path, req.method(), ip, &who).await {
+        Ok(Decision::Pass { headers }) => {
+            let mut res = next.run(req).await;
+            add_headers(&mut res, &headers);
+            res
+        }
+        Ok(Decision::Refuse { error, headers }) => {
+            let mut res = error.into_response();
+            add_headers(&mut res, &headers);
+            res
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn add_headers(res: &mut Response, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            res.headers_mut().insert(*name, v);
+        }
+    }
+}
+
+/// The caller, without a database round trip when it is known: API keys from the key cache,
+/// access tokens by their signature. A credential that does not verify makes the request
+/// anonymous here (the route refuses it with 401).
+async fn identify(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    ip: Option<std::net::IpAddr>,
+) -> Who {
+    if let Some(token) = presented_key_in(&parts.headers) {
+        let origin = parts.headers.get("origin").and_then(|v| v.to_str().ok());
+        return match state
+            .api_keys
+            .authenticate(&state.db, token, origin, ip)
+            .await
+        {
+            Ok(k) => Who::Key {
+                id: k.id.clone(),
+                org_id: k.organization_id.clone(),
+                per_minute: k
+                    .rate_limit
+                    .as_ref()
+                    .and_then(|r| r.get("requests_per_minute"))
+                    .and_then(|v| v.as_u64()),
+            },
+            Err(_) => Who::Anonymous,
+        };
+    }
+    if let Some(token) = crate::auth::extract::bearer(parts) {
+        if !looks_like_key(token) && token.len() <= 4096 {
+            if let Ok(claims) = state.keys.verify(token).await {
+                return Who::User {
+                    id: claims.sub,
+                    tenant_org: claims.tid,
+                };
+            }
+        }
+    }
+    Who::Anonymous
+}
+
+enum Decision {
+    Pass {
+        headers: Vec<(&'static str, String)>,
+    },
+    Refuse {
+        error: Error,
+        headers: Vec<(&'static str, String)>,
+    },
+}
+
+async fn decide(
+    state: &AppState,
+    path: &str,
+    method: &Method,
+    ip: Option<std::net::IpAddr>,
+    who: &Who,
+) -> Result<Decision, Error> {
+    let cfg = &state.config.rate_limits;
+    let analytics = path.contains("/analytics");
+    let mutating = !matches!(*method, Method::GET | Method::HEAD);
+    let mut specs = Vec::with_capacity(4);
+    // The organization the request counts against, if any.
+    let mut org: Option<String> = None;
+    match who {
+        Who::Key {
+            id,
+            org_id,
+            per_minute,
+        } => {
+            specs.push(LimitSpec::per_minute(
+                format!("key:{id}:min"),
+                per_minute.unwrap_or(cfg.api_key_per_minute),
+            ));
+            if analytics {
+                specs.push(LimitSpec::per_minute(
+                    format!("analytics:key:{id}:min"),
+                    cfg.analytics_per_minute,
+                ));
+            }
+            org = Some(org_id.clone());
+        }
+        Who::User { id, tenant_org } => {
+            specs.push(LimitSpec::per_minute(
+                format!("user:{id}:min"),
+                cfg.user_per_minute,
+            ));
+            if let Some(param) = org_param(path) {
+                if mutating {
+                    specs.push(LimitSpec::per_minute(
+                        format!("mgmt:user:{id}:min"),
+                        cfg.management_per_minute,
+                    ));
+                }
+                org = state.request_limits.membership(state, id, param).await?;
+            }
+            if org.is_none() {
+                org = tenant_org.clone();
+            }
+            if analytics {
+                specs.push(LimitSpec::per_minute(
+                    format!("analytics:user:{id}:min"),
+                    cfg.analytics_per_minute,
+                ));
+            }
+        }
+        Who::Anonymous => {
+            let Some(ip) = ip else {
+                return Ok(Decision::Pass {
+                    headers: Vec::new(),
+                });
+            };
+            let spec = [LimitSpec::per_minute(
+                format!("ip:{ip}:min"),
+                cfg.unauthenticated_per_minute,
+            )];
+            let v = state.limiter.check(&spec).await?;
+            if v.allowed {
+                // Headers are promised to authenticated callers only.
+                return Ok(Decision::Pass {
+                    headers: Vec::new(),
+                });
+            }
+            state
+                .metrics
+                .rate_limit_refusals
+                .get_or_create(&crate::metrics::RefusalLabels { reason: "ip" })
+                .inc();
+            return Ok(Decision::Refuse {
+                error: too_many(v.retry_after_secs().unwrap_or(1)),
+                headers: v.headers(),
+            });
+        }
+    }
+    let plan = match &org {
+        Some(org_id) => {
+            let plan_id = state.request_limits.plan_of(state, org_id).await?;
+            state.plans.get(&plan_id)
+        }
+        None => None,
+    };
+    if let (Some(org_id), Some(per_hour)) = (
+        &org,
+        plan.as_ref().and_then(|p| p.limit("requests_per_hour")),
+    ) {
+        specs.push(LimitSpec::per_hour(format!("org:{org_id}:hour"), per_hour));
+    }
+    let v = state.limiter.check(&specs).await?;
+    let headers = v.headers();
+    if !v.allowed {
+        let reason = match v.limiting.and_then(|i| specs.get(i)) {
+            Some(s) if s.key.starts_with("org:") => "organization",
+            Some(s) if s.key.starts_with("mgmt:") || s.key.starts_with("analytics:") => "endpoint",
+            Some(s) if s.key.starts_with("key:") => "key",
+            _ => "user",
+        };
+        state
+            .metrics
+            .rate_limit_refusals
+            .get_or_create(&crate::metrics::RefusalLabels { reason })
+            .inc();
+        return Ok(Decision::Refuse {
+            error: too_many(v.retry_after_secs().unwrap_or(1)),
+            headers,
+        });
+    }
+    // Monthly quota of the organization's API requests: refused when used up, else metered.
+    if let Some(org_id) = &org {
+        if let Some(quota) = plan
+            .as_ref()
+            .and_then(|p| p.limit("api_requests_per_month"))
+        {
+            let used = state.usage.used_this_month(org_id, API_REQUESTS).await?;
+            if used >= quota {
+                state
+                    .metrics
+                    .rate_limit_refusals
+                    .get_or_create(&crate::metrics::RefusalLabels { reason: "quota" })
+                    .inc();
+                notify_quota_exceeded(state, org_id, API_REQUESTS, quota, used).await;
+                return Ok(Decision::Refuse {
+                    error: Error::new(
+                        ErrorCode::QuotaExceeded,
+                        format!(
+                            "The organization has used its {quota} API requests for this month"
+                        ),
+                    )
+                    .with_retry_after(secs_to_next_period(chrono::Utc::now())),
+                    headers,
+                });
+            }
+        }
+        state.usage.record(org_id, API_REQUESTS, 1);
+    }
+    Ok(Decision::Pass { headers })
+}
+
+/// Seconds until the next monthly period (UTC) begins: when a quota is available again.
+pub fn secs_to_next_period(now: chrono::DateTime<chrono::Utc>) -> u64 {
+    use chrono::{Datelike, TimeZone};
+    let (y, m) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    chrono::Utc
+        .with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .map(|next| (next - now).num_seconds().max(1) as u64)
+        .unwrap_or(1)
+}
+
+fn too_many(retry_after: u64) -> Error {
+    Error::new(
+        ErrorCode::RateLimitExceeded,
+        format!("Rate limit exceeded; retry in {retry_after} s"),
+    )
+    .with_retry_after(retry_after)
+}
+
+/// Emits `quota.exceeded` once per organization, metric and period, across nodes and restarts:
+/// the event is emitted in the transaction whose insert into `quota_notices` succeeded.
+pub async fn notify_quota_exceeded(
+    state: &AppState,
+    org_id: &str,
+    metric: &str,
+    limit: u64,
+    used: u64,
+) {
+    let period = super::usage::period_of(chrono::Utc::now());
+    let k = (org_id.to_string(), metric.to_string());
+    if lock(&state.request_limits.notified).get(&k) == Some(&period) {
+        return;
+    }
+    let result = async {
+        let mut tx = crate::events::begin_write(&state.db).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO quota_notices (organization_id, metric, period, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(org_id)
+        .bind(metric)
+        .bind(&period)
+        .bind(crate::storage::now())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            crate::events::emit(
+                &mut tx,
+                &ActorContext::system(),
+                NewEvent::new("quota.exceeded", "organization", Some(org_id.to_string()))
+                    .organization(crate::ids::OrgId(org_id.to_string()))
+                    .data(serde_json::json!({
+                        "metric": metric,
+                        "period": period,
+                        "limit": limit,
+                        "used": used,
+                    })),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let mut notified = lock(&state.request_limits.notified);
+            if notified.len() >= MAX_ENTRIES {
+                notified.clear();
+            }
+            notified.insert(k, period);
+        }
+        Err(e) => tracing::error!(error = %e, org_id, metric, "could not record quota.exceeded"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn organization_routes_and_exemptions_are_recognised() {
+        assert_eq!(org_param("/v1/organizations/acme"), Some("acme"));
+        assert_eq!(org_param("/v1/organizations/org_1/members"), Some("org_1"));
+        assert_eq!(org_param("/v1/organizations"), None);
+        assert_eq!(org_param("/v1/organizations/"), None);
+        assert!(exempt("/health") && exempt("/health/ready") && exempt("/metrics"));
+        assert!(!exempt("/healthz") && !exempt("/v1/plans"));
+    }
+
+    #[test]
+    fn a_quota_is_back_at_the_next_month() {
+        let t = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 0)
+            .unwrap();
+        assert_eq!(secs_to_next_period(t), 60);
+        let t = chrono::Utc.with_ymd_and_hms(2026, 2, 28, 0, 0, 0).unwrap();
+        assert_eq!(secs_to_next_period(t), 86_400);
+    }
+}
