@@ -905,6 +905,9 @@ async fn platform_admin_lists_and_suspends_organizations(backend: Backend) {
         .get_as(&format!("/v1/admin/organizations/{id}"), &admin)
         .await;
     assert_eq!(detail.json["members"][0]["id"], alice.id);
+    assert_eq!(detail.json["usage"]["plan"], "smb");
+    assert_eq!(detail.json["usage"]["members"]["used"], 1);
+    assert_eq!(detail.json["usage"]["projects"]["used"], 1);
     assert_eq!(
         srv.get_as("/v1/admin/projects", &admin).await.json["total"],
         1

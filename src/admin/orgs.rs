@@ -106,6 +106,7 @@ async fn detail(
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let mut body = serde_json::to_value(org).map_err(anyhow::Error::from)?;
     body["members"] = members.into();
+    body["usage"] = crate::billing::usage_document(&state, &id).await?;
     Ok(axum::Json(body))
 }
 

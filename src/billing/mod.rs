@@ -468,7 +468,13 @@ async fn usage(
     State(state): State<AppState>,
     access: OrgAccess<perm::UsageRead>,
 ) -> Result<impl IntoResponse, Error> {
-    let org_id = access.org_id().to_string();
+    Ok(axum::Json(usage_document(&state, access.org_id()).await?))
+}
+
+/// An organization's usage this period against its plan's limits (the `…/usage` body; also in
+/// the platform admin's organization detail).
+pub async fn usage_document(state: &AppState, org_id: &str) -> Result<Value, Error> {
+    let org_id = org_id.to_string();
     let plan_id: String = sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
         .bind(&org_id)
         .fetch_one(state.db.pool())
@@ -512,5 +518,5 @@ async fn usage(
         "projects".into(),
         json!({"limit": limit("projects"), "used": projects}),
     );
-    Ok(axum::Json(Value::Object(body)))
+    Ok(Value::Object(body))
 }
