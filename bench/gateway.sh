@@ -31,7 +31,8 @@ if ! command -v nginx >/dev/null; then
   apt-get install -y -qq nginx-light >&2
 fi
 
-cargo build --release --quiet --bin gatehouse --example mock_upstream
+cargo build --release --quiet --bin gatehouse
+cargo build --release --quiet --features bench-tools --example mock_upstream
 
 work=$(mktemp -d)
 pids=()

@@ -1,6 +1,6 @@
 //! A mock OpenAI-compatible upstream for the gateway benchmark (`bench/gateway.sh`): answers
 //! `POST /v1/chat/completions` with the gateway's own deterministic mock, over keep-alive HTTP/1.1.
-//! Usage: `cargo run --release --example mock_upstream -- 127.0.0.1:19101`
+//! Usage: `cargo run --release --features bench-tools --example mock_upstream -- 127.0.0.1:19101`
 
 use axum::{body::Bytes, routing::post, Router};
 
