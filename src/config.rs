@@ -35,6 +35,7 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("gateway_idle_timeout_secs", "120", "gateway: a streamed answer with no byte for this long ends"),
     ("gateway_max_body_bytes", "10485760", "gateway: largest request body (413 above it)"),
     ("bootstrap_admin", "true", "create a platform admin (and print its password once) when the database has no users"),
+    ("rate_limits.gateway_key_per_minute", "60", "requests per minute per API key on the gateway routes (a key's rate_limit.requests_per_minute wins)"),
     ("rate_limits.api_key_per_minute", "100", "requests per minute per API key on platform routes (a key's rate_limit.requests_per_minute wins)"),
     ("rate_limits.user_per_minute", "600", "requests per minute per signed-in user (access tokens)"),
     ("rate_limits.management_per_minute", "300", "mutating /v1/organizations/… requests per minute per user"),
@@ -79,6 +80,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimits {
     pub api_key_per_minute: u64,
+    pub gateway_key_per_minute: u64,
     pub user_per_minute: u64,
     pub management_per_minute: u64,
     pub analytics_per_minute: u64,
@@ -92,6 +94,7 @@ impl Default for RateLimits {
     fn default() -> Self {
         RateLimits {
             api_key_per_minute: 100,
+            gateway_key_per_minute: 60,
             user_per_minute: 600,
             management_per_minute: 300,
             analytics_per_minute: 60,

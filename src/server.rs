@@ -106,8 +106,12 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     )?;
     bus.spawn_listener();
     let metrics = Metrics::new();
-    let (gateway, _usage_task) =
-        crate::gateway::usage::UsageWriter::spawn(db.clone(), metrics.gateway.clone());
+    let (gateway, _usage_task) = crate::gateway::usage::UsageWriter::spawn(
+        db.clone(),
+        metrics.gateway.clone(),
+        usage.clone(),
+        limiter.clone(),
+    );
     let gateway_client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(config.gateway_connect_timeout_secs))
         // Idle stream: no byte from the provider for this long ends the response.

@@ -17,6 +17,7 @@ on_both_databases!(
     anthropic_and_gemini_formats_with_their_own_credentials,
     azure_deployments_are_routed_with_the_api_key_header,
     slow_providers_time_out_and_big_bodies_are_refused,
+    gateway_limits_and_quotas_count_requests_and_tokens,
 );
 
 struct Setup {
@@ -49,18 +50,25 @@ async fn key(srv: &TestServer, s: &Setup, body: Value) -> String {
 }
 
 async fn logs(srv: &TestServer, s: &Setup, want: usize) -> Value {
+    // The writer stores entries off the request path: wait for them in the table (not through
+    // the analytics route, which has its own rate limit), then read them through the API.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let res = srv
-            .get_as(&format!("{}/analytics/logs", s.base), &s.owner)
-            .await;
-        assert_eq!(res.status, 200, "{}", res.text);
-        if res.json["logs"].as_array().unwrap().len() >= want {
-            return res.json;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs")
+            .fetch_one(srv.state.db.pool())
+            .await
+            .unwrap();
+        if n as usize >= want {
+            break;
         }
-        assert!(std::time::Instant::now() < deadline, "only {}", res.text);
+        assert!(std::time::Instant::now() < deadline, "only {n} usage logs");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    let res = srv
+        .get_as(&format!("{}/analytics/logs", s.base), &s.owner)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    res.json
 }
 
 async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
@@ -772,4 +780,75 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
     srv.post_as("/openai/v1/chat/completions", &live, &big)
         .await
         .assert_error(413, "payload_too_large");
+}
+
+async fn gateway_limits_and_quotas_count_requests_and_tokens(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
+    // Gateway routes default to 60 requests per minute per key.
+    let plain = key(
+        &srv,
+        &s,
+        json!({"name": "p", "environment": "test", "scopes": ["gateway:proxy"]}),
+    )
+    .await;
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &plain, &chat)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.header("x-ratelimit-limit"), Some("60"));
+    // The Gemini SDK's ?key= is the same key for the limiter.
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url(&format!(
+                    "/google/v1beta/models/gemini-2.0-flash:generateContent?key={plain}"
+                )))
+                .json(&json!({"contents": [{"parts": [{"text": "hi"}]}]})),
+        )
+        .await;
+    assert_eq!(
+        res.header("x-ratelimit-limit"),
+        Some("60"),
+        "{:?}",
+        res.headers
+    );
+
+    // Tokens per minute: one request of 11 tokens uses up a limit of 10; the next is refused.
+    let tpm = key(&srv, &s, json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"], "rate_limit": {"requests_per_minute": 100, "tokens_per_minute": 10}})).await;
+    assert_eq!(
+        srv.post_as("/openai/v1/chat/completions", &tpm, &chat)
+            .await
+            .status,
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = srv
+            .post_as("/openai/v1/chat/completions", &tpm, &chat)
+            .await;
+        if res.status == 429 {
+            res.assert_error(429, "rate_limit_exceeded");
+            assert!(res.header("retry-after").is_some());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tokens per minute never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Gateway requests and tokens are metered for the monthly quotas.
+    // (Three answered: 11 + 5 + 11 tokens; refused requests reach no provider.)
+    logs(&srv, &s, 3).await;
+    srv.state.usage.flush().await.unwrap();
+    let usage = srv.get_as(&format!("{}/usage", s.base), &s.owner).await;
+    assert!(
+        usage.json["gateway_requests"]["used"].as_u64().unwrap() >= 3,
+        "{}",
+        usage.text
+    );
+    assert_eq!(usage.json["gateway_tokens"]["used"], 27, "{}", usage.text);
 }

@@ -29,7 +29,7 @@ use crate::{
 const MAX_ATTEMPTS: usize = 3;
 
 /// The key as the OpenAI SDK sends it (and the other spellings the gateway accepts).
-fn gateway_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<String> {
+pub fn gateway_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(k) = crate::orgs::access::presented_key_in(headers) {
         return Some(k.to_string());
     }
@@ -320,6 +320,11 @@ async fn handle(
         path: uri.path().to_string(),
         status: res.status().as_u16(),
         streamed,
+        tokens_per_minute: key
+            .rate_limit
+            .as_ref()
+            .and_then(|r| r.get("tokens_per_minute"))
+            .and_then(|v| v.as_u64()),
         ..Default::default()
     };
     let (mut parts, body) = res.into_parts();

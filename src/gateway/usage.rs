@@ -38,6 +38,8 @@ pub struct UsageRecord {
     pub prompt_tokens: i64,
     pub completion_tokens: i64,
     pub streamed: bool,
+    /// The key's tokens-per-minute limit, charged with this request's tokens when it ends.
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// Prices per million tokens, from `data/prices.json`.
@@ -70,6 +72,8 @@ impl Prices {
 
 pub struct UsageWriter {
     tx: mpsc::Sender<UsageRecord>,
+    meter: crate::limits::usage::UsageMeter,
+    limiter: Arc<dyn crate::limits::RateLimiter>,
     metrics: crate::metrics::GatewayMetrics,
     pub dropped: AtomicU64,
     stop: Arc<Notify>,
@@ -87,12 +91,16 @@ impl UsageWriter {
     pub fn spawn(
         db: Db,
         metrics: crate::metrics::GatewayMetrics,
+        meter: crate::limits::usage::UsageMeter,
+        limiter: Arc<dyn crate::limits::RateLimiter>,
     ) -> (Arc<UsageWriter>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stop = Arc::new(Notify::new());
         let prices = Prices::builtin();
         let writer = Arc::new(UsageWriter {
             tx,
+            meter,
+            limiter,
             metrics: metrics.clone(),
             dropped: AtomicU64::new(0),
             stop: stop.clone(),
@@ -129,6 +137,28 @@ impl UsageWriter {
                 .inc_by(n.max(0) as u64);
         }
         m.usage_queue_depth.set(self.queue_depth() as i64 + 1);
+        // Monthly token quota and the key's tokens-per-minute limit.
+        let tokens = (r.prompt_tokens + r.completion_tokens).max(0) as u64;
+        if tokens > 0 {
+            self.meter.record(
+                &r.organization_id,
+                crate::limits::middleware::GATEWAY_TOKENS,
+                tokens,
+            );
+            if let Some(tpm) = r.tokens_per_minute {
+                let limiter = self.limiter.clone();
+                let spec = crate::limits::LimitSpec::per_minute(
+                    crate::limits::middleware::tokens_key(&r.key_id),
+                    tpm,
+                )
+                .with_cost(tokens);
+                tokio::spawn(async move {
+                    if let Err(e) = limiter.charge(&spec).await {
+                        tracing::warn!(error = %e, "charging tokens per minute failed");
+                    }
+                });
+            }
+        }
         if self.tx.try_send(r).is_err() {
             m.usage_dropped.inc();
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

@@ -55,12 +55,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             state.config.request_timeout(),
         ))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-        // Rate limits and quotas (SPEC §5): every limit of the request in one check.
-        .layer(mw::from_fn_with_state(
-            state.clone(),
-            crate::limits::middleware::rate_limit,
-        ));
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
 
     control_plane
         // The data plane: no control-plane timeout (streams last), its own body limit.
@@ -68,6 +63,12 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             state.config.gateway_max_body_bytes,
         ))
         .fallback(middleware::not_found)
+        // Rate limits and quotas (SPEC §5), control plane and gateway alike: every limit of the
+        // request in one check.
+        .layer(mw::from_fn_with_state(
+            state.clone(),
+            crate::limits::middleware::rate_limit,
+        ))
         .layer(mw::from_fn_with_state(
             state.clone(),
             crate::keys::cors::cors,

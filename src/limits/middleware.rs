@@ -47,6 +47,8 @@ const MAX_ENTRIES: usize = 100_000;
 
 /// The metric metered for every organization request.
 pub const API_REQUESTS: &str = "api_requests";
+pub const GATEWAY_REQUESTS: &str = "gateway_requests";
+pub const GATEWAY_TOKENS: &str = "gateway_tokens";
 
 /// (user id, `{org_id}` as given) → the organization's id (the user belongs to it), and when.
 type Memberships = HashMap<(String, String), (Option<String>, Instant)>;
@@ -154,12 +156,25 @@ enum Who {
         id: String,
         org_id: String,
         per_minute: Option<u64>,
+        tokens_per_minute: Option<u64>,
     },
     User {
         id: String,
         tenant_org: Option<String>,
     },
     Anonymous,
+}
+
+/// The AI gateway's proxy routes (their own per-key default and monthly quotas).
+pub fn is_gateway_path(path: &str) -> bool {
+    ["/openai/", "/anthropic/", "/google/", "/azure/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
+/// The key a token-per-minute limit is kept under (charged when a gateway response ends).
+pub fn tokens_key(key_id: &str) -> String {
+    format!("tpm:{key_id}:min")
 }
 
 /// `{org_id}` of a `/v1/organizations/{org_id}[/…]` path.
@@ -213,7 +228,13 @@ async fn identify(
     parts: &axum::http::request::Parts,
     ip: Option<std::net::IpAddr>,
 ) -> Who {
-    if let Some(token) = presented_key_in(&parts.headers) {
+    let gateway_token = is_gateway_path(parts.uri.path())
+        .then(|| crate::gateway::proxy::gateway_key(&parts.headers, parts.uri.query()))
+        .flatten();
+    if let Some(token) = gateway_token
+        .as_deref()
+        .or_else(|| presented_key_in(&parts.headers))
+    {
         let origin = parts.headers.get("origin").and_then(|v| v.to_str().ok());
         return match state
             .api_keys
@@ -227,6 +248,11 @@ async fn identify(
                     .rate_limit
                     .as_ref()
                     .and_then(|r| r.get("requests_per_minute"))
+                    .and_then(|v| v.as_u64()),
+                tokens_per_minute: k
+                    .rate_limit
+                    .as_ref()
+                    .and_then(|r| r.get("tokens_per_minute"))
                     .and_then(|v| v.as_u64()),
             },
             Err(_) => Who::Anonymous,
@@ -264,6 +290,7 @@ async fn decide(
 ) -> Result<Decision, Error> {
     let cfg = &state.config.rate_limits;
     let analytics = path.contains("/analytics");
+    let gateway = is_gateway_path(path);
     let mutating = !matches!(*method, Method::GET | Method::HEAD);
     let mut specs = Vec::with_capacity(4);
     // The organization the request counts against, if any.
@@ -273,11 +300,21 @@ async fn decide(
             id,
             org_id,
             per_minute,
+            tokens_per_minute,
         } => {
+            let default = if gateway {
+                cfg.gateway_key_per_minute
+            } else {
+                cfg.api_key_per_minute
+            };
             specs.push(LimitSpec::per_minute(
                 format!("key:{id}:min"),
-                per_minute.unwrap_or(cfg.api_key_per_minute),
+                per_minute.unwrap_or(default),
             ));
+            if let (true, Some(tpm)) = (gateway, tokens_per_minute) {
+                // Cost 0: refused only while the tokens already used are over the limit.
+                specs.push(LimitSpec::per_minute(tokens_key(id), *tpm).with_cost(0));
+            }
             if analytics {
                 specs.push(LimitSpec::per_minute(
                     format!("analytics:key:{id}:min"),
@@ -357,7 +394,7 @@ async fn decide(
         let reason = match v.limiting.and_then(|i| specs.get(i)) {
             Some(s) if s.key.starts_with("org:") => "organization",
             Some(s) if s.key.starts_with("mgmt:") || s.key.starts_with("analytics:") => "endpoint",
-            Some(s) if s.key.starts_with("key:") => "key",
+            Some(s) if s.key.starts_with("key:") || s.key.starts_with("tpm:") => "key",
             _ => "user",
         };
         state
@@ -370,25 +407,38 @@ async fn decide(
             headers,
         });
     }
-    // Monthly quota of the organization's API requests: refused when used up, else metered.
+    // Monthly quotas: the organization's API requests, or its gateway requests and tokens.
+    // Refused when used up, else metered (gateway tokens are metered when the answer ends).
+    let (metric, quotas): (&str, &[(&str, &str)]) = if gateway {
+        (
+            GATEWAY_REQUESTS,
+            &[
+                (GATEWAY_REQUESTS, "gateway_requests_per_month"),
+                (GATEWAY_TOKENS, "gateway_tokens_per_month"),
+            ],
+        )
+    } else {
+        (API_REQUESTS, &[(API_REQUESTS, "api_requests_per_month")])
+    };
     if let Some(org_id) = &org {
-        if let Some(quota) = plan
-            .as_ref()
-            .and_then(|p| p.limit("api_requests_per_month"))
-        {
-            let used = state.usage.used_this_month(org_id, API_REQUESTS).await?;
+        for (quota_metric, limit_name) in quotas {
+            let Some(quota) = plan.as_ref().and_then(|p| p.limit(limit_name)) else {
+                continue;
+            };
+            let used = state.usage.used_this_month(org_id, quota_metric).await?;
             if used >= quota {
                 state
                     .metrics
                     .rate_limit_refusals
                     .get_or_create(&crate::metrics::RefusalLabels { reason: "quota" })
                     .inc();
-                notify_quota_exceeded(state, org_id, API_REQUESTS, quota, used).await;
+                notify_quota_exceeded(state, org_id, quota_metric, quota, used).await;
                 return Ok(Decision::Refuse {
                     error: Error::new(
                         ErrorCode::QuotaExceeded,
                         format!(
-                            "The organization has used its {quota} API requests for this month"
+                            "The organization has used its {quota} {} for this month",
+                            quota_metric.replace('_', " ")
                         ),
                     )
                     .with_retry_after(secs_to_next_period(chrono::Utc::now())),
@@ -396,7 +446,7 @@ async fn decide(
                 });
             }
         }
-        state.usage.record(org_id, API_REQUESTS, 1);
+        state.usage.record(org_id, metric, 1);
     }
     Ok(Decision::Pass { headers })
 }
