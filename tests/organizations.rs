@@ -22,6 +22,7 @@ on_both_databases!(
     platform_admin_lists_and_suspends_organizations,
     every_org_route_is_isolated_between_organizations,
     every_role_gets_exactly_its_permissions,
+    plans_cap_members_and_projects,
 );
 
 struct Person {
@@ -1252,4 +1253,56 @@ async fn every_role_gets_exactly_its_permissions(backend: Backend) {
         }
     }
     let _ = find_code;
+}
+
+async fn plans_cap_members_and_projects(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = person(&srv, "alice@example.com").await;
+    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
+    let base = format!("/v1/organizations/{}", org["id"].as_str().unwrap());
+    let res = srv
+        .patch_as(
+            "/v1/admin/plans/smb",
+            &admin,
+            &json!({"limits": {"projects": 1, "members": 2}}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        srv.post_as(
+            &format!("{base}/projects"),
+            &alice.token,
+            &json!({"name": "one"})
+        )
+        .await
+        .status,
+        201
+    );
+    let res = srv
+        .post_as(
+            &format!("{base}/projects"),
+            &alice.token,
+            &json!({"name": "two"}),
+        )
+        .await;
+    res.assert_error(429, "quota_exceeded");
+    // The owner and one pending invitation fill two seats.
+    let res = srv
+        .post_as(
+            &format!("{base}/invitations"),
+            &alice.token,
+            &json!({"email": "b@example.com", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    srv.post_as(
+        &format!("{base}/members"),
+        &alice.token,
+        &json!({"email": "c@example.com", "role": "viewer"}),
+    )
+    .await
+    .assert_error(429, "quota_exceeded");
+    let usage = srv.get_as(&format!("{base}/usage"), &alice.token).await;
+    assert_eq!(usage.json["projects"], json!({"limit": 1, "used": 1}));
 }

@@ -520,3 +520,28 @@ pub async fn usage_document(state: &AppState, org_id: &str) -> Result<Value, Err
     );
     Ok(Value::Object(body))
 }
+
+/// Refuses with 429 `quota_exceeded` when an organization already has as many `what` (members,
+/// projects) as its plan allows (`limit_name` in the plan's `limits`; absent = unlimited).
+pub async fn check_count_quota(
+    state: &AppState,
+    org_id: &str,
+    limit_name: &str,
+    what: &str,
+    current: i64,
+) -> Result<(), Error> {
+    let plan_id: String = sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
+        .bind(org_id)
+        .fetch_one(state.db.pool())
+        .await?;
+    let Some(limit) = state.plans.get(&plan_id).and_then(|p| p.limit(limit_name)) else {
+        return Ok(());
+    };
+    if current as u64 >= limit {
+        return Err(Error::new(
+            crate::error::ErrorCode::QuotaExceeded,
+            format!("The {plan_id} plan allows {limit} {what}; upgrade the plan to add more"),
+        ));
+    }
+    Ok(())
+}

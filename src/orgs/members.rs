@@ -258,6 +258,16 @@ pub async fn invite<P>(
             "A pending invitation for this email exists; resend it instead",
         ));
     }
+    // Members and pending invitations both count against the plan's members.
+    let seats: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM memberships WHERE organization_id = $1) + \
+         (SELECT COUNT(*) FROM invitations WHERE organization_id = $1 AND status = 'pending' AND expires_at > $2)",
+    )
+    .bind(access.org_id())
+    .bind(&now)
+    .fetch_one(state.db.pool())
+    .await?;
+    crate::billing::check_count_quota(state, access.org_id(), "members", "members", seats).await?;
     let id = crate::ids::new_id("inv");
     let (token, hash) = new_token();
     let mut tx = crate::events::begin_write(&state.db).await?;

@@ -167,6 +167,12 @@ pub async fn create(
     Json(body): Json<ProjectInput>,
 ) -> Result<impl IntoResponse, Error> {
     body.validate(true)?;
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE organization_id = $1")
+        .bind(access.org_id())
+        .fetch_one(state.db.pool())
+        .await?;
+    crate::billing::check_count_quota(&state, access.org_id(), "projects", "projects", count)
+        .await?;
     let id = crate::ids::new_id("proj");
     let now = storage::now();
     let mut tx = crate::events::begin_write(&state.db).await?;
