@@ -25,7 +25,7 @@ use crate::{
     http::request_meta::RequestMeta,
     http::{
         extract::{Json, Path, Query},
-        pagination::{HasId, List, Page},
+        pagination::{HasId, Page},
     },
     ids::UserId,
     storage::{self, Sql},
@@ -80,7 +80,7 @@ async fn list_users(
     page: Page,
     Query(filter): Query<UserFilter>,
 ) -> Result<impl IntoResponse, Error> {
-    let mut where_ = Sql::new(" WHERE 1 = 1");
+    let mut where_ = Sql::new(" FROM users WHERE 1 = 1");
     if let Some(q) = filter.q.as_deref().filter(|q| !q.trim().is_empty()) {
         let pattern = like_pattern(q);
         where_
@@ -93,18 +93,18 @@ async fn list_users(
     if let Some(status) = filter.status {
         where_.and("status = ?", status);
     }
-    let total: i64 = Sql::prefixed("SELECT COUNT(*) FROM users", &where_)
-        .query_scalar()
-        .fetch_one(state.db.pool())
+    let select = format!("SELECT {USER_COLUMNS}");
+    let list = page
+        .fetch(
+            &state.db,
+            "users",
+            &select,
+            &where_,
+            "id DESC",
+            User::from_row,
+        )
         .await?;
-    let mut q = Sql::prefixed(&format!("SELECT {USER_COLUMNS} FROM users"), &where_);
-    page.apply_offset(&mut q, "id DESC");
-    let rows = q.query().fetch_all(state.db.pool()).await?;
-    let users = rows
-        .iter()
-        .map(User::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(axum::Json(List::from_rows("users", users, total, &page)))
+    Ok(axum::Json(list))
 }
 
 async fn load_user(state: &AppState, id: &str) -> Result<User, Error> {

@@ -12,7 +12,7 @@ use crate::{
     error::{Error, FieldError},
     http::{
         extract::{Json, Path, Query},
-        pagination::{List, Page},
+        pagination::Page,
         routes::Routes,
     },
     orgs::{
@@ -60,23 +60,17 @@ async fn list(
         }
         sql.and("o.status = ?", status);
     }
-    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &sql)
-        .query_scalar()
-        .fetch_one(state.db.pool())
+    let list = page
+        .fetch(
+            &state.db,
+            "organizations",
+            ORG_SELECT,
+            &sql,
+            "o.id DESC",
+            Organization::from_row,
+        )
         .await?;
-    let mut q = Sql::prefixed(ORG_SELECT, &sql);
-    page.apply_offset(&mut q, "o.id DESC");
-    let rows = q.query().fetch_all(state.db.pool()).await?;
-    let orgs = rows
-        .iter()
-        .map(Organization::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(axum::Json(List::from_rows(
-        "organizations",
-        orgs,
-        total,
-        &page,
-    )))
+    Ok(axum::Json(list))
 }
 
 async fn detail(

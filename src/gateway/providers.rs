@@ -13,7 +13,7 @@ use crate::{
     error::{Error, FieldError},
     http::{
         extract::{Json, Path},
-        pagination::{HasId, List, Page},
+        pagination::{HasId, Page},
     },
     orgs::{access::OrgAccess, roles::perm},
     storage::{self, Db, RowExt, Sql},
@@ -282,23 +282,18 @@ pub async fn list(
 ) -> Result<impl IntoResponse, Error> {
     let mut sql = Sql::new(" FROM providers WHERE organization_id = ");
     sql.bind(access.org_id().to_string());
-    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &sql)
-        .query_scalar()
-        .fetch_one(state.db.pool())
+    let select = format!("SELECT {COLUMNS}");
+    let list = page
+        .fetch(
+            &state.db,
+            "providers",
+            &select,
+            &sql,
+            "priority, id",
+            Provider::from_row,
+        )
         .await?;
-    let mut q = Sql::prefixed(&format!("SELECT {COLUMNS}"), &sql);
-    page.apply_offset(&mut q, "priority, id");
-    let rows = q.query().fetch_all(state.db.pool()).await?;
-    let items = rows
-        .iter()
-        .map(Provider::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(axum::Json(List::from_rows(
-        "providers",
-        items,
-        total,
-        &page,
-    )))
+    Ok(axum::Json(list))
 }
 
 pub async fn get(

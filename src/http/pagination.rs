@@ -209,6 +209,31 @@ impl<T: Serialize> Serialize for List<T> {
     }
 }
 
+impl Page {
+    /// One offset page of a list: the total of rows matching `filter` (` FROM … WHERE …`, with
+    /// its bound values), then the page's rows (`select` + `filter` + `ORDER BY order_by`),
+    /// decoded by `decode` — the one implementation every offset-paged list uses.
+    pub async fn fetch<T: HasId>(
+        &self,
+        db: &crate::storage::Db,
+        key: &'static str,
+        select: &str,
+        filter: &Sql,
+        order_by: &str,
+        decode: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+    ) -> Result<List<T>, Error> {
+        let total: i64 = Sql::prefixed("SELECT COUNT(*)", filter)
+            .query_scalar()
+            .fetch_one(db.pool())
+            .await?;
+        let mut q = Sql::prefixed(select, filter);
+        self.apply_offset(&mut q, order_by);
+        let rows = q.query().fetch_all(db.pool()).await?;
+        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(List::from_rows(key, items, total, self))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

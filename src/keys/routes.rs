@@ -12,7 +12,7 @@ use crate::{
     error::{Error, FieldError},
     http::{
         extract::{Json, Path, Query},
-        pagination::{HasId, List, Page},
+        pagination::{HasId, Page},
         routes::Routes,
     },
     orgs::{access::OrgAccess, projects::is_origin, roles::perm},
@@ -408,18 +408,18 @@ async fn list(
             ))
         }
     }
-    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &sql)
-        .query_scalar()
-        .fetch_one(state.db.pool())
+    let select = format!("SELECT {COLUMNS}");
+    let list = page
+        .fetch(
+            &state.db,
+            "api_keys",
+            &select,
+            &sql,
+            "id DESC",
+            ApiKey::from_row,
+        )
         .await?;
-    let mut q = Sql::prefixed(&format!("SELECT {COLUMNS}"), &sql);
-    page.apply_offset(&mut q, "id DESC");
-    let rows = q.query().fetch_all(state.db.pool()).await?;
-    let keys = rows
-        .iter()
-        .map(ApiKey::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(axum::Json(List::from_rows("api_keys", keys, total, &page)))
+    Ok(axum::Json(list))
 }
 
 async fn get(

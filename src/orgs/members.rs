@@ -397,23 +397,18 @@ pub async fn list_invitations(
             ))
         }
     }
-    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &sql)
-        .query_scalar()
-        .fetch_one(state.db.pool())
+    let select = format!("SELECT {INVITATION_COLUMNS}");
+    let list = page
+        .fetch(
+            &state.db,
+            "invitations",
+            &select,
+            &sql,
+            "id DESC",
+            Invitation::from_row,
+        )
         .await?;
-    let mut q = Sql::prefixed(&format!("SELECT {INVITATION_COLUMNS}"), &sql);
-    page.apply_offset(&mut q, "id DESC");
-    let rows = q.query().fetch_all(state.db.pool()).await?;
-    let items = rows
-        .iter()
-        .map(Invitation::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(axum::Json(List::from_rows(
-        "invitations",
-        items,
-        total,
-        &page,
-    )))
+    Ok(axum::Json(list))
 }
 
 pub async fn resend_invitation(

@@ -14,7 +14,7 @@ use crate::{
     http::request_meta::RequestMeta,
     http::{
         extract::{Json, Query},
-        pagination::{HasId, List, Page},
+        pagination::{HasId, Page},
     },
     ids::OrgId,
     orgs::{
@@ -353,23 +353,18 @@ pub async fn list_mine(
         " FROM organizations o JOIN memberships m ON m.organization_id = o.id WHERE m.user_id = ",
     );
     filter.bind(auth.user.id.0.clone());
-    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &filter)
-        .query_scalar()
-        .fetch_one(state.db.pool())
+    let select = format!("{ORG_SELECT}, m.role AS role");
+    let list = page
+        .fetch(
+            &state.db,
+            "organizations",
+            &select,
+            &filter,
+            "o.id",
+            Organization::from_row,
+        )
         .await?;
-    let mut q = Sql::prefixed(&format!("{ORG_SELECT}, m.role AS role"), &filter);
-    page.apply_offset(&mut q, "o.id");
-    let rows = q.query().fetch_all(state.db.pool()).await?;
-    let orgs = rows
-        .iter()
-        .map(Organization::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(axum::Json(List::from_rows(
-        "organizations",
-        orgs,
-        total,
-        &page,
-    )))
+    Ok(axum::Json(list))
 }
 
 #[derive(Debug, Deserialize)]

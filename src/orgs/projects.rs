@@ -216,18 +216,9 @@ pub async fn list(
 
 /// One page of projects matching `filter` (`FROM projects WHERE …`).
 pub async fn list_projects(db: &Db, filter: &Sql, page: &Page) -> Result<List<Project>, Error> {
-    let total: i64 = Sql::prefixed("SELECT COUNT(*)", filter)
-        .query_scalar()
-        .fetch_one(db.pool())
-        .await?;
-    let mut q = Sql::prefixed(&format!("SELECT {PROJECT_COLUMNS}"), filter);
-    page.apply_offset(&mut q, "id");
-    let rows = q.query().fetch_all(db.pool()).await?;
-    let items = rows
-        .iter()
-        .map(Project::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(List::from_rows("projects", items, total, page))
+    let select = format!("SELECT {PROJECT_COLUMNS}");
+    page.fetch(db, "projects", &select, filter, "id", Project::from_row)
+        .await
 }
 
 pub async fn get(
