@@ -22,6 +22,7 @@ use crate::{
     app::AppState,
     error::{Error, ErrorCode},
     http::{middleware::Passthrough, request_meta::RequestMeta},
+    keys::cache::VerifiedKey,
     orgs::roles::Permission,
 };
 
@@ -116,10 +117,12 @@ macro_rules! route {
             meta: RequestMeta,
             method: Method,
             OriginalUri(uri): OriginalUri,
+            verified: Option<axum::Extension<VerifiedKey>>,
             headers: HeaderMap,
             body: Bytes,
         ) -> Result<Response, Error> {
-            handle(&$spec, state, meta, method, uri, headers, body).await
+            let verified = verified.map(|axum::Extension(v)| v.0);
+            handle(&$spec, state, meta, method, uri, verified, headers, body).await
         }
     };
 }
@@ -170,12 +173,14 @@ fn mock_answer(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     spec: &Spec,
     state: AppState,
     meta: RequestMeta,
     method: Method,
     uri: axum::http::Uri,
+    verified: Option<std::sync::Arc<crate::keys::cache::CachedKey>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
@@ -183,16 +188,20 @@ async fn handle(
     let token = gateway_key(&headers, uri.query())
         .ok_or_else(|| Error::unauthorized("Send a gateway API key: Authorization: Bearer sk_…"))?;
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let key = match state
-        .api_keys
-        .authenticate(&state.db, &token, origin, meta.ip)
-        .await
-    {
-        Ok(k) => k,
-        Err(e) => {
-            crate::keys::routes::record_refusal(&state, &meta, &token, &e);
-            return Err(e);
-        }
+    // Verified once per request: by the rate-limit middleware when it ran, else here.
+    let key = match verified {
+        Some(k) => k,
+        None => match state
+            .api_keys
+            .authenticate(&state.db, &token, origin, meta.ip)
+            .await
+        {
+            Ok(k) => k,
+            Err(e) => {
+                crate::keys::routes::record_refusal(&state, &meta, &token, &e);
+                return Err(e);
+            }
+        },
     };
     if !key.allows("gateway:proxy")
         || !key

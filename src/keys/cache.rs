@@ -72,6 +72,11 @@ impl CachedKey {
     }
 }
 
+/// A key the rate-limit middleware has already verified for this request (in the request
+/// extensions), so that the gateway handler does not verify it a second time.
+#[derive(Debug, Clone)]
+pub struct VerifiedKey(pub Arc<CachedKey>);
+
 enum Entry {
     Known(Arc<CachedKey>),
     Unknown(Instant),

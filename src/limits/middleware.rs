@@ -153,6 +153,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Who a request comes from, as far as limits care.
 enum Who {
     Key {
+        key: std::sync::Arc<crate::keys::cache::CachedKey>,
         id: String,
         org_id: String,
         per_minute: Option<u64>,
@@ -193,9 +194,14 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     if exempt(&path) || req.method() == Method::OPTIONS {
         return next.run(req).await;
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let ip = client_ip(&parts, &state.config.trusted_proxies);
     let who = identify(&state, &parts, ip).await;
+    if let Who::Key { key, .. } = &who {
+        parts
+            .extensions
+            .insert(crate::keys::cache::VerifiedKey(key.clone()));
+    }
     let req = Request::from_parts(parts, body);
     match decide(&state, &path, req.method(), ip, &who).await {
         Ok(Decision::Pass { headers }) => {
@@ -242,6 +248,7 @@ async fn identify(
             .await
         {
             Ok(k) => Who::Key {
+                key: k.clone(),
                 id: k.id.clone(),
                 org_id: k.organization_id.clone(),
                 per_minute: k
@@ -297,6 +304,7 @@ async fn decide(
     let mut org: Option<String> = None;
     match who {
         Who::Key {
+            key: _,
             id,
             org_id,
             per_minute,
