@@ -95,7 +95,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     };
     let limiter = limits::from_config(redis.as_ref());
     let usage = UsageMeter::new(db.clone());
-    usage.spawn_flusher(limits::usage::FLUSH_EVERY);
+    usage.spawn_flusher(Duration::from_millis(config.usage_flush_ms.max(10)));
     let api_keys = Arc::new(crate::keys::cache::KeyCache::new());
     let bus = crate::keys::bus::Bus::new(
         api_keys.clone(),
@@ -120,6 +120,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         .build()?;
     let plans = Arc::new(crate::billing::PlanCatalogue::load(&db).await?);
     plans.spawn_refresher(db.clone(), crate::billing::REFRESH_EVERY);
+    let request_limits = Arc::new(crate::limits::middleware::RequestLimits::new());
+    bus.attach_plans(plans.clone());
+    bus.attach_request_limits(request_limits.clone());
     Ok(AppState::new(Inner {
         config,
         db,
@@ -135,7 +138,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         limiter,
         usage,
         plans,
-        request_limits: Arc::new(crate::limits::middleware::RequestLimits::new()),
+        request_limits,
         started_at: Instant::now(),
     }))
 }

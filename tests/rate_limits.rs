@@ -23,6 +23,7 @@ on_both_databases!(
     parallel_requests_with_one_key_exactly_the_limit_succeeds_on_redis,
     two_nodes_sharing_redis_enforce_one_limit,
     a_tenant_scoped_token_counts_against_its_organization,
+    a_plan_edit_reaches_every_node_at_once_and_is_audited,
 );
 
 struct Org {
@@ -613,4 +614,52 @@ async fn a_tenant_scoped_token_counts_against_its_organization(backend: Backend)
         .assert_error(429, "rate_limit_exceeded");
     // The same user unscoped, outside the organization's routes, is not charged to it.
     assert_eq!(srv.get_as("/v1/plans", &o.owner).await.status, 200);
+}
+
+async fn a_plan_edit_reaches_every_node_at_once_and_is_audited(backend: Backend) {
+    if !common::redis_available("a_plan_edit_reaches_every_node").await {
+        return;
+    }
+    let srv = with_redis(backend).await;
+    let (b, node_b) = second_node(&srv).await;
+    let admin = srv.admin_token().await;
+    let plans_on_b = || async {
+        let res = srv
+            .client
+            .get(format!("{b}/v1/plans"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        res.json::<Value>().await.unwrap()
+    };
+    assert_eq!(
+        plans_on_b().await["plans"][0]["limits"]["requests_per_hour"],
+        1000
+    );
+
+    admin_patch_plan(&srv, &admin, "smb", json!({"requests_per_hour": 7})).await;
+    // Node B reloads on the bus message, long before its 30 s refresh would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let plans = plans_on_b().await;
+        if plans["plans"][0]["limits"]["requests_per_hour"] == 7 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node B still has {plans}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The change is in the audit log with the limits before and after.
+    let audit = srv
+        .get_as("/v1/admin/audit?action=plan.updated", &admin)
+        .await;
+    assert_eq!(audit.status, 200, "{}", audit.text);
+    let events = audit.json["events"].as_array().expect("audit events");
+    assert_eq!(events.len(), 1, "{}", audit.text);
+    assert_eq!(events[0]["resource_id"], "smb");
+    node_b.abort();
 }

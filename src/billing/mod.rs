@@ -21,6 +21,7 @@ use crate::{
     http::{
         extract::{Json, Path},
         pagination::Page,
+        request_meta::RequestMeta,
         routes::Routes,
     },
     orgs::{access::OrgAccess, roles::perm},
@@ -329,14 +330,38 @@ fn validate(input: &PlanInput, creating: bool) -> Result<(), Error> {
     }
 }
 
+/// Records a change of the catalogue in the audit log (in the change's transaction), commits,
+/// and has every node reload its catalogue.
+async fn commit_plan_change(
+    state: &AppState,
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    admin: &PlatformAdmin,
+    meta: &RequestMeta,
+    action: &str,
+    id: &str,
+    data: Value,
+) -> Result<(), Error> {
+    crate::events::emit(
+        &mut tx,
+        &admin.context(meta),
+        crate::events::NewEvent::new(action, "plan", Some(id.to_string())).data(data),
+    )
+    .await?;
+    tx.commit().await?;
+    state.bus.publish("plans").await;
+    Ok(())
+}
+
 async fn admin_create(
     State(state): State<AppState>,
-    _admin: PlatformAdmin,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
     Json(input): Json<PlanInput>,
 ) -> Result<impl IntoResponse, Error> {
     validate(&input, true)?;
     let now = storage::now();
     let id = input.id.clone().unwrap_or_default();
+    let mut tx = crate::events::begin_write(&state.db).await?;
     let result = sqlx::query(
         "INSERT INTO plans (id, name, amount, currency, billing_interval, limits, features, \
          created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
@@ -361,7 +386,7 @@ async fn admin_create(
             .to_string(),
     )
     .bind(&now)
-    .execute(state.db.pool())
+    .execute(&mut *tx)
     .await;
     match result {
         Ok(_) => {}
@@ -370,13 +395,16 @@ async fn admin_create(
         }
         Err(e) => return Err(e.into()),
     }
+    let data = json!({"id": id, "limits": input.limits, "amount": input.amount});
+    commit_plan_change(&state, tx, &admin, &meta, "plan.created", &id, data).await?;
     state.plans.reload(&state.db).await?;
     Ok((StatusCode::CREATED, axum::Json(fetch(&state, &id).await?)))
 }
 
 async fn admin_update(
     State(state): State<AppState>,
-    _admin: PlatformAdmin,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
     Path(id): Path<String>,
     Json(input): Json<PlanInput>,
 ) -> Result<impl IntoResponse, Error> {
@@ -401,6 +429,8 @@ async fn admin_update(
             }
         }
     }
+    let mut tx = crate::events::begin_write(&state.db).await?;
+    let (limits, features) = (Value::Object(limits), Value::Object(features));
     sqlx::query(
         "UPDATE plans SET name = $1, amount = $2, currency = $3, billing_interval = $4, \
          limits = $5, features = $6, updated_at = $7 WHERE id = $8",
@@ -415,19 +445,22 @@ async fn admin_update(
     .bind(input.amount.unwrap_or(current.amount))
     .bind(input.currency.as_deref().unwrap_or(&current.currency))
     .bind(input.interval.as_deref().unwrap_or(&current.interval))
-    .bind(Value::Object(limits).to_string())
-    .bind(Value::Object(features).to_string())
+    .bind(limits.to_string())
+    .bind(features.to_string())
     .bind(storage::now())
     .bind(&id)
-    .execute(state.db.pool())
+    .execute(&mut *tx)
     .await?;
+    let data = json!({"id": id, "previous_limits": current.limits, "limits": limits});
+    commit_plan_change(&state, tx, &admin, &meta, "plan.updated", &id, data).await?;
     state.plans.reload(&state.db).await?;
     Ok(axum::Json(fetch(&state, &id).await?))
 }
 
 async fn admin_delete(
     State(state): State<AppState>,
-    _admin: PlatformAdmin,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Error> {
     fetch(&state, &id).await?;
@@ -443,10 +476,13 @@ async fn admin_delete(
             "{used} organization(s) are on this plan; move them first"
         )));
     }
+    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query("DELETE FROM plans WHERE id = $1")
         .bind(&id)
-        .execute(state.db.pool())
+        .execute(&mut *tx)
         .await?;
+    let data = json!({"id": id});
+    commit_plan_change(&state, tx, &admin, &meta, "plan.deleted", &id, data).await?;
     state.plans.reload(&state.db).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,5 +1,6 @@
-//! Cache invalidation across nodes. A message (`key:<id>`, `org:<id>`, `all`) is applied to
-//! this node's cache at once and broadcast: over Redis pub/sub when `redis_url` is set, else
+//! Cache invalidation across nodes. A message (`key:<id>`, `org:<id>`, `plans`, `all`) is
+//! applied to this node's caches at once (the key cache, the request path's organization cache,
+//! the plan catalogue) and broadcast: over Redis pub/sub when `redis_url` is set, else
 //! over PostgreSQL `LISTEN/NOTIFY`, else (one SQLite node) nowhere else. A listener that loses
 //! its connection clears the cache (it may have missed messages) and reconnects.
 
@@ -9,6 +10,7 @@ use futures_util::StreamExt;
 
 use super::cache::KeyCache;
 use crate::storage::{Backend, Db};
+use crate::{billing::PlanCatalogue, limits::middleware::RequestLimits};
 
 const CHANNEL: &str = "gatehouse_invalidate";
 
@@ -25,6 +27,14 @@ pub struct Bus {
     cache: Arc<KeyCache>,
     db: Db,
     redis: Option<crate::redis::Redis>,
+    others: Arc<Others>,
+}
+
+/// The caches besides the key cache that messages reach, attached once at start-up.
+#[derive(Default)]
+struct Others {
+    plans: std::sync::OnceLock<Arc<PlanCatalogue>>,
+    request_limits: std::sync::OnceLock<Arc<RequestLimits>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -38,11 +48,48 @@ impl std::fmt::Debug for Bus {
     }
 }
 
-fn apply(cache: &KeyCache, message: &str) {
-    match message.split_once(':') {
-        Some(("key", id)) => cache.invalidate_key(id),
-        Some(("org", id)) => cache.invalidate_org(id),
-        _ => cache.clear(),
+impl Bus {
+    fn apply(&self, message: &str) {
+        let limits = self.others.request_limits.get();
+        match message.split_once(':') {
+            Some(("key", id)) => self.cache.invalidate_key(id),
+            Some(("org", id)) => {
+                self.cache.invalidate_org(id);
+                if let Some(l) = limits {
+                    l.invalidate_org(id);
+                }
+            }
+            _ if message == "plans" => self.reload_plans(),
+            _ => {
+                self.cache.clear();
+                if let Some(l) = limits {
+                    l.clear();
+                }
+                self.reload_plans();
+            }
+        }
+    }
+
+    /// Re-reads the plan catalogue in the background (its refresher retries on failure).
+    fn reload_plans(&self) {
+        if let Some(plans) = self.others.plans.get() {
+            let (plans, db) = (plans.clone(), self.db.clone());
+            tokio::spawn(async move {
+                if let Err(e) = plans.reload(&db).await {
+                    tracing::warn!(error = %e, "could not reload the plan catalogue");
+                }
+            });
+        }
+    }
+
+    /// Lets `plans` messages reload this catalogue.
+    pub fn attach_plans(&self, plans: Arc<PlanCatalogue>) {
+        let _ = self.others.plans.set(plans);
+    }
+
+    /// Lets `org:<id>` messages reach the request path's organization cache.
+    pub fn attach_request_limits(&self, limits: Arc<RequestLimits>) {
+        let _ = self.others.request_limits.set(limits);
     }
 }
 
@@ -66,13 +113,14 @@ impl Bus {
             cache,
             db,
             redis,
+            others: Arc::default(),
         })
     }
 
     /// Applies the message here and sends it to every other node. A failed broadcast is
     /// logged; other nodes then catch up within the cache's maximum age.
     pub async fn publish(&self, message: &str) {
-        apply(&self.cache, message);
+        self.apply(message);
         let result: anyhow::Result<()> = match &self.transport {
             Transport::Local => Ok(()),
             Transport::Postgres { .. } => sqlx::query("SELECT pg_notify($1, $2)")
@@ -114,7 +162,7 @@ impl Bus {
                     Transport::Postgres { url } => bus.listen_postgres(url).await,
                     Transport::Redis(client) => bus.listen_redis(client).await,
                 };
-                bus.cache.clear();
+                bus.apply("all");
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "invalidation listener lost its connection; reconnecting");
                 }
@@ -128,21 +176,21 @@ impl Bus {
         let mut listener = sqlx::postgres::PgListener::connect(url).await?;
         listener.listen(CHANNEL).await?;
         // Messages sent while we were not listening are lost: start from an empty cache.
-        self.cache.clear();
+        self.apply("all");
         loop {
             let n = listener.recv().await?;
-            apply(&self.cache, n.payload());
+            self.apply(n.payload());
         }
     }
 
     async fn listen_redis(&self, client: &redis::Client) -> anyhow::Result<()> {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(CHANNEL).await?;
-        self.cache.clear();
+        self.apply("all");
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {
             let payload: String = msg.get_payload()?;
-            apply(&self.cache, &payload);
+            self.apply(&payload);
         }
         anyhow::bail!("Redis pub/sub stream ended")
     }

@@ -1,10 +1,12 @@
 //! Usage metering for monthly quotas (SPEC §5): per (organization, metric, `YYYY-MM`) counters.
 //!
 //! Recording is a map update in memory (no I/O on the request path). A flusher adds the pending
-//! deltas to `usage_counters` every few seconds and at shutdown, in one transaction, with an
+//! deltas to `usage_counters` every `usage_flush_ms` (1 s by default) and at shutdown, in one
+//! transaction, with an
 //! upsert that *adds* (`value = usage_counters.value + excluded.value`): every node flushes its
 //! own deltas, so the stored value is the sum over all nodes and survives restarts. A failed
-//! flush keeps its deltas for the next one. [`UsageMeter::current`] is the stored value plus
+//! flush keeps its deltas for the next one; a node killed outright (SIGKILL, power loss) loses
+//! at most the counts of its last flush interval. [`UsageMeter::current`] is the stored value plus
 //! this node's unflushed delta; [`UsageMeter::used`], for the request path, the same with the
 //! stored part re-read at most every 5 s.
 
@@ -18,8 +20,8 @@ use chrono::{DateTime, Utc};
 
 use crate::storage::{self, Db};
 
-/// How often [`UsageMeter::spawn_flusher`] flushes by default.
-pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
+/// How long [`UsageMeter::used`] trusts a stored value read from the database by default.
+pub const STORED_VALUE_AGE: Duration = Duration::from_secs(5);
 
 /// One counter: an organization's usage of one metric in one calendar month (UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -91,7 +93,7 @@ impl std::fmt::Debug for UsageMeter {
 
 impl UsageMeter {
     pub fn new(db: Db) -> Self {
-        Self::with_refresh(db, FLUSH_EVERY)
+        Self::with_refresh(db, STORED_VALUE_AGE)
     }
 
     /// A meter whose [`UsageMeter::used`] re-reads a counter from the database at most every
