@@ -5,7 +5,9 @@
 # Load: oha (crates.io). Measures, in one run:
 #   1. latency at a fixed rate (default 1,000 requests/s, 1 KiB prompt, non-streaming) going to the
 #      mock directly, through nginx and through the gateway — the gateway's added p50/p99;
-#   2. maximum throughput of each path (64 connections).
+#   2. maximum throughput of each path (64 connections);
+#   3. both again through the gateway with the organization's 20 policy rules of
+#      bench/policies.json on (requests and answers checked) — the policies' own overhead.
 # Installs what it needs if missing: nginx (apt-get), oha (cargo install into ./target/tools).
 # Usage: bench/gateway.sh            RATE=1000 SECS=10 CONNS=64 bench/gateway.sh
 set -euo pipefail
@@ -106,6 +108,14 @@ run direct-max "http://$MOCK/v1/chat/completions" -c "$CONNS"
 run nginx-max "http://$NGINX/v1/chat/completions" -c "$CONNS"
 run gateway-max "http://$GATE/openai/v1/chat/completions" -c "$CONNS"
 
+echo "the same through the gateway with 20 policy rules" >&2
+python3 -c 'import json,sys; [print(json.dumps(r)) for r in json.load(open("bench/policies.json"))]' |
+  while read -r rule; do
+    api POST "/v1/organizations/$org/policies" "$owner" "$rule" | grep -q '"id"' || { echo "policy refused: $rule" >&2; exit 1; }
+  done
+run policies-rate "http://$GATE/openai/v1/chat/completions" -q "$RATE" -c 32
+run policies-max "http://$GATE/openai/v1/chat/completions" -c "$CONNS"
+
 python3 - "$work" "$RATE" "$CONNS" <<'EOF'
 import json, sys
 work, rate, conns = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -117,13 +127,15 @@ def ok(d):
 print(f"| path | p50 ms @ {rate}/s | p99 ms @ {rate}/s | 2xx/all | max requests/s ({conns} conns) |")
 print("|---|---|---|---|---|")
 rows = {}
-for name in ["direct", "nginx", "gateway"]:
+for name in ["direct", "nginx", "gateway", "policies"]:
     r, m = load(f"{name}-rate"), load(f"{name}-max")
     rows[name] = (ms(r, "p50"), ms(r, "p99"), m["summary"]["requestsPerSec"])
     good, total = ok(r)
-    print(f"| {name} | {ms(r,'p50'):.3f} | {ms(r,'p99'):.3f} | {good}/{total} | {m['summary']['requestsPerSec']:.0f} |")
-d, g, n = rows["direct"], rows["gateway"], rows["nginx"]
+    label = "gateway + 20 policies" if name == "policies" else name
+    print(f"| {label} | {ms(r,'p50'):.3f} | {ms(r,'p99'):.3f} | {good}/{total} | {m['summary']['requestsPerSec']:.0f} |")
+d, g, n, p = rows["direct"], rows["gateway"], rows["nginx"], rows["policies"]
 print()
 print(f"gateway added latency at {rate}/s: p50 {g[0]-d[0]:+.3f} ms, p99 {g[1]-d[1]:+.3f} ms (targets ≤ 0.2 / ≤ 1 ms)")
 print(f"gateway throughput: {g[2]/n[2]*100:.0f}% of nginx (target ≥ 60%), {g[2]/d[2]*100:.0f}% of direct")
+print(f"20 policy rules add at {rate}/s: p50 {p[0]-g[0]:+.3f} ms, p99 {p[1]-g[1]:+.3f} ms; throughput {p[2]/g[2]*100:.0f}% of the gateway without them")
 EOF

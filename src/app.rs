@@ -41,6 +41,8 @@ pub struct Inner {
     pub plans: Arc<crate::billing::PlanCatalogue>,
     /// Request-path caches of the limits middleware (organization plans, memberships).
     pub request_limits: Arc<crate::limits::middleware::RequestLimits>,
+    /// Each organization's policy rules compiled into one matcher (the gateway's hot path).
+    pub policies: Arc<crate::policies::store::MatcherCache>,
     pub started_at: Instant,
 }
 

@@ -21,6 +21,7 @@ pub mod limits;
 pub mod mail;
 pub mod metrics;
 pub mod orgs;
+pub mod policies;
 pub mod redis;
 pub mod server;
 pub mod storage;

@@ -123,6 +123,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let request_limits = Arc::new(crate::limits::middleware::RequestLimits::new());
     bus.attach_plans(plans.clone());
     bus.attach_request_limits(request_limits.clone());
+    let policies = Arc::new(crate::policies::store::MatcherCache::default());
+    bus.attach_policies(policies.clone());
     Ok(AppState::new(Inner {
         config,
         db,
@@ -139,6 +141,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         usage,
         plans,
         request_limits,
+        policies,
         started_at: Instant::now(),
     }))
 }

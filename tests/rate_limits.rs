@@ -533,28 +533,12 @@ async fn parallel_requests_with_one_key_exactly_the_limit_succeeds_on_redis(back
 }
 
 /// A second node on the same database and Redis, served in this process.
-async fn second_node(srv: &TestServer) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let state = gatehouse::server::build_state(srv.state.config.clone())
-        .await
-        .expect("second node");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = gatehouse::http::router(state);
-    let handle = tokio::spawn(gatehouse::http::serve(
-        listener,
-        app,
-        std::future::pending::<()>(),
-        std::time::Duration::from_secs(1),
-    ));
-    (base, handle)
-}
-
 async fn two_nodes_sharing_redis_enforce_one_limit(backend: Backend) {
     if !common::redis_available("two_nodes_sharing_redis").await {
         return;
     }
     let srv = with_redis(backend).await;
-    let (b, node_b) = second_node(&srv).await;
+    let (b, node_b) = srv.second_node().await;
     let o = org(&srv, "acme").await;
     let k = key(&srv, &o, 10).await;
     let mut tasks = Vec::new();
@@ -621,7 +605,7 @@ async fn a_plan_edit_reaches_every_node_at_once_and_is_audited(backend: Backend)
         return;
     }
     let srv = with_redis(backend).await;
-    let (b, node_b) = second_node(&srv).await;
+    let (b, node_b) = srv.second_node().await;
     let admin = srv.admin_token().await;
     let plans_on_b = || async {
         let res = srv

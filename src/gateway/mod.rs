@@ -16,7 +16,7 @@ use crate::{
     error::Error,
     http::{
         extract::Query,
-        pagination::{HasId, List, Page},
+        pagination::{HasId, Page},
         routes::Routes,
     },
     orgs::{access::OrgAccess, roles::perm},
@@ -83,12 +83,6 @@ pub struct LogFilter {
     end: Option<String>,
 }
 
-fn bound(field: &str, v: &str) -> Result<String, Error> {
-    storage::parse_time(v)
-        .map(storage::format_time)
-        .ok_or_else(|| Error::invalid_field(field, "must be an RFC 3339 timestamp"))
-}
-
 /// `GET …/analytics/logs`: newest first, filters, cursor (or offset) paging.
 async fn logs(
     State(state): State<AppState>,
@@ -114,44 +108,43 @@ async fn logs(
         sql.and("status = ?", v);
     }
     if let Some(v) = &f.start {
-        sql.and("created_at >= ?", bound("start", v)?);
+        sql.and("created_at >= ?", crate::http::time_bound("start", v)?);
     }
     if let Some(v) = &f.end {
-        sql.and("created_at < ?", bound("end", v)?);
+        sql.and("created_at < ?", crate::http::time_bound("end", v)?);
     }
-    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &sql)
-        .query_scalar()
-        .fetch_one(state.db.pool())
+    let list = page
+        .fetch_newest_first(
+            &state.db,
+            "logs",
+            "SELECT id, key_id, environment, provider, model, path, status, latency_ms, ttfb_ms, \
+             prompt_tokens, completion_tokens, total_tokens, cost_usd, streamed, violation_ids, created_at",
+            &sql,
+            LogEntry::from_row,
+        )
         .await?;
-    let mut q = Sql::prefixed(
-        "SELECT id, key_id, environment, provider, model, path, status, latency_ms, ttfb_ms, prompt_tokens, \
-         completion_tokens, total_tokens, cost_usd, streamed, violation_ids, created_at",
-        &sql,
-    );
-    page.apply_newest_first(&mut q, "id");
-    let rows = q.query().fetch_all(state.db.pool()).await?;
-    let entries = rows
-        .iter()
-        .map(|r| {
-            Ok(LogEntry {
-                id: r.try_get("id")?,
-                key_id: r.try_get("key_id")?,
-                environment: r.try_get("environment")?,
-                provider: r.try_get("provider")?,
-                model: r.try_get("model")?,
-                path: r.try_get("path")?,
-                status: r.try_get("status")?,
-                latency_ms: r.try_get("latency_ms")?,
-                ttfb_ms: r.try_get("ttfb_ms")?,
-                prompt_tokens: r.try_get("prompt_tokens")?,
-                completion_tokens: r.try_get("completion_tokens")?,
-                total_tokens: r.try_get("total_tokens")?,
-                cost_usd: r.try_get("cost_usd")?,
-                streamed: r.get_bool("streamed")?,
-                violation_ids: r.get_json("violation_ids")?,
-                created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            })
+    Ok(axum::Json(list))
+}
+
+impl LogEntry {
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(LogEntry {
+            id: r.try_get("id")?,
+            key_id: r.try_get("key_id")?,
+            environment: r.try_get("environment")?,
+            provider: r.try_get("provider")?,
+            model: r.try_get("model")?,
+            path: r.try_get("path")?,
+            status: r.try_get("status")?,
+            latency_ms: r.try_get("latency_ms")?,
+            ttfb_ms: r.try_get("ttfb_ms")?,
+            prompt_tokens: r.try_get("prompt_tokens")?,
+            completion_tokens: r.try_get("completion_tokens")?,
+            total_tokens: r.try_get("total_tokens")?,
+            cost_usd: r.try_get("cost_usd")?,
+            streamed: r.get_bool("streamed")?,
+            violation_ids: r.get_json("violation_ids")?,
+            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
         })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(axum::Json(List::from_rows("logs", entries, total, &page)))
+    }
 }

@@ -18,6 +18,7 @@ use super::{
     providers::{upstreams, Upstream},
     usage::{Format, Tap, UsageRecord},
 };
+use crate::policies::violations::Found;
 use crate::{
     app::AppState,
     error::{Error, ErrorCode},
@@ -233,7 +234,8 @@ async fn handle(
             }
         }
     }
-    let json: Option<serde_json::Value> = if body.is_empty() {
+    let mut body = body;
+    let mut json: Option<serde_json::Value> = if body.is_empty() {
         None
     } else {
         Some(crate::http::extract::parse_json(&body)?)
@@ -241,6 +243,37 @@ async fn handle(
     let (mut model, streamed) = model_and_stream(spec, &path, json.as_ref());
     if let (true, Some((_, d))) = (model.is_empty(), &deployment) {
         model = d.clone();
+    }
+    let entry = UsageRecord {
+        id: crate::ids::new_id("log"),
+        organization_id: key.organization_id.clone(),
+        key_id: key.id.clone(),
+        environment: key.environment.clone(),
+        model: model.clone(),
+        path: uri.path().to_string(),
+        streamed,
+        tokens_per_minute: key
+            .rate_limit
+            .as_ref()
+            .and_then(|r| r.get("tokens_per_minute"))
+            .and_then(|v| v.as_u64()),
+        ..Default::default()
+    };
+
+    // The organization's policies, compiled once per organization (cached on every node).
+    let policies = state.policies.get(&state.db, &key.organization_id).await?;
+    let mut violations = Vec::new();
+    if policies.has_request_rules() {
+        let outcome = policies.check_request(spec.format, Some(&model), &body);
+        let blocked = outcome.blocked();
+        violations.extend(outcome.hits.into_iter().map(|h| Found::new("request", h)));
+        if blocked {
+            return Err(refuse(&state, entry, violations, started, None));
+        }
+        if let Some(redacted) = outcome.redacted {
+            json = Some(crate::http::extract::parse_json(&redacted)?);
+            body = Bytes::from(redacted);
+        }
     }
 
     let mut candidates: Vec<Upstream> = upstreams(&state, &key.organization_id, &key.environment)
@@ -320,33 +353,133 @@ async fn handle(
             .unwrap_or_else(|| Error::new(ErrorCode::UpstreamError, "The upstream failed")));
     };
 
-    let record = UsageRecord {
-        organization_id: key.organization_id.clone(),
-        key_id: key.id.clone(),
-        environment: key.environment.clone(),
+    let mut record = UsageRecord {
         provider: upstream.provider.clone(),
-        model,
-        path: uri.path().to_string(),
         status: res.status().as_u16(),
-        streamed,
-        tokens_per_minute: key
-            .rate_limit
-            .as_ref()
-            .and_then(|r| r.get("tokens_per_minute"))
-            .and_then(|v| v.as_u64()),
-        ..Default::default()
+        violations,
+        ..entry
     };
-    let (mut parts, body) = res.into_parts();
-    let tapped = Tap::new(
+    let (mut parts, mut body) = res.into_parts();
+    // Response rules: a whole (non-streamed) answer is checked before it leaves — blocked or
+    // redacted —; a streamed one is checked when it ends (flag only).
+    if policies.has_response_rules() && !streamed && parts.status.is_success() {
+        match buffer(body, RESPONSE_INSPECT_LIMIT).await {
+            Ok(whole) => {
+                let outcome = policies.check_response(spec.format, Some(&record.model), &whole);
+                let blocked = outcome.blocked();
+                record
+                    .violations
+                    .extend(outcome.hits.into_iter().map(|h| Found::new("response", h)));
+                if blocked {
+                    return Err(refuse(
+                        &state,
+                        record,
+                        Vec::new(),
+                        started,
+                        Some((spec.format, &whole)),
+                    ));
+                }
+                body = Body::from(outcome.redacted.map(Bytes::from).unwrap_or(whole));
+            }
+            Err(unread) => {
+                tracing::warn!(
+                    limit = RESPONSE_INSPECT_LIMIT,
+                    "response too large for the response policies; passed through unchecked"
+                );
+                body = unread;
+            }
+        }
+    }
+    let mut tapped = Tap::new(
         body.into_data_stream(),
         record,
         spec.format,
         started,
         state.gateway.clone(),
     );
+    if streamed && policies.has_response_rules() {
+        tapped = tapped.with_stream_policies(policies.clone());
+    }
     parts.extensions.insert(Passthrough);
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(parts, Body::from_stream(tapped)))
+}
+
+/// Answers bodies up to this size are held back for the response policies.
+const RESPONSE_INSPECT_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The whole body, or — when it is larger than `limit` — a body that still yields all of it.
+async fn buffer(body: Body, limit: usize) -> Result<Bytes, Body> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut size = 0;
+    while let Some(next) = stream.next().await {
+        match next {
+            Ok(chunk) => {
+                size += chunk.len();
+                chunks.push(chunk);
+                if size > limit {
+                    let head = futures_util::stream::iter(chunks.into_iter().map(Ok));
+                    return Err(Body::from_stream(head.chain(stream)));
+                }
+            }
+            Err(e) => {
+                let head = futures_util::stream::iter(chunks.into_iter().map(Ok));
+                let failed = futures_util::stream::once(async move { Err(e) });
+                return Err(Body::from_stream(head.chain(failed)));
+            }
+        }
+    }
+    let mut whole = bytes::BytesMut::with_capacity(size);
+    chunks.iter().for_each(|c| whole.extend_from_slice(c));
+    Ok(whole.freeze())
+}
+
+/// Refuses a request (or its answer) that a `block` rule matched: the log entry and every
+/// violation are recorded, and the error names the rules.
+fn refuse(
+    state: &AppState,
+    mut record: UsageRecord,
+    mut found: Vec<Found>,
+    started: Instant,
+    answer: Option<(Format, &Bytes)>,
+) -> Error {
+    record.violations.append(&mut found);
+    let blocking: Vec<&Found> = record
+        .violations
+        .iter()
+        .filter(|f| f.hit.action == crate::policies::rules::Action::Block)
+        .collect();
+    let names: Vec<&str> = blocking
+        .iter()
+        .map(|f| f.hit.policy_name.as_str())
+        .collect();
+    let error = Error::new(
+        ErrorCode::PolicyViolation,
+        format!("Refused by policy: {}", names.join(", ")),
+    )
+    .with_details(serde_json::json!({
+        "stage": blocking.first().map(|f| f.stage).unwrap_or("request"),
+        "policies": blocking.iter().map(|f| serde_json::json!({
+            "id": f.hit.policy_id,
+            "name": f.hit.policy_name,
+            "type": f.hit.kind.as_str(),
+            "severity": f.hit.severity.as_str(),
+        })).collect::<Vec<_>>(),
+        "violation_ids": blocking.iter().map(|f| f.id.as_str()).collect::<Vec<_>>(),
+        "log_id": record.id,
+    }));
+    if let Some((format, body)) = answer {
+        let (p, c, _) = super::usage::parse_usage(format, body);
+        record.prompt_tokens = p;
+        record.completion_tokens = c;
+    }
+    record.status = StatusCode::FORBIDDEN.as_u16();
+    record.latency_ms = started.elapsed().as_millis() as i64;
+    record.ttfb_ms = record.latency_ms;
+    state.gateway.record(record);
+    error
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -26,6 +26,8 @@ const INSPECT_LIMIT: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct UsageRecord {
+    /// The log entry's id, chosen on the request path so violations can name it.
+    pub id: String,
     pub organization_id: String,
     pub key_id: String,
     pub environment: String,
@@ -40,6 +42,8 @@ pub struct UsageRecord {
     pub streamed: bool,
     /// The key's tokens-per-minute limit, charged with this request's tokens when it ends.
     pub tokens_per_minute: Option<u64>,
+    /// Policy violations of this request, stored with the entry.
+    pub violations: Vec<crate::policies::violations::Found>,
 }
 
 /// Prices per million tokens, from `data/prices.json`.
@@ -209,15 +213,20 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
     }
-    let result: Result<(), sqlx::Error> = async {
-        let mut tx = db.pool().begin().await?;
-        for r in batch.iter() {
+    let result: Result<(), crate::error::Error> = async {
+        let mut tx = crate::events::begin_write(db).await?;
+        for r in batch.iter_mut() {
+            if r.id.is_empty() {
+                r.id = crate::ids::new_id("log");
+            }
+            let violation_ids: Vec<&str> = r.violations.iter().map(|v| v.id.as_str()).collect();
             sqlx::query(
                 "INSERT INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, status, \
-                 latency_ms, ttfb_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, streamed, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                 latency_ms, ttfb_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, streamed, \
+                 violation_ids, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             )
-            .bind(crate::ids::new_id("log"))
+            .bind(&r.id)
             .bind(&r.organization_id)
             .bind(&r.key_id)
             .bind(&r.environment)
@@ -232,11 +241,23 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
             .bind(r.prompt_tokens + r.completion_tokens)
             .bind(prices.cost(&r.model, r.prompt_tokens, r.completion_tokens))
             .bind(r.streamed)
+            .bind(serde_json::json!(violation_ids).to_string())
             .bind(storage::now())
             .execute(&mut *tx)
             .await?;
+            if !r.violations.is_empty() {
+                let ctx = crate::policies::violations::Context {
+                    organization_id: &r.organization_id,
+                    environment: &r.environment,
+                    key_id: &r.key_id,
+                    log_id: &r.id,
+                    model: &r.model,
+                };
+                crate::policies::violations::record(&mut tx, &ctx, &r.violations).await?;
+            }
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(())
     }
     .await;
     if let Err(e) = result {
@@ -245,13 +266,8 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
     batch.clear();
 }
 
-/// The wire format a response is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    OpenAi,
-    Anthropic,
-    Google,
-}
+/// The wire format of a request or response (shared with the policy engine).
+pub use crate::policies::extract::Format;
 
 /// Updates `(prompt, completion, model)` from one JSON document of a response (the whole body,
 /// or one server-sent event). Later documents win, as each format's final event carries totals.
@@ -329,6 +345,9 @@ pub struct Tap<S> {
     record: Option<UsageRecord>,
     format: Format,
     writer: Arc<UsageWriter>,
+    /// Response rules to run over a streamed answer's text when it ends (flag only: the
+    /// chunks have left already).
+    stream_policies: Option<Arc<crate::policies::engine::Matcher>>,
 }
 
 impl<S> Tap<S> {
@@ -348,7 +367,14 @@ impl<S> Tap<S> {
             record: Some(record),
             format,
             writer,
+            stream_policies: None,
         }
+    }
+
+    /// Checks the streamed answer's text against the response rules of `matcher` at the end.
+    pub fn with_stream_policies(mut self, matcher: Arc<crate::policies::engine::Matcher>) -> Self {
+        self.stream_policies = Some(matcher);
+        self
     }
 
     fn finish(&mut self) {
@@ -366,6 +392,15 @@ impl<S> Tap<S> {
             r.completion_tokens = c;
             if let Some(m) = model.filter(|_| r.model.is_empty()) {
                 r.model = m;
+            }
+            if let Some(matcher) = &self.stream_policies {
+                let text = crate::policies::stream_text(self.format, &self.copy);
+                r.violations.extend(
+                    matcher
+                        .check_text(&text, crate::policies::rules::AppliesTo::Response)
+                        .into_iter()
+                        .map(|hit| crate::policies::violations::Found::new("response", hit)),
+                );
             }
         }
         self.writer.record(r);

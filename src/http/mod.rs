@@ -33,7 +33,15 @@ pub fn api_routes() -> routes::Routes {
         .merge(crate::events::routes::routes())
         .merge(crate::keys::routes())
         .merge(crate::gateway::routes())
+        .merge(crate::policies::routes())
         .merge(crate::billing::routes())
+}
+
+/// A `start`/`end` query bound: an RFC 3339 timestamp, in the stored format.
+pub fn time_bound(field: &str, v: &str) -> Result<String, crate::error::Error> {
+    crate::storage::parse_time(v)
+        .map(crate::storage::format_time)
+        .ok_or_else(|| crate::error::Error::invalid_field(field, "must be an RFC 3339 timestamp"))
 }
 
 pub fn route_table() -> Vec<routes::RouteInfo> {

@@ -232,6 +232,27 @@ impl Page {
         let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
         Ok(List::from_rows(key, items, total, self))
     }
+
+    /// One page of an append-only stream, newest first: by cursor (`starting_after`) or offset,
+    /// over the time-sortable `id` column — the logs, violations and other streams.
+    pub async fn fetch_newest_first<T: HasId>(
+        &self,
+        db: &crate::storage::Db,
+        key: &'static str,
+        select: &str,
+        filter: &Sql,
+        decode: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+    ) -> Result<List<T>, Error> {
+        let total: i64 = Sql::prefixed("SELECT COUNT(*)", filter)
+            .query_scalar()
+            .fetch_one(db.pool())
+            .await?;
+        let mut q = Sql::prefixed(select, filter);
+        self.apply_newest_first(&mut q, "id");
+        let rows = q.query().fetch_all(db.pool()).await?;
+        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(List::from_rows(key, items, total, self))
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Cache invalidation across nodes. A message (`key:<id>`, `org:<id>`, `plans`, `all`) is
 //! applied to this node's caches at once (the key cache, the request path's organization cache,
-//! the plan catalogue) and broadcast: over Redis pub/sub when `redis_url` is set, else
-//! over PostgreSQL `LISTEN/NOTIFY`, else (one SQLite node) nowhere else. A listener that loses
-//! its connection clears the cache (it may have missed messages) and reconnects.
+//! the compiled policy matchers, the plan catalogue) and broadcast: over Redis pub/sub when
+//! `redis_url` is set, else over PostgreSQL `LISTEN/NOTIFY`, else (one SQLite node) nowhere else.
+//! A listener that loses its connection clears the caches (it may have missed messages) and
+//! reconnects.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +11,9 @@ use futures_util::StreamExt;
 
 use super::cache::KeyCache;
 use crate::storage::{Backend, Db};
-use crate::{billing::PlanCatalogue, limits::middleware::RequestLimits};
+use crate::{
+    billing::PlanCatalogue, limits::middleware::RequestLimits, policies::store::MatcherCache,
+};
 
 const CHANNEL: &str = "gatehouse_invalidate";
 
@@ -35,6 +38,7 @@ pub struct Bus {
 struct Others {
     plans: std::sync::OnceLock<Arc<PlanCatalogue>>,
     request_limits: std::sync::OnceLock<Arc<RequestLimits>>,
+    policies: std::sync::OnceLock<Arc<MatcherCache>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -51,6 +55,7 @@ impl std::fmt::Debug for Bus {
 impl Bus {
     fn apply(&self, message: &str) {
         let limits = self.others.request_limits.get();
+        let policies = self.others.policies.get();
         match message.split_once(':') {
             Some(("key", id)) => self.cache.invalidate_key(id),
             Some(("org", id)) => {
@@ -58,12 +63,18 @@ impl Bus {
                 if let Some(l) = limits {
                     l.invalidate_org(id);
                 }
+                if let Some(p) = policies {
+                    p.invalidate_org(id);
+                }
             }
             _ if message == "plans" => self.reload_plans(),
             _ => {
                 self.cache.clear();
                 if let Some(l) = limits {
                     l.clear();
+                }
+                if let Some(p) = policies {
+                    p.clear();
                 }
                 self.reload_plans();
             }
@@ -85,6 +96,11 @@ impl Bus {
     /// Lets `plans` messages reload this catalogue.
     pub fn attach_plans(&self, plans: Arc<PlanCatalogue>) {
         let _ = self.others.plans.set(plans);
+    }
+
+    /// Lets `org:<id>` messages drop the organization's compiled policy matcher.
+    pub fn attach_policies(&self, policies: Arc<MatcherCache>) {
+        let _ = self.others.policies.set(policies);
     }
 
     /// Lets `org:<id>` messages reach the request path's organization cache.

@@ -28,6 +28,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (6, "api_keys"),
     (7, "plans"),
     (8, "gateway"),
+    (9, "policies"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
@@ -39,6 +40,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (6, "api_keys"),
     (7, "plans"),
     (8, "gateway"),
+    (9, "policies"),
 );
 
 fn embedded(backend: Backend) -> Embedded {

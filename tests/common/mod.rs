@@ -246,6 +246,24 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// A second node of the same deployment (same configuration, database and Redis) on its
+    /// own port: its base URL and its task (abort it to stop the node).
+    pub async fn second_node(&self) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let state = gatehouse::server::build_state(self.state.config.clone())
+            .await
+            .expect("second node");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = gatehouse::http::router(state);
+        let handle = tokio::spawn(gatehouse::http::serve(
+            listener,
+            app,
+            std::future::pending::<()>(),
+            Duration::from_secs(1),
+        ));
+        (base, handle)
+    }
+
     /// Begins graceful shutdown (what SIGTERM does in the binary).
     pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
