@@ -6,7 +6,10 @@
 #   1. latency at a fixed rate (default 1,000 requests/s, 1 KiB prompt, non-streaming) going to the
 #      mock directly, through nginx and through the gateway — the gateway's added p50/p99;
 #   2. maximum throughput of each path (64 connections);
-#   3. both again through the gateway with the organization's 20 policy rules of
+#   3. streaming: time to first byte and each chunk's delay from upstream write to client read,
+#      directly and through the gateway (examples/stream_probe.rs; 200 streams of 20 chunks);
+#      the gateway's peak resident memory while it carries 1,000 concurrent 10-second streams;
+#   4. latency and throughput again through the gateway with the organization's 20 policy rules of
 #      bench/policies.json on (requests and answers checked) — the policies' own overhead.
 # Installs what it needs if missing: nginx (apt-get), oha (cargo install into ./target/tools).
 # Usage: bench/gateway.sh            RATE=1000 SECS=10 CONNS=64 bench/gateway.sh
@@ -34,7 +37,8 @@ if ! command -v nginx >/dev/null; then
 fi
 
 cargo build --release --quiet --bin gatehouse
-cargo build --release --quiet --features bench-tools --example mock_upstream
+cargo build --release --quiet --features bench-tools --example mock_upstream --example stream_probe
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 work=$(mktemp -d)
 pids=()
@@ -49,7 +53,7 @@ target/release/examples/mock_upstream "$MOCK" 2>/dev/null & pids+=($!)
 export GATEHOUSE_LISTEN=$GATE GATEHOUSE_DATABASE_URL="sqlite://$work/bench.db" GATEHOUSE_LOG_LEVEL=error \
   GATEHOUSE_BOOTSTRAP_ADMIN=false
 target/release/gatehouse admin create --email admin@bench.local --password load-test-passphrase-9 >/dev/null
-target/release/gatehouse >/dev/null 2>&1 & pids+=($!)
+target/release/gatehouse >/dev/null 2>&1 & gate_pid=$!; pids+=($gate_pid)
 
 cat > "$work/nginx.conf" <<EOF
 worker_processes 1;
@@ -108,6 +112,22 @@ run direct-max "http://$MOCK/v1/chat/completions" -c "$CONNS"
 run nginx-max "http://$NGINX/v1/chat/completions" -c "$CONNS"
 run gateway-max "http://$GATE/openai/v1/chat/completions" -c "$CONNS"
 
+PROBE=target/release/examples/stream_probe
+echo "streaming: 200 streams of 20 chunks 2 ms apart, direct and through the gateway" >&2
+"$PROBE" latency "http://$MOCK/v1/chat/completions" "$key" 200 > "$work/stream-direct.json"
+"$PROBE" latency "http://$GATE/openai/v1/chat/completions" "$key" 200 > "$work/stream-gateway.json"
+echo "memory: 1,000 concurrent 10 s streams through the gateway" >&2
+rss() { awk '/VmRSS/{print $2}' "/proc/$gate_pid/status"; }
+echo "$(rss)" > "$work/rss-idle"
+"$PROBE" hold "http://$GATE/openai/v1/chat/completions" "$key" 1000 > "$work/hold.json" & probe=$!
+peak=0
+while kill -0 "$probe" 2>/dev/null; do
+  now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
+  sleep 0.2
+done
+wait "$probe"
+echo "$peak" > "$work/rss-peak"
+
 echo "the same through the gateway with 20 policy rules" >&2
 python3 -c 'import json,sys; [print(json.dumps(r)) for r in json.load(open("bench/policies.json"))]' |
   while read -r rule; do
@@ -138,4 +158,16 @@ print()
 print(f"gateway added latency at {rate}/s: p50 {g[0]-d[0]:+.3f} ms, p99 {g[1]-d[1]:+.3f} ms (targets ≤ 0.2 / ≤ 1 ms)")
 print(f"gateway throughput: {g[2]/n[2]*100:.0f}% of nginx (target ≥ 60%), {g[2]/d[2]*100:.0f}% of direct")
 print(f"20 policy rules add at {rate}/s: p50 {p[0]-g[0]:+.3f} ms, p99 {p[1]-g[1]:+.3f} ms; throughput {p[2]/g[2]*100:.0f}% of the gateway without them")
+sd, sg = load("stream-direct"), load("stream-gateway")
+print()
+print("| streaming (200 × 20 chunks) | TTFB p50 ms | TTFB p99 ms | chunk delay p50 ms | chunk delay p99 ms | chunk delay max ms |")
+print("|---|---|---|---|---|---|")
+for label, x in [("direct", sd), ("gateway", sg)]:
+    t, c = x["ttfb_us"], x["chunk_delay_us"]
+    print(f"| {label} | {t['p50']/1000:.3f} | {t['p99']/1000:.3f} | {c['p50']/1000:.3f} | {c['p99']/1000:.3f} | {c['max']/1000:.3f} |")
+print(f"gateway adds to TTFB: p50 {(sg['ttfb_us']['p50']-sd['ttfb_us']['p50'])/1000:+.3f} ms, p99 {(sg['ttfb_us']['p99']-sd['ttfb_us']['p99'])/1000:+.3f} ms (target ≤ 1 ms); "
+      f"to each chunk: p50 {(sg['chunk_delay_us']['p50']-sd['chunk_delay_us']['p50'])/1000:+.3f} ms, p99 {(sg['chunk_delay_us']['p99']-sd['chunk_delay_us']['p99'])/1000:+.3f} ms (target ≤ 1 ms)")
+hold = load("hold")
+idle, peak = int(open(f"{work}/rss-idle").read()), int(open(f"{work}/rss-peak").read())
+print(f"1,000 concurrent streams: {hold['completed']}/{hold['streams']} completed in {hold['seconds']:.1f} s; gateway RSS {idle/1024:.1f} MiB idle, peak {peak/1024:.1f} MiB (target ≤ 100 MB); errors: {hold['errors']}")
 EOF

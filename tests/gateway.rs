@@ -18,6 +18,7 @@ on_both_databases!(
     azure_deployments_are_routed_with_the_api_key_header,
     slow_providers_time_out_and_big_bodies_are_refused,
     gateway_limits_and_quotas_count_requests_and_tokens,
+    stats_from_hourly_rollups_equal_stats_from_the_log,
 );
 
 struct Setup {
@@ -851,4 +852,107 @@ async fn gateway_limits_and_quotas_count_requests_and_tokens(backend: Backend) {
         usage.text
     );
     assert_eq!(usage.json["gateway_tokens"]["used"], 27, "{}", usage.text);
+}
+
+async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let test_key = key(
+        &srv,
+        &s,
+        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
+    )
+    .await;
+    for (i, model) in ["mock-model", "mock-model", "gpt-4o-mini", "gpt-4o"]
+        .iter()
+        .enumerate()
+    {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "word ".repeat(i + 1)}]});
+        let res = srv
+            .post_as("/openai/v1/chat/completions", &test_key, &body)
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    // A refused request (no messages) is an error in the stats.
+    srv.post_as(
+        "/openai/v1/chat/completions",
+        &test_key,
+        &json!({"model": "mock-model"}),
+    )
+    .await;
+    logs(&srv, &s, 5).await;
+
+    // The rollups were written with the entries: they sum to the log.
+    let (requests, prompt): (i64, i64) = {
+        let row = sqlx::query(
+            "SELECT CAST(SUM(requests) AS BIGINT), CAST(SUM(prompt_tokens) AS BIGINT) FROM usage_hourly",
+        )
+        .fetch_one(srv.state.db.pool())
+        .await
+        .unwrap();
+        use sqlx::Row;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(requests, 5);
+    let (first, last): (String, String) = {
+        use sqlx::Row;
+        let row = sqlx::query("SELECT MIN(created_at), MAX(created_at) FROM usage_logs")
+            .fetch_one(srv.state.db.pool())
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    let logged: i64 =
+        sqlx::query_scalar("SELECT CAST(SUM(prompt_tokens) AS BIGINT) FROM usage_logs")
+            .fetch_one(srv.state.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(prompt, logged);
+
+    let stats = |start: String, end: String| {
+        let (srv, base, owner) = (&srv, s.base.clone(), s.owner.clone());
+        async move {
+            let res = srv
+                .get_as(
+                    &format!("{base}/analytics/stats?group_by=model&start={start}&end={end}"),
+                    &owner,
+                )
+                .await;
+            assert_eq!(res.status, 200, "{}", res.text);
+            res.json
+        }
+    };
+    // Whole hours around the entries: read from the rollups only.
+    let hour = |t: &str| format!("{}:00:00Z", &t[..13]);
+    let start = gatehouse::storage::parse_time(&hour(&first)).unwrap();
+    let end = gatehouse::storage::parse_time(&hour(&last)).unwrap() + chrono::Duration::hours(1);
+    let from_rollups = stats(
+        start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+    .await;
+    assert_eq!(from_rollups["totals"]["requests"], 5);
+    assert_eq!(from_rollups["totals"]["errors"], 1);
+    assert_eq!(from_rollups["series"].as_array().unwrap().len(), 3);
+    // Half an hour wider on each side: the edges come from the log (empty there), the same result.
+    let wider = stats(
+        (start - chrono::Duration::minutes(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        (end + chrono::Duration::minutes(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+    .await;
+    assert_eq!(wider["totals"], from_rollups["totals"]);
+    assert_eq!(wider["series"], from_rollups["series"]);
+    // Inside one hour (no whole hour): read from the log only — and equal.
+    if first[..13] == last[..13] {
+        let first_t = gatehouse::storage::parse_time(&first).unwrap();
+        let last_t = gatehouse::storage::parse_time(&last).unwrap();
+        let from_log = stats(
+            first_t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            (last_t + chrono::Duration::microseconds(1))
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        )
+        .await;
+        assert_eq!(from_log["totals"], from_rollups["totals"]);
+        assert_eq!(from_log["series"], from_rollups["series"]);
+    }
 }

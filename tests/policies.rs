@@ -575,6 +575,13 @@ async fn answers_are_checked_whole_or_when_the_stream_ends(backend: Backend) {
     assert!(found
         .iter()
         .all(|v| v["stage"] == "response" && v["policy_id"] == redact["id"]));
+    // The rule redacts; the streamed answer was recorded as what happened to it — flagged.
+    let mut actions: Vec<&str> = found
+        .iter()
+        .map(|v| v["action"].as_str().unwrap())
+        .collect();
+    actions.sort();
+    assert_eq!(actions, ["flag", "redact"]);
 
     // block on the answer: 403 instead of the answer.
     srv.put_as(

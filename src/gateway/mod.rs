@@ -4,6 +4,7 @@
 pub mod mock;
 pub mod providers;
 pub mod proxy;
+pub mod rollup;
 pub mod stats;
 pub mod usage;
 

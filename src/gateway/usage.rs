@@ -213,12 +213,15 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
     }
+    let records = batch.len();
     let result: Result<(), crate::error::Error> = async {
         let mut tx = crate::events::begin_write(db).await?;
-        for r in batch.iter_mut() {
+        let mut stored = Vec::with_capacity(batch.len());
+        for mut r in batch.drain(..) {
             if r.id.is_empty() {
                 r.id = crate::ids::new_id("log");
             }
+            let created_at = storage::now();
             let violation_ids: Vec<&str> = r.violations.iter().map(|v| v.id.as_str()).collect();
             sqlx::query(
                 "INSERT INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, status, \
@@ -242,7 +245,7 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
             .bind(prices.cost(&r.model, r.prompt_tokens, r.completion_tokens))
             .bind(r.streamed)
             .bind(serde_json::json!(violation_ids).to_string())
-            .bind(storage::now())
+            .bind(&created_at)
             .execute(&mut *tx)
             .await?;
             if !r.violations.is_empty() {
@@ -255,13 +258,15 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
                 };
                 crate::policies::violations::record(&mut tx, &ctx, &r.violations).await?;
             }
+            stored.push((r, created_at));
         }
+        super::rollup::add_batch(&mut tx, prices, &stored).await?;
         tx.commit().await?;
         Ok(())
     }
     .await;
     if let Err(e) = result {
-        tracing::error!(error = %e, records = batch.len(), "writing usage logs failed");
+        tracing::error!(error = %e, records, "writing usage logs failed");
     }
     batch.clear();
 }
@@ -399,7 +404,11 @@ impl<S> Tap<S> {
                     matcher
                         .check_text(&text, crate::policies::rules::AppliesTo::Response)
                         .into_iter()
-                        .map(|hit| crate::policies::violations::Found::new("response", hit)),
+                        // The chunks have left: whatever the rule says, this was a flag.
+                        .map(|mut hit| {
+                            hit.action = crate::policies::rules::Action::Flag;
+                            crate::policies::violations::Found::new("response", hit)
+                        }),
                 );
             }
         }

@@ -29,6 +29,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (7, "plans"),
     (8, "gateway"),
     (9, "policies"),
+    (10, "usage_rollups"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
@@ -41,6 +42,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (7, "plans"),
     (8, "gateway"),
     (9, "policies"),
+    (10, "usage_rollups"),
 );
 
 fn embedded(backend: Backend) -> Embedded {
