@@ -71,7 +71,13 @@ async fn main() {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:19101".into());
     let app = Router::new().route("/v1/chat/completions", post(chat));
-    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .expect("bind")
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     eprintln!("mock upstream on {addr}");
     axum::serve(listener, app).await.expect("serve");
 }

@@ -117,6 +117,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         // Idle stream: no byte from the provider for this long ends the response.
         .read_timeout(Duration::from_secs(config.gateway_idle_timeout_secs))
         .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
         .build()?;
     let plans = Arc::new(crate::billing::PlanCatalogue::load(&db).await?);
     plans.spawn_refresher(db.clone(), crate::billing::REFRESH_EVERY);

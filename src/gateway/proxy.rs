@@ -390,10 +390,15 @@ async fn handle(
             }
         }
     }
+    let events = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut tapped = Tap::new(
         body.into_data_stream(),
         record,
         spec.format,
+        events,
         started,
         state.gateway.clone(),
     );

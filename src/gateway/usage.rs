@@ -339,12 +339,13 @@ pub fn parse_usage(format: Format, body: &[u8]) -> (i64, i64, Option<String>) {
     found
 }
 
-/// Passes a response body through chunk by chunk, timing the first byte and keeping a bounded
-/// copy; when the body ends — or the client goes away — it hands the record to the writer.
+/// Passes a response body through chunk by chunk, timing the first byte and reading the usage
+/// (and, for response policies, the text) as it goes; when the body ends — or the client goes
+/// away — it hands the record to the writer. Server-sent events are read event by event,
+/// keeping only an incomplete last line, so a long stream costs no memory; any other body (one
+/// JSON answer, Gemini's JSON-array stream) is kept as a bounded copy and read at the end.
 pub struct Tap<S> {
     inner: S,
-    copy: Vec<u8>,
-    overflow: bool,
     started: Instant,
     first_byte: Option<Duration>,
     record: Option<UsageRecord>,
@@ -353,26 +354,107 @@ pub struct Tap<S> {
     /// Response rules to run over a streamed answer's text when it ends (flag only: the
     /// chunks have left already).
     stream_policies: Option<Arc<crate::policies::engine::Matcher>>,
+    read: Reader,
+}
+
+enum Reader {
+    /// A bounded copy of the whole body (`None` once it overflowed).
+    Whole(Option<Vec<u8>>),
+    /// Server-sent events.
+    Events {
+        line: Vec<u8>,
+        usage: (i64, i64, Option<String>),
+        text: String,
+    },
+}
+
+impl Reader {
+    fn push(&mut self, chunk: &[u8], format: Format, want_text: bool) {
+        match self {
+            Reader::Whole(copy) => {
+                if let Some(c) = copy {
+                    if c.len() + chunk.len() <= INSPECT_LIMIT {
+                        c.extend_from_slice(chunk);
+                    } else {
+                        *copy = None;
+                    }
+                }
+            }
+            Reader::Events { line, usage, text } => {
+                let mut rest = chunk;
+                while let Some(end) = rest.iter().position(|b| *b == b'\n') {
+                    let complete: &[u8] = if line.is_empty() {
+                        &rest[..end]
+                    } else {
+                        line.extend_from_slice(&rest[..end]);
+                        line
+                    };
+                    read_event_line(complete, format, usage, want_text.then_some(&mut *text));
+                    line.clear();
+                    rest = &rest[end + 1..];
+                }
+                if line.len() + rest.len() <= INSPECT_LIMIT {
+                    line.extend_from_slice(rest);
+                }
+            }
+        }
+    }
+}
+
+/// One line of a server-sent event stream: a `data:` line adds to the usage (events that can
+/// carry it are parsed; text deltas are not unless the text is wanted) and to the text.
+fn read_event_line(
+    line: &[u8],
+    format: Format,
+    usage: &mut (i64, i64, Option<String>),
+    text: Option<&mut String>,
+) {
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    let data = data.trim_ascii();
+    let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
+    if usage.2.is_none() || has(b"usage") || has(b"Usage") {
+        if let Ok(v) = serde_json::from_slice::<Value>(data) {
+            read_usage(format, &v, usage);
+        }
+    }
+    if let Some(text) = text {
+        if text.len() < INSPECT_LIMIT {
+            if let Some(t) = crate::policies::stream_delta_text(format, data) {
+                text.push_str(&t);
+            }
+        }
+    }
 }
 
 impl<S> Tap<S> {
+    /// `events`: the body is a `text/event-stream`.
     pub fn new(
         inner: S,
         record: UsageRecord,
         format: Format,
+        events: bool,
         started: Instant,
         writer: Arc<UsageWriter>,
     ) -> Self {
         Tap {
             inner,
-            copy: Vec::new(),
-            overflow: false,
             started,
             first_byte: None,
             record: Some(record),
             format,
             writer,
             stream_policies: None,
+            read: if events {
+                Reader::Events {
+                    line: Vec::new(),
+                    usage: (0, 0, None),
+                    text: String::new(),
+                }
+            } else {
+                Reader::Whole(Some(Vec::new()))
+            },
         }
     }
 
@@ -391,26 +473,44 @@ impl<S> Tap<S> {
             .first_byte
             .unwrap_or_else(|| self.started.elapsed())
             .as_millis() as i64;
-        if !self.overflow {
-            let (p, c, model) = parse_usage(self.format, &self.copy);
+        let read = std::mem::replace(&mut self.read, Reader::Whole(None));
+        let (usage, text) = match read {
+            Reader::Whole(Some(copy)) => {
+                let text = self
+                    .stream_policies
+                    .is_some()
+                    .then(|| crate::policies::stream_text(self.format, &copy));
+                (Some(parse_usage(self.format, &copy)), text)
+            }
+            Reader::Whole(None) => (None, None),
+            Reader::Events {
+                line,
+                mut usage,
+                mut text,
+            } => {
+                // A last line without its newline.
+                read_event_line(&line, self.format, &mut usage, Some(&mut text));
+                (Some(usage), Some(text))
+            }
+        };
+        if let Some((p, c, model)) = usage {
             r.prompt_tokens = p;
             r.completion_tokens = c;
             if let Some(m) = model.filter(|_| r.model.is_empty()) {
                 r.model = m;
             }
-            if let Some(matcher) = &self.stream_policies {
-                let text = crate::policies::stream_text(self.format, &self.copy);
-                r.violations.extend(
-                    matcher
-                        .check_text(&text, crate::policies::rules::AppliesTo::Response)
-                        .into_iter()
-                        // The chunks have left: whatever the rule says, this was a flag.
-                        .map(|mut hit| {
-                            hit.action = crate::policies::rules::Action::Flag;
-                            crate::policies::violations::Found::new("response", hit)
-                        }),
-                );
-            }
+        }
+        if let (Some(matcher), Some(text)) = (&self.stream_policies, text) {
+            r.violations.extend(
+                matcher
+                    .check_text(&text, crate::policies::rules::AppliesTo::Response)
+                    .into_iter()
+                    // The chunks have left: whatever the rule says, this was a flag.
+                    .map(|mut hit| {
+                        hit.action = crate::policies::rules::Action::Flag;
+                        crate::policies::violations::Found::new("response", hit)
+                    }),
+            );
         }
         self.writer.record(r);
     }
@@ -429,14 +529,8 @@ where
                 if this.first_byte.is_none() {
                     this.first_byte = Some(this.started.elapsed());
                 }
-                if !this.overflow {
-                    if this.copy.len() + chunk.len() <= INSPECT_LIMIT {
-                        this.copy.extend_from_slice(&chunk);
-                    } else {
-                        this.overflow = true;
-                        this.copy = Vec::new();
-                    }
-                }
+                let want_text = this.stream_policies.is_some();
+                this.read.push(&chunk, this.format, want_text);
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(None) => {
@@ -484,6 +578,38 @@ mod tests {
             parse_usage(Format::Google, gemini),
             (4, 9, Some("gemini-2.0-flash".into()))
         );
+    }
+
+    #[test]
+    fn server_sent_events_are_read_across_chunk_boundaries() {
+        let sse = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\r\n\r\n\
+                   data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n\
+                   data: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"lo\"}}\n\n\
+                   data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}";
+        // Every way of cutting the stream in three reads the same.
+        for i in 1..sse.len() - 1 {
+            for j in [i + 1, sse.len() - 1] {
+                let mut r = Reader::Events {
+                    line: Vec::new(),
+                    usage: (0, 0, None),
+                    text: String::new(),
+                };
+                for part in [&sse[..i], &sse[i..j], &sse[j..]] {
+                    r.push(part.as_bytes(), Format::Anthropic, true);
+                }
+                let Reader::Events {
+                    line,
+                    mut usage,
+                    mut text,
+                } = r
+                else {
+                    unreachable!()
+                };
+                read_event_line(&line, Format::Anthropic, &mut usage, Some(&mut text));
+                assert_eq!(usage, (25, 15, Some("claude".into())), "cut at {i}, {j}");
+                assert_eq!(text, "Hello", "cut at {i}, {j}");
+            }
+        }
     }
 
     #[test]

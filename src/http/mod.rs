@@ -118,6 +118,13 @@ pub async fn serve(
     grace: Duration,
 ) -> anyhow::Result<()> {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    use axum::serve::ListenerExt;
+    // No Nagle delay: a streamed answer's small chunks leave as soon as they are written.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
