@@ -13,6 +13,7 @@
 #      bench/policies.json on (requests and answers checked) — the policies' own overhead.
 # Installs what it needs if missing: nginx (apt-get), oha (cargo install into ./target/tools).
 # Usage: bench/gateway.sh            RATE=1000 SECS=10 CONNS=64 bench/gateway.sh
+#        PROFILE=/tmp/perf.data bench/gateway.sh   (also samples the gateway with perf)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -110,7 +111,11 @@ run gateway-rate "http://$GATE/openai/v1/chat/completions" -q "$RATE" -c 32
 echo "maximum throughput: $CONNS connections for ${SECS}s" >&2
 run direct-max "http://$MOCK/v1/chat/completions" -c "$CONNS"
 run nginx-max "http://$NGINX/v1/chat/completions" -c "$CONNS"
+if [ -n "${PROFILE:-}" ]; then # PROFILE=perf.data: sample the gateway during its maximum-throughput run
+  perf record -F 999 -g -p "$gate_pid" -o "$PROFILE" -- sleep "$SECS" 2>/dev/null & perf_pid=$!
+fi
 run gateway-max "http://$GATE/openai/v1/chat/completions" -c "$CONNS"
+[ -n "${PROFILE:-}" ] && wait "$perf_pid"
 
 PROBE=target/release/examples/stream_probe
 echo "streaming: 200 streams of 20 chunks 2 ms apart, direct and through the gateway" >&2
