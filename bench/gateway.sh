@@ -8,7 +8,8 @@
 #   2. maximum throughput of each path (64 connections);
 #   3. streaming: time to first byte and each chunk's delay from upstream write to client read,
 #      directly and through the gateway (examples/stream_probe.rs; 200 streams of 20 chunks);
-#      the gateway's peak resident memory while it carries 1,000 concurrent 10-second streams;
+#      the gateway's peak resident memory while it carries 1,000 concurrent 10-second streams
+#      (on the fresh process, before the other phases, and again after them);
 #   4. latency and throughput again through the gateway with the organization's 20 policy rules of
 #      bench/policies.json on (requests and answers checked) — the policies' own overhead.
 # Installs what it needs if missing: nginx (apt-get), oha (cargo install into ./target/tools).
@@ -91,6 +92,24 @@ org=$(api POST /v1/organizations "$owner" '{"name":"Bench","slug":"bench"}' | py
 api POST "/v1/organizations/$org/providers" "$owner" "{\"provider\":\"openai_compatible\",\"name\":\"mock\",\"base_url\":\"http://$MOCK/v1\"}" >/dev/null
 key=$(api POST "/v1/organizations/$org/api-keys" "$owner" '{"name":"bench","scopes":["gateway:proxy"],"rate_limit":{"requests_per_minute":1000000}}' | python3 -c 'import json,sys;print(json.load(sys.stdin)["token"])')
 
+PROBE=target/release/examples/stream_probe
+rss() { awk '/VmRSS/{print $2}' "/proc/$gate_pid/status"; }
+# 1,000 concurrent 10 s streams through the gateway, its resident memory sampled every 200 ms.
+hold_streams() { # label
+  echo "memory ($1): 1,000 concurrent 10 s streams through the gateway" >&2
+  rss > "$work/rss-idle-$1"
+  "$PROBE" hold "http://$GATE/openai/v1/chat/completions" "$key" 1000 > "$work/hold-$1.json" & probe=$!
+  local peak=0 now
+  while kill -0 "$probe" 2>/dev/null; do
+    now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
+    sleep 0.2
+  done
+  wait "$probe"
+  echo "$peak" > "$work/rss-peak-$1"
+}
+# First on the fresh process, then again after the load phases.
+hold_streams fresh
+
 # A 1 KiB prompt.
 python3 - "$work/body.json" <<'EOF'
 import json, sys
@@ -117,22 +136,10 @@ fi
 run gateway-max "http://$GATE/openai/v1/chat/completions" -c "$CONNS"
 [ -n "${PROFILE:-}" ] && wait "$perf_pid"
 
-PROBE=target/release/examples/stream_probe
 echo "streaming: 200 streams of 20 chunks 2 ms apart, direct and through the gateway" >&2
 "$PROBE" latency "http://$MOCK/v1/chat/completions" "$key" 200 > "$work/stream-direct.json"
 "$PROBE" latency "http://$GATE/openai/v1/chat/completions" "$key" 200 > "$work/stream-gateway.json"
-echo "memory: 1,000 concurrent 10 s streams through the gateway" >&2
-rss() { awk '/VmRSS/{print $2}' "/proc/$gate_pid/status"; }
-echo "$(rss)" > "$work/rss-idle"
-"$PROBE" hold "http://$GATE/openai/v1/chat/completions" "$key" 1000 > "$work/hold.json" & probe=$!
-peak=0
-while kill -0 "$probe" 2>/dev/null; do
-  now=$(rss); [ "$now" -gt "$peak" ] && peak=$now
-  sleep 0.2
-done
-wait "$probe"
-echo "$peak" > "$work/rss-peak"
-
+hold_streams after-load
 echo "the same through the gateway with 20 policy rules" >&2
 python3 -c 'import json,sys; [print(json.dumps(r)) for r in json.load(open("bench/policies.json"))]' |
   while read -r rule; do
@@ -172,7 +179,8 @@ for label, x in [("direct", sd), ("gateway", sg)]:
     print(f"| {label} | {t['p50']/1000:.3f} | {t['p99']/1000:.3f} | {c['p50']/1000:.3f} | {c['p99']/1000:.3f} | {c['max']/1000:.3f} |")
 print(f"gateway adds to TTFB: p50 {(sg['ttfb_us']['p50']-sd['ttfb_us']['p50'])/1000:+.3f} ms, p99 {(sg['ttfb_us']['p99']-sd['ttfb_us']['p99'])/1000:+.3f} ms (target ≤ 1 ms); "
       f"to each chunk: p50 {(sg['chunk_delay_us']['p50']-sd['chunk_delay_us']['p50'])/1000:+.3f} ms, p99 {(sg['chunk_delay_us']['p99']-sd['chunk_delay_us']['p99'])/1000:+.3f} ms (target ≤ 1 ms)")
-hold = load("hold")
-idle, peak = int(open(f"{work}/rss-idle").read()), int(open(f"{work}/rss-peak").read())
-print(f"1,000 concurrent streams: {hold['completed']}/{hold['streams']} completed in {hold['seconds']:.1f} s; gateway RSS {idle/1024:.1f} MiB idle, peak {peak/1024:.1f} MiB (target ≤ 100 MB); errors: {hold['errors']}")
+for label in ["fresh", "after-load"]:
+    hold = load(f"hold-{label}")
+    idle, peak = int(open(f"{work}/rss-idle-{label}").read()), int(open(f"{work}/rss-peak-{label}").read())
+    print(f"1,000 concurrent streams ({label}): {hold['completed']}/{hold['streams']} completed in {hold['seconds']:.1f} s; gateway RSS {idle/1024:.1f} MiB before, peak {peak/1024:.1f} MiB (target ≤ 100 MB); errors: {hold['errors']}")
 EOF

@@ -10,6 +10,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::usage::{Prices, UsageRecord};
+use crate::storage::{Arg, Backend, Sql};
+
+/// Rows per upsert statement (at most 11 values each).
+const ROWS_PER_STATEMENT: usize = 400;
 
 /// The lower bound (ms) of the histogram bucket `latency_ms` falls in.
 pub fn bucket(latency_ms: i64) -> i64 {
@@ -98,9 +102,10 @@ impl Sums {
 }
 
 /// Adds a batch of log entries (with their stored `created_at`) to the rollups, inside `tx`:
-/// one upsert per rollup row and histogram bucket the batch touches.
+/// a few multi-row upserts over the rollup rows and histogram buckets the batch touches.
 pub async fn add_batch(
     conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     prices: &Prices,
     batch: &[(UsageRecord, String)],
 ) -> Result<(), sqlx::Error> {
@@ -125,49 +130,66 @@ pub async fn add_batch(
     // A stable order, so that two writers touching the same rows lock them in the same order.
     let mut rows: Vec<(Dims, Sums)> = rows.into_iter().collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
-    for (d, s) in &rows {
-        sqlx::query(
+    let dims = |d: &Dims| -> [Arg; 6] {
+        [
+            d.organization_id.as_str().into(),
+            d.environment.as_str().into(),
+            d.hour.as_str().into(),
+            d.model.as_str().into(),
+            d.provider.as_str().into(),
+            d.key_id.as_str().into(),
+        ]
+    };
+    // Multi-row upserts (each row appears once per statement, as PostgreSQL requires).
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = Sql::for_backend(
+                backend,
             "INSERT INTO usage_hourly (organization_id, environment, hour, model, provider, key_id, \
-             requests, errors, prompt_tokens, completion_tokens, cost_usd) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (organization_id, hour, environment, model, provider, key_id) DO UPDATE SET \
+             requests, errors, prompt_tokens, completion_tokens, cost_usd) VALUES ",
+        );
+        for (i, (d, s)) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.tuple(dims(d).into_iter().chain([
+                s.requests.into(),
+                s.errors.into(),
+                s.prompt_tokens.into(),
+                s.completion_tokens.into(),
+                s.cost_usd.into(),
+            ]));
+        }
+        sql.push(
+            " ON CONFLICT (organization_id, hour, environment, model, provider, key_id) DO UPDATE SET \
              requests = usage_hourly.requests + excluded.requests, \
              errors = usage_hourly.errors + excluded.errors, \
              prompt_tokens = usage_hourly.prompt_tokens + excluded.prompt_tokens, \
              completion_tokens = usage_hourly.completion_tokens + excluded.completion_tokens, \
              cost_usd = usage_hourly.cost_usd + excluded.cost_usd",
-        )
-        .bind(&d.organization_id)
-        .bind(&d.environment)
-        .bind(&d.hour)
-        .bind(&d.model)
-        .bind(&d.provider)
-        .bind(&d.key_id)
-        .bind(s.requests)
-        .bind(s.errors)
-        .bind(s.prompt_tokens)
-        .bind(s.completion_tokens)
-        .bind(s.cost_usd)
-        .execute(&mut *conn)
-        .await?;
-        for (b, n) in &s.latency {
-            sqlx::query(
-                "INSERT INTO usage_hourly_latency (organization_id, environment, hour, model, provider, \
-                 key_id, bucket, count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (organization_id, hour, environment, model, provider, key_id, bucket) \
-                 DO UPDATE SET count = usage_hourly_latency.count + excluded.count",
-            )
-            .bind(&d.organization_id)
-            .bind(&d.environment)
-            .bind(&d.hour)
-            .bind(&d.model)
-            .bind(&d.provider)
-            .bind(&d.key_id)
-            .bind(b)
-            .bind(n)
-            .execute(&mut *conn)
-            .await?;
+        );
+        sql.query().persistent(false).execute(&mut *conn).await?;
+    }
+    let buckets: Vec<(&Dims, i64, i64)> = rows
+        .iter()
+        .flat_map(|(d, s)| s.latency.iter().map(move |(b, n)| (d, *b, *n)))
+        .collect();
+    for chunk in buckets.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = Sql::for_backend(
+                backend,
+            "INSERT INTO usage_hourly_latency (organization_id, environment, hour, model, provider, \
+             key_id, bucket, count) VALUES ",
+        );
+        for (i, (d, b, n)) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.tuple(dims(d).into_iter().chain([(*b).into(), (*n).into()]));
         }
+        sql.push(
+            " ON CONFLICT (organization_id, hour, environment, model, provider, key_id, bucket) \
+             DO UPDATE SET count = usage_hourly_latency.count + excluded.count",
+        );
+        sql.query().persistent(false).execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -17,7 +17,7 @@ use futures_util::Stream;
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
-use crate::storage::{self, Db};
+use crate::storage::{self, Arg, Db, Sql};
 
 pub const QUEUE_CAPACITY: usize = 10_000;
 const BATCH: usize = 500;
@@ -209,58 +209,72 @@ async fn run(
     }
 }
 
+/// Rows per `INSERT` statement (17 values each, well under every backend's parameter limit).
+const ROWS_PER_INSERT: usize = 250;
+
 async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
     if batch.is_empty() {
         return;
     }
     let records = batch.len();
+    let backend = db.backend();
     let result: Result<(), crate::error::Error> = async {
-        let mut tx = crate::events::begin_write(db).await?;
         let mut stored = Vec::with_capacity(batch.len());
         for mut r in batch.drain(..) {
             if r.id.is_empty() {
                 r.id = crate::ids::new_id("log");
             }
-            let created_at = storage::now();
-            let violation_ids: Vec<&str> = r.violations.iter().map(|v| v.id.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, status, \
-                 latency_ms, ttfb_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, streamed, \
-                 violation_ids, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-            )
-            .bind(&r.id)
-            .bind(&r.organization_id)
-            .bind(&r.key_id)
-            .bind(&r.environment)
-            .bind(&r.provider)
-            .bind(&r.model)
-            .bind(&r.path)
-            .bind(r.status as i64)
-            .bind(r.latency_ms)
-            .bind(r.ttfb_ms)
-            .bind(r.prompt_tokens)
-            .bind(r.completion_tokens)
-            .bind(r.prompt_tokens + r.completion_tokens)
-            .bind(prices.cost(&r.model, r.prompt_tokens, r.completion_tokens))
-            .bind(r.streamed)
-            .bind(serde_json::json!(violation_ids).to_string())
-            .bind(&created_at)
-            .execute(&mut *tx)
-            .await?;
-            if !r.violations.is_empty() {
-                let ctx = crate::policies::violations::Context {
-                    organization_id: &r.organization_id,
-                    environment: &r.environment,
-                    key_id: &r.key_id,
-                    log_id: &r.id,
-                    model: &r.model,
-                };
-                crate::policies::violations::record(&mut tx, &ctx, &r.violations).await?;
-            }
-            stored.push((r, created_at));
+            stored.push((r, storage::now()));
         }
-        super::rollup::add_batch(&mut tx, prices, &stored).await?;
+        let mut tx = crate::events::begin_write(db).await?;
+        // Multi-row inserts: one statement (one round trip to the database) per 250 entries.
+        for rows in stored.chunks(ROWS_PER_INSERT) {
+            let mut sql = Sql::for_backend(
+                backend,
+                "INSERT INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, \
+                 status, latency_ms, ttfb_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
+                 streamed, violation_ids, created_at) VALUES ",
+            );
+            for (i, (r, created_at)) in rows.iter().enumerate() {
+                if i > 0 {
+                    sql.push(", ");
+                }
+                let violation_ids: Vec<&str> = r.violations.iter().map(|v| v.id.as_str()).collect();
+                sql.tuple([
+                    Arg::from(r.id.as_str()),
+                    r.organization_id.as_str().into(),
+                    r.key_id.as_str().into(),
+                    r.environment.as_str().into(),
+                    r.provider.as_str().into(),
+                    r.model.as_str().into(),
+                    r.path.as_str().into(),
+                    (r.status as i64).into(),
+                    r.latency_ms.into(),
+                    r.ttfb_ms.into(),
+                    r.prompt_tokens.into(),
+                    r.completion_tokens.into(),
+                    (r.prompt_tokens + r.completion_tokens).into(),
+                    prices.cost(&r.model, r.prompt_tokens, r.completion_tokens).into(),
+                    r.streamed.into(),
+                    serde_json::json!(violation_ids).to_string().into(),
+                    created_at.as_str().into(),
+                ]);
+            }
+            // Not kept in the connection's statement cache: a batch's row count varies, and each
+            // prepared multi-row statement is large (this held ~100 MB after a load test).
+            sql.query().persistent(false).execute(&mut *tx).await?;
+        }
+        for (r, _) in stored.iter().filter(|(r, _)| !r.violations.is_empty()) {
+            let ctx = crate::policies::violations::Context {
+                organization_id: &r.organization_id,
+                environment: &r.environment,
+                key_id: &r.key_id,
+                log_id: &r.id,
+                model: &r.model,
+            };
+            crate::policies::violations::record(&mut tx, &ctx, &r.violations).await?;
+        }
+        super::rollup::add_batch(&mut tx, backend, prices, &stored).await?;
         tx.commit().await?;
         Ok(())
     }
