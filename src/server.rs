@@ -160,6 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "gatehouse listening"
     );
     let worker = crate::events::delivery::spawn(state.clone())?;
+    crate::billing::subscriptions::spawn_cycle_job(state.clone());
     let flusher = {
         let state = state.clone();
         tokio::spawn(async move {

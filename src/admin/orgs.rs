@@ -2,7 +2,7 @@
 
 use axum::{extract::State, response::IntoResponse};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::Row;
 
 use crate::{
@@ -100,6 +100,9 @@ async fn detail(
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     let mut body = serde_json::to_value(org).map_err(anyhow::Error::from)?;
     body["members"] = members.into();
+    body["subscription"] = crate::billing::subscriptions::find(&state, &id)
+        .await?
+        .unwrap_or(Value::Null);
     body["usage"] = crate::billing::usage_document(&state, &id).await?;
     Ok(axum::Json(body))
 }

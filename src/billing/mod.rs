@@ -1,6 +1,9 @@
 //! Plans and usage (SPEC §6): the plan catalogue (`GET /v1/plans`, `/v1/admin/plans`), kept in
 //! memory so that the request path never queries it, and an organization's usage against its
-//! plan (`GET /v1/organizations/{org_id}/usage`).
+//! plan (`GET /v1/organizations/{org_id}/usage`); [`subscriptions`]: an organization's
+//! subscription, which sets its plan.
+
+pub mod subscriptions;
 
 use std::{
     collections::BTreeMap,
@@ -156,7 +159,13 @@ impl PlanCatalogue {
 }
 
 pub fn routes() -> Routes {
-    Routes::new().get("/v1/organizations/{org_id}/usage", usage)
+    const S: &str = "/v1/organizations/{org_id}/subscription";
+    Routes::new()
+        .get("/v1/organizations/{org_id}/usage", usage)
+        .get(S, subscriptions::get)
+        .post(S, subscriptions::create)
+        .patch(S, subscriptions::update)
+        .delete(S, subscriptions::cancel)
 }
 
 pub fn router() -> axum::Router<AppState> {

@@ -30,6 +30,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (8, "gateway"),
     (9, "policies"),
     (10, "usage_rollups"),
+    (11, "subscriptions"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
@@ -43,6 +44,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (8, "gateway"),
     (9, "policies"),
     (10, "usage_rollups"),
+    (11, "subscriptions"),
 );
 
 fn embedded(backend: Backend) -> Embedded {
