@@ -19,6 +19,7 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod mail;
+pub mod memory;
 pub mod metrics;
 pub mod orgs;
 pub mod policies;

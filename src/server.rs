@@ -161,6 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let worker = crate::events::delivery::spawn(state.clone())?;
     crate::billing::subscriptions::spawn_cycle_job(state.clone());
+    crate::memory::spawn_trimmer();
     let flusher = {
         let state = state.clone();
         tokio::spawn(async move {
