@@ -133,9 +133,20 @@ route!(anthropic, ANTHROPIC);
 route!(google, GOOGLE);
 route!(azure, AZURE);
 
+/// What the proxy itself reads of a request body: the model and whether the answer streams.
+/// Deserialized without building the whole document (the rest is skipped, though still checked
+/// to be JSON); only the mock provider, which answers the body, parses all of it.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Peek {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
+}
+
 /// The model and whether the answer streams: from the body, or (Gemini) from the path
 /// `models/{model}:{generateContent|streamGenerateContent}`.
-fn model_and_stream(spec: &Spec, path: &str, json: Option<&serde_json::Value>) -> (String, bool) {
+fn model_and_stream(spec: &Spec, path: &str, peek: &Peek) -> (String, bool) {
     match spec.format {
         Format::Google => {
             let action = path.strip_prefix("models/").unwrap_or_default();
@@ -143,10 +154,8 @@ fn model_and_stream(spec: &Spec, path: &str, json: Option<&serde_json::Value>) -
             (model.to_string(), method == "streamGenerateContent")
         }
         _ => (
-            json.and_then(|j| j["model"].as_str())
-                .unwrap_or_default()
-                .to_string(),
-            json.is_some_and(|j| j["stream"].as_bool() == Some(true)),
+            peek.model.clone().unwrap_or_default(),
+            peek.stream.as_ref().and_then(|s| s.as_bool()) == Some(true),
         ),
     }
 }
@@ -235,12 +244,16 @@ async fn handle(
         }
     }
     let mut body = body;
-    let mut json: Option<serde_json::Value> = if body.is_empty() {
-        None
-    } else {
-        Some(crate::http::extract::parse_json(&body)?)
+    let peek: Peek = match serde_json::from_slice(&body) {
+        _ if body.is_empty() => Peek::default(),
+        Ok(peek) => peek,
+        // JSON of another shape (an array, a non-string model): nothing to read, forwarded as is.
+        Err(e) if e.is_data() => Peek::default(),
+        Err(_) => {
+            crate::http::extract::parse_json::<serde_json::Value>(&body).map(|_| Peek::default())?
+        }
     };
-    let (mut model, streamed) = model_and_stream(spec, &path, json.as_ref());
+    let (mut model, streamed) = model_and_stream(spec, &path, &peek);
     if let (true, Some((_, d))) = (model.is_empty(), &deployment) {
         model = d.clone();
     }
@@ -271,7 +284,6 @@ async fn handle(
             return Err(refuse(&state, entry, violations, started, None));
         }
         if let Some(redacted) = outcome.redacted {
-            json = Some(crate::http::extract::parse_json(&redacted)?);
             body = Bytes::from(redacted);
         }
     }
@@ -309,7 +321,7 @@ async fn handle(
                 &path,
                 &model,
                 streamed,
-                json.as_ref().unwrap_or(&serde_json::Value::Null),
+                &serde_json::from_slice(&body).unwrap_or_default(),
             )
         } else {
             match forward(
