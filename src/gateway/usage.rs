@@ -21,6 +21,8 @@ use crate::storage::{self, Arg, Db, Sql};
 
 pub const QUEUE_CAPACITY: usize = 10_000;
 const BATCH: usize = 500;
+/// How long the writer gathers entries before writing a batch that is not full.
+const GATHER: Duration = Duration::from_millis(50);
 /// Bodies larger than this are streamed through without being inspected for usage.
 const INSPECT_LIMIT: usize = 4 * 1024 * 1024;
 
@@ -197,6 +199,16 @@ async fn run(
         tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 { break; }
+                // Gather what arrives over a short window: one transaction for many entries
+                // rather than one per request under moderate load.
+                let deadline = tokio::time::Instant::now() + GATHER;
+                while batch.len() < BATCH {
+                    let room = BATCH - batch.len();
+                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
             }
             _ = stop.notified() => {
                 while let Ok(r) = rx.try_recv() { batch.push(r); }
