@@ -126,7 +126,10 @@ run() { # name url extra-oha-args…
 echo "fixed rate: $RATE requests/s for ${SECS}s" >&2
 run direct-rate "http://$MOCK/v1/chat/completions" -q "$RATE" -c 32
 run nginx-rate "http://$NGINX/v1/chat/completions" -q "$RATE" -c 32
+cpu_ticks() { awk '{print $14+$15}' "/proc/$gate_pid/stat"; }
+cpu_before=$(cpu_ticks)
 run gateway-rate "http://$GATE/openai/v1/chat/completions" -q "$RATE" -c 32
+echo $(( $(cpu_ticks) - cpu_before )) > "$work/gateway-cpu-ticks"
 echo "maximum throughput: $CONNS connections for ${SECS}s" >&2
 run direct-max "http://$MOCK/v1/chat/completions" -c "$CONNS"
 run nginx-max "http://$NGINX/v1/chat/completions" -c "$CONNS"
@@ -169,6 +172,9 @@ d, g, n, p = rows["direct"], rows["gateway"], rows["nginx"], rows["policies"]
 print()
 print(f"gateway added latency at {rate}/s: p50 {g[0]-d[0]:+.3f} ms, p99 {g[1]-d[1]:+.3f} ms (targets ≤ 0.2 / ≤ 1 ms)")
 print(f"gateway throughput: {g[2]/n[2]*100:.0f}% of nginx (target ≥ 60%), {g[2]/d[2]*100:.0f}% of direct")
+ticks = int(open(f"{work}/gateway-cpu-ticks").read())
+served = sum(load("gateway-rate").get("statusCodeDistribution", {}).values())
+print(f"gateway CPU per request at {rate}/s: {ticks * 10_000 / max(served, 1):.0f} µs (user + system, /proc/<pid>/stat)")
 print(f"20 policy rules add at {rate}/s: p50 {p[0]-g[0]:+.3f} ms, p99 {p[1]-g[1]:+.3f} ms; throughput {p[2]/g[2]*100:.0f}% of the gateway without them")
 sd, sg = load("stream-direct"), load("stream-gateway")
 print()
