@@ -3,9 +3,19 @@
 
 use std::fmt;
 
-/// Generates a new id with the given prefix, e.g. `new_id("org")`.
+/// Generates a new id with the given prefix, e.g. `new_id("org")`. Ids are ULIDs, monotonic
+/// within this process: two ids made in the same millisecond still sort in the order they were
+/// made, so "newest first" lists and their cursors follow creation order.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase())
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    let ulid = {
+        let mut g = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+        g.generate()
+            // Only if 2^80 ids were made within one millisecond.
+            .unwrap_or_else(|_| ulid::Ulid::new())
+    };
+    format!("{prefix}_{}", ulid.to_string().to_lowercase())
 }
 
 /// True when `s` looks like an id with this prefix (used to tell ids from slugs in paths).
@@ -53,6 +63,15 @@ id_types! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_made_in_a_row_sort_in_the_order_they_were_made() {
+        let ids: Vec<String> = (0..10_000).map(|_| new_id("log")).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        assert!(ids.iter().all(|id| has_prefix(id, "log")));
+    }
 
     #[test]
     fn ids_are_prefixed_and_time_sortable() {
