@@ -53,18 +53,7 @@ async fn key(srv: &TestServer, s: &Setup, body: Value) -> String {
 async fn logs(srv: &TestServer, s: &Setup, want: usize) -> Value {
     // The writer stores entries off the request path: wait for them in the table (not through
     // the analytics route, which has its own rate limit), then read them through the API.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs")
-            .fetch_one(srv.state.db.pool())
-            .await
-            .unwrap();
-        if n as usize >= want {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "only {n} usage logs");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    srv.wait_for_usage_logs(want).await;
     let res = srv
         .get_as(&format!("{}/analytics/logs", s.base), &s.owner)
         .await;

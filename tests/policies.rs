@@ -73,18 +73,7 @@ fn reply(res: &common::Response) -> &str {
 
 /// Waits until the usage writer has stored `n` log entries, then returns the violations.
 async fn violations(srv: &TestServer, o: &Org, logs: usize, query: &str) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs")
-            .fetch_one(srv.state.db.pool())
-            .await
-            .unwrap();
-        if n as usize >= logs {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "only {n} usage logs");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    srv.wait_for_usage_logs(logs).await;
     let res = srv
         .get_as(&format!("{}/analytics/violations{query}", o.base), &o.owner)
         .await;

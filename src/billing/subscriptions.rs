@@ -70,6 +70,17 @@ async fn row(db: &Db, org_id: &str) -> Result<Option<sqlx::any::AnyRow>, Error> 
     .await?)
 }
 
+/// The organization's active subscription, or `not_found`.
+async fn active(db: &Db, org_id: &str) -> Result<sqlx::any::AnyRow, Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE organization_id = $1 AND status = 'active'"
+    ))
+    .bind(org_id)
+    .fetch_optional(db.pool())
+    .await?
+    .ok_or_else(|| Error::not_found("This organization has no active subscription"))
+}
+
 /// The organization's subscription document, if it has one (the admin organization detail).
 pub async fn find(state: &AppState, org_id: &str) -> Result<Option<Value>, Error> {
     match row(&state.db, org_id).await? {
@@ -231,13 +242,7 @@ pub async fn update(
 ) -> Result<impl IntoResponse, Error> {
     let (plan, email) = body.validate(&state, false)?;
     let org_id = access.org_id().to_string();
-    let current = row(&state.db, &org_id)
-        .await?
-        .filter(|r| {
-            r.try_get::<String, _>("status")
-                .is_ok_and(|s| s == "active")
-        })
-        .ok_or_else(|| Error::not_found("This organization has no active subscription"))?;
+    let current = active(&state.db, &org_id).await?;
     let id: String = current.try_get("id")?;
     let previous: String = current.try_get("plan")?;
     let mut tx = crate::events::begin_write(&state.db).await?;
@@ -283,13 +288,7 @@ pub async fn cancel(
     access: OrgAccess<perm::BillingCancel>,
 ) -> Result<impl IntoResponse, Error> {
     let org_id = access.org_id().to_string();
-    let current = row(&state.db, &org_id)
-        .await?
-        .filter(|r| {
-            r.try_get::<String, _>("status")
-                .is_ok_and(|s| s == "active")
-        })
-        .ok_or_else(|| Error::not_found("This organization has no active subscription"))?;
+    let current = active(&state.db, &org_id).await?;
     let id: String = current.try_get("id")?;
     let ends: String = current.try_get("billing_cycle_end")?;
     let mut tx = crate::events::begin_write(&state.db).await?;

@@ -246,6 +246,26 @@ impl TestServer {
         format!("{}{}", self.base, path)
     }
 
+    /// Waits (up to 10 s) until the gateway's batching writer has stored `n` usage-log entries:
+    /// it writes off the request path.
+    pub async fn wait_for_usage_logs(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM usage_logs")
+                .fetch_one(self.state.db.pool())
+                .await
+                .unwrap();
+            if stored as usize >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {stored} usage logs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A second node of the same deployment (same configuration, database and Redis) on its
     /// own port: its base URL and its task (abort it to stop the node).
     pub async fn second_node(&self) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
