@@ -32,7 +32,7 @@ pub struct Inner {
     /// The gateway's batching usage-log writer.
     pub gateway: Arc<crate::gateway::usage::UsageWriter>,
     /// The outbound client for providers.
-    pub gateway_client: reqwest::Client,
+    pub gateway_client: crate::gateway::client::GatewayClient,
     /// Rate limits: Redis with in-memory failover when `redis_url` is set, else memory.
     pub limiter: Arc<dyn RateLimiter>,
     /// Monthly usage counters (quotas), flushed to the database.

@@ -1,6 +1,8 @@
 //! Prometheus metrics (`GET /metrics`). Each capability registers its own families here so the
 //! whole set is visible in one place.
 
+use std::borrow::Cow;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -9,15 +11,15 @@ use prometheus_client::{
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub method: String,
-    pub route: String,
+    pub method: Cow<'static, str>,
+    pub route: Cow<'static, str>,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
+    pub method: Cow<'static, str>,
+    pub route: Cow<'static, str>,
 }
 
 /// The outcome of one webhook delivery attempt: `succeeded`, `retrying` (failed, another attempt

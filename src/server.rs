@@ -112,13 +112,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         usage.clone(),
         limiter.clone(),
     );
-    let gateway_client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(config.gateway_connect_timeout_secs))
-        // Idle stream: no byte from the provider for this long ends the response.
-        .read_timeout(Duration::from_secs(config.gateway_idle_timeout_secs))
-        .pool_max_idle_per_host(64)
-        .tcp_nodelay(true)
-        .build()?;
+    let gateway_client =
+        crate::gateway::client::build(Duration::from_secs(config.gateway_connect_timeout_secs));
     let plans = Arc::new(crate::billing::PlanCatalogue::load(&db).await?);
     plans.spawn_refresher(db.clone(), crate::billing::REFRESH_EVERY);
     let request_limits = Arc::new(crate::limits::middleware::RequestLimits::new());

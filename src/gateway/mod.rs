@@ -1,6 +1,7 @@
 //! The AI gateway (SPEC §10): provider configuration (`providers.rs`), the proxy routes
 //! (`proxy.rs`), the mock provider (`mock.rs`), usage and cost (`usage.rs`), and analytics.
 
+pub mod client;
 pub mod mock;
 pub mod providers;
 pub mod proxy;
@@ -38,14 +39,14 @@ pub fn routes() -> Routes {
         .get("/v1/organizations/{org_id}/analytics/stats", stats::stats)
 }
 
-/// The proxy routes: no control-plane timeout (streams last), their own body limit.
-pub fn proxy_router(max_body_bytes: usize) -> Router<AppState> {
+/// The proxy routes: no layers (no control-plane timeout, as streams last; the handler reads
+/// the body up to `gateway_max_body_bytes` itself).
+pub fn proxy_router() -> Router<AppState> {
     Router::new()
-        .route("/openai/v1/{*path}", any(proxy::openai))
-        .route("/anthropic/v1/{*path}", any(proxy::anthropic))
-        .route("/google/v1beta/{*path}", any(proxy::google))
-        .route("/azure/{*path}", any(proxy::azure))
-        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .route(proxy::OPENAI.route, any(proxy::openai))
+        .route(proxy::ANTHROPIC.route, any(proxy::anthropic))
+        .route(proxy::GOOGLE.route, any(proxy::google))
+        .route(proxy::AZURE.route, any(proxy::azure))
 }
 
 #[derive(Debug, Serialize)]

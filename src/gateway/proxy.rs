@@ -4,12 +4,12 @@
 //! provider's way, fall back on connection errors, 429 and 5xx, and stream the answer back chunk
 //! by chunk through the usage [`Tap`](super::usage::Tap).
 
-use std::time::Instant;
+use std::{borrow::Cow, time::Instant};
 
 use axum::{
     body::{Body, Bytes},
-    extract::{OriginalUri, State},
-    http::{header, HeaderMap, HeaderName, Method, StatusCode},
+    extract::{Request, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 
@@ -22,7 +22,10 @@ use crate::policies::violations::Found;
 use crate::{
     app::AppState,
     error::{Error, ErrorCode},
-    http::{middleware::Passthrough, request_meta::RequestMeta},
+    http::{
+        middleware::{Passthrough, RouteLabel},
+        request_meta::RequestMeta,
+    },
     keys::cache::VerifiedKey,
     orgs::roles::Permission,
 };
@@ -31,19 +34,19 @@ use crate::{
 const MAX_ATTEMPTS: usize = 3;
 
 /// The key as the OpenAI SDK sends it (and the other spellings the gateway accepts).
-pub fn gateway_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+pub fn gateway_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
     if let Some(k) = crate::orgs::access::presented_key_in(headers) {
-        return Some(k.to_string());
+        return Some(Cow::Borrowed(k));
     }
     for name in ["api-key", "x-goog-api-key"] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            return Some(v.trim().to_string());
+            return Some(Cow::Borrowed(v.trim()));
         }
     }
     query.and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "key")
-            .map(|(_, v)| v.into_owned())
+            .map(|(_, v)| v)
     })
 }
 
@@ -67,14 +70,11 @@ const CREDENTIALS: &[&str] = &[
     "cookie",
 ];
 
-fn forwardable(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    !HOP_BY_HOP.contains(&n) && !CREDENTIALS.contains(&n)
-}
-
 /// What differs between the provider formats.
-struct Spec {
+pub struct Spec {
     format: Format,
+    /// The route template (`{*path}` is the provider's own path).
+    pub route: &'static str,
     prefix: &'static str,
     kinds: &'static [&'static str],
     default_base: &'static str,
@@ -82,28 +82,32 @@ struct Spec {
     azure: bool,
 }
 
-const OPENAI: Spec = Spec {
+pub const OPENAI: Spec = Spec {
+    route: "/openai/v1/{*path}",
     format: Format::OpenAi,
     prefix: "/openai/v1",
     kinds: &["openai", "openai_compatible", "mock"],
     default_base: "https://api.openai.com/v1",
     azure: false,
 };
-const ANTHROPIC: Spec = Spec {
+pub const ANTHROPIC: Spec = Spec {
+    route: "/anthropic/v1/{*path}",
     format: Format::Anthropic,
     prefix: "/anthropic/v1",
     kinds: &["anthropic", "mock"],
     default_base: "https://api.anthropic.com/v1",
     azure: false,
 };
-const GOOGLE: Spec = Spec {
+pub const GOOGLE: Spec = Spec {
+    route: "/google/v1beta/{*path}",
     format: Format::Google,
     prefix: "/google/v1beta",
     kinds: &["google", "mock"],
     default_base: "https://generativelanguage.googleapis.com/v1beta",
     azure: false,
 };
-const AZURE: Spec = Spec {
+pub const AZURE: Spec = Spec {
+    route: "/azure/{*path}",
     format: Format::OpenAi,
     prefix: "/azure",
     kinds: &["azure", "mock"],
@@ -113,17 +117,12 @@ const AZURE: Spec = Spec {
 
 macro_rules! route {
     ($name:ident, $spec:expr) => {
-        pub async fn $name(
-            State(state): State<AppState>,
-            meta: RequestMeta,
-            method: Method,
-            OriginalUri(uri): OriginalUri,
-            verified: Option<axum::Extension<VerifiedKey>>,
-            headers: HeaderMap,
-            body: Bytes,
-        ) -> Result<Response, Error> {
-            let verified = verified.map(|axum::Extension(v)| v.0);
-            handle(&$spec, state, meta, method, uri, verified, headers, body).await
+        pub async fn $name(State(state): State<AppState>, req: Request) -> Response {
+            let mut res = handle(&$spec, state, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            res.extensions_mut().insert(RouteLabel($spec.route));
+            res
         }
     };
 }
@@ -183,36 +182,52 @@ fn mock_answer(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    spec: &Spec,
-    state: AppState,
-    meta: RequestMeta,
-    method: Method,
-    uri: axum::http::Uri,
-    verified: Option<std::sync::Arc<crate::keys::cache::CachedKey>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Error> {
+/// The request body, up to the gateway's limit (413 beyond it).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!("The request body is larger than the gateway accepts ({limit} bytes)"),
+            )
+        } else {
+            Error::new(
+                ErrorCode::InvalidRequest,
+                "The request body could not be read",
+            )
+        }
+    })
+}
+
+async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, Error> {
     let started = Instant::now();
-    let token = gateway_key(&headers, uri.query())
+    let (mut parts, body) = req.into_parts();
+    let verified = parts.extensions.remove::<VerifiedKey>().map(|v| v.0);
+    let (method, uri, headers) = (&parts.method, &parts.uri, &parts.headers);
+    let token = gateway_key(headers, uri.query())
         .ok_or_else(|| Error::unauthorized("Send a gateway API key: Authorization: Bearer sk_…"))?;
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     // Verified once per request: by the rate-limit middleware when it ran, else here.
     let key = match verified {
         Some(k) => k,
-        None => match state
-            .api_keys
-            .authenticate(&state.db, &token, origin, meta.ip)
-            .await
-        {
-            Ok(k) => k,
-            Err(e) => {
-                crate::keys::routes::record_refusal(&state, &meta, &token, &e);
-                return Err(e);
+        None => {
+            let meta = RequestMeta::of(&parts, &state);
+            let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+            match state
+                .api_keys
+                .authenticate(&state.db, &token, origin, meta.ip)
+                .await
+            {
+                Ok(k) => k,
+                Err(e) => {
+                    crate::keys::routes::record_refusal(&state, &meta, &token, &e);
+                    return Err(e);
+                }
             }
-        },
+        }
     };
+    let body = read_body(body, state.config.gateway_max_body_bytes).await?;
     if !key.allows("gateway:proxy")
         || !key
             .creator_role
@@ -288,20 +303,14 @@ async fn handle(
         }
     }
 
-    let mut candidates: Vec<Upstream> = upstreams(&state, &key.organization_id, &key.environment)
-        .await?
+    let configured = upstreams(&state, &key.organization_id, &key.environment).await?;
+    let mut candidates: Vec<&Upstream> = configured
         .iter()
         .filter(|u| spec.kinds.contains(&u.provider.as_str()) && u.serves(&model))
-        .cloned()
+        .take(MAX_ATTEMPTS)
         .collect();
     if candidates.is_empty() && key.environment == "test" {
-        candidates.push(Upstream {
-            id: "mock".into(),
-            provider: "mock".into(),
-            base_url: None,
-            api_key: None,
-            models: vec![],
-        });
+        candidates.push(&MOCK);
     }
     if candidates.is_empty() {
         return Err(Error::new(
@@ -313,26 +322,33 @@ async fn handle(
 
     let mut last_error: Option<Error> = None;
     let mut response = None;
-    for upstream in candidates.iter().take(MAX_ATTEMPTS) {
+    let last = candidates.len() - 1;
+    let mut headers = Some(parts.headers);
+    for (i, upstream) in candidates.into_iter().enumerate() {
         let res = if upstream.provider == "mock" {
             mock_answer(
                 spec,
-                &method,
+                method,
                 &path,
                 &model,
                 streamed,
                 &serde_json::from_slice(&body).unwrap_or_default(),
             )
         } else {
+            // The last attempt takes the request's headers; earlier ones a copy.
+            let headers = match (i == last, &mut headers) {
+                (true, h) => h.take().unwrap_or_default(),
+                (false, h) => h.clone().unwrap_or_default(),
+            };
             match forward(
                 &state,
                 spec,
                 deployment.as_ref(),
                 upstream,
-                &method,
+                &parts.method,
                 &path,
-                uri.query(),
-                &headers,
+                parts.uri.query(),
+                headers,
                 body.clone(),
             )
             .await
@@ -355,7 +371,7 @@ async fn handle(
         };
         let status = res.status();
         let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-        response = Some((upstream.clone(), res));
+        response = Some((upstream, res));
         if !retryable {
             break;
         }
@@ -499,6 +515,55 @@ fn refuse(
     error
 }
 
+/// The mock provider, for test keys of an organization without a provider of that format.
+static MOCK: std::sync::LazyLock<Upstream> = std::sync::LazyLock::new(|| Upstream {
+    id: "mock".into(),
+    provider: "mock".into(),
+    base_url: None,
+    api_key: None,
+    models: vec![],
+});
+
+/// The provider's URL for `path` (and the query, without a `key=` credential).
+fn upstream_uri(
+    spec: &Spec,
+    deployment: Option<&(String, String)>,
+    upstream: &Upstream,
+    path: &str,
+    query: Option<&str>,
+) -> Result<axum::http::Uri, Error> {
+    let base = match (&upstream.base_url, deployment) {
+        (Some(b), _) => Cow::Borrowed(b.trim_end_matches('/')),
+        (None, Some((resource, _))) => Cow::Owned(format!("https://{resource}.openai.azure.com")),
+        (None, None) => Cow::Borrowed(spec.default_base),
+    };
+    let mut url = match deployment {
+        Some((_, deployment)) => format!("{base}/openai/deployments/{deployment}/{path}"),
+        None => format!("{base}/{path}"),
+    };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        let has_key = url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "key");
+        if has_key {
+            let kept = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(url::form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k != "key"))
+                .finish();
+            if !kept.is_empty() {
+                url.push('?');
+                url.push_str(&kept);
+            }
+        } else {
+            url.push('?');
+            url.push_str(q);
+        }
+    }
+    axum::http::Uri::try_from(url).map_err(|e| {
+        Error::new(
+            ErrorCode::UpstreamError,
+            format!("The provider's URL is not valid: {e}"),
+        )
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &AppState,
@@ -508,90 +573,82 @@ async fn forward(
     method: &Method,
     path: &str,
     query: Option<&str>,
-    headers: &HeaderMap,
+    mut headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let mut url = match deployment {
-        Some((resource, deployment)) => {
-            let base = upstream
-                .base_url
-                .clone()
-                .unwrap_or_else(|| format!("https://{resource}.openai.azure.com"));
-            format!(
-                "{}/openai/deployments/{deployment}/{path}",
-                base.trim_end_matches('/')
-            )
-        }
-        None => {
-            let base = upstream
-                .base_url
-                .clone()
-                .unwrap_or_else(|| spec.default_base.into());
-            format!("{}/{path}", base.trim_end_matches('/'))
-        }
-    };
-    let query: Vec<(String, String)> = query
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .filter(|(k, _)| k != "key")
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default();
-    if !query.is_empty() {
-        url.push('?');
-        url.push_str(
-            &url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(query)
-                .finish(),
-        );
-    }
-    let mut req = state
-        .gateway_client
-        .request(method.clone(), &url)
-        .body(body);
-    for (name, value) in headers {
-        if forwardable(name) {
-            req = req.header(name, value);
-        }
+    let uri = upstream_uri(spec, deployment, upstream, path, query)?;
+    // The client's headers, but for hop-by-hop headers and the client's own credentials.
+    for name in HOP_BY_HOP.iter().chain(CREDENTIALS) {
+        headers.remove(*name);
     }
     // Each provider's own way of taking a credential.
     if let Some(k) = &upstream.api_key {
-        req = match spec.format {
-            Format::OpenAi if spec.azure => req.header("api-key", k),
-            Format::OpenAi => req.bearer_auth(k),
-            Format::Anthropic => req.header("x-api-key", k),
-            Format::Google => req.header("x-goog-api-key", k),
+        let credential = match spec.format {
+            Format::OpenAi if spec.azure => ("api-key", Cow::Borrowed(k.as_str())),
+            Format::OpenAi => ("authorization", Cow::Owned(format!("Bearer {k}"))),
+            Format::Anthropic => ("x-api-key", Cow::Borrowed(k.as_str())),
+            Format::Google => ("x-goog-api-key", Cow::Borrowed(k.as_str())),
         };
+        let mut value = HeaderValue::from_str(&credential.1).map_err(|_| {
+            Error::new(
+                ErrorCode::UpstreamError,
+                "The provider's API key is not a valid header value",
+            )
+        })?;
+        value.set_sensitive(true);
+        headers.insert(credential.0, value);
     }
     if spec.format == Format::Anthropic && !headers.contains_key("anthropic-version") {
-        req = req.header("anthropic-version", "2023-06-01");
+        headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
     }
-    let details = serde_json::json!({"provider": upstream.provider, "provider_id": upstream.id});
+    let mut req = axum::http::Request::new(http_body_util::Full::new(body));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    let failed = |code: ErrorCode, message: &'static str| {
+        Error::new(code, message).with_details(
+            serde_json::json!({"provider": upstream.provider, "provider_id": upstream.id}),
+        )
+    };
     let first_byte = std::time::Duration::from_secs(state.config.gateway_first_byte_timeout_secs);
-    let sent = tokio::time::timeout(first_byte, req.send())
-        .await
-        .map_err(|_| {
-            Error::new(
+    let res = match tokio::time::timeout(first_byte, state.gateway_client.request(req)).await {
+        Err(_) => {
+            return Err(failed(
                 ErrorCode::UpstreamTimeout,
                 "The provider did not start answering in time",
-            )
-            .with_details(details.clone())
-        })?;
-    let res = sent.map_err(|e| {
-        let code = if e.is_timeout() {
-            ErrorCode::UpstreamTimeout
-        } else {
-            ErrorCode::UpstreamError
-        };
-        Error::new(code, "The provider could not be reached").with_details(details)
-    })?;
-    let mut out = Response::builder().status(res.status().as_u16());
-    for (name, value) in res.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            out = out.header(name, value);
+            ))
         }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "provider request failed");
+            let timed_out =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| {
+                    e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                });
+            return Err(if timed_out {
+                failed(
+                    ErrorCode::UpstreamTimeout,
+                    "The provider could not be reached in time",
+                )
+            } else {
+                failed(
+                    ErrorCode::UpstreamError,
+                    "The provider could not be reached",
+                )
+            });
+        }
+        Ok(Ok(res)) => res,
+    };
+    let (mut parts, incoming) = res.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(*name);
     }
-    out.body(Body::from_stream(res.bytes_stream()))
-        .map_err(|e| anyhow::anyhow!("building the proxied response: {e}").into())
+    let idle = std::time::Duration::from_secs(state.config.gateway_idle_timeout_secs);
+    Ok(Response::from_parts(
+        parts,
+        Body::new(super::client::IdleTimeout::new(incoming, idle)),
+    ))
 }

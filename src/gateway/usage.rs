@@ -3,6 +3,7 @@
 //! (bounded queue; a full queue is counted, never waited on; drained on shutdown).
 
 use std::{
+    borrow::Cow,
     pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -343,24 +344,115 @@ fn read_usage(format: Format, v: &Value, found: &mut (i64, i64, Option<String>))
     }
 }
 
+/// The fields of a response document (a whole answer or one event) that carry usage, read
+/// without building the document: every other field is skipped.
+#[derive(serde::Deserialize)]
+struct UsageDoc<'a> {
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<TokenUsage>,
+    /// Anthropic: `message_start` carries the message (model and input tokens).
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<Box<UsageDoc<'a>>>,
+    /// Gemini.
+    #[serde(default, rename = "modelVersion", borrow)]
+    model_version: Option<Cow<'a, str>>,
+    #[serde(default, rename = "usageMetadata")]
+    usage_metadata: Option<GeminiUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenUsage {
+    prompt_tokens: Option<i64>,
+    completion_tokens: Option<i64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+struct GeminiUsage {
+    #[serde(rename = "promptTokenCount")]
+    prompt: Option<i64>,
+    #[serde(rename = "candidatesTokenCount")]
+    candidates: Option<i64>,
+}
+
+/// [`read_usage`] over the typed fields only; `false` when the document is not an object of the
+/// expected field types (the caller then reads it as a JSON value).
+fn read_usage_fast(format: Format, data: &[u8], found: &mut (i64, i64, Option<String>)) -> bool {
+    let Ok(doc) = serde_json::from_slice::<UsageDoc>(data) else {
+        return false;
+    };
+    let mut model = |m: &Option<Cow<str>>| {
+        if found.2.is_none() {
+            found.2 = m.as_deref().map(str::to_string);
+        }
+    };
+    match format {
+        Format::OpenAi => {
+            model(&doc.model);
+            if let Some(u) = &doc.usage {
+                found.0 = u.prompt_tokens.unwrap_or(0);
+                found.1 = u.completion_tokens.unwrap_or(0);
+            }
+        }
+        Format::Anthropic => {
+            let message = match (doc.kind.as_deref(), &doc.message) {
+                (Some("message_start"), Some(m)) => m,
+                (Some("message_start"), None) => return true,
+                _ => &doc,
+            };
+            model(&message.model);
+            if let Some(u) = &message.usage {
+                if let Some(i) = u.input_tokens {
+                    found.0 = i;
+                }
+                if let Some(o) = u.output_tokens {
+                    found.1 = o;
+                }
+            }
+        }
+        Format::Google => {
+            model(&doc.model_version);
+            if let Some(u) = &doc.usage_metadata {
+                found.0 = u.prompt.unwrap_or(0);
+                found.1 = u.candidates.unwrap_or(0);
+            }
+        }
+    }
+    true
+}
+
+/// One JSON document of a response: the typed fields when they parse, else the JSON value.
+fn read_usage_doc(format: Format, data: &[u8], found: &mut (i64, i64, Option<String>)) {
+    if read_usage_fast(format, data, found) {
+        return;
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(data) {
+        match v.as_array() {
+            Some(items) => items.iter().for_each(|i| read_usage(format, i, found)),
+            None => read_usage(format, &v, found),
+        }
+    }
+}
+
 /// Reads the token usage from a body in `format`: one JSON document, a JSON array (Gemini's
 /// non-SSE stream), or server-sent events. Returns `(prompt, completion, model)`.
 pub fn parse_usage(format: Format, body: &[u8]) -> (i64, i64, Option<String>) {
     let mut found = (0, 0, None);
-    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        match v.as_array() {
-            Some(items) => items.iter().for_each(|i| read_usage(format, i, &mut found)),
-            None => read_usage(format, &v, &mut found),
-        }
+    let trimmed = body.trim_ascii();
+    if trimmed.starts_with(b"{") || trimmed.starts_with(b"[") {
+        read_usage_doc(format, trimmed, &mut found);
         return found;
     }
     for line in body.split(|b| *b == b'\n') {
         let Some(data) = line.strip_prefix(b"data:") else {
             continue;
         };
-        if let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) {
-            read_usage(format, &v, &mut found);
-        }
+        read_usage_doc(format, data.trim_ascii(), &mut found);
     }
     found
 }
@@ -384,8 +476,9 @@ pub struct Tap<S> {
 }
 
 enum Reader {
-    /// A bounded copy of the whole body (`None` once it overflowed).
-    Whole(Option<Vec<u8>>),
+    /// The whole body's chunks, shared with what was sent on (not copied), up to
+    /// `INSPECT_LIMIT` bytes in all (`None` once it overflowed).
+    Whole(Option<Chunks>),
     /// Server-sent events.
     Events {
         line: Vec<u8>,
@@ -394,20 +487,43 @@ enum Reader {
     },
 }
 
+/// A body's chunks as they arrived.
+#[derive(Default)]
+struct Chunks {
+    parts: Vec<Bytes>,
+    size: usize,
+}
+
+impl Chunks {
+    /// The body in one piece (no copy when it came in one chunk).
+    fn whole(self) -> Bytes {
+        match self.parts.len() {
+            0 => Bytes::new(),
+            1 => self.parts.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut all = Vec::with_capacity(self.size);
+                self.parts.iter().for_each(|p| all.extend_from_slice(p));
+                Bytes::from(all)
+            }
+        }
+    }
+}
+
 impl Reader {
-    fn push(&mut self, chunk: &[u8], format: Format, want_text: bool) {
+    fn push(&mut self, chunk: &Bytes, format: Format, want_text: bool) {
         match self {
-            Reader::Whole(copy) => {
-                if let Some(c) = copy {
-                    if c.len() + chunk.len() <= INSPECT_LIMIT {
-                        c.extend_from_slice(chunk);
+            Reader::Whole(kept) => {
+                if let Some(c) = kept {
+                    if c.size + chunk.len() <= INSPECT_LIMIT {
+                        c.size += chunk.len();
+                        c.parts.push(chunk.clone());
                     } else {
-                        *copy = None;
+                        *kept = None;
                     }
                 }
             }
             Reader::Events { line, usage, text } => {
-                let mut rest = chunk;
+                let mut rest: &[u8] = chunk;
                 while let Some(end) = rest.iter().position(|b| *b == b'\n') {
                     let complete: &[u8] = if line.is_empty() {
                         &rest[..end]
@@ -441,9 +557,7 @@ fn read_event_line(
     let data = data.trim_ascii();
     let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
     if usage.2.is_none() || has(b"usage") || has(b"Usage") {
-        if let Ok(v) = serde_json::from_slice::<Value>(data) {
-            read_usage(format, &v, usage);
-        }
+        read_usage_doc(format, data, usage);
     }
     if let Some(text) = text {
         if text.len() < INSPECT_LIMIT {
@@ -479,7 +593,7 @@ impl<S> Tap<S> {
                     text: String::new(),
                 }
             } else {
-                Reader::Whole(Some(Vec::new()))
+                Reader::Whole(Some(Chunks::default()))
             },
         }
     }
@@ -501,7 +615,8 @@ impl<S> Tap<S> {
             .as_millis() as i64;
         let read = std::mem::replace(&mut self.read, Reader::Whole(None));
         let (usage, text) = match read {
-            Reader::Whole(Some(copy)) => {
+            Reader::Whole(Some(chunks)) => {
+                let copy = chunks.whole();
                 let text = self
                     .stream_policies
                     .is_some()
@@ -621,7 +736,11 @@ mod tests {
                     text: String::new(),
                 };
                 for part in [&sse[..i], &sse[i..j], &sse[j..]] {
-                    r.push(part.as_bytes(), Format::Anthropic, true);
+                    r.push(
+                        &Bytes::copy_from_slice(part.as_bytes()),
+                        Format::Anthropic,
+                        true,
+                    );
                 }
                 let Reader::Events {
                     line,

@@ -1,14 +1,33 @@
-//! Middleware shared by every route: request ids, the error envelope and HTTP metrics.
+//! The edge: what every request passes through, as **one** service around the router rather
+//! than a stack of per-route layers (each `Router::layer` boxes every route once more, and each
+//! box is cloned and each future boxed on every request — the gateway's hot path paid ~40
+//! allocations for them).
+//!
+//! In order: the request id (echoed or made, on the request and the response), the request's
+//! trace span, a caught panic, CORS for publishable keys (`keys::cors`), rate limits and quotas
+//! (`limits::middleware`), the router; on the way out, the SPEC's error envelope for every
+//! failure and the HTTP metrics by route template.
 
-use std::time::Instant;
+use std::{
+    borrow::Cow,
+    convert::Infallible,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
 
 use axum::{
     body::Body,
-    extract::{MatchedPath, Request, State},
+    extract::{MatchedPath, Request},
     http::{header, HeaderValue, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
+    Router,
 };
+use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::{
     app::AppState,
@@ -27,42 +46,168 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct Passthrough;
 
-fn valid_incoming_id(value: &HeaderValue) -> Option<String> {
-    let s = value.to_str().ok()?;
-    let ok = (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    ok.then(|| s.to_string())
+/// The route template a response answered, for the metrics: set by handlers that know it
+/// without the router's help (the gateway's proxy routes); other routes leave their
+/// [`MatchedPath`] on the response ([`remember_route`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+/// The whole API as one service: the edge around the router.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    state: AppState,
 }
 
-/// Echoes a valid incoming `X-Request-Id`, else generates `req_…`; sets it on the request (for
-/// the trace span and handlers) and on every response.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(valid_incoming_id)
-        .unwrap_or_else(|| crate::ids::new_id("req"));
-    let value = HeaderValue::from_str(&id).expect("request ids are ASCII");
-    req.headers_mut().insert(REQUEST_ID, value.clone());
-    req.extensions_mut().insert(RequestId(id));
+impl App {
+    pub fn new(router: Router, state: AppState) -> Self {
+        App { router, state }
+    }
+}
+
+impl tower::Service<Request> for App {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let app = self.clone();
+        Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+fn valid_incoming_id(value: &HeaderValue) -> bool {
+    let s = value.as_bytes();
+    (1..=128).contains(&s.len())
+        && s.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+impl App {
+    async fn handle(self, mut req: Request) -> Response {
+        let started = Instant::now();
+        // A valid incoming `X-Request-Id` is echoed, else `req_…` is made.
+        let id_value = match req.headers().get(REQUEST_ID) {
+            Some(v) if valid_incoming_id(v) => v.clone(),
+            _ => {
+                let id = crate::ids::new_id("req");
+                let v = HeaderValue::try_from(id).expect("request ids are ASCII");
+                req.headers_mut().insert(REQUEST_ID, v.clone());
+                v
+            }
+        };
+        let request_id = id_value.to_str().unwrap_or_default().to_string();
+        req.extensions_mut().insert(RequestId(request_id.clone()));
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        // The path only: query strings may carry credentials (`?key=`).
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %method,
+            path = %uri.path(),
+        );
+        let state = self.state.clone();
+        let mut res = AssertUnwindSafe(self.route(req))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                span.in_scope(|| tracing::error!(panic = %what, "handler panicked"));
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            });
+        res = span.in_scope(|| envelope(res, &method, uri.path(), &request_id));
+        let status = res.status();
+        let elapsed = started.elapsed();
+        if status.is_server_error() {
+            span.in_scope(|| {
+                tracing::warn!(
+                    status = status.as_u16(),
+                    latency_ms = elapsed.as_millis() as u64,
+                    "response failed"
+                )
+            });
+        }
+        let route: Cow<'static, str> = match res.extensions().get::<RouteLabel>() {
+            Some(r) => Cow::Borrowed(r.0),
+            None => match res.extensions().get::<MatchedPath>() {
+                Some(p) => Cow::Owned(p.as_str().to_string()),
+                None => Cow::Borrowed("unmatched"),
+            },
+        };
+        let method = method_label(&method);
+        let metrics = &state.metrics;
+        metrics
+            .http_latency
+            .get_or_create(&RouteLabels {
+                method: method.clone(),
+                route: route.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                method,
+                route,
+                status: status.as_u16(),
+            })
+            .inc();
+        res.headers_mut().insert(REQUEST_ID, id_value);
+        res
+    }
+
+    /// CORS, then rate limits and quotas, then the router.
+    async fn route(self, req: Request) -> Response {
+        let App { router, state } = self;
+        crate::keys::cors::cors(&state, req, |req| {
+            crate::limits::middleware::rate_limit(&state, req, |req| async move {
+                match tower::ServiceExt::oneshot(router, req).await {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                }
+            })
+        })
+        .await
+    }
+}
+
+fn method_label(m: &Method) -> Cow<'static, str> {
+    Cow::Borrowed(match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => return Cow::Owned(m.as_str().to_string()),
+    })
+}
+
+/// Leaves the route template the router matched on the response, for the edge's metrics (a
+/// per-route layer of the control plane, whose routes are not on the gateway's hot path).
+pub async fn remember_route(req: Request, next: Next) -> Response {
+    let matched = req.extensions().get::<MatchedPath>().cloned();
     let mut res = next.run(req).await;
-    res.headers_mut().insert(REQUEST_ID, value);
+    if let Some(m) = matched {
+        res.extensions_mut().insert(m);
+    }
     res
 }
 
 /// Renders every failure as the SPEC's envelope: errors returned by handlers (an
 /// [`ErrorReport`] in the response extensions) and failures made by the framework or by tower
 /// layers with only a status (unknown route, wrong method, oversize body, timeout, panic).
-pub async fn error_envelope(req: Request, next: Next) -> Response {
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let mut res = next.run(req).await;
+fn envelope(mut res: Response, method: &Method, path: &str, request_id: &str) -> Response {
     let status = res.status();
     let report = match res.extensions_mut().remove::<ErrorReport>() {
         Some(report) => report,
@@ -70,12 +215,12 @@ pub async fn error_envelope(req: Request, next: Next) -> Response {
             && res.extensions().get::<Passthrough>().is_none()
             && !is_json(&res) =>
         {
-            framework_report(status, &method, &path)
+            framework_report(status, method, path)
         }
         None => return res,
     };
     let (mut parts, _) = res.into_parts();
-    let body = serde_json::to_vec(&report.envelope(status, &request_id))
+    let body = serde_json::to_vec(&report.envelope(status, request_id))
         .expect("an envelope always serializes");
     parts.headers.insert(
         header::CONTENT_TYPE,
@@ -114,38 +259,6 @@ fn framework_report(status: StatusCode, method: &Method, path: &str) -> ErrorRep
         message: message.into(),
         details: None,
     }
-}
-
-/// Counts requests and records latency by route template (never by raw path, which would
-/// carry ids and explode cardinality).
-pub async fn http_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let res = next.run(req).await;
-    let elapsed = start.elapsed().as_secs_f64();
-    state
-        .metrics
-        .http_latency
-        .get_or_create(&RouteLabels {
-            method: method.clone(),
-            route: route.clone(),
-        })
-        .observe(elapsed);
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&HttpLabels {
-            method,
-            route,
-            status: res.status().as_u16(),
-        })
-        .inc();
-    res
 }
 
 /// Fallback for paths no route matches.

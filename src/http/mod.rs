@@ -11,16 +11,12 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use axum::{extract::DefaultBodyLimit, http::StatusCode, middleware as mw, Router};
 use tokio::net::TcpListener;
-use tower_http::{
-    catch_panic::CatchPanicLayer,
-    timeout::TimeoutLayer,
-    trace::{DefaultOnFailure, TraceLayer},
-};
+use tower_http::timeout::TimeoutLayer;
 
 use crate::app::AppState;
 
 /// Every route of the API. Reading this function tells you every area of the product.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState) -> middleware::App {
     router_with(state, Router::new())
 }
 
@@ -50,7 +46,7 @@ pub fn route_table() -> Vec<routes::RouteInfo> {
 
 /// The API with `extra` routes merged into the control plane, under the same layers (the test
 /// harness mounts probe routes this way).
-pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
+pub fn router_with(state: AppState, extra: Router<AppState>) -> middleware::App {
     let control_plane = Router::new()
         .merge(crate::health::router())
         .merge(crate::auth::router())
@@ -63,57 +59,24 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             state.config.request_timeout(),
         ))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
-
-    control_plane
-        // The data plane: no control-plane timeout (streams last), its own body limit.
-        .merge(crate::gateway::proxy_router(
-            state.config.gateway_max_body_bytes,
-        ))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(mw::from_fn(middleware::remember_route));
+    let router = control_plane
+        // The data plane: no per-route layers at all (no control-plane timeout, as streams
+        // last; the proxy enforces its own body limit).
+        .merge(crate::gateway::proxy_router())
         .fallback(middleware::not_found)
-        // Rate limits and quotas (SPEC §5), control plane and gateway alike: every limit of the
-        // request in one check.
-        .layer(mw::from_fn_with_state(
-            state.clone(),
-            crate::limits::middleware::rate_limit,
-        ))
-        .layer(mw::from_fn_with_state(
-            state.clone(),
-            crate::keys::cors::cors,
-        ))
-        .layer(CatchPanicLayer::new())
-        .layer(mw::from_fn(middleware::error_envelope))
-        .layer(mw::from_fn_with_state(
-            state.clone(),
-            middleware::http_metrics,
-        ))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &axum::http::Request<_>| {
-                    let request_id = req
-                        .headers()
-                        .get(middleware::REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    // The path only: query strings may carry credentials (`?key=`).
-                    tracing::info_span!(
-                        "request",
-                        request_id,
-                        method = %req.method(),
-                        path = %req.uri().path(),
-                    )
-                })
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
-        )
-        .layer(mw::from_fn(middleware::request_id))
-        .with_state(state)
+        .with_state(state.clone());
+    // Request ids, trace spans, panics, CORS, rate limits and quotas, the error envelope and
+    // the metrics: one service around the router (`middleware::App`).
+    middleware::App::new(router, state)
 }
 
 /// Serves until `shutdown` resolves, then stops accepting connections and lets in-flight
 /// requests finish for up to `grace`.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: middleware::App,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -125,14 +88,17 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = started_tx.send(());
-    });
+    let server =
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = started_tx.send(());
+        });
     let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
     tokio::select! {
         result = &mut server => return result.map_err(Into::into),

@@ -55,6 +55,12 @@ impl FromRequestParts<AppState> for RequestMeta {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        Ok(RequestMeta::of(parts, state))
+    }
+}
+
+impl RequestMeta {
+    pub fn of(parts: &Parts, state: &AppState) -> RequestMeta {
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -63,7 +69,7 @@ impl FromRequestParts<AppState> for RequestMeta {
             .chars()
             .take(256)
             .collect();
-        Ok(RequestMeta {
+        RequestMeta {
             ip: client_ip(parts, &state.config.trusted_proxies),
             user_agent,
             request_id: parts
@@ -71,7 +77,7 @@ impl FromRequestParts<AppState> for RequestMeta {
                 .get::<RequestId>()
                 .map(|r| r.0.clone())
                 .unwrap_or_default(),
-        })
+        }
     }
 }
 

@@ -82,7 +82,12 @@ enum Entry {
     Unknown(Instant),
 }
 
-type ProviderEntry = (Instant, Arc<Vec<crate::gateway::providers::Upstream>>);
+/// An organization's cached providers, per environment: (environment, when loaded, list).
+type ProviderEntry = Vec<(
+    String,
+    Instant,
+    Arc<Vec<crate::gateway::providers::Upstream>>,
+)>;
 
 /// Also holds each organization's decrypted provider list for the gateway, so that a gateway
 /// request with a known key and a known organization touches no database; both are dropped by
@@ -90,7 +95,7 @@ type ProviderEntry = (Instant, Arc<Vec<crate::gateway::providers::Upstream>>);
 #[derive(Default)]
 pub struct KeyCache {
     map: RwLock<HashMap<[u8; 32], Entry>>,
-    providers: RwLock<HashMap<(String, String), ProviderEntry>>,
+    providers: RwLock<HashMap<String, ProviderEntry>>,
     flushed: AtomicI64,
 }
 
@@ -200,7 +205,7 @@ impl KeyCache {
         map.retain(|_, e| !matches!(e, Entry::Known(k) if k.organization_id == org_id));
         drop(map);
         let mut providers = self.providers.write().unwrap_or_else(|e| e.into_inner());
-        providers.retain(|(org, _), _| org != org_id);
+        providers.remove(org_id);
     }
 
     pub fn clear(&self) {
@@ -218,9 +223,10 @@ impl KeyCache {
         env: &str,
     ) -> Option<Arc<Vec<crate::gateway::providers::Upstream>>> {
         let map = self.providers.read().unwrap_or_else(|e| e.into_inner());
-        map.get(&(org_id.to_string(), env.to_string()))
-            .filter(|(at, _)| at.elapsed() < MAX_AGE)
-            .map(|(_, v)| v.clone())
+        map.get(org_id)?
+            .iter()
+            .find(|(e, at, _)| e == env && at.elapsed() < MAX_AGE)
+            .map(|(_, _, v)| v.clone())
     }
 
     pub fn put_providers(
@@ -233,10 +239,9 @@ impl KeyCache {
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(
-            (org_id.to_string(), env.to_string()),
-            (Instant::now(), list),
-        );
+        let envs = map.entry(org_id.to_string()).or_default();
+        envs.retain(|(e, _, _)| e != env);
+        envs.push((env.to_string(), Instant::now(), list));
     }
 
     /// Writes `last_used_at` for the keys used since the last flush (one UPDATE per key used).

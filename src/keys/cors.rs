@@ -3,10 +3,11 @@
 //! allows, and refused for every other origin; an actual request from an allowed origin that
 //! presents a publishable key gets `Access-Control-Allow-Origin` on its response.
 
+use std::future::Future;
+
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{header, HeaderValue, Method, StatusCode},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 
@@ -32,21 +33,26 @@ async fn origin_allowed(state: &AppState, origin: &str) -> Result<bool, Error> {
     Ok(n > 0)
 }
 
-pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Answers preflights and grants allowed origins; every other request goes on to `next`.
+pub async fn cors<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let Some(origin) = req
         .headers()
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
     else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let preflight = req.method() == Method::OPTIONS
         && req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
-        return match origin_allowed(&state, &origin).await {
+        return match origin_allowed(state, &origin).await {
             Ok(true) => {
                 let mut res = StatusCode::NO_CONTENT.into_response();
                 let h = res.headers_mut();
@@ -74,7 +80,7 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
     }
     let publishable =
         crate::orgs::access::presented_key_in(req.headers()).is_some_and(|k| k.starts_with("pk_"));
-    let mut res = next.run(req).await;
+    let mut res = next(req).await;
     // The key check (origin in the key's list) already ran; a refused request gets no grant.
     if publishable && res.status().as_u16() != 401 && res.status().as_u16() != 403 {
         if let Ok(v) = HeaderValue::from_str(&origin) {

@@ -19,14 +19,14 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{HeaderValue, Method},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
 use sqlx::Row;
@@ -189,23 +189,26 @@ fn exempt(path: &str) -> bool {
     path == "/metrics" || path == "/health" || path.starts_with("/health/")
 }
 
-pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
-    if exempt(&path) || req.method() == Method::OPTIONS {
-        return next.run(req).await;
+/// Decides every limit of a request in one check; a request that passes goes on to `next`.
+pub async fn rate_limit<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    if exempt(req.uri().path()) || req.method() == Method::OPTIONS {
+        return next(req).await;
     }
     let (mut parts, body) = req.into_parts();
     let ip = client_ip(&parts, &state.config.trusted_proxies);
-    let who = identify(&state, &parts, ip).await;
+    let who = identify(state, &parts, ip).await;
     if let Who::Key { key, .. } = &who {
         parts
             .extensions
             .insert(crate::keys::cache::VerifiedKey(key.clone()));
     }
-    let req = Request::from_parts(parts, body);
-    match decide(&state, &path, req.method(), ip, &who).await {
+    match decide(state, parts.uri.path(), &parts.method, ip, &who).await {
         Ok(Decision::Pass { headers }) => {
-            let mut res = next.run(req).await;
+            let mut res = next(Request::from_parts(parts, body)).await;
             add_headers(&mut res, &headers);
             res
         }
