@@ -15,7 +15,14 @@ pub fn new_id(prefix: &str) -> String {
             // Only if 2^80 ids were made within one millisecond.
             .unwrap_or_else(|_| ulid::Ulid::new())
     };
-    format!("{prefix}_{}", ulid.to_string().to_lowercase())
+    let mut buf = [0u8; ulid::ULID_LEN];
+    let encoded = ulid.array_to_str(&mut buf);
+    encoded.make_ascii_lowercase();
+    let mut id = String::with_capacity(prefix.len() + 1 + ulid::ULID_LEN);
+    id.push_str(prefix);
+    id.push('_');
+    id.push_str(encoded);
+    id
 }
 
 /// True when `s` looks like an id with this prefix (used to tell ids from slugs in paths).

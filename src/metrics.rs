@@ -57,19 +57,35 @@ pub struct Metrics {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GatewayLabels {
-    pub provider: String,
+    pub provider: Cow<'static, str>,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub provider: String,
-    pub kind: String,
+    pub provider: Cow<'static, str>,
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
-    pub provider: String,
+    pub provider: Cow<'static, str>,
+}
+
+/// A provider kind as a label value: the known kinds without an allocation.
+pub fn provider_label(kind: &str) -> Cow<'static, str> {
+    const KINDS: &[&str] = &[
+        "openai",
+        "anthropic",
+        "google",
+        "azure",
+        "openai_compatible",
+        "mock",
+    ];
+    match KINDS.iter().find(|k| **k == kind) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(kind.to_string()),
+    }
 }
 
 /// The gateway's metrics (cheap clones sharing the same series).

@@ -152,11 +152,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         address = %listener.local_addr()?,
         database = state.db.backend().name(),
+        allocator = crate::memory::allocator(),
         "gatehouse listening"
     );
     let worker = crate::events::delivery::spawn(state.clone())?;
     crate::billing::subscriptions::spawn_cycle_job(state.clone());
-    crate::memory::spawn_trimmer();
     let flusher = {
         let state = state.clone();
         tokio::spawn(async move {

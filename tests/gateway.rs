@@ -738,6 +738,7 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
         ServerOptions {
             configure: Box::new(|c| {
                 c.gateway_first_byte_timeout_secs = 1;
+                c.gateway_idle_timeout_secs = 1;
                 c.gateway_max_body_bytes = 4096;
             }),
             ..Default::default()
@@ -756,7 +757,7 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
     srv.post_as(
         &format!("{}/providers", s.base),
         &s.owner,
-        &json!({"provider": "openai_compatible", "name": "slow", "base_url": base}),
+        &json!({"provider": "openai_compatible", "name": "slow", "base_url": base, "models": ["m"]}),
     )
     .await;
     let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
@@ -770,6 +771,67 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
     srv.post_as("/openai/v1/chat/completions", &live, &big)
         .await
         .assert_error(413, "payload_too_large");
+
+    // A provider that starts a stream and then goes silent: the gateway cuts the answer after
+    // the idle timeout (the client sees the first event, then the body fails), and the request
+    // is still logged.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    let app = Router::new().route(
+        "/v1/chat/completions",
+        post(|| async {
+            use futures_util::StreamExt;
+            let first = futures_util::stream::once(async {
+                Ok::<_, std::io::Error>(axum::body::Bytes::from_static(
+                    b"data: {\"model\":\"silent\",\"choices\":[]}\n\n",
+                ))
+            });
+            let body = axum::body::Body::from_stream(first.chain(futures_util::stream::pending()));
+            ([("content-type", "text/event-stream")], body)
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let res = srv
+        .post_as(
+            &format!("{}/providers", s.base),
+            &s.owner,
+            &json!({"provider": "openai_compatible", "name": "silent", "base_url": base, "models": ["silent"]}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let stream =
+        json!({"model": "silent", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let mut res = srv
+        .client
+        .post(srv.url("/openai/v1/chat/completions"))
+        .bearer_auth(&live)
+        .json(&stream)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let first = res.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("silent"));
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match res.chunk().await {
+                Ok(Some(_)) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("the gateway cut the silent stream");
+    assert!(
+        rest.is_err(),
+        "a cut stream ends with an error, not a clean end"
+    );
+    let logs = logs(&srv, &s, 1).await;
+    assert!(logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["model"] == "silent" && e["streamed"] == true));
 }
 
 async fn gateway_limits_and_quotas_count_requests_and_tokens(backend: Backend) {

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{
+    extract::State,
+    http::{HeaderName, HeaderValue, StatusCode},
+    response::IntoResponse,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -73,14 +77,44 @@ impl Provider {
     }
 }
 
-/// A provider as the proxy uses it: with its decrypted key.
+/// A provider as the proxy uses it: with its decrypted key, ready as the header the provider
+/// takes it in.
 #[derive(Clone)]
 pub struct Upstream {
     pub id: String,
     pub provider: String,
     pub base_url: Option<String>,
-    pub api_key: Option<String>,
+    pub credential: Option<Credential>,
     pub models: Vec<String>,
+}
+
+/// The header a provider's key travels in.
+#[derive(Clone)]
+pub enum Credential {
+    Header(HeaderName, HeaderValue),
+    /// The key cannot be a header value (requests to this provider fail with a clear error).
+    Invalid,
+}
+
+/// Each provider's own way of taking a key: `Authorization: Bearer` (OpenAI and compatible
+/// servers), `api-key` (Azure OpenAI), `x-api-key` (Anthropic), `x-goog-api-key` (Gemini).
+pub fn credential(provider: &str, key: &str) -> Credential {
+    let (name, value) = match provider {
+        "azure" => ("api-key", HeaderValue::from_str(key)),
+        "anthropic" => ("x-api-key", HeaderValue::from_str(key)),
+        "google" => ("x-goog-api-key", HeaderValue::from_str(key)),
+        _ => (
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {key}")),
+        ),
+    };
+    match value {
+        Ok(mut value) => {
+            value.set_sensitive(true);
+            Credential::Header(HeaderName::from_static(name), value)
+        }
+        Err(_) => Credential::Invalid,
+    }
 }
 
 impl std::fmt::Debug for Upstream {
@@ -122,6 +156,7 @@ async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec
     rows.iter()
         .map(|r| {
             let id: String = r.try_get("id")?;
+            let provider: String = r.try_get("provider")?;
             let api_key = match r.try_get::<Option<String>, _>("api_key")? {
                 Some(sealed) => Some(
                     String::from_utf8(
@@ -135,9 +170,9 @@ async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec
                 None => None,
             };
             Ok(Upstream {
-                provider: r.try_get("provider")?,
+                credential: api_key.map(|k| credential(&provider, &k)),
+                provider,
                 base_url: r.try_get("base_url")?,
-                api_key,
                 models: serde_json::from_value(r.get_json("models")?).unwrap_or_default(),
                 id,
             })

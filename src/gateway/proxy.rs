@@ -9,23 +9,20 @@ use std::{borrow::Cow, time::Instant};
 use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
-    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
 };
 
 use super::{
     mock,
-    providers::{upstreams, Upstream},
+    providers::{upstreams, Credential, Upstream},
     usage::{Format, Tap, UsageRecord},
 };
 use crate::policies::violations::Found;
 use crate::{
     app::AppState,
     error::{Error, ErrorCode},
-    http::{
-        middleware::{Passthrough, RouteLabel},
-        request_meta::RequestMeta,
-    },
+    http::{middleware::RouteLabel, request_meta::RequestMeta},
     keys::cache::VerifiedKey,
     orgs::roles::Permission,
 };
@@ -280,11 +277,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         model: model.clone(),
         path: uri.path().to_string(),
         streamed,
-        tokens_per_minute: key
-            .rate_limit
-            .as_ref()
-            .and_then(|r| r.get("tokens_per_minute"))
-            .and_then(|v| v.as_u64()),
+        tokens_per_minute: key.rate_limit_of("tokens_per_minute"),
         ..Default::default()
     };
 
@@ -361,7 +354,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
                         .gateway
                         .upstream_errors
                         .get_or_create(&crate::metrics::ProviderLabels {
-                            provider: upstream.provider.clone(),
+                            provider: crate::metrics::provider_label(&upstream.provider),
                         })
                         .inc();
                     last_error = Some(e);
@@ -433,7 +426,6 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     if streamed && policies.has_response_rules() {
         tapped = tapped.with_stream_policies(policies.clone());
     }
-    parts.extensions.insert(Passthrough);
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(parts, Body::from_stream(tapped)))
 }
@@ -520,7 +512,7 @@ static MOCK: std::sync::LazyLock<Upstream> = std::sync::LazyLock::new(|| Upstrea
     id: "mock".into(),
     provider: "mock".into(),
     base_url: None,
-    api_key: None,
+    credential: None,
     models: vec![],
 });
 
@@ -582,24 +574,23 @@ async fn forward(
         headers.remove(*name);
     }
     // Each provider's own way of taking a credential.
-    if let Some(k) = &upstream.api_key {
-        let credential = match spec.format {
-            Format::OpenAi if spec.azure => ("api-key", Cow::Borrowed(k.as_str())),
-            Format::OpenAi => ("authorization", Cow::Owned(format!("Bearer {k}"))),
-            Format::Anthropic => ("x-api-key", Cow::Borrowed(k.as_str())),
-            Format::Google => ("x-goog-api-key", Cow::Borrowed(k.as_str())),
-        };
-        let mut value = HeaderValue::from_str(&credential.1).map_err(|_| {
-            Error::new(
+    match &upstream.credential {
+        Some(Credential::Header(name, value)) => {
+            headers.insert(name.clone(), value.clone());
+        }
+        Some(Credential::Invalid) => {
+            return Err(Error::new(
                 ErrorCode::UpstreamError,
                 "The provider's API key is not a valid header value",
-            )
-        })?;
-        value.set_sensitive(true);
-        headers.insert(credential.0, value);
+            ))
+        }
+        None => {}
     }
     if spec.format == Format::Anthropic && !headers.contains_key("anthropic-version") {
-        headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        headers.insert(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_static("2023-06-01"),
+        );
     }
     let mut req = axum::http::Request::new(http_body_util::Full::new(body));
     *req.method_mut() = method.clone();
@@ -611,6 +602,7 @@ async fn forward(
         )
     };
     let first_byte = std::time::Duration::from_secs(state.config.gateway_first_byte_timeout_secs);
+    let idle = std::time::Duration::from_secs(state.config.gateway_idle_timeout_secs);
     let res = match tokio::time::timeout(first_byte, state.gateway_client.request(req)).await {
         Err(_) => {
             return Err(failed(
@@ -642,13 +634,12 @@ async fn forward(
         }
         Ok(Ok(res)) => res,
     };
-    let (mut parts, incoming) = res.into_parts();
+    let (mut parts, answer) = res.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(*name);
     }
-    let idle = std::time::Duration::from_secs(state.config.gateway_idle_timeout_secs);
     Ok(Response::from_parts(
         parts,
-        Body::new(super::client::IdleTimeout::new(incoming, idle)),
+        Body::new(super::client::IdleTimeout::new(answer, idle)),
     ))
 }

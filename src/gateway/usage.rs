@@ -45,6 +45,8 @@ pub struct UsageRecord {
     pub streamed: bool,
     /// The key's tokens-per-minute limit, charged with this request's tokens when it ends.
     pub tokens_per_minute: Option<u64>,
+    /// When the request ended (set when the record is handed to the writer).
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// Policy violations of this request, stored with the entry.
     pub violations: Vec<crate::policies::violations::Found>,
 }
@@ -118,18 +120,20 @@ impl UsageWriter {
     }
 
     /// Queues a record; never waits. A full queue drops it and counts it.
-    pub fn record(&self, r: UsageRecord) {
+    pub fn record(&self, mut r: UsageRecord) {
+        r.at.get_or_insert_with(chrono::Utc::now);
         use crate::metrics::{GatewayLabels, ProviderLabels, TokenLabels};
         let m = &self.metrics;
+        let provider = crate::metrics::provider_label(&r.provider);
         m.requests
             .get_or_create(&GatewayLabels {
-                provider: r.provider.clone(),
+                provider: provider.clone(),
                 status: r.status,
             })
             .inc();
         m.latency
             .get_or_create(&ProviderLabels {
-                provider: r.provider.clone(),
+                provider: provider.clone(),
             })
             .observe(r.latency_ms as f64 / 1000.0);
         for (kind, n) in [
@@ -138,8 +142,8 @@ impl UsageWriter {
         ] {
             m.tokens
                 .get_or_create(&TokenLabels {
-                    provider: r.provider.clone(),
-                    kind: kind.into(),
+                    provider: provider.clone(),
+                    kind,
                 })
                 .inc_by(n.max(0) as u64);
         }
@@ -237,7 +241,8 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
             if r.id.is_empty() {
                 r.id = crate::ids::new_id("log");
             }
-            stored.push((r, storage::now()));
+            let at = storage::format_time(r.at.unwrap_or_else(chrono::Utc::now));
+            stored.push((r, at));
         }
         let mut tx = crate::events::begin_write(db).await?;
         // Multi-row inserts: one statement (one round trip to the database) per 250 entries.

@@ -37,18 +37,11 @@ use crate::{
 
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// The request's id, in the request extensions for handlers that need it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// Marks a response whose error body must reach the client untouched (a provider's own error
-/// format on gateway routes).
-#[derive(Debug, Clone, Copy)]
-pub struct Passthrough;
-
-/// The route template a response answered, for the metrics: set by handlers that know it
-/// without the router's help (the gateway's proxy routes); other routes leave their
-/// [`MatchedPath`] on the response ([`remember_route`]).
+/// The route template a response answered, for the metrics: set by the gateway's proxy routes,
+/// which know it without the router's help (other routes leave their [`MatchedPath`] on the
+/// response, [`remember_route`]). It also marks a provider's answer: without an
+/// [`ErrorReport`], such a response reaches the client untouched, errors included (the
+/// provider's own error format).
 #[derive(Debug, Clone, Copy)]
 pub struct RouteLabel(pub &'static str);
 
@@ -100,8 +93,8 @@ impl App {
                 v
             }
         };
-        let request_id = id_value.to_str().unwrap_or_default().to_string();
-        req.extensions_mut().insert(RequestId(request_id.clone()));
+        // Handlers read it from the header (`RequestMeta`).
+        let request_id = id_value.to_str().unwrap_or_default();
         let method = req.method().clone();
         let uri = req.uri().clone();
         // The path only: query strings may carry credentials (`?key=`).
@@ -125,7 +118,7 @@ impl App {
                 span.in_scope(|| tracing::error!(panic = %what, "handler panicked"));
                 StatusCode::INTERNAL_SERVER_ERROR.into_response()
             });
-        res = span.in_scope(|| envelope(res, &method, uri.path(), &request_id));
+        res = span.in_scope(|| envelope(res, &method, uri.path(), request_id));
         let status = res.status();
         let elapsed = started.elapsed();
         if status.is_server_error() {
@@ -212,7 +205,7 @@ fn envelope(mut res: Response, method: &Method, path: &str, request_id: &str) ->
     let report = match res.extensions_mut().remove::<ErrorReport>() {
         Some(report) => report,
         None if (status.is_client_error() || status.is_server_error())
-            && res.extensions().get::<Passthrough>().is_none()
+            && res.extensions().get::<RouteLabel>().is_none()
             && !is_json(&res) =>
         {
             framework_report(status, method, path)

@@ -9,7 +9,7 @@ use axum::{
 };
 use ipnet::IpNet;
 
-use crate::{app::AppState, error::Error, http::middleware::RequestId};
+use crate::{app::AppState, error::Error, http::middleware::REQUEST_ID};
 
 #[derive(Debug, Clone)]
 pub struct RequestMeta {
@@ -72,11 +72,13 @@ impl RequestMeta {
         RequestMeta {
             ip: client_ip(parts, &state.config.trusted_proxies),
             user_agent,
+            // Set (or checked) by the edge on every request.
             request_id: parts
-                .extensions
-                .get::<RequestId>()
-                .map(|r| r.0.clone())
-                .unwrap_or_default(),
+                .headers
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
         }
     }
 }

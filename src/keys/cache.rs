@@ -59,6 +59,11 @@ pub struct CachedKey {
 }
 
 impl CachedKey {
+    /// One of the key's own limits (`requests_per_minute`, `tokens_per_minute`), if set.
+    pub fn rate_limit_of(&self, name: &str) -> Option<u64> {
+        self.rate_limit.as_ref()?.get(name)?.as_u64()
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         super::scope_bit(scope).is_some_and(|b| self.scopes & b != 0)
     }

@@ -103,9 +103,10 @@ impl MemoryLimiter {
     pub fn check_at(&self, limits: &[LimitSpec], now: Duration) -> Result<Verdict, LimiterError> {
         let periods = periods_in(limits, NS)?;
         let now_ns = now.as_nanos();
-        let shard_of: Vec<usize> = limits.iter().map(|l| self.shard_index(&l.key)).collect();
+        let shard_of: super::PerLimit<usize> =
+            limits.iter().map(|l| self.shard_index(&l.key)).collect();
         let mut guards = self.lock(&shard_of);
-        let levels: Vec<u128> = limits
+        let levels: super::PerLimit<u128> = limits
             .iter()
             .zip(&shard_of)
             .map(|(l, &s)| {
@@ -152,8 +153,8 @@ impl MemoryLimiter {
     }
 
     /// Locks each distinct shard once, in ascending order (so no two requests deadlock).
-    fn lock(&self, shard_of: &[usize]) -> Vec<(usize, MutexGuard<'_, Shard>)> {
-        let mut wanted: Vec<usize> = shard_of.to_vec();
+    fn lock(&self, shard_of: &[usize]) -> super::PerLimit<(usize, MutexGuard<'_, Shard>)> {
+        let mut wanted: super::PerLimit<usize> = shard_of.iter().copied().collect();
         wanted.sort_unstable();
         wanted.dedup();
         wanted

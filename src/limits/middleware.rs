@@ -26,7 +26,7 @@ use std::{
 
 use axum::{
     extract::Request,
-    http::{HeaderValue, Method},
+    http::Method,
     response::{IntoResponse, Response},
 };
 use sqlx::Row;
@@ -152,13 +152,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Who a request comes from, as far as limits care.
 enum Who {
-    Key {
-        key: std::sync::Arc<crate::keys::cache::CachedKey>,
-        id: String,
-        org_id: String,
-        per_minute: Option<u64>,
-        tokens_per_minute: Option<u64>,
-    },
+    Key(std::sync::Arc<crate::keys::cache::CachedKey>),
     User {
         id: String,
         tenant_org: Option<String>,
@@ -201,7 +195,7 @@ where
     let (mut parts, body) = req.into_parts();
     let ip = client_ip(&parts, &state.config.trusted_proxies);
     let who = identify(state, &parts, ip).await;
-    if let Who::Key { key, .. } = &who {
+    if let Who::Key(key) = &who {
         parts
             .extensions
             .insert(crate::keys::cache::VerifiedKey(key.clone()));
@@ -209,23 +203,24 @@ where
     match decide(state, parts.uri.path(), &parts.method, ip, &who).await {
         Ok(Decision::Pass { headers }) => {
             let mut res = next(Request::from_parts(parts, body)).await;
-            add_headers(&mut res, &headers);
+            add_headers(&mut res, headers);
             res
         }
         Ok(Decision::Refuse { error, headers }) => {
             let mut res = error.into_response();
-            add_headers(&mut res, &headers);
+            add_headers(&mut res, headers);
             res
         }
         Err(e) => e.into_response(),
     }
 }
 
-fn add_headers(res: &mut Response, headers: &[(&'static str, String)]) {
-    for (name, value) in headers {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            res.headers_mut().insert(*name, v);
-        }
+fn add_headers(res: &mut Response, headers: Option<super::Verdict>) {
+    for (name, value) in headers.iter().flat_map(super::Verdict::headers) {
+        res.headers_mut().insert(
+            axum::http::HeaderName::from_static(name),
+            crate::http::number_header(value),
+        );
     }
 }
 
@@ -250,21 +245,7 @@ async fn identify(
             .authenticate(&state.db, token, origin, ip)
             .await
         {
-            Ok(k) => Who::Key {
-                key: k.clone(),
-                id: k.id.clone(),
-                org_id: k.organization_id.clone(),
-                per_minute: k
-                    .rate_limit
-                    .as_ref()
-                    .and_then(|r| r.get("requests_per_minute"))
-                    .and_then(|v| v.as_u64()),
-                tokens_per_minute: k
-                    .rate_limit
-                    .as_ref()
-                    .and_then(|r| r.get("tokens_per_minute"))
-                    .and_then(|v| v.as_u64()),
-            },
+            Ok(k) => Who::Key(k),
             Err(_) => Who::Anonymous,
         };
     }
@@ -281,13 +262,15 @@ async fn identify(
     Who::Anonymous
 }
 
+/// The outcome, with the verdict whose `X-RateLimit-*` headers the response carries (none for
+/// unauthenticated callers).
 enum Decision {
     Pass {
-        headers: Vec<(&'static str, String)>,
+        headers: Option<super::Verdict>,
     },
     Refuse {
         error: Error,
-        headers: Vec<(&'static str, String)>,
+        headers: Option<super::Verdict>,
     },
 }
 
@@ -302,17 +285,13 @@ async fn decide(
     let analytics = path.contains("/analytics");
     let gateway = is_gateway_path(path);
     let mutating = !matches!(*method, Method::GET | Method::HEAD);
-    let mut specs = Vec::with_capacity(4);
+    let mut specs = super::PerLimit::<LimitSpec>::new();
     // The organization the request counts against, if any.
-    let mut org: Option<String> = None;
+    let mut org: Option<std::borrow::Cow<str>> = None;
     match who {
-        Who::Key {
-            key: _,
-            id,
-            org_id,
-            per_minute,
-            tokens_per_minute,
-        } => {
+        Who::Key(key) => {
+            let id = &key.id;
+            let per_minute = key.rate_limit_of("requests_per_minute");
             let default = if gateway {
                 cfg.gateway_key_per_minute
             } else {
@@ -322,9 +301,9 @@ async fn decide(
                 format!("key:{id}:min"),
                 per_minute.unwrap_or(default),
             ));
-            if let (true, Some(tpm)) = (gateway, tokens_per_minute) {
+            if let (true, Some(tpm)) = (gateway, key.rate_limit_of("tokens_per_minute")) {
                 // Cost 0: refused only while the tokens already used are over the limit.
-                specs.push(LimitSpec::per_minute(tokens_key(id), *tpm).with_cost(0));
+                specs.push(LimitSpec::per_minute(tokens_key(id), tpm).with_cost(0));
             }
             if analytics {
                 specs.push(LimitSpec::per_minute(
@@ -332,7 +311,7 @@ async fn decide(
                     cfg.analytics_per_minute,
                 ));
             }
-            org = Some(org_id.clone());
+            org = Some(key.organization_id.as_str().into());
         }
         Who::User { id, tenant_org } => {
             specs.push(LimitSpec::per_minute(
@@ -346,10 +325,14 @@ async fn decide(
                         cfg.management_per_minute,
                     ));
                 }
-                org = state.request_limits.membership(state, id, param).await?;
+                org = state
+                    .request_limits
+                    .membership(state, id, param)
+                    .await?
+                    .map(Into::into);
             }
             if org.is_none() {
-                org = tenant_org.clone();
+                org = tenant_org.as_deref().map(Into::into);
             }
             if analytics {
                 specs.push(LimitSpec::per_minute(
@@ -360,9 +343,7 @@ async fn decide(
         }
         Who::Anonymous => {
             let Some(ip) = ip else {
-                return Ok(Decision::Pass {
-                    headers: Vec::new(),
-                });
+                return Ok(Decision::Pass { headers: None });
             };
             let spec = [LimitSpec::per_minute(
                 format!("ip:{ip}:min"),
@@ -371,9 +352,7 @@ async fn decide(
             let v = state.limiter.check(&spec).await?;
             if v.allowed {
                 // Headers are promised to authenticated callers only.
-                return Ok(Decision::Pass {
-                    headers: Vec::new(),
-                });
+                return Ok(Decision::Pass { headers: None });
             }
             state
                 .metrics
@@ -382,11 +361,12 @@ async fn decide(
                 .inc();
             return Ok(Decision::Refuse {
                 error: too_many(v.retry_after_secs().unwrap_or(1)),
-                headers: v.headers(),
+                headers: Some(v),
             });
         }
     }
-    let plan = match &org {
+    let org = org.as_deref();
+    let plan = match org {
         Some(org_id) => {
             let plan_id = state.request_limits.plan_of(state, org_id).await?;
             state.plans.get(&plan_id)
@@ -394,13 +374,13 @@ async fn decide(
         None => None,
     };
     if let (Some(org_id), Some(per_hour)) = (
-        &org,
+        org,
         plan.as_ref().and_then(|p| p.limit("requests_per_hour")),
     ) {
         specs.push(LimitSpec::per_hour(format!("org:{org_id}:hour"), per_hour));
     }
     let v = state.limiter.check(&specs).await?;
-    let headers = v.headers();
+    let headers = Some(v);
     if !v.allowed {
         let reason = match v.limiting.and_then(|i| specs.get(i)) {
             Some(s) if s.key.starts_with("org:") => "organization",
@@ -431,7 +411,7 @@ async fn decide(
     } else {
         (API_REQUESTS, &[(API_REQUESTS, "api_requests_per_month")])
     };
-    if let Some(org_id) = &org {
+    if let Some(org_id) = org {
         for (quota_metric, limit_name) in quotas {
             let Some(quota) = plan.as_ref().and_then(|p| p.limit(limit_name)) else {
                 continue;

@@ -132,19 +132,16 @@ impl Verdict {
 
     /// The response headers, in order: `X-RateLimit-Limit`, `-Remaining`, `-Reset`, and
     /// `Retry-After` when refused. Empty when no limit applied.
-    pub fn headers(&self) -> Vec<(&'static str, String)> {
-        if self.limiting.is_none() {
-            return Vec::new();
-        }
-        let mut h = vec![
-            ("x-ratelimit-limit", self.limit.to_string()),
-            ("x-ratelimit-remaining", self.remaining.to_string()),
-            ("x-ratelimit-reset", self.reset.to_string()),
-        ];
-        if let Some(s) = self.retry_after_secs() {
-            h.push(("retry-after", s.to_string()));
-        }
-        h
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        let applies = self.limiting.is_some();
+        [
+            ("x-ratelimit-limit", Some(self.limit)),
+            ("x-ratelimit-remaining", Some(self.remaining)),
+            ("x-ratelimit-reset", Some(self.reset)),
+            ("retry-after", self.retry_after_secs()),
+        ]
+        .into_iter()
+        .filter_map(move |(name, v)| v.filter(|_| applies).map(|v| (name, v)))
     }
 }
 
@@ -259,7 +256,13 @@ impl Clock for ManualClock {
 
 /// Validates specs and gives each period in `unit`s (nanoseconds in memory, milliseconds in
 /// Redis).
-pub(crate) fn periods_in(limits: &[LimitSpec], unit: Duration) -> Result<Vec<u128>, LimiterError> {
+/// Per-limit values of one request (a request has a handful of limits: kept on the stack).
+pub(crate) type PerLimit<T> = smallvec::SmallVec<[T; 4]>;
+
+pub(crate) fn periods_in(
+    limits: &[LimitSpec],
+    unit: Duration,
+) -> Result<PerLimit<u128>, LimiterError> {
     for (i, l) in limits.iter().enumerate() {
         if limits[..i].iter().any(|o| o.key == l.key) {
             return Err(LimiterError::InvalidSpec {
@@ -293,7 +296,7 @@ pub(crate) fn periods_in(limits: &[LimitSpec], unit: Duration) -> Result<Vec<u12
 #[derive(Debug)]
 pub(crate) struct Evaluation {
     pub verdict: Verdict,
-    pub new_levels: Vec<u128>,
+    pub new_levels: PerLimit<u128>,
 }
 
 /// The one decision rule, shared by every backend. `levels[i]` is limit `i`'s current level
@@ -309,7 +312,7 @@ pub(crate) fn evaluate(
     if limits.is_empty() {
         return Evaluation {
             verdict: Verdict::unlimited(source),
-            new_levels: Vec::new(),
+            new_levels: PerLimit::new(),
         };
     }
     let unit_ns = unit.as_nanos();
@@ -325,7 +328,7 @@ pub(crate) fn evaluate(
         retry_after: Option<u128>,
     }
     // First every limit's level after this request, and whether all fit.
-    let new_levels: Vec<u128> = limits
+    let new_levels: PerLimit<u128> = limits
         .iter()
         .zip(periods)
         .zip(levels)
@@ -429,7 +432,7 @@ mod tests {
         // One request under 10/min fills 6 s of the window.
         assert_eq!(e.verdict.reset_after, Duration::from_secs(6));
         assert_eq!(e.verdict.reset, 1_006);
-        assert_eq!(e.new_levels, vec![60_000, 60_000]);
+        assert_eq!(e.new_levels.as_slice(), &[60_000, 60_000]);
     }
 
     #[test]
@@ -457,12 +460,12 @@ mod tests {
         assert_eq!(v.reset_after, Duration::from_secs(60));
         assert_eq!(v.reset, 66); // 5.5 s + 60 s, rounded up
         assert_eq!(
-            v.headers(),
+            v.headers().collect::<Vec<_>>(),
             vec![
-                ("x-ratelimit-limit", "10".to_string()),
-                ("x-ratelimit-remaining", "0".to_string()),
-                ("x-ratelimit-reset", "66".to_string()),
-                ("retry-after", "6".to_string()),
+                ("x-ratelimit-limit", 10),
+                ("x-ratelimit-remaining", 0),
+                ("x-ratelimit-reset", 66),
+                ("retry-after", 6),
             ]
         );
     }
@@ -481,7 +484,7 @@ mod tests {
     fn no_limits_means_allowed_without_headers() {
         let e = evaluate(&[], &[], &[], Duration::ZERO, MS, Source::Memory);
         assert!(e.verdict.allowed);
-        assert!(e.verdict.headers().is_empty());
+        assert_eq!(e.verdict.headers().count(), 0);
     }
 
     #[test]

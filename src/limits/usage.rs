@@ -24,7 +24,7 @@ use crate::storage::{self, Db};
 pub const STORED_VALUE_AGE: Duration = Duration::from_secs(5);
 
 /// One counter: an organization's usage of one metric in one calendar month (UTC).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct Counter {
     pub organization_id: String,
     pub metric: String,
@@ -48,8 +48,84 @@ impl Counter {
 
 /// The period (`YYYY-MM`, UTC) that `at` falls in.
 pub fn period_of(at: DateTime<Utc>) -> String {
-    at.format("%Y-%m").to_string()
+    Period::of(at).as_str().to_string()
 }
+
+/// A period written on the stack (the request path meters without allocating).
+struct Period([u8; 7]);
+
+impl Period {
+    fn of(at: DateTime<Utc>) -> Period {
+        use chrono::Datelike;
+        let (y, m) = (at.year().clamp(0, 9999) as u32, at.month());
+        let d = |n: u32| b'0' + (n % 10) as u8;
+        Period([
+            d(y / 1000),
+            d(y / 100),
+            d(y / 10),
+            d(y),
+            b'-',
+            d(m / 10),
+            d(m),
+        ])
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// A counter's identity, borrowed or owned: the maps below are keyed by [`Counter`] and looked
+/// up by `(&str, &str, &str)` without building one.
+trait CounterKey {
+    fn parts(&self) -> (&str, &str, &str);
+}
+
+impl CounterKey for Counter {
+    fn parts(&self) -> (&str, &str, &str) {
+        (&self.organization_id, &self.metric, &self.period)
+    }
+}
+
+impl CounterKey for (&str, &str, &str) {
+    fn parts(&self) -> (&str, &str, &str) {
+        *self
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn CounterKey + 'a> for Counter {
+    fn borrow(&self) -> &(dyn CounterKey + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn CounterKey + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for dyn CounterKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn CounterKey + '_ {}
+
+impl std::hash::Hash for Counter {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for Counter {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for Counter {}
 
 #[derive(Clone)]
 pub struct UsageMeter {
@@ -77,7 +153,7 @@ struct State {
 }
 
 impl State {
-    fn local(&self, c: &Counter) -> u64 {
+    fn local(&self, c: &dyn CounterKey) -> u64 {
         let p = self.pending.get(c).copied().unwrap_or(0);
         p.saturating_add(self.in_flight.get(c).copied().unwrap_or(0))
     }
@@ -115,10 +191,21 @@ impl UsageMeter {
 
     /// Counts `amount` of `metric` for the organization in the current month.
     pub fn record(&self, organization_id: &str, metric: &str, amount: u64) {
-        self.record_in(
-            Counter::new(organization_id, metric, period_of(Utc::now())),
-            amount,
-        );
+        if amount == 0 {
+            return;
+        }
+        let period = Period::of(Utc::now());
+        let key = (organization_id, metric, period.as_str());
+        let mut state = self.state();
+        match state.pending.get_mut(&key as &dyn CounterKey) {
+            Some(v) => *v = v.saturating_add(amount),
+            None => {
+                state.pending.insert(
+                    Counter::new(organization_id, metric, period.as_str()),
+                    amount,
+                );
+            }
+        }
     }
 
     /// Counts `amount` on one counter (the period given explicitly).
@@ -161,15 +248,18 @@ impl UsageMeter {
     /// the database at most every `refresh_after` (5 s by default), so most calls do no I/O.
     /// This node's own counts are always exact; other nodes' may be that much late.
     pub async fn used(&self, counter: &Counter) -> Result<u64, sqlx::Error> {
-        {
-            let state = self.state();
-            if let Some((stored, at)) = state.stored.get(counter) {
-                if at.elapsed() < self.inner.refresh_after {
-                    return Ok(stored.saturating_add(state.local(counter)));
-                }
-            }
+        match self.used_cached(counter) {
+            Some(v) => Ok(v),
+            None => self.current(counter).await,
         }
-        self.current(counter).await
+    }
+
+    /// [`UsageMeter::used`] when the stored value is fresh enough, without I/O.
+    fn used_cached(&self, counter: &dyn CounterKey) -> Option<u64> {
+        let state = self.state();
+        let (stored, at) = state.stored.get(counter)?;
+        (at.elapsed() < self.inner.refresh_after)
+            .then(|| stored.saturating_add(state.local(counter)))
     }
 
     /// The current value of `metric` for the organization this month (see [`UsageMeter::used`]).
@@ -178,12 +268,14 @@ impl UsageMeter {
         organization_id: &str,
         metric: &str,
     ) -> Result<u64, sqlx::Error> {
-        self.used(&Counter::new(
-            organization_id,
-            metric,
-            period_of(Utc::now()),
-        ))
-        .await
+        let period = Period::of(Utc::now());
+        match self.used_cached(&(organization_id, metric, period.as_str())) {
+            Some(v) => Ok(v),
+            None => {
+                self.current(&Counter::new(organization_id, metric, period.as_str()))
+                    .await
+            }
+        }
     }
 
     /// Adds every pending delta to the database in one transaction; returns how many counters
@@ -275,5 +367,10 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(period_of(t), "2026-03");
+        let t = DateTime::parse_from_rfc3339("0987-11-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(period_of(t), "0987-11");
+        assert_eq!(period_of(t), t.format("%Y-%m").to_string());
     }
 }

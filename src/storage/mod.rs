@@ -166,8 +166,24 @@ pub fn now() -> String {
     format_time(chrono::Utc::now())
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`: sorts as text in time order on every backend. Written
+/// field by field (no format string to interpret: this runs for every stored row).
 pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    let mut s = String::with_capacity(27);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        (t.nanosecond() % 1_000_000_000) / 1000
+    );
+    s
 }
 
 pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -208,5 +224,29 @@ mod tests {
         let (sa, sb) = (format_time(a.into()), format_time(b.into()));
         assert!(sa < sb);
         assert_eq!(api_time(&sa), "2026-01-15T10:00:00Z");
+    }
+
+    #[test]
+    fn stored_timestamps_are_microseconds_in_utc() {
+        for (input, stored) in [
+            ("2026-01-15T10:00:00Z", "2026-01-15T10:00:00.000000Z"),
+            (
+                "2026-12-31T23:59:59.999999999Z",
+                "2026-12-31T23:59:59.999999Z",
+            ),
+            (
+                "0999-02-03T04:05:06.000007+02:00",
+                "0999-02-03T02:05:06.000007Z",
+            ),
+        ] {
+            let t: chrono::DateTime<chrono::Utc> =
+                chrono::DateTime::parse_from_rfc3339(input).unwrap().into();
+            assert_eq!(format_time(t), stored);
+            assert_eq!(
+                format_time(t),
+                t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+            );
+            assert_eq!(parse_time(stored).map(format_time).as_deref(), Some(stored));
+        }
     }
 }
