@@ -74,15 +74,10 @@ pub struct ProviderLabels {
 
 /// A provider kind as a label value: the known kinds without an allocation.
 pub fn provider_label(kind: &str) -> Cow<'static, str> {
-    const KINDS: &[&str] = &[
-        "openai",
-        "anthropic",
-        "google",
-        "azure",
-        "openai_compatible",
-        "mock",
-    ];
-    match KINDS.iter().find(|k| **k == kind) {
+    match crate::gateway::providers::KINDS
+        .iter()
+        .find(|k| **k == kind)
+    {
         Some(k) => Cow::Borrowed(k),
         None => Cow::Owned(kind.to_string()),
     }
