@@ -59,6 +59,10 @@ fn probe_routes(started: Arc<Notify>) -> Router<AppState> {
             }),
         )
         .route(
+            "/probe/thread",
+            get(|| async { std::thread::current().name().unwrap_or("?").to_string() }),
+        )
+        .route(
             "/probe/internal",
             get(|| async {
                 Err::<(), Error>(anyhow::anyhow!("SELECT secret FROM vault failed at 10.0.0.7").into())
@@ -114,6 +118,7 @@ on_both_databases!(
     internal_errors_and_panics_are_not_leaked,
     slow_requests_time_out_with_503,
     in_flight_requests_finish_during_shutdown,
+    connections_are_spread_over_the_serving_threads,
     metrics_are_exposed_for_prometheus,
 );
 
@@ -379,6 +384,65 @@ async fn in_flight_requests_finish_during_shutdown(backend: Backend) {
         .send()
         .await
         .is_err());
+}
+
+/// Each new connection goes to the serving thread with the fewest open connections, and all
+/// of its requests are served there.
+async fn connections_are_spread_over_the_serving_threads(backend: Backend) {
+    let srv = TestServer::start_with(
+        backend,
+        ServerOptions {
+            configure: Box::new(|c| c.serve_threads = 3),
+            extra_routes: probe_routes(Arc::new(Notify::new())),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Six kept-alive connections, opened one after the other (raw HTTP/1.1, so that each
+    // request surely goes over its own connection).
+    let mut served_by = std::collections::BTreeMap::<String, usize>::new();
+    let mut connections = Vec::new();
+    for _ in 0..6 {
+        let mut tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        let thread = thread_of(&mut tcp).await;
+        for _ in 0..3 {
+            assert_eq!(
+                thread_of(&mut tcp).await,
+                thread,
+                "a connection changed threads"
+            );
+        }
+        *served_by.entry(thread).or_default() += 1;
+        connections.push(tcp);
+    }
+    let expected: std::collections::BTreeMap<String, usize> = (0..3)
+        .map(|i| (format!("gatehouse-serve-{i}"), 2))
+        .collect();
+    assert_eq!(served_by, expected);
+}
+
+/// `GET /probe/thread` over an open connection: the name of the thread that served it.
+async fn thread_of(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    tcp.write_all(b"GET /probe/thread HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reader = BufReader::new(tcp);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let line = line.trim_end().to_ascii_lowercase();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).await.unwrap();
+    String::from_utf8(body).unwrap()
 }
 
 async fn metrics_are_exposed_for_prometheus(backend: Backend) {

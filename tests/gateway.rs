@@ -17,6 +17,8 @@ on_both_databases!(
     anthropic_and_gemini_formats_with_their_own_credentials,
     azure_deployments_are_routed_with_the_api_key_header,
     slow_providers_time_out_and_big_bodies_are_refused,
+    uploads_and_the_responses_api_pass_through_with_their_usage,
+    a_failing_provider_is_retried_unless_it_asks_for_a_long_wait,
     gateway_limits_and_quotas_count_requests_and_tokens,
     stats_from_hourly_rollups_equal_stats_from_the_log,
 );
@@ -1006,4 +1008,195 @@ async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
         assert_eq!(from_log["totals"], from_rollups["totals"]);
         assert_eq!(from_log["series"], from_rollups["series"]);
     }
+}
+
+/// Multipart uploads (audio transcriptions) are forwarded byte for byte, their model read from
+/// the form; the Responses API's `input_tokens`/`output_tokens` are logged.
+async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/v1/audio/transcriptions",
+            post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((headers, body));
+                    axum::Json(json!({"text": "hello", "usage": {"type": "tokens", "input_tokens": 14, "output_tokens": 3}}))
+                }
+            }),
+        )
+        .route(
+            "/v1/responses",
+            post(|| async {
+                axum::Json(json!({"id": "resp_1", "object": "response", "model": "gpt-4.1",
+                    "usage": {"input_tokens": 1000000, "output_tokens": 500000, "total_tokens": 1500000}}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let res = srv
+        .post_as(
+            &format!("{}/providers", s.base),
+            &s.owner,
+            &json!({"provider": "openai_compatible", "name": "local", "base_url": base}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+
+    let mut upload =
+        b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"hi.wav\"\r\n\
+                       Content-Type: audio/wav\r\n\r\nRIFF\x00\xff\xfe{not json\r\n"
+            .to_vec();
+    upload.extend_from_slice(
+        b"--b0undary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\ngpt-4o-transcribe\r\n--b0undary--\r\n",
+    );
+    let content_type = "multipart/form-data; boundary=b0undary";
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/openai/v1/audio/transcriptions"))
+                .bearer_auth(&live)
+                .header("content-type", content_type)
+                .body(upload.clone()),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["text"], "hello");
+    let (headers, body) = rx.recv().await.unwrap();
+    assert_eq!(headers["content-type"], content_type);
+    assert_eq!(
+        &body[..],
+        &upload[..],
+        "the upload was not forwarded as sent"
+    );
+    // A body of a declared type other than JSON is not parsed either.
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/openai/v1/audio/transcriptions"))
+                .bearer_auth(&live)
+                .header("content-type", "application/octet-stream")
+                .body(b"\x00{raw".to_vec()),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let res = srv
+        .post_as(
+            "/openai/v1/responses",
+            &live,
+            &json!({"model": "gpt-4.1", "input": "hi"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    // A whole answer keeps its length on the way to the client (no chunked re-encoding).
+    assert_eq!(
+        res.header("content-length"),
+        Some(res.text.len().to_string().as_str()),
+        "{:?}",
+        res.headers
+    );
+
+    let logs = logs(&srv, &s, 3).await;
+    let entries = logs["logs"].as_array().unwrap();
+    let upload = entries
+        .iter()
+        .find(|e| e["model"] == "gpt-4o-transcribe")
+        .unwrap_or_else(|| panic!("no log entry names the form's model: {logs}"));
+    assert_eq!(
+        (
+            upload["prompt_tokens"].as_i64(),
+            upload["completion_tokens"].as_i64()
+        ),
+        (Some(14), Some(3))
+    );
+    let responses = entries.iter().find(|e| e["model"] == "gpt-4.1").unwrap();
+    assert_eq!(responses["total_tokens"], 1_500_000);
+    // gpt-4.1 in data/prices.json: 1M input and 0.5M output tokens.
+    let prices: Value = serde_json::from_str(include_str!("../data/prices.json")).unwrap();
+    let p = &prices["models"]["gpt-4.1"];
+    let want = p["input"].as_f64().unwrap() + 0.5 * p["output"].as_f64().unwrap();
+    assert!(
+        (responses["cost_usd"].as_f64().unwrap() - want).abs() < 1e-9,
+        "{responses}"
+    );
+}
+
+/// A provider that answers 503 once is asked again after a pause; one that answers 429 with a
+/// `Retry-After` longer than the gateway waits is not, and its answer reaches the client.
+async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: Backend) {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let flaky_hits = Arc::new(AtomicUsize::new(0));
+    let busy_hits = Arc::new(AtomicUsize::new(0));
+    let (flaky, busy) = (flaky_hits.clone(), busy_hits.clone());
+    let app = Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(move || {
+                let n = flaky.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "warming up").into_response();
+                    }
+                    axum::Json(json!({"model": "m", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}))
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/v1/embeddings",
+            post(move || {
+                busy.fetch_add(1, Ordering::SeqCst);
+                async {
+                    (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "30")],
+                        "slow down",
+                    )
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/v1", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let res = srv
+        .post_as(
+            &format!("{}/providers", s.base),
+            &s.owner,
+            &json!({"provider": "openai_compatible", "name": "flaky", "base_url": base}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &live, &chat)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(flaky_hits.load(Ordering::SeqCst), 2);
+
+    let res = srv
+        .post_as(
+            "/openai/v1/embeddings",
+            &live,
+            &json!({"model": "m", "input": "hi"}),
+        )
+        .await;
+    assert_eq!(res.status, 429, "{}", res.text);
+    assert_eq!(res.text, "slow down");
+    assert_eq!(res.header("retry-after"), Some("30"));
+    assert_eq!(
+        busy_hits.load(Ordering::SeqCst),
+        1,
+        "a long Retry-After was not honoured"
+    );
 }

@@ -24,12 +24,43 @@ use hyper_util::{
 };
 use tokio::time::{Instant, Sleep};
 
-pub type GatewayClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HyperClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The providers' client of the thread that serves a request: each serving thread keeps its own
+/// pool of upstream connections, so that a request and its upstream connection are driven by
+/// the same thread (no hand-off between threads on the request path).
+#[derive(Debug, Clone)]
+pub struct GatewayClient {
+    connect_timeout: Duration,
+}
+
+thread_local! {
+    static CLIENTS: std::cell::RefCell<Vec<(Duration, HyperClient)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl GatewayClient {
+    pub fn new(connect_timeout: Duration) -> Self {
+        GatewayClient { connect_timeout }
+    }
+
+    /// This thread's client (built on first use).
+    pub fn get(&self) -> HyperClient {
+        CLIENTS.with(|c| {
+            let mut clients = c.borrow_mut();
+            if let Some((_, client)) = clients.iter().find(|(t, _)| *t == self.connect_timeout) {
+                return client.clone();
+            }
+            let client = build(self.connect_timeout);
+            clients.push((self.connect_timeout, client.clone()));
+            client
+        })
+    }
+}
 
 /// Connections kept open per provider host.
 const IDLE_PER_HOST: usize = 64;
 
-pub fn build(connect_timeout: Duration) -> GatewayClient {
+pub fn build(connect_timeout: Duration) -> HyperClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -4,7 +4,10 @@
 //! provider's way, fall back on connection errors, 429 and 5xx, and stream the answer back chunk
 //! by chunk through the usage [`Tap`](super::usage::Tap).
 
-use std::{borrow::Cow, time::Instant};
+use std::{
+    borrow::Cow,
+    time::{Duration, Instant},
+};
 
 use axum::{
     body::{Body, Bytes},
@@ -27,8 +30,42 @@ use crate::{
     orgs::roles::Permission,
 };
 
-/// At most this many upstreams are tried for one request.
+/// Attempts per request: the organization's providers for the route in priority order, then
+/// again from the first (a retry) while attempts remain.
 const MAX_ATTEMPTS: usize = 3;
+/// The pause before a retry: 200 ms, doubled for each further retry, with jitter.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause before a retry; a provider whose `Retry-After` asks for longer is not
+/// retried (its answer is returned).
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// The pause before retry number `retry` (0 for the first), or `None` when the provider asked
+/// to wait longer than the gateway does.
+fn retry_pause(retry: usize, retry_after: Option<Duration>) -> Option<Duration> {
+    match retry_after {
+        Some(asked) if asked > MAX_RETRY_PAUSE => None,
+        Some(asked) => Some(asked),
+        None => {
+            let full = RETRY_PAUSE
+                .saturating_mul(1 << retry.min(8))
+                .min(MAX_RETRY_PAUSE);
+            // Between half and all of it, so that clients retrying together spread out.
+            Some(full.mul_f64(rand::random::<f64>() / 2.0 + 0.5))
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by the providers).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
 
 /// The key as the OpenAI SDK sends it (and the other spellings the gateway accepts).
 pub fn gateway_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<Cow<'a, str>> {
@@ -47,24 +84,24 @@ pub fn gateway_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option
     })
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
+static HOP_BY_HOP: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+    header::CONTENT_LENGTH,
 ];
-const CREDENTIALS: &[&str] = &[
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "cookie",
+static CREDENTIALS: [HeaderName; 5] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+    HeaderName::from_static("x-goog-api-key"),
+    header::COOKIE,
 ];
 
 /// What differs between the provider formats.
@@ -138,6 +175,85 @@ struct Peek {
     model: Option<String>,
     #[serde(default)]
     stream: Option<serde_json::Value>,
+}
+
+/// The `model` and `stream` fields of a request body: from JSON (the providers' usual body; a
+/// body that is not JSON is refused with 400 `invalid_json`), or from the fields of a
+/// `multipart/form-data` upload (OpenAI's audio transcriptions and translations, image edits).
+/// Bodies of any other declared type are forwarded as they are.
+fn peek(content_type: Option<&header::HeaderValue>, body: &[u8]) -> Result<Peek, Error> {
+    let content_type = content_type.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if body.is_empty() {
+        return Ok(Peek::default());
+    }
+    if mime.eq_ignore_ascii_case("multipart/form-data") {
+        let Some(boundary) = multipart_boundary(content_type) else {
+            return Err(Error::new(
+                ErrorCode::InvalidRequest,
+                "A multipart/form-data body needs a boundary in its Content-Type",
+            ));
+        };
+        let field = |name: &str| form_field(body, boundary, name);
+        return Ok(Peek {
+            model: field("model"),
+            stream: field("stream").map(|s| serde_json::Value::Bool(s.trim() == "true")),
+        });
+    }
+    let json = mime.is_empty()
+        || mime.eq_ignore_ascii_case("application/json")
+        || mime.to_ascii_lowercase().ends_with("+json");
+    if !json {
+        return Ok(Peek::default());
+    }
+    match serde_json::from_slice(body) {
+        Ok(peek) => Ok(peek),
+        // JSON of another shape (an array, a non-string model): nothing to read, forwarded as is.
+        Err(e) if e.is_data() => Ok(Peek::default()),
+        Err(_) => {
+            crate::http::extract::parse_json::<serde_json::Value>(body).map(|_| Peek::default())
+        }
+    }
+}
+
+/// The `boundary` parameter of a multipart Content-Type (quoted or not; at most 70 characters).
+fn multipart_boundary(content_type: &str) -> Option<&str> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        let value = value.trim().trim_matches('"');
+        (name.trim().eq_ignore_ascii_case("boundary") && !value.is_empty() && value.len() <= 70)
+            .then_some(value)
+    })
+}
+
+/// The value of the first part named `name` of a multipart body, if it is short UTF-8 text
+/// (files and long values are not read).
+fn form_field(body: &[u8], boundary: &str, name: &str) -> Option<String> {
+    const MAX_VALUE: usize = 256;
+    let delimiter = format!("--{boundary}");
+    let finder = memchr::memmem::Finder::new(delimiter.as_bytes());
+    let starts: Vec<usize> = finder.find_iter(body).collect();
+    starts.windows(2).find_map(|w| {
+        let part = body.get(w[0] + delimiter.len()..w[1])?;
+        let part = part.strip_prefix(b"\r\n")?.strip_suffix(b"\r\n")?;
+        let split = memchr::memmem::find(part, b"\r\n\r\n")?;
+        let (head, value) = (&part[..split], &part[split + 4..]);
+        let head = std::str::from_utf8(head).ok()?;
+        let named = head.lines().any(|line| {
+            let Some((h, v)) = line.split_once(':') else {
+                return false;
+            };
+            h.trim().eq_ignore_ascii_case("content-disposition")
+                && v.split(';').skip(1).any(|p| {
+                    p.split_once('=').is_some_and(|(k, v)| {
+                        k.trim().eq_ignore_ascii_case("name") && v.trim().trim_matches('"') == name
+                    })
+                })
+        });
+        (named && value.len() <= MAX_VALUE)
+            .then(|| std::str::from_utf8(value).ok().map(str::to_string))
+            .flatten()
+    })
 }
 
 /// The model and whether the answer streams: from the body, or (Gemini) from the path
@@ -256,15 +372,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         }
     }
     let mut body = body;
-    let peek: Peek = match serde_json::from_slice(&body) {
-        _ if body.is_empty() => Peek::default(),
-        Ok(peek) => peek,
-        // JSON of another shape (an array, a non-string model): nothing to read, forwarded as is.
-        Err(e) if e.is_data() => Peek::default(),
-        Err(_) => {
-            crate::http::extract::parse_json::<serde_json::Value>(&body).map(|_| Peek::default())?
-        }
-    };
+    let peek = peek(parts.headers.get(header::CONTENT_TYPE), &body)?;
     let (mut model, streamed) = model_and_stream(spec, &path, &peek);
     if let (true, Some((_, d))) = (model.is_empty(), &deployment) {
         model = d.clone();
@@ -302,6 +410,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         .filter(|u| spec.kinds.contains(&u.provider.as_str()) && u.serves(&model))
         .take(MAX_ATTEMPTS)
         .collect();
+
     if candidates.is_empty() && key.environment == "test" {
         candidates.push(&MOCK);
     }
@@ -315,9 +424,24 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
 
     let mut last_error: Option<Error> = None;
     let mut response = None;
-    let last = candidates.len() - 1;
     let mut headers = Some(parts.headers);
-    for (i, upstream) in candidates.into_iter().enumerate() {
+    // A provider that did not answer in time is not tried again (its wait would repeat).
+    let mut timed_out = vec![false; candidates.len()];
+    let mut asked_pause: Option<Duration> = None;
+    for attempt in 0..MAX_ATTEMPTS {
+        let i = attempt % candidates.len();
+        let upstream = candidates[i];
+        if attempt >= candidates.len() {
+            if timed_out[i] {
+                continue;
+            }
+            let Some(pause) = retry_pause(attempt - candidates.len(), asked_pause.take()) else {
+                break;
+            };
+            tracing::debug!(provider = %upstream.id, pause_ms = pause.as_millis() as u64, "retrying the provider");
+            tokio::time::sleep(pause).await;
+        }
+        let last = attempt + 1 == MAX_ATTEMPTS;
         let res = if upstream.provider == "mock" {
             mock_answer(
                 spec,
@@ -329,7 +453,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
             )
         } else {
             // The last attempt takes the request's headers; earlier ones a copy.
-            let headers = match (i == last, &mut headers) {
+            let headers = match (last, &mut headers) {
                 (true, h) => h.take().unwrap_or_default(),
                 (false, h) => h.clone().unwrap_or_default(),
             };
@@ -348,7 +472,8 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
             {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(provider = %upstream.id, error = %e, "upstream failed; trying the next provider");
+                    tracing::warn!(provider = %upstream.id, error = %e, "upstream failed");
+                    timed_out[i] = e.code() == ErrorCode::UpstreamTimeout;
                     state
                         .metrics
                         .gateway
@@ -364,6 +489,9 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         };
         let status = res.status();
         let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+        if retryable {
+            asked_pause = retry_after(res.headers());
+        }
         response = Some((upstream, res));
         if !retryable {
             break;
@@ -416,7 +544,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut tapped = Tap::new(
-        body.into_data_stream(),
+        body,
         record,
         spec.format,
         events,
@@ -426,8 +554,9 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     if streamed && policies.has_response_rules() {
         tapped = tapped.with_stream_policies(policies.clone());
     }
+    // The server sets the length from the body's (exact when the provider's was), or streams.
     parts.headers.remove(header::CONTENT_LENGTH);
-    Ok(Response::from_parts(parts, Body::from_stream(tapped)))
+    Ok(Response::from_parts(parts, Body::new(tapped)))
 }
 
 /// Answers bodies up to this size are held back for the response policies.
@@ -570,8 +699,8 @@ async fn forward(
 ) -> Result<Response, Error> {
     let uri = upstream_uri(spec, deployment, upstream, path, query)?;
     // The client's headers, but for hop-by-hop headers and the client's own credentials.
-    for name in HOP_BY_HOP.iter().chain(CREDENTIALS) {
-        headers.remove(*name);
+    for name in HOP_BY_HOP.iter().chain(&CREDENTIALS) {
+        headers.remove(name);
     }
     // Each provider's own way of taking a credential.
     match &upstream.credential {
@@ -601,9 +730,10 @@ async fn forward(
             serde_json::json!({"provider": upstream.provider, "provider_id": upstream.id}),
         )
     };
-    let first_byte = std::time::Duration::from_secs(state.config.gateway_first_byte_timeout_secs);
-    let idle = std::time::Duration::from_secs(state.config.gateway_idle_timeout_secs);
-    let res = match tokio::time::timeout(first_byte, state.gateway_client.request(req)).await {
+    let first_byte = Duration::from_secs(state.config.gateway_first_byte_timeout_secs);
+    let idle = Duration::from_secs(state.config.gateway_idle_timeout_secs);
+    let res = match tokio::time::timeout(first_byte, state.gateway_client.get().request(req)).await
+    {
         Err(_) => {
             return Err(failed(
                 ErrorCode::UpstreamTimeout,
@@ -635,11 +765,80 @@ async fn forward(
         Ok(Ok(res)) => res,
     };
     let (mut parts, answer) = res.into_parts();
-    for name in HOP_BY_HOP {
-        parts.headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        parts.headers.remove(name);
     }
     Ok(Response::from_parts(
         parts,
         Body::new(super::client::IdleTimeout::new(answer, idle)),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content_type(v: &'static str) -> header::HeaderValue {
+        header::HeaderValue::from_static(v)
+    }
+
+    #[test]
+    fn retries_pause_longer_each_time_and_honour_short_retry_afters() {
+        for _ in 0..50 {
+            let first = retry_pause(0, None).unwrap();
+            assert!(
+                first >= RETRY_PAUSE / 2 && first <= RETRY_PAUSE,
+                "{first:?}"
+            );
+            let later = retry_pause(20, None).unwrap();
+            assert!(
+                later >= MAX_RETRY_PAUSE / 2 && later <= MAX_RETRY_PAUSE,
+                "{later:?}"
+            );
+        }
+        let asked = Duration::from_secs(1);
+        assert_eq!(retry_pause(0, Some(asked)), Some(asked));
+        assert_eq!(retry_pause(0, Some(Duration::from_secs(30))), None);
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2026 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn the_model_is_read_from_json_and_multipart_bodies() {
+        let json = br#"{"model":"gpt-4o","stream":true}"#;
+        let p = peek(Some(&content_type("application/json")), json).unwrap();
+        assert_eq!(
+            (p.model.as_deref(), p.stream),
+            (Some("gpt-4o"), Some(true.into()))
+        );
+        // No declared type: read as JSON; JSON that does not parse is refused.
+        assert_eq!(peek(None, json).unwrap().model.as_deref(), Some("gpt-4o"));
+        assert!(peek(None, b"{not json").is_err());
+        // Another shape of JSON is forwarded untouched.
+        assert_eq!(peek(None, b"[1,2]").unwrap().model, None);
+
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\
+                     Content-Type: audio/wav\r\n\r\nRIFF\x00\x01binary\r\n\
+                     --XyZ\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n\
+                     --XyZ\r\nContent-Disposition: form-data; name=\"stream\"\r\n\r\ntrue\r\n--XyZ--\r\n";
+        let p = peek(
+            Some(&content_type("multipart/form-data; boundary=\"XyZ\"")),
+            body,
+        )
+        .unwrap();
+        assert_eq!(p.model.as_deref(), Some("whisper-1"));
+        assert_eq!(p.stream, Some(true.into()));
+        // A field that is not there, a multipart body without a boundary, other types.
+        assert_eq!(form_field(body, "XyZ", "language"), None);
+        assert!(peek(Some(&content_type("multipart/form-data")), body).is_err());
+        let p = peek(Some(&content_type("application/octet-stream")), b"\x00\x01").unwrap();
+        assert_eq!(p.model, None);
+    }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::usage::{Prices, UsageRecord};
+use super::usage::Stored;
 use crate::storage::{Arg, Backend, Sql};
 
 /// Rows per upsert statement (at most 11 values each).
@@ -106,29 +106,46 @@ impl Sums {
 pub async fn add_batch(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
-    prices: &Prices,
-    batch: &[(UsageRecord, String)],
+    batch: &[Stored],
 ) -> Result<(), sqlx::Error> {
-    let mut rows: HashMap<Dims, Sums> = HashMap::new();
-    for (r, created_at) in batch {
-        let dims = Dims {
-            organization_id: r.organization_id.clone(),
-            environment: r.environment.clone(),
-            hour: hour_of(created_at),
-            model: r.model.clone(),
-            provider: r.provider.clone(),
-            key_id: r.key_id.clone(),
-        };
-        rows.entry(dims).or_default().add_entry(
-            r.status as i64,
-            r.prompt_tokens,
-            r.completion_tokens,
-            prices.cost(&r.model, r.prompt_tokens, r.completion_tokens),
-            r.latency_ms,
-        );
+    // Grouped by borrowed dimensions (the hour as its stored prefix, `2026-01-15T10`).
+    let mut groups: HashMap<[&str; 6], Sums> = HashMap::new();
+    for s in batch {
+        let r = &s.record;
+        let hour = &s.created_at[..s.created_at.len().min(13)];
+        groups
+            .entry([
+                &r.organization_id,
+                &r.environment,
+                hour,
+                &r.model,
+                &r.provider,
+                &r.key_id,
+            ])
+            .or_default()
+            .add_entry(
+                i64::from(r.status),
+                r.prompt_tokens,
+                r.completion_tokens,
+                s.cost_usd,
+                r.latency_ms,
+            );
     }
+    let rows = groups
+        .into_iter()
+        .map(|([org, env, hour, model, provider, key], sums)| {
+            let dims = Dims {
+                organization_id: org.to_string(),
+                environment: env.to_string(),
+                hour: hour_of(hour),
+                model: model.to_string(),
+                provider: provider.to_string(),
+                key_id: key.to_string(),
+            };
+            (dims, sums)
+        });
     // A stable order, so that two writers touching the same rows lock them in the same order.
-    let mut rows: Vec<(Dims, Sums)> = rows.into_iter().collect();
+    let mut rows: Vec<(Dims, Sums)> = rows.collect();
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     let dims = |d: &Dims| -> [Arg; 6] {
         [

@@ -14,14 +14,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::Stream;
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
 use crate::storage::{self, Arg, Db, Sql};
 
 pub const QUEUE_CAPACITY: usize = 10_000;
-const BATCH: usize = 500;
+const BATCH: usize = 1000;
 /// How long the writer gathers entries before writing a batch that is not full.
 const GATHER: Duration = Duration::from_millis(50);
 /// Bodies larger than this are streamed through without being inspected for usage.
@@ -200,25 +199,31 @@ async fn run(
     metrics: crate::metrics::GatewayMetrics,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    loop {
+    let mut stopping = false;
+    while !stopping {
+        // Wait for the first entry of a batch.
         tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => {
-                if n == 0 { break; }
-                // Gather what arrives over a short window: one transaction for many entries
-                // rather than one per request under moderate load.
-                let deadline = tokio::time::Instant::now() + GATHER;
-                while batch.len() < BATCH {
-                    let room = BATCH - batch.len();
-                    match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
+            _ = stop.notified() => stopping = true,
+        }
+        take_waiting(&mut rx, &mut batch);
+        // Not a full batch: gather what arrives over a short window, one transaction for many
+        // entries. The writer sleeps through the window rather than waking for each entry
+        // (that would cost a wake-up of this task, often of another thread, per request).
+        if batch.len() < BATCH && !stopping {
+            tokio::select! {
+                _ = tokio::time::sleep(GATHER) => {}
+                _ = stop.notified() => stopping = true,
             }
-            _ = stop.notified() => {
-                while let Ok(r) = rx.try_recv() { batch.push(r); }
-                write(&db, &prices, &mut batch).await;
-                break;
+            take_waiting(&mut rx, &mut batch);
+        }
+        if stopping {
+            // Drained on shutdown: everything queued is written, in full batches.
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
+                if batch.len() == BATCH {
+                    write(&db, &prices, &mut batch).await;
+                }
             }
         }
         write(&db, &prices, &mut batch).await;
@@ -226,8 +231,61 @@ async fn run(
     }
 }
 
-/// Rows per `INSERT` statement (17 values each, well under every backend's parameter limit).
-const ROWS_PER_INSERT: usize = 250;
+/// Moves the entries already queued into `batch`, up to a full batch, without waiting.
+fn take_waiting(rx: &mut mpsc::Receiver<UsageRecord>, batch: &mut Vec<UsageRecord>) {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Rows per multi-row `INSERT`: a batch is written in statements of these sizes (largest
+/// first), so that the few statements there are stay prepared on each connection rather than
+/// being parsed again for every batch (17 values per row, under every backend's limit).
+const INSERT_SIZES: [usize; 4] = [100, 25, 5, 1];
+
+/// One entry as it is stored: the record, its timestamp and cost.
+pub struct Stored {
+    pub record: UsageRecord,
+    pub created_at: String,
+    pub cost_usd: f64,
+}
+
+/// The `INSERT` of `rows` usage-log entries, made once per backend and size.
+fn insert_text(backend: storage::Backend, rows: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<(storage::Backend, usize, String)>> =
+        std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        [storage::Backend::Sqlite, storage::Backend::Postgres]
+            .into_iter()
+            .flat_map(|b| INSERT_SIZES.map(|n| (b, n, multi_row_insert(b, n))))
+            .collect()
+    });
+    texts
+        .iter()
+        .find(|(b, n, _)| *b == backend && *n == rows)
+        .map(|(_, _, text)| text.as_str())
+        .expect("a statement for each backend and size")
+}
+
+fn multi_row_insert(backend: storage::Backend, rows: usize) -> String {
+    const COLUMNS: usize = 17;
+    let mut sql = Sql::for_backend(
+        backend,
+        "INSERT INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, \
+         status, latency_ms, ttfb_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
+         streamed, violation_ids, created_at) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push(", ");
+        }
+        sql.tuple(std::iter::repeat_n(Arg::Null, COLUMNS));
+    }
+    sql.text().to_string()
+}
 
 async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
     if batch.is_empty() {
@@ -236,53 +294,65 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
     let records = batch.len();
     let backend = db.backend();
     let result: Result<(), crate::error::Error> = async {
-        let mut stored = Vec::with_capacity(batch.len());
-        for mut r in batch.drain(..) {
-            if r.id.is_empty() {
-                r.id = crate::ids::new_id("log");
-            }
-            let at = storage::format_time(r.at.unwrap_or_else(chrono::Utc::now));
-            stored.push((r, at));
-        }
-        let mut tx = crate::events::begin_write(db).await?;
-        // Multi-row inserts: one statement (one round trip to the database) per 250 entries.
-        for rows in stored.chunks(ROWS_PER_INSERT) {
-            let mut sql = Sql::for_backend(
-                backend,
-                "INSERT INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, \
-                 status, latency_ms, ttfb_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
-                 streamed, violation_ids, created_at) VALUES ",
-            );
-            for (i, (r, created_at)) in rows.iter().enumerate() {
-                if i > 0 {
-                    sql.push(", ");
+        let stored: Vec<Stored> = batch
+            .drain(..)
+            .map(|mut r| {
+                if r.id.is_empty() {
+                    r.id = crate::ids::new_id("log");
                 }
-                let violation_ids: Vec<&str> = r.violations.iter().map(|v| v.id.as_str()).collect();
-                sql.tuple([
-                    Arg::from(r.id.as_str()),
-                    r.organization_id.as_str().into(),
-                    r.key_id.as_str().into(),
-                    r.environment.as_str().into(),
-                    r.provider.as_str().into(),
-                    r.model.as_str().into(),
-                    r.path.as_str().into(),
-                    (r.status as i64).into(),
-                    r.latency_ms.into(),
-                    r.ttfb_ms.into(),
-                    r.prompt_tokens.into(),
-                    r.completion_tokens.into(),
-                    (r.prompt_tokens + r.completion_tokens).into(),
-                    prices.cost(&r.model, r.prompt_tokens, r.completion_tokens).into(),
-                    r.streamed.into(),
-                    serde_json::json!(violation_ids).to_string().into(),
-                    created_at.as_str().into(),
-                ]);
+                Stored {
+                    created_at: storage::format_time(r.at.unwrap_or_else(chrono::Utc::now)),
+                    cost_usd: prices.cost(&r.model, r.prompt_tokens, r.completion_tokens),
+                    record: r,
+                }
+            })
+            .collect();
+        let violation_ids: Vec<String> = stored
+            .iter()
+            .map(|s| {
+                let ids: Vec<&str> = s.record.violations.iter().map(|v| v.id.as_str()).collect();
+                serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
+            })
+            .collect();
+        let mut tx = crate::events::begin_write(db).await?;
+        let mut rest = &stored[..];
+        let mut ids = &violation_ids[..];
+        while !rest.is_empty() {
+            let n = INSERT_SIZES
+                .into_iter()
+                .find(|n| *n <= rest.len())
+                .unwrap_or(1);
+            let mut q = sqlx::query(insert_text(backend, n));
+            for (s, violation_ids) in rest[..n].iter().zip(&ids[..n]) {
+                let r = &s.record;
+                q = q
+                    .bind(r.id.as_str())
+                    .bind(r.organization_id.as_str())
+                    .bind(r.key_id.as_str())
+                    .bind(r.environment.as_str())
+                    .bind(r.provider.as_str())
+                    .bind(r.model.as_str())
+                    .bind(r.path.as_str())
+                    .bind(i64::from(r.status))
+                    .bind(r.latency_ms)
+                    .bind(r.ttfb_ms)
+                    .bind(r.prompt_tokens)
+                    .bind(r.completion_tokens)
+                    .bind(r.prompt_tokens + r.completion_tokens)
+                    .bind(s.cost_usd)
+                    .bind(r.streamed)
+                    .bind(violation_ids.as_str())
+                    .bind(s.created_at.as_str());
             }
-            // Not kept in the connection's statement cache: a batch's row count varies, and each
-            // prepared multi-row statement is large (this held ~100 MB after a load test).
-            sql.query().persistent(false).execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
+            rest = &rest[n..];
+            ids = &ids[n..];
         }
-        for (r, _) in stored.iter().filter(|(r, _)| !r.violations.is_empty()) {
+        for r in stored
+            .iter()
+            .map(|s| &s.record)
+            .filter(|r| !r.violations.is_empty())
+        {
             let ctx = crate::policies::violations::Context {
                 organization_id: &r.organization_id,
                 environment: &r.environment,
@@ -292,7 +362,7 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
             };
             crate::policies::violations::record(&mut tx, &ctx, &r.violations).await?;
         }
-        super::rollup::add_batch(&mut tx, backend, prices, &stored).await?;
+        super::rollup::add_batch(&mut tx, backend, &stored).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -316,10 +386,20 @@ fn read_usage(format: Format, v: &Value, found: &mut (i64, i64, Option<String>))
     };
     match format {
         Format::OpenAi => {
+            // Chat completions and embeddings (`prompt_tokens`/`completion_tokens`), or the
+            // Responses API and audio (`input_tokens`/`output_tokens`; a stream's
+            // `response.completed` event carries the response under `response`).
+            let v = if v["response"].is_object() {
+                &v["response"]
+            } else {
+                v
+            };
             model(&v["model"]);
-            if v["usage"].is_object() {
-                found.0 = v["usage"]["prompt_tokens"].as_i64().unwrap_or(0);
-                found.1 = v["usage"]["completion_tokens"].as_i64().unwrap_or(0);
+            let u = &v["usage"];
+            if u.is_object() {
+                let tokens = |a: &str, b: &str| u[a].as_i64().or(u[b].as_i64()).unwrap_or(0);
+                found.0 = tokens("prompt_tokens", "input_tokens");
+                found.1 = tokens("completion_tokens", "output_tokens");
             }
         }
         Format::Anthropic => {
@@ -362,6 +442,9 @@ struct UsageDoc<'a> {
     kind: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     message: Option<Box<UsageDoc<'a>>>,
+    /// OpenAI's Responses API: stream events carry the response under `response`.
+    #[serde(default, borrow)]
+    response: Option<Box<UsageDoc<'a>>>,
     /// Gemini.
     #[serde(default, rename = "modelVersion", borrow)]
     model_version: Option<Cow<'a, str>>,
@@ -398,10 +481,11 @@ fn read_usage_fast(format: Format, data: &[u8], found: &mut (i64, i64, Option<St
     };
     match format {
         Format::OpenAi => {
+            let doc = doc.response.as_deref().unwrap_or(&doc);
             model(&doc.model);
             if let Some(u) = &doc.usage {
-                found.0 = u.prompt_tokens.unwrap_or(0);
-                found.1 = u.completion_tokens.unwrap_or(0);
+                found.0 = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
+                found.1 = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
             }
         }
         Format::Anthropic => {
@@ -662,22 +746,33 @@ impl<S> Tap<S> {
     }
 }
 
-impl<S, E> Stream for Tap<S>
+/// The answer's body as it passes: its length (so that a whole answer keeps its
+/// `Content-Length` on the way to the client) and its end are the provider's.
+impl<B> http_body::Body for Tap<B>
 where
-    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin,
 {
-    type Item = Result<Bytes, E>;
+    type Data = Bytes;
+    type Error = B::Error;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_next(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                if this.first_byte.is_none() {
-                    this.first_byte = Some(this.started.elapsed());
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(chunk) = frame.data_ref() {
+                    if this.first_byte.is_none() {
+                        this.first_byte = Some(this.started.elapsed());
+                    }
+                    let want_text = this.stream_policies.is_some();
+                    this.read.push(chunk, this.format, want_text);
                 }
-                let want_text = this.stream_policies.is_some();
-                this.read.push(&chunk, this.format, want_text);
-                Poll::Ready(Some(Ok(chunk)))
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
                 this.finish();
@@ -685,6 +780,14 @@ where
             }
             other => other,
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -718,6 +821,25 @@ mod tests {
         assert_eq!(
             parse_usage(Format::Anthropic, msg),
             (8, 2, Some("claude".into()))
+        );
+        // OpenAI's Responses API and audio: input/output tokens, streamed under `response`; the
+        // same read when a field of an unexpected type sends the document down the slow path.
+        let responses = br#"{"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":6}}"#;
+        assert_eq!(
+            parse_usage(Format::OpenAi, responses),
+            (5, 6, Some("gpt-4.1".into()))
+        );
+        let odd = br#"{"model":"gpt-4.1","usage":{"input_tokens":5,"output_tokens":6,"prompt_tokens":"?"}}"#;
+        assert_eq!(
+            parse_usage(Format::OpenAi, odd),
+            (5, 6, Some("gpt-4.1".into()))
+        );
+        let responses_sse = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":null}}\n\n\
+            event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\n\
+            event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"gpt-4.1\",\"usage\":{\"input_tokens\":11,\"output_tokens\":22}}}\n\n";
+        assert_eq!(
+            parse_usage(Format::OpenAi, responses_sse),
+            (11, 22, Some("gpt-4.1".into()))
         );
         let gemini = br#"[{"modelVersion":"gemini-2.0-flash"},{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":9}}]"#;
         assert_eq!(

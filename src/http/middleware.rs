@@ -56,6 +56,10 @@ impl App {
     pub fn new(router: Router, state: AppState) -> Self {
         App { router, state }
     }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
 }
 
 impl tower::Service<Request> for App {

@@ -6,11 +6,11 @@ pub mod middleware;
 pub mod pagination;
 pub mod request_meta;
 pub mod routes;
+pub mod serving;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+pub use serving::serve;
 
 use axum::{extract::DefaultBodyLimit, http::StatusCode, middleware as mw, Router};
-use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::app::AppState;
@@ -87,51 +87,6 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> middleware::App 
     // Request ids, trace spans, panics, CORS, rate limits and quotas, the error envelope and
     // the metrics: one service around the router (`middleware::App`).
     middleware::App::new(router, state)
-}
-
-/// Serves until `shutdown` resolves, then stops accepting connections and lets in-flight
-/// requests finish for up to `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    app: middleware::App,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> anyhow::Result<()> {
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-    use axum::serve::ListenerExt;
-    // No Nagle delay: a streamed answer's small chunks leave as soon as they are written.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let server =
-        axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(app),
-        )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = started_tx.send(());
-        });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-    tokio::select! {
-        result = &mut server => return result.map_err(Into::into),
-        _ = started_rx => {}
-    }
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: finishing in-flight requests"
-    );
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => {
-            tracing::warn!("grace period over; closing remaining connections");
-            Ok(())
-        }
-    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
