@@ -515,6 +515,42 @@ fn read_usage_fast(format: Format, data: &[u8], found: &mut (i64, i64, Option<St
     true
 }
 
+/// The token counts of a whole JSON answer whose **last member** is its `usage` object (OpenAI's
+/// and Anthropic's answers are), read without parsing the rest of the answer; `None` when the
+/// answer is not shaped so (the caller then reads the whole document). The `"usage"` found last
+/// is a key, not text: text would have its quotes escaped. It belongs to the top-level object
+/// when only that object's closing brace follows its value.
+fn top_level_usage(format: Format, body: &[u8]) -> Option<(i64, i64)> {
+    if format == Format::Google {
+        return None;
+    }
+    let body = body.trim_ascii();
+    if !body.starts_with(b"{") {
+        return None;
+    }
+    let at = memchr::memmem::rfind(body, b"\"usage\"")?;
+    let backslashes = body[..at].iter().rev().take_while(|b| **b == b'\\').count();
+    if backslashes % 2 == 1 {
+        return None;
+    }
+    let rest = body[at + 7..].trim_ascii_start().strip_prefix(b":")?;
+    let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<TokenUsage>();
+    let usage = values.next()?.ok()?;
+    if rest[values.byte_offset()..].trim_ascii() != b"}" {
+        return None;
+    }
+    Some(match format {
+        Format::OpenAi => (
+            usage.prompt_tokens.or(usage.input_tokens).unwrap_or(0),
+            usage.completion_tokens.or(usage.output_tokens).unwrap_or(0),
+        ),
+        _ => (
+            usage.input_tokens.unwrap_or(0),
+            usage.output_tokens.unwrap_or(0),
+        ),
+    })
+}
+
 /// One JSON document of a response: the typed fields when they parse, else the JSON value.
 fn read_usage_doc(format: Format, data: &[u8], found: &mut (i64, i64, Option<String>)) {
     if read_usage_fast(format, data, found) {
@@ -710,7 +746,12 @@ impl<S> Tap<S> {
                     .stream_policies
                     .is_some()
                     .then(|| crate::policies::stream_text(self.format, &copy));
-                (Some(parse_usage(self.format, &copy)), text)
+                // The model is the request's when it named one: then only the usage is read.
+                let usage = match top_level_usage(self.format, &copy) {
+                    Some((p, c)) if !r.model.is_empty() => (p, c, None),
+                    _ => parse_usage(self.format, &copy),
+                };
+                (Some(usage), text)
             }
             Reader::Whole(None) => (None, None),
             Reader::Events {
@@ -845,6 +886,45 @@ mod tests {
         assert_eq!(
             parse_usage(Format::Google, gemini),
             (4, 9, Some("gemini-2.0-flash".into()))
+        );
+    }
+
+    #[test]
+    fn a_whole_answers_usage_is_read_from_its_last_member() {
+        for (format, body) in [
+            (
+                Format::OpenAi,
+                &br#"{"model":"gpt-4o","choices":[{"message":{"content":"say \"usage\": {} here"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":0}}}"#[..],
+            ),
+            (
+                Format::OpenAi,
+                br#"{"model":"gpt-4.1","output":[],"usage":{"input_tokens":5,"output_tokens":6}}  "#,
+            ),
+            (
+                Format::Anthropic,
+                br#"{"type":"message","model":"claude","content":[],"usage":{"input_tokens":8,"output_tokens":2}}"#,
+            ),
+        ] {
+            let (p, c, _) = parse_usage(format, body);
+            assert_eq!(top_level_usage(format, body), Some((p, c)));
+            assert!(p > 0 && c > 0);
+        }
+        // Shapes it does not read (the whole document is read instead).
+        for body in [
+            &br#"{"usage":{"prompt_tokens":1,"completion_tokens":1},"model":"m"}"#[..],
+            br#"{"model":"m","choices":[{"x":{"usage":{"prompt_tokens":1,"completion_tokens":1}}}]}"#,
+            br#"{"model":"m","note":"a \"usage\":{\"prompt_tokens\":9}}"}"#,
+            br#"{"model":"m","usage":null}"#,
+            br#"{"model":"m","usage":{"prompt_tokens":"many"}}"#,
+        ] {
+            assert_eq!(top_level_usage(Format::OpenAi, body), None, "{}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(
+            top_level_usage(
+                Format::Google,
+                br#"{"usageMetadata":{"promptTokenCount":1},"usage":{"input_tokens":1}}"#
+            ),
+            None
         );
     }
 
