@@ -199,6 +199,10 @@ async fn run(
     metrics: crate::metrics::GatewayMetrics,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    // The writer keeps one connection: the pool hands out its least recently used one, whose
+    // page cache would be cold after every other batch. (Closing the pool waits for it: stop
+    // the writer first, as the server does.)
+    let mut conn = None;
     let mut stopping = false;
     while !stopping {
         // Wait for the first entry of a batch.
@@ -222,11 +226,11 @@ async fn run(
             while let Ok(r) = rx.try_recv() {
                 batch.push(r);
                 if batch.len() == BATCH {
-                    write(&db, &prices, &mut batch).await;
+                    write(&db, &mut conn, &prices, &mut batch).await;
                 }
             }
         }
-        write(&db, &prices, &mut batch).await;
+        write(&db, &mut conn, &prices, &mut batch).await;
         metrics.usage_queue_depth.set(rx.len() as i64);
     }
 }
@@ -287,7 +291,12 @@ fn multi_row_insert(backend: storage::Backend, rows: usize) -> String {
     sql.text().to_string()
 }
 
-async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
+async fn write(
+    db: &Db,
+    conn: &mut Option<sqlx::pool::PoolConnection<sqlx::Any>>,
+    prices: &Prices,
+    batch: &mut Vec<UsageRecord>,
+) {
     if batch.is_empty() {
         return;
     }
@@ -314,7 +323,17 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
                 serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
             })
             .collect();
-        let mut tx = crate::events::begin_write(db).await?;
+        let pinned = match conn {
+            Some(c) => c,
+            None => conn.insert(db.pool().acquire().await?),
+        };
+        let mut tx = match backend {
+            // The write lock at once (see `events::begin_write`).
+            storage::Backend::Sqlite => {
+                sqlx::Connection::begin_with(&mut **pinned, "BEGIN IMMEDIATE").await?
+            }
+            storage::Backend::Postgres => sqlx::Connection::begin(&mut **pinned).await?,
+        };
         let mut rest = &stored[..];
         let mut ids = &violation_ids[..];
         while !rest.is_empty() {
@@ -369,6 +388,8 @@ async fn write(db: &Db, prices: &Prices, batch: &mut Vec<UsageRecord>) {
     .await;
     if let Err(e) = result {
         tracing::error!(error = %e, records, "writing usage logs failed");
+        // A fresh connection for the next batch, in case this one is broken.
+        *conn = None;
     }
     batch.clear();
 }
