@@ -29,7 +29,7 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("log_level", "info", "tracing filter, e.g. info or gatehouse=debug,tower_http=info"),
     ("request_timeout_secs", "30", "time limit for one control-plane request (503 after it)"),
     ("max_body_bytes", "1048576", "largest control-plane request body (413 above it)"),
-    ("serve_threads", "0", "threads serving HTTP, each with its own event loop and upstream connections; 0 = one per CPU core"),
+    ("serve_threads", "0", "threads serving HTTP, each with its own event loop and upstream connections; 0 = one per CPU core (at most 1024)"),
     ("shutdown_grace_secs", "30", "how long SIGTERM waits for in-flight requests to finish"),
     ("usage_flush_ms", "1000", "how often metered usage (monthly quotas) is written to the database"),
     ("gateway_connect_timeout_secs", "10", "gateway: time to connect to a provider"),
@@ -47,6 +47,9 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("rate_limits.password_reset_per_hour", "3", "password-reset and one-time-code emails per address per hour"),
     ("rate_limits.unauthenticated_per_minute", "120", "requests per minute per client IP without valid credentials (/health* and /metrics exempt)"),
 ];
+
+/// The most serving threads a configuration may ask for.
+pub const MAX_SERVE_THREADS: usize = 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -199,6 +202,11 @@ impl Config {
         if self.rate_limits.login_window_secs == 0 {
             anyhow::bail!("rate_limits.login_window_secs must be positive");
         }
+        if self.serve_threads > MAX_SERVE_THREADS {
+            anyhow::bail!(
+                "serve_threads must be at most {MAX_SERVE_THREADS} (0: one per CPU core)"
+            );
+        }
         Ok(())
     }
 
@@ -288,6 +296,9 @@ mod tests {
         assert!(Config::load(Some(&path)).is_err());
         std::fs::write(&path, "master_key = \"abc\"\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
+        std::fs::write(&path, "serve_threads = 100000\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("serve_threads"), "{err}");
     }
 
     #[test]

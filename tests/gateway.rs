@@ -223,6 +223,14 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
     res.assert_error(400, "invalid_request");
 }
 
+/// Serves `app` on a loopback port: its base URL (`http://127.0.0.1:PORT`).
+async fn serve_locally(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
 /// An OpenAI-compatible upstream on loopback that records what it receives.
 async fn upstream(
     fail: bool,
@@ -255,9 +263,7 @@ async fn upstream(
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("{}/v1", serve_locally(app).await);
     (url, rx)
 }
 
@@ -549,9 +555,7 @@ async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backen
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = format!("{}/v1", serve_locally(app).await);
     srv.post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "anthropic", "name": "a", "base_url": base, "api_key": "sk-ant-upstream"}))
         .await;
     let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
@@ -701,9 +705,7 @@ async fn azure_deployments_are_routed_with_the_api_key_header(backend: Backend) 
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = serve_locally(app).await;
     let res = srv
         .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "azure", "name": "az", "base_url": base, "api_key": "azure-secret"}))
         .await;
@@ -749,13 +751,11 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
     .await;
     let s = setup(&srv).await;
     // A provider that never starts answering.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let app = Router::new().route(
         "/v1/chat/completions",
         post(|| async { std::future::pending::<&str>().await }),
     );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = format!("{}/v1", serve_locally(app).await);
     srv.post_as(
         &format!("{}/providers", s.base),
         &s.owner,
@@ -777,8 +777,6 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
     // A provider that starts a stream and then goes silent: the gateway cuts the answer after
     // the idle timeout (the client sees the first event, then the body fails), and the request
     // is still logged.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
     let app = Router::new().route(
         "/v1/chat/completions",
         post(|| async {
@@ -792,7 +790,7 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
             ([("content-type", "text/event-stream")], body)
         }),
     );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = format!("{}/v1", serve_locally(app).await);
     let res = srv
         .post_as(
             &format!("{}/providers", s.base),
@@ -1034,9 +1032,7 @@ async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Ba
                     "usage": {"input_tokens": 1000000, "output_tokens": 500000, "total_tokens": 1500000}}))
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = format!("{}/v1", serve_locally(app).await);
     let res = srv
         .post_as(
             &format!("{}/providers", s.base),
@@ -1164,9 +1160,7 @@ async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: B
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let base = format!("{}/v1", serve_locally(app).await);
     let res = srv
         .post_as(
             &format!("{}/providers", s.base),

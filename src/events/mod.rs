@@ -161,9 +161,17 @@ pub async fn record_security_event(db: &crate::storage::Db, ctx: &ActorContext, 
 pub async fn begin_write(
     db: &crate::storage::Db,
 ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-    match db.backend() {
-        crate::storage::Backend::Sqlite => db.pool().begin_with("BEGIN IMMEDIATE").await,
-        crate::storage::Backend::Postgres => db.pool().begin().await,
+    db.pool()
+        .begin_with(begin_write_statement(db.backend()))
+        .await
+}
+
+/// The statement that opens a write transaction (see [`begin_write`]), for a connection held
+/// outside the pool.
+pub fn begin_write_statement(backend: crate::storage::Backend) -> &'static str {
+    match backend {
+        crate::storage::Backend::Sqlite => "BEGIN IMMEDIATE",
+        crate::storage::Backend::Postgres => "BEGIN",
     }
 }
 

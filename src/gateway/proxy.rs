@@ -410,7 +410,6 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         .filter(|u| spec.kinds.contains(&u.provider.as_str()) && u.serves(&model))
         .take(MAX_ATTEMPTS)
         .collect();
-
     if candidates.is_empty() && key.environment == "test" {
         candidates.push(&MOCK);
     }
@@ -425,9 +424,10 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     let mut last_error: Option<Error> = None;
     let mut response = None;
     let mut headers = Some(parts.headers);
-    // A provider that did not answer in time is not tried again (its wait would repeat).
+    // Per provider: whether it may be asked again (not after a timeout, whose wait would
+    // repeat), and the pause its last answer asked for (`Retry-After`).
     let mut timed_out = vec![false; candidates.len()];
-    let mut asked_pause: Option<Duration> = None;
+    let mut asked_pause: Vec<Option<Duration>> = vec![None; candidates.len()];
     for attempt in 0..MAX_ATTEMPTS {
         let i = attempt % candidates.len();
         let upstream = candidates[i];
@@ -435,7 +435,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
             if timed_out[i] {
                 continue;
             }
-            let Some(pause) = retry_pause(attempt - candidates.len(), asked_pause.take()) else {
+            let Some(pause) = retry_pause(attempt - candidates.len(), asked_pause[i].take()) else {
                 break;
             };
             tracing::debug!(provider = %upstream.id, pause_ms = pause.as_millis() as u64, "retrying the provider");
@@ -490,7 +490,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         let status = res.status();
         let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
         if retryable {
-            asked_pause = retry_after(res.headers());
+            asked_pause[i] = retry_after(res.headers());
         }
         response = Some((upstream, res));
         if !retryable {

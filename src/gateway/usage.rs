@@ -327,13 +327,8 @@ async fn write(
             Some(c) => c,
             None => conn.insert(db.pool().acquire().await?),
         };
-        let mut tx = match backend {
-            // The write lock at once (see `events::begin_write`).
-            storage::Backend::Sqlite => {
-                sqlx::Connection::begin_with(&mut **pinned, "BEGIN IMMEDIATE").await?
-            }
-            storage::Backend::Postgres => sqlx::Connection::begin(&mut **pinned).await?,
-        };
+        let statement = crate::events::begin_write_statement(backend);
+        let mut tx = sqlx::Connection::begin_with(&mut **pinned, statement).await?;
         let mut rest = &stored[..];
         let mut ids = &violation_ids[..];
         while !rest.is_empty() {

@@ -58,7 +58,7 @@ pub async fn serve(
     for i in 0..count {
         workers.push(Worker::start(i, app.clone(), local, grace)?);
     }
-    let mut stops = Stops(workers.iter().map(|w| w.stop.clone()).collect());
+    let stops = Stops(workers.iter().map(|w| w.stop.clone()).collect());
     let mut shutdown = std::pin::pin!(shutdown);
     let mut next = 0;
     loop {
@@ -85,7 +85,6 @@ pub async fn serve(
             result = Err(e);
         }
     }
-    stops.0.clear();
     result
 }
 
@@ -145,7 +144,7 @@ enum Stop {
 struct Stops(Vec<watch::Sender<Stop>>);
 
 impl Stops {
-    fn send(&mut self, stop: Stop) {
+    fn send(&self, stop: Stop) {
         for s in &self.0 {
             let _ = s.send(stop);
         }
