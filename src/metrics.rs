@@ -1,7 +1,7 @@
 //! Prometheus metrics (`GET /metrics`). Each capability registers its own families here so the
 //! whole set is visible in one place.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -92,6 +92,88 @@ pub struct GatewayMetrics {
     pub upstream_errors: Family<ProviderLabels, Counter>,
     pub usage_queue_depth: Gauge,
     pub usage_dropped: Counter,
+    /// Each provider kind's series of a successful answer, looked up once (see
+    /// [`GatewayMetrics::answered`]).
+    series: Arc<[std::sync::OnceLock<ProviderSeries>]>,
+}
+
+/// The series one answered request of a provider updates (clones share the family's series).
+#[derive(Clone)]
+pub struct ProviderSeries {
+    pub ok: Counter,
+    pub latency: Histogram,
+    pub prompt_tokens: Counter,
+    pub completion_tokens: Counter,
+}
+
+impl GatewayMetrics {
+    /// Counts an answer of `provider` (a kind of `providers::KINDS`) with its status, latency and
+    /// tokens. A 200 of a known kind updates series held since their first use, without the
+    /// families' lookups (the gateway's request path).
+    pub fn answered(&self, provider: &'static str, status: u16, secs: f64, tokens: (u64, u64)) {
+        let kind = crate::gateway::providers::KINDS
+            .iter()
+            .position(|k| *k == provider);
+        let series = match kind {
+            Some(i) if status == 200 => self.series[i].get_or_init(|| self.series_of(provider)),
+            _ => {
+                let provider = Cow::Borrowed(provider);
+                self.requests
+                    .get_or_create(&GatewayLabels {
+                        provider: provider.clone(),
+                        status,
+                    })
+                    .inc();
+                self.latency
+                    .get_or_create(&ProviderLabels {
+                        provider: provider.clone(),
+                    })
+                    .observe(secs);
+                for (kind, n) in [("prompt", tokens.0), ("completion", tokens.1)] {
+                    self.tokens
+                        .get_or_create(&TokenLabels {
+                            provider: provider.clone(),
+                            kind,
+                        })
+                        .inc_by(n);
+                }
+                return;
+            }
+        };
+        series.ok.inc();
+        series.latency.observe(secs);
+        series.prompt_tokens.inc_by(tokens.0);
+        series.completion_tokens.inc_by(tokens.1);
+    }
+
+    fn series_of(&self, provider: &'static str) -> ProviderSeries {
+        let provider = Cow::Borrowed(provider);
+        let tokens = |kind| {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    provider: provider.clone(),
+                    kind,
+                })
+                .clone()
+        };
+        ProviderSeries {
+            ok: self
+                .requests
+                .get_or_create(&GatewayLabels {
+                    provider: provider.clone(),
+                    status: 200,
+                })
+                .clone(),
+            latency: self
+                .latency
+                .get_or_create(&ProviderLabels {
+                    provider: provider.clone(),
+                })
+                .clone(),
+            prompt_tokens: tokens("prompt"),
+            completion_tokens: tokens("completion"),
+        }
+    }
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -153,6 +235,10 @@ impl Metrics {
             upstream_errors: Family::default(),
             usage_queue_depth: Gauge::default(),
             usage_dropped: Counter::default(),
+            series: crate::gateway::providers::KINDS
+                .iter()
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
         };
         registry.register(
             "gateway_requests",

@@ -32,6 +32,15 @@ pub const KINDS: &[&str] = &[
     "mock",
 ];
 
+/// The provider kind as the static string of [`KINDS`] (stored kinds are always one of them).
+pub fn static_kind(kind: &str) -> &'static str {
+    KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Provider {
     pub id: String,

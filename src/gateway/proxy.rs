@@ -379,9 +379,9 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     }
     let entry = UsageRecord {
         id: crate::ids::new_id("log"),
-        organization_id: key.organization_id.clone(),
-        key_id: key.id.clone(),
-        environment: key.environment.clone(),
+        organization_id: key.shared.organization_id.clone(),
+        key_id: key.shared.id.clone(),
+        environment: key.shared.environment.clone(),
         model: model.clone(),
         path: uri.path().to_string(),
         streamed,
@@ -503,7 +503,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     };
 
     let mut record = UsageRecord {
-        provider: upstream.provider.clone(),
+        provider: super::providers::static_kind(&upstream.provider),
         status: res.status().as_u16(),
         violations,
         ..entry

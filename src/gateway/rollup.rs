@@ -119,7 +119,7 @@ pub async fn add_batch(
                 &r.environment,
                 hour,
                 &r.model,
-                &r.provider,
+                r.provider,
                 &r.key_id,
             ])
             .or_default()

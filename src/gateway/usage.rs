@@ -30,10 +30,12 @@ const INSPECT_LIMIT: usize = 4 * 1024 * 1024;
 pub struct UsageRecord {
     /// The log entry's id, chosen on the request path so violations can name it.
     pub id: String,
-    pub organization_id: String,
-    pub key_id: String,
-    pub environment: String,
-    pub provider: String,
+    /// Shared with the key cache (no copy per request).
+    pub organization_id: Arc<str>,
+    pub key_id: Arc<str>,
+    pub environment: Arc<str>,
+    /// One of the provider kinds (`providers::KINDS`).
+    pub provider: &'static str,
     pub model: String,
     pub path: String,
     pub status: u16,
@@ -121,32 +123,16 @@ impl UsageWriter {
     /// Queues a record; never waits. A full queue drops it and counts it.
     pub fn record(&self, mut r: UsageRecord) {
         r.at.get_or_insert_with(chrono::Utc::now);
-        use crate::metrics::{GatewayLabels, ProviderLabels, TokenLabels};
         let m = &self.metrics;
-        let provider = crate::metrics::provider_label(&r.provider);
-        m.requests
-            .get_or_create(&GatewayLabels {
-                provider: provider.clone(),
-                status: r.status,
-            })
-            .inc();
-        m.latency
-            .get_or_create(&ProviderLabels {
-                provider: provider.clone(),
-            })
-            .observe(r.latency_ms as f64 / 1000.0);
-        for (kind, n) in [
-            ("prompt", r.prompt_tokens),
-            ("completion", r.completion_tokens),
-        ] {
-            m.tokens
-                .get_or_create(&TokenLabels {
-                    provider: provider.clone(),
-                    kind,
-                })
-                .inc_by(n.max(0) as u64);
-        }
-        m.usage_queue_depth.set(self.queue_depth() as i64 + 1);
+        m.answered(
+            r.provider,
+            r.status,
+            r.latency_ms as f64 / 1000.0,
+            (
+                r.prompt_tokens.max(0) as u64,
+                r.completion_tokens.max(0) as u64,
+            ),
+        );
         // Monthly token quota and the key's tokens-per-minute limit.
         let tokens = (r.prompt_tokens + r.completion_tokens).max(0) as u64;
         if tokens > 0 {
@@ -230,6 +216,11 @@ async fn run(
                 }
             }
         }
+        // Entries not yet written (set by the writer, not by each request: one shared counter
+        // updated per request costs every serving thread a cache miss).
+        metrics
+            .usage_queue_depth
+            .set((rx.len() + batch.len()) as i64);
         write(&db, &mut conn, &prices, &mut batch).await;
         metrics.usage_queue_depth.set(rx.len() as i64);
     }
@@ -276,11 +267,17 @@ fn insert_text(backend: storage::Backend, rows: usize) -> &'static str {
 
 fn multi_row_insert(backend: storage::Backend, rows: usize) -> String {
     const COLUMNS: usize = 17;
+    // SQLite: a failing row rolls the whole batch's transaction back (as the writer does
+    // anyway), so that a statement of many rows needs no statement journal of its own.
+    let verb = match backend {
+        storage::Backend::Sqlite => "INSERT OR ROLLBACK",
+        storage::Backend::Postgres => "INSERT",
+    };
     let mut sql = Sql::for_backend(
         backend,
-        "INSERT INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, \
+        &format!("{verb} INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, \
          status, latency_ms, ttfb_ms, prompt_tokens, completion_tokens, total_tokens, cost_usd, \
-         streamed, violation_ids, created_at) VALUES ",
+         streamed, violation_ids, created_at) VALUES "),
     );
     for i in 0..rows {
         if i > 0 {
@@ -316,11 +313,14 @@ async fn write(
                 }
             })
             .collect();
-        let violation_ids: Vec<String> = stored
+        let violation_ids: Vec<Cow<'static, str>> = stored
             .iter()
             .map(|s| {
+                if s.record.violations.is_empty() {
+                    return Cow::Borrowed("[]");
+                }
                 let ids: Vec<&str> = s.record.violations.iter().map(|v| v.id.as_str()).collect();
-                serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into())
+                Cow::Owned(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
             })
             .collect();
         let pinned = match conn {
@@ -341,10 +341,10 @@ async fn write(
                 let r = &s.record;
                 q = q
                     .bind(r.id.as_str())
-                    .bind(r.organization_id.as_str())
-                    .bind(r.key_id.as_str())
-                    .bind(r.environment.as_str())
-                    .bind(r.provider.as_str())
+                    .bind(&*r.organization_id)
+                    .bind(&*r.key_id)
+                    .bind(&*r.environment)
+                    .bind(r.provider)
                     .bind(r.model.as_str())
                     .bind(r.path.as_str())
                     .bind(i64::from(r.status))
@@ -355,7 +355,7 @@ async fn write(
                     .bind(r.prompt_tokens + r.completion_tokens)
                     .bind(s.cost_usd)
                     .bind(r.streamed)
-                    .bind(violation_ids.as_str())
+                    .bind(violation_ids.as_ref())
                     .bind(s.created_at.as_str());
             }
             q.execute(&mut *tx).await?;

@@ -85,7 +85,7 @@ fn valid_incoming_id(value: &HeaderValue) -> bool {
 }
 
 impl App {
-    async fn handle(self, mut req: Request) -> Response {
+    pub(crate) async fn handle(self, mut req: Request) -> Response {
         let started = Instant::now();
         // A valid incoming `X-Request-Id` is echoed, else `req_…` is made.
         let id_value = match req.headers().get(REQUEST_ID) {

@@ -52,11 +52,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let local = listener.local_addr()?;
     let count = thread_count(app.state().config.serve_threads).max(1);
     let mut workers = Vec::with_capacity(count);
     for i in 0..count {
-        workers.push(Worker::start(i, app.clone(), local, grace)?);
+        workers.push(Worker::start(i, app.clone(), grace)?);
     }
     let stops = Stops(workers.iter().map(|w| w.stop.clone()).collect());
     let mut shutdown = std::pin::pin!(shutdown);
@@ -165,7 +164,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(i: usize, app: App, local: SocketAddr, grace: Duration) -> io::Result<Worker> {
+    fn start(i: usize, app: App, grace: Duration) -> io::Result<Worker> {
         let (connections, rx) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicUsize::new(0));
         let (stop, stop_rx) = watch::channel(Stop::Running);
@@ -173,7 +172,6 @@ impl Worker {
         let listener = Handed {
             rx,
             open: open.clone(),
-            local,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -202,51 +200,56 @@ impl Worker {
 }
 
 async fn serve_on_this_thread(
-    listener: Handed,
+    mut listener: Handed,
     app: App,
     mut stop: watch::Receiver<Stop>,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let (started_tx, started_rx) = oneshot::channel::<()>();
-    use axum::serve::ListenerExt;
-    // (`tap_io` only for axum's `ConnectInfo<SocketAddr>`, which it provides for tapped
-    // listeners of any kind.)
-    let server =
-        axum::serve(
-            listener.tap_io(|_| {}),
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(app),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s != Stop::Running).await;
-            let _ = started_tx.send(());
-        });
-    let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
-    tokio::select! {
-        result = &mut server => return result.map_err(Into::into),
-        _ = started_rx => {}
-    }
-    match tokio::time::timeout(grace, server).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => {
-            tracing::warn!("grace period over; closing remaining connections");
-            Ok(())
+    // hyper directly, HTTP/1.1 and HTTP/2 (prior knowledge) detected per connection, without
+    // upgrades (nothing here upgrades a connection; each upgradeable request costs one more
+    // allocation) and without the tower adapters of `axum::serve`.
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            (io, peer) = listener.accept() => {
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut req = req.map(axum::body::Body::new);
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    futures_util::FutureExt::map(app.clone().handle(req), Ok::<_, std::convert::Infallible>)
+                });
+                let connection = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                // (How a connection ends is the client's business: errors are not logged.)
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            _ = stop.wait_for(|s| *s != Stop::Running) => break,
         }
     }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+    Ok(())
 }
 
 /// A serving thread's listener: the connections the acceptor hands it.
 struct Handed {
     rx: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
     open: Arc<AtomicUsize>,
-    local: SocketAddr,
 }
 
-impl axum::serve::Listener for Handed {
-    type Io = Counted;
-    type Addr = SocketAddr;
-
+impl Handed {
     async fn accept(&mut self) -> (Counted, SocketAddr) {
         loop {
             let Some((std, peer)) = self.rx.recv().await else {
@@ -264,10 +267,6 @@ impl axum::serve::Listener for Handed {
                 }
             }
         }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
     }
 }
 

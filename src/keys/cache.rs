@@ -54,8 +54,35 @@ pub struct CachedKey {
     pub creator_role: Option<Role>,
     pub rate_limit: Option<serde_json::Value>,
     pub project_id: Option<String>,
+    /// Made once per load for the request path: the id, organization and environment to share
+    /// (gateway usage records), and the key's rate-limiter keys.
+    pub shared: SharedIds,
     pub last_used: AtomicI64,
     loaded: Instant,
+}
+
+/// A key's identifiers as shared strings, and the keys of its own limits in the rate limiter.
+#[derive(Debug, Clone)]
+pub struct SharedIds {
+    pub id: Arc<str>,
+    pub organization_id: Arc<str>,
+    pub environment: Arc<str>,
+    /// `key:<id>:min`: the key's requests per minute.
+    pub requests_limit: Arc<str>,
+    /// `tpm:<id>:min`: the key's tokens per minute (see `limits::middleware::tokens_key`).
+    pub tokens_limit: Arc<str>,
+}
+
+impl SharedIds {
+    pub fn new(id: &str, organization_id: &str, environment: &str) -> Self {
+        SharedIds {
+            id: id.into(),
+            organization_id: organization_id.into(),
+            environment: environment.into(),
+            requests_limit: format!("key:{id}:min").into(),
+            tokens_limit: crate::limits::middleware::tokens_key(id).into(),
+        }
+    }
 }
 
 impl CachedKey {
@@ -281,7 +308,12 @@ impl KeyCache {
 
 /// Records use for the batched `last_used_at` (one relaxed store).
 fn touch(key: &CachedKey) {
-    key.last_used.store(unix_now(), Ordering::Relaxed);
+    // Written once a second at most: a write on every request would make the serving threads
+    // take the key's cache line from each other.
+    let now = unix_now();
+    if key.last_used.load(Ordering::Relaxed) != now {
+        key.last_used.store(now, Ordering::Relaxed);
+    }
 }
 
 fn unix_now() -> i64 {
@@ -350,13 +382,19 @@ async fn load(db: &Db, hash: &str) -> Result<Option<CachedKey>, Error> {
     let origins: Vec<String> =
         serde_json::from_value(r.get_json("allowed_origins")?).unwrap_or_default();
     let rate_limit: Option<String> = r.try_get("rate_limit")?;
+    let (id, organization_id, environment): (String, String, String) = (
+        r.try_get("id")?,
+        r.try_get("organization_id")?,
+        r.try_get("environment")?,
+    );
     Ok(Some(CachedKey {
-        id: r.try_get("id")?,
-        organization_id: r.try_get("organization_id")?,
+        shared: SharedIds::new(&id, &organization_id, &environment),
+        id,
+        organization_id,
         organization_active: r.try_get::<String, _>("org_status")? == "active",
         ip_allowlist: ip_allowlist(&r.get_json("org_settings")?),
         publishable: r.try_get::<String, _>("type")? == "publishable",
-        environment: r.try_get("environment")?,
+        environment,
         scopes: scopes
             .iter()
             .filter_map(|s| super::scope_bit(s))

@@ -53,7 +53,7 @@ impl Entry {
     }
 }
 
-type Shard = HashMap<String, Entry>;
+type Shard = HashMap<Arc<str>, Entry>;
 
 pub struct MemoryLimiter {
     shards: Vec<Mutex<Shard>>,
@@ -113,7 +113,7 @@ impl MemoryLimiter {
                 guards
                     .iter()
                     .find(|(i, _)| *i == s)
-                    .and_then(|(_, g)| g.get(&l.key))
+                    .and_then(|(_, g)| g.get(&*l.key))
                     .map_or(0, |e| e.level(now_ns, l.limit))
             })
             .collect();
@@ -138,7 +138,7 @@ impl MemoryLimiter {
         let s = self.shard_index(&limit.key);
         let mut shard = self.shards[s].lock().unwrap_or_else(|e| e.into_inner());
         let level = shard
-            .get(&limit.key)
+            .get(&*limit.key)
             .map_or(0, |e| e.level(now_ns, limit.limit));
         let level = level + u128::from(limit.cost) * limit.period.as_nanos();
         // A limit of 0 refuses everything anyway: nothing to remember.
@@ -168,7 +168,7 @@ impl MemoryLimiter {
             tat: now_ns * u128::from(l.limit) + level,
             limit: l.limit,
         };
-        if let Some(e) = shard.get_mut(&l.key) {
+        if let Some(e) = shard.get_mut(&*l.key) {
             *e = entry;
             return;
         }
@@ -186,14 +186,14 @@ impl MemoryLimiter {
         if shard.len() <= target {
             return;
         }
-        let mut by_time: Vec<(u128, String)> = shard
+        let mut by_time: Vec<(u128, Arc<str>)> = shard
             .iter()
             .map(|(k, e)| (e.tat / u128::from(e.limit.max(1)), k.clone()))
             .collect();
         let excess = shard.len() - target;
         by_time.select_nth_unstable_by_key(excess - 1, |(t, _)| *t);
         for (_, key) in by_time.into_iter().take(excess) {
-            shard.remove(&key);
+            shard.remove(&*key);
         }
         self.evicted_live
             .fetch_add(excess as u64, Ordering::Relaxed);

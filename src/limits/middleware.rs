@@ -20,7 +20,7 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -50,6 +50,23 @@ pub const API_REQUESTS: &str = "api_requests";
 pub const GATEWAY_REQUESTS: &str = "gateway_requests";
 pub const GATEWAY_TOKENS: &str = "gateway_tokens";
 
+/// An organization as the request path needs it: its plan, and its hourly limit's key.
+#[derive(Debug)]
+struct OrgLimits {
+    plan: String,
+    /// `org:<id>:hour`.
+    hour_key: Arc<str>,
+}
+
+impl OrgLimits {
+    fn new(org_id: &str, plan: String) -> Arc<Self> {
+        Arc::new(OrgLimits {
+            plan,
+            hour_key: format!("org:{org_id}:hour").into(),
+        })
+    }
+}
+
 /// (user id, `{org_id}` as given) → the organization's id (the user belongs to it), and when.
 type Memberships = HashMap<(String, String), (Option<String>, Instant)>;
 
@@ -57,7 +74,7 @@ type Memberships = HashMap<(String, String), (Option<String>, Instant)>;
 /// quota notices already sent (so the table is not asked again on every refused request).
 #[derive(Debug, Default)]
 pub struct RequestLimits {
-    org_plans: Mutex<HashMap<String, (String, Instant)>>,
+    org_plans: Mutex<HashMap<String, (Arc<OrgLimits>, Instant)>>,
     memberships: Mutex<Memberships>,
     notified: Mutex<HashMap<(String, String), String>>,
 }
@@ -78,10 +95,10 @@ impl RequestLimits {
         lock(&self.memberships).clear();
     }
 
-    async fn plan_of(&self, state: &AppState, org_id: &str) -> Result<String, Error> {
-        if let Some((plan, at)) = lock(&self.org_plans).get(org_id) {
+    async fn plan_of(&self, state: &AppState, org_id: &str) -> Result<Arc<OrgLimits>, Error> {
+        if let Some((org, at)) = lock(&self.org_plans).get(org_id) {
             if at.elapsed() < ORG_CACHE_AGE {
-                return Ok(plan.clone());
+                return Ok(org.clone());
             }
         }
         let plan: Option<String> =
@@ -89,13 +106,16 @@ impl RequestLimits {
                 .bind(org_id)
                 .fetch_optional(state.db.pool())
                 .await?;
-        let plan = plan.unwrap_or_else(|| crate::billing::DEFAULT_PLAN.to_string());
+        let org = OrgLimits::new(
+            org_id,
+            plan.unwrap_or_else(|| crate::billing::DEFAULT_PLAN.to_string()),
+        );
         let mut map = lock(&self.org_plans);
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
-        map.insert(org_id.to_string(), (plan.clone(), Instant::now()));
-        Ok(plan)
+        map.insert(org_id.to_string(), (org.clone(), Instant::now()));
+        Ok(org)
     }
 
     /// The organization `{org_id}` (id or slug) names, if the user belongs to it.
@@ -128,7 +148,7 @@ impl RequestLimits {
                 if plans.len() >= MAX_ENTRIES {
                     plans.clear();
                 }
-                plans.insert(id.clone(), (plan, Instant::now()));
+                plans.insert(id.clone(), (OrgLimits::new(&id, plan), Instant::now()));
                 Some(id)
             }
             None => None,
@@ -298,12 +318,13 @@ async fn decide(
                 cfg.api_key_per_minute
             };
             specs.push(LimitSpec::per_minute(
-                format!("key:{id}:min"),
+                key.shared.requests_limit.clone(),
                 per_minute.unwrap_or(default),
             ));
             if let (true, Some(tpm)) = (gateway, key.rate_limit_of("tokens_per_minute")) {
                 // Cost 0: refused only while the tokens already used are over the limit.
-                specs.push(LimitSpec::per_minute(tokens_key(id), tpm).with_cost(0));
+                specs
+                    .push(LimitSpec::per_minute(key.shared.tokens_limit.clone(), tpm).with_cost(0));
             }
             if analytics {
                 specs.push(LimitSpec::per_minute(
@@ -368,17 +389,17 @@ async fn decide(
     let org = org.as_deref();
     let plan = match org {
         Some(org_id) => {
-            let plan_id = state.request_limits.plan_of(state, org_id).await?;
-            state.plans.get(&plan_id)
+            let limits = state.request_limits.plan_of(state, org_id).await?;
+            state.plans.get(&limits.plan).map(|p| (p, limits))
         }
         None => None,
     };
-    if let (Some(org_id), Some(per_hour)) = (
-        org,
-        plan.as_ref().and_then(|p| p.limit("requests_per_hour")),
-    ) {
-        specs.push(LimitSpec::per_hour(format!("org:{org_id}:hour"), per_hour));
+    if let Some((p, limits)) = &plan {
+        if let Some(per_hour) = p.limit("requests_per_hour") {
+            specs.push(LimitSpec::per_hour(limits.hour_key.clone(), per_hour));
+        }
     }
+    let plan = plan.map(|(p, _)| p);
     let v = state.limiter.check(&specs).await?;
     let headers = Some(v);
     if !v.allowed {

@@ -44,7 +44,8 @@ pub use usage::UsageMeter;
 /// `ip:203.0.113.9:login`. Two specs of one request must not share a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LimitSpec {
-    pub key: String,
+    /// Shared, so that the request path can keep a caller's keys made once (`Arc<str>`).
+    pub key: std::sync::Arc<str>,
     pub limit: u64,
     pub period: Duration,
     pub cost: u64,
@@ -52,7 +53,7 @@ pub struct LimitSpec {
 
 impl LimitSpec {
     /// A limit of `limit` requests per `period`, this request costing 1.
-    pub fn new(key: impl Into<String>, limit: u64, period: Duration) -> Self {
+    pub fn new(key: impl Into<std::sync::Arc<str>>, limit: u64, period: Duration) -> Self {
         LimitSpec {
             key: key.into(),
             limit,
@@ -67,15 +68,15 @@ impl LimitSpec {
         self
     }
 
-    pub fn per_second(key: impl Into<String>, limit: u64) -> Self {
+    pub fn per_second(key: impl Into<std::sync::Arc<str>>, limit: u64) -> Self {
         Self::new(key, limit, Duration::from_secs(1))
     }
 
-    pub fn per_minute(key: impl Into<String>, limit: u64) -> Self {
+    pub fn per_minute(key: impl Into<std::sync::Arc<str>>, limit: u64) -> Self {
         Self::new(key, limit, Duration::from_secs(60))
     }
 
-    pub fn per_hour(key: impl Into<String>, limit: u64) -> Self {
+    pub fn per_hour(key: impl Into<std::sync::Arc<str>>, limit: u64) -> Self {
         Self::new(key, limit, Duration::from_secs(3600))
     }
 }
@@ -266,7 +267,7 @@ pub(crate) fn periods_in(
     for (i, l) in limits.iter().enumerate() {
         if limits[..i].iter().any(|o| o.key == l.key) {
             return Err(LimiterError::InvalidSpec {
-                key: l.key.clone(),
+                key: l.key.to_string(),
                 reason: "the same key twice in one request",
             });
         }
@@ -277,7 +278,7 @@ pub(crate) fn periods_in(
             let p = l.period.as_nanos() / unit.as_nanos();
             if p == 0 {
                 Err(LimiterError::InvalidSpec {
-                    key: l.key.clone(),
+                    key: l.key.to_string(),
                     reason: "period shorter than the store's time unit",
                 })
             } else if l.key.is_empty() {

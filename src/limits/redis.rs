@@ -150,7 +150,7 @@ impl RedisLimiter {
             let worst = (u128::from(l.limit) + u128::from(l.cost)) * p;
             if worst >= MAX_EXACT {
                 return Err(LimiterError::InvalidSpec {
-                    key: l.key.clone(),
+                    key: l.key.to_string(),
                     reason: "limit × period (ms) too large for the Redis backend",
                 });
             }
