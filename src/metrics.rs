@@ -72,15 +72,9 @@ pub struct ProviderLabels {
     pub provider: Cow<'static, str>,
 }
 
-/// A provider kind as a label value: the known kinds without an allocation.
+/// A provider kind as a label value (one of `providers::KINDS`; stored kinds always are).
 pub fn provider_label(kind: &str) -> Cow<'static, str> {
-    match crate::gateway::providers::KINDS
-        .iter()
-        .find(|k| **k == kind)
-    {
-        Some(k) => Cow::Borrowed(k),
-        None => Cow::Owned(kind.to_string()),
-    }
+    Cow::Borrowed(crate::gateway::providers::static_kind(kind))
 }
 
 /// The gateway's metrics (cheap clones sharing the same series).
@@ -97,56 +91,40 @@ pub struct GatewayMetrics {
     series: Arc<[std::sync::OnceLock<ProviderSeries>]>,
 }
 
-/// The series one answered request of a provider updates (clones share the family's series).
-#[derive(Clone)]
-pub struct ProviderSeries {
-    pub ok: Counter,
-    pub latency: Histogram,
-    pub prompt_tokens: Counter,
-    pub completion_tokens: Counter,
+/// The series one answer of a provider with one status updates (clones of the families'
+/// series: updating them updates the families).
+struct ProviderSeries {
+    requests: Counter,
+    latency: Histogram,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
 }
 
 impl GatewayMetrics {
     /// Counts an answer of `provider` (a kind of `providers::KINDS`) with its status, latency and
-    /// tokens. A 200 of a known kind updates series held since their first use, without the
-    /// families' lookups (the gateway's request path).
+    /// tokens. A 200 updates series held since their first use, without the families' lookups
+    /// (the gateway's request path); other statuses look theirs up.
     pub fn answered(&self, provider: &'static str, status: u16, secs: f64, tokens: (u64, u64)) {
         let kind = crate::gateway::providers::KINDS
             .iter()
             .position(|k| *k == provider);
+        let looked_up;
         let series = match kind {
-            Some(i) if status == 200 => self.series[i].get_or_init(|| self.series_of(provider)),
+            Some(i) if status == 200 => {
+                self.series[i].get_or_init(|| self.series_of(provider, 200))
+            }
             _ => {
-                let provider = Cow::Borrowed(provider);
-                self.requests
-                    .get_or_create(&GatewayLabels {
-                        provider: provider.clone(),
-                        status,
-                    })
-                    .inc();
-                self.latency
-                    .get_or_create(&ProviderLabels {
-                        provider: provider.clone(),
-                    })
-                    .observe(secs);
-                for (kind, n) in [("prompt", tokens.0), ("completion", tokens.1)] {
-                    self.tokens
-                        .get_or_create(&TokenLabels {
-                            provider: provider.clone(),
-                            kind,
-                        })
-                        .inc_by(n);
-                }
-                return;
+                looked_up = self.series_of(provider, status);
+                &looked_up
             }
         };
-        series.ok.inc();
+        series.requests.inc();
         series.latency.observe(secs);
         series.prompt_tokens.inc_by(tokens.0);
         series.completion_tokens.inc_by(tokens.1);
     }
 
-    fn series_of(&self, provider: &'static str) -> ProviderSeries {
+    fn series_of(&self, provider: &'static str, status: u16) -> ProviderSeries {
         let provider = Cow::Borrowed(provider);
         let tokens = |kind| {
             self.tokens
@@ -157,11 +135,11 @@ impl GatewayMetrics {
                 .clone()
         };
         ProviderSeries {
-            ok: self
+            requests: self
                 .requests
                 .get_or_create(&GatewayLabels {
                     provider: provider.clone(),
-                    status: 200,
+                    status,
                 })
                 .clone(),
             latency: self

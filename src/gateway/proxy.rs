@@ -379,9 +379,9 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     }
     let entry = UsageRecord {
         id: crate::ids::new_id("log"),
-        organization_id: key.shared.organization_id.clone(),
-        key_id: key.shared.id.clone(),
-        environment: key.shared.environment.clone(),
+        organization_id: key.organization_id.clone(),
+        key_id: key.id.clone(),
+        environment: key.environment.clone(),
         model: model.clone(),
         path: uri.path().to_string(),
         streamed,
@@ -410,7 +410,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         .filter(|u| spec.kinds.contains(&u.provider.as_str()) && u.serves(&model))
         .take(MAX_ATTEMPTS)
         .collect();
-    if candidates.is_empty() && key.environment == "test" {
+    if candidates.is_empty() && &*key.environment == "test" {
         candidates.push(&MOCK);
     }
     if candidates.is_empty() {

@@ -35,12 +35,13 @@ const MAX_ENTRIES: usize = 100_000;
 
 #[derive(Debug)]
 pub struct CachedKey {
-    pub id: String,
-    pub organization_id: String,
+    /// Shared strings: the gateway's usage records take them without a copy.
+    pub id: Arc<str>,
+    pub organization_id: Arc<str>,
     pub organization_active: bool,
     pub ip_allowlist: Vec<IpNet>,
     pub publishable: bool,
-    pub environment: String,
+    pub environment: Arc<str>,
     /// Bit i set: scope `SCOPES[i]`.
     pub scopes: u32,
     pub allowed_origins: Vec<String>,
@@ -54,35 +55,12 @@ pub struct CachedKey {
     pub creator_role: Option<Role>,
     pub rate_limit: Option<serde_json::Value>,
     pub project_id: Option<String>,
-    /// Made once per load for the request path: the id, organization and environment to share
-    /// (gateway usage records), and the key's rate-limiter keys.
-    pub shared: SharedIds,
+    /// The key's own limits in the rate limiter, named once per load: `key:<id>:min`
+    /// (requests per minute) and `tpm:<id>:min` (tokens per minute, `limits::middleware::tokens_key`).
+    pub requests_limit: Arc<str>,
+    pub tokens_limit: Arc<str>,
     pub last_used: AtomicI64,
     loaded: Instant,
-}
-
-/// A key's identifiers as shared strings, and the keys of its own limits in the rate limiter.
-#[derive(Debug, Clone)]
-pub struct SharedIds {
-    pub id: Arc<str>,
-    pub organization_id: Arc<str>,
-    pub environment: Arc<str>,
-    /// `key:<id>:min`: the key's requests per minute.
-    pub requests_limit: Arc<str>,
-    /// `tpm:<id>:min`: the key's tokens per minute (see `limits::middleware::tokens_key`).
-    pub tokens_limit: Arc<str>,
-}
-
-impl SharedIds {
-    pub fn new(id: &str, organization_id: &str, environment: &str) -> Self {
-        SharedIds {
-            id: id.into(),
-            organization_id: organization_id.into(),
-            environment: environment.into(),
-            requests_limit: format!("key:{id}:min").into(),
-            tokens_limit: crate::limits::middleware::tokens_key(id).into(),
-        }
-    }
 }
 
 impl CachedKey {
@@ -228,13 +206,13 @@ impl KeyCache {
     /// Drops every entry of this key.
     pub fn invalidate_key(&self, key_id: &str) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, e| !matches!(e, Entry::Known(k) if k.id == key_id));
+        map.retain(|_, e| !matches!(e, Entry::Known(k) if *k.id == *key_id));
     }
 
     /// Drops every entry of this organization's keys and its providers.
     pub fn invalidate_org(&self, org_id: &str) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, e| !matches!(e, Entry::Known(k) if k.organization_id == org_id));
+        map.retain(|_, e| !matches!(e, Entry::Known(k) if *k.organization_id == *org_id));
         drop(map);
         let mut providers = self.providers.write().unwrap_or_else(|e| e.into_inner());
         providers.remove(org_id);
@@ -286,7 +264,7 @@ impl KeyCache {
                 if let Entry::Known(k) = e {
                     let t = k.last_used.load(Ordering::Relaxed);
                     if t > since {
-                        seen.insert(k.id.clone(), t);
+                        seen.insert(k.id.to_string(), t);
                     }
                 }
             }
@@ -382,19 +360,16 @@ async fn load(db: &Db, hash: &str) -> Result<Option<CachedKey>, Error> {
     let origins: Vec<String> =
         serde_json::from_value(r.get_json("allowed_origins")?).unwrap_or_default();
     let rate_limit: Option<String> = r.try_get("rate_limit")?;
-    let (id, organization_id, environment): (String, String, String) = (
-        r.try_get("id")?,
-        r.try_get("organization_id")?,
-        r.try_get("environment")?,
-    );
+    let id: String = r.try_get("id")?;
     Ok(Some(CachedKey {
-        shared: SharedIds::new(&id, &organization_id, &environment),
-        id,
-        organization_id,
+        requests_limit: format!("key:{id}:min").into(),
+        tokens_limit: crate::limits::middleware::tokens_key(&id).into(),
+        id: id.into(),
+        organization_id: r.try_get::<String, _>("organization_id")?.into(),
         organization_active: r.try_get::<String, _>("org_status")? == "active",
         ip_allowlist: ip_allowlist(&r.get_json("org_settings")?),
         publishable: r.try_get::<String, _>("type")? == "publishable",
-        environment,
+        environment: r.try_get::<String, _>("environment")?.into(),
         scopes: scopes
             .iter()
             .filter_map(|s| super::scope_bit(s))

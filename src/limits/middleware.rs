@@ -318,13 +318,12 @@ async fn decide(
                 cfg.api_key_per_minute
             };
             specs.push(LimitSpec::per_minute(
-                key.shared.requests_limit.clone(),
+                key.requests_limit.clone(),
                 per_minute.unwrap_or(default),
             ));
             if let (true, Some(tpm)) = (gateway, key.rate_limit_of("tokens_per_minute")) {
                 // Cost 0: refused only while the tokens already used are over the limit.
-                specs
-                    .push(LimitSpec::per_minute(key.shared.tokens_limit.clone(), tpm).with_cost(0));
+                specs.push(LimitSpec::per_minute(key.tokens_limit.clone(), tpm).with_cost(0));
             }
             if analytics {
                 specs.push(LimitSpec::per_minute(
@@ -332,7 +331,7 @@ async fn decide(
                     cfg.analytics_per_minute,
                 ));
             }
-            org = Some(key.organization_id.as_str().into());
+            org = Some((&*key.organization_id).into());
         }
         Who::User { id, tenant_org } => {
             specs.push(LimitSpec::per_minute(

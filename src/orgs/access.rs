@@ -82,7 +82,7 @@ impl<P> OrgAccess<P> {
     pub fn actor_context(&self) -> crate::events::ActorContext {
         let actor = match &self.caller {
             Caller::User(u) => crate::events::Actor::User(u.user.id.clone()),
-            Caller::Key(k) => crate::events::Actor::ApiKey(crate::ids::KeyId(k.id.clone())),
+            Caller::Key(k) => crate::events::Actor::ApiKey(crate::ids::KeyId(k.id.to_string())),
         };
         crate::events::ActorContext::new(actor, (&self.meta).into())
     }
@@ -211,7 +211,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
             .await?
             .filter(|r| {
                 r.try_get::<String, _>("id")
-                    .is_ok_and(|id| id == key.organization_id)
+                    .is_ok_and(|id| *id == *key.organization_id)
             })
             .ok_or_else(|| Error::not_found("Organization not found"))?;
             let org = OrgRef {
