@@ -1,13 +1,22 @@
-//! The gateway's client to the providers: hyper's pooled HTTP/1.1 client over rustls (Mozilla's
-//! roots), used directly. The request path needs nothing of a general-purpose client (URL
-//! re-parsing, redirect and retry layers, a copy of every header map): a request is built once
-//! from the incoming one and sent on a kept-alive connection.
+//! The gateway's client to the providers: hyper's HTTP/1.1 connections over rustls (Mozilla's
+//! roots), pooled by the serving thread that uses them. The request path needs nothing of a
+//! general-purpose client (URL re-parsing, redirect and retry layers, a copy of every header
+//! map, a shared pool behind a lock, a task per request to hand its connection back): a request
+//! is built once from the incoming one and sent on a kept-alive connection of this thread.
+//!
+//! The pool: each serving thread keeps, per provider origin (scheme, host and port), a stack of
+//! idle connections (at most [`IDLE_PER_HOST`], each closed after [`IDLE_FOR`] unused). A
+//! connection goes back on its stack when its answer has been read to the end; an answer cut
+//! short closes it. A request takes the most recently used connection that is still open; if
+//! that one turns out closed before the request was written (the provider closed it while it
+//! was idle), the request goes out on the next one, or on a new connection.
 //!
 //! Timeouts: connecting (`gateway_connect_timeout_secs`, on the connector), the first byte of
 //! the answer (`gateway_first_byte_timeout_secs`, by the proxy) and an idle stream
-//! (`gateway_idle_timeout_secs`: no byte for that long ends the answer, [`IdleTimeout`]).
+//! (`gateway_idle_timeout_secs`: no byte for that long ends the answer, [`Answer`]).
 
 use std::{
+    cell::RefCell,
     future::Future,
     pin::Pin,
     task::{Context, Poll},
@@ -15,27 +24,58 @@ use std::{
 };
 
 use axum::body::Bytes;
+use axum::http::{header, uri::Authority, HeaderValue, Request, Response, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
+use hyper::{body::Incoming, client::conn::http1};
 use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
+use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::{Instant, Sleep};
 
-pub type HyperClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Connector = HttpsConnector<HttpConnector>;
+type Sender = http1::SendRequest<Full<Bytes>>;
 
-/// The providers' client of the thread that serves a request: each serving thread keeps its own
-/// pool of upstream connections, so that a request and its upstream connection are driven by
-/// the same thread (no hand-off between threads on the request path).
+/// Idle connections kept per provider origin, per serving thread.
+pub const IDLE_PER_HOST: usize = 64;
+/// An idle connection unused for this long is closed.
+pub const IDLE_FOR: Duration = Duration::from_secs(90);
+
+/// The providers' client. Cheap to clone; the connections live in the pool of the thread that
+/// sends, so that a request and its upstream connection are driven by the same thread.
 #[derive(Debug, Clone)]
 pub struct GatewayClient {
     connect_timeout: Duration,
 }
 
+/// A provider's scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Origin {
+    https: bool,
+    authority: Authority,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+/// One origin's idle connections (most recently used last) and its `Host` header.
+struct HostPool {
+    origin: Origin,
+    host: HeaderValue,
+    idle: Vec<Idle>,
+}
+
+/// A thread's connections made with one connect timeout.
+struct ThreadPool {
+    connect_timeout: Duration,
+    connector: Connector,
+    hosts: Vec<HostPool>,
+}
+
 thread_local! {
-    static CLIENTS: std::cell::RefCell<Vec<(Duration, HyperClient)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static POOLS: RefCell<Vec<ThreadPool>> = const { RefCell::new(Vec::new()) };
 }
 
 impl GatewayClient {
@@ -43,37 +83,185 @@ impl GatewayClient {
         GatewayClient { connect_timeout }
     }
 
-    /// This thread's client (built on first use).
-    pub fn get(&self) -> HyperClient {
-        CLIENTS.with(|c| {
-            let mut clients = c.borrow_mut();
-            if let Some((_, client)) = clients.iter().find(|(t, _)| *t == self.connect_timeout) {
-                return client.clone();
+    /// Sends `req` (its URI absolute: `http` or `https`, with a host) to the provider and
+    /// returns its answer once the head has arrived. The body ends with an error once no byte
+    /// has arrived for `idle`; read to its end, it hands its connection back to the pool.
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        idle: Duration,
+    ) -> Result<Response<Answer>, BoxError> {
+        let (mut parts, body) = req.into_parts();
+        let https = match parts.uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("the provider's URL is neither http nor https".into()),
+        };
+        let Some(authority) = parts.uri.authority().cloned() else {
+            return Err("the provider's URL has no host".into());
+        };
+        let origin = Origin { https, authority };
+        let target = std::mem::take(&mut parts.uri);
+        // Origin-form on the wire: the path and query only.
+        let mut uri = axum::http::uri::Parts::default();
+        uri.path_and_query = target.path_and_query().cloned();
+        parts.uri = Uri::from_parts(uri)?;
+        let (host, mut pooled) = self.with_host(&origin, |h| (h.host.clone(), checkout(h)));
+        parts.headers.insert(header::HOST, host);
+        let mut req = Request::from_parts(parts, body);
+        while let Some(mut sender) = pooled {
+            // Ready at once, unless its last answer's end is still being read; an error means
+            // the connection closed while idle.
+            if sender.ready().await.is_ok() {
+                match sender.try_send_request(req).await {
+                    Ok(res) => return Ok(self.answer(res, sender, origin, idle)),
+                    // Not written: the connection closed under it; try the next one.
+                    Err(mut e) => match e.take_message() {
+                        Some(back) => req = back,
+                        None => return Err(e.into_error().into()),
+                    },
+                }
             }
-            let client = build(self.connect_timeout);
-            clients.push((self.connect_timeout, client.clone()));
-            client
+            pooled = self.with_host(&origin, checkout);
+        }
+        let connector = self.with_pool(|p| p.connector.clone());
+        let io = tower::ServiceExt::oneshot(connector, target).await?;
+        let (mut sender, conn) = http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "provider connection ended");
+            }
+        });
+        let res = sender.send_request(req).await?;
+        Ok(self.answer(res, sender, origin, idle))
+    }
+
+    fn answer(
+        &self,
+        res: Response<Incoming>,
+        sender: Sender,
+        origin: Origin,
+        idle: Duration,
+    ) -> Response<Answer> {
+        let checkin = Checkin {
+            connect_timeout: self.connect_timeout,
+            origin,
+            sender,
+        };
+        res.map(|inner| Answer {
+            inner,
+            idle,
+            last: Instant::now(),
+            timer: None,
+            checkin: Some(checkin),
+        })
+    }
+
+    /// Runs `f` on this thread's pool for this client's connect timeout (made on first use).
+    fn with_pool<R>(&self, f: impl FnOnce(&mut ThreadPool) -> R) -> R {
+        POOLS.with(|pools| {
+            let mut pools = pools.borrow_mut();
+            let i = match pools
+                .iter()
+                .position(|p| p.connect_timeout == self.connect_timeout)
+            {
+                Some(i) => i,
+                None => {
+                    pools.push(ThreadPool {
+                        connect_timeout: self.connect_timeout,
+                        connector: connector(self.connect_timeout),
+                        hosts: Vec::new(),
+                    });
+                    pools.len() - 1
+                }
+            };
+            f(&mut pools[i])
+        })
+    }
+
+    /// Runs `f` on this thread's idle connections to `origin`.
+    fn with_host<R>(&self, origin: &Origin, f: impl FnOnce(&mut HostPool) -> R) -> R {
+        self.with_pool(|pool| {
+            let i = match pool.hosts.iter().position(|h| h.origin == *origin) {
+                Some(i) => i,
+                None => {
+                    pool.hosts.push(HostPool {
+                        host: host_header(origin),
+                        origin: origin.clone(),
+                        idle: Vec::new(),
+                    });
+                    pool.hosts.len() - 1
+                }
+            };
+            f(&mut pool.hosts[i])
         })
     }
 }
 
-/// Connections kept open per provider host.
-const IDLE_PER_HOST: usize = 64;
+/// The most recently used idle connection that is still open; closes those idle too long.
+fn checkout(host: &mut HostPool) -> Option<Sender> {
+    let now = Instant::now();
+    let stale = host
+        .idle
+        .iter()
+        .take_while(|i| now.duration_since(i.since) >= IDLE_FOR)
+        .count();
+    host.idle.drain(..stale);
+    while let Some(idle) = host.idle.pop() {
+        if !idle.sender.is_closed() {
+            return Some(idle.sender);
+        }
+    }
+    None
+}
 
-pub fn build(connect_timeout: Duration) -> HyperClient {
+/// `Host`: the host, with the port unless it is the scheme's default.
+fn host_header(origin: &Origin) -> HeaderValue {
+    let default_port = if origin.https { 443 } else { 80 };
+    let host = match origin.authority.port_u16() {
+        Some(p) if p != default_port => origin.authority.as_str(),
+        _ => origin.authority.host(),
+    };
+    HeaderValue::from_str(host).expect("an authority is a valid header value")
+}
+
+fn connector(connect_timeout: Duration) -> Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(IDLE_PER_HOST)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+        .wrap_connector(http)
+}
+
+/// A connection on its way back to the pool of the thread that finishes its answer.
+struct Checkin {
+    connect_timeout: Duration,
+    origin: Origin,
+    sender: Sender,
+}
+
+impl Checkin {
+    fn put_back(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let client = GatewayClient::new(self.connect_timeout);
+        // During the thread's teardown the pool is gone and the connection is closed.
+        let _ = POOLS.try_with(|_| {
+            client.with_host(&self.origin, |h| {
+                if h.idle.len() < IDLE_PER_HOST {
+                    h.idle.push(Idle {
+                        sender: self.sender,
+                        since: Instant::now(),
+                    });
+                }
+            })
+        });
+    }
 }
 
 /// The provider went silent for longer than the idle timeout in the middle of an answer.
@@ -92,34 +280,37 @@ impl std::fmt::Display for IdleTimeoutError {
 
 impl std::error::Error for IdleTimeoutError {}
 
-/// An answer's body that fails once no byte arrives for `idle`. The timer is armed only while
-/// the body is waiting (an answer that arrives whole never registers one) and is moved forward
-/// lazily, when it fires, rather than on every chunk.
-pub struct IdleTimeout<B> {
-    inner: B,
+/// A provider's answer body. It fails once no byte arrives for `idle`: the timer is armed only
+/// while the body is waiting (an answer that arrives whole never registers one) and is moved
+/// forward lazily, when it fires, rather than on every chunk. Read to its end, it puts its
+/// connection back in the pool; dropped before, it closes it.
+pub struct Answer {
+    inner: Incoming,
     idle: Duration,
     last: Instant,
     timer: Option<Pin<Box<Sleep>>>,
+    checkin: Option<Checkin>,
 }
 
-impl<B> IdleTimeout<B> {
-    pub fn new(inner: B, idle: Duration) -> Self {
-        IdleTimeout {
-            inner,
-            idle,
-            last: Instant::now(),
-            timer: None,
+impl Answer {
+    fn finish(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.put_back();
         }
     }
 }
 
-impl<B> HttpBody for IdleTimeout<B>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
+
+impl HttpBody for Answer {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -130,6 +321,13 @@ where
             Poll::Ready(frame) => {
                 if this.timer.is_some() {
                     this.last = Instant::now();
+                }
+                match &frame {
+                    None => this.finish(),
+                    Some(Ok(_)) if this.inner.is_end_stream() => this.finish(),
+                    Some(Ok(_)) => {}
+                    // The connection is not reused.
+                    Some(Err(_)) => this.checkin = None,
                 }
                 return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
             }
@@ -162,5 +360,183 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    };
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// How the test provider treats a connection after each answer.
+    #[derive(Clone)]
+    enum After {
+        KeepAlive,
+        Close,
+        /// Keep it until told to close it (then say it is closed).
+        CloseIdle(
+            Arc<tokio::sync::Notify>,
+            tokio::sync::mpsc::UnboundedSender<()>,
+        ),
+    }
+
+    /// A provider on a real port speaking raw HTTP/1.1: answers `ok` (or, for `/cut`, two of the
+    /// ten bytes it announces, then nothing). Counts connections and keeps the request heads.
+    async fn provider(after: After) -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (a, h) = (accepted.clone(), heads.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                let heads = h.clone();
+                let after = after.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let cut = head.starts_with("GET /cut ");
+                        heads.lock().unwrap().push(head);
+                        if cut {
+                            let _ = socket
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok")
+                                .await;
+                            std::future::pending::<()>().await;
+                        }
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                        match &after {
+                            After::KeepAlive => {}
+                            After::Close => return,
+                            After::CloseIdle(close, closed) => {
+                                close.notified().await;
+                                drop(socket);
+                                let _ = closed.send(());
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), accepted, heads)
+    }
+
+    async fn get(client: &GatewayClient, url: &str) -> Result<Response<Answer>, BoxError> {
+        let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+        client.send(req, Duration::from_secs(5)).await
+    }
+
+    async fn read(res: Response<Answer>) -> Bytes {
+        res.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_is_used_again() {
+        let (base, accepted, heads) = provider(After::KeepAlive).await;
+        let client = GatewayClient::new(Duration::from_secs(2));
+        for _ in 0..5 {
+            let res = get(&client, &format!("{base}/v1/models?limit=2"))
+                .await
+                .unwrap();
+            assert_eq!(read(res).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Origin-form on the wire, with the provider's host and port.
+        let head = heads.lock().unwrap()[0].to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /v1/models?limit=2 http/1.1\r\n"),
+            "{head}"
+        );
+        let port = base.rsplit(':').next().unwrap();
+        assert!(head.contains(&format!("host: 127.0.0.1:{port}")), "{head}");
+    }
+
+    #[tokio::test]
+    async fn connections_the_provider_closed_are_replaced() {
+        let (base, accepted, _) = provider(After::Close).await;
+        let client = GatewayClient::new(Duration::from_secs(2));
+        for _ in 0..20 {
+            let res = get(&client, &format!("{base}/v1/x")).await.unwrap();
+            assert_eq!(read(res).await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_while_idle_is_sent_again() {
+        let close = Arc::new(tokio::sync::Notify::new());
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        let (base, accepted, _) = provider(After::CloseIdle(close.clone(), closed_tx)).await;
+        let client = GatewayClient::new(Duration::from_secs(2));
+        for i in 1..=10 {
+            let res = get(&client, &format!("{base}/v1/x")).await.unwrap();
+            assert_eq!(read(res).await, "ok");
+            assert_eq!(accepted.load(Ordering::SeqCst), i);
+            // The provider closes the idle connection; the next request is sent at once.
+            close.notify_one();
+            closed.recv().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_cut_short_closes_its_connection() {
+        let (base, accepted, _) = provider(After::KeepAlive).await;
+        let client = GatewayClient::new(Duration::from_secs(2));
+        let mut body = get(&client, &format!("{base}/cut"))
+            .await
+            .unwrap()
+            .into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "ok");
+        drop(body);
+        let res = get(&client, &format!("{base}/v1/x")).await.unwrap();
+        assert_eq!(read(res).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_silent_provider_ends_the_answer_after_the_idle_time() {
+        let (base, _, _) = provider(After::KeepAlive).await;
+        let client = GatewayClient::new(Duration::from_secs(2));
+        let req = Request::get(format!("{base}/cut"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = client.send(req, Duration::from_millis(50)).await.unwrap();
+        let err = res.into_body().collect().await.err().unwrap();
+        assert!(err.is::<IdleTimeoutError>(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn urls_the_client_cannot_reach_are_refused() {
+        let client = GatewayClient::new(Duration::from_secs(2));
+        assert!(get(&client, "ftp://example.com/x").await.is_err());
+        assert!(get(&client, "/relative").await.is_err());
+        // Nothing listens there.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        assert!(get(&client, &format!("http://{addr}/x")).await.is_err());
     }
 }

@@ -732,8 +732,7 @@ async fn forward(
     };
     let first_byte = Duration::from_secs(state.config.gateway_first_byte_timeout_secs);
     let idle = Duration::from_secs(state.config.gateway_idle_timeout_secs);
-    let res = match tokio::time::timeout(first_byte, state.gateway_client.get().request(req)).await
-    {
+    let res = match tokio::time::timeout(first_byte, state.gateway_client.send(req, idle)).await {
         Err(_) => {
             return Err(failed(
                 ErrorCode::UpstreamTimeout,
@@ -743,7 +742,7 @@ async fn forward(
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "provider request failed");
             let timed_out =
-                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                std::iter::successors(Some(&*e as &(dyn std::error::Error + 'static)), |e| {
                     e.source()
                 })
                 .any(|e| {
@@ -768,10 +767,7 @@ async fn forward(
     for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
-    Ok(Response::from_parts(
-        parts,
-        Body::new(super::client::IdleTimeout::new(answer, idle)),
-    ))
+    Ok(Response::from_parts(parts, Body::new(answer)))
 }
 
 #[cfg(test)]
