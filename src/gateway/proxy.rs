@@ -96,6 +96,29 @@ static HOP_BY_HOP: [HeaderName; 10] = [
     header::HOST,
     header::CONTENT_LENGTH,
 ];
+/// Removes the headers named in `sets`: one pass over the few headers a message has, rather than
+/// a lookup for each of the names (most messages have none of them).
+fn strip(headers: &mut HeaderMap, sets: &[&[HeaderName]]) {
+    let named = |name: &HeaderName| sets.iter().any(|set| set.contains(name));
+    if !headers.keys().any(named) {
+        return;
+    }
+    let mut found: Vec<HeaderName> = headers.keys().filter(|n| named(n)).cloned().collect();
+    if found.contains(&header::CONNECTION) {
+        // The headers `Connection` names belong to this hop too (RFC 9110, 7.6.1).
+        let listed = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok());
+        found.extend(listed);
+    }
+    for name in found {
+        headers.remove(name);
+    }
+}
+
 static CREDENTIALS: [HeaderName; 5] = [
     header::AUTHORIZATION,
     HeaderName::from_static("x-api-key"),
@@ -699,9 +722,7 @@ async fn forward(
 ) -> Result<Response, Error> {
     let uri = upstream_uri(spec, deployment, upstream, path, query)?;
     // The client's headers, but for hop-by-hop headers and the client's own credentials.
-    for name in HOP_BY_HOP.iter().chain(&CREDENTIALS) {
-        headers.remove(name);
-    }
+    strip(&mut headers, &[&HOP_BY_HOP, &CREDENTIALS]);
     // Each provider's own way of taking a credential.
     match &upstream.credential {
         Some(Credential::Header(name, value)) => {
@@ -764,9 +785,7 @@ async fn forward(
         Ok(Ok(res)) => res,
     };
     let (mut parts, answer) = res.into_parts();
-    for name in &HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
+    strip(&mut parts.headers, &[&HOP_BY_HOP]);
     Ok(Response::from_parts(parts, Body::new(answer)))
 }
 
@@ -776,6 +795,40 @@ mod tests {
 
     fn content_type(v: &'static str) -> header::HeaderValue {
         header::HeaderValue::from_static(v)
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_credentials_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer gh_x"),
+        );
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-api-key", HeaderValue::from_static("secret"));
+        headers.insert(header::HOST, HeaderValue::from_static("gateway"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert("openai-beta", HeaderValue::from_static("assistants=v2"));
+        strip(&mut headers, &[&HOP_BY_HOP, &CREDENTIALS]);
+        let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "openai-beta"]);
+        assert_eq!(headers.len(), 2);
+        // Only the named sets: credentials stay when only hop-by-hop headers are stripped.
+        let mut answer = HeaderMap::new();
+        answer.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Hop-Trace"),
+        );
+        answer.insert("x-hop-trace", HeaderValue::from_static("1"));
+        answer.insert(header::AUTHORIZATION, HeaderValue::from_static("x"));
+        strip(&mut answer, &[&HOP_BY_HOP]);
+        assert_eq!(answer.keys().collect::<Vec<_>>(), [header::AUTHORIZATION]);
     }
 
     #[test]
