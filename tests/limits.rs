@@ -553,6 +553,67 @@ async fn the_request_path_read_is_cached_yet_exact_for_this_node(backend: Backen
 
 on_both_databases!(the_request_path_read_is_cached_yet_exact_for_this_node);
 
+async fn a_stale_read_is_served_while_it_is_read_again(backend: Backend) {
+    let test_db = common::TestDatabase::create(backend).await;
+    let db = open_db(&test_db.url).await;
+    let c = Counter::new("org_a", "gateway_requests", "2026-11");
+    let a = UsageMeter::new(db.clone());
+    let refresh = Duration::from_secs(3600);
+    let b = UsageMeter::with_refresh(db.clone(), refresh);
+    a.record_in(c.clone(), 5);
+    a.flush().await.unwrap();
+    assert_eq!(b.used(&c).await.unwrap(), 5);
+    a.record_in(c.clone(), 3);
+    a.flush().await.unwrap();
+    // Older than `refresh_after`: the request gets the value held at once (b's own counts
+    // included), and a re-read starts in the background.
+    b.age_stored_values(refresh + Duration::from_secs(1));
+    b.record_in(c.clone(), 1);
+    assert_eq!(b.used(&c).await.unwrap(), 6, "served without waiting");
+    let mut seen = 6;
+    for _ in 0..500 {
+        seen = b.used(&c).await.unwrap();
+        if seen == 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, 9, "the background re-read brought a's counts");
+    // Much older (three times `refresh_after`): the request waits for the database.
+    a.record_in(c.clone(), 10);
+    a.flush().await.unwrap();
+    b.age_stored_values(refresh * 3);
+    assert_eq!(b.used(&c).await.unwrap(), 19);
+    // Quotas of the current month take the same path.
+    let month = gatehouse::limits::usage::period_of(chrono::Utc::now());
+    let now = Counter::new("org_a", "gateway_tokens", month);
+    a.record_in(now.clone(), 4);
+    a.flush().await.unwrap();
+    assert_eq!(
+        b.used_this_month("org_a", "gateway_tokens").await.unwrap(),
+        4
+    );
+    a.record_in(now, 2);
+    a.flush().await.unwrap();
+    b.age_stored_values(refresh + Duration::from_secs(1));
+    assert_eq!(
+        b.used_this_month("org_a", "gateway_tokens").await.unwrap(),
+        4
+    );
+    let mut seen = 4;
+    for _ in 0..500 {
+        seen = b.used_this_month("org_a", "gateway_tokens").await.unwrap();
+        if seen == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, 6);
+    db.close().await;
+}
+
+on_both_databases!(a_stale_read_is_served_while_it_is_read_again);
+
 #[tokio::test]
 async fn a_failed_flush_loses_nothing() {
     let test_db = common::TestDatabase::create(Backend::Sqlite).await;

@@ -8,7 +8,10 @@
 //! flush keeps its deltas for the next one; a node killed outright (SIGKILL, power loss) loses
 //! at most the counts of its last flush interval. [`UsageMeter::current`] is the stored value plus
 //! this node's unflushed delta; [`UsageMeter::used`], for the request path, the same with the
-//! stored part re-read at most every 5 s.
+//! stored part re-read every 5 s. That re-read happens in the background: a request that finds
+//! its stored value older than 5 s (but younger than 15 s) is answered from it at once and
+//! starts one re-read; only a value older than that, or none, makes the request wait for the
+//! database.
 
 use std::{
     collections::HashMap,
@@ -22,6 +25,17 @@ use crate::storage::{self, Db};
 
 /// How long [`UsageMeter::used`] trusts a stored value read from the database by default.
 pub const STORED_VALUE_AGE: Duration = Duration::from_secs(5);
+/// A stored value up to this many times `refresh_after` old is still served, while it is
+/// re-read in the background; an older one is re-read before the request goes on.
+const STALE_FACTOR: u32 = 3;
+
+/// What the meter holds for a counter, for the request path.
+enum Held {
+    Fresh(u64),
+    /// Served, and due for a re-read (which the caller starts).
+    Stale(u64),
+    Missing,
+}
 
 /// One counter: an organization's usage of one metric in one calendar month (UTC).
 #[derive(Debug, Clone)]
@@ -244,22 +258,61 @@ impl UsageMeter {
         Ok(stored.saturating_add(state.local(counter)))
     }
 
-    /// The same as [`UsageMeter::current`] for the request path: the stored part is read from
-    /// the database at most every `refresh_after` (5 s by default), so most calls do no I/O.
-    /// This node's own counts are always exact; other nodes' may be that much late.
+    /// The same as [`UsageMeter::current`] for the request path: the stored part is re-read
+    /// from the database every `refresh_after` (5 s by default), in the background while the
+    /// value is under three times that old, so most calls do no I/O and few wait for any.
+    /// This node's own counts are always exact; other nodes' may be that much late (at most
+    /// three times `refresh_after`).
     pub async fn used(&self, counter: &Counter) -> Result<u64, sqlx::Error> {
-        match self.used_cached(counter) {
-            Some(v) => Ok(v),
-            None => self.current(counter).await,
+        match self.held(counter) {
+            Held::Fresh(v) => Ok(v),
+            Held::Stale(v) => {
+                self.refresh(counter.clone());
+                Ok(v)
+            }
+            Held::Missing => self.current(counter).await,
         }
     }
 
-    /// [`UsageMeter::used`] when the stored value is fresh enough, without I/O.
-    fn used_cached(&self, counter: &dyn CounterKey) -> Option<u64> {
-        let state = self.state();
-        let (stored, at) = state.stored.get(counter)?;
-        (at.elapsed() < self.inner.refresh_after)
-            .then(|| stored.saturating_add(state.local(counter)))
+    /// The value for the request path, without I/O, when the stored part is young enough. A
+    /// stale value is marked as just read, so that one request, not every request, starts its
+    /// re-read.
+    fn held(&self, counter: &dyn CounterKey) -> Held {
+        let refresh_after = self.inner.refresh_after;
+        let mut state = self.state();
+        let local = state.local(counter);
+        let Some((stored, at)) = state.stored.get_mut(counter) else {
+            return Held::Missing;
+        };
+        let age = at.elapsed();
+        if age < refresh_after {
+            Held::Fresh(stored.saturating_add(local))
+        } else if age < refresh_after * STALE_FACTOR {
+            *at = Instant::now();
+            Held::Stale(stored.saturating_add(local))
+        } else {
+            Held::Missing
+        }
+    }
+
+    /// Re-reads a counter in the background. If that fails, the stored value is forgotten,
+    /// so that the next request reads the database itself (and reports its error).
+    fn refresh(&self, counter: Counter) {
+        let meter = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = meter.current(&counter).await {
+                tracing::warn!(error = %e, "re-reading a usage counter failed");
+                meter.state().stored.remove(&counter);
+            }
+        });
+    }
+
+    /// Makes every stored value look `by` older (tests of the re-read, without waiting).
+    #[doc(hidden)]
+    pub fn age_stored_values(&self, by: Duration) {
+        for (_, at) in self.state().stored.values_mut() {
+            *at = at.checked_sub(by).unwrap_or(*at);
+        }
     }
 
     /// The current value of `metric` for the organization this month (see [`UsageMeter::used`]).
@@ -269,12 +322,14 @@ impl UsageMeter {
         metric: &str,
     ) -> Result<u64, sqlx::Error> {
         let period = Period::of(Utc::now());
-        match self.used_cached(&(organization_id, metric, period.as_str())) {
-            Some(v) => Ok(v),
-            None => {
-                self.current(&Counter::new(organization_id, metric, period.as_str()))
-                    .await
+        let counter = || Counter::new(organization_id, metric, period.as_str());
+        match self.held(&(organization_id, metric, period.as_str())) {
+            Held::Fresh(v) => Ok(v),
+            Held::Stale(v) => {
+                self.refresh(counter());
+                Ok(v)
             }
+            Held::Missing => self.current(&counter()).await,
         }
     }
 
