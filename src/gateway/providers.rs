@@ -148,8 +148,11 @@ pub async fn upstreams(
     if let Some(list) = state.api_keys.providers(org_id, env) {
         return Ok(list);
     }
+    let generation = state.api_keys.generation();
     let list = Arc::new(load_upstreams(state, org_id, env).await?);
-    state.api_keys.put_providers(org_id, env, list.clone());
+    state
+        .api_keys
+        .put_providers(generation, org_id, env, list.clone());
     Ok(list)
 }
 

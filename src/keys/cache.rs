@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
         Arc, RwLock,
     },
     time::{Duration, Instant},
@@ -107,6 +107,9 @@ pub struct KeyCache {
     map: RwLock<HashMap<[u8; 32], Entry>>,
     providers: RwLock<HashMap<String, ProviderEntry>>,
     flushed: AtomicI64,
+    /// Bumped by every invalidation. What was read from the database before an invalidation
+    /// is not cached after it (a key revoked while it was being loaded stays out).
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -154,14 +157,15 @@ impl KeyCache {
             return cached;
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let generation = self.generation();
         let key = match load(db, &hex::encode(digest)).await? {
             Some(k) => {
                 let k = Arc::new(k);
-                self.insert(digest, Entry::Known(k.clone()));
+                self.insert_unless_invalidated(generation, digest, Entry::Known(k.clone()));
                 k
             }
             None => {
-                self.insert(digest, Entry::Unknown(Instant::now()));
+                self.insert_unless_invalidated(generation, digest, Entry::Unknown(Instant::now()));
                 return Err(unauthorized("invalid"));
             }
         };
@@ -191,8 +195,20 @@ impl KeyCache {
         }
     }
 
-    fn insert(&self, digest: [u8; 32], entry: Entry) {
+    /// Taken before a read from the database whose result is to be cached (see
+    /// [`KeyCache::put_providers`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches what was read after `generation` was taken, unless an invalidation came since.
+    fn insert_unless_invalidated(&self, generation: u64, digest: [u8; 32], entry: Entry) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        // Invalidations bump the generation while holding this lock: checked under it, no
+        // invalidation can come between the check and the insert.
+        if self.generation() != generation {
+            return;
+        }
         if map.len() >= MAX_ENTRIES {
             let now = Instant::now();
             map.retain(|_, e| match e {
@@ -206,12 +222,14 @@ impl KeyCache {
     /// Drops every entry of this key.
     pub fn invalidate_key(&self, key_id: &str) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         map.retain(|_, e| !matches!(e, Entry::Known(k) if *k.id == *key_id));
     }
 
     /// Drops every entry of this organization's keys and its providers.
     pub fn invalidate_org(&self, org_id: &str) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
         map.retain(|_, e| !matches!(e, Entry::Known(k) if *k.organization_id == *org_id));
         drop(map);
         let mut providers = self.providers.write().unwrap_or_else(|e| e.into_inner());
@@ -219,7 +237,10 @@ impl KeyCache {
     }
 
     pub fn clear(&self) {
-        self.map.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.clear();
+        drop(map);
         self.providers
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -239,13 +260,20 @@ impl KeyCache {
             .map(|(_, _, v)| v.clone())
     }
 
+    /// Caches an organization's providers read after `generation` was taken, unless an
+    /// invalidation came since.
     pub fn put_providers(
         &self,
+        generation: u64,
         org_id: &str,
         env: &str,
         list: Arc<Vec<crate::gateway::providers::Upstream>>,
     ) {
         let mut map = self.providers.write().unwrap_or_else(|e| e.into_inner());
+        // `invalidate_org` bumps the generation before it takes this lock to drop the entry.
+        if self.generation() != generation {
+            return;
+        }
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
@@ -388,4 +416,35 @@ async fn load(db: &Db, hash: &str) -> Result<Option<CachedKey>, Error> {
         last_used: AtomicI64::new(0),
         loaded: Instant::now(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_was_read_before_an_invalidation_is_not_cached_after_it() {
+        let cache = KeyCache::new();
+        let digest = [7u8; 32];
+        let now = Instant::now();
+        // A read began, then the key's organization changed: its result is not cached.
+        let before = cache.generation();
+        cache.invalidate_org("org_a");
+        cache.insert_unless_invalidated(before, digest, Entry::Unknown(now));
+        assert!(cache.lookup(&digest, now).is_none());
+        let before = cache.generation();
+        cache.invalidate_key("key_a");
+        cache.put_providers(before, "org_a", "live", Arc::new(Vec::new()));
+        assert!(cache.providers("org_a", "live").is_none());
+        let before = cache.generation();
+        cache.clear();
+        cache.insert_unless_invalidated(before, digest, Entry::Unknown(now));
+        assert!(cache.lookup(&digest, now).is_none());
+        // Without an invalidation in between, both are cached.
+        let current = cache.generation();
+        cache.insert_unless_invalidated(current, digest, Entry::Unknown(now));
+        assert!(matches!(cache.lookup(&digest, now), Some(None)));
+        cache.put_providers(current, "org_a", "live", Arc::new(Vec::new()));
+        assert!(cache.providers("org_a", "live").is_some());
+    }
 }
