@@ -50,7 +50,7 @@ fn cached_key_verification(c: &mut Criterion) {
     for n in [1usize, 10_000] {
         let dir = tempfile::tempdir().unwrap();
         let (db, tokens) = setup(&rt, dir.path(), n);
-        let cache = KeyCache::new();
+        let cache = std::sync::Arc::new(KeyCache::new());
         rt.block_on(async {
             for t in &tokens {
                 cache.authenticate(&db, t, None, None).await.unwrap();

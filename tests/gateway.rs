@@ -21,6 +21,7 @@ on_both_databases!(
     a_failing_provider_is_retried_unless_it_asks_for_a_long_wait,
     gateway_limits_and_quotas_count_requests_and_tokens,
     stats_from_hourly_rollups_equal_stats_from_the_log,
+    keys_and_providers_in_use_are_read_again_in_the_background,
 );
 
 struct Setup {
@@ -1193,4 +1194,73 @@ async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: B
         1,
         "a long Retry-After was not honoured"
     );
+}
+
+/// A key and a provider list in use are re-read before they expire, without a request waiting:
+/// changes made behind the cache's back (no invalidation message) are served until the re-read
+/// lands, then picked up.
+async fn keys_and_providers_in_use_are_read_again_in_the_background(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let org_id = s.base.rsplit('/').next().unwrap().to_string();
+    let (url, _rx) = upstream(false).await;
+    let res = srv
+        .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "openai_compatible", "name": "up", "base_url": url, "api_key": "sk-up"}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
+    let call = || async {
+        srv.send(
+            srv.client
+                .post(srv.url("/openai/v1/chat/completions"))
+                .bearer_auth(&live)
+                .json(&chat),
+        )
+        .await
+    };
+    let until = |want: u16| async move {
+        for _ in 0..500 {
+            let res = call().await;
+            if res.status == want {
+                return res;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never answered {want}");
+    };
+    assert_eq!(call().await.status, 200);
+    let sql = |q: &'static str| {
+        let (db, org_id) = (srv.state.db.clone(), org_id.clone());
+        async move {
+            sqlx::query(q)
+                .bind(org_id)
+                .execute(db.pool())
+                .await
+                .unwrap();
+        }
+    };
+
+    // The provider is removed behind the cache's back: still used while the list is young…
+    sql("DELETE FROM providers WHERE organization_id = $1").await;
+    assert_eq!(call().await.status, 200, "cached list, not re-read yet");
+    // …and while its re-read runs; then the re-read list (no provider) is used.
+    srv.state.api_keys.age_entries(Duration::from_secs(46));
+    let res = call().await;
+    assert_eq!(
+        res.status, 200,
+        "served from the cache while it is read again"
+    );
+    assert_eq!(
+        res.json["choices"][0]["message"]["content"],
+        "from upstream"
+    );
+    until(502).await.assert_error(502, "upstream_error");
+
+    // The same for the key itself.
+    sql("UPDATE api_keys SET status = 'revoked' WHERE organization_id = $1").await;
+    assert_eq!(call().await.status, 502, "the cached key still works");
+    srv.state.api_keys.age_entries(Duration::from_secs(46));
+    assert_eq!(call().await.status, 502, "served while it is read again");
+    until(401).await.assert_error(401, "unauthorized");
 }

@@ -145,7 +145,22 @@ pub async fn upstreams(
     org_id: &str,
     env: &str,
 ) -> Result<Arc<Vec<Upstream>>, Error> {
-    if let Some(list) = state.api_keys.providers(org_id, env) {
+    if let Some((list, due)) = state.api_keys.providers(org_id, env) {
+        if due {
+            // Re-read in the background: no request waits for it while the list is in use.
+            let (state, org_id, env) = (state.clone(), org_id.to_string(), env.to_string());
+            tokio::spawn(async move {
+                let generation = state.api_keys.generation();
+                match load_upstreams(&state, &org_id, &env).await {
+                    Ok(list) => {
+                        state
+                            .api_keys
+                            .put_providers(generation, &org_id, &env, Arc::new(list))
+                    }
+                    Err(e) => tracing::warn!(error = %e, "re-reading providers failed"),
+                }
+            });
+        }
         return Ok(list);
     }
     let generation = state.api_keys.generation();

@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
         Arc, RwLock,
     },
     time::{Duration, Instant},
@@ -29,6 +29,9 @@ use crate::{
 
 /// Entries older than this are re-read from the database on next use.
 pub const MAX_AGE: Duration = Duration::from_secs(60);
+/// A key used when its entry is older than this is re-read in the background, so that a key in
+/// use never reaches [`MAX_AGE`] and no request waits for its re-read.
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(45);
 /// Unknown keys are remembered this long.
 const NEGATIVE_AGE: Duration = Duration::from_secs(5);
 const MAX_ENTRIES: usize = 100_000;
@@ -61,9 +64,40 @@ pub struct CachedKey {
     pub tokens_limit: Arc<str>,
     pub last_used: AtomicI64,
     loaded: Instant,
+    /// SHA-256 of the secret it was loaded by (to re-read it).
+    digest: [u8; 32],
+    /// A background re-read has been started.
+    refreshing: AtomicBool,
 }
 
 impl CachedKey {
+    /// A copy of the entry, loaded `by` earlier.
+    fn aged(&self, by: Duration) -> CachedKey {
+        CachedKey {
+            id: self.id.clone(),
+            organization_id: self.organization_id.clone(),
+            organization_active: self.organization_active,
+            ip_allowlist: self.ip_allowlist.clone(),
+            publishable: self.publishable,
+            environment: self.environment.clone(),
+            scopes: self.scopes,
+            allowed_origins: self.allowed_origins.clone(),
+            status: self.status.clone(),
+            expires_at: self.expires_at,
+            grace_until: self.grace_until,
+            created_by: self.created_by.clone(),
+            creator_role: self.creator_role,
+            rate_limit: self.rate_limit.clone(),
+            project_id: self.project_id.clone(),
+            requests_limit: self.requests_limit.clone(),
+            tokens_limit: self.tokens_limit.clone(),
+            last_used: AtomicI64::new(self.last_used.load(Ordering::Relaxed)),
+            loaded: self.loaded.checked_sub(by).unwrap_or(self.loaded),
+            digest: self.digest,
+            refreshing: AtomicBool::new(self.refreshing.load(Ordering::Relaxed)),
+        }
+    }
+
     /// One of the key's own limits (`requests_per_minute`, `tokens_per_minute`), if set.
     pub fn rate_limit_of(&self, name: &str) -> Option<u64> {
         self.rate_limit.as_ref()?.get(name)?.as_u64()
@@ -92,12 +126,14 @@ enum Entry {
     Unknown(Instant),
 }
 
-/// An organization's cached providers, per environment: (environment, when loaded, list).
-type ProviderEntry = Vec<(
-    String,
-    Instant,
-    Arc<Vec<crate::gateway::providers::Upstream>>,
-)>;
+/// An organization's cached providers for one environment.
+struct ProvidersOf {
+    env: String,
+    loaded: Instant,
+    list: Arc<Vec<crate::gateway::providers::Upstream>>,
+    /// A background re-read has been started.
+    refreshing: AtomicBool,
+}
 
 /// Also holds each organization's decrypted provider list for the gateway, so that a gateway
 /// request with a known key and a known organization touches no database; both are dropped by
@@ -105,7 +141,7 @@ type ProviderEntry = Vec<(
 #[derive(Default)]
 pub struct KeyCache {
     map: RwLock<HashMap<[u8; 32], Entry>>,
-    providers: RwLock<HashMap<String, ProviderEntry>>,
+    providers: RwLock<HashMap<String, Vec<ProvidersOf>>>,
     flushed: AtomicI64,
     /// Bumped by every invalidation. What was read from the database before an invalidation
     /// is not cached after it (a key revoked while it was being loaded stays out).
@@ -147,18 +183,21 @@ impl KeyCache {
     /// route: existence, status, expiry, rotation grace, organization status, IP allowlist and,
     /// for publishable keys, the `Origin`.
     pub async fn authenticate(
-        &self,
+        self: &Arc<Self>,
         db: &Db,
         token: &str,
         origin: Option<&str>,
         ip: Option<std::net::IpAddr>,
     ) -> Result<Arc<CachedKey>, Error> {
-        if let Some(cached) = self.verify_cached(token, origin, ip) {
+        if let Some((cached, due)) = self.verify(token, origin, ip) {
+            if let Some(key) = due {
+                self.refresh(db, key);
+            }
             return cached;
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let generation = self.generation();
-        let key = match load(db, &hex::encode(digest)).await? {
+        let key = match load(db, digest).await? {
             Some(k) => {
                 let k = Arc::new(k);
                 self.insert_unless_invalidated(generation, digest, Entry::Known(k.clone()));
@@ -182,16 +221,76 @@ impl KeyCache {
         origin: Option<&str>,
         ip: Option<std::net::IpAddr>,
     ) -> Option<Result<Arc<CachedKey>, Error>> {
+        self.verify(token, origin, ip).map(|(answer, _)| answer)
+    }
+
+    /// [`KeyCache::verify_cached`], and the entry if it is due for a background re-read (the
+    /// first caller to find it so gets it; the others do not).
+    #[allow(clippy::type_complexity)]
+    fn verify(
+        &self,
+        token: &str,
+        origin: Option<&str>,
+        ip: Option<std::net::IpAddr>,
+    ) -> Option<(Result<Arc<CachedKey>, Error>, Option<Arc<CachedKey>>)> {
         if token.len() > 200 || !looks_like_key(token) {
-            return Some(Err(unauthorized("invalid")));
+            return Some((Err(unauthorized("invalid")), None));
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        match self.lookup(&digest, Instant::now())? {
-            None => Some(Err(unauthorized("invalid"))),
-            Some(key) => Some(check(&key, origin, ip).map(|()| {
-                touch(&key);
-                key
-            })),
+        let now = Instant::now();
+        match self.lookup(&digest, now)? {
+            None => Some((Err(unauthorized("invalid")), None)),
+            Some(key) => {
+                let due = (now.duration_since(key.loaded) >= REFRESH_AHEAD
+                    && !key.refreshing.swap(true, Ordering::Relaxed))
+                .then(|| key.clone());
+                let answer = check(&key, origin, ip).map(|()| {
+                    touch(&key);
+                    key
+                });
+                Some((answer, due))
+            }
+        }
+    }
+
+    /// Re-reads a cached key in the background and replaces its entry (keeping its pending
+    /// `last_used`). If the read fails, the entry stays until [`MAX_AGE`], as before.
+    fn refresh(self: &Arc<Self>, db: &Db, old: Arc<CachedKey>) {
+        let (cache, db) = (self.clone(), db.clone());
+        tokio::spawn(async move {
+            let generation = cache.generation();
+            let entry = match load(&db, old.digest).await {
+                Ok(Some(key)) => {
+                    key.last_used
+                        .store(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
+                    Entry::Known(Arc::new(key))
+                }
+                Ok(None) => Entry::Unknown(Instant::now()),
+                Err(e) => {
+                    tracing::warn!(error = %e, key_id = %old.id, "re-reading a cached key failed");
+                    return;
+                }
+            };
+            cache.insert_unless_invalidated(generation, old.digest, entry);
+        });
+    }
+
+    /// Makes every cached entry look `by` older (tests of the re-reads, without waiting).
+    #[doc(hidden)]
+    pub fn age_entries(&self, by: Duration) {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        for e in map.values_mut() {
+            match e {
+                Entry::Known(k) => *k = Arc::new(k.aged(by)),
+                Entry::Unknown(at) => *at = at.checked_sub(by).unwrap_or(*at),
+            }
+        }
+        drop(map);
+        let mut providers = self.providers.write().unwrap_or_else(|e| e.into_inner());
+        for envs in providers.values_mut() {
+            for p in envs.iter_mut() {
+                p.loaded = p.loaded.checked_sub(by).unwrap_or(p.loaded);
+            }
         }
     }
 
@@ -247,17 +346,22 @@ impl KeyCache {
             .clear();
     }
 
-    /// An organization's providers for one environment, if cached and fresh.
+    /// An organization's providers for one environment, if cached and fresh; and whether the
+    /// caller is to re-read them in the background (older than [`REFRESH_AHEAD`]: the first
+    /// caller to find them so is told, the others are not).
     pub fn providers(
         &self,
         org_id: &str,
         env: &str,
-    ) -> Option<Arc<Vec<crate::gateway::providers::Upstream>>> {
+    ) -> Option<(Arc<Vec<crate::gateway::providers::Upstream>>, bool)> {
         let map = self.providers.read().unwrap_or_else(|e| e.into_inner());
-        map.get(org_id)?
-            .iter()
-            .find(|(e, at, _)| e == env && at.elapsed() < MAX_AGE)
-            .map(|(_, _, v)| v.clone())
+        let p = map.get(org_id)?.iter().find(|p| p.env == env)?;
+        let age = p.loaded.elapsed();
+        if age >= MAX_AGE {
+            return None;
+        }
+        let due = age >= REFRESH_AHEAD && !p.refreshing.swap(true, Ordering::Relaxed);
+        Some((p.list.clone(), due))
     }
 
     /// Caches an organization's providers read after `generation` was taken, unless an
@@ -278,8 +382,13 @@ impl KeyCache {
             map.clear();
         }
         let envs = map.entry(org_id.to_string()).or_default();
-        envs.retain(|(e, _, _)| e != env);
-        envs.push((env.to_string(), Instant::now(), list));
+        envs.retain(|p| p.env != env);
+        envs.push(ProvidersOf {
+            env: env.to_string(),
+            loaded: Instant::now(),
+            list,
+            refreshing: AtomicBool::new(false),
+        });
     }
 
     /// Writes `last_used_at` for the keys used since the last flush (one UPDATE per key used).
@@ -370,7 +479,8 @@ fn unix(stored: Option<String>) -> Option<i64> {
         .map(|t| t.timestamp())
 }
 
-async fn load(db: &Db, hash: &str) -> Result<Option<CachedKey>, Error> {
+async fn load(db: &Db, digest: [u8; 32]) -> Result<Option<CachedKey>, Error> {
+    let hash = hex::encode(digest);
     let row = sqlx::query(
         "SELECT k.id, k.organization_id, k.type, k.environment, k.scopes, k.allowed_origins, k.status, \
          k.expires_at, k.created_by, k.rate_limit, k.project_id, s.grace_expires_at AS secret_grace, \
@@ -380,7 +490,7 @@ async fn load(db: &Db, hash: &str) -> Result<Option<CachedKey>, Error> {
          LEFT JOIN memberships m ON m.organization_id = k.organization_id AND m.user_id = k.created_by \
          WHERE s.secret_hash = $1",
     )
-    .bind(hash)
+    .bind(&hash)
     .fetch_optional(db.pool())
     .await?;
     let Some(r) = row else { return Ok(None) };
@@ -415,6 +525,8 @@ async fn load(db: &Db, hash: &str) -> Result<Option<CachedKey>, Error> {
         project_id: r.try_get("project_id")?,
         last_used: AtomicI64::new(0),
         loaded: Instant::now(),
+        digest,
+        refreshing: AtomicBool::new(false),
     }))
 }
 

@@ -20,7 +20,7 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -43,6 +43,8 @@ use crate::{
 
 /// How long an organization's plan (and a user's membership) is trusted without a re-read.
 pub const ORG_CACHE_AGE: Duration = Duration::from_secs(30);
+/// A plan in use older than this is re-read in the background (no request waits for it).
+const ORG_REFRESH_AHEAD: Duration = Duration::from_secs(20);
 const MAX_ENTRIES: usize = 100_000;
 
 /// The metric metered for every organization request.
@@ -56,6 +58,8 @@ struct OrgLimits {
     plan: String,
     /// `org:<id>:hour`.
     hour_key: Arc<str>,
+    /// A background re-read has been started.
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 impl OrgLimits {
@@ -63,6 +67,7 @@ impl OrgLimits {
         Arc::new(OrgLimits {
             plan,
             hour_key: format!("org:{org_id}:hour").into(),
+            refreshing: Default::default(),
         })
     }
 }
@@ -75,6 +80,9 @@ type Memberships = HashMap<(String, String), (Option<String>, Instant)>;
 #[derive(Debug, Default)]
 pub struct RequestLimits {
     org_plans: Mutex<HashMap<String, (Arc<OrgLimits>, Instant)>>,
+    /// Bumped (under `org_plans`' lock) by every invalidation: a plan read before one is not
+    /// cached after it.
+    generation: std::sync::atomic::AtomicU64,
     memberships: Mutex<Memberships>,
     notified: Mutex<HashMap<(String, String), String>>,
 }
@@ -86,21 +94,43 @@ impl RequestLimits {
 
     /// Forgets what is cached about an organization (its plan changed, it was deleted).
     pub fn invalidate_org(&self, org_id: &str) {
-        lock(&self.org_plans).remove(org_id);
+        let mut plans = lock(&self.org_plans);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        plans.remove(org_id);
+        drop(plans);
         lock(&self.memberships).retain(|_, (id, _)| id.as_deref() != Some(org_id));
     }
 
     pub fn clear(&self) {
-        lock(&self.org_plans).clear();
+        let mut plans = lock(&self.org_plans);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        plans.clear();
+        drop(plans);
         lock(&self.memberships).clear();
     }
 
     async fn plan_of(&self, state: &AppState, org_id: &str) -> Result<Arc<OrgLimits>, Error> {
         if let Some((org, at)) = lock(&self.org_plans).get(org_id) {
-            if at.elapsed() < ORG_CACHE_AGE {
+            let age = at.elapsed();
+            if age < ORG_CACHE_AGE {
+                if age >= ORG_REFRESH_AHEAD && !org.refreshing.swap(true, Ordering::Relaxed) {
+                    let (state, org_id) = (state.clone(), org_id.to_string());
+                    tokio::spawn(async move {
+                        let limits = &state.request_limits;
+                        if let Err(e) = limits.read_plan(&state, &org_id).await {
+                            tracing::warn!(error = %e, "re-reading a plan failed");
+                        }
+                    });
+                }
                 return Ok(org.clone());
             }
         }
+        self.read_plan(state, org_id).await
+    }
+
+    /// Reads an organization's plan and caches it (unless an invalidation came meanwhile).
+    async fn read_plan(&self, state: &AppState, org_id: &str) -> Result<Arc<OrgLimits>, Error> {
+        let generation = self.generation.load(Ordering::Acquire);
         let plan: Option<String> =
             sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
                 .bind(org_id)
@@ -111,11 +141,22 @@ impl RequestLimits {
             plan.unwrap_or_else(|| crate::billing::DEFAULT_PLAN.to_string()),
         );
         let mut map = lock(&self.org_plans);
+        if self.generation.load(Ordering::Acquire) != generation {
+            return Ok(org);
+        }
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
         map.insert(org_id.to_string(), (org.clone(), Instant::now()));
         Ok(org)
+    }
+
+    /// Makes every cached plan look `by` older (tests of the re-reads, without waiting).
+    #[doc(hidden)]
+    pub fn age_entries(&self, by: Duration) {
+        for (_, at) in lock(&self.org_plans).values_mut() {
+            *at = at.checked_sub(by).unwrap_or(*at);
+        }
     }
 
     /// The organization `{org_id}` (id or slug) names, if the user belongs to it.
@@ -131,6 +172,7 @@ impl RequestLimits {
                 return Ok(org.clone());
             }
         }
+        let generation = self.generation.load(Ordering::Acquire);
         let row = sqlx::query(
             "SELECT o.id, o.plan FROM organizations o \
              JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
@@ -145,10 +187,12 @@ impl RequestLimits {
                 let id: String = r.try_get("id")?;
                 let plan: String = r.try_get("plan")?;
                 let mut plans = lock(&self.org_plans);
-                if plans.len() >= MAX_ENTRIES {
-                    plans.clear();
+                if self.generation.load(Ordering::Acquire) == generation {
+                    if plans.len() >= MAX_ENTRIES {
+                        plans.clear();
+                    }
+                    plans.insert(id.clone(), (OrgLimits::new(&id, plan), Instant::now()));
                 }
-                plans.insert(id.clone(), (OrgLimits::new(&id, plan), Instant::now()));
                 Some(id)
             }
             None => None,
@@ -157,6 +201,10 @@ impl RequestLimits {
         // organization from their next request on.
         if org.is_some() {
             let mut map = lock(&self.memberships);
+            // `invalidate_org` bumps the generation before it drops memberships.
+            if self.generation.load(Ordering::Acquire) != generation {
+                return Ok(org);
+            }
             if map.len() >= MAX_ENTRIES {
                 map.clear();
             }
