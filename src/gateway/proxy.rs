@@ -97,12 +97,9 @@ static HOP_BY_HOP: [HeaderName; 10] = [
     header::CONTENT_LENGTH,
 ];
 /// Removes the headers named in `sets`: one pass over the few headers a message has, rather than
-/// a lookup for each of the names (most messages have none of them).
+/// a hash lookup for each of the names.
 fn strip(headers: &mut HeaderMap, sets: &[&[HeaderName]]) {
     let named = |name: &HeaderName| sets.iter().any(|set| set.contains(name));
-    if !headers.keys().any(named) {
-        return;
-    }
     let mut found: Vec<HeaderName> = headers.keys().filter(|n| named(n)).cloned().collect();
     if found.contains(&header::CONNECTION) {
         // The headers `Connection` names belong to this hop too (RFC 9110, 7.6.1).

@@ -189,7 +189,7 @@ impl KeyCache {
         origin: Option<&str>,
         ip: Option<std::net::IpAddr>,
     ) -> Result<Arc<CachedKey>, Error> {
-        if let Some((cached, due)) = self.verify(token, origin, ip) {
+        if let Some((cached, due)) = self.verify(token, origin, ip, true) {
             if let Some(key) = due {
                 self.refresh(db, key);
             }
@@ -221,17 +221,19 @@ impl KeyCache {
         origin: Option<&str>,
         ip: Option<std::net::IpAddr>,
     ) -> Option<Result<Arc<CachedKey>, Error>> {
-        self.verify(token, origin, ip).map(|(answer, _)| answer)
+        self.verify(token, origin, ip, false)
+            .map(|(answer, _)| answer)
     }
 
-    /// [`KeyCache::verify_cached`], and the entry if it is due for a background re-read (the
-    /// first caller to find it so gets it; the others do not).
+    /// [`KeyCache::verify_cached`], and, if `refresh` is set, the entry if it is due for a
+    /// background re-read (the first caller to find it so gets it; the others do not).
     #[allow(clippy::type_complexity)]
     fn verify(
         &self,
         token: &str,
         origin: Option<&str>,
         ip: Option<std::net::IpAddr>,
+        refresh: bool,
     ) -> Option<(Result<Arc<CachedKey>, Error>, Option<Arc<CachedKey>>)> {
         if token.len() > 200 || !looks_like_key(token) {
             return Some((Err(unauthorized("invalid")), None));
@@ -241,7 +243,8 @@ impl KeyCache {
         match self.lookup(&digest, now)? {
             None => Some((Err(unauthorized("invalid")), None)),
             Some(key) => {
-                let due = (now.duration_since(key.loaded) >= REFRESH_AHEAD
+                let due = (refresh
+                    && now.duration_since(key.loaded) >= REFRESH_AHEAD
                     && !key.refreshing.swap(true, Ordering::Relaxed))
                 .then(|| key.clone());
                 let answer = check(&key, origin, ip).map(|()| {
@@ -253,25 +256,25 @@ impl KeyCache {
         }
     }
 
-    /// Re-reads a cached key in the background and replaces its entry (keeping its pending
-    /// `last_used`). If the read fails, the entry stays until [`MAX_AGE`], as before.
+    /// Re-reads a cached key in the background and replaces its entry. If the read fails, or
+    /// an invalidation came meanwhile, the entry stays as it was (until [`MAX_AGE`]) and the
+    /// next request re-reads it again.
     fn refresh(self: &Arc<Self>, db: &Db, old: Arc<CachedKey>) {
         let (cache, db) = (self.clone(), db.clone());
         tokio::spawn(async move {
             let generation = cache.generation();
             let entry = match load(&db, old.digest).await {
-                Ok(Some(key)) => {
-                    key.last_used
-                        .store(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
-                    Entry::Known(Arc::new(key))
-                }
+                Ok(Some(key)) => Entry::Known(Arc::new(key)),
                 Ok(None) => Entry::Unknown(Instant::now()),
                 Err(e) => {
                     tracing::warn!(error = %e, key_id = %old.id, "re-reading a cached key failed");
+                    old.refreshing.store(false, Ordering::Relaxed);
                     return;
                 }
             };
-            cache.insert_unless_invalidated(generation, old.digest, entry);
+            if !cache.insert_unless_invalidated(generation, old.digest, entry) {
+                old.refreshing.store(false, Ordering::Relaxed);
+            }
         });
     }
 
@@ -300,13 +303,18 @@ impl KeyCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Caches what was read after `generation` was taken, unless an invalidation came since.
-    fn insert_unless_invalidated(&self, generation: u64, digest: [u8; 32], entry: Entry) {
+    /// Caches what was read after `generation` was taken, unless an invalidation came since
+    /// (then `false`). A key's new entry keeps the `last_used` of the entry it replaces.
+    fn insert_unless_invalidated(&self, generation: u64, digest: [u8; 32], entry: Entry) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         // Invalidations bump the generation while holding this lock: checked under it, no
         // invalidation can come between the check and the insert.
         if self.generation() != generation {
-            return;
+            return false;
+        }
+        if let (Entry::Known(new), Some(Entry::Known(old))) = (&entry, map.get(&digest)) {
+            new.last_used
+                .fetch_max(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         if map.len() >= MAX_ENTRIES {
             let now = Instant::now();
@@ -316,6 +324,7 @@ impl KeyCache {
             });
         }
         map.insert(digest, entry);
+        true
     }
 
     /// Drops every entry of this key.
@@ -372,11 +381,11 @@ impl KeyCache {
         org_id: &str,
         env: &str,
         list: Arc<Vec<crate::gateway::providers::Upstream>>,
-    ) {
+    ) -> bool {
         let mut map = self.providers.write().unwrap_or_else(|e| e.into_inner());
         // `invalidate_org` bumps the generation before it takes this lock to drop the entry.
         if self.generation() != generation {
-            return;
+            return false;
         }
         if map.len() >= MAX_ENTRIES {
             map.clear();
@@ -389,6 +398,19 @@ impl KeyCache {
             list,
             refreshing: AtomicBool::new(false),
         });
+        true
+    }
+
+    /// A background re-read of these providers failed or was discarded: the next request
+    /// starts another.
+    pub fn providers_refresh_failed(&self, org_id: &str, env: &str) {
+        let map = self.providers.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = map
+            .get(org_id)
+            .and_then(|l| l.iter().find(|p| p.env == env))
+        {
+            p.refreshing.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Writes `last_used_at` for the keys used since the last flush (one UPDATE per key used).

@@ -114,12 +114,15 @@ impl RequestLimits {
             let age = at.elapsed();
             if age < ORG_CACHE_AGE {
                 if age >= ORG_REFRESH_AHEAD && !org.refreshing.swap(true, Ordering::Relaxed) {
-                    let (state, org_id) = (state.clone(), org_id.to_string());
+                    let (state, org_id, old) = (state.clone(), org_id.to_string(), org.clone());
                     tokio::spawn(async move {
                         let limits = &state.request_limits;
                         if let Err(e) = limits.read_plan(&state, &org_id).await {
                             tracing::warn!(error = %e, "re-reading a plan failed");
                         }
+                        // Replaced, this entry is gone; failed or discarded (an invalidation
+                        // came meanwhile), the next request starts another re-read.
+                        old.refreshing.store(false, Ordering::Relaxed);
                     });
                 }
                 return Ok(org.clone());

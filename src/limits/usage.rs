@@ -162,8 +162,9 @@ struct State {
     pending: HashMap<Counter, u64>,
     /// Being written by the flush in progress.
     in_flight: HashMap<Counter, u64>,
-    /// Stored values as last read, plus what this node flushed since; and when read.
-    stored: HashMap<Counter, (u64, Instant)>,
+    /// Stored values as last read, plus what this node flushed since; when read; and whether
+    /// a background re-read is under way.
+    stored: HashMap<Counter, (u64, Instant, bool)>,
 }
 
 impl State {
@@ -254,7 +255,7 @@ impl UsageMeter {
         let mut state = self.state();
         state
             .stored
-            .insert(counter.clone(), (stored, Instant::now()));
+            .insert(counter.clone(), (stored, Instant::now(), false));
         Ok(stored.saturating_add(state.local(counter)))
     }
 
@@ -275,21 +276,26 @@ impl UsageMeter {
     }
 
     /// The value for the request path, without I/O, when the stored part is young enough. A
-    /// stale value is marked as just read, so that one request, not every request, starts its
-    /// re-read.
+    /// stale value is `Stale` for one request only, the one that starts its re-read; the read
+    /// time is left alone, so a value whose re-read does not land in time still reaches the
+    /// age at which requests wait for the database.
     fn held(&self, counter: &dyn CounterKey) -> Held {
         let refresh_after = self.inner.refresh_after;
         let mut state = self.state();
         let local = state.local(counter);
-        let Some((stored, at)) = state.stored.get_mut(counter) else {
+        let Some((stored, at, refreshing)) = state.stored.get_mut(counter) else {
             return Held::Missing;
         };
         let age = at.elapsed();
         if age < refresh_after {
             Held::Fresh(stored.saturating_add(local))
         } else if age < refresh_after * STALE_FACTOR {
-            *at = Instant::now();
-            Held::Stale(stored.saturating_add(local))
+            let value = stored.saturating_add(local);
+            if std::mem::replace(refreshing, true) {
+                Held::Fresh(value)
+            } else {
+                Held::Stale(value)
+            }
         } else {
             Held::Missing
         }
@@ -310,7 +316,7 @@ impl UsageMeter {
     /// Makes every stored value look `by` older (tests of the re-read, without waiting).
     #[doc(hidden)]
     pub fn age_stored_values(&self, by: Duration) {
-        for (_, at) in self.state().stored.values_mut() {
+        for (_, at, _) in self.state().stored.values_mut() {
             *at = at.checked_sub(by).unwrap_or(*at);
         }
     }
@@ -355,13 +361,13 @@ impl UsageMeter {
         match result {
             Ok(()) => {
                 for (c, d) in in_flight {
-                    if let Some((stored, _)) = state.stored.get_mut(&c) {
+                    if let Some((stored, _, _)) = state.stored.get_mut(&c) {
                         *stored = stored.saturating_add(d);
                     }
                 }
                 // Forget what has not been read for a long time (past months, gone orgs).
                 let horizon = self.inner.refresh_after.max(Duration::from_secs(3600));
-                state.stored.retain(|_, (_, at)| at.elapsed() < horizon);
+                state.stored.retain(|_, (_, at, _)| at.elapsed() < horizon);
                 Ok(batch.len())
             }
             Err(e) => {
