@@ -181,32 +181,41 @@ impl GatewayClient {
 
     /// Runs `f` on this thread's idle connections to `origin`.
     fn with_host<R>(&self, origin: &Origin, f: impl FnOnce(&mut HostPool) -> R) -> R {
-        self.with_pool(|pool| {
-            let i = match pool.hosts.iter().position(|h| h.origin == *origin) {
-                Some(i) => i,
-                None => {
-                    pool.hosts.push(HostPool {
-                        host: host_header(origin),
-                        origin: origin.clone(),
-                        idle: Vec::new(),
-                    });
-                    pool.hosts.len() - 1
-                }
-            };
-            f(&mut pool.hosts[i])
-        })
+        self.with_pool(|pool| f(pool.host(origin)))
     }
 }
 
-/// The most recently used idle connection that is still open; closes those idle too long.
-fn checkout(host: &mut HostPool) -> Option<Sender> {
-    let now = Instant::now();
+impl ThreadPool {
+    /// The idle connections to `origin` (made on first use).
+    fn host(&mut self, origin: &Origin) -> &mut HostPool {
+        let i = match self.hosts.iter().position(|h| h.origin == *origin) {
+            Some(i) => i,
+            None => {
+                self.hosts.push(HostPool {
+                    host: host_header(origin),
+                    origin: origin.clone(),
+                    idle: Vec::new(),
+                });
+                self.hosts.len() - 1
+            }
+        };
+        &mut self.hosts[i]
+    }
+}
+
+/// Closes the connections idle for [`IDLE_FOR`] or more (the oldest are first).
+fn close_stale(host: &mut HostPool, now: Instant) {
     let stale = host
         .idle
         .iter()
         .take_while(|i| now.duration_since(i.since) >= IDLE_FOR)
         .count();
     host.idle.drain(..stale);
+}
+
+/// The most recently used idle connection that is still open; closes those idle too long.
+fn checkout(host: &mut HostPool) -> Option<Sender> {
+    close_stale(host, Instant::now());
     while let Some(idle) = host.idle.pop() {
         if !idle.sender.is_closed() {
             return Some(idle.sender);
@@ -250,14 +259,21 @@ impl Checkin {
             return;
         }
         let client = GatewayClient::new(self.connect_timeout);
+        let now = Instant::now();
         // During the thread's teardown the pool is gone and the connection is closed.
         let _ = POOLS.try_with(|_| {
-            client.with_host(&self.origin, |h| {
+            client.with_pool(|pool| {
+                let h = pool.host(&self.origin);
                 if h.idle.len() < IDLE_PER_HOST {
                     h.idle.push(Idle {
                         sender: self.sender,
-                        since: Instant::now(),
+                        since: now,
                     });
+                }
+                // Connections to origins no longer asked (a provider removed or moved) are
+                // closed too, not only those of the origin a request takes one from.
+                for host in &mut pool.hosts {
+                    close_stale(host, now);
                 }
             })
         });
