@@ -151,20 +151,15 @@ pub async fn upstreams(
             let (state, org_id, env) = (state.clone(), org_id.to_string(), env.to_string());
             tokio::spawn(async move {
                 let generation = state.api_keys.generation();
-                let stored = match load_upstreams(&state, &org_id, &env).await {
+                match load_upstreams(&state, &org_id, &env).await {
                     Ok(list) => {
                         state
                             .api_keys
                             .put_providers(generation, &org_id, &env, Arc::new(list))
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-reading providers failed");
-                        false
-                    }
-                };
-                if !stored {
-                    state.api_keys.providers_refresh_failed(&org_id, &env);
+                    Err(e) => tracing::warn!(error = %e, "re-reading providers failed"),
                 }
+                state.api_keys.providers_reread_done(&org_id, &env);
             });
         }
         return Ok(list);

@@ -63,7 +63,6 @@ pub struct CachedKey {
     pub requests_limit: Arc<str>,
     pub tokens_limit: Arc<str>,
     pub last_used: AtomicI64,
-    loaded: Instant,
     /// SHA-256 of the secret it was loaded by (to re-read it).
     digest: [u8; 32],
     /// A background re-read has been started.
@@ -71,33 +70,6 @@ pub struct CachedKey {
 }
 
 impl CachedKey {
-    /// A copy of the entry, loaded `by` earlier.
-    fn aged(&self, by: Duration) -> CachedKey {
-        CachedKey {
-            id: self.id.clone(),
-            organization_id: self.organization_id.clone(),
-            organization_active: self.organization_active,
-            ip_allowlist: self.ip_allowlist.clone(),
-            publishable: self.publishable,
-            environment: self.environment.clone(),
-            scopes: self.scopes,
-            allowed_origins: self.allowed_origins.clone(),
-            status: self.status.clone(),
-            expires_at: self.expires_at,
-            grace_until: self.grace_until,
-            created_by: self.created_by.clone(),
-            creator_role: self.creator_role,
-            rate_limit: self.rate_limit.clone(),
-            project_id: self.project_id.clone(),
-            requests_limit: self.requests_limit.clone(),
-            tokens_limit: self.tokens_limit.clone(),
-            last_used: AtomicI64::new(self.last_used.load(Ordering::Relaxed)),
-            loaded: self.loaded.checked_sub(by).unwrap_or(self.loaded),
-            digest: self.digest,
-            refreshing: AtomicBool::new(self.refreshing.load(Ordering::Relaxed)),
-        }
-    }
-
     /// One of the key's own limits (`requests_per_minute`, `tokens_per_minute`), if set.
     pub fn rate_limit_of(&self, name: &str) -> Option<u64> {
         self.rate_limit.as_ref()?.get(name)?.as_u64()
@@ -122,7 +94,8 @@ impl CachedKey {
 pub struct VerifiedKey(pub Arc<CachedKey>);
 
 enum Entry {
-    Known(Arc<CachedKey>),
+    /// A key, and when it was loaded.
+    Known(Arc<CachedKey>, Instant),
     Unknown(Instant),
 }
 
@@ -170,10 +143,12 @@ impl KeyCache {
     }
 
     /// The cached entry for a digest, if fresh.
-    fn lookup(&self, digest: &[u8; 32], now: Instant) -> Option<Option<Arc<CachedKey>>> {
+    fn lookup(&self, digest: &[u8; 32], now: Instant) -> Option<Option<(Arc<CachedKey>, Instant)>> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         match map.get(digest)? {
-            Entry::Known(k) if now.duration_since(k.loaded) < MAX_AGE => Some(Some(k.clone())),
+            Entry::Known(k, loaded) if now.duration_since(*loaded) < MAX_AGE => {
+                Some(Some((k.clone(), *loaded)))
+            }
             Entry::Unknown(at) if now.duration_since(*at) < NEGATIVE_AGE => Some(None),
             _ => None,
         }
@@ -200,7 +175,11 @@ impl KeyCache {
         let key = match load(db, digest).await? {
             Some(k) => {
                 let k = Arc::new(k);
-                self.insert_unless_invalidated(generation, digest, Entry::Known(k.clone()));
+                self.insert_unless_invalidated(
+                    generation,
+                    digest,
+                    Entry::Known(k.clone(), Instant::now()),
+                );
                 k
             }
             None => {
@@ -242,9 +221,9 @@ impl KeyCache {
         let now = Instant::now();
         match self.lookup(&digest, now)? {
             None => Some((Err(unauthorized("invalid")), None)),
-            Some(key) => {
+            Some((key, loaded)) => {
                 let due = (refresh
-                    && now.duration_since(key.loaded) >= REFRESH_AHEAD
+                    && now.duration_since(loaded) >= REFRESH_AHEAD
                     && !key.refreshing.swap(true, Ordering::Relaxed))
                 .then(|| key.clone());
                 let answer = check(&key, origin, ip).map(|()| {
@@ -263,18 +242,23 @@ impl KeyCache {
         let (cache, db) = (self.clone(), db.clone());
         tokio::spawn(async move {
             let generation = cache.generation();
-            let entry = match load(&db, old.digest).await {
-                Ok(Some(key)) => Entry::Known(Arc::new(key)),
-                Ok(None) => Entry::Unknown(Instant::now()),
+            match load(&db, old.digest).await {
+                Ok(Some(key)) => cache.insert_unless_invalidated(
+                    generation,
+                    old.digest,
+                    Entry::Known(Arc::new(key), Instant::now()),
+                ),
+                Ok(None) => cache.insert_unless_invalidated(
+                    generation,
+                    old.digest,
+                    Entry::Unknown(Instant::now()),
+                ),
                 Err(e) => {
-                    tracing::warn!(error = %e, key_id = %old.id, "re-reading a cached key failed");
-                    old.refreshing.store(false, Ordering::Relaxed);
-                    return;
+                    tracing::warn!(error = %e, key_id = %old.id, "re-reading a cached key failed")
                 }
-            };
-            if !cache.insert_unless_invalidated(generation, old.digest, entry) {
-                old.refreshing.store(false, Ordering::Relaxed);
             }
+            // Replaced, `old` is no longer cached; kept, the next request starts a re-read.
+            old.refreshing.store(false, Ordering::Relaxed);
         });
     }
 
@@ -284,8 +268,7 @@ impl KeyCache {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for e in map.values_mut() {
             match e {
-                Entry::Known(k) => *k = Arc::new(k.aged(by)),
-                Entry::Unknown(at) => *at = at.checked_sub(by).unwrap_or(*at),
+                Entry::Known(_, at) | Entry::Unknown(at) => *at = at.checked_sub(by).unwrap_or(*at),
             }
         }
         drop(map);
@@ -303,42 +286,41 @@ impl KeyCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Caches what was read after `generation` was taken, unless an invalidation came since
-    /// (then `false`). A key's new entry keeps the `last_used` of the entry it replaces.
-    fn insert_unless_invalidated(&self, generation: u64, digest: [u8; 32], entry: Entry) -> bool {
+    /// Caches what was read after `generation` was taken, unless an invalidation came since.
+    /// A key's new entry keeps the `last_used` of the entry it replaces.
+    fn insert_unless_invalidated(&self, generation: u64, digest: [u8; 32], entry: Entry) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         // Invalidations bump the generation while holding this lock: checked under it, no
         // invalidation can come between the check and the insert.
         if self.generation() != generation {
-            return false;
+            return;
         }
-        if let (Entry::Known(new), Some(Entry::Known(old))) = (&entry, map.get(&digest)) {
+        if let (Entry::Known(new, _), Some(Entry::Known(old, _))) = (&entry, map.get(&digest)) {
             new.last_used
                 .fetch_max(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
         }
         if map.len() >= MAX_ENTRIES {
             let now = Instant::now();
             map.retain(|_, e| match e {
-                Entry::Known(k) => now.duration_since(k.loaded) < MAX_AGE,
+                Entry::Known(_, loaded) => now.duration_since(*loaded) < MAX_AGE,
                 Entry::Unknown(_) => false,
             });
         }
         map.insert(digest, entry);
-        true
     }
 
     /// Drops every entry of this key.
     pub fn invalidate_key(&self, key_id: &str) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
-        map.retain(|_, e| !matches!(e, Entry::Known(k) if *k.id == *key_id));
+        map.retain(|_, e| !matches!(e, Entry::Known(k, _) if *k.id == *key_id));
     }
 
     /// Drops every entry of this organization's keys and its providers.
     pub fn invalidate_org(&self, org_id: &str) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
-        map.retain(|_, e| !matches!(e, Entry::Known(k) if *k.organization_id == *org_id));
+        map.retain(|_, e| !matches!(e, Entry::Known(k, _) if *k.organization_id == *org_id));
         drop(map);
         let mut providers = self.providers.write().unwrap_or_else(|e| e.into_inner());
         providers.remove(org_id);
@@ -381,11 +363,11 @@ impl KeyCache {
         org_id: &str,
         env: &str,
         list: Arc<Vec<crate::gateway::providers::Upstream>>,
-    ) -> bool {
+    ) {
         let mut map = self.providers.write().unwrap_or_else(|e| e.into_inner());
         // `invalidate_org` bumps the generation before it takes this lock to drop the entry.
         if self.generation() != generation {
-            return false;
+            return;
         }
         if map.len() >= MAX_ENTRIES {
             map.clear();
@@ -398,12 +380,12 @@ impl KeyCache {
             list,
             refreshing: AtomicBool::new(false),
         });
-        true
     }
 
-    /// A background re-read of these providers failed or was discarded: the next request
+    /// A background re-read of these providers is over. Replaced, the entry's flag is already
+    /// clear; kept (the read failed, or an invalidation came meanwhile), the next request
     /// starts another.
-    pub fn providers_refresh_failed(&self, org_id: &str, env: &str) {
+    pub fn providers_reread_done(&self, org_id: &str, env: &str) {
         let map = self.providers.read().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = map
             .get(org_id)
@@ -420,7 +402,7 @@ impl KeyCache {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
             let mut seen = HashMap::new();
             for e in map.values() {
-                if let Entry::Known(k) = e {
+                if let Entry::Known(k, _) = e {
                     let t = k.last_used.load(Ordering::Relaxed);
                     if t > since {
                         seen.insert(k.id.to_string(), t);
@@ -546,7 +528,6 @@ async fn load(db: &Db, digest: [u8; 32]) -> Result<Option<CachedKey>, Error> {
         rate_limit: rate_limit.and_then(|s| serde_json::from_str(&s).ok()),
         project_id: r.try_get("project_id")?,
         last_used: AtomicI64::new(0),
-        loaded: Instant::now(),
         digest,
         refreshing: AtomicBool::new(false),
     }))

@@ -265,13 +265,22 @@ impl UsageMeter {
     /// This node's own counts are always exact; other nodes' may be that much late (at most
     /// three times `refresh_after`).
     pub async fn used(&self, counter: &Counter) -> Result<u64, sqlx::Error> {
-        match self.held(counter) {
+        self.used_by(counter, || counter.clone()).await
+    }
+
+    /// [`UsageMeter::used`] for a borrowed key; `owned` makes the counter when it is read.
+    async fn used_by(
+        &self,
+        key: &(dyn CounterKey + Sync),
+        owned: impl FnOnce() -> Counter,
+    ) -> Result<u64, sqlx::Error> {
+        match self.held(key) {
             Held::Fresh(v) => Ok(v),
             Held::Stale(v) => {
-                self.refresh(counter.clone());
+                self.refresh(owned());
                 Ok(v)
             }
-            Held::Missing => self.current(counter).await,
+            Held::Missing => self.current(&owned()).await,
         }
     }
 
@@ -328,15 +337,10 @@ impl UsageMeter {
         metric: &str,
     ) -> Result<u64, sqlx::Error> {
         let period = Period::of(Utc::now());
-        let counter = || Counter::new(organization_id, metric, period.as_str());
-        match self.held(&(organization_id, metric, period.as_str())) {
-            Held::Fresh(v) => Ok(v),
-            Held::Stale(v) => {
-                self.refresh(counter());
-                Ok(v)
-            }
-            Held::Missing => self.current(&counter()).await,
-        }
+        self.used_by(&(organization_id, metric, period.as_str()), || {
+            Counter::new(organization_id, metric, period.as_str())
+        })
+        .await
     }
 
     /// Adds every pending delta to the database in one transaction; returns how many counters
