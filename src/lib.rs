@@ -10,6 +10,7 @@ pub mod auth;
 pub mod billing;
 pub mod config;
 pub mod crypto;
+pub mod environment;
 pub mod error;
 pub mod events;
 pub mod gateway;

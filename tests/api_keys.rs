@@ -465,9 +465,9 @@ async fn expired_keys_and_suspended_organizations_are_refused(backend: Backend) 
     )
     .await;
     assert_eq!(srv.get_as(&o.base, &t).await.status, 200);
-    // The IP allowlist applies to keys too.
+    // The IP allowlist applies to keys too (forced: it shuts out the owner's address as well).
     srv.patch_as(
-        &o.base,
+        &format!("{}?force=true", o.base),
         &o.owner,
         &json!({"settings": {"ip_allowlist": ["203.0.113.0/24"]}}),
     )

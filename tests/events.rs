@@ -117,6 +117,7 @@ async fn endpoint(
             events: events.iter().map(|e| e.to_string()).collect(),
             description: "test receiver".into(),
             enabled: true,
+            environment: None,
         },
     )
     .await
@@ -289,7 +290,7 @@ async fn a_rolled_back_change_emits_nothing(backend: Backend) {
     let org = create_org(state, "acme").await;
     endpoint(
         state,
-        &Scope::Organization(org.clone()),
+        &Scope::Organization(org.clone(), None),
         "http://127.0.0.1:9/hook",
         &["*"],
     )
@@ -340,7 +341,7 @@ async fn events_reach_subscribed_endpoints_of_their_organization_and_the_platfor
         create_org(state, "other").await,
     );
     let url = "http://127.0.0.1:9/hook";
-    let acme_scope = Scope::Organization(acme.clone());
+    let acme_scope = Scope::Organization(acme.clone(), None);
     let all = endpoint(state, &acme_scope, url, &["*"]).await.endpoint.id;
     let members = endpoint(state, &acme_scope, url, &["member.added"])
         .await
@@ -360,7 +361,13 @@ async fn events_reach_subscribed_endpoints_of_their_organization_and_the_platfor
     )
     .await
     .unwrap();
-    endpoint(state, &Scope::Organization(other.clone()), url, &["*"]).await; // other org
+    endpoint(
+        state,
+        &Scope::Organization(other.clone(), None),
+        url,
+        &["*"],
+    )
+    .await; // other org
     let platform = endpoint(state, &Scope::Platform, url, &["member.added"])
         .await
         .endpoint
@@ -683,8 +690,8 @@ async fn webhook_endpoints_are_scoped_validated_and_audited(backend: Backend) {
         create_org(state, "acme").await,
         create_org(state, "other").await,
     );
-    let acme_scope = Scope::Organization(acme.clone());
-    let other_scope = Scope::Organization(other.clone());
+    let acme_scope = Scope::Organization(acme.clone(), None);
+    let other_scope = Scope::Organization(other.clone(), None);
     let admin = user_ctx("user_admin");
 
     let created = endpoint(
@@ -756,6 +763,7 @@ async fn webhook_endpoints_are_scoped_validated_and_audited(backend: Backend) {
         events: events.iter().map(|e| e.to_string()).collect(),
         description: String::new(),
         enabled: true,
+        environment: None,
     };
     for (input, fields) in [
         (bad("ftp://example.com/x", &["*"]), vec!["url"]),
@@ -917,7 +925,7 @@ async fn a_receiver_gets_correctly_signed_events(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
     let org = create_org(state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(204)).await;
     let created = endpoint(state, &scope, &receiver.url, &["member.added"]).await;
     let secret = created.secret.expose().to_string();
@@ -993,7 +1001,7 @@ async fn a_receiver_failing_twice_gets_the_same_webhook_id_on_the_third_attempt(
     let s = server(backend).await;
     let state = &s.state;
     let org = create_org(state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| Reply::Status(if n < 2 { 500 } else { 200 })).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
     let worker = start_worker(state, fast_config(true));
@@ -1067,7 +1075,7 @@ async fn the_schedule_gives_up_and_a_manual_retry_sends_again(backend: Backend) 
     let s = server(backend).await;
     let state = &s.state;
     let org = create_org(state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| Reply::Status(if n < 8 { 503 } else { 200 })).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
     let worker = start_worker(state, fast_config(true));
@@ -1131,7 +1139,7 @@ async fn a_dead_workers_claim_is_delivered_after_its_lease(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
     let org = create_org(state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
     emit_committed(state, &user_ctx("user_1"), member_added(&org, "mem_1")).await;
@@ -1200,7 +1208,7 @@ async fn killing_the_server_between_commit_and_delivery_still_delivers(backend: 
         .await
         .unwrap();
     let org = create_org(&first, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let created = endpoint(&first, &scope, &receiver.url, &["*"]).await;
     let emitted = emit_committed(&first, &user_ctx("user_1"), member_added(&org, "mem_1")).await;
     // Killed right after the commit: nothing was sent.
@@ -1252,7 +1260,7 @@ async fn several_nodes_deliver_each_event_exactly_once(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
     let org = create_org(state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
     const EVENTS: usize = 60;
@@ -1311,7 +1319,7 @@ async fn slow_and_verbose_receivers_are_cut_short(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
     let org = create_org(state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| match n {
         0 => Reply::Hang,
         _ => Reply::Verbose(200),
@@ -1348,7 +1356,7 @@ async fn an_endpoint_failing_for_five_days_is_disabled_with_an_event(backend: Ba
     let s = server(backend).await;
     let state = &s.state;
     let org = create_org(state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let failing = Receiver::start(|_| Reply::Status(500)).await;
     let watcher = Receiver::start(|_| Reply::Status(200)).await;
     let created = endpoint(state, &scope, &failing.url, &["*"]).await;
@@ -1411,7 +1419,7 @@ async fn private_targets_are_refused_unless_allowed(backend: Backend) {
     // Saving: refused when the configuration does not allow private targets.
     let strict = TestServer::start(backend).await;
     let org = create_org(&strict.state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     for url in [
         "http://127.0.0.1/hook",
         "http://10.0.0.8/hook",
@@ -1428,6 +1436,7 @@ async fn private_targets_are_refused_unless_allowed(backend: Backend) {
                 events: vec!["*".into()],
                 description: String::new(),
                 enabled: true,
+                environment: None,
             },
         )
         .await
@@ -1454,7 +1463,7 @@ async fn private_targets_are_refused_unless_allowed(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
     let org = create_org(state, "acme").await;
-    let scope = Scope::Organization(org.clone());
+    let scope = Scope::Organization(org.clone(), None);
     let literal = Receiver::start(|_| Reply::Status(200)).await;
     let named = Receiver::start_on("localhost", |_| Reply::Status(200)).await;
     let a = endpoint(state, &scope, &literal.url, &["*"])

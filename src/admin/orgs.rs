@@ -26,6 +26,7 @@ pub fn routes() -> Routes {
     Routes::new()
         .get("/v1/admin/organizations", list)
         .get("/v1/admin/organizations/{id}", detail)
+        .patch("/v1/admin/organizations/{id}", update)
         .put("/v1/admin/organizations/{id}/status", set_status)
         .get("/v1/admin/projects", list_projects)
 }
@@ -105,6 +106,29 @@ async fn detail(
         .unwrap_or(Value::Null);
     body["usage"] = crate::billing::usage_document(&state, &id).await?;
     Ok(axum::Json(body))
+}
+
+/// `PATCH /v1/admin/organizations/{id}`: a platform admin repairs an organization's profile or
+/// settings — e.g. an IP allowlist that locked every member out — audited as the admin.
+async fn update(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: crate::http::request_meta::RequestMeta,
+    Path(id): Path<String>,
+    Json(body): Json<organizations::UpdateOrganization>,
+) -> Result<impl IntoResponse, Error> {
+    let org = organizations::get(&state.db, &id).await?;
+    Ok(axum::Json(
+        organizations::apply_update(
+            &state,
+            &org.id,
+            &org.settings,
+            body,
+            &admin.context(&meta),
+            organizations::Lockout::Allow,
+        )
+        .await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -190,7 +190,7 @@ pub async fn retry(
     };
     let mut audit = NewEvent::new("webhook.delivery_retried", "webhook", Some(endpoint_id.into()))
         .metadata(json!({ "delivery_id": delivery_id, "event_id": original.event_id, "attempt_id": attempt_id }));
-    if let Scope::Organization(org) = scope {
+    if let Scope::Organization(org, _) = scope {
         audit = audit.organization(org.clone());
     }
     outbox::record_audit(&mut tx, ctx, &audit).await?;

@@ -22,7 +22,10 @@ pub mod webhooks;
 
 pub use outbox::{emit, record_audit, Emitted, NewEvent};
 
-use crate::ids::{KeyId, OrgId, UserId};
+use crate::{
+    environment::Environment,
+    ids::{KeyId, OrgId, UserId},
+};
 
 /// Every webhook event type (SPEC §7), `<resource>.<verb>`. `webhook.disabled` is Gatehouse's
 /// own: sent when an endpoint is disabled after failing for five days.
@@ -103,19 +106,28 @@ pub struct RequestMeta {
 pub struct ActorContext {
     pub actor: Actor,
     pub request: RequestMeta,
+    /// The environment the actor is confined to (a key, a tenant-scoped token): the webhook
+    /// events it causes go to that environment's endpoints. `None`: live.
+    pub environment: Option<Environment>,
 }
 
 impl ActorContext {
     pub fn new(actor: Actor, request: RequestMeta) -> Self {
-        ActorContext { actor, request }
+        ActorContext {
+            actor,
+            request,
+            environment: None,
+        }
+    }
+
+    pub fn in_environment(mut self, environment: Option<Environment>) -> Self {
+        self.environment = environment;
+        self
     }
 
     /// Gatehouse acting on its own, outside any request.
     pub fn system() -> Self {
-        ActorContext {
-            actor: Actor::System,
-            request: RequestMeta::default(),
-        }
+        ActorContext::new(Actor::System, RequestMeta::default())
     }
 }
 
@@ -175,27 +187,32 @@ pub fn begin_write_statement(backend: crate::storage::Backend) -> &'static str {
     }
 }
 
-/// Which webhook endpoints an operation is confined to: one organization's, or the platform's
-/// own (`organization_id` NULL), which receive every organization's events.
+/// Which webhook endpoints an operation is confined to: one organization's — all of them, or
+/// one environment's for a caller confined to it — or the platform's own (`organization_id`
+/// NULL), which receive every organization's events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
-    Organization(OrgId),
+    Organization(OrgId, Option<Environment>),
     Platform,
 }
 
 impl Scope {
     pub fn organization_id(&self) -> Option<&str> {
         match self {
-            Scope::Organization(id) => Some(id.as_str()),
+            Scope::Organization(id, _) => Some(id.as_str()),
             Scope::Platform => None,
         }
     }
 
-    /// Appends ` AND <column> = $n` or ` AND <column> IS NULL`.
+    /// Appends ` AND <column> = $n` (and ` AND environment = $m` for a confined caller) or
+    /// ` AND <column> IS NULL`.
     pub(crate) fn restrict(&self, sql: &mut crate::storage::Sql, column: &str) {
         match self {
-            Scope::Organization(id) => {
+            Scope::Organization(id, env) => {
                 sql.and(&format!("{column} = ?"), id.as_str());
+                if let Some(env) = env {
+                    sql.and("environment = ?", env.as_str());
+                }
             }
             Scope::Platform => {
                 sql.push(&format!(" AND {column} IS NULL"));

@@ -7,6 +7,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::{is_event_type, ActorContext, ALL_EVENTS};
 use crate::{
+    environment::Environment,
     error::Result,
     ids::{new_id, OrgId},
     storage,
@@ -25,6 +26,9 @@ pub struct NewEvent {
     pub data: Value,
     /// The audit record's `metadata` (what changed, why); `{}` when not set.
     pub metadata: Value,
+    /// The environment whose webhook endpoints receive it; `None`: the actor's (live when the
+    /// actor is not confined to one).
+    pub environment: Option<Environment>,
 }
 
 impl NewEvent {
@@ -40,6 +44,7 @@ impl NewEvent {
             organization_id: None,
             data: json!({}),
             metadata: json!({}),
+            environment: None,
         }
     }
 
@@ -55,6 +60,11 @@ impl NewEvent {
 
     pub fn metadata(mut self, metadata: Value) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = Some(environment);
         self
     }
 }
@@ -82,7 +92,19 @@ pub async fn emit(
     let audit_id = record_audit(conn, ctx, &event).await?;
     let (event_id, deliveries) = if is_event_type(&event.action) {
         let org = event.organization_id.as_ref().map(|o| o.as_str());
-        match enqueue(conn, &event.action, org, &event.data, Target::Subscribers).await? {
+        let env = event
+            .environment
+            .or(ctx.environment)
+            .unwrap_or(Environment::Live);
+        match enqueue(
+            conn,
+            &event.action,
+            org,
+            &event.data,
+            Target::Subscribers(env),
+        )
+        .await?
+        {
             Some((id, n)) => (Some(id), n),
             None => (None, 0),
         }
@@ -142,8 +164,9 @@ fn check_action(action: &str) -> Result<()> {
 
 /// Who a webhook message goes to.
 pub(crate) enum Target<'a> {
-    /// Every enabled endpoint subscribed to the type: the organization's and the platform's.
-    Subscribers,
+    /// Every enabled endpoint subscribed to the type: the organization's endpoints of the
+    /// event's environment, and the platform's.
+    Subscribers(Environment),
     /// One endpoint, whatever it subscribes to (`webhook.test`).
     Endpoint(&'a str),
 }
@@ -159,7 +182,7 @@ pub(crate) async fn enqueue(
 ) -> Result<Option<(String, usize)>> {
     let endpoints = match target {
         Target::Endpoint(id) => vec![id.to_string()],
-        Target::Subscribers => subscribers(conn, event_type, organization_id).await?,
+        Target::Subscribers(env) => subscribers(conn, event_type, organization_id, env).await?,
     };
     if endpoints.is_empty() {
         return Ok(None);
@@ -219,20 +242,23 @@ pub(crate) async fn insert_attempt(
     Ok(id)
 }
 
-/// The enabled endpoints that receive `event_type` from `organization_id`.
+/// The enabled endpoints that receive `event_type` from `organization_id` in `environment`.
 async fn subscribers(
     conn: &mut AnyConnection,
     event_type: &str,
     organization_id: Option<&str>,
+    environment: Environment,
 ) -> Result<Vec<String>> {
     let rows = match organization_id {
         Some(org) => {
             sqlx::query(
                 "SELECT id, events FROM webhook_endpoints WHERE enabled = $1 \
-                 AND (organization_id IS NULL OR organization_id = $2) ORDER BY id",
+                 AND (organization_id IS NULL OR (organization_id = $2 AND environment = $3)) \
+                 ORDER BY id",
             )
             .bind(true)
             .bind(org)
+            .bind(environment.as_str())
             .fetch_all(&mut *conn)
             .await?
         }

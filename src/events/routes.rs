@@ -60,7 +60,7 @@ impl FromRequestParts<AppState> for OrgCaller {
 
 impl WebhookCaller for OrgCaller {
     fn scope(&self) -> Scope {
-        Scope::Organization(OrgId(self.0.org_id().to_string()))
+        Scope::Organization(OrgId(self.0.org_id().to_string()), self.0.env())
     }
     fn audit_scope(&self) -> AuditScope {
         AuditScope::Organization(OrgId(self.0.org_id().to_string()))
@@ -84,7 +84,7 @@ impl FromRequestParts<AppState> for OrgAuditor {
 
 impl WebhookCaller for OrgAuditor {
     fn scope(&self) -> Scope {
-        Scope::Organization(OrgId(self.0.org_id().to_string()))
+        Scope::Organization(OrgId(self.0.org_id().to_string()), self.0.env())
     }
     fn audit_scope(&self) -> AuditScope {
         AuditScope::Organization(OrgId(self.0.org_id().to_string()))

@@ -15,6 +15,7 @@ use super::{
 use crate::{
     app::AppState,
     crypto::MasterKey,
+    environment::Environment,
     error::{Error, FieldError, Result},
     http::pagination::{HasId, List, Page},
     ids::new_id,
@@ -26,13 +27,16 @@ pub const MAX_DESCRIPTION_LEN: usize = 500;
 pub const ROTATION_OVERLAP: chrono::Duration = chrono::Duration::hours(24);
 
 const COLUMNS: &str =
-    "id, organization_id, url, description, events, enabled, disabled_reason, created_at, updated_at";
+    "id, organization_id, environment, url, description, events, enabled, disabled_reason, \
+     created_at, updated_at";
 
 /// An endpoint as the API shows it (never with its secret).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Endpoint {
     pub id: String,
     pub organization_id: Option<String>,
+    /// The environment whose events it receives (platform endpoints: every environment's).
+    pub environment: Environment,
     pub url: String,
     pub description: String,
     pub events: Vec<String>,
@@ -56,6 +60,8 @@ impl Endpoint {
         Ok(Endpoint {
             id: row.try_get("id")?,
             organization_id: row.try_get("organization_id")?,
+            environment: Environment::parse(&row.try_get::<String, _>("environment")?)
+                .unwrap_or(Environment::Live),
             url: row.try_get("url")?,
             description: row.try_get("description")?,
             events: serde_json::from_str(&events).unwrap_or_default(),
@@ -81,6 +87,8 @@ pub struct NewEndpoint {
     pub description: String,
     #[serde(default = "default_enabled")]
     pub enabled: bool,
+    /// `live` or `test` (default: the caller's environment, else live).
+    pub environment: Option<Environment>,
 }
 
 /// `PATCH …/webhooks/{id}`: the fields given are changed.
@@ -161,7 +169,7 @@ fn check_description(d: &str) -> Result<String, FieldError> {
     Ok(d.trim().to_string())
 }
 
-fn invalid(errors: [Option<FieldError>; 3]) -> Error {
+fn invalid<const N: usize>(errors: [Option<FieldError>; N]) -> Error {
     Error::invalid(errors.into_iter().flatten().collect())
 }
 
@@ -190,7 +198,7 @@ pub(crate) fn decrypt_secret(
 fn audit_event(scope: &Scope, action: &str, endpoint_id: &str) -> NewEvent {
     let event = NewEvent::new(action, "webhook", Some(endpoint_id.to_string()));
     match scope {
-        Scope::Organization(org) => event.organization(org.clone()),
+        Scope::Organization(org, _) => event.organization(org.clone()),
         Scope::Platform => event,
     }
 }
@@ -203,13 +211,14 @@ pub async fn create(
     input: NewEndpoint,
 ) -> Result<CreatedEndpoint> {
     let url = check_url(&input.url, state.config.allow_private_webhook_targets).await;
-    let (url, events, description) = match (
+    let (url, events, description, environment) = match (
         url,
         check_events(&input.events),
         check_description(&input.description),
+        check_environment(scope, input.environment),
     ) {
-        (Ok(u), Ok(e), Ok(d)) => (u, e, d),
-        (u, e, d) => return Err(invalid([u.err(), e.err(), d.err()])),
+        (Ok(u), Ok(e), Ok(d), Ok(env)) => (u, e, d, env),
+        (u, e, d, env) => return Err(invalid([u.err(), e.err(), d.err(), env.err()])),
     };
 
     let id = new_id("wh");
@@ -218,7 +227,8 @@ pub async fn create(
     let mut tx = super::begin_write(&state.db).await?;
     sqlx::query(
         "INSERT INTO webhook_endpoints (id, organization_id, url, description, events, enabled, \
-         secret_ciphertext, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+         secret_ciphertext, created_at, updated_at, environment) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
     )
     .bind(&id)
     .bind(scope.organization_id())
@@ -228,6 +238,7 @@ pub async fn create(
     .bind(input.enabled)
     .bind(encrypt_secret(&state.master_key, &id, &secret))
     .bind(&now)
+    .bind(environment.as_str())
     .execute(&mut *tx)
     .await?;
     let audit = audit_event(scope, "webhook.created", &id)
@@ -236,6 +247,27 @@ pub async fn create(
     let endpoint = fetch(&mut tx, scope, &id).await?;
     tx.commit().await?;
     Ok(CreatedEndpoint { endpoint, secret })
+}
+
+/// The environment of a new endpoint: the one asked for, within the caller's own (a caller
+/// confined to one environment creates endpoints there only); platform endpoints receive every
+/// environment's events and name none.
+fn check_environment(
+    scope: &Scope,
+    asked: Option<Environment>,
+) -> std::result::Result<Environment, FieldError> {
+    match (scope, asked) {
+        (Scope::Organization(_, Some(own)), Some(e)) if e != *own => Err(FieldError::new(
+            "environment",
+            format!("a caller in the {own} environment cannot create endpoints for {e}"),
+        )),
+        (Scope::Organization(_, own), asked) => Ok(asked.or(*own).unwrap_or(Environment::Live)),
+        (Scope::Platform, None) => Ok(Environment::Live),
+        (Scope::Platform, Some(_)) => Err(FieldError::new(
+            "environment",
+            "platform endpoints receive every environment's events; omit it",
+        )),
+    }
 }
 
 async fn fetch(conn: &mut sqlx::AnyConnection, scope: &Scope, id: &str) -> Result<Endpoint> {

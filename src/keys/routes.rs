@@ -15,7 +15,11 @@ use crate::{
         pagination::{HasId, Page},
         routes::Routes,
     },
-    orgs::{access::OrgAccess, projects::is_origin, roles::perm},
+    orgs::{
+        access::{OrgAccess, KEY_ROLE_CAP},
+        projects::is_origin,
+        roles::{perm, Role},
+    },
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -173,7 +177,8 @@ fn check_rate_limit(r: &RateLimitInput, errors: &mut Vec<FieldError>) -> Value {
     json!({ "requests_per_minute": r.requests_per_minute, "tokens_per_minute": r.tokens_per_minute })
 }
 
-/// Validates scopes against the catalogue and the caller's role.
+/// Validates scopes against the catalogue and the caller's own authority: a caller hands out
+/// only scopes it holds (a person by role, a key by role and its own scopes).
 fn check_scopes<P>(access: &OrgAccess<P>, scopes: &[String], errors: &mut Vec<FieldError>) {
     for (i, s) in scopes.iter().enumerate() {
         match scope_min_role(s) {
@@ -185,9 +190,63 @@ fn check_scopes<P>(access: &OrgAccess<P>, scopes: &[String], errors: &mut Vec<Fi
                 format!("scopes[{i}]"),
                 format!("needs the {} role, which you do not have", min.as_str()),
             )),
+            Some(_) if !access.holds_scope(s) => errors.push(FieldError::new(
+                format!("scopes[{i}]"),
+                "is not a scope of the calling key; a key grants only scopes it holds",
+            )),
             _ => {}
         }
     }
+}
+
+/// The scopes a key can actually use: its own, as far as its creator's current role (capped at
+/// admin) allows. A key whose creator left the organization can use none.
+async fn effective_scopes(db: &Db, org_id: &str, key: &ApiKey) -> Result<Vec<String>, Error> {
+    let Some(creator) = &key.created_by else {
+        return Ok(Vec::new());
+    };
+    let role: Option<String> = sqlx::query_scalar(
+        "SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2",
+    )
+    .bind(org_id)
+    .bind(creator)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(role) = role.as_deref().and_then(Role::parse) else {
+        return Ok(Vec::new());
+    };
+    let role = role.min(KEY_ROLE_CAP);
+    Ok(key
+        .scopes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|s| scope_min_role(s).is_some_and(|m| role >= m))
+        .map(str::to_string)
+        .collect())
+}
+
+/// A caller may change or rotate a key only if the key's effective authority is within its
+/// own: otherwise rotating it would hand the caller a token worth more than its credential.
+async fn check_within_authority<P>(
+    db: &Db,
+    access: &OrgAccess<P>,
+    key: &ApiKey,
+) -> Result<(), Error> {
+    let beyond: Vec<String> = effective_scopes(db, access.org_id(), key)
+        .await?
+        .into_iter()
+        .filter(|s| !access.holds_scope(s))
+        .collect();
+    if beyond.is_empty() {
+        return Ok(());
+    }
+    Err(Error::forbidden(format!(
+        "This key holds authority you do not have ({}); only a caller holding all of it may change or rotate the key",
+        beyond.join(", ")
+    ))
+    .with_details(json!({ "scopes_beyond_caller": beyond })))
 }
 
 fn check_origins(origins: &[String], errors: &mut Vec<FieldError>) {
@@ -255,10 +314,10 @@ async fn create(
             ));
             vec![]
         }
-        // Omitted on a secret key: every scope the creator's role allows.
+        // Omitted on a secret key: every scope the caller holds.
         (None, false) => SCOPES
             .iter()
-            .filter(|s| scope_min_role(s).is_some_and(|m| access.role >= m))
+            .filter(|s| access.holds_scope(s))
             .map(|s| s.to_string())
             .collect(),
         (Some(s), false) => {
@@ -474,6 +533,7 @@ async fn update(
     if key.status == "revoked" {
         return Err(Error::conflict("A revoked key cannot be changed"));
     }
+    check_within_authority(&state.db, &access, &key).await?;
     if let Some(n) = &body.name {
         if n.trim().is_empty() || n.chars().count() > 200 {
             errors.push(FieldError::new("name", "must be 1 to 200 characters"));
@@ -613,6 +673,7 @@ async fn rotate(
     if key.status == "revoked" {
         return Err(Error::conflict("A revoked key cannot be rotated"));
     }
+    check_within_authority(&state.db, &access, &key).await?;
     let (token, preview, hash) = new_secret(&key.key_type, &key.environment);
     let now = chrono::Utc::now();
     let now_s = storage::format_time(now);

@@ -16,6 +16,7 @@ use sqlx::Row;
 use crate::{
     app::AppState,
     auth::extract::AuthUser,
+    environment::Environment,
     error::{Error, ErrorCode},
     http::request_meta::{client_ip, RequestMeta},
     keys::cache::{looks_like_key, CachedKey},
@@ -42,7 +43,8 @@ pub enum Caller {
 pub struct OrgAccess<P> {
     pub org: OrgRef,
     pub caller: Caller,
-    /// The caller's role; for a key, its creator's current role (a key never exceeds it).
+    /// The caller's role; for a key, its creator's current role capped at admin (a key never
+    /// exceeds its creator, and never performs owner-only actions).
     pub role: Role,
     pub meta: RequestMeta,
     _permission: PhantomData<P>,
@@ -78,13 +80,19 @@ impl<P> OrgAccess<P> {
         }
     }
 
-    /// Who is acting, for the audit log and webhooks.
+    /// [`Self::environment`], typed.
+    pub fn env(&self) -> Option<Environment> {
+        self.environment().and_then(Environment::parse)
+    }
+
+    /// Who is acting, for the audit log and webhooks (the events of a caller confined to an
+    /// environment go to that environment's endpoints).
     pub fn actor_context(&self) -> crate::events::ActorContext {
         let actor = match &self.caller {
             Caller::User(u) => crate::events::Actor::User(u.user.id.clone()),
             Caller::Key(k) => crate::events::Actor::ApiKey(crate::ids::KeyId(k.id.to_string())),
         };
-        crate::events::ActorContext::new(actor, (&self.meta).into())
+        crate::events::ActorContext::new(actor, (&self.meta).into()).in_environment(self.env())
     }
 
     /// Emits an event of this organization, by this caller, inside `tx`.
@@ -106,15 +114,62 @@ impl<P> OrgAccess<P> {
         .await
     }
 
+    /// Whether the caller holds `p`: a person by their role; a key by its creator's role
+    /// (capped at admin: a key never performs owner-only actions) **and** its scopes.
+    pub fn holds(&self, p: Permission) -> bool {
+        self.role.can(p)
+            && match &self.caller {
+                Caller::User(_) => true,
+                Caller::Key(k) => p.scope().is_some_and(|s| k.allows(s)),
+            }
+    }
+
     /// A second permission decided inside the handler (e.g. only an owner grants owner).
     pub fn require(&self, p: Permission) -> Result<(), Error> {
-        if self.role.can(p) {
-            Ok(())
-        } else {
-            Err(forbidden_for(p))
+        let is_key = matches!(self.caller, Caller::Key(_));
+        if is_key && p.min_role() > KEY_ROLE_CAP {
+            return Err(key_lacks(p));
         }
+        if !self.role.can(p) {
+            return Err(forbidden_for(p));
+        }
+        if !self.holds(p) {
+            return Err(key_lacks(p));
+        }
+        Ok(())
+    }
+
+    /// Whether the caller may hand `scope` to a key it creates or changes: it must hold the
+    /// scope itself (a person by role, a key by role and its own scopes).
+    pub fn holds_scope(&self, scope: &str) -> bool {
+        let Some(min) = crate::keys::scope_min_role(scope) else {
+            return false;
+        };
+        self.role >= min
+            && match &self.caller {
+                Caller::User(_) => true,
+                Caller::Key(k) => k.allows(scope),
+            }
     }
 }
+
+/// The refusal of a key whose scopes do not grant `p`.
+pub fn key_lacks(p: Permission) -> Error {
+    if p.min_role() > KEY_ROLE_CAP {
+        return Error::forbidden(format!(
+            "API keys cannot perform owner-only actions ({}); sign in as an owner",
+            p.name()
+        ));
+    }
+    Error::forbidden(format!(
+        "This API key lacks the scope this route needs ({})",
+        p.name()
+    ))
+}
+
+/// The most a key can do: an admin's authority. Owner-only actions (owner grant and removal,
+/// organization deletion, billing cancellation) need a signed-in owner.
+pub const KEY_ROLE_CAP: Role = Role::Admin;
 
 pub fn forbidden_for(p: Permission) -> Error {
     Error::forbidden(format!(
@@ -219,15 +274,15 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
                 slug: row.try_get("slug")?,
                 settings: row.get_json("settings")?,
             };
-            let role = key.creator_role.ok_or_else(|| {
-                Error::forbidden("The key's creator is no longer a member of this organization")
-            })?;
+            let role = key
+                .creator_role
+                .ok_or_else(|| {
+                    Error::forbidden("The key's creator is no longer a member of this organization")
+                })?
+                .min(KEY_ROLE_CAP);
             let scoped = P::PERMISSION.scope().is_some_and(|s| key.allows(s));
             if !scoped {
-                return Err(Error::forbidden(format!(
-                    "This API key lacks the scope this route needs ({})",
-                    P::PERMISSION.name()
-                )));
+                return Err(key_lacks(P::PERMISSION));
             }
             if !role.can(P::PERMISSION) {
                 return Err(forbidden_for(P::PERMISSION));

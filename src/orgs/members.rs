@@ -596,26 +596,51 @@ pub async fn accept_invitation(
 
 // ---- role changes and removal --------------------------------------------------------------
 
-async fn member_role(db: &Db, org_id: &str, user_id: &str) -> Result<Role, Error> {
+/// Opens the write transaction of a change to an organization's memberships and takes the
+/// organization's membership lock, so that "is this the last owner?" and the change it guards
+/// cannot interleave with another such change (two owners demoting each other at once). On
+/// PostgreSQL the lock is the organization's row (`FOR UPDATE`); on SQLite, `BEGIN IMMEDIATE`
+/// already holds the database's write lock for the whole transaction.
+async fn begin_membership_change(
+    db: &Db,
+    org_id: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
+    let mut tx = crate::events::begin_write(db).await?;
+    sqlx::query(&format!(
+        "SELECT id FROM organizations WHERE id = $1{}",
+        db.backend().for_update()
+    ))
+    .bind(org_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
+/// A member's role and whether they are the organization's only owner, read under the lock of
+/// [`begin_membership_change`].
+async fn member_role(
+    tx: &mut sqlx::AnyConnection,
+    org_id: &str,
+    user_id: &str,
+) -> Result<(Role, bool), Error> {
     let role: Option<String> = sqlx::query_scalar(
         "SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2",
     )
     .bind(org_id)
     .bind(user_id)
-    .fetch_optional(db.pool())
+    .fetch_optional(&mut *tx)
     .await?;
-    role.as_deref()
+    let role = role
+        .as_deref()
         .and_then(Role::parse)
-        .ok_or_else(|| Error::not_found("Member not found"))
-}
-
-async fn owner_count(db: &Db, org_id: &str) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar(
+        .ok_or_else(|| Error::not_found("Member not found"))?;
+    let owners: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND role = 'owner'",
     )
     .bind(org_id)
-    .fetch_one(db.pool())
-    .await?)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((role, role == Role::Owner && owners <= 1))
 }
 
 #[derive(Debug, Deserialize)]
@@ -631,20 +656,20 @@ pub async fn change_role(
     Json(body): Json<ChangeRole>,
 ) -> Result<impl IntoResponse, Error> {
     let new_role = parse_role("role", &body.role)?;
-    let current = member_role(&state.db, access.org_id(), &user_id).await?;
-    if new_role == Role::Owner || current == Role::Owner {
+    if new_role == Role::Owner {
         access.require(Permission::OrganizationsDelete)?;
     }
-    if current == Role::Owner
-        && new_role != Role::Owner
-        && owner_count(&state.db, access.org_id()).await? <= 1
-    {
+    let mut tx = begin_membership_change(&state.db, access.org_id()).await?;
+    let (current, last_owner) = member_role(&mut tx, access.org_id(), &user_id).await?;
+    if current == Role::Owner {
+        access.require(Permission::OrganizationsDelete)?;
+    }
+    if last_owner && new_role != Role::Owner {
         return Err(Error::invalid(vec![FieldError::new(
             "role",
             "the last owner cannot be demoted; make someone else owner first",
         )]));
     }
-    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query("UPDATE memberships SET role = $1, updated_at = $2 WHERE organization_id = $3 AND user_id = $4")
         .bind(new_role.as_str())
         .bind(storage::now())
@@ -678,18 +703,18 @@ pub async fn remove(
     if !leaving_self {
         access.require(Permission::MembersManage)?;
     }
-    let current = member_role(&state.db, access.org_id(), &user_id).await?;
+    let mut tx = begin_membership_change(&state.db, access.org_id()).await?;
+    let (current, last_owner) = member_role(&mut tx, access.org_id(), &user_id).await?;
     if current == Role::Owner {
         if !leaving_self {
             access.require(Permission::OrganizationsDelete)?;
         }
-        if owner_count(&state.db, access.org_id()).await? <= 1 {
+        if last_owner {
             return Err(Error::bad_request(
                 "The last owner cannot be removed; make someone else owner first",
             ));
         }
     }
-    let mut tx = crate::events::begin_write(&state.db).await?;
     sqlx::query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2")
         .bind(access.org_id())
         .bind(&user_id)

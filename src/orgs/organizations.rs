@@ -412,11 +412,58 @@ pub struct UpdateOrganization {
     settings: Option<Value>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+pub struct UpdateOptions {
+    /// Apply an IP allowlist that excludes the caller's own address (locking the caller out).
+    #[serde(default)]
+    force: bool,
+}
+
 pub async fn update(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsUpdate>,
+    Query(options): Query<UpdateOptions>,
     Json(body): Json<UpdateOrganization>,
 ) -> Result<impl IntoResponse, Error> {
+    let guard = if options.force {
+        Lockout::Allow
+    } else {
+        Lockout::Refuse(access.meta.ip)
+    };
+    let mut org = apply_update(
+        &state,
+        access.org_id(),
+        &access.org.settings,
+        body,
+        &access.actor_context(),
+        guard,
+    )
+    .await?;
+    org.role = Some(access.role.as_str().into());
+    Ok(axum::Json(org))
+}
+
+/// Whether an update may set an IP allowlist that excludes the address it comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Lockout {
+    /// Refuse it: the caller at this address would lose access (no address known: refuse any
+    /// non-empty list).
+    Refuse(Option<std::net::IpAddr>),
+    /// Allow it: `?force=true`, or a platform admin repairing settings from outside.
+    Allow,
+}
+
+/// Validates and applies a change to an organization's profile and settings (settings
+/// deep-merged into `current_settings`), audited as `ctx`; the organization's cached keys are
+/// dropped on every node (they carry the IP allowlist).
+pub async fn apply_update(
+    state: &AppState,
+    org_id: &str,
+    current_settings: &Value,
+    body: UpdateOrganization,
+    ctx: &ActorContext,
+    lockout: Lockout,
+) -> Result<Organization, Error> {
     let mut errors = Vec::new();
     if let Some(name) = &body.name {
         if name.trim().is_empty() || name.chars().count() > 200 {
@@ -442,10 +489,13 @@ pub async fn update(
             ));
         }
     }
-    let mut settings = access.org.settings.clone();
+    let mut settings = current_settings.clone();
     if let Some(patch) = &body.settings {
         validate_settings(patch, &mut errors);
         deep_merge(&mut settings, patch);
+        if errors.is_empty() && patch.get("ip_allowlist").is_some() {
+            check_lockout(&settings, lockout, &mut errors);
+        }
     }
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
@@ -477,28 +527,48 @@ pub async fn update(
     if body.settings.is_some() {
         sql.push(", settings = ").bind(settings.to_string());
     }
-    sql.push(" WHERE id = ").bind(access.org_id().to_string());
+    sql.push(" WHERE id = ").bind(org_id.to_string());
     let mut tx = crate::events::begin_write(&state.db).await?;
-    sql.query().execute(&mut *tx).await?;
+    let done = sql.query().execute(&mut *tx).await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::not_found("Organization not found"));
+    }
     emit(
         &mut tx,
-        &access.actor_context(),
+        ctx,
         NewEvent::new(
             "organization.updated",
             "organization",
-            Some(access.org_id().to_string()),
+            Some(org_id.to_string()),
         )
-        .organization(OrgId(access.org_id().to_string()))
-        .data(json!({"id": access.org_id()}))
+        .organization(OrgId(org_id.to_string()))
+        .data(json!({"id": org_id}))
         .metadata(json!({"changed": changed})),
     )
     .await?;
     tx.commit().await?;
     // Cached keys carry the IP allowlist.
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
-    let mut org = get(&state.db, access.org_id()).await?;
-    org.role = Some(access.role.as_str().into());
-    Ok(axum::Json(org))
+    state.bus.publish(&format!("org:{org_id}")).await;
+    get(&state.db, org_id).await
+}
+
+/// Refuses an IP allowlist that would shut out the caller making the change.
+fn check_lockout(settings: &Value, lockout: Lockout, errors: &mut Vec<FieldError>) {
+    let Lockout::Refuse(ip) = lockout else {
+        return;
+    };
+    let list = crate::orgs::access::ip_allowlist(settings);
+    if list.is_empty() || ip.is_some_and(|ip| list.iter().any(|n| n.contains(&ip))) {
+        return;
+    }
+    let you = ip.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+    errors.push(FieldError::new(
+        "settings.ip_allowlist",
+        format!(
+            "excludes your own address ({you}), which would lock you out of this organization; \
+             add it, or send the change with ?force=true"
+        ),
+    ));
 }
 
 pub async fn delete(

@@ -106,7 +106,8 @@ pub async fn record(
     let actor = ActorContext::new(
         crate::events::Actor::ApiKey(crate::ids::KeyId(ctx.key_id.to_string())),
         Default::default(),
-    );
+    )
+    .in_environment(crate::environment::Environment::parse(ctx.environment));
     for f in found {
         let h = &f.hit;
         let matches = serde_json::to_value(&h.matches).unwrap_or_else(|_| json!([]));

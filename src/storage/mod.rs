@@ -24,6 +24,16 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The clause that locks the rows a `SELECT` reads until the transaction ends: `FOR UPDATE`
+    /// on PostgreSQL; nothing on SQLite, where a write transaction (`BEGIN IMMEDIATE`) already
+    /// holds the database's one write lock.
+    pub fn for_update(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
