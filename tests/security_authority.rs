@@ -14,6 +14,7 @@ on_both_databases!(
     a_key_hands_out_only_scopes_it_holds,
     a_key_cannot_change_or_rotate_a_stronger_key,
     a_second_permission_checked_in_a_handler_needs_the_keys_scope,
+    a_key_gives_people_no_role_beyond_its_scopes,
     test_callers_see_and_change_test_webhooks_only,
     test_events_reach_test_endpoints_only,
     two_owners_demoting_each_other_leave_one_owner,
@@ -340,6 +341,53 @@ async fn with_local_webhooks(backend: Backend) -> TestServer {
         },
     )
     .await
+}
+
+async fn a_key_gives_people_no_role_beyond_its_scopes(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (_, member_id) = a_member(&srv, &o, "member@example.com", "member").await;
+    let k = token(
+        &a_key(
+            &srv,
+            &o,
+            &o.owner,
+            json!({"name": "hr", "scopes": ["members:manage"]}),
+        )
+        .await,
+    );
+    // An admin holds api_keys:manage, billing:manage, … which this key does not.
+    let err = srv
+        .patch_as(
+            &format!("{}/members/{member_id}", o.base),
+            &k,
+            &json!({"role": "admin"}),
+        )
+        .await;
+    let err = err.assert_error(403, "forbidden");
+    assert!(
+        err["message"].as_str().unwrap().contains("api_keys:manage"),
+        "{err}"
+    );
+    srv.post_as(
+        &format!("{}/invitations", o.base),
+        &k,
+        &json!({"email": "new@example.com", "role": "admin"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    let list = srv.get_as(&format!("{}/members", o.base), &o.owner).await;
+    assert_eq!(role_of(&list.json, &member_id), "member");
+    // A key holding every scope an admin needs may make an admin; a signed-in admin too.
+    let full = token(&a_key(&srv, &o, &o.owner, json!({"name": "full"})).await);
+    let res = srv
+        .patch_as(
+            &format!("{}/members/{member_id}", o.base),
+            &full,
+            &json!({"role": "admin"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
 }
 
 async fn test_callers_see_and_change_test_webhooks_only(backend: Backend) {

@@ -139,6 +139,28 @@ impl<P> OrgAccess<P> {
         Ok(())
     }
 
+    /// Whether the caller may give a person `role` (by invitation or role change): only if it
+    /// holds every permission the role carries — so an owner only by a signed-in owner, an admin
+    /// only by an admin or a key holding every scope, never more than the caller's own.
+    pub fn may_grant(&self, role: Role) -> Result<(), Error> {
+        if role == Role::Owner {
+            return self.require(Permission::OrganizationsDelete);
+        }
+        let missing: Vec<&str> = Permission::ALL
+            .iter()
+            .filter(|p| role.can(**p) && !self.holds(**p))
+            .map(|p| p.name())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::forbidden(format!(
+            "Giving the {} role needs every permission it carries; you lack {}",
+            role.as_str(),
+            missing.join(", ")
+        )))
+    }
+
     /// Whether the caller may hand `scope` to a key it creates or changes: it must hold the
     /// scope itself (a person by role, a key by role and its own scopes).
     pub fn holds_scope(&self, scope: &str) -> bool {

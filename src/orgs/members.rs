@@ -224,9 +224,7 @@ pub async fn invite<P>(
 ) -> Result<Invitation, Error> {
     let email = users::normalize_email(email)?;
     let role = parse_role("role", role)?;
-    if role == Role::Owner {
-        access.require(Permission::OrganizationsDelete)?;
-    }
+    access.may_grant(role)?;
     if name.chars().count() > 200 {
         return Err(Error::invalid_field(
             "name",
@@ -656,9 +654,7 @@ pub async fn change_role(
     Json(body): Json<ChangeRole>,
 ) -> Result<impl IntoResponse, Error> {
     let new_role = parse_role("role", &body.role)?;
-    if new_role == Role::Owner {
-        access.require(Permission::OrganizationsDelete)?;
-    }
+    access.may_grant(new_role)?;
     let mut tx = begin_membership_change(&state.db, access.org_id()).await?;
     let (current, last_owner) = member_role(&mut tx, access.org_id(), &user_id).await?;
     if current == Role::Owner {
