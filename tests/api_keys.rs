@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{Backend, TestServer};
+use common::{
+    fixtures::{an_org as org, token, Org},
+    Backend, TestServer,
+};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -20,39 +23,8 @@ on_both_databases!(
     refused_keys_are_audited_and_last_use_is_recorded,
 );
 
-struct Org {
-    base: String,
-    owner: String,
-    owner_id: String,
-}
-
-async fn org(srv: &TestServer) -> Org {
-    let reg = srv.register("owner@example.com").await;
-    let token = reg["access_token"].as_str().unwrap().to_string();
-    let res = srv
-        .post_as(
-            "/v1/organizations",
-            &token,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    Org {
-        base: format!("/v1/organizations/{}", res.json["id"].as_str().unwrap()),
-        owner: token,
-        owner_id: reg["user"]["id"].as_str().unwrap().to_string(),
-    }
-}
-
 async fn create_key(srv: &TestServer, o: &Org, body: Value) -> Value {
-    let res = srv
-        .post_as(&format!("{}/api-keys", o.base), &o.owner, &body)
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.json
-}
-
-fn token(k: &Value) -> String {
-    k["token"].as_str().unwrap().to_string()
+    o.a_key(srv, &o.owner, body).await
 }
 
 async fn keys_are_shown_once_and_stored_hashed(backend: Backend) {
@@ -238,15 +210,7 @@ async fn keys_authenticate_with_their_scopes_only(backend: Backend) {
 async fn a_key_never_exceeds_its_creators_role(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
-    let reg = srv.register("admin@example.com").await;
-    let admin = reg["access_token"].as_str().unwrap().to_string();
-    let admin_id = reg["user"]["id"].as_str().unwrap().to_string();
-    sqlx::query("INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) SELECT $1, id, $2, 'admin', created_at, created_at FROM organizations")
-        .bind(gatehouse::ids::new_id("mem"))
-        .bind(&admin_id)
-        .execute(srv.state.db.pool())
-        .await
-        .unwrap();
+    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", "admin").await;
     let res = srv
         .post_as(
             &format!("{}/api-keys", o.base),
@@ -283,7 +247,6 @@ async fn a_key_never_exceeds_its_creators_role(backend: Backend) {
     )
     .await
     .assert_error(403, "forbidden");
-    let _ = o.owner_id;
 }
 
 async fn patch_revoke_and_disable_take_effect_at_once(backend: Backend) {

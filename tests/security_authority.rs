@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{Backend, TestServer};
+use common::{
+    fixtures::{an_org, token, Org},
+    Backend, TestServer,
+};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -22,65 +25,6 @@ on_both_databases!(
     platform_admins_repair_a_locked_out_organization,
 );
 
-struct Org {
-    id: String,
-    base: String,
-    owner: String,
-    owner_id: String,
-}
-
-async fn an_org(srv: &TestServer) -> Org {
-    let reg = srv.register("owner@example.com").await;
-    let owner = reg["access_token"].as_str().unwrap().to_string();
-    let res = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    let id = res.json["id"].as_str().unwrap().to_string();
-    Org {
-        base: format!("/v1/organizations/{id}"),
-        id,
-        owner,
-        owner_id: reg["user"]["id"].as_str().unwrap().to_string(),
-    }
-}
-
-/// Registers `email` and makes them a member of `o` with `role`; returns (token, user id).
-async fn a_member(srv: &TestServer, o: &Org, email: &str, role: &str) -> (String, String) {
-    let reg = srv.register(email).await;
-    let id = reg["user"]["id"].as_str().unwrap().to_string();
-    sqlx::query(
-        "INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $5)",
-    )
-    .bind(gatehouse::ids::new_id("mem"))
-    .bind(&o.id)
-    .bind(&id)
-    .bind(role)
-    .bind(gatehouse::storage::now())
-    .execute(srv.state.db.pool())
-    .await
-    .unwrap();
-    (reg["access_token"].as_str().unwrap().to_string(), id)
-}
-
-/// Creates a key as `creator`; returns its JSON (with `token`).
-async fn a_key(srv: &TestServer, o: &Org, creator: &str, body: Value) -> Value {
-    let res = srv
-        .post_as(&format!("{}/api-keys", o.base), creator, &body)
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.json
-}
-
-fn token(k: &Value) -> String {
-    k["token"].as_str().unwrap().to_string()
-}
-
 fn role_of(members: &Value, user_id: &str) -> String {
     members["members"]
         .as_array()
@@ -94,9 +38,9 @@ fn role_of(members: &Value, user_id: &str) -> String {
 async fn a_key_never_performs_owner_only_actions(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (_, admin_id) = a_member(&srv, &o, "admin@example.com", "admin").await;
+    let (_, admin_id) = o.a_member(&srv, "admin@example.com", "admin").await;
     // The owner's own key, with every scope.
-    let k = token(&a_key(&srv, &o, &o.owner, json!({"name": "owner's"})).await);
+    let k = token(&o.a_key(&srv, &o.owner, json!({"name": "owner's"})).await);
     let members = format!("{}/members", o.base);
     let err = srv
         .patch_as(
@@ -147,8 +91,8 @@ async fn a_key_never_performs_owner_only_actions(backend: Backend) {
 async fn an_admin_rotating_an_owners_key_gains_no_owner_authority(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (admin, admin_id) = a_member(&srv, &o, "admin@example.com", "admin").await;
-    let owners_key = a_key(&srv, &o, &o.owner, json!({"name": "owner's"})).await;
+    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", "admin").await;
+    let owners_key = o.a_key(&srv, &o.owner, json!({"name": "owner's"})).await;
     // The key's authority is an admin's at most, which the admin holds: rotation is allowed…
     let res = srv
         .post_as(
@@ -187,13 +131,13 @@ async fn an_admin_rotating_an_owners_key_gains_no_owner_authority(backend: Backe
 async fn a_key_hands_out_only_scopes_it_holds(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let narrow = a_key(
-        &srv,
-        &o,
-        &o.owner,
-        json!({"name": "narrow", "scopes": ["api_keys:manage"]}),
-    )
-    .await;
+    let narrow = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "narrow", "scopes": ["api_keys:manage"]}),
+        )
+        .await;
     let k = token(&narrow);
     let all: Vec<&str> = gatehouse::keys::SCOPES.to_vec();
     let res = srv
@@ -243,7 +187,7 @@ async fn a_key_hands_out_only_scopes_it_holds(backend: Backend) {
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
     // A person is capped by their role: a member cannot mint keys; an admin mints any scope.
-    let (admin, _) = a_member(&srv, &o, "admin@example.com", "admin").await;
+    let (admin, _) = o.a_member(&srv, "admin@example.com", "admin").await;
     let res = srv
         .post_as(
             &format!("{}/api-keys", o.base),
@@ -257,15 +201,15 @@ async fn a_key_hands_out_only_scopes_it_holds(backend: Backend) {
 async fn a_key_cannot_change_or_rotate_a_stronger_key(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let narrow = a_key(
-        &srv,
-        &o,
-        &o.owner,
-        json!({"name": "narrow", "scopes": ["api_keys:manage"]}),
-    )
-    .await;
+    let narrow = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "narrow", "scopes": ["api_keys:manage"]}),
+        )
+        .await;
     let k = token(&narrow);
-    let full = a_key(&srv, &o, &o.owner, json!({"name": "full"})).await;
+    let full = o.a_key(&srv, &o.owner, json!({"name": "full"})).await;
     let full_path = format!("{}/api-keys/{}", o.base, full["id"].as_str().unwrap());
     let err = srv
         .post_as(&format!("{full_path}/rotations"), &k, &json!({}))
@@ -307,17 +251,9 @@ async fn a_key_cannot_change_or_rotate_a_stronger_key(backend: Backend) {
 async fn a_second_permission_checked_in_a_handler_needs_the_keys_scope(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (_, member_id) = a_member(&srv, &o, "member@example.com", "member").await;
+    let (_, member_id) = o.a_member(&srv, "member@example.com", "member").await;
     // The route itself takes members:read; removing someone else needs members:manage too.
-    let k = token(
-        &a_key(
-            &srv,
-            &o,
-            &o.owner,
-            json!({"name": "reader", "scopes": ["members:read"]}),
-        )
-        .await,
-    );
+    let k = o.a_key_token(&srv, "live", &["members:read"]).await;
     let err = srv
         .delete_as(&format!("{}/members/{member_id}", o.base), &k)
         .await;
@@ -346,16 +282,8 @@ async fn with_local_webhooks(backend: Backend) -> TestServer {
 async fn a_key_gives_people_no_role_beyond_its_scopes(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (_, member_id) = a_member(&srv, &o, "member@example.com", "member").await;
-    let k = token(
-        &a_key(
-            &srv,
-            &o,
-            &o.owner,
-            json!({"name": "hr", "scopes": ["members:manage"]}),
-        )
-        .await,
-    );
+    let (_, member_id) = o.a_member(&srv, "member@example.com", "member").await;
+    let k = o.a_key_token(&srv, "live", &["members:manage"]).await;
     // An admin holds api_keys:manage, billing:manage, … which this key does not.
     let err = srv
         .patch_as(
@@ -379,7 +307,7 @@ async fn a_key_gives_people_no_role_beyond_its_scopes(backend: Backend) {
     let list = srv.get_as(&format!("{}/members", o.base), &o.owner).await;
     assert_eq!(role_of(&list.json, &member_id), "member");
     // A key holding every scope an admin needs may make an admin; a signed-in admin too.
-    let full = token(&a_key(&srv, &o, &o.owner, json!({"name": "full"})).await);
+    let full = token(&o.a_key(&srv, &o.owner, json!({"name": "full"})).await);
     let res = srv
         .patch_as(
             &format!("{}/members/{member_id}", o.base),
@@ -404,15 +332,7 @@ async fn test_callers_see_and_change_test_webhooks_only(backend: Backend) {
     assert_eq!(live.status, 201, "{}", live.text);
     assert_eq!(live.json["environment"], "live");
     let live_id = live.json["id"].as_str().unwrap().to_string();
-    let test_key = token(
-        &a_key(
-            &srv,
-            &o,
-            &o.owner,
-            json!({"name": "t", "environment": "test", "scopes": ["webhooks:manage"]}),
-        )
-        .await,
-    );
+    let test_key = o.a_key_token(&srv, "test", &["webhooks:manage"]).await;
     let one = format!("{hooks}/{live_id}");
     srv.get_as(&one, &test_key)
         .await
@@ -495,17 +415,10 @@ async fn test_events_reach_test_endpoints_only(backend: Backend) {
         ids.push(res.json["id"].as_str().unwrap().to_string());
     }
     // A test key creates a key: a test-environment event.
-    let test_key = token(
-        &a_key(
-            &srv,
-            &o,
-            &o.owner,
-            json!({"name": "t", "environment": "test", "scopes": ["api_keys:manage"]}),
-        )
-        .await,
-    );
+    let test_key = o.a_key_token(&srv, "test", &["api_keys:manage"]).await;
     // (The owner's own creation of that key is a live event: one delivery to the live endpoint.)
-    a_key(&srv, &o, &test_key, json!({"name": "made by a test key"})).await;
+    o.a_key(&srv, &test_key, json!({"name": "made by a test key"}))
+        .await;
     assert_eq!(deliveries_of(&srv, &o, &ids[0]).await.len(), 1);
     assert_eq!(deliveries_of(&srv, &o, &ids[1]).await, ["api_key.created"]);
 }
@@ -513,7 +426,7 @@ async fn test_events_reach_test_endpoints_only(backend: Backend) {
 async fn two_owners_demoting_each_other_leave_one_owner(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (second, second_id) = a_member(&srv, &o, "second@example.com", "owner").await;
+    let (second, second_id) = o.a_member(&srv, "second@example.com", "owner").await;
     let members = format!("{}/members", o.base);
     for trial in 0..10 {
         let (demote_second, demote_first) = (

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod process;
 
 use std::{net::SocketAddr, time::Duration};
