@@ -173,6 +173,16 @@ async fn a_key_hands_out_only_scopes_it_holds(backend: Backend) {
         .collect();
     scopes.sort();
     assert_eq!(scopes, ["api_keys:manage", "api_keys:read"]);
+    // Nor a publishable key: those carry gateway:proxy, which it does not hold.
+    let res = srv
+        .post_as(
+            &format!("{}/api-keys", o.base),
+            &k,
+            &json!({"name": "web", "type": "publishable", "allowed_origins": ["https://app.example.com"]}),
+        )
+        .await;
+    let err = res.assert_error(400, "invalid_request");
+    assert_eq!(err["details"][0]["field"], "type", "{err}");
     // It cannot widen itself either; narrowing is fine.
     let own = format!("{}/api-keys/{}", o.base, narrow["id"].as_str().unwrap());
     srv.patch_as(

@@ -328,6 +328,12 @@ async fn create(
             s
         }
     };
+    if publishable && !access.holds_scope("gateway:proxy") {
+        errors.push(FieldError::new(
+            "type",
+            "a publishable key carries gateway:proxy, which you do not hold",
+        ));
+    }
     let origins = body.allowed_origins.unwrap_or_default();
     if publishable && origins.is_empty() {
         errors.push(FieldError::new(
