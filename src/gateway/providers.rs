@@ -1,5 +1,11 @@
 //! The organization's upstream providers: `CRUD /v1/organizations/{org_id}/providers` (admin).
 //! API keys are write-only and encrypted with the master key (bound to the provider's id).
+//!
+//! A `base_url` must point at a public address (the webhook guard, `src/events/ssrf.rs`): a
+//! literal address, or every address its host resolves to, when the provider is saved — and
+//! again by the gateway's connector whenever it opens a connection — unless the operator sets
+//! `allow_private_provider_targets`. Changing the `base_url` of a provider that has a key needs
+//! the key again in the same PATCH, so a stored key cannot be sent to another host.
 
 use std::sync::Arc;
 
@@ -15,6 +21,7 @@ use sqlx::Row;
 use crate::{
     app::AppState,
     error::{Error, FieldError},
+    events::ssrf::{self, TargetError},
     http::{
         extract::{Json, Path},
         pagination::{HasId, Page},
@@ -241,10 +248,8 @@ impl ProviderInput {
             _ => {}
         }
         if let Some(u) = &self.base_url {
-            if !url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-                || u.len() > 2048
-            {
-                errors.push(FieldError::new("base_url", "must be an http(s) URL"));
+            if let Err(e) = ssrf::parse_url(u) {
+                errors.push(FieldError::new("base_url", e.to_string()));
             }
         } else if creating && matches!(self.provider.as_deref(), Some("openai_compatible")) {
             errors.push(FieldError::new("base_url", "is required for this provider"));
@@ -280,6 +285,26 @@ impl ProviderInput {
     }
 }
 
+/// Where `base_url` points, unless private targets are allowed: a literal non-public address,
+/// or a host name resolving to one (or to nothing), is refused naming `base_url`. The message
+/// does not say which address a name resolved to.
+async fn vet_base_url(state: &AppState, base_url: Option<&str>) -> Result<(), Error> {
+    let Some(u) = base_url else {
+        return Ok(());
+    };
+    let parsed = ssrf::parse_url(u).map_err(|e| Error::invalid_field("base_url", e.to_string()))?;
+    match ssrf::vet_url(&parsed, state.config.allow_private_provider_targets).await {
+        Ok(_) => Ok(()),
+        Err(TargetError::NonPublic(_)) => Err(Error::invalid_field(
+            "base_url",
+            "must point at a public address: private, loopback, link-local, metadata and other \
+             internal addresses are refused (an operator can allow them with \
+             allow_private_provider_targets)",
+        )),
+        Err(e) => Err(Error::invalid_field("base_url", e.to_string())),
+    }
+}
+
 async fn load(db: &Db, org_id: &str, id: &str) -> Result<Provider, Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM providers WHERE id = $1 AND organization_id = $2"
@@ -298,6 +323,7 @@ pub async fn create(
     Json(body): Json<ProviderInput>,
 ) -> Result<impl IntoResponse, Error> {
     body.validate(true)?;
+    vet_base_url(&state, body.base_url.as_deref()).await?;
     let id = crate::ids::new_id("prov");
     let now = storage::now();
     let sealed = body
@@ -374,7 +400,18 @@ pub async fn update(
     Json(body): Json<ProviderInput>,
 ) -> Result<impl IntoResponse, Error> {
     body.validate(false)?;
-    load(&state.db, access.org_id(), &id).await?;
+    let stored = load(&state.db, access.org_id(), &id).await?;
+    let moved = body
+        .base_url
+        .as_ref()
+        .is_some_and(|u| stored.base_url.as_ref() != Some(u));
+    if moved && stored.api_key_set && body.api_key.is_none() {
+        return Err(Error::invalid_field(
+            "api_key",
+            "must be given again when base_url changes (the stored key is not sent to a new host)",
+        ));
+    }
+    vet_base_url(&state, body.base_url.as_deref()).await?;
     let mut sql = Sql::new("UPDATE providers SET updated_at = ");
     sql.bind(storage::now());
     if let Some(v) = &body.name {

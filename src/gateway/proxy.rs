@@ -445,14 +445,15 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     let mut response = None;
     let mut headers = Some(parts.headers);
     // Per provider: whether it may be asked again (not after a timeout, whose wait would
-    // repeat), and the pause its last answer asked for (`Retry-After`).
-    let mut timed_out = vec![false; candidates.len()];
+    // repeat, nor after its address was refused), and the pause its last answer asked for
+    // (`Retry-After`).
+    let mut not_again = vec![false; candidates.len()];
     let mut asked_pause: Vec<Option<Duration>> = vec![None; candidates.len()];
     for attempt in 0..MAX_ATTEMPTS {
         let i = attempt % candidates.len();
         let upstream = candidates[i];
         if attempt >= candidates.len() {
-            if timed_out[i] {
+            if not_again[i] {
                 continue;
             }
             let Some(pause) = retry_pause(attempt - candidates.len(), asked_pause[i].take()) else {
@@ -493,7 +494,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(provider = %upstream.id, error = %e, "upstream failed");
-                    timed_out[i] = e.code() == ErrorCode::UpstreamTimeout;
+                    not_again[i] = self::not_again(&e);
                     state
                         .metrics
                         .gateway
@@ -705,6 +706,26 @@ fn upstream_uri(
     })
 }
 
+/// The answer when the provider's address is not public and the operator has not allowed
+/// private provider targets.
+const REFUSED_TARGET: &str = "The provider's address is not public: the gateway does not connect \
+     to private, loopback, link-local or other internal addresses (allow_private_provider_targets)";
+
+/// Whether asking the provider again is pointless: it timed out (the wait would repeat) or its
+/// address was refused (it would be refused again).
+fn not_again(e: &Error) -> bool {
+    match e {
+        Error::Api {
+            code: ErrorCode::UpstreamTimeout,
+            ..
+        } => true,
+        Error::Api {
+            details: Some(d), ..
+        } => d.get("reason").is_some_and(|r| r == "non_public_address"),
+        _ => false,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &AppState,
@@ -756,6 +777,18 @@ async fn forward(
                 ErrorCode::UpstreamTimeout,
                 "The provider did not start answering in time",
             ))
+        }
+        Ok(Err(e)) if super::client::refused_target(&*e) => {
+            // Nothing of the address is told (the caller may not learn where names resolve).
+            return Err(
+                Error::new(ErrorCode::UpstreamError, REFUSED_TARGET).with_details(
+                    serde_json::json!({
+                        "provider": upstream.provider,
+                        "provider_id": upstream.id,
+                        "reason": "non_public_address",
+                    }),
+                ),
+            );
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "provider request failed");

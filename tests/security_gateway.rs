@@ -1,0 +1,288 @@
+//! Security issue #20, the gateway's items: providers may not point at internal addresses
+//! (SSRF, item 3), providers are confined to the caller's environment (item 5), and gateway
+//! paths cannot climb out of the provider's path (item 15).
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{extract::Request, response::IntoResponse, Router};
+use common::{Backend, ServerOptions, TestServer};
+use serde_json::{json, Value};
+
+on_both_databases!(
+    private_provider_targets_are_refused_when_saved,
+    a_provider_saved_while_private_targets_were_allowed_is_refused_when_used,
+);
+
+struct Setup {
+    base: String,
+    owner: String,
+}
+
+async fn setup(srv: &TestServer) -> Setup {
+    let reg = srv.register("owner@example.com").await;
+    let owner = reg["access_token"].as_str().unwrap().to_string();
+    let org = srv
+        .post_as(
+            "/v1/organizations",
+            &owner,
+            &json!({"name": "Acme", "slug": "acme"}),
+        )
+        .await;
+    assert_eq!(org.status, 201, "{}", org.text);
+    Setup {
+        base: format!("/v1/organizations/{}", org.json["id"].as_str().unwrap()),
+        owner,
+    }
+}
+
+async fn key(srv: &TestServer, s: &Setup, body: Value) -> String {
+    let res = srv
+        .post_as(&format!("{}/api-keys", s.base), &s.owner, &body)
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    res.json["token"].as_str().unwrap().to_string()
+}
+
+/// Asserts a 400 `invalid_request` naming `field` (first of the details).
+#[track_caller]
+fn assert_field(res: &common::Response, field: &str) {
+    let err = res.assert_error(400, "invalid_request");
+    assert_eq!(err["details"][0]["field"], field, "{}", res.text);
+}
+
+/// An upstream on loopback answering every request with an OpenAI chat completion; it keeps
+/// the path (with the query) of each request it receives.
+async fn upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let app = Router::new().fallback(move |req: Request| {
+        let s = s.clone();
+        async move {
+            s.lock().unwrap().push(req.uri().to_string());
+            axum::Json(json!({"id": "x", "object": "chat.completion", "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "from upstream"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+            .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, seen)
+}
+
+fn allow_private(allowed: bool) -> ServerOptions {
+    ServerOptions {
+        configure: Box::new(move |c| c.allow_private_provider_targets = allowed),
+        ..Default::default()
+    }
+}
+
+// ---- item 3: SSRF through a provider's base_url -------------------------------------------
+
+async fn private_provider_targets_are_refused_when_saved(backend: Backend) {
+    // The default configuration: private provider targets are not allowed.
+    let srv = TestServer::start(backend).await;
+    assert!(!srv.state.config.allow_private_provider_targets);
+    let s = setup(&srv).await;
+    let providers = format!("{}/providers", s.base);
+    for url in [
+        "http://127.0.0.1:8080/v1",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]:6379/",
+        "http://10.0.0.1/v1",
+        "http://192.168.1.10:11434/v1",
+        "http://[::ffff:127.0.0.1]/v1",
+        "http://[::ffff:8.8.8.8]/v1",
+        "http://2130706433/v1",
+        "http://0.0.0.0:8000/v1",
+        // A name resolving to loopback.
+        "http://localhost:11434/v1",
+    ] {
+        let res = srv
+            .post_as(
+                &providers,
+                &s.owner,
+                &json!({"provider": "openai_compatible", "name": "x", "base_url": url, "api_key": "sk-up"}),
+            )
+            .await;
+        assert_field(&res, "base_url");
+        // Where a name resolves is not told.
+        assert!(
+            !res.text.contains("127.0.0.1") || url.contains("127.0.0.1"),
+            "{}",
+            res.text
+        );
+    }
+    // Nothing was stored.
+    let list = srv.get_as(&providers, &s.owner).await;
+    assert_eq!(list.json["total"], 0, "{}", list.text);
+
+    // A public address is accepted (a literal one: no DNS needed here).
+    let res = srv
+        .post_as(
+            &providers,
+            &s.owner,
+            &json!({"provider": "openai_compatible", "name": "pub", "base_url": "https://93.184.216.34/v1", "api_key": "sk-up"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let one = format!("{providers}/{}", res.json["id"].as_str().unwrap());
+    // Moving it to an internal address is refused too.
+    let res = srv
+        .patch_as(
+            &one,
+            &s.owner,
+            &json!({"base_url": "http://169.254.169.254/", "api_key": "sk-up"}),
+        )
+        .await;
+    assert_field(&res, "base_url");
+    // Moving it to another host without giving its key again is refused: the stored key is not
+    // sent to the new host.
+    let res = srv
+        .patch_as(&one, &s.owner, &json!({"base_url": "https://1.1.1.1/v1"}))
+        .await;
+    assert_field(&res, "api_key");
+    let res = srv.get_as(&one, &s.owner).await;
+    assert_eq!(res.json["base_url"], "https://93.184.216.34/v1");
+    // With the key, it moves; the same base_url again needs no key.
+    let res = srv
+        .patch_as(
+            &one,
+            &s.owner,
+            &json!({"base_url": "https://1.1.1.1/v1", "api_key": "sk-new"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["base_url"], "https://1.1.1.1/v1");
+    let res = srv
+        .patch_as(
+            &one,
+            &s.owner,
+            &json!({"base_url": "https://1.1.1.1/v1", "priority": 3}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+
+    // The built-in mock needs no base_url and keeps answering test keys.
+    let res = srv
+        .post_as(
+            &providers,
+            &s.owner,
+            &json!({"provider": "mock", "name": "mock", "environment": "test"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let test = key(
+        &srv,
+        &s,
+        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
+    )
+    .await;
+    let res = srv
+        .post_as(
+            "/openai/v1/chat/completions",
+            &test,
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["object"], "chat.completion");
+}
+
+/// A second node on the same database with its own configuration (as an operator restarting
+/// with another setting): its base URL.
+async fn node_with(
+    srv: &TestServer,
+    configure: impl FnOnce(&mut gatehouse::config::Config),
+) -> String {
+    let mut config = srv.state.config.clone();
+    configure(&mut config);
+    let state = gatehouse::server::build_state(config)
+        .await
+        .expect("second node");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = gatehouse::http::router(state);
+    tokio::spawn(gatehouse::http::serve(
+        listener,
+        app,
+        std::future::pending::<()>(),
+        Duration::from_secs(1),
+    ));
+    base
+}
+
+async fn a_provider_saved_while_private_targets_were_allowed_is_refused_when_used(
+    backend: Backend,
+) {
+    let srv = TestServer::start_with(backend, allow_private(true)).await;
+    let s = setup(&srv).await;
+    let (port, seen) = upstream().await;
+    // One provider by a name that resolves to loopback, one by a literal loopback address.
+    let mut ids = Vec::new();
+    for (name, base_url, model) in [
+        ("by-name", format!("http://localhost:{port}/v1"), "m-name"),
+        ("by-ip", format!("http://127.0.0.1:{port}/v1"), "m-ip"),
+    ] {
+        let res = srv
+            .post_as(
+                &format!("{}/providers", s.base),
+                &s.owner,
+                &json!({"provider": "openai_compatible", "name": name, "base_url": base_url, "api_key": "sk-up", "models": [model]}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        ids.push(res.json["id"].as_str().unwrap().to_string());
+    }
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let chat =
+        |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    // Allowed, both reach the upstream.
+    for model in ["m-name", "m-ip"] {
+        let res = srv
+            .post_as("/openai/v1/chat/completions", &live, &chat(model))
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // The same database served by a node where private targets are not allowed: the gateway's
+    // connector refuses to connect, with a clear 502 that tells nothing of the address.
+    let strict = node_with(&srv, |c| c.allow_private_provider_targets = false).await;
+    let client = reqwest::Client::new();
+    for (model, id) in [("m-name", &ids[0]), ("m-ip", &ids[1])] {
+        let res = common::Response::from(
+            client
+                .post(format!("{strict}/openai/v1/chat/completions"))
+                .bearer_auth(&live)
+                .json(&chat(model))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let err = res.assert_error(502, "upstream_error");
+        assert_eq!(
+            err["details"]["reason"], "non_public_address",
+            "{}",
+            res.text
+        );
+        assert_eq!(err["details"]["provider_id"], id.as_str());
+        assert!(
+            !res.text.contains("127.0.0.1") && !res.text.contains(&port.to_string()),
+            "{}",
+            res.text
+        );
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "nothing reached the upstream"
+    );
+}
