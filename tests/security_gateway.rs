@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 on_both_databases!(
     private_provider_targets_are_refused_when_saved,
     a_provider_saved_while_private_targets_were_allowed_is_refused_when_used,
+    providers_are_confined_to_the_callers_environment,
 );
 
 struct Setup {
@@ -285,4 +286,89 @@ async fn a_provider_saved_while_private_targets_were_allowed_is_refused_when_use
         2,
         "nothing reached the upstream"
     );
+}
+
+// ---- item 5: providers are confined to the caller's environment ----------------------------
+
+async fn providers_are_confined_to_the_callers_environment(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = setup(&srv).await;
+    let providers = format!("{}/providers", s.base);
+    let mut ids = std::collections::HashMap::new();
+    for env in ["live", "test"] {
+        let res = srv
+            .post_as(
+                &providers,
+                &s.owner,
+                &json!({"provider": "openai", "name": env, "api_key": "sk-up", "environment": env}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        ids.insert(env, res.json["id"].as_str().unwrap().to_string());
+    }
+    let manage = |env: &str| json!({"name": env, "environment": env, "scopes": ["configs:manage"]});
+    let test_key = key(&srv, &s, manage("test")).await;
+    let live_key = key(&srv, &s, manage("live")).await;
+
+    for (caller, mine, other) in [(&test_key, "test", "live"), (&live_key, "live", "test")] {
+        // The list holds this environment's providers only.
+        let list = srv.get_as(&providers, caller).await;
+        assert_eq!(list.status, 200, "{}", list.text);
+        let listed: Vec<&str> = list.json["providers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}", list.text))
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, [ids[mine].as_str()], "{mine} caller: {}", list.text);
+        assert_eq!(list.json["total"], 1);
+        // The other environment's provider is not found, whatever is asked of it.
+        let theirs = format!("{providers}/{}", ids[other]);
+        srv.get_as(&theirs, caller)
+            .await
+            .assert_error(404, "not_found");
+        srv.patch_as(&theirs, caller, &json!({"enabled": false}))
+            .await
+            .assert_error(404, "not_found");
+        srv.delete_as(&theirs, caller)
+            .await
+            .assert_error(404, "not_found");
+        // Its own is.
+        let own = format!("{providers}/{}", ids[mine]);
+        let res = srv.get_as(&own, caller).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        // Creating in, or moving to, the other environment is refused.
+        let res = srv
+            .post_as(
+                &providers,
+                caller,
+                &json!({"provider": "openai", "name": "x", "environment": other}),
+            )
+            .await;
+        assert_field(&res, "environment");
+        let res = srv
+            .patch_as(&own, caller, &json!({"environment": other}))
+            .await;
+        assert_field(&res, "environment");
+        // Created without saying, a provider is in the caller's environment.
+        let res = srv
+            .post_as(
+                &providers,
+                caller,
+                &json!({"provider": "openai", "name": "mine", "priority": 9}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        assert_eq!(res.json["environment"], mine);
+    }
+    // Nothing of the other environment changed; the owner's unscoped token sees both.
+    let all = srv.get_as(&providers, &s.owner).await;
+    assert_eq!(all.json["total"], 4, "{}", all.text);
+    for env in ["live", "test"] {
+        let res = srv
+            .get_as(&format!("{providers}/{}", ids[env]), &s.owner)
+            .await;
+        assert_eq!(res.json["enabled"], true, "{}", res.text);
+        assert_eq!(res.json["environment"], env);
+    }
 }

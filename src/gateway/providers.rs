@@ -6,6 +6,11 @@
 //! again by the gateway's connector whenever it opens a connection — unless the operator sets
 //! `allow_private_provider_targets`. Changing the `base_url` of a provider that has a key needs
 //! the key again in the same PATCH, so a stored key cannot be sent to another host.
+//!
+//! A caller confined to an environment (a key, or a token scoped to a tenant and environment)
+//! sees, changes and deletes only that environment's providers — another environment's answers
+//! 404 like a foreign id — and cannot create or move one into the other environment (400 naming
+//! `environment`). An unscoped user token sees both.
 
 use std::sync::Arc;
 
@@ -305,7 +310,9 @@ async fn vet_base_url(state: &AppState, base_url: Option<&str>) -> Result<(), Er
     }
 }
 
-async fn load(db: &Db, org_id: &str, id: &str) -> Result<Provider, Error> {
+/// One provider of the organization; of `env` only, when the caller is confined to one (another
+/// environment's provider is not found, like another organization's).
+async fn load(db: &Db, org_id: &str, id: &str, env: Option<&str>) -> Result<Provider, Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM providers WHERE id = $1 AND organization_id = $2"
     ))
@@ -314,7 +321,22 @@ async fn load(db: &Db, org_id: &str, id: &str) -> Result<Provider, Error> {
     .fetch_optional(db.pool())
     .await?
     .ok_or_else(|| Error::not_found("Provider not found"))?;
-    Ok(Provider::from_row(&row)?)
+    let provider = Provider::from_row(&row)?;
+    if env.is_some_and(|e| e != provider.environment) {
+        return Err(Error::not_found("Provider not found"));
+    }
+    Ok(provider)
+}
+
+/// A caller confined to one environment cannot put a provider in the other.
+fn check_environment(access_env: Option<&str>, wanted: Option<&str>) -> Result<(), Error> {
+    match (access_env, wanted) {
+        (Some(mine), Some(wanted)) if mine != wanted => Err(Error::invalid_field(
+            "environment",
+            "a caller in one environment cannot put providers in the other",
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub async fn create(
@@ -323,7 +345,14 @@ pub async fn create(
     Json(body): Json<ProviderInput>,
 ) -> Result<impl IntoResponse, Error> {
     body.validate(true)?;
+    check_environment(access.environment(), body.environment.as_deref())?;
     vet_base_url(&state, body.base_url.as_deref()).await?;
+    // The caller's environment, unless it says (an unscoped user token: live by default).
+    let environment = body
+        .environment
+        .as_deref()
+        .or(access.environment())
+        .unwrap_or("live");
     let id = crate::ids::new_id("prov");
     let now = storage::now();
     let sealed = body
@@ -344,7 +373,7 @@ pub async fn create(
     .bind(json!(body.models.clone().unwrap_or_default()).to_string())
     .bind(body.priority.unwrap_or(0))
     .bind(body.enabled.unwrap_or(true))
-    .bind(body.environment.as_deref().unwrap_or("live"))
+    .bind(environment)
     .bind(&now)
     .execute(&mut *tx)
     .await?;
@@ -360,7 +389,7 @@ pub async fn create(
     state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok((
         StatusCode::CREATED,
-        axum::Json(load(&state.db, access.org_id(), &id).await?),
+        axum::Json(load(&state.db, access.org_id(), &id, None).await?),
     ))
 }
 
@@ -371,6 +400,9 @@ pub async fn list(
 ) -> Result<impl IntoResponse, Error> {
     let mut sql = Sql::new(" FROM providers WHERE organization_id = ");
     sql.bind(access.org_id().to_string());
+    if let Some(env) = access.environment() {
+        sql.and("environment = ?", env.to_string());
+    }
     let select = format!("SELECT {COLUMNS}");
     let list = page
         .fetch(
@@ -390,7 +422,9 @@ pub async fn get(
     access: OrgAccess<perm::ProvidersManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, Error> {
-    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
+    Ok(axum::Json(
+        load(&state.db, access.org_id(), &id, access.environment()).await?,
+    ))
 }
 
 pub async fn update(
@@ -400,7 +434,8 @@ pub async fn update(
     Json(body): Json<ProviderInput>,
 ) -> Result<impl IntoResponse, Error> {
     body.validate(false)?;
-    let stored = load(&state.db, access.org_id(), &id).await?;
+    let stored = load(&state.db, access.org_id(), &id, access.environment()).await?;
+    check_environment(access.environment(), body.environment.as_deref())?;
     let moved = body
         .base_url
         .as_ref()
@@ -449,7 +484,9 @@ pub async fn update(
         .await?;
     tx.commit().await?;
     state.bus.publish(&format!("org:{}", access.org_id())).await;
-    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
+    Ok(axum::Json(
+        load(&state.db, access.org_id(), &id, None).await?,
+    ))
 }
 
 pub async fn delete(
@@ -458,11 +495,13 @@ pub async fn delete(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
     let mut tx = crate::events::begin_write(&state.db).await?;
-    let done = sqlx::query("DELETE FROM providers WHERE id = $1 AND organization_id = $2")
-        .bind(&id)
-        .bind(access.org_id())
-        .execute(&mut *tx)
-        .await?;
+    let mut sql = Sql::new("DELETE FROM providers WHERE id = ");
+    sql.bind(id.clone());
+    sql.and("organization_id = ?", access.org_id().to_string());
+    if let Some(env) = access.environment() {
+        sql.and("environment = ?", env.to_string());
+    }
+    let done = sql.query().execute(&mut *tx).await?;
     if done.rows_affected() == 0 {
         return Err(Error::not_found("Provider not found"));
     }
