@@ -17,6 +17,7 @@ on_both_databases!(
     private_provider_targets_are_refused_when_saved,
     a_provider_saved_while_private_targets_were_allowed_is_refused_when_used,
     providers_are_confined_to_the_callers_environment,
+    gateway_paths_with_dot_segments_or_encoded_slashes_are_refused,
 );
 
 struct Setup {
@@ -370,5 +371,90 @@ async fn providers_are_confined_to_the_callers_environment(backend: Backend) {
             .await;
         assert_eq!(res.json["enabled"], true, "{}", res.text);
         assert_eq!(res.json["environment"], env);
+    }
+}
+
+// ---- item 15: gateway paths cannot climb out of the provider's path ------------------------
+
+/// Sends `method path` as written (an HTTP client would resolve the dot segments first) and
+/// reads the whole answer: its status and JSON body.
+async fn raw(srv: &TestServer, method: &str, path: &str, key: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut socket = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    socket.read_to_end(&mut answer).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text[9..12].parse().unwrap();
+    let json = match (text.find('{'), text.rfind('}')) {
+        (Some(a), Some(b)) => serde_json::from_str(&text[a..=b]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    (status, json)
+}
+
+async fn gateway_paths_with_dot_segments_or_encoded_slashes_are_refused(backend: Backend) {
+    let srv = TestServer::start_with(backend, allow_private(true)).await;
+    let s = setup(&srv).await;
+    let (port, seen) = upstream().await;
+    let base = format!("http://127.0.0.1:{port}/v1");
+    for kind in ["openai_compatible", "anthropic", "google", "azure"] {
+        let res = srv
+            .post_as(
+                &format!("{}/providers", s.base),
+                &s.owner,
+                &json!({"provider": kind, "name": kind, "base_url": base, "api_key": "sk-up"}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+    }
+    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    for path in [
+        "/openai/v1/../../v1/organizations",
+        "/openai/v1/chat/../../../admin",
+        "/openai/v1/./chat/completions",
+        "/openai/v1/%2e%2e/%2E%2e/admin",
+        "/openai/v1/.%2E/admin",
+        "/openai/v1/chat%2F..%2Fmodels",
+        "/openai/v1/chat/..%2fmodels",
+        "/openai/v1/..;/admin",
+        "/anthropic/v1/../messages",
+        "/google/v1beta/models/..%2f..%2fx:generateContent",
+        "/azure/res/dep/../../../admin",
+        // An Azure resource becomes a host name: only letters, digits and hyphens.
+        "/azure/evil.example/dep/chat/completions",
+    ] {
+        let (status, json) = raw(&srv, "POST", path, &live).await;
+        assert_eq!(status, 400, "{path}: {json}");
+        assert_eq!(json["error"]["code"], "invalid_request", "{path}: {json}");
+        assert_eq!(
+            json["error"]["details"][0]["field"], "path",
+            "{path}: {json}"
+        );
+    }
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        0,
+        "forwarded: {:?}",
+        seen.lock().unwrap()
+    );
+    // Paths with dots inside names pass, unchanged.
+    for (path, upstream_path) in [
+        ("/openai/v1/chat/completions", "/v1/chat/completions"),
+        ("/openai/v1/models/gpt-4.1", "/v1/models/gpt-4.1"),
+        (
+            "/openai/v1/files/file-a.jsonl/content",
+            "/v1/files/file-a.jsonl/content",
+        ),
+    ] {
+        let (status, json) = raw(&srv, "POST", path, &live).await;
+        assert_eq!(status, 200, "{path}: {json}");
+        assert_eq!(seen.lock().unwrap().last().unwrap(), upstream_path);
     }
 }
