@@ -54,8 +54,9 @@ cleanup() {
 trap cleanup EXIT
 
 target/release/examples/mock_upstream "$MOCK" 2>/dev/null & pids+=($!)
+# The mock upstream is on loopback: the gateway must be allowed to connect there.
 export GATEHOUSE_LISTEN=$GATE GATEHOUSE_DATABASE_URL="sqlite://$work/bench.db" GATEHOUSE_LOG_LEVEL=error \
-  GATEHOUSE_BOOTSTRAP_ADMIN=false
+  GATEHOUSE_BOOTSTRAP_ADMIN=false GATEHOUSE_ALLOW_PRIVATE_PROVIDER_TARGETS=true
 target/release/gatehouse admin create --email admin@bench.local --password load-test-passphrase-9 >/dev/null
 target/release/gatehouse >/dev/null 2>&1 & gate_pid=$!; pids+=($gate_pid)
 

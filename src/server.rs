@@ -112,9 +112,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         usage.clone(),
         limiter.clone(),
     );
-    let gateway_client = crate::gateway::client::GatewayClient::new(Duration::from_secs(
-        config.gateway_connect_timeout_secs,
-    ));
+    let gateway_client = crate::gateway::client::GatewayClient::new(
+        Duration::from_secs(config.gateway_connect_timeout_secs),
+        config.allow_private_provider_targets,
+    );
     let plans = Arc::new(crate::billing::PlanCatalogue::load(&db).await?);
     plans.spawn_refresher(db.clone(), crate::billing::REFRESH_EVERY);
     let request_limits = Arc::new(crate::limits::middleware::RequestLimits::new());

@@ -224,6 +224,19 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
     res.assert_error(400, "invalid_request");
 }
 
+/// A server whose providers may be on loopback (`allow_private_provider_targets`), as the local
+/// upstreams of these tests are.
+async fn start_with_local_providers(backend: Backend) -> TestServer {
+    TestServer::start_with(
+        backend,
+        ServerOptions {
+            configure: Box::new(|c| c.allow_private_provider_targets = true),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// Serves `app` on a loopback port: its base URL (`http://127.0.0.1:PORT`).
 async fn serve_locally(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -269,7 +282,7 @@ async fn upstream(
 }
 
 async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(backend: Backend) {
-    let srv = TestServer::start(backend).await;
+    let srv = start_with_local_providers(backend).await;
     let s = setup(&srv).await;
     let (bad_url, mut bad_rx) = upstream(true).await;
     let (good_url, mut good_rx) = upstream(false).await;
@@ -451,7 +464,7 @@ async fn providers_keep_their_keys_secret(backend: Backend) {
 }
 
 async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backend) {
-    let srv = TestServer::start(backend).await;
+    let srv = start_with_local_providers(backend).await;
     let s = setup(&srv).await;
     let test_key = key(
         &srv,
@@ -662,7 +675,7 @@ async fn official_python_sdks_work_through_the_gateway() {
 }
 
 async fn azure_deployments_are_routed_with_the_api_key_header(backend: Backend) {
-    let srv = TestServer::start(backend).await;
+    let srv = start_with_local_providers(backend).await;
     let s = setup(&srv).await;
     let test_key = key(
         &srv,
@@ -742,6 +755,7 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
         backend,
         ServerOptions {
             configure: Box::new(|c| {
+                c.allow_private_provider_targets = true;
                 c.gateway_first_byte_timeout_secs = 1;
                 c.gateway_idle_timeout_secs = 1;
                 c.gateway_max_body_bytes = 4096;
@@ -1012,7 +1026,7 @@ async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
 /// Multipart uploads (audio transcriptions) are forwarded byte for byte, their model read from
 /// the form; the Responses API's `input_tokens`/`output_tokens` are logged.
 async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Backend) {
-    let srv = TestServer::start(backend).await;
+    let srv = start_with_local_providers(backend).await;
     let s = setup(&srv).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let app = Router::new()
@@ -1129,7 +1143,7 @@ async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: B
         atomic::{AtomicUsize, Ordering},
         Arc,
     };
-    let srv = TestServer::start(backend).await;
+    let srv = start_with_local_providers(backend).await;
     let s = setup(&srv).await;
     let flaky_hits = Arc::new(AtomicUsize::new(0));
     let busy_hits = Arc::new(AtomicUsize::new(0));
@@ -1200,7 +1214,7 @@ async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: B
 /// changes made behind the cache's back (no invalidation message) are served until the re-read
 /// lands, then picked up.
 async fn keys_and_providers_in_use_are_read_again_in_the_background(backend: Backend) {
-    let srv = TestServer::start(backend).await;
+    let srv = start_with_local_providers(backend).await;
     let s = setup(&srv).await;
     let org_id = s.base.rsplit('/').next().unwrap().to_string();
     let (url, _rx) = upstream(false).await;

@@ -2,7 +2,11 @@
 //! (SSRF): a webhook URL must be `http`/`https`, at most 2048 characters, and every address its
 //! host resolves to must be public — not private, loopback, link-local, unique-local, shared
 //! (CGNAT), multicast, broadcast, reserved, documentation or unspecified, in IPv4 or IPv6
-//! (including IPv4 embedded in IPv6) — unless `allow_private_webhook_targets` is set.
+//! (including IPv4 embedded in IPv6; the IPv4-mapped range `::ffff:0:0/96` is refused whole) —
+//! unless `allow_private_webhook_targets` is set.
+//!
+//! The gateway's providers are held to the same rule ([`resolve_vetted`], [`check_addrs`]) unless
+//! `allow_private_provider_targets` is set (`src/gateway/client.rs`).
 //!
 //! The check runs when an endpoint is saved ([`vet_url`]) and again at every send: the client's
 //! DNS resolver refuses non-public answers, so the connection goes to exactly the address that
@@ -84,9 +88,17 @@ async fn resolve(host: &str) -> Result<Vec<IpAddr>, TargetError> {
     Ok(addrs)
 }
 
+/// Resolves `host` and checks every address it resolves to (all of them are returned, to connect
+/// to exactly those): what a connector calls when it opens a connection.
+pub async fn resolve_vetted(host: &str, allow_private: bool) -> Result<Vec<IpAddr>, TargetError> {
+    let addrs = resolve(host).await?;
+    check_addrs(&addrs, allow_private)?;
+    Ok(addrs)
+}
+
 /// Refuses the whole answer when any address is not public (a name that mixes public and
 /// private answers is refused rather than trusted to pick the public one).
-fn check_addrs(addrs: &[IpAddr], allow_private: bool) -> Result<(), TargetError> {
+pub fn check_addrs(addrs: &[IpAddr], allow_private: bool) -> Result<(), TargetError> {
     if allow_private {
         return Ok(());
     }
@@ -123,10 +135,12 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
     let s = ip.segments();
-    // IPv4 embedded in IPv6: mapped (::ffff:a.b.c.d), compatible (::a.b.c.d), NAT64
-    // (64:ff9b::/96) and 6to4 (2002:AABB:CCDD::/48) are judged by their IPv4 address.
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_public_v4(v4);
+    // IPv4-mapped (::ffff:0:0/96) and IPv4-translated (::ffff:0:0:0/96) addresses are never
+    // public: a socket given one talks IPv4 to the embedded address, and no public host needs
+    // to be named that way. IPv4 embedded otherwise — compatible (::a.b.c.d), NAT64
+    // (64:ff9b::/96) and 6to4 (2002:AABB:CCDD::/48) — is judged by its IPv4 address.
+    if (s[..5] == [0; 5] && s[5] == 0xffff) || (s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0) {
+        return false;
     }
     if s[..6] == [0; 6] {
         // ::/96 (includes :: and ::1)
@@ -163,8 +177,7 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allow_private = self.allow_private;
         Box::pin(async move {
-            let addrs = resolve(name.as_str()).await?;
-            check_addrs(&addrs, allow_private)?;
+            let addrs = resolve_vetted(name.as_str(), allow_private).await?;
             // reqwest puts the URL's port on these.
             let addrs: Addrs = Box::new(addrs.into_iter().map(|ip| SocketAddr::new(ip, 0)));
             Ok(addrs)
@@ -336,6 +349,12 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:7f00:1::",
             "2002:c0a8:101::1",
+            // The whole IPv4-mapped and IPv4-translated ranges, public IPv4 inside included.
+            "::ffff:0:0",
+            "::ffff:8.8.8.8",
+            "::ffff:1.1.1.1",
+            "::ffff:0:8.8.8.8",
+            "::ffff:0:7f00:1",
         ] {
             assert!(!is_public(ip(s)), "{s} should not be public");
         }
@@ -347,7 +366,6 @@ mod tests {
             "100.128.0.1",
             "2606:4700:4700::1111",
             "2a00:1450:4001::200e",
-            "::ffff:8.8.8.8",
             "2002:808:808::1",
         ] {
             assert!(is_public(ip(s)), "{s} should be public");
@@ -377,6 +395,9 @@ mod tests {
             "http://169.254.169.254/latest/meta-data",
             "http://[::1]:9/",
             "http://2130706433/", // 127.0.0.1 as one number
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:8.8.8.8]/",
+            "http://[::ffff:0:a00:1]/",
             "http://localhost/",
         ] {
             let parsed = parse_url(url).unwrap();

@@ -11,6 +11,14 @@
 //! that one turns out closed before the request was written (the provider closed it while it
 //! was idle), the request goes out on the next one, or on a new connection.
 //!
+//! Where it connects (SSRF): unless `allow_private_provider_targets` is set, a new connection goes
+//! only to public addresses ([`crate::events::ssrf::is_public`]). A literal address in the URL is
+//! checked as it is; a host name is resolved, every address it resolves to is checked (one
+//! non-public answer refuses the name), and the connection is made to those checked addresses —
+//! nothing is resolved twice, so a second DNS answer cannot rebind the connection to an internal
+//! address. The check runs only when a connection is opened; a request on a pooled connection
+//! pays nothing. A refusal is an error whose source chain holds a [`TargetError`].
+//!
 //! Timeouts: connecting (`gateway_connect_timeout_secs`, on the connector), the first byte of
 //! the answer (`gateway_first_byte_timeout_secs`, by the proxy) and an idle stream
 //! (`gateway_idle_timeout_secs`: no byte for that long ends the answer, [`Answer`]).
@@ -18,6 +26,7 @@
 use std::{
     cell::RefCell,
     future::Future,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -29,11 +38,15 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{dns::Name, HttpConnector};
+use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, Sleep};
 
+use crate::events::ssrf;
+pub use crate::events::ssrf::TargetError;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Connector = HttpsConnector<HttpConnector>;
+type Connector = HttpsConnector<Guarded>;
 type Sender = http1::SendRequest<Full<Bytes>>;
 
 /// Idle connections kept per provider origin, per serving thread.
@@ -46,6 +59,8 @@ pub const IDLE_FOR: Duration = Duration::from_secs(90);
 #[derive(Debug, Clone)]
 pub struct GatewayClient {
     connect_timeout: Duration,
+    /// `allow_private_provider_targets`: connect to non-public addresses too.
+    allow_private: bool,
 }
 
 /// A provider's scheme, host and port.
@@ -67,9 +82,10 @@ struct HostPool {
     idle: Vec<Idle>,
 }
 
-/// A thread's connections made with one connect timeout.
+/// A thread's connections made with one connect timeout and target rule.
 struct ThreadPool {
     connect_timeout: Duration,
+    allow_private: bool,
     connector: Connector,
     hosts: Vec<HostPool>,
 }
@@ -79,8 +95,13 @@ thread_local! {
 }
 
 impl GatewayClient {
-    pub fn new(connect_timeout: Duration) -> Self {
-        GatewayClient { connect_timeout }
+    /// `allow_private`: also connect to private, loopback, link-local and other non-public
+    /// addresses (`allow_private_provider_targets`).
+    pub fn new(connect_timeout: Duration, allow_private: bool) -> Self {
+        GatewayClient {
+            connect_timeout,
+            allow_private,
+        }
     }
 
     /// Sends `req` (its URI absolute: `http` or `https`, with a host) to the provider and
@@ -144,7 +165,7 @@ impl GatewayClient {
         idle: Duration,
     ) -> Response<Answer> {
         let checkin = Checkin {
-            connect_timeout: self.connect_timeout,
+            client: self.clone(),
             origin,
             sender,
         };
@@ -157,19 +178,20 @@ impl GatewayClient {
         })
     }
 
-    /// Runs `f` on this thread's pool for this client's connect timeout (made on first use).
+    /// Runs `f` on this thread's pool for this client's connect timeout and target rule (made
+    /// on first use).
     fn with_pool<R>(&self, f: impl FnOnce(&mut ThreadPool) -> R) -> R {
         POOLS.with(|pools| {
             let mut pools = pools.borrow_mut();
-            let i = match pools
-                .iter()
-                .position(|p| p.connect_timeout == self.connect_timeout)
-            {
+            let i = match pools.iter().position(|p| {
+                p.connect_timeout == self.connect_timeout && p.allow_private == self.allow_private
+            }) {
                 Some(i) => i,
                 None => {
                     pools.push(ThreadPool {
                         connect_timeout: self.connect_timeout,
-                        connector: connector(self.connect_timeout),
+                        allow_private: self.allow_private,
+                        connector: connector(self.connect_timeout, self.allow_private),
                         hosts: Vec::new(),
                     });
                     pools.len() - 1
@@ -234,8 +256,8 @@ fn host_header(origin: &Origin) -> HeaderValue {
     HeaderValue::from_str(host).expect("an authority is a valid header value")
 }
 
-fn connector(connect_timeout: Duration) -> Connector {
-    let mut http = HttpConnector::new();
+fn connector(connect_timeout: Duration, allow_private: bool) -> Connector {
+    let mut http = HttpConnector::new_with_resolver(VettedResolver { allow_private });
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
@@ -243,12 +265,99 @@ fn connector(connect_timeout: Duration) -> Connector {
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http)
+        .wrap_connector(Guarded {
+            http,
+            allow_private,
+        })
+}
+
+/// The TCP connector under TLS: refuses a literal non-public address in the URL (hyper's
+/// connector connects to a literal address without asking the resolver), and resolves names
+/// with [`VettedResolver`].
+#[derive(Clone)]
+struct Guarded {
+    http: HttpConnector<VettedResolver>,
+    allow_private: bool,
+}
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<tokio::net::TcpStream>, BoxError>> + Send>>;
+
+impl tower::Service<Uri> for Guarded {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, dst: Uri) -> Connecting {
+        if let Some(ip) = literal_ip(&dst) {
+            if let Err(refused) = ssrf::check_addrs(&[ip], self.allow_private) {
+                return Box::pin(std::future::ready(Err(refused.into())));
+            }
+        }
+        let connecting = self.http.call(dst);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
+}
+
+/// The URL's host when it is an address, parsed as hyper's connector parses it (brackets
+/// around an IPv6 address removed). Anything else goes to the resolver.
+fn literal_ip(dst: &Uri) -> Option<IpAddr> {
+    let host = dst.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse().ok()
+}
+
+/// Resolves a provider's host name and answers only when every address is allowed
+/// ([`ssrf::resolve_vetted`]); the connector then connects to exactly those addresses.
+#[derive(Clone)]
+struct VettedResolver {
+    allow_private: bool,
+}
+
+type Resolving =
+    Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, TargetError>> + Send>>;
+
+impl tower::Service<Name> for VettedResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = TargetError;
+    type Future = Resolving;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), TargetError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let addrs = ssrf::resolve_vetted(name.as_str(), allow_private).await?;
+            // The connector puts the URL's port on these.
+            let addrs: Vec<SocketAddr> =
+                addrs.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+            Ok(addrs.into_iter())
+        })
+    }
+}
+
+/// Whether `e` (or an error under it) is the refusal of a non-public provider address.
+pub fn refused_target(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source()).any(|e| {
+        matches!(
+            e.downcast_ref::<TargetError>(),
+            Some(TargetError::NonPublic(_))
+        )
+    })
 }
 
 /// A connection on its way back to the pool of the thread that finishes its answer.
 struct Checkin {
-    connect_timeout: Duration,
+    client: GatewayClient,
     origin: Origin,
     sender: Sender,
 }
@@ -258,11 +367,10 @@ impl Checkin {
         if self.sender.is_closed() {
             return;
         }
-        let client = GatewayClient::new(self.connect_timeout);
         let now = Instant::now();
         // During the thread's teardown the pool is gone and the connection is closed.
         let _ = POOLS.try_with(|_| {
-            client.with_pool(|pool| {
+            self.client.with_pool(|pool| {
                 let h = pool.host(&self.origin);
                 if h.idle.len() < IDLE_PER_HOST {
                     h.idle.push(Idle {
@@ -471,7 +579,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_read_to_its_end_is_used_again() {
         let (base, accepted, heads) = provider(After::KeepAlive).await;
-        let client = GatewayClient::new(Duration::from_secs(2));
+        let client = GatewayClient::new(Duration::from_secs(2), true);
         for _ in 0..5 {
             let res = get(&client, &format!("{base}/v1/models?limit=2"))
                 .await
@@ -492,7 +600,7 @@ mod tests {
     #[tokio::test]
     async fn connections_the_provider_closed_are_replaced() {
         let (base, accepted, _) = provider(After::Close).await;
-        let client = GatewayClient::new(Duration::from_secs(2));
+        let client = GatewayClient::new(Duration::from_secs(2), true);
         for _ in 0..20 {
             let res = get(&client, &format!("{base}/v1/x")).await.unwrap();
             assert_eq!(read(res).await, "ok");
@@ -505,7 +613,7 @@ mod tests {
         let close = Arc::new(tokio::sync::Notify::new());
         let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
         let (base, accepted, _) = provider(After::CloseIdle(close.clone(), closed_tx)).await;
-        let client = GatewayClient::new(Duration::from_secs(2));
+        let client = GatewayClient::new(Duration::from_secs(2), true);
         for i in 1..=10 {
             let res = get(&client, &format!("{base}/v1/x")).await.unwrap();
             assert_eq!(read(res).await, "ok");
@@ -519,7 +627,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_cut_short_closes_its_connection() {
         let (base, accepted, _) = provider(After::KeepAlive).await;
-        let client = GatewayClient::new(Duration::from_secs(2));
+        let client = GatewayClient::new(Duration::from_secs(2), true);
         let mut body = get(&client, &format!("{base}/cut"))
             .await
             .unwrap()
@@ -535,7 +643,7 @@ mod tests {
     #[tokio::test]
     async fn a_silent_provider_ends_the_answer_after_the_idle_time() {
         let (base, _, _) = provider(After::KeepAlive).await;
-        let client = GatewayClient::new(Duration::from_secs(2));
+        let client = GatewayClient::new(Duration::from_secs(2), true);
         let req = Request::get(format!("{base}/cut"))
             .body(Full::new(Bytes::new()))
             .unwrap();
@@ -545,8 +653,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn non_public_targets_are_refused_when_a_connection_is_opened() {
+        let (base, accepted, _) = provider(After::KeepAlive).await;
+        let port = base.rsplit(':').next().unwrap();
+        let strict = GatewayClient::new(Duration::from_secs(2), false);
+        for url in [
+            // A name resolving to loopback (checked by the resolver), literal addresses (checked
+            // before hyper's connector, which does not resolve them), and loopback as one
+            // number (not an address to hyper: the resolver's answer is checked).
+            format!("http://localhost:{port}/x"),
+            format!("http://127.0.0.1:{port}/x"),
+            format!("http://[::1]:{port}/x"),
+            format!("http://[::ffff:127.0.0.1]:{port}/x"),
+            format!("http://2130706433:{port}/x"),
+            format!("https://localhost:{port}/x"),
+        ] {
+            let err = get(&strict, &url).await.err().unwrap();
+            assert!(refused_target(&*err), "{url}: {err}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+        // Allowed, the same provider is reached.
+        let allowed = GatewayClient::new(Duration::from_secs(2), true);
+        let res = get(&allowed, &format!("http://localhost:{port}/x"))
+            .await
+            .unwrap();
+        assert_eq!(read(res).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
     async fn urls_the_client_cannot_reach_are_refused() {
-        let client = GatewayClient::new(Duration::from_secs(2));
+        let client = GatewayClient::new(Duration::from_secs(2), true);
         assert!(get(&client, "ftp://example.com/x").await.is_err());
         assert!(get(&client, "/relative").await.is_err());
         // Nothing listens there.

@@ -1,5 +1,16 @@
 //! The organization's upstream providers: `CRUD /v1/organizations/{org_id}/providers` (admin).
 //! API keys are write-only and encrypted with the master key (bound to the provider's id).
+//!
+//! A `base_url` must point at a public address (the webhook guard, `src/events/ssrf.rs`): a
+//! literal address, or every address its host resolves to, when the provider is saved — and
+//! again by the gateway's connector whenever it opens a connection — unless the operator sets
+//! `allow_private_provider_targets`. Changing the `base_url` of a provider that has a key needs
+//! the key again in the same PATCH, so a stored key cannot be sent to another host.
+//!
+//! A caller confined to an environment (a key, or a token scoped to a tenant and environment)
+//! sees, changes and deletes only that environment's providers — another environment's answers
+//! 404 like a foreign id — and cannot create or move one into the other environment (400 naming
+//! `environment`). An unscoped user token sees both.
 
 use std::sync::Arc;
 
@@ -15,6 +26,7 @@ use sqlx::Row;
 use crate::{
     app::AppState,
     error::{Error, FieldError},
+    events::ssrf::{self, TargetError},
     http::{
         extract::{Json, Path},
         pagination::{HasId, Page},
@@ -241,10 +253,8 @@ impl ProviderInput {
             _ => {}
         }
         if let Some(u) = &self.base_url {
-            if !url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-                || u.len() > 2048
-            {
-                errors.push(FieldError::new("base_url", "must be an http(s) URL"));
+            if let Err(e) = ssrf::parse_url(u) {
+                errors.push(FieldError::new("base_url", e.to_string()));
             }
         } else if creating && matches!(self.provider.as_deref(), Some("openai_compatible")) {
             errors.push(FieldError::new("base_url", "is required for this provider"));
@@ -280,7 +290,29 @@ impl ProviderInput {
     }
 }
 
-async fn load(db: &Db, org_id: &str, id: &str) -> Result<Provider, Error> {
+/// Where `base_url` points, unless private targets are allowed: a literal non-public address,
+/// or a host name resolving to one (or to nothing), is refused naming `base_url`. The message
+/// does not say which address a name resolved to.
+async fn vet_base_url(state: &AppState, base_url: Option<&str>) -> Result<(), Error> {
+    let Some(u) = base_url else {
+        return Ok(());
+    };
+    let parsed = ssrf::parse_url(u).map_err(|e| Error::invalid_field("base_url", e.to_string()))?;
+    match ssrf::vet_url(&parsed, state.config.allow_private_provider_targets).await {
+        Ok(_) => Ok(()),
+        Err(TargetError::NonPublic(_)) => Err(Error::invalid_field(
+            "base_url",
+            "must point at a public address: private, loopback, link-local, metadata and other \
+             internal addresses are refused (an operator can allow them with \
+             allow_private_provider_targets)",
+        )),
+        Err(e) => Err(Error::invalid_field("base_url", e.to_string())),
+    }
+}
+
+/// One provider of the organization; of `env` only, when the caller is confined to one (another
+/// environment's provider is not found, like another organization's).
+async fn load(db: &Db, org_id: &str, id: &str, env: Option<&str>) -> Result<Provider, Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM providers WHERE id = $1 AND organization_id = $2"
     ))
@@ -289,7 +321,22 @@ async fn load(db: &Db, org_id: &str, id: &str) -> Result<Provider, Error> {
     .fetch_optional(db.pool())
     .await?
     .ok_or_else(|| Error::not_found("Provider not found"))?;
-    Ok(Provider::from_row(&row)?)
+    let provider = Provider::from_row(&row)?;
+    if env.is_some_and(|e| e != provider.environment) {
+        return Err(Error::not_found("Provider not found"));
+    }
+    Ok(provider)
+}
+
+/// A caller confined to one environment cannot put a provider in the other.
+fn check_environment(access_env: Option<&str>, wanted: Option<&str>) -> Result<(), Error> {
+    match (access_env, wanted) {
+        (Some(mine), Some(wanted)) if mine != wanted => Err(Error::invalid_field(
+            "environment",
+            "a caller in one environment cannot put providers in the other",
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub async fn create(
@@ -298,6 +345,14 @@ pub async fn create(
     Json(body): Json<ProviderInput>,
 ) -> Result<impl IntoResponse, Error> {
     body.validate(true)?;
+    check_environment(access.environment(), body.environment.as_deref())?;
+    vet_base_url(&state, body.base_url.as_deref()).await?;
+    // The caller's environment, unless it says (an unscoped user token: live by default).
+    let environment = body
+        .environment
+        .as_deref()
+        .or(access.environment())
+        .unwrap_or("live");
     let id = crate::ids::new_id("prov");
     let now = storage::now();
     let sealed = body
@@ -318,7 +373,7 @@ pub async fn create(
     .bind(json!(body.models.clone().unwrap_or_default()).to_string())
     .bind(body.priority.unwrap_or(0))
     .bind(body.enabled.unwrap_or(true))
-    .bind(body.environment.as_deref().unwrap_or("live"))
+    .bind(environment)
     .bind(&now)
     .execute(&mut *tx)
     .await?;
@@ -334,7 +389,7 @@ pub async fn create(
     state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok((
         StatusCode::CREATED,
-        axum::Json(load(&state.db, access.org_id(), &id).await?),
+        axum::Json(load(&state.db, access.org_id(), &id, None).await?),
     ))
 }
 
@@ -345,6 +400,9 @@ pub async fn list(
 ) -> Result<impl IntoResponse, Error> {
     let mut sql = Sql::new(" FROM providers WHERE organization_id = ");
     sql.bind(access.org_id().to_string());
+    if let Some(env) = access.environment() {
+        sql.and("environment = ?", env.to_string());
+    }
     let select = format!("SELECT {COLUMNS}");
     let list = page
         .fetch(
@@ -364,7 +422,9 @@ pub async fn get(
     access: OrgAccess<perm::ProvidersManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, Error> {
-    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
+    Ok(axum::Json(
+        load(&state.db, access.org_id(), &id, access.environment()).await?,
+    ))
 }
 
 pub async fn update(
@@ -374,7 +434,19 @@ pub async fn update(
     Json(body): Json<ProviderInput>,
 ) -> Result<impl IntoResponse, Error> {
     body.validate(false)?;
-    load(&state.db, access.org_id(), &id).await?;
+    let stored = load(&state.db, access.org_id(), &id, access.environment()).await?;
+    check_environment(access.environment(), body.environment.as_deref())?;
+    let moved = body
+        .base_url
+        .as_ref()
+        .is_some_and(|u| stored.base_url.as_ref() != Some(u));
+    if moved && stored.api_key_set && body.api_key.is_none() {
+        return Err(Error::invalid_field(
+            "api_key",
+            "must be given again when base_url changes (the stored key is not sent to a new host)",
+        ));
+    }
+    vet_base_url(&state, body.base_url.as_deref()).await?;
     let mut sql = Sql::new("UPDATE providers SET updated_at = ");
     sql.bind(storage::now());
     if let Some(v) = &body.name {
@@ -412,7 +484,9 @@ pub async fn update(
         .await?;
     tx.commit().await?;
     state.bus.publish(&format!("org:{}", access.org_id())).await;
-    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
+    Ok(axum::Json(
+        load(&state.db, access.org_id(), &id, None).await?,
+    ))
 }
 
 pub async fn delete(
@@ -421,11 +495,13 @@ pub async fn delete(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
     let mut tx = crate::events::begin_write(&state.db).await?;
-    let done = sqlx::query("DELETE FROM providers WHERE id = $1 AND organization_id = $2")
-        .bind(&id)
-        .bind(access.org_id())
-        .execute(&mut *tx)
-        .await?;
+    let mut sql = Sql::new("DELETE FROM providers WHERE id = ");
+    sql.bind(id.clone());
+    sql.and("organization_id = ?", access.org_id().to_string());
+    if let Some(env) = access.environment() {
+        sql.and("environment = ?", env.to_string());
+    }
+    let done = sql.query().execute(&mut *tx).await?;
     if done.rows_affected() == 0 {
         return Err(Error::not_found("Provider not found"));
     }

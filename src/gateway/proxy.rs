@@ -186,6 +186,57 @@ route!(anthropic, ANTHROPIC);
 route!(google, GOOGLE);
 route!(azure, AZURE);
 
+/// Why the provider's path (what follows the route's prefix) is refused, if it is: it would be
+/// forwarded as it is, and a provider (or a proxy in front of it) that resolves dot segments
+/// would serve another path than the route names — `../../admin`, or out of a base URL's path.
+/// Refused, in one pass over the bytes without allocating: a `.` or `..` segment, also
+/// percent-encoded (`%2e%2E`) or followed by `;parameters` (`..;`); an encoded `/` or `\`
+/// (`%2F`, `%5c`); a `\`. Dots inside a name (`gpt-4.1`, `file.jsonl`, `...`) are fine.
+fn refused_path(path: &str) -> Option<&'static str> {
+    fn hex(b: Option<&u8>) -> Option<u8> {
+        (*b? as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = path.as_bytes();
+    // The current segment: its dots, whether it has anything else, whether `;` was passed.
+    let (mut dots, mut other, mut params) = (0u8, false, false);
+    let mut i = 0;
+    while i <= bytes.len() {
+        // The end closes the last segment as a `/` would.
+        let mut byte = bytes.get(i).copied().unwrap_or(b'/');
+        let mut step = 1;
+        if byte == b'%' {
+            if let (Some(high), Some(low)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+                byte = high << 4 | low;
+                step = 3;
+                if byte == b'/' || byte == b'\\' {
+                    return Some("must not contain an encoded / or \\ (%2F, %5C)");
+                }
+            }
+        }
+        match byte {
+            b'\\' => return Some("must not contain \\"),
+            b'/' => {
+                if !other && (dots == 1 || dots == 2) {
+                    return Some("must not contain . or .. segments (also encoded as %2e)");
+                }
+                (dots, other, params) = (0, false, false);
+            }
+            _ if params => {}
+            b';' => params = true,
+            b'.' => dots = dots.saturating_add(1),
+            _ => other = true,
+        }
+        i += step;
+    }
+    None
+}
+
+/// An Azure OpenAI resource name, which becomes the host `{resource}.openai.azure.com`: 2 to 64
+/// letters, digits and hyphens (so that nothing in it can change the host).
+fn is_azure_resource(r: &str) -> bool {
+    (2..=64).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// What the proxy itself reads of a request body: the model and whether the answer streams.
 /// Deserialized without building the whole document (the rest is skipped, though still checked
 /// to be JSON); only the mock provider, which answers the body, parses all of it.
@@ -375,12 +426,21 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         .trim_start_matches(spec.prefix)
         .trim_start_matches('/')
         .to_string();
+    if let Some(why) = refused_path(&path) {
+        return Err(Error::invalid_field("path", why));
+    }
     // Azure: the resource and deployment come first in the path.
     let mut deployment: Option<(String, String)> = None;
     if spec.azure {
         let mut parts = path.splitn(3, '/');
         match (parts.next(), parts.next(), parts.next()) {
             (Some(r), Some(d), Some(rest)) if !r.is_empty() && !d.is_empty() => {
+                if !is_azure_resource(r) {
+                    return Err(Error::invalid_field(
+                        "path",
+                        "the Azure resource name must be 2 to 64 letters, digits and hyphens",
+                    ));
+                }
                 deployment = Some((r.to_string(), d.to_string()));
                 path = rest.to_string();
             }
@@ -445,14 +505,15 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     let mut response = None;
     let mut headers = Some(parts.headers);
     // Per provider: whether it may be asked again (not after a timeout, whose wait would
-    // repeat), and the pause its last answer asked for (`Retry-After`).
-    let mut timed_out = vec![false; candidates.len()];
+    // repeat, nor after its address was refused), and the pause its last answer asked for
+    // (`Retry-After`).
+    let mut not_again = vec![false; candidates.len()];
     let mut asked_pause: Vec<Option<Duration>> = vec![None; candidates.len()];
     for attempt in 0..MAX_ATTEMPTS {
         let i = attempt % candidates.len();
         let upstream = candidates[i];
         if attempt >= candidates.len() {
-            if timed_out[i] {
+            if not_again[i] {
                 continue;
             }
             let Some(pause) = retry_pause(attempt - candidates.len(), asked_pause[i].take()) else {
@@ -493,7 +554,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(provider = %upstream.id, error = %e, "upstream failed");
-                    timed_out[i] = e.code() == ErrorCode::UpstreamTimeout;
+                    not_again[i] = self::not_again(&e);
                     state
                         .metrics
                         .gateway
@@ -705,6 +766,26 @@ fn upstream_uri(
     })
 }
 
+/// The answer when the provider's address is not public and the operator has not allowed
+/// private provider targets.
+const REFUSED_TARGET: &str = "The provider's address is not public: the gateway does not connect \
+     to private, loopback, link-local or other internal addresses (allow_private_provider_targets)";
+
+/// Whether asking the provider again is pointless: it timed out (the wait would repeat) or its
+/// address was refused (it would be refused again).
+fn not_again(e: &Error) -> bool {
+    match e {
+        Error::Api {
+            code: ErrorCode::UpstreamTimeout,
+            ..
+        } => true,
+        Error::Api {
+            details: Some(d), ..
+        } => d.get("reason").is_some_and(|r| r == "non_public_address"),
+        _ => false,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &AppState,
@@ -756,6 +837,18 @@ async fn forward(
                 ErrorCode::UpstreamTimeout,
                 "The provider did not start answering in time",
             ))
+        }
+        Ok(Err(e)) if super::client::refused_target(&*e) => {
+            // Nothing of the address is told (the caller may not learn where names resolve).
+            return Err(
+                Error::new(ErrorCode::UpstreamError, REFUSED_TARGET).with_details(
+                    serde_json::json!({
+                        "provider": upstream.provider,
+                        "provider_id": upstream.id,
+                        "reason": "non_public_address",
+                    }),
+                ),
+            );
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "provider request failed");
@@ -826,6 +919,52 @@ mod tests {
         answer.insert(header::AUTHORIZATION, HeaderValue::from_static("x"));
         strip(&mut answer, &[&HOP_BY_HOP]);
         assert_eq!(answer.keys().collect::<Vec<_>>(), [header::AUTHORIZATION]);
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_slashes_are_refused() {
+        for path in [
+            "..",
+            ".",
+            "../admin",
+            "chat/../../v1/organizations",
+            "chat/./completions",
+            "chat/..",
+            "%2e%2e/secret",
+            "%2E%2e/secret",
+            ".%2e/x",
+            "%2e/x",
+            "..;/x",
+            ".;jsessionid=1/x",
+            "chat%2F..%2Fmodels",
+            "chat/..%2fmodels",
+            "chat%5c..%5cx",
+            "chat\\..\\x",
+            "a//../b",
+        ] {
+            assert!(refused_path(path).is_some(), "{path} should be refused");
+        }
+        for path in [
+            "",
+            "chat/completions",
+            "models/gpt-4.1",
+            "files/file-abc.jsonl/content",
+            "models/gemini-1.5-pro:streamGenerateContent",
+            ".well-known/x",
+            ".../x",
+            "a..b/..c/c..",
+            "x;y/z",
+            "%2e%2e%2e/x",
+            "100%25/x",
+            "bad%zz/x",
+            "trailing/",
+        ] {
+            assert_eq!(refused_path(path), None, "{path} should pass");
+        }
+        assert!(is_azure_resource("my-resource-1"));
+        for r in ["x", "evil.com", "a@b", "res:443", "res%2e"] {
+            assert!(!is_azure_resource(r), "{r}");
+        }
     }
 
     #[test]
