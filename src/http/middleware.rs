@@ -177,6 +177,8 @@ impl App {
     }
 }
 
+/// A method as a metric label: the standard ones by name, any other (clients may invent
+/// methods, each of which would otherwise become a new series) as `other`.
 fn method_label(m: &Method) -> Cow<'static, str> {
     Cow::Borrowed(match *m {
         Method::GET => "GET",
@@ -186,7 +188,9 @@ fn method_label(m: &Method) -> Cow<'static, str> {
         Method::DELETE => "DELETE",
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
-        _ => return Cow::Owned(m.as_str().to_string()),
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     })
 }
 
