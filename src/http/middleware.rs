@@ -109,7 +109,14 @@ impl App {
             path = %uri.path(),
         );
         let state = self.state.clone();
-        let mut res = AssertUnwindSafe(self.route(req))
+        let refused = refuse_early(&state, &req);
+        let routed = async move {
+            match refused {
+                Some(e) => e.into_response(),
+                None => self.route(req).await,
+            }
+        };
+        let mut res = AssertUnwindSafe(routed)
             .catch_unwind()
             .instrument(span.clone())
             .await
@@ -175,6 +182,42 @@ impl App {
         })
         .await
     }
+}
+
+/// What the edge refuses before anything else runs (no credentials checked): a NUL character
+/// (`%00`) in the path or a query parameter, 400 naming the parameter (no store accepts NUL in
+/// text, PostgreSQL refuses it outright). The gateway's hot path pays a scan of the path (no
+/// allocation).
+fn refuse_early(_state: &AppState, req: &Request) -> Option<crate::error::Error> {
+    use crate::error::Error;
+    let path = req.uri().path();
+    const NUL: &[u8] = b"%00";
+    if memchr::memmem::find(path.as_bytes(), NUL).is_some() {
+        return Some(Error::invalid_field(
+            "path",
+            "must not contain a NUL character (%00)",
+        ));
+    }
+    if let Some(query) = req.uri().query() {
+        if memchr::memmem::find(query.as_bytes(), NUL).is_some() {
+            let field = url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+                .map(|(k, _)| {
+                    if k.contains('\0') {
+                        "query".to_string()
+                    } else {
+                        k.into_owned()
+                    }
+                });
+            if let Some(field) = field {
+                return Some(Error::invalid_field(
+                    field,
+                    "must not contain a NUL character (%00)",
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// A method as a metric label: the standard ones by name, any other (clients may invent
