@@ -29,14 +29,15 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("log_format", "text", "text | json"),
     ("log_level", "info", "tracing filter, e.g. info or gatehouse=debug,tower_http=info"),
     ("request_timeout_secs", "30", "time limit for one control-plane request (503 after it)"),
-    ("max_body_bytes", "1048576", "largest control-plane request body (413 above it)"),
+    ("max_body_bytes", "1048576", "largest control-plane request body (413 above it; a larger declared Content-Length is refused before the body is read)"),
+    ("header_read_timeout_secs", "10", "a connection that has not sent a complete request head this long after it opened (or, kept alive, after its last answer) is closed"),
     ("serve_threads", "0", "threads serving HTTP, each with its own event loop and upstream connections; 0 = one per CPU core (at most 1024)"),
     ("shutdown_grace_secs", "30", "how long SIGTERM waits for in-flight requests to finish"),
     ("usage_flush_ms", "1000", "how often metered usage (monthly quotas) is written to the database"),
     ("gateway_connect_timeout_secs", "10", "gateway: time to connect to a provider"),
     ("gateway_first_byte_timeout_secs", "60", "gateway: time for a provider to start answering (504 upstream_timeout after it)"),
     ("gateway_idle_timeout_secs", "120", "gateway: a streamed answer with no byte for this long ends"),
-    ("gateway_max_body_bytes", "10485760", "gateway: largest request body (413 above it)"),
+    ("gateway_max_body_bytes", "10485760", "gateway: largest request body (413 above it; a larger declared Content-Length is refused before the body is read)"),
     ("bootstrap_admin", "true", "create a platform admin (and print its password once) when the database has no users"),
     ("rate_limits.gateway_key_per_minute", "60", "requests per minute per API key on the gateway routes (a key's rate_limit.requests_per_minute wins)"),
     ("rate_limits.api_key_per_minute", "100", "requests per minute per API key on platform routes (a key's rate_limit.requests_per_minute wins)"),
@@ -72,6 +73,7 @@ pub struct Config {
     pub log_level: String,
     pub request_timeout_secs: u64,
     pub max_body_bytes: usize,
+    pub header_read_timeout_secs: u64,
     pub serve_threads: usize,
     pub shutdown_grace_secs: u64,
     pub usage_flush_ms: u64,
@@ -142,6 +144,7 @@ impl Default for Config {
             log_level: "info".into(),
             request_timeout_secs: 30,
             max_body_bytes: 1024 * 1024,
+            header_read_timeout_secs: 10,
             serve_threads: 0,
             shutdown_grace_secs: 30,
             usage_flush_ms: 1000,
@@ -197,9 +200,11 @@ impl Config {
         if self.request_timeout_secs == 0
             || self.max_body_bytes == 0
             || self.webhook_timeout_secs == 0
+            || self.header_read_timeout_secs == 0
         {
             anyhow::bail!(
-                "request_timeout_secs, max_body_bytes and webhook_timeout_secs must be positive"
+                "request_timeout_secs, max_body_bytes, webhook_timeout_secs and \
+                 header_read_timeout_secs must be positive"
             );
         }
         if self.rate_limits.login_window_secs == 0 {

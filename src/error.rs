@@ -192,9 +192,56 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Api { code, .. } => *code,
-            Error::Database(sqlx::Error::PoolTimedOut) => ErrorCode::ServiceUnavailable,
+            _ if self.database_unavailable() => ErrorCode::ServiceUnavailable,
             _ => ErrorCode::InternalError,
         }
+    }
+
+    /// True when the database could not be reached or used at all (an outage, not a bug): the
+    /// answer is 503 `service_unavailable` with `Retry-After`.
+    pub fn database_unavailable(&self) -> bool {
+        match self {
+            Error::Database(e) => database_unavailable(e),
+            Error::Internal(e) => e
+                .downcast_ref::<sqlx::Error>()
+                .is_some_and(database_unavailable),
+            Error::Api { .. } => false,
+        }
+    }
+}
+
+/// Seconds a client is asked to wait (`Retry-After`) when the database is unavailable.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+
+/// Whether a database error means "the database is unavailable" rather than "this statement is
+/// wrong": the pool timed out or is closed, the connection failed (I/O, TLS, refused, reset), the
+/// server is shutting down, refuses connections or lost the database (PostgreSQL SQLSTATE class
+/// 08, 57P01–57P03, 53300, 3D000), or the SQLite file is locked, busy or unreadable
+/// (`SQLITE_BUSY`, `SQLITE_LOCKED`, `SQLITE_IOERR`, `SQLITE_CANTOPEN`).
+pub fn database_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let Some(code) = db.code() else {
+                return false;
+            };
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // Extended result codes: the primary code is the low byte.
+                code.parse::<i32>()
+                    .is_ok_and(|n| matches!(n & 0xff, 5 | 6 | 10 | 14))
+            } else {
+                code.starts_with("08")
+                    || matches!(
+                        code.as_ref(),
+                        "57P01" | "57P02" | "57P03" | "53300" | "3D000"
+                    )
+            }
+        }
+        _ => false,
     }
 }
 
@@ -232,9 +279,13 @@ impl IntoResponse for Error {
                 retry_after,
                 ..
             } => (message, details, retry_after),
-            Error::Database(sqlx::Error::PoolTimedOut) => {
-                tracing::error!("database pool timed out");
-                (Cow::Borrowed("The database is not reachable"), None, None)
+            other if other.database_unavailable() => {
+                tracing::error!(error = %other, "database unavailable");
+                (
+                    Cow::Borrowed("The database is unavailable; try again shortly"),
+                    None,
+                    Some(DATABASE_RETRY_AFTER_SECS),
+                )
             }
             other => {
                 // Logged inside the request span (which carries the request id); the client

@@ -306,6 +306,13 @@ async fn write(
                 if r.id.is_empty() {
                     r.id = crate::ids::new_id("log");
                 }
+                // Text from the client or the provider (a model's name) may hold NUL, which no
+                // store keeps in text (PostgreSQL refuses the whole batch): U+FFFD instead.
+                for text in [&mut r.model, &mut r.path] {
+                    if text.contains('\0') {
+                        *text = text.replace('\0', "\u{FFFD}");
+                    }
+                }
                 Stored {
                     created_at: storage::format_time(r.at.unwrap_or_else(chrono::Utc::now)),
                     cost_usd: prices.cost(&r.model, r.prompt_tokens, r.completion_tokens),

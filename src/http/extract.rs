@@ -57,7 +57,59 @@ pub fn body_rejection(rejection: BytesRejection) -> Error {
 }
 
 /// Parses JSON, naming the field at fault (`settings.timezone`, `scopes[2]`) in `details`.
+/// A NUL character (`\u0000`) in any string or key is refused, naming where it is: no store
+/// keeps it in text (PostgreSQL refuses it outright).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    let value = parse_json_value(bytes)?;
+    // A NUL can only be written `\u0000` in JSON text; the field is looked for only then (the
+    // six bytes may also be an escaped backslash followed by `u0000`).
+    if memchr::memmem::find(bytes, br"\u0000").is_some() {
+        if let Some(field) = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| nul_field(&v, String::new()))
+        {
+            return Err(Error::invalid_field(
+                field,
+                "must not contain a NUL character (\\u0000)",
+            ));
+        }
+    }
+    Ok(value)
+}
+
+/// The path (`settings.name`, `scopes[2]`, `body` for the document itself) of the first string or
+/// key holding a NUL character.
+fn nul_field(v: &serde_json::Value, path: String) -> Option<String> {
+    use serde_json::Value;
+    let here = || {
+        if path.is_empty() {
+            "body".to_string()
+        } else {
+            path.clone()
+        }
+    };
+    match v {
+        Value::String(s) => s.contains('\0').then(here),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| nul_field(item, format!("{}[{i}]", path))),
+        Value::Object(map) => map.iter().find_map(|(k, item)| {
+            let field = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if k.contains('\0') {
+                return Some(field.replace('\0', "\\u0000"));
+            }
+            nul_field(item, field)
+        }),
+        _ => None,
+    }
+}
+
+fn parse_json_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(Error::bad_request(
             "The request body is empty; expected a JSON object",
@@ -196,6 +248,19 @@ mod tests {
         assert_eq!(code, ErrorCode::InvalidRequest);
         let (code, _) = details(parse_json::<Input>(b"  ").unwrap_err());
         assert_eq!(code, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field() {
+        let (code, d) = details(parse_json::<Input>(br#"{"name":"a\u0000b"}"#).unwrap_err());
+        assert_eq!(code, ErrorCode::InvalidRequest);
+        assert_eq!(d[0]["field"], "name");
+        let (_, d) =
+            details(parse_json::<serde_json::Value>(br#"{"a":{"b":["x","\u0000"]}}"#).unwrap_err());
+        assert_eq!(d[0]["field"], "a.b[1]");
+        // An escaped backslash followed by `u0000` is no NUL.
+        let ok: Input = parse_json(br#"{"name":"a\\u0000"}"#).unwrap();
+        assert_eq!(ok.name, "a\\u0000");
     }
 
     #[test]

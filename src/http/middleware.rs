@@ -109,7 +109,14 @@ impl App {
             path = %uri.path(),
         );
         let state = self.state.clone();
-        let mut res = AssertUnwindSafe(self.route(req))
+        let refused = refuse_early(&state, &req);
+        let routed = async move {
+            match refused {
+                Some(e) => e.into_response(),
+                None => self.route(req).await,
+            }
+        };
+        let mut res = AssertUnwindSafe(routed)
             .catch_unwind()
             .instrument(span.clone())
             .await
@@ -177,6 +184,66 @@ impl App {
     }
 }
 
+/// What the edge refuses before anything else runs (no credentials checked, no body read):
+/// - a declared `Content-Length` over the route's limit (`gateway_max_body_bytes` on the
+///   gateway's routes, `max_body_bytes` elsewhere): 413 at once, and the connection closes
+///   (the serving loop adds `Connection: close` to an answer that leaves body unread);
+/// - a NUL character (`%00`) in the path or a query parameter: 400 naming the parameter (no
+///   store accepts NUL in text, PostgreSQL refuses it outright).
+///
+/// The gateway's hot path pays one header lookup and a scan of the path (no allocation).
+fn refuse_early(state: &AppState, req: &Request) -> Option<crate::error::Error> {
+    use crate::error::Error;
+    let path = req.uri().path();
+    if let Some(declared) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let limit = if crate::limits::middleware::is_gateway_path(path) {
+            state.config.gateway_max_body_bytes
+        } else {
+            state.config.max_body_bytes
+        };
+        if declared > limit as u64 {
+            return Some(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!("The request body is larger than this route accepts ({limit} bytes)"),
+            ));
+        }
+    }
+    const NUL: &[u8] = b"%00";
+    if memchr::memmem::find(path.as_bytes(), NUL).is_some() {
+        return Some(Error::invalid_field(
+            "path",
+            "must not contain a NUL character (%00)",
+        ));
+    }
+    if let Some(query) = req.uri().query() {
+        if memchr::memmem::find(query.as_bytes(), NUL).is_some() {
+            let field = url::form_urlencoded::parse(query.as_bytes())
+                .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+                .map(|(k, _)| {
+                    if k.contains('\0') {
+                        "query".to_string()
+                    } else {
+                        k.into_owned()
+                    }
+                });
+            if let Some(field) = field {
+                return Some(Error::invalid_field(
+                    field,
+                    "must not contain a NUL character (%00)",
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// A method as a metric label: the standard ones by name, any other (clients may invent
+/// methods, each of which would otherwise become a new series) as `other`.
 fn method_label(m: &Method) -> Cow<'static, str> {
     Cow::Borrowed(match *m {
         Method::GET => "GET",
@@ -186,7 +253,9 @@ fn method_label(m: &Method) -> Cow<'static, str> {
         Method::DELETE => "DELETE",
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
-        _ => return Cow::Owned(m.as_str().to_string()),
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
     })
 }
 

@@ -10,6 +10,18 @@
 //! Background work (webhook deliveries, the usage-log writer, flushers) stays on the main
 //! runtime. `serve_threads` (default: one per CPU core) sets the number of serving threads.
 //!
+//! Protections of the connection layer (docs/security.md):
+//! - a connection must send a complete request head within `header_read_timeout_secs` (its
+//!   first one, HTTP/1 or HTTP/2, from the moment it is accepted; each later HTTP/1 one from
+//!   the end of the previous answer, so an idle kept-alive connection is closed after as long),
+//!   else it is closed;
+//! - an answer given without reading the whole request body (an early 401, 404, 413) carries
+//!   `Connection: close`, and the unread rest of the body is read and discarded for a moment
+//!   before the socket closes (a lingering close: closing with unread input would reset the
+//!   connection, and the client could lose the answer);
+//! - the bare answers hyper writes itself for a request it cannot parse (400, 414 URI too long,
+//!   431 headers too large) are rewritten into the SPEC's JSON error envelope ([`Counted`]).
+//!
 //! A serving thread's runtime outlives the server: connections it opened for the whole process
 //! (to PostgreSQL or Redis, pooled and shared) must keep working while the process shuts down
 //! after the last request; it idles until the process exits.
@@ -20,13 +32,15 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -208,18 +222,41 @@ async fn serve_on_this_thread(
     // hyper directly, HTTP/1.1 and HTTP/2 (prior knowledge) detected per connection, without
     // upgrades (nothing here upgrades a connection; each upgradeable request costs one more
     // allocation) and without the tower adapters of `axum::serve`.
-    let builder =
+    let header_timeout = Duration::from_secs(app.state().config.header_read_timeout_secs.max(1));
+    let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         tokio::select! {
             (io, peer) = listener.accept() => {
                 let app = app.clone();
+                let state = io.state.clone();
+                let first = io.state.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
+                    state.requested.store(true, Ordering::Relaxed);
+                    // An HTTP/1 request with a body: whether the answer leaves some of it unread.
+                    let tracked = req.version() <= hyper::Version::HTTP_11
+                        && !req.body().is_end_stream();
+                    let mut req = if tracked {
+                        state.body_done.store(false, Ordering::Relaxed);
+                        let state = state.clone();
+                        req.map(|inner| axum::body::Body::new(Tracked { inner, state }))
+                    } else {
+                        req.map(axum::body::Body::new)
+                    };
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
-                    futures_util::FutureExt::map(app.clone().handle(req), Ok::<_, std::convert::Infallible>)
+                    let state = state.clone();
+                    futures_util::FutureExt::map(app.clone().handle(req), move |mut res| {
+                        if tracked && !state.body_done.load(Ordering::Relaxed) {
+                            close_after(&mut res, &state);
+                        }
+                        Ok::<_, std::convert::Infallible>(res)
+                    })
                 });
                 let connection = builder
                     .serve_connection(hyper_util::rt::TokioIo::new(io), service)
@@ -227,7 +264,16 @@ async fn serve_on_this_thread(
                 let connection = graceful.watch(connection);
                 // (How a connection ends is the client's business: errors are not logged.)
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    let mut connection = std::pin::pin!(connection);
+                    // hyper's header timeout starts once it knows the protocol and applies to
+                    // HTTP/1 only: this one bounds the time to the first request of both.
+                    tokio::select! {
+                        _ = connection.as_mut() => return,
+                        () = tokio::time::sleep(header_timeout) => {}
+                    }
+                    if first.requested.load(Ordering::Relaxed) {
+                        let _ = connection.await;
+                    }
                 });
             }
             _ = stop.wait_for(|s| *s != Stop::Running) => break,
@@ -259,7 +305,7 @@ impl Handed {
             match TcpStream::from_std(std) {
                 Ok(tcp) => {
                     let open = self.open.clone();
-                    return (Counted { tcp, open }, peer);
+                    return (Counted::new(tcp, open), peer);
                 }
                 Err(e) => {
                     self.open.fetch_sub(1, Ordering::Relaxed);
@@ -270,21 +316,199 @@ impl Handed {
     }
 }
 
+/// What a connection's requests tell its socket (one per connection, shared by its requests).
+#[derive(Default)]
+struct ConnState {
+    /// A request head has arrived (the first-request deadline no longer applies).
+    requested: AtomicBool,
+    /// The current HTTP/1 request's body was read to its end (HTTP/1 requests on a connection
+    /// come one after the other).
+    body_done: AtomicBool,
+    /// An answer left request body unread: read and discard it before closing.
+    linger: AtomicBool,
+}
+
+/// Marks an answer that leaves request body unread: the connection closes after it, and says so.
+fn close_after(res: &mut axum::response::Response, state: &ConnState) {
+    res.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    state.linger.store(true, Ordering::Relaxed);
+}
+
+/// An HTTP/1 request body that notes when it has been read to its end.
+struct Tracked {
+    inner: hyper::body::Incoming,
+    state: Arc<ConnState>,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.state.body_done.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long, and how much, a lingering close reads before it closes anyway.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
 /// A connection that counts itself open until dropped (the acceptor balances by the count).
+///
+/// It also rewrites hyper's own error answers: for a request it cannot parse, hyper writes a
+/// bare `400`, `414` or `431` head (no body) and closes. Every answer of the application carries
+/// `x-request-id` (the edge sets it), so an HTTP/1.1 4xx head without one is hyper's; it is
+/// replaced by the same status with the SPEC's error envelope. The test is on the first bytes
+/// of a write (one comparison for every other answer).
 struct Counted {
-    tcp: TcpStream,
+    tcp: std::mem::ManuallyDrop<TcpStream>,
     open: Arc<AtomicUsize>,
+    state: Arc<ConnState>,
+    /// Bytes written in place of hyper's own error answer, from `.1` on, not yet sent.
+    replacement: Option<(Vec<u8>, usize)>,
+}
+
+impl Counted {
+    fn new(tcp: TcpStream, open: Arc<AtomicUsize>) -> Counted {
+        Counted {
+            tcp: std::mem::ManuallyDrop::new(tcp),
+            open,
+            state: Arc::new(ConnState::default()),
+            replacement: None,
+        }
+    }
+
+    /// Sends what is left of a replacement answer.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, sent)) = &mut self.replacement {
+            let n = std::task::ready!(Pin::new(&mut *self.tcp).poll_write(cx, &bytes[*sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *sent += n;
+            if *sent == bytes.len() {
+                self.replacement = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `head` (a whole write) in place of hyper's own error answer, if it is one.
+    fn replace(&mut self, cx: &mut Context<'_>, head: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        let bytes = own_error_answer(head)?;
+        self.replacement = Some((bytes, 0));
+        Some(match self.poll_replacement(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            // Taken whole; the rest is sent by the next write, flush or shutdown.
+            _ => Poll::Ready(Ok(head.len())),
+        })
+    }
+}
+
+/// The SPEC's envelope in place of hyper's bare answer to an unparsable request (`head`: one
+/// whole write starting with `HTTP/1.1 4`), or `None` when `head` is not one.
+fn own_error_answer(head: &[u8]) -> Option<Vec<u8>> {
+    const PREFIX: &[u8] = b"HTTP/1.1 4";
+    if !head.starts_with(PREFIX) || head.len() > 1024 || !head.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let text = std::str::from_utf8(head).ok()?;
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("\r\nx-request-id:") || !lower.contains("\r\ncontent-length: 0\r\n") {
+        return None;
+    }
+    let status = axum::http::StatusCode::from_bytes(head.get(9..12)?).ok()?;
+    let message = match status.as_u16() {
+        400 => "The request could not be parsed (malformed request line or headers)",
+        414 => "The request URI is too long",
+        431 => "The request's header fields are too large or too many",
+        _ => status
+            .canonical_reason()
+            .unwrap_or("The request was refused"),
+    };
+    let request_id = crate::ids::new_id("req");
+    let report = crate::error::ErrorReport {
+        code: crate::error::ErrorCode::from_status(status),
+        message: message.into(),
+        details: None,
+    };
+    let body = serde_json::to_vec(&report.envelope(status, &request_id)).ok()?;
+    let mut out = Vec::with_capacity(head.len() + body.len() + 128);
+    for line in text.trim_end().split("\r\n") {
+        let name = line.split(':').next().unwrap_or_default();
+        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nx-request-id: {request_id}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    Some(out)
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: taken once, here; `self.tcp` is not used again.
+        let mut tcp = unsafe { std::mem::ManuallyDrop::take(&mut self.tcp) };
+        if let Some((bytes, sent)) = self.replacement.take() {
+            // What the socket did not take before hyper let go of the connection (small).
+            let _ = tcp.try_write(&bytes[sent..]);
+        }
+        if !self.state.linger.load(Ordering::Relaxed) {
+            return;
+        }
+        // A lingering close: our answer is sent (and the write side shut); reading what the
+        // client still sends keeps the kernel from answering it with a reset, which could
+        // destroy the answer before the client reads it.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 8192];
+            let mut read = 0;
+            let drain = async {
+                while read < LINGER_BYTES {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(LINGER, drain).await;
+        });
     }
 }
 
 impl Counted {
     fn tcp(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
-        Pin::new(&mut self.get_mut().tcp)
+        Pin::new(&mut *self.get_mut().tcp)
     }
 }
 
@@ -300,7 +524,16 @@ impl AsyncRead for Counted {
 
 impl AsyncWrite for Counted {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        self.tcp().poll_write(cx, b)
+        let this = self.get_mut();
+        if this.replacement.is_some() {
+            std::task::ready!(this.poll_replacement(cx))?;
+        }
+        if b.starts_with(b"HTTP/1.1 4") {
+            if let Some(done) = this.replace(cx, b) {
+                return done;
+            }
+        }
+        Pin::new(&mut *this.tcp).poll_write(cx, b)
     }
 
     fn poll_write_vectored(
@@ -308,7 +541,19 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.tcp().poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.replacement.is_some() {
+            std::task::ready!(this.poll_replacement(cx))?;
+        }
+        // hyper queues a head as a buffer of its own.
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if first.starts_with(b"HTTP/1.1 4") {
+                if let Some(done) = this.replace(cx, first) {
+                    return done;
+                }
+            }
+        }
+        Pin::new(&mut *this.tcp).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -316,10 +561,14 @@ impl AsyncWrite for Counted {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tcp().poll_flush(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_replacement(cx))?;
+        Pin::new(&mut *this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tcp().poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_replacement(cx))?;
+        Pin::new(&mut *this.tcp).poll_shutdown(cx)
     }
 }
