@@ -1,6 +1,7 @@
 //! Single-use secrets sent to or held by a user: 6-digit codes (email verification and
 //! passwordless login: keyed hash, 10 minutes, 5 attempts, single use), password-reset tokens
 //! (SHA-256, 1 hour, single use) and MFA login challenges (SHA-256, 5 minutes, 5 attempts).
+//! Attempts are counted before a code is compared, in one conditional statement.
 
 use sqlx::Row;
 
@@ -72,8 +73,10 @@ pub async fn issue_code(
     Ok(code)
 }
 
-/// Spends the user's live code of this purpose if `code` matches. Every miss counts against
-/// the code's attempts; after the fifth, the code is dead.
+/// Spends the user's live code of this purpose if `code` matches. An attempt is claimed before
+/// the code is compared (one conditional UPDATE: however many requests race, at most
+/// [`MAX_ATTEMPTS`] are ever compared), and the code dies after the fifth. An unknown user
+/// (`None`) runs the same statement, which matches nothing, so it answers after the same work.
 pub async fn consume_code(
     state: &AppState,
     user_id: Option<&str>,
@@ -81,43 +84,36 @@ pub async fn consume_code(
     code: &str,
 ) -> Result<(), Error> {
     let invalid = || Error::unauthorized("The code is invalid or expired");
-    // Unknown users cost the same digest as known ones.
     let presented = crypto::keyed_digest(&code_key(state), code.trim());
-    let Some(user_id) = user_id else {
-        return Err(invalid());
-    };
     let now = storage::now();
     let row = sqlx::query(
-        "SELECT id, code_hash, attempts FROM one_time_codes \
-         WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3 \
-         ORDER BY id DESC LIMIT 1",
+        "UPDATE one_time_codes SET attempts = attempts + 1 \
+         WHERE id = (SELECT id FROM one_time_codes \
+                     WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > $3 \
+                     ORDER BY id DESC LIMIT 1) \
+           AND used_at IS NULL AND attempts < $4 \
+         RETURNING id, code_hash",
     )
-    .bind(user_id)
+    .bind(user_id.unwrap_or(""))
     .bind(purpose.as_str())
     .bind(&now)
+    .bind(MAX_ATTEMPTS)
     .fetch_optional(state.db.pool())
-    .await?
-    .ok_or_else(invalid)?;
-    let id: String = row.try_get("id")?;
-    if row.try_get::<i64, _>("attempts")? >= MAX_ATTEMPTS {
+    .await?;
+    let Some(row) = row else {
         return Err(invalid());
-    }
+    };
+    let id: String = row.try_get("id")?;
     let stored: String = row.try_get("code_hash")?;
     if !crypto::constant_time_eq(stored.as_bytes(), presented.as_bytes()) {
-        sqlx::query("UPDATE one_time_codes SET attempts = attempts + 1 WHERE id = $1")
+        return Err(invalid());
+    }
+    let spent =
+        sqlx::query("UPDATE one_time_codes SET used_at = $1 WHERE id = $2 AND used_at IS NULL")
+            .bind(&now)
             .bind(&id)
             .execute(state.db.pool())
             .await?;
-        return Err(invalid());
-    }
-    let spent = sqlx::query(
-        "UPDATE one_time_codes SET used_at = $1 WHERE id = $2 AND used_at IS NULL AND attempts < $3",
-    )
-    .bind(&now)
-    .bind(&id)
-    .bind(MAX_ATTEMPTS)
-    .execute(state.db.pool())
-    .await?;
     if spent.rows_affected() == 1 {
         Ok(())
     } else {
@@ -208,34 +204,32 @@ pub async fn issue_mfa_challenge(
     Ok(token)
 }
 
-/// The user an MFA challenge belongs to, if it is live.
-pub async fn mfa_challenge_user(db: &Db, token: &str) -> Result<String, Error> {
+/// Claims one attempt on a live MFA challenge and returns its user. One conditional UPDATE
+/// counts the attempt before any code is checked, so however many requests race on one
+/// `mfa_token`, at most [`MAX_ATTEMPTS`] of them ever get to check a code.
+pub async fn claim_mfa_attempt(db: &Db, token: &str) -> Result<String, Error> {
     let row = sqlx::query(
-        "SELECT user_id, attempts FROM mfa_challenges \
-         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
+        "UPDATE mfa_challenges SET attempts = attempts + 1 \
+         WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 AND attempts < $3 \
+         RETURNING user_id",
     )
     .bind(crypto::sha256_hex(token.trim().as_bytes()))
     .bind(storage::now())
+    .bind(MAX_ATTEMPTS)
     .fetch_optional(db.pool())
     .await?
-    .filter(|r| r.try_get::<i64, _>("attempts").unwrap_or(MAX_ATTEMPTS) < MAX_ATTEMPTS)
     .ok_or_else(|| Error::unauthorized("The MFA token is invalid or expired"))?;
     Ok(row.try_get("user_id")?)
 }
 
-/// Records the outcome of a second-factor attempt on a challenge. A success spends the
-/// challenge; returns false if another request spent it first.
-pub async fn finish_mfa_attempt(db: &Db, token: &str, success: bool) -> Result<bool, Error> {
-    let hash = crypto::sha256_hex(token.trim().as_bytes());
-    let sql = if success {
-        "UPDATE mfa_challenges SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL"
-    } else {
-        "UPDATE mfa_challenges SET attempts = attempts + 1 WHERE token_hash = $2 AND $1 <> ''"
-    };
-    let done = sqlx::query(sql)
-        .bind(storage::now())
-        .bind(&hash)
-        .execute(db.pool())
-        .await?;
+/// Spends a challenge whose code was right; false if another request spent it first.
+pub async fn spend_mfa_challenge(db: &Db, token: &str) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE mfa_challenges SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
+    )
+    .bind(storage::now())
+    .bind(crypto::sha256_hex(token.trim().as_bytes()))
+    .execute(db.pool())
+    .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -1,5 +1,12 @@
 //! TOTP (RFC 6238: SHA-1, 6 digits, 30 s) with replay protection, and 10 single-use recovery
 //! codes stored as keyed hashes. The TOTP secret is stored encrypted with the master key.
+//!
+//! Every check of a signed-in user's second factor (enabling, disabling) is limited:
+//! [`MAX_WRONG_CODES`] wrong codes per [`LOCK_MINUTES`]-minute window, then 429 until the window
+//! ends. Each check is claimed before the code is evaluated, by one conditional UPDATE, so
+//! parallel guesses cannot pass the limit; a right code clears the count. The MFA step of a
+//! login is limited the same way per challenge (5 attempts per `mfa_token`, see `codes`), and
+//! challenges come only from a throttled first factor.
 
 use sqlx::Row;
 use totp_rs::{Algorithm, Secret, TOTP};
@@ -7,11 +14,15 @@ use totp_rs::{Algorithm, Secret, TOTP};
 use crate::{
     app::AppState,
     crypto,
-    error::Error,
+    error::{Error, ErrorCode},
     storage::{self, RowExt},
 };
 
 pub const RECOVERY_CODES: usize = 10;
+/// Wrong second-factor codes a user may send per window.
+pub const MAX_WRONG_CODES: i64 = 5;
+/// The window of [`MAX_WRONG_CODES`], from its first check.
+pub const LOCK_MINUTES: i64 = 15;
 const ISSUER: &str = "Gatehouse";
 
 fn totp(secret: Vec<u8>, account: &str) -> Result<TOTP, Error> {
@@ -74,7 +85,7 @@ pub async fn enrol(state: &AppState, user_id: &str, email: &str) -> Result<Enrol
 
 /// Checks a TOTP code against the user's secret (one step of clock skew either way), refusing
 /// a code whose step was already used. `require_enabled` distinguishes login from enrolment.
-pub async fn check_totp(
+async fn check_totp(
     state: &AppState,
     user_id: &str,
     code: &str,
@@ -123,8 +134,76 @@ pub async fn check_totp(
     Ok(false)
 }
 
+/// Claims one second-factor check for the user, or refuses with 429 when the window's
+/// [`MAX_WRONG_CODES`] are used up. The claim is counted before the code is evaluated: a
+/// conditional `UPDATE … WHERE attempts < MAX` and its row count, on both backends.
+async fn claim_check(state: &AppState, user_id: &str) -> Result<(), Error> {
+    let db = state.db.pool();
+    let now = chrono::Utc::now();
+    let now_s = storage::format_time(now);
+    let window_start = storage::format_time(now - chrono::Duration::minutes(LOCK_MINUTES));
+    sqlx::query(
+        "INSERT INTO mfa_attempts (user_id, window_started_at, attempts) VALUES ($1, $2, 0) \
+         ON CONFLICT (user_id) DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(&now_s)
+    .execute(db)
+    .await?;
+    // A window that has ended starts again (only one request can restart it: the next sees a
+    // fresh start time).
+    sqlx::query(
+        "UPDATE mfa_attempts SET window_started_at = $1, attempts = 0 \
+         WHERE user_id = $2 AND window_started_at <= $3",
+    )
+    .bind(&now_s)
+    .bind(user_id)
+    .bind(&window_start)
+    .execute(db)
+    .await?;
+    let claimed = sqlx::query(
+        "UPDATE mfa_attempts SET attempts = attempts + 1 WHERE user_id = $1 AND attempts < $2",
+    )
+    .bind(user_id)
+    .bind(MAX_WRONG_CODES)
+    .execute(db)
+    .await?;
+    if claimed.rows_affected() == 1 {
+        return Ok(());
+    }
+    let started: Option<String> =
+        sqlx::query_scalar("SELECT window_started_at FROM mfa_attempts WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(db)
+            .await?;
+    let retry_after = started
+        .as_deref()
+        .and_then(storage::parse_time)
+        .map(|t| (t + chrono::Duration::minutes(LOCK_MINUTES) - now).num_seconds())
+        .unwrap_or(LOCK_MINUTES * 60)
+        .max(1);
+    Err(Error::new(
+        ErrorCode::RateLimitExceeded,
+        format!(
+            "Too many wrong codes: second-factor checks for this account are locked for up to \
+             {LOCK_MINUTES} minutes"
+        ),
+    )
+    .with_retry_after(retry_after as u64))
+}
+
+/// A right code clears the user's count of wrong ones.
+async fn clear_checks(state: &AppState, user_id: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE mfa_attempts SET attempts = 0 WHERE user_id = $1")
+        .bind(user_id)
+        .execute(state.db.pool())
+        .await?;
+    Ok(())
+}
+
 /// Enables TOTP after a first valid code; returns the recovery codes (shown once).
 pub async fn activate(state: &AppState, user_id: &str, code: &str) -> Result<Vec<String>, Error> {
+    claim_check(state, user_id).await?;
     if !check_totp(state, user_id, code, false).await? {
         return Err(Error::invalid_field(
             "code",
@@ -162,11 +241,12 @@ pub async fn activate(state: &AppState, user_id: &str, code: &str) -> Result<Vec
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    clear_checks(state, user_id).await?;
     Ok(codes)
 }
 
 /// Spends a recovery code if it is one of the user's unused codes.
-pub async fn use_recovery_code(state: &AppState, user_id: &str, code: &str) -> Result<bool, Error> {
+async fn use_recovery_code(state: &AppState, user_id: &str, code: &str) -> Result<bool, Error> {
     let digest = crypto::keyed_digest(&recovery_key(state), &code.trim().to_lowercase());
     let done = sqlx::query(
         "UPDATE mfa_recovery_codes SET used_at = $1 WHERE code_hash = $2 AND user_id = $3 AND used_at IS NULL",
@@ -179,19 +259,34 @@ pub async fn use_recovery_code(state: &AppState, user_id: &str, code: &str) -> R
     Ok(done.rows_affected() == 1)
 }
 
-/// A TOTP code or a recovery code.
+/// A TOTP code or a recovery code of a signed-in user, under the user's wrong-code limit (429
+/// once it is reached).
 pub async fn check_second_factor(
     state: &AppState,
     user_id: &str,
     code: &str,
 ) -> Result<bool, Error> {
-    if check_totp(state, user_id, code, true).await? {
-        return Ok(true);
+    claim_check(state, user_id).await?;
+    let ok = totp_or_recovery(state, user_id, code).await?;
+    if ok {
+        clear_checks(state, user_id).await?;
     }
-    if code.trim().len() == 11 {
-        return use_recovery_code(state, user_id, code).await;
-    }
-    Ok(false)
+    Ok(ok)
+}
+
+/// The MFA step of a login: the caller has claimed an attempt on the login's challenge
+/// ([`crate::auth::codes::claim_mfa_attempt`], at most 5 per challenge), which is its limit.
+pub async fn check_login_second_factor(
+    state: &AppState,
+    user_id: &str,
+    code: &str,
+) -> Result<bool, Error> {
+    totp_or_recovery(state, user_id, code).await
+}
+
+async fn totp_or_recovery(state: &AppState, user_id: &str, code: &str) -> Result<bool, Error> {
+    Ok(check_totp(state, user_id, code, true).await?
+        || (code.trim().len() == 11 && use_recovery_code(state, user_id, code).await?))
 }
 
 /// Turns MFA off (after a valid code) and forgets the secret and recovery codes.

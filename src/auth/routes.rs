@@ -152,7 +152,7 @@ async fn register(
     // An invitation is checked before the account exists, so a bad token creates nothing.
     if let Some(token) = &body.invitation_token {
         let (_, _, invited, _) = crate::orgs::members::find_invitation(&state.db, token).await?;
-        if !invited.eq_ignore_ascii_case(body.email.trim()) {
+        if users::fold_email(&invited) != users::fold_email(&body.email) {
             return Err(Error::invalid_field(
                 "invitation_token",
                 "was sent to another email address",
@@ -179,7 +179,7 @@ async fn register(
                 (&meta).into(),
             );
             Some(
-                crate::orgs::members::accept(&state.db, &ctx, token, &user.id.0, &user.email)
+                crate::orgs::members::accept(&state.db, &ctx, token, &user.id.0, &user.email, None)
                     .await?,
             )
         }
@@ -193,7 +193,7 @@ async fn register(
                 to: user.email.clone(),
                 subject: "Verify your email address".into(),
                 body: format!(
-                    "Your Gatehouse verification code is {code}.\nIt expires in {} minutes.\n",
+                    "Your Gatehouse verification code is {code}.\nIt expires in {} minutes. If you did not create this account, ignore this email.\n",
                     codes::CODE_TTL_MINUTES
                 ),
             },
@@ -217,13 +217,14 @@ struct EmailCode {
 }
 
 /// The account a valid emailed code belongs to (the code is spent); an unknown email gets the
-/// same answer as a wrong code.
+/// same answer as a wrong code, after the same statements.
 async fn spend_code(
     state: &AppState,
     body: &EmailCode,
     purpose: Purpose,
 ) -> Result<users::Credentials, Error> {
-    let user = users::credentials_by_email(&state.db, &body.email).await?;
+    let email = users::normalize_email(&body.email)?;
+    let user = users::credentials_by_email(&state.db, &email).await?;
     codes::consume_code(
         state,
         user.as_ref().map(|u| u.id.as_str()),
@@ -273,13 +274,12 @@ async fn login(
             Ok(axum::Json(sessions::refresh(&state, token).await?).into_response())
         }
         "password" => {
-            let email = required(&body.email, "email", &mut errors)
-                .trim()
-                .to_lowercase();
+            let email = required(&body.email, "email", &mut errors).to_string();
             let password = required(&body.password, "password", &mut errors);
             if !errors.is_empty() {
                 return Err(Error::invalid(errors));
             }
+            let email = users::normalize_email(&email)?;
             throttle(
                 &state,
                 format!("login:{}:{email}", meta.ip_string()),
@@ -321,6 +321,17 @@ async fn password_login(
     if account.status != "active" {
         return Err(Error::forbidden("This account is suspended"));
     }
+    first_factor_passed(state, meta, &account, "password").await
+}
+
+/// The end of every login route's first factor (password, emailed code): with MFA on, the
+/// answer is `{mfa_required, mfa_token}` and only `/v1/auth/mfa/verify` starts the session.
+async fn first_factor_passed(
+    state: &AppState,
+    meta: &RequestMeta,
+    account: &users::Credentials,
+    method: &str,
+) -> Result<axum::response::Response, Error> {
     if account.mfa_enabled {
         let mfa_token =
             codes::issue_mfa_challenge(&state.db, &account.id, &meta.user_agent, &meta.ip_string())
@@ -334,7 +345,7 @@ async fn password_login(
         meta,
         Some(&account.id),
         "user.login_succeeded",
-        json!({"method": "password"}),
+        json!({ "method": method }),
     )
     .await;
     Ok(axum::Json(sessions::start(state, &account.id, meta).await?).into_response())
@@ -352,13 +363,13 @@ async fn mfa_verify(
     meta: RequestMeta,
     Json(body): Json<MfaVerify>,
 ) -> Result<impl IntoResponse, Error> {
-    let user_id = codes::mfa_challenge_user(&state.db, &body.mfa_token).await?;
-    let ok = mfa::check_second_factor(&state, &user_id, &body.code).await?;
-    if !ok {
-        codes::finish_mfa_attempt(&state.db, &body.mfa_token, false).await?;
+    // The attempt is counted on the challenge before the code is checked: at most 5 per
+    // token, however many requests race.
+    let user_id = codes::claim_mfa_attempt(&state.db, &body.mfa_token).await?;
+    if !mfa::check_login_second_factor(&state, &user_id, &body.code).await? {
         return Err(Error::unauthorized("The code is invalid"));
     }
-    if !codes::finish_mfa_attempt(&state.db, &body.mfa_token, true).await? {
+    if !codes::spend_mfa_challenge(&state.db, &body.mfa_token).await? {
         return Err(Error::unauthorized("The MFA token is invalid or expired"));
     }
     Ok(axum::Json(sessions::start(&state, &user_id, &meta).await?))
@@ -370,6 +381,22 @@ struct EmailOnly {
     email: String,
 }
 
+/// Runs the per-account part of an unauthenticated "mail me a secret" request off the request
+/// path. The answer leaves before the account is even looked up, so a known and an unknown
+/// address cost the request the same work (normalising, the per-address throttle, this spawn)
+/// and are answered alike; what only a known address costs (the secret's write, the mail)
+/// happens here, after the answer.
+fn after_the_answer<F>(what: &'static str, work: F)
+where
+    F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = work.await {
+            tracing::error!(what, error = %e, "background account mail failed");
+        }
+    });
+}
+
 /// Passwordless login, step 1: always 202, whether or not the account exists.
 async fn otp_request(
     State(state): State<AppState>,
@@ -377,10 +404,13 @@ async fn otp_request(
 ) -> Result<impl IntoResponse, Error> {
     let email = users::normalize_email(&body.email)?;
     throttle(&state, format!("otp:{email}"), mail_limit(&state)).await?;
-    if let Some(user) = users::credentials_by_email(&state.db, &email)
-        .await?
-        .filter(|u| u.status == "active")
-    {
+    after_the_answer("sign-in code", async move {
+        let Some(user) = users::credentials_by_email(&state.db, &email)
+            .await?
+            .filter(|u| u.status == "active")
+        else {
+            return Ok(());
+        };
         let code = codes::issue_code(&state, &user.id, Purpose::Login).await?;
         mail::send_later(
             &state.mailer,
@@ -393,24 +423,41 @@ async fn otp_request(
                 ),
             },
         );
-    }
+        Ok(())
+    });
     Ok(accepted(
         "If an account exists for this email, a sign-in code has been sent.",
     ))
+}
+
+/// Records that a first proof of an address took the account back from whoever registered it.
+async fn proof_event(state: &AppState, meta: &RequestMeta, user_id: &str, proof: &str) {
+    security_event(
+        state,
+        meta,
+        Some(user_id),
+        "user.email_proven",
+        json!({"proof": proof, "password_dropped": true, "sessions_ended": true}),
+    )
+    .await;
 }
 
 async fn otp_verify(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<EmailCode>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::response::Response, Error> {
     let user = spend_code(&state, &body, Purpose::Login).await?;
     if user.status != "active" {
         return Err(Error::forbidden("This account is suspended"));
     }
-    // The code came by email: the address is proven.
-    users::mark_email_verified(&state.db, &user.id).await?;
-    Ok(axum::Json(sessions::start(&state, &user.id, &meta).await?))
+    // The code came by email: the address is proven. If it was not before, the password set
+    // before and every session of the account end here.
+    if users::prove_email(&state.db, &user.id, None).await? {
+        proof_event(&state, &meta, &user.id, "login_code").await;
+    }
+    // MFA applies to this login route as to the password.
+    first_factor_passed(&state, &meta, &user, "email_code").await
 }
 
 async fn forgot_password(
@@ -419,10 +466,13 @@ async fn forgot_password(
 ) -> Result<impl IntoResponse, Error> {
     let email = users::normalize_email(&body.email)?;
     throttle(&state, format!("reset:{email}"), mail_limit(&state)).await?;
-    if let Some(user) = users::credentials_by_email(&state.db, &email)
-        .await?
-        .filter(|u| u.status == "active")
-    {
+    after_the_answer("password reset", async move {
+        let Some(user) = users::credentials_by_email(&state.db, &email)
+            .await?
+            .filter(|u| u.status == "active")
+        else {
+            return Ok(());
+        };
         let token = codes::issue_reset_token(&state.db, &user.id).await?;
         let link = format!(
             "{}/reset-password?token={token}",
@@ -439,7 +489,8 @@ async fn forgot_password(
                 ),
             },
         );
-    }
+        Ok(())
+    });
     Ok(accepted(
         "If an account exists for this email, a reset link has been sent.",
     ))
@@ -467,6 +518,11 @@ async fn reset_password(
     crate::auth::password::check_password(&body.new_password, Some(&user.email))
         .map_err(|reason| Error::invalid_field("new_password", reason))?;
     codes::consume_reset_token(&state.db, &body.token).await?;
+    // The token came by email: the address is proven (a password set before it was verified
+    // is dropped, its sessions end), then the new password is set.
+    if users::prove_email(&state.db, &user_id, None).await? {
+        proof_event(&state, &meta, &user_id, "password_reset").await;
+    }
     users::set_password(&state.db, &user_id, &user.email, &body.new_password).await?;
     sessions::revoke_all(&state.db, &user_id, None, "password_reset").await?;
     security_event(

@@ -162,23 +162,30 @@ pub async fn revoke(db: &Db, session_id: &str, reason: &str) -> Result<(), Error
     Ok(())
 }
 
-/// Ends every session of a user, except `keep` if given.
+/// Ends every session of a user, except `keep` if given, and every MFA login still waiting for
+/// its second factor (a half-started session: it would otherwise outlive a password change).
 pub async fn revoke_all(
     db: &Db,
     user_id: &str,
     keep: Option<&str>,
     reason: &str,
 ) -> Result<(), Error> {
+    let now = storage::now();
     sqlx::query(
         "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
          WHERE user_id = $3 AND revoked_at IS NULL AND id <> $4",
     )
-    .bind(storage::now())
+    .bind(&now)
     .bind(reason)
     .bind(user_id)
     .bind(keep.unwrap_or(""))
     .execute(db.pool())
     .await?;
+    sqlx::query("UPDATE mfa_challenges SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL")
+        .bind(&now)
+        .bind(user_id)
+        .execute(db.pool())
+        .await?;
     Ok(())
 }
 

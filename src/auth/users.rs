@@ -47,23 +47,86 @@ impl User {
     }
 }
 
-/// Lower-cases and trims an email, and checks its shape (one `@`, a dot in the domain,
-/// at most 254 characters).
-pub fn normalize_email(email: &str) -> Result<String, Error> {
-    let email = email.trim().to_lowercase();
-    let valid = email.len() <= 254
-        && email.split('@').count() == 2
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-        })
-        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !valid {
-        return Err(Error::invalid_field("email", "must be an email address"));
+/// The form every email address is stored, compared and looked up in: trimmed, then Unicode
+/// NFKC (full-width and other compatibility forms become their plain letters), full case folding
+/// and NFKC again (the order of Unicode's NFKC_Casefold). Checks nothing: see
+/// [`normalize_email`], which every address typed by someone goes through.
+pub fn fold_email(email: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let compat: String = email.trim().nfkc().collect();
+    let folded: String = caseless::default_case_fold_str(&compat).nfkc().collect();
+    folded.trim().to_string()
+}
+
+/// Why an address (already folded) is refused, if it is.
+fn email_problem(email: &str) -> Option<&'static str> {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    use unicode_security::{GeneralSecurityProfile, MixedScript};
+    // Invisible characters make two addresses that look the same: zero-width spaces and
+    // joiners, bidi controls, soft hyphens (all Cf), controls, separators, private use and
+    // unassigned code points.
+    let invisible = |c: char| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::Format
+                | GeneralCategory::Control
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+                | GeneralCategory::PrivateUse
+                | GeneralCategory::Surrogate
+                | GeneralCategory::Unassigned
+        )
+    };
+    if email.chars().any(invisible) {
+        return Some("must not contain invisible, formatting or control characters");
     }
-    Ok(email)
+    let Some((local, domain)) = email.split_once('@') else {
+        return Some("must be an email address");
+    };
+    let shaped = email.len() <= 254
+        && !domain.contains('@')
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !email.chars().any(char::is_whitespace);
+    if !shaped {
+        return Some("must be an email address");
+    }
+    // Beyond ASCII, only characters UTS #39's General Security Profile allows in identifiers
+    // (this also refuses the remaining default-ignorable ones, such as the Hangul fillers).
+    if email
+        .chars()
+        .any(|c| !c.is_ascii() && !c.identifier_allowed())
+    {
+        return Some("contains a character that is not allowed in an email address");
+    }
+    // Look-alikes across scripts: a part that mixes scripts (a Cyrillic 'а' among Latin
+    // letters) is refused, and so is an address whose confusable skeleton (UTS #39) is plain
+    // ASCII: it reads as an ASCII address it is not (an all-Cyrillic 'аррӏе').
+    if !local.is_single_script() || !domain.is_single_script() {
+        return Some(
+            "must not mix letters of different scripts (such as Latin and Cyrillic) in one part",
+        );
+    }
+    if !email.is_ascii() && unicode_security::skeleton(email).all(|c| c.is_ascii()) {
+        return Some(
+            "is made of look-alike characters of a plain ASCII address; type that address",
+        );
+    }
+    None
+}
+
+/// Folds an email (see [`fold_email`]) and checks it: its shape (one `@`, a dot in the domain,
+/// at most 254 bytes), no invisible characters and no look-alikes of another address.
+/// Every address a request carries goes through here (register, login, codes, resets,
+/// invitations, admin creation); a refusal is a 400 naming `email`.
+pub fn normalize_email(email: &str) -> Result<String, Error> {
+    let email = fold_email(email);
+    match email_problem(&email) {
+        None => Ok(email),
+        Some(reason) => Err(Error::invalid_field("email", reason)),
+    }
 }
 
 pub struct NewUser<'a> {
@@ -145,8 +208,10 @@ pub struct Credentials {
     pub mfa_enabled: bool,
 }
 
+/// The account of an email address (folded here; callers check what a request typed with
+/// [`normalize_email`] first).
 pub async fn credentials_by_email(db: &Db, email: &str) -> Result<Option<Credentials>, Error> {
-    let email = email.trim().to_lowercase();
+    let email = fold_email(email);
     let row = sqlx::query(
         "SELECT id, email, password_hash, status, mfa_enabled FROM users WHERE email = $1",
     )
@@ -210,6 +275,64 @@ pub async fn mark_email_verified(db: &Db, user_id: &str) -> Result<(), Error> {
         .execute(db.pool())
         .await?;
     Ok(())
+}
+
+/// The account's address has just been proven by a secret mailed to it: a sign-in code, a
+/// password-reset token or an invitation token. If the address was not verified yet, whoever
+/// registered it never proved it was theirs, so what they set up before is dropped: the password
+/// (the owner sets their own, a reset sets the new one), every session and every pending MFA
+/// login — all but `keep`, the session that presented the proof. Returns whether the address
+/// was unverified (and the account therefore taken back). One conditional statement decides,
+/// so two proofs at once drop things once. Runs in the caller's transaction.
+pub async fn email_proven(
+    conn: &mut sqlx::AnyConnection,
+    user_id: &str,
+    keep_session: Option<&str>,
+) -> Result<bool, Error> {
+    let now = storage::now();
+    let first = sqlx::query(
+        "UPDATE users SET email_verified = $1, password_hash = NULL, updated_at = $2 \
+         WHERE id = $3 AND email_verified = $4",
+    )
+    .bind(true)
+    .bind(&now)
+    .bind(user_id)
+    .bind(false)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if first {
+        sqlx::query(
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = 'email_proven' \
+             WHERE user_id = $2 AND revoked_at IS NULL AND id <> $3",
+        )
+        .bind(&now)
+        .bind(user_id)
+        .bind(keep_session.unwrap_or(""))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "UPDATE mfa_challenges SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL",
+        )
+        .bind(&now)
+        .bind(user_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(first)
+}
+
+/// [`email_proven`] in a transaction of its own.
+pub async fn prove_email(
+    db: &Db,
+    user_id: &str,
+    keep_session: Option<&str>,
+) -> Result<bool, Error> {
+    let mut tx = crate::events::begin_write(db).await?;
+    let first = email_proven(&mut tx, user_id, keep_session).await?;
+    tx.commit().await?;
+    Ok(first)
 }
 
 /// A profile change: each field only if given.
@@ -307,4 +430,84 @@ pub async fn update(
     get(db, &UserId(user_id.to_string()))
         .await?
         .ok_or_else(|| Error::not_found("User not found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(email: &str) -> Option<&'static str> {
+        email_problem(&fold_email(email))
+    }
+
+    #[test]
+    fn emails_fold_to_one_form() {
+        for (typed, stored) in [
+            ("  Alice@Example.COM ", "alice@example.com"),
+            ("\u{ff41}lice@\u{ff25}xample.com", "alice@example.com"),
+            ("\u{fb01}ona@example.com", "fiona@example.com"),
+            ("STRASSE@example.de", "strasse@example.de"),
+            ("stra\u{df}e@example.de", "strasse@example.de"),
+            ("Jos\u{e9}@example.com", "jos\u{e9}@example.com"),
+            ("Jose\u{301}@example.com", "jos\u{e9}@example.com"),
+        ] {
+            assert_eq!(fold_email(typed), stored, "{typed:?}");
+            assert_eq!(fold_email(stored), stored, "idempotent: {stored:?}");
+        }
+    }
+
+    #[test]
+    fn invisible_characters_mixed_scripts_and_look_alikes_are_refused() {
+        for email in [
+            "ali\u{200b}ce@example.com", // zero-width space
+            "ali\u{200d}ce@example.com", // zero-width joiner
+            "alice\u{202e}@example.com", // right-to-left override
+            "alice@exa\u{2066}mple.com", // left-to-right isolate
+            "ali\u{ad}ce@example.com",   // soft hyphen
+            "\u{feff}alice@example.com", // byte-order mark
+            "ali\u{7}ce@example.com",
+        ] {
+            assert_eq!(
+                problem(email),
+                Some("must not contain invisible, formatting or control characters"),
+                "{email:?}"
+            );
+        }
+        assert!(
+            problem("ali\u{3164}ce@example.com").is_some(),
+            "Hangul filler"
+        );
+        // A Cyrillic 'а' among Latin letters, in the local part or the domain.
+        assert!(problem("\u{430}lice@example.com")
+            .unwrap()
+            .contains("scripts"));
+        assert!(problem("alice@ex\u{430}mple.com")
+            .unwrap()
+            .contains("scripts"));
+        // All-Cyrillic look-alikes of ASCII addresses.
+        assert!(problem("\u{430}\u{440}\u{440}\u{4cf}\u{435}@example.com")
+            .unwrap()
+            .contains("look-alike"));
+        // Real non-ASCII addresses stay possible.
+        for email in [
+            "jos\u{e9}@example.com",
+            "\u{438}\u{432}\u{430}\u{43d}@example.com",
+            "\u{438}\u{432}\u{430}\u{43d}@\u{43f}\u{43e}\u{447}\u{442}\u{430}.\u{440}\u{444}",
+            "\u{7528}\u{6237}@\u{4f8b}\u{5b50}.\u{4e2d}\u{56fd}",
+            "a.b+tag@sub.example.co.uk",
+        ] {
+            assert_eq!(problem(email), None, "{email:?}");
+        }
+        for bad in [
+            "",
+            "alice",
+            "a@b",
+            "@example.com",
+            "a@@example.com",
+            "a b@example.com",
+            "a@.example.com",
+        ] {
+            assert_eq!(problem(bad), Some("must be an email address"), "{bad:?}");
+        }
+    }
 }

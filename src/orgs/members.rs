@@ -497,16 +497,20 @@ pub async fn find_invitation(
     ))
 }
 
-/// Accepts an invitation for a user whose email matches it.
+/// Accepts an invitation for a user whose email matches it. The token came by email, so it
+/// proves the address ([`users::email_proven`], in the same transaction): if the address was
+/// unverified, the password set before is dropped and every session but `session_id` (the one
+/// accepting) ends.
 pub async fn accept(
     db: &Db,
     ctx: &ActorContext,
     token: &str,
     user_id: &str,
     user_email: &str,
+    session_id: Option<&str>,
 ) -> Result<serde_json::Value, Error> {
     let (id, org_id, email, role) = find_invitation(db, token).await?;
-    if !email.eq_ignore_ascii_case(user_email) {
+    if users::fold_email(&email) != users::fold_email(user_email) {
         return Err(Error::forbidden(
             "This invitation was sent to another email address",
         ));
@@ -541,6 +545,7 @@ pub async fn accept(
         .bind(&now)
         .execute(&mut *tx)
         .await?;
+    let taken_back = users::email_proven(&mut tx, user_id, session_id).await?;
     emit_org(
         &mut tx,
         ctx,
@@ -560,6 +565,15 @@ pub async fn accept(
     )
     .await?;
     tx.commit().await?;
+    if taken_back {
+        crate::events::record_security_event(
+            db,
+            ctx,
+            crate::events::NewEvent::new("user.email_proven", "user", Some(user_id.to_string()))
+                .metadata(json!({"proof": "invitation", "password_dropped": true, "sessions_ended": true})),
+        )
+        .await;
+    }
     Ok(
         json!({ "organization_id": org_id, "user_id": user_id, "role": role, "status": "active", "invitation_id": id }),
     )
@@ -587,6 +601,7 @@ pub async fn accept_invitation(
         &body.token,
         &auth.user.id.0,
         &auth.user.email,
+        Some(&auth.session_id),
     )
     .await?;
     Ok(axum::Json(membership))

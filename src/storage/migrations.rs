@@ -31,6 +31,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (9, "policies"),
     (10, "usage_rollups"),
     (11, "subscriptions"),
+    (12, "mfa_attempts"),
     (13, "webhook_environments"),
 );
 
@@ -46,6 +47,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (9, "policies"),
     (10, "usage_rollups"),
     (11, "subscriptions"),
+    (12, "mfa_attempts"),
     (13, "webhook_environments"),
 );
 
