@@ -16,6 +16,7 @@ on_both_databases!(
     an_admin_rotating_an_owners_key_gains_no_owner_authority,
     a_key_hands_out_only_scopes_it_holds,
     a_key_cannot_change_or_rotate_a_stronger_key,
+    a_demoted_creators_key_keeps_its_scopes_beyond_a_narrow_caller,
     a_second_permission_checked_in_a_handler_needs_the_keys_scope,
     a_key_gives_people_no_role_beyond_its_scopes,
     test_callers_see_and_change_test_webhooks_only,
@@ -253,9 +254,40 @@ async fn a_key_cannot_change_or_rotate_a_stronger_key(backend: Backend) {
         )
         .await;
     assert_eq!(res.status, 201, "{}", res.text);
-    // Revoking a stronger key takes authority away, never gives it: allowed.
-    let res = srv.delete_as(&full_path, &k).await;
+    // Nor revoke it; the owner can.
+    srv.delete_as(&full_path, &k)
+        .await
+        .assert_error(403, "forbidden");
+    let res = srv.delete_as(&full_path, &o.owner).await;
     assert_eq!(res.status, 204, "{}", res.text);
+}
+
+async fn a_demoted_creators_key_keeps_its_scopes_beyond_a_narrow_caller(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", "admin").await;
+    let wide = o.a_key(&srv, &admin, json!({"name": "admin's"})).await;
+    let member = format!("{}/members/{admin_id}", o.base);
+    let res = srv
+        .patch_as(&member, &o.owner, &json!({"role": "member"}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    // Its creator is a member now, so the key can do little today — but its stored scopes come
+    // back if the creator is promoted again: a narrow key may not rotate it for its token.
+    let narrow = o
+        .a_key_token(&srv, "live", &["api_keys:manage", "api_keys:read"])
+        .await;
+    srv.post_as(
+        &format!(
+            "{}/api-keys/{}/rotations",
+            o.base,
+            wide["id"].as_str().unwrap()
+        ),
+        &narrow,
+        &json!({}),
+    )
+    .await
+    .assert_error(403, "forbidden");
 }
 
 async fn a_second_permission_checked_in_a_handler_needs_the_keys_scope(backend: Backend) {

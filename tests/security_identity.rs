@@ -194,8 +194,11 @@ async fn a_login_code_takes_a_pre_registered_account_back(backend: Backend) {
     let email = "victim@example.com";
     let (id, access, refresh) = pre_register(&srv, email).await;
     assert_eq!(srv.get_as("/v1/me", &access).await.status, 200);
+    // The registrant even enrols a second factor of their own.
+    enable_mfa(&srv, &access).await;
 
-    // The owner of the mailbox signs in with an emailed code.
+    // The owner of the mailbox signs in with an emailed code — no second factor asked: the one
+    // enrolled before the address was proven went with the password.
     let code = login_code(&srv, &admin, email).await;
     let res = srv
         .post_json(
@@ -279,6 +282,11 @@ async fn a_password_reset_takes_a_pre_registered_account_back(backend: Backend) 
         .await;
     res.assert_error(401, "unauthorized");
     assert!(res.json.get("access_token").is_none());
+    // The owner signs in with their own password alone: the attacker's second factor went too
+    // (otherwise the owner would be stuck at a second step they cannot pass).
+    let res = password_login(&srv, email, "the-owners-own-password").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(res.json["access_token"].is_string(), "{}", res.text);
 }
 
 async fn an_accepted_invitation_takes_a_pre_registered_account_back(backend: Backend) {

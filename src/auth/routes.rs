@@ -447,14 +447,15 @@ async fn otp_verify(
     meta: RequestMeta,
     Json(body): Json<EmailCode>,
 ) -> Result<axum::response::Response, Error> {
-    let user = spend_code(&state, &body, Purpose::Login).await?;
+    let mut user = spend_code(&state, &body, Purpose::Login).await?;
     if user.status != "active" {
         return Err(Error::forbidden("This account is suspended"));
     }
-    // The code came by email: the address is proven. If it was not before, the password set
-    // before and every session of the account end here.
+    // The code came by email: the address is proven. If it was not before, the password and
+    // second factor set before, and every session of the account, end here.
     if users::prove_email(&state.db, &user.id, None).await? {
         proof_event(&state, &meta, &user.id, "login_code").await;
+        user.mfa_enabled = false;
     }
     // MFA applies to this login route as to the password.
     first_factor_passed(&state, &meta, &user, "email_code").await

@@ -291,8 +291,8 @@ pub async fn email_proven(
 ) -> Result<bool, Error> {
     let now = storage::now();
     let first = sqlx::query(
-        "UPDATE users SET email_verified = $1, password_hash = NULL, updated_at = $2 \
-         WHERE id = $3 AND email_verified = $4",
+        "UPDATE users SET email_verified = $1, password_hash = NULL, mfa_enabled = $4, \
+         updated_at = $2 WHERE id = $3 AND email_verified = $4",
     )
     .bind(true)
     .bind(&now)
@@ -319,6 +319,14 @@ pub async fn email_proven(
         .bind(user_id)
         .execute(&mut *conn)
         .await?;
+        // A second factor enrolled before the address was proven is the registrant's, not the
+        // address owner's: it would lock the owner out of their own account.
+        for table in ["mfa_totp", "mfa_recovery_codes"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(user_id)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     Ok(first)
 }

@@ -423,6 +423,13 @@ impl Counted {
     }
 }
 
+/// Whether `needle` (ASCII) occurs in `hay`, ignoring ASCII case, without allocating (this runs
+/// on every small 4xx answer head, 429s included).
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 /// The SPEC's envelope in place of hyper's bare answer to an unparsable request (`head`: one
 /// whole write starting with `HTTP/1.1 4`), or `None` when `head` is not one.
 fn own_error_answer(head: &[u8]) -> Option<Vec<u8>> {
@@ -430,9 +437,9 @@ fn own_error_answer(head: &[u8]) -> Option<Vec<u8>> {
     if !head.starts_with(PREFIX) || head.len() > 1024 || !head.ends_with(b"\r\n\r\n") {
         return None;
     }
-    let text = std::str::from_utf8(head).ok()?;
-    let lower = text.to_ascii_lowercase();
-    if lower.contains("\r\nx-request-id:") || !lower.contains("\r\ncontent-length: 0\r\n") {
+    if contains_ignore_case(head, b"\r\nx-request-id:")
+        || !contains_ignore_case(head, b"\r\ncontent-length: 0\r\n")
+    {
         return None;
     }
     let status = axum::http::StatusCode::from_bytes(head.get(9..12)?).ok()?;
@@ -444,6 +451,7 @@ fn own_error_answer(head: &[u8]) -> Option<Vec<u8>> {
             .canonical_reason()
             .unwrap_or("The request was refused"),
     };
+    let text = std::str::from_utf8(head).ok()?;
     let request_id = crate::ids::new_id("req");
     let report = crate::error::ErrorReport {
         code: crate::error::ErrorCode::from_status(status),

@@ -15,11 +15,7 @@ use crate::{
         pagination::{HasId, Page},
         routes::Routes,
     },
-    orgs::{
-        access::{OrgAccess, KEY_ROLE_CAP},
-        projects::is_origin,
-        roles::{perm, Role},
-    },
+    orgs::{access::OrgAccess, projects::is_origin, roles::perm},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -199,51 +195,24 @@ fn check_scopes<P>(access: &OrgAccess<P>, scopes: &[String], errors: &mut Vec<Fi
     }
 }
 
-/// The scopes a key can actually use: its own, as far as its creator's current role (capped at
-/// admin) allows. A key whose creator left the organization can use none.
-async fn effective_scopes(db: &Db, org_id: &str, key: &ApiKey) -> Result<Vec<String>, Error> {
-    let Some(creator) = &key.created_by else {
-        return Ok(Vec::new());
-    };
-    let role: Option<String> = sqlx::query_scalar(
-        "SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2",
-    )
-    .bind(org_id)
-    .bind(creator)
-    .fetch_optional(db.pool())
-    .await?;
-    let Some(role) = role.as_deref().and_then(Role::parse) else {
-        return Ok(Vec::new());
-    };
-    let role = role.min(KEY_ROLE_CAP);
-    Ok(key
+/// A caller may change, rotate or revoke a key only if every scope the key carries is within its
+/// own authority: otherwise rotating it would hand the caller a token worth more than its
+/// credential. The key's stored scopes count, not what its creator's role allows today — a
+/// creator promoted again would give them back.
+fn check_within_authority<P>(access: &OrgAccess<P>, key: &ApiKey) -> Result<(), Error> {
+    let beyond: Vec<&str> = key
         .scopes
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
-        .filter(|s| scope_min_role(s).is_some_and(|m| role >= m))
-        .map(str::to_string)
-        .collect())
-}
-
-/// A caller may change or rotate a key only if the key's effective authority is within its
-/// own: otherwise rotating it would hand the caller a token worth more than its credential.
-async fn check_within_authority<P>(
-    db: &Db,
-    access: &OrgAccess<P>,
-    key: &ApiKey,
-) -> Result<(), Error> {
-    let beyond: Vec<String> = effective_scopes(db, access.org_id(), key)
-        .await?
-        .into_iter()
         .filter(|s| !access.holds_scope(s))
         .collect();
     if beyond.is_empty() {
         return Ok(());
     }
     Err(Error::forbidden(format!(
-        "This key holds authority you do not have ({}); only a caller holding all of it may change or rotate the key",
+        "This key holds authority you do not have ({}); only a caller holding all of it may change, rotate or revoke the key",
         beyond.join(", ")
     ))
     .with_details(json!({ "scopes_beyond_caller": beyond })))
@@ -539,7 +508,7 @@ async fn update(
     if key.status == "revoked" {
         return Err(Error::conflict("A revoked key cannot be changed"));
     }
-    check_within_authority(&state.db, &access, &key).await?;
+    check_within_authority(&access, &key)?;
     if let Some(n) = &body.name {
         if n.trim().is_empty() || n.chars().count() > 200 {
             errors.push(FieldError::new("name", "must be 1 to 200 characters"));
@@ -629,6 +598,7 @@ async fn revoke(
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
     let key = load(&state.db, access.org_id(), &id, access.environment()).await?;
+    check_within_authority(&access, &key)?;
     if key.status != "revoked" {
         let mut tx = crate::events::begin_write(&state.db).await?;
         sqlx::query("UPDATE api_keys SET status = 'revoked', revoked_at = $1, updated_at = $1 WHERE id = $2")
@@ -679,7 +649,7 @@ async fn rotate(
     if key.status == "revoked" {
         return Err(Error::conflict("A revoked key cannot be rotated"));
     }
-    check_within_authority(&state.db, &access, &key).await?;
+    check_within_authority(&access, &key)?;
     let (token, preview, hash) = new_secret(&key.key_type, &key.environment);
     let now = chrono::Utc::now();
     let now_s = storage::format_time(now);

@@ -621,7 +621,7 @@ async fn begin_membership_change(
     let mut tx = crate::events::begin_write(db).await?;
     sqlx::query(&format!(
         "SELECT id FROM organizations WHERE id = $1{}",
-        db.backend().for_update()
+        db.backend().lock_for_change()
     ))
     .bind(org_id)
     .fetch_optional(&mut *tx)

@@ -24,13 +24,14 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The clause that locks the rows a `SELECT` reads until the transaction ends: `FOR UPDATE`
-    /// on PostgreSQL; nothing on SQLite, where a write transaction (`BEGIN IMMEDIATE`) already
-    /// holds the database's one write lock.
-    pub fn for_update(self) -> &'static str {
+    /// The clause that locks the rows a `SELECT` reads until the transaction ends, serialising
+    /// changes guarded by them: `FOR NO KEY UPDATE` on PostgreSQL (it does not block inserts whose
+    /// foreign keys point at the row); nothing on SQLite, where a write transaction
+    /// (`BEGIN IMMEDIATE`) already holds the database's one write lock.
+    pub fn lock_for_change(self) -> &'static str {
         match self {
             Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE",
+            Backend::Postgres => " FOR NO KEY UPDATE",
         }
     }
 
