@@ -22,6 +22,7 @@ on_both_databases!(
     test_callers_see_and_change_test_webhooks_only,
     test_events_reach_test_endpoints_only,
     two_owners_demoting_each_other_leave_one_owner,
+    deleting_a_user_never_leaves_an_organization_without_owner,
     an_allowlist_excluding_the_caller_is_refused_unless_forced,
     platform_admins_repair_a_locked_out_organization,
 );
@@ -496,6 +497,21 @@ async fn two_owners_demoting_each_other_leave_one_owner(backend: Backend) {
             .await
             .unwrap();
     }
+}
+
+async fn deleting_a_user_never_leaves_an_organization_without_owner(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let admin = srv.admin_token().await;
+    let user = format!("/v1/admin/users/{}", o.owner_id);
+    let err = srv.delete_as(&user, &admin).await;
+    let err = err.assert_error(409, "conflict");
+    assert_eq!(err["details"]["organizations"], json!([o.id]), "{err}");
+    assert_eq!(srv.get_as(&o.base, &o.owner).await.status, 200);
+    // With a second owner, the first may go.
+    o.a_member(&srv, "second@example.com", "owner").await;
+    let res = srv.delete_as(&user, &admin).await;
+    assert_eq!(res.status, 204, "{}", res.text);
 }
 
 async fn an_allowlist_excluding_the_caller_is_refused_unless_forced(backend: Backend) {

@@ -198,6 +198,15 @@ async fn delete_user(
         return Err(Error::bad_request("You cannot delete your own account"));
     }
     let mut tx = crate::events::begin_write(&state.db).await?;
+    // Every organization keeps an owner: deleting its only one is refused.
+    let sole = crate::orgs::members::sole_owner_of(&mut tx, state.db.backend(), &id).await?;
+    if !sole.is_empty() {
+        return Err(Error::conflict(format!(
+            "This user is the only owner of {} organization(s); make someone else owner there first",
+            sole.len()
+        ))
+        .with_details(json!({ "organizations": sole })));
+    }
     let done = sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(&id)
         .execute(&mut *tx)

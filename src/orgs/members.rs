@@ -619,14 +619,55 @@ async fn begin_membership_change(
     org_id: &str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
     let mut tx = crate::events::begin_write(db).await?;
+    lock_memberships(&mut tx, db.backend(), org_id).await?;
+    Ok(tx)
+}
+
+/// Takes an organization's membership lock inside a write transaction (see
+/// [`begin_membership_change`]).
+async fn lock_memberships(
+    tx: &mut sqlx::AnyConnection,
+    backend: crate::storage::Backend,
+    org_id: &str,
+) -> Result<(), Error> {
     sqlx::query(&format!(
         "SELECT id FROM organizations WHERE id = $1{}",
-        db.backend().lock_for_change()
+        backend.lock_for_change()
     ))
     .bind(org_id)
     .fetch_optional(&mut *tx)
     .await?;
-    Ok(tx)
+    Ok(())
+}
+
+/// The organizations whose only owner is `user_id`, read under their membership locks (taken in
+/// id order), inside a write transaction that is about to remove the user.
+pub async fn sole_owner_of(
+    tx: &mut sqlx::AnyConnection,
+    backend: crate::storage::Backend,
+    user_id: &str,
+) -> Result<Vec<String>, Error> {
+    let owned: Vec<String> = sqlx::query_scalar(
+        "SELECT organization_id FROM memberships WHERE user_id = $1 AND role = 'owner' \
+         ORDER BY organization_id",
+    )
+    .bind(user_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut sole = Vec::new();
+    for org in owned {
+        lock_memberships(tx, backend, &org).await?;
+        let owners: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND role = 'owner'",
+        )
+        .bind(&org)
+        .fetch_one(&mut *tx)
+        .await?;
+        if owners <= 1 {
+            sole.push(org);
+        }
+    }
+    Ok(sole)
 }
 
 /// A member's role and whether they are the organization's only owner, read under the lock of
