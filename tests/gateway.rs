@@ -1270,6 +1270,18 @@ async fn keys_and_providers_in_use_are_read_again_in_the_background(backend: Bac
         "from upstream"
     );
     until(502).await.assert_error(502, "upstream_error");
+    // The key was aged too: let its own re-read land before changing it behind the cache's back
+    // (bounded wait on the condition, not on time).
+    for _ in 0..500 {
+        if !srv.state.api_keys.rereads_in_flight() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !srv.state.api_keys.rereads_in_flight(),
+        "re-reads never landed"
+    );
 
     // The same for the key itself.
     sql("UPDATE api_keys SET status = 'revoked' WHERE organization_id = $1").await;

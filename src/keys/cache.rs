@@ -280,6 +280,23 @@ impl KeyCache {
         }
     }
 
+    /// Whether a background re-read of a cached key or provider list is still running (tests
+    /// wait for it to land instead of sleeping).
+    #[doc(hidden)]
+    pub fn rereads_in_flight(&self) -> bool {
+        let keys = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let key_busy = keys.values().any(|e| match e {
+            Entry::Known(k, _) => k.refreshing.load(Ordering::Relaxed),
+            Entry::Unknown(_) => false,
+        });
+        drop(keys);
+        let providers = self.providers.read().unwrap_or_else(|e| e.into_inner());
+        key_busy
+            || providers
+                .values()
+                .any(|envs| envs.iter().any(|p| p.refreshing.load(Ordering::Relaxed)))
+    }
+
     /// Taken before a read from the database whose result is to be cached (see
     /// [`KeyCache::put_providers`]).
     pub fn generation(&self) -> u64 {
