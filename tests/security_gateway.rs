@@ -10,7 +10,10 @@ use std::{
 };
 
 use axum::{extract::Request, response::IntoResponse, Router};
-use common::{Backend, ServerOptions, TestServer};
+use common::{
+    fixtures::{an_org as setup, token, Org},
+    Backend, ServerOptions, TestServer,
+};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -20,34 +23,8 @@ on_both_databases!(
     gateway_paths_with_dot_segments_or_encoded_slashes_are_refused,
 );
 
-struct Setup {
-    base: String,
-    owner: String,
-}
-
-async fn setup(srv: &TestServer) -> Setup {
-    let reg = srv.register("owner@example.com").await;
-    let owner = reg["access_token"].as_str().unwrap().to_string();
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    assert_eq!(org.status, 201, "{}", org.text);
-    Setup {
-        base: format!("/v1/organizations/{}", org.json["id"].as_str().unwrap()),
-        owner,
-    }
-}
-
-async fn key(srv: &TestServer, s: &Setup, body: Value) -> String {
-    let res = srv
-        .post_as(&format!("{}/api-keys", s.base), &s.owner, &body)
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.json["token"].as_str().unwrap().to_string()
+async fn key(srv: &TestServer, s: &Org, body: Value) -> String {
+    token(&s.a_key(srv, &s.owner, body).await)
 }
 
 /// Asserts a 400 `invalid_request` naming `field` (first of the details).

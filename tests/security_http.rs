@@ -391,32 +391,16 @@ async fn nul_characters_are_refused_naming_the_field(backend: Backend) {
 /// A model name with a NUL (from a client's body) is stored cleaned, not lost with the batch.
 async fn nul_characters_in_a_gateway_model_do_not_break_the_usage_log(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let reg = srv.register("owner@example.com").await;
-    let owner = reg["access_token"].as_str().unwrap().to_string();
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    let base = format!("/v1/organizations/{}", org.json["id"].as_str().unwrap());
-    let key = srv
-        .post_as(
-            &format!("{base}/api-keys"),
-            &owner,
-            &json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
-        )
-        .await;
-    assert_eq!(key.status, 201, "{}", key.text);
-    let key = key.json["token"].as_str().unwrap().to_string();
+    let o = common::fixtures::an_org(&srv).await;
+    let (base, owner) = (&o.base, &o.owner);
+    let key = o.a_key_token(&srv, "test", &["gateway:proxy"]).await;
     let chat = json!({"model": "mock\u{0}model", "messages": [{"role": "user", "content": "hi"}]});
     let res = srv
         .post_as("/openai/v1/chat/completions", &key, &chat)
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
     srv.wait_for_usage_logs(1).await;
-    let res = srv.get_as(&format!("{base}/analytics/logs"), &owner).await;
+    let res = srv.get_as(&format!("{base}/analytics/logs"), owner).await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(
         res.json["logs"][0]["model"], "mock\u{FFFD}model",
