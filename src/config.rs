@@ -30,7 +30,7 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("log_level", "info", "tracing filter, e.g. info or gatehouse=debug,tower_http=info"),
     ("request_timeout_secs", "30", "time limit for one control-plane request (503 after it)"),
     ("max_body_bytes", "1048576", "largest control-plane request body (413 above it; a larger declared Content-Length is refused before the body is read)"),
-    ("header_read_timeout_secs", "10", "a connection that has not sent a complete request head this long after it opened (or, kept alive, after its last answer) is closed"),
+    ("header_read_timeout_secs", "10", "a connection that has not started a request (a complete request head) this long after it opened or after its last answer is closed (HTTP/1 and HTTP/2; within 1¼ × this)"),
     ("serve_threads", "0", "threads serving HTTP, each with its own event loop and upstream connections; 0 = one per CPU core (at most 1024)"),
     ("shutdown_grace_secs", "30", "how long SIGTERM waits for in-flight requests to finish"),
     ("usage_flush_ms", "1000", "how often metered usage (monthly quotas) is written to the database"),

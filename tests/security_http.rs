@@ -184,6 +184,119 @@ async fn slow_request_heads_are_cut_off() {
     assert_eq!(res.status, 200);
 }
 
+/// An HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An HTTP/2 (prior knowledge) connection: the preface and an empty SETTINGS frame.
+async fn h2_connection(srv: &TestServer) -> TcpStream {
+    let mut tcp = TcpStream::connect(srv.addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    tcp.write_all(&hello).await.unwrap();
+    tcp
+}
+
+/// HTTP/2 connections are watched like HTTP/1 ones: one that has answered its request and
+/// then stays idle, one that never starts a request, and one that trickles a header block
+/// (HEADERS without END_HEADERS, then a CONTINUATION now and then) are all closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_trickling_http2_connections_are_closed() {
+    let srv = sqlite_server(|c| c.header_read_timeout_secs = 1).await;
+    // GET /health/live (HPACK: :method GET, :scheme http, :path literal, :authority literal).
+    let mut block = vec![0x82, 0x86, 0x04, 12];
+    block.extend_from_slice(b"/health/live");
+    block.extend_from_slice(&[0x01, 4]);
+    block.extend_from_slice(b"test");
+    let mut served = h2_connection(&srv).await;
+    served
+        .write_all(&h2_frame(0x1, 0x4 | 0x1, 1, &block))
+        .await
+        .unwrap();
+    // The answer arrives (a HEADERS frame on stream 1 among the server's frames)…
+    let mut seen = Vec::new();
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = served.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            seen.extend_from_slice(&chunk[..n]);
+            let mut at = 0;
+            while at + 9 <= seen.len() {
+                let len = u32::from_be_bytes([0, seen[at], seen[at + 1], seen[at + 2]]) as usize;
+                let stream = u32::from_be_bytes(seen[at + 5..at + 9].try_into().unwrap());
+                if seen[at + 3] == 0x1 && stream == 1 {
+                    return;
+                }
+                at += 9 + len;
+            }
+        }
+    })
+    .await
+    .expect("no answer on stream 1");
+    let mut silent = h2_connection(&srv).await;
+    let mut trickling = h2_connection(&srv).await;
+    trickling
+        .write_all(&h2_frame(0x1, 0x1, 1, &[0x82, 0x86]))
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        // A CONTINUATION frame (one byte of the block) every 200 ms, until the server hangs up.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if trickling
+                .write_all(&h2_frame(0x9, 0, 1, &[0x84]))
+                .await
+                .is_err()
+            {
+                return true;
+            }
+        }
+        false
+    });
+
+    assert!(
+        closed_by_server(&mut served).await,
+        "idle HTTP/2 connection kept open after its answer"
+    );
+    assert!(
+        closed_by_server(&mut silent).await,
+        "HTTP/2 connection without a request kept open"
+    );
+    assert!(
+        trickle.await.unwrap(),
+        "trickled HTTP/2 header block kept open for 20 s"
+    );
+}
+
+/// A connection serving a request is not cut off by the watchdog, however long the request
+/// takes: here a body uploaded slowly, over more than the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_progress_is_not_cut_off() {
+    let srv = sqlite_server(|c| c.header_read_timeout_secs = 1).await;
+    let body = br#"{"email":"slow@example.com","password":"not-the-password"}"#;
+    let mut tcp = TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/auth/login HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // Four pieces, 700 ms apart: 2.1 s of upload, over the 1 s limit (and its 1¼ s bound).
+    for piece in body.chunks(body.len().div_ceil(4)) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tcp.write_all(piece).await.unwrap();
+    }
+    let res = read_response(&mut tcp).await;
+    res.assert_envelope(401, "unauthorized");
+}
+
 /// A declared `Content-Length` over the limit is refused at once, before any byte of the body
 /// (and before credentials are looked at), on the control plane and on the gateway, and the
 /// connection is closed.

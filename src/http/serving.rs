@@ -11,10 +11,15 @@
 //! runtime. `serve_threads` (default: one per CPU core) sets the number of serving threads.
 //!
 //! Protections of the connection layer (docs/security.md):
-//! - a connection must send a complete request head within `header_read_timeout_secs` (its
-//!   first one, HTTP/1 or HTTP/2, from the moment it is accepted; each later HTTP/1 one from
-//!   the end of the previous answer, so an idle kept-alive connection is closed after as long),
-//!   else it is closed;
+//! - a connection that is not serving a request must start one (send a complete request head)
+//!   within `header_read_timeout_secs` (T), else it is closed: from the moment it is accepted,
+//!   and again from the end of each answer (HTTP/1 and HTTP/2 alike, so a half-sent head, a
+//!   trickled HTTP/2 header block, a silent or idle kept-alive connection are all closed). One
+//!   watchdog timer per connection, checked every T/4 against the connection's request count,
+//!   enforces it (no timer per request: the request path pays two counter updates); an idle
+//!   connection is closed between T and 1¼ T after it went idle, with HTTP/2's GOAWAY. A
+//!   connection that is serving a request (its handler runs or its answer is being sent) is
+//!   never cut off by this: long streams and slow uploads are bounded elsewhere;
 //! - an answer given without reading the whole request body (an early 401, 404, 413) carries
 //!   `Connection: close`, and the unread rest of the body is read and discarded for a moment
 //!   before the socket closes (a lingering close: closing with unread input would reset the
@@ -32,7 +37,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -221,23 +226,22 @@ async fn serve_on_this_thread(
 ) -> anyhow::Result<()> {
     // hyper directly, HTTP/1.1 and HTTP/2 (prior knowledge) detected per connection, without
     // upgrades (nothing here upgrades a connection; each upgradeable request costs one more
-    // allocation) and without the tower adapters of `axum::serve`.
-    let header_timeout = Duration::from_secs(app.state().config.header_read_timeout_secs.max(1));
-    let mut builder =
+    // allocation) and without the tower adapters of `axum::serve`. hyper's HTTP/2 defaults
+    // bound a connection's streams (200) and header block (16 KiB); the watchdog bounds time.
+    let idle_limit = Duration::from_secs(app.state().config.header_read_timeout_secs.max(1));
+    let builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Each connection task holds a receiver; when all are gone, every connection has ended.
+    let (alive, _) = watch::channel(());
+    let stops = stop.clone();
     loop {
         tokio::select! {
             (io, peer) = listener.accept() => {
                 let app = app.clone();
                 let state = io.state.clone();
-                let first = io.state.clone();
+                let watched = io.state.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    state.requested.store(true, Ordering::Relaxed);
+                    let active = Active::enter(&state);
                     // An HTTP/1 request with a body: whether the answer leaves some of it unread.
                     let tracked = req.version() <= hyper::Version::HTTP_11
                         && !req.body().is_end_stream();
@@ -250,43 +254,156 @@ async fn serve_on_this_thread(
                     };
                     req.extensions_mut()
                         .insert(axum::extract::ConnectInfo(peer));
-                    let state = state.clone();
                     futures_util::FutureExt::map(app.clone().handle(req), move |mut res| {
-                        if tracked && !state.body_done.load(Ordering::Relaxed) {
-                            close_after(&mut res, &state);
+                        if tracked && !active.state.body_done.load(Ordering::Relaxed) {
+                            close_after(&mut res, &active.state);
                         }
-                        Ok::<_, std::convert::Infallible>(res)
+                        // The request stays active until its answer is sent (or dropped).
+                        Ok::<_, std::convert::Infallible>(res.map(|inner| Answer { inner, _active: active }))
                     })
                 });
                 let connection = builder
                     .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                     .into_owned();
-                let connection = graceful.watch(connection);
+                let alive = alive.subscribe();
+                let stop = stops.clone();
                 // (How a connection ends is the client's business: errors are not logged.)
                 tokio::spawn(async move {
-                    let mut connection = std::pin::pin!(connection);
-                    // hyper's header timeout starts once it knows the protocol and applies to
-                    // HTTP/1 only: this one bounds the time to the first request of both.
-                    tokio::select! {
-                        _ = connection.as_mut() => return,
-                        () = tokio::time::sleep(header_timeout) => {}
-                    }
-                    if first.requested.load(Ordering::Relaxed) {
-                        let _ = connection.await;
-                    }
+                    let connection = std::pin::pin!(connection);
+                    watch_connection(connection, &watched, stop, idle_limit).await;
+                    drop(alive);
                 });
             }
             _ = stop.wait_for(|s| *s != Stop::Running) => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, alive.closed()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
     Ok(())
+}
+
+/// What the watchdog needs of a connection: to end it politely (HTTP/2's GOAWAY, HTTP/1's
+/// `Connection: close` on an answer in progress).
+trait Connection: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> Connection for hyper_util::server::conn::auto::Connection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    B: HttpBody + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+    Self: Future,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper_util::server::conn::auto::Connection::graceful_shutdown(self)
+    }
+}
+
+/// Drives one connection to its end: closes it when it has been idle (no request served, none
+/// started) for `limit`, and shuts it down gracefully when the server stops.
+///
+/// One timer per connection, re-armed every `limit / 4`: it compares the connection's request
+/// count with the one it saw last, so the request path itself arms no timer.
+async fn watch_connection<C: Connection>(
+    mut connection: Pin<&mut C>,
+    state: &ConnState,
+    mut stop: watch::Receiver<Stop>,
+    limit: Duration,
+) {
+    let period = limit / 4;
+    let mut tick = std::pin::pin!(tokio::time::sleep(period));
+    let mut seen = state.requests.load(Ordering::Relaxed);
+    let mut quiet = Duration::ZERO;
+    let stopping = loop {
+        tokio::select! {
+            biased;
+            _ = connection.as_mut() => return,
+            () = tick.as_mut() => {
+                let requests = state.requests.load(Ordering::Relaxed);
+                if requests != seen || state.active.load(Ordering::Relaxed) > 0 {
+                    seen = requests;
+                    quiet = Duration::ZERO;
+                } else {
+                    quiet += period;
+                    if quiet >= limit {
+                        break false;
+                    }
+                }
+                tick.as_mut().reset(tokio::time::Instant::now() + period);
+            }
+            _ = stop.wait_for(|s| *s != Stop::Running) => break true,
+        }
+    };
+    // Idle too long, nothing in progress: a graceful end is immediate for HTTP/1 and one GOAWAY
+    // for HTTP/2, and a peer that does not let it finish is dropped after a moment. A stopping
+    // server lets requests in progress finish (within its grace period).
+    connection.as_mut().graceful_shutdown();
+    if stopping {
+        let _ = connection.await;
+    } else {
+        let _ = tokio::time::timeout(LINGER, connection).await;
+    }
+}
+
+/// A request in progress on its connection, from its head to the end (or drop) of its answer.
+struct Active {
+    state: Arc<ConnState>,
+}
+
+impl Active {
+    fn enter(state: &Arc<ConnState>) -> Active {
+        // One thread drives a connection and its requests: plain loads and stores suffice.
+        let requests = state.requests.load(Ordering::Relaxed);
+        state
+            .requests
+            .store(requests.wrapping_add(1), Ordering::Relaxed);
+        let active = state.active.load(Ordering::Relaxed);
+        state.active.store(active + 1, Ordering::Relaxed);
+        Active {
+            state: state.clone(),
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let active = self.state.active.load(Ordering::Relaxed);
+        self.state
+            .active
+            .store(active.saturating_sub(1), Ordering::Relaxed);
+    }
+}
+
+/// An answer's body; the request counts as active until it is sent or dropped.
+struct Answer {
+    inner: axum::body::Body,
+    _active: Active,
+}
+
+impl HttpBody for Answer {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A serving thread's listener: the connections the acceptor hands it.
@@ -319,8 +436,10 @@ impl Handed {
 /// What a connection's requests tell its socket (one per connection, shared by its requests).
 #[derive(Default)]
 struct ConnState {
-    /// A request head has arrived (the first-request deadline no longer applies).
-    requested: AtomicBool,
+    /// Requests started on the connection (wrapping): the watchdog's sign of progress.
+    requests: AtomicU32,
+    /// Requests in progress: from their head to the end of their answer.
+    active: AtomicU32,
     /// The current HTTP/1 request's body was read to its end (HTTP/1 requests on a connection
     /// come one after the other).
     body_done: AtomicBool,
