@@ -2,13 +2,7 @@
 
 pub mod orgs;
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    response::IntoResponse,
-    routing::{get, post},
-    Router,
-};
+use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use serde_json::json;
 use sqlx::Row;
@@ -26,21 +20,22 @@ use crate::{
     http::{
         extract::{Json, Path, Query},
         pagination::{HasId, Page},
+        routes::Routes,
     },
     ids::UserId,
     storage::{self, Sql},
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/admin/users", get(list_users))
-        .route(
-            "/v1/admin/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
-        .route("/v1/admin/signing-keys", get(list_signing_keys))
-        .route("/v1/admin/signing-keys/rotate", post(rotate_signing_key))
-        .route("/v1/admin/mailbox", get(mailbox))
+pub fn routes() -> Routes {
+    const USER: &str = "/v1/admin/users/{id}";
+    Routes::new()
+        .get("/v1/admin/users", list_users)
+        .get(USER, get_user)
+        .patch(USER, update_user)
+        .delete(USER, delete_user)
+        .get("/v1/admin/signing-keys", list_signing_keys)
+        .post("/v1/admin/signing-keys/rotate", rotate_signing_key)
+        .get("/v1/admin/mailbox", mailbox)
 }
 
 impl PlatformAdmin {

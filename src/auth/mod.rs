@@ -10,4 +10,4 @@ pub mod sessions;
 pub mod tokens;
 pub mod users;
 
-pub use routes::router;
+pub use routes::routes;

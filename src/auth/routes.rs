@@ -7,8 +7,6 @@ use axum::{
     extract::State,
     http::{header, StatusCode},
     response::IntoResponse,
-    routing::{delete, get, post, put},
-    Router,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,6 +24,7 @@ use crate::{
     http::{
         extract::{Json, Path},
         request_meta::RequestMeta,
+        routes::Routes,
     },
     ids::UserId,
     limits::LimitSpec,
@@ -52,27 +51,28 @@ async fn security_event(
     .await;
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/verify-email", post(verify_email))
-        .route("/v1/auth/login", post(login))
-        .route("/v1/auth/mfa/verify", post(mfa_verify))
-        .route("/v1/auth/otp/request", post(otp_request))
-        .route("/v1/auth/otp/verify", post(otp_verify))
-        .route("/v1/auth/forgot-password", post(forgot_password))
-        .route("/v1/auth/reset-password", post(reset_password))
-        .route("/v1/auth/password", put(change_password))
-        .route("/v1/auth/select-tenant", post(select_tenant))
-        .route("/v1/auth/switch-environment", post(switch_environment))
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/me", get(me).patch(update_me))
-        .route("/v1/me/sessions", get(my_sessions))
-        .route("/v1/me/sessions/{id}", delete(end_session))
-        .route("/v1/me/mfa/totp", post(mfa_enrol))
-        .route("/v1/me/mfa/totp/verify", post(mfa_activate))
-        .route("/v1/me/mfa", delete(mfa_disable))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/.well-known/jwks.json", jwks)
+        .post("/v1/auth/register", register)
+        .post("/v1/auth/verify-email", verify_email)
+        .post("/v1/auth/login", login)
+        .post("/v1/auth/mfa/verify", mfa_verify)
+        .post("/v1/auth/otp/request", otp_request)
+        .post("/v1/auth/otp/verify", otp_verify)
+        .post("/v1/auth/forgot-password", forgot_password)
+        .post("/v1/auth/reset-password", reset_password)
+        .put("/v1/auth/password", change_password)
+        .post("/v1/auth/select-tenant", select_tenant)
+        .post("/v1/auth/switch-environment", switch_environment)
+        .post("/v1/auth/logout", logout)
+        .get("/v1/me", me)
+        .patch("/v1/me", update_me)
+        .get("/v1/me/sessions", my_sessions)
+        .delete("/v1/me/sessions/{id}", end_session)
+        .post("/v1/me/mfa/totp", mfa_enrol)
+        .post("/v1/me/mfa/totp/verify", mfa_activate)
+        .delete("/v1/me/mfa", mfa_disable)
 }
 
 /// Login attempts per (IP, email): `rate_limits.login_attempts` per

@@ -160,23 +160,20 @@ impl PlanCatalogue {
 
 pub fn routes() -> Routes {
     const S: &str = "/v1/organizations/{org_id}/subscription";
+    const PLANS: &str = "/v1/admin/plans";
+    const PLAN: &str = "/v1/admin/plans/{id}";
     Routes::new()
         .get("/v1/organizations/{org_id}/usage", usage)
         .get(S, subscriptions::get)
         .post(S, subscriptions::create)
         .patch(S, subscriptions::update)
         .delete(S, subscriptions::cancel)
-}
-
-pub fn router() -> axum::Router<AppState> {
-    use axum::routing::get;
-    axum::Router::new()
-        .route("/v1/plans", get(list_plans))
-        .route("/v1/admin/plans", get(admin_list).post(admin_create))
-        .route(
-            "/v1/admin/plans/{id}",
-            get(admin_get).patch(admin_update).delete(admin_delete),
-        )
+        .get("/v1/plans", list_plans)
+        .get(PLANS, admin_list)
+        .post(PLANS, admin_create)
+        .get(PLAN, admin_get)
+        .patch(PLAN, admin_update)
+        .delete(PLAN, admin_delete)
 }
 
 fn list_body(plans: Vec<Arc<Plan>>, page: &Page) -> Value {

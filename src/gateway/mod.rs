@@ -9,7 +9,7 @@ pub mod rollup;
 pub mod stats;
 pub mod usage;
 
-use axum::{extract::State, response::IntoResponse, routing::any, Router};
+use axum::{extract::State, response::IntoResponse};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -41,12 +41,12 @@ pub fn routes() -> Routes {
 
 /// The proxy routes: no layers (no control-plane timeout, as streams last; the handler reads
 /// the body up to `gateway_max_body_bytes` itself).
-pub fn proxy_router() -> Router<AppState> {
-    Router::new()
-        .route(proxy::OPENAI.route, any(proxy::openai))
-        .route(proxy::ANTHROPIC.route, any(proxy::anthropic))
-        .route(proxy::GOOGLE.route, any(proxy::google))
-        .route(proxy::AZURE.route, any(proxy::azure))
+pub fn proxy_routes() -> Routes {
+    Routes::new()
+        .any(proxy::OPENAI.route, proxy::openai)
+        .any(proxy::ANTHROPIC.route, proxy::anthropic)
+        .any(proxy::GOOGLE.route, proxy::google)
+        .any(proxy::AZURE.route, proxy::azure)
 }
 
 #[derive(Debug, Serialize)]

@@ -6,21 +6,20 @@ use axum::{
     extract::State,
     http::{header, StatusCode},
     response::IntoResponse,
-    routing::get,
-    Json, Router,
+    Json,
 };
 use serde::Serialize;
 
-use crate::app::AppState;
+use crate::{app::AppState, http::routes::Routes};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/health/ready", get(ready))
-        .route("/health/live", get(live))
-        .route("/metrics", get(metrics))
+pub fn routes() -> Routes {
+    Routes::new()
+        .get("/health", health)
+        .get("/health/ready", ready)
+        .get("/health/live", live)
+        .get("/metrics", metrics)
 }
 
 #[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]

@@ -20,10 +20,13 @@ pub fn router(state: AppState) -> middleware::App {
     router_with(state, Router::new())
 }
 
-/// The routes registered through the recording builder, with their method and path template
-/// (tests generate per-route checks from it).
+/// The control plane's routes, every area, through the recording builder (tests generate
+/// per-route checks from its table).
 pub fn api_routes() -> routes::Routes {
     routes::Routes::new()
+        .merge(crate::health::routes())
+        .merge(crate::auth::routes())
+        .merge(crate::admin::routes())
         .merge(crate::orgs::routes())
         .merge(crate::admin::orgs::routes())
         .merge(crate::events::routes::routes())
@@ -57,19 +60,19 @@ pub fn number_header(n: u64) -> axum::http::HeaderValue {
     axum::http::HeaderValue::from_bytes(&buf[i..]).expect("digits are a valid header value")
 }
 
+/// Every route of the API with its method and path template: the control plane's, then the
+/// gateway's proxy routes (recorded once per method).
 pub fn route_table() -> Vec<routes::RouteInfo> {
-    api_routes().table().to_vec()
+    let mut table = api_routes().table().to_vec();
+    table.extend_from_slice(crate::gateway::proxy_routes().table());
+    table
 }
 
 /// The API with `extra` routes merged into the control plane, under the same layers (the test
 /// harness mounts probe routes this way).
 pub fn router_with(state: AppState, extra: Router<AppState>) -> middleware::App {
-    let control_plane = Router::new()
-        .merge(crate::health::router())
-        .merge(crate::auth::router())
-        .merge(crate::admin::router())
-        .merge(crate::billing::router())
-        .merge(api_routes().into_router())
+    let control_plane = api_routes()
+        .into_router()
         .merge(extra)
         // A control-plane request that runs past the limit is abandoned with 503.
         .layer(TimeoutLayer::with_status_code(
@@ -81,7 +84,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> middleware::App 
     let router = control_plane
         // The data plane: no per-route layers at all (no control-plane timeout, as streams
         // last; the proxy enforces its own body limit).
-        .merge(crate::gateway::proxy_router())
+        .merge(crate::gateway::proxy_routes().into_router())
         .fallback(middleware::not_found)
         .with_state(state.clone());
     // Request ids, trace spans, panics, CORS, rate limits and quotas, the error envelope and

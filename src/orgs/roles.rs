@@ -196,6 +196,18 @@ permission_markers!(
     GatewayProxy,
 );
 
+/// The scope names a role holds, each once (several permissions share a scope name, as
+/// `configs:manage` covers configs, storage settings and providers).
+fn permission_names(role: Role) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for p in Permission::ALL.iter().filter(|p| role.can(**p)) {
+        if !names.contains(&p.name()) {
+            names.push(p.name());
+        }
+    }
+    names
+}
+
 /// `GET /v1/roles`
 pub fn roles_document() -> serde_json::Value {
     let roles: Vec<serde_json::Value> = Role::ALL
@@ -205,11 +217,7 @@ pub fn roles_document() -> serde_json::Value {
                 "id": r.as_str(),
                 "name": r.as_str(),
                 "description": r.description(),
-                "permissions": Permission::ALL
-                    .iter()
-                    .filter(|p| r.can(**p))
-                    .map(|p| p.name())
-                    .collect::<Vec<_>>(),
+                "permissions": permission_names(*r),
             })
         })
         .collect();
@@ -220,6 +228,29 @@ pub fn roles_document() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_roles_document_names_each_permission_once() {
+        let doc = roles_document();
+        for role in doc["roles"].as_array().unwrap() {
+            let names: Vec<&str> = role["permissions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap())
+                .collect();
+            let mut unique = names.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(names.len(), unique.len(), "{}: {names:?}", role["id"]);
+        }
+        let owner = &doc["roles"][0]["permissions"];
+        assert!(owner
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "configs:manage"));
+    }
 
     #[test]
     fn roles_include_the_ones_below() {
