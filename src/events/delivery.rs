@@ -36,7 +36,7 @@ use crate::{
     error::Result,
     ids::OrgId,
     metrics::WebhookOutcomeLabels,
-    storage::{self, Backend, Db, RowExt},
+    storage::{self, Db, RowExt},
 };
 
 /// When each attempt is made: `delays[0]` after the event (0: at once), then `delays[n]` after
@@ -129,10 +129,7 @@ impl WorkerConfig {
 pub async fn claim(db: &Db, worker_id: &str, lease: Duration, limit: i64) -> Result<Vec<String>> {
     let now = Utc::now();
     let locked_until = storage::format_time(now + lease);
-    let lock = match db.backend() {
-        Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
+    let lock = db.backend().skip_locked("d");
     let sql = format!(
         "UPDATE webhook_deliveries SET status = 'delivering', locked_by = $1, locked_until = $2 \
          WHERE id IN (SELECT d.id FROM webhook_deliveries d \

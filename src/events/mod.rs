@@ -166,26 +166,9 @@ pub async fn record_security_event(db: &crate::storage::Db, ctx: &ActorContext, 
     }
 }
 
-/// Begins a transaction that will write (use it for the transaction you [`emit`] into). On
-/// SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred transaction that reads
-/// first and then writes fails with "database is locked" when another connection wrote in
-/// between, instead of waiting. (Belongs in `storage` once that is shared.)
-pub async fn begin_write(
-    db: &crate::storage::Db,
-) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-    db.pool()
-        .begin_with(begin_write_statement(db.backend()))
-        .await
-}
-
-/// The statement that opens a write transaction (see [`begin_write`]), for a connection held
-/// outside the pool.
-pub fn begin_write_statement(backend: crate::storage::Backend) -> &'static str {
-    match backend {
-        crate::storage::Backend::Sqlite => "BEGIN IMMEDIATE",
-        crate::storage::Backend::Postgres => "BEGIN",
-    }
-}
+/// Begins a transaction that will write (use it for the transaction you [`emit`] into); it lives
+/// in `storage` (the dialect layer), re-exported here for the callers that name it so.
+pub use crate::storage::begin_write;
 
 /// Which webhook endpoints an operation is confined to: one organization's — all of them, or
 /// one environment's for a caller confined to it — or the platform's own (`organization_id`

@@ -253,7 +253,7 @@ fn insert_text(backend: storage::Backend, rows: usize) -> &'static str {
     static TEXTS: std::sync::OnceLock<Vec<(storage::Backend, usize, String)>> =
         std::sync::OnceLock::new();
     let texts = TEXTS.get_or_init(|| {
-        [storage::Backend::Sqlite, storage::Backend::Postgres]
+        storage::Backend::ALL
             .into_iter()
             .flat_map(|b| INSERT_SIZES.map(|n| (b, n, multi_row_insert(b, n))))
             .collect()
@@ -267,12 +267,8 @@ fn insert_text(backend: storage::Backend, rows: usize) -> &'static str {
 
 fn multi_row_insert(backend: storage::Backend, rows: usize) -> String {
     const COLUMNS: usize = 17;
-    // SQLite: a failing row rolls the whole batch's transaction back (as the writer does
-    // anyway), so that a statement of many rows needs no statement journal of its own.
-    let verb = match backend {
-        storage::Backend::Sqlite => "INSERT OR ROLLBACK",
-        storage::Backend::Postgres => "INSERT",
-    };
+    // A failing row rolls the whole batch's transaction back (as the writer does anyway).
+    let verb = backend.insert_or_rollback();
     let mut sql = Sql::for_backend(
         backend,
         &format!("{verb} INTO usage_logs (id, organization_id, key_id, environment, provider, model, path, \
@@ -334,8 +330,7 @@ async fn write(
             Some(c) => c,
             None => conn.insert(db.pool().acquire().await?),
         };
-        let statement = crate::events::begin_write_statement(backend);
-        let mut tx = sqlx::Connection::begin_with(&mut **pinned, statement).await?;
+        let mut tx = sqlx::Connection::begin_with(&mut **pinned, backend.begin_write()).await?;
         let mut rest = &stored[..];
         let mut ids = &violation_ids[..];
         while !rest.is_empty() {

@@ -1,7 +1,8 @@
 //! Cache invalidation across nodes. A message (`key:<id>`, `org:<id>`, `plans`, `all`) is
 //! applied to this node's caches at once (the key cache, the request path's organization cache,
 //! the compiled policy matchers, the plan catalogue) and broadcast: over Redis pub/sub when
-//! `redis_url` is set, else over PostgreSQL `LISTEN/NOTIFY`, else (one SQLite node) nowhere else.
+//! `redis_url` is set, else over the database's notifications (PostgreSQL `LISTEN/NOTIFY`, see
+//! [`crate::storage::Listener`]), else (one SQLite node) nowhere else.
 //! A listener that loses its connection clears the caches (it may have missed messages) and
 //! reconnects.
 
@@ -10,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use futures_util::StreamExt;
 
 use super::cache::KeyCache;
-use crate::storage::{Backend, Db};
+use crate::storage::{Db, Listener};
 use crate::{
     billing::PlanCatalogue, limits::middleware::RequestLimits, policies::store::MatcherCache,
 };
@@ -20,7 +21,10 @@ const CHANNEL: &str = "gatehouse_invalidate";
 #[derive(Clone)]
 enum Transport {
     Local,
-    Postgres { url: String },
+    /// The database's own notifications (PostgreSQL `LISTEN/NOTIFY`).
+    Database {
+        url: String,
+    },
     Redis(redis::Client),
 }
 
@@ -45,7 +49,7 @@ impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self.transport {
             Transport::Local => "local",
-            Transport::Postgres { .. } => "postgres",
+            Transport::Database { .. } => self.db.backend().name(),
             Transport::Redis(_) => "redis",
         };
         write!(f, "Bus({kind})")
@@ -117,12 +121,12 @@ impl Bus {
         redis_url: Option<&str>,
         redis: Option<crate::redis::Redis>,
     ) -> anyhow::Result<Bus> {
-        let transport = match (redis_url, db.backend()) {
-            (Some(url), _) => Transport::Redis(redis::Client::open(url)?),
-            (None, Backend::Postgres) => Transport::Postgres {
+        let transport = match redis_url {
+            Some(url) => Transport::Redis(redis::Client::open(url)?),
+            None if db.backend().has_notifications() => Transport::Database {
                 url: database_url.to_string(),
             },
-            (None, Backend::Sqlite) => Transport::Local,
+            None => Transport::Local,
         };
         Ok(Bus {
             transport,
@@ -139,13 +143,9 @@ impl Bus {
         self.apply(message);
         let result: anyhow::Result<()> = match &self.transport {
             Transport::Local => Ok(()),
-            Transport::Postgres { .. } => sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(message)
-                .execute(self.db.pool())
-                .await
-                .map(|_| ())
-                .map_err(Into::into),
+            Transport::Database { .. } => {
+                self.db.notify(CHANNEL, message).await.map_err(Into::into)
+            }
             Transport::Redis(_) => match &self.redis {
                 Some(r) => {
                     async {
@@ -175,7 +175,7 @@ impl Bus {
             loop {
                 let result = match &bus.transport {
                     Transport::Local => return,
-                    Transport::Postgres { url } => bus.listen_postgres(url).await,
+                    Transport::Database { url } => bus.listen_database(url).await,
                     Transport::Redis(client) => bus.listen_redis(client).await,
                 };
                 bus.apply("all");
@@ -188,14 +188,13 @@ impl Bus {
         })
     }
 
-    async fn listen_postgres(&self, url: &str) -> anyhow::Result<()> {
-        let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-        listener.listen(CHANNEL).await?;
+    async fn listen_database(&self, url: &str) -> anyhow::Result<()> {
+        let mut listener = Listener::connect(url, CHANNEL).await?;
         // Messages sent while we were not listening are lost: start from an empty cache.
         self.apply("all");
         loop {
-            let n = listener.recv().await?;
-            self.apply(n.payload());
+            let payload = listener.recv().await?;
+            self.apply(&payload);
         }
     }
 

@@ -630,13 +630,7 @@ async fn lock_memberships(
     backend: crate::storage::Backend,
     org_id: &str,
 ) -> Result<(), Error> {
-    sqlx::query(&format!(
-        "SELECT id FROM organizations WHERE id = $1{}",
-        backend.lock_for_change()
-    ))
-    .bind(org_id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    crate::storage::lock_for_change(tx, backend, "organizations", org_id).await?;
     Ok(())
 }
 

@@ -2,10 +2,26 @@
 //!
 //! Queries are written once, in the dialect both databases share: `$1` placeholders (SQLite
 //! accepts them too), `TEXT` timestamps in one fixed RFC 3339 form (so they compare as strings),
-//! JSON as `TEXT`, booleans as integers 0/1. Each backend has its own migration files under
-//! `migrations/<backend>/`, embedded in the binary and applied at start and by `gatehouse migrate`.
+//! JSON as `TEXT`, booleans as integers 0/1 (`INTEGER` on SQLite, `BOOLEAN` on PostgreSQL: read
+//! them with [`RowExt::get_bool`]), integers 64-bit (`INTEGER` on SQLite, `BIGINT` on
+//! PostgreSQL), `ON CONFLICT … DO …` upserts and `RETURNING` (both databases have them).
+//!
+//! **Every difference between the backends lives in this module** (the dialect layer,
+//! `dialect.rs`): code elsewhere never matches on [`Backend`]; it asks for what it needs by name —
+//! [`begin_write`] (`BEGIN IMMEDIATE` on SQLite), [`lock_for_change`] / [`Backend::lock_for_change`]
+//! (`FOR NO KEY UPDATE` on PostgreSQL), [`Backend::skip_locked`], [`Backend::insert_or_rollback`],
+//! [`Sql::for_backend`] (placeholders), [`Db::notify`] and [`Listener`] (PostgreSQL
+//! `LISTEN/NOTIFY`, see [`Backend::has_notifications`]).
+//!
+//! Each backend has its own migration files under `migrations/<backend>/`, embedded in the binary
+//! and applied at start and by `gatehouse migrate`: a change is a new file with the same version
+//! and name in both (never an edit of an applied one). `tests/schema.rs` migrates a database of
+//! each kind and compares the schemas they build, column by column (types, nullability,
+//! defaults, keys, indexes, foreign keys).
 
+mod dialect;
 mod migrations;
+mod notify;
 mod sql;
 
 use std::{str::FromStr, time::Duration};
@@ -15,33 +31,9 @@ use sqlx::{
     AnyPool, Executor,
 };
 
+pub use dialect::Backend;
+pub use notify::Listener;
 pub use sql::{Arg, Sql};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-impl Backend {
-    /// The clause that locks the rows a `SELECT` reads until the transaction ends, serialising
-    /// changes guarded by them: `FOR NO KEY UPDATE` on PostgreSQL (it does not block inserts whose
-    /// foreign keys point at the row); nothing on SQLite, where a write transaction
-    /// (`BEGIN IMMEDIATE`) already holds the database's one write lock.
-    pub fn lock_for_change(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR NO KEY UPDATE",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -86,13 +78,8 @@ impl Db {
             .acquire_timeout(Duration::from_secs(5))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL for concurrent readers, foreign keys enforced, and waiting (not
-                        // failing) when another connection holds the write lock.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    for statement in backend.connection_setup() {
+                        conn.execute(*statement).await?;
                     }
                     Ok(())
                 })
@@ -111,6 +98,12 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Begins a transaction that will write (use it for the transaction you
+    /// [`emit`](crate::events::emit) into): see [`Backend::begin_write`].
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        self.pool.begin_with(self.backend.begin_write()).await
     }
 
     /// Applies every embedded migration not yet applied.
@@ -143,6 +136,30 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Begins a transaction that will write: [`Db::begin_write`].
+pub async fn begin_write(db: &Db) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+    db.begin_write().await
+}
+
+/// Takes the change lock ([`Backend::lock_for_change`]) on the row of `table` whose `id` is `id`
+/// until the transaction on `conn` ends, serialising the changes that it guards. Returns whether
+/// the row exists. `table` is a name from the code, never input.
+pub async fn lock_for_change(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    table: &'static str,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    let found = sqlx::query(&format!(
+        "SELECT id FROM {table} WHERE id = $1{}",
+        backend.lock_for_change()
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(found.is_some())
 }
 
 /// Decoding helpers for the columns whose SQL type differs between the backends.

@@ -80,7 +80,7 @@ impl Sql {
     /// text must not be combined with another statement's), `$N` on PostgreSQL.
     pub fn for_backend(backend: super::Backend, text: &str) -> Self {
         let mut sql = Sql::new(text);
-        sql.positional = backend == super::Backend::Sqlite;
+        sql.positional = backend.positional_placeholders();
         sql
     }
 
