@@ -1,7 +1,7 @@
 //! Security issue #20, identity items, through the real HTTP API on both databases:
 //! 4 (MFA on the passwordless login), 6 (an address proven by a login code, a reset or an
 //! invitation takes a pre-registered account back), 12 (second-factor attempt limits, counted
-//! atomically), 13 (email normalisation and look-alikes) and 17 (the "mail me" requests do no
+//! atomically, per `mfa_token` and per user), 13 (email normalisation and look-alikes) and 17 (the "mail me" requests do no
 //! per-account work before they answer).
 
 mod common;
@@ -17,6 +17,8 @@ on_both_databases!(
     an_accepted_invitation_takes_a_pre_registered_account_back,
     wrong_codes_of_a_signed_in_user_are_limited_even_in_parallel,
     parallel_guesses_on_one_mfa_token_are_counted_atomically,
+    the_mfa_step_of_logins_is_limited_per_user_across_mfa_tokens,
+    a_right_code_at_the_mfa_step_clears_the_users_count,
     email_look_alikes_are_one_account_or_refused,
     mail_me_requests_answer_before_any_account_work,
 );
@@ -456,6 +458,105 @@ async fn parallel_guesses_on_one_mfa_token_are_counted_atomically(backend: Backe
         "{}",
         res.text
     );
+}
+
+/// A password login's `mfa_token`.
+async fn mfa_token(srv: &TestServer, email: &str) -> String {
+    let res = password_login(srv, email, PASSWORD).await;
+    assert_eq!(res.json["mfa_required"], true, "{}", res.text);
+    token(&res.json, "mfa_token")
+}
+
+fn mfa_verify<'a>(
+    srv: &'a TestServer,
+    mfa_token: &str,
+    code: &str,
+) -> impl std::future::Future<Output = common::Response> + use<'a> {
+    srv.post_json(
+        "/v1/auth/mfa/verify",
+        &json!({"mfa_token": mfa_token, "code": code}),
+    )
+}
+
+async fn the_mfa_step_of_logins_is_limited_per_user_across_mfa_tokens(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let email = "guesser@example.com";
+    let access = token(&srv.register(email).await, "access_token");
+    let (_, recovery) = enable_mfa(&srv, &access).await;
+
+    // Three logins with the password, three tokens of 5 attempts each, 15 wrong codes at once:
+    // the user's 10 are evaluated, the rest refused before any code is checked.
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(mfa_token(&srv, email).await);
+    }
+    let answers = join_all(
+        tokens
+            .iter()
+            .flat_map(|t| (0..5).map(move |_| t))
+            .map(|t| mfa_verify(&srv, t, "000000")),
+    )
+    .await;
+    let evaluated = answers
+        .iter()
+        .filter(|r| r.status == 401 && r.json["error"]["message"] == "The code is invalid")
+        .count();
+    let locked: Vec<_> = answers.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        (evaluated, locked.len()),
+        (10, 5),
+        "{:?}",
+        answers.iter().map(|r| &r.text).collect::<Vec<_>>()
+    );
+    for res in &locked {
+        let err = res.assert_error(429, "rate_limit_exceeded");
+        assert!(err["message"].as_str().unwrap().contains("wrong codes"));
+        let retry: u64 = res.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=15 * 60).contains(&retry), "{retry}");
+    }
+
+    // A fresh token from a new password login brings no new guesses: even the right code is
+    // refused while the window lasts.
+    let fresh = mfa_token(&srv, email).await;
+    let res = mfa_verify(&srv, &fresh, &recovery[0]).await;
+    res.assert_error(429, "rate_limit_exceeded");
+    assert!(res.json.get("access_token").is_none());
+
+    // The signed-in user's own checks are counted apart: disabling MFA still evaluates a code.
+    delete_mfa(&srv, &access, "000000")
+        .await
+        .assert_error(400, "invalid_request");
+}
+
+async fn a_right_code_at_the_mfa_step_clears_the_users_count(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let email = "forgetful@example.com";
+    let access = token(&srv.register(email).await, "access_token");
+    let (_, recovery) = enable_mfa(&srv, &access).await;
+    let misses = |t: String, n: usize| {
+        let srv = &srv;
+        async move {
+            for _ in 0..n {
+                mfa_verify(srv, &t, "000000")
+                    .await
+                    .assert_error(401, "unauthorized");
+            }
+        }
+    };
+
+    // Nine misses over two tokens, then the right code: signed in.
+    misses(mfa_token(&srv, email).await, 5).await;
+    let second = mfa_token(&srv, email).await;
+    misses(second.clone(), 4).await;
+    let res = mfa_verify(&srv, &second, &recovery[0]).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    // The count starts again: nine more misses and the right code still sign in.
+    misses(mfa_token(&srv, email).await, 5).await;
+    let fourth = mfa_token(&srv, email).await;
+    misses(fourth.clone(), 4).await;
+    let res = mfa_verify(&srv, &fourth, &recovery[1]).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(res.json["access_token"].is_string());
 }
 
 // ---- item 13 --------------------------------------------------------------------------------

@@ -364,8 +364,9 @@ async fn mfa_verify(
     meta: RequestMeta,
     Json(body): Json<MfaVerify>,
 ) -> Result<impl IntoResponse, Error> {
-    // The attempt is counted on the challenge before the code is checked: at most 5 per
-    // token, however many requests race.
+    // The attempt is counted on the challenge, then on the user, before the code is checked:
+    // at most 5 per token and 10 per user in 15 minutes (across tokens), however many requests
+    // race.
     let user_id = codes::claim_mfa_attempt(&state.db, &body.mfa_token).await?;
     if !mfa::check_login_second_factor(&state, &user_id, &body.code).await? {
         return Err(Error::unauthorized("The code is invalid"));

@@ -33,6 +33,7 @@ const SQLITE: Embedded = migrations!("sqlite":
     (11, "subscriptions"),
     (12, "mfa_attempts"),
     (13, "webhook_environments"),
+    (14, "mfa_login_attempts"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
@@ -49,6 +50,7 @@ const POSTGRES: Embedded = migrations!("postgres":
     (11, "subscriptions"),
     (12, "mfa_attempts"),
     (13, "webhook_environments"),
+    (14, "mfa_login_attempts"),
 );
 
 fn embedded(backend: Backend) -> Embedded {
