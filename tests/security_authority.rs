@@ -22,6 +22,9 @@ on_both_databases!(
     test_callers_see_and_change_test_webhooks_only,
     test_events_reach_test_endpoints_only,
     two_owners_demoting_each_other_leave_one_owner,
+    a_caller_demoted_before_the_membership_lock_cannot_act,
+    a_keys_creator_demoted_before_the_membership_lock_stops_the_key,
+    two_of_three_owners_demoting_each_other_leave_two_owners,
     deleting_a_user_never_leaves_an_organization_without_owner,
     an_allowlist_excluding_the_caller_is_refused_unless_forced,
     platform_admins_repair_a_locked_out_organization,
@@ -491,6 +494,182 @@ async fn two_owners_demoting_each_other_leave_one_owner(backend: Backend) {
         .unwrap();
         assert_eq!(owners, 1, "trial {trial}");
         // Make both owners again for the next trial.
+        sqlx::query("UPDATE memberships SET role = 'owner' WHERE organization_id = $1")
+            .bind(&o.id)
+            .execute(srv.state.db.pool())
+            .await
+            .unwrap();
+    }
+}
+
+async fn role_in_db(srv: &TestServer, org_id: &str, user_id: &str) -> Option<String> {
+    sqlx::query_scalar("SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2")
+        .bind(org_id)
+        .bind(user_id)
+        .fetch_optional(srv.state.db.pool())
+        .await
+        .unwrap()
+}
+
+/// Runs `held` (a membership change) with the organization's next membership change held just
+/// before its lock; while it is held, `meanwhile` runs to completion.
+async fn with_change_held_before_lock<H, M>(org_id: &str, held: H, meanwhile: M) -> H::Output
+where
+    H: std::future::Future,
+    M: std::future::Future<Output = ()>,
+{
+    let mut pause = gatehouse::orgs::members::pause::arm(org_id);
+    let other = async move {
+        pause.arrived().await;
+        meanwhile.await;
+        pause.release();
+    };
+    tokio::join!(held, other).0
+}
+
+async fn a_caller_demoted_before_the_membership_lock_cannot_act(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (second, second_id) = o.a_member(&srv, "second@example.com", "owner").await;
+    let (_, third_id) = o.a_member(&srv, "third@example.com", "owner").await;
+    let members = format!("{}/members", o.base);
+    let to_admin = json!({"role": "admin"});
+    let demote_second = || async {
+        let res = srv
+            .patch_as(&format!("{members}/{second_id}"), &o.owner, &to_admin)
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    };
+    // The second owner's demotion of the third passes the extractor as an owner; the first owner
+    // demotes the second before that change takes the lock.
+    let res = with_change_held_before_lock(
+        &o.id,
+        srv.patch_as(&format!("{members}/{third_id}"), &second, &to_admin),
+        demote_second(),
+    )
+    .await;
+    res.assert_error(403, "forbidden");
+    assert_eq!(role_in_db(&srv, &o.id, &third_id).await.unwrap(), "owner");
+    assert_eq!(role_in_db(&srv, &o.id, &second_id).await.unwrap(), "admin");
+
+    // The same for removal.
+    sqlx::query("UPDATE memberships SET role = 'owner' WHERE organization_id = $1")
+        .bind(&o.id)
+        .execute(srv.state.db.pool())
+        .await
+        .unwrap();
+    let res = with_change_held_before_lock(
+        &o.id,
+        srv.delete_as(&format!("{members}/{third_id}"), &second),
+        demote_second(),
+    )
+    .await;
+    res.assert_error(403, "forbidden");
+    assert_eq!(role_in_db(&srv, &o.id, &third_id).await.unwrap(), "owner");
+
+    // A caller whose role was lowered before the request cannot act either.
+    let res = srv
+        .patch_as(&format!("{members}/{third_id}"), &second, &to_admin)
+        .await;
+    res.assert_error(403, "forbidden");
+    assert_eq!(role_in_db(&srv, &o.id, &third_id).await.unwrap(), "owner");
+}
+
+async fn a_keys_creator_demoted_before_the_membership_lock_stops_the_key(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (_, viewer_id) = o.a_member(&srv, "viewer@example.com", "viewer").await;
+    let members = format!("{}/members", o.base);
+    let scopes = [
+        "members:read",
+        "members:manage",
+        "organizations:read",
+        "usage:read",
+        "configs:read",
+    ];
+    // An admin's key; the admin becomes a viewer while the key's change waits for the lock.
+    let admins_key = |email: &'static str| {
+        let (srv, o) = (&srv, &o);
+        async move {
+            let (admin, admin_id) = o.a_member(srv, email, "admin").await;
+            let body = json!({"name": email, "environment": "live", "scopes": scopes});
+            (token(&o.a_key(srv, &admin, body).await), admin_id)
+        }
+    };
+    let demote = |user_id: String| {
+        let (srv, o, members) = (&srv, &o, &members);
+        async move {
+            let to_viewer = json!({"role": "viewer"});
+            let res = srv
+                .patch_as(&format!("{members}/{user_id}"), &o.owner, &to_viewer)
+                .await;
+            assert_eq!(res.status, 200, "{}", res.text);
+        }
+    };
+
+    let (key, creator) = admins_key("admin1@example.com").await;
+    let res = with_change_held_before_lock(
+        &o.id,
+        srv.delete_as(&format!("{members}/{viewer_id}"), &key),
+        demote(creator),
+    )
+    .await;
+    res.assert_error(403, "forbidden");
+    assert_eq!(role_in_db(&srv, &o.id, &viewer_id).await.unwrap(), "viewer");
+
+    let (key, creator) = admins_key("admin2@example.com").await;
+    let res = with_change_held_before_lock(
+        &o.id,
+        srv.patch_as(
+            &format!("{members}/{viewer_id}"),
+            &key,
+            &json!({"role": "viewer"}),
+        ),
+        demote(creator),
+    )
+    .await;
+    res.assert_error(403, "forbidden");
+    let events: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM audit_events WHERE organization_id = $1 \
+         AND action = 'member.updated' AND resource_id = $2",
+    )
+    .bind(&o.id)
+    .bind(&viewer_id)
+    .fetch_one(srv.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(events, 0, "the held change did not happen");
+}
+
+async fn two_of_three_owners_demoting_each_other_leave_two_owners(backend: Backend) {
+    // With a third owner, neither demotion is the last owner's: only the fresh role of the
+    // caller, read under the lock, stops the second from acting as an owner it no longer is.
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (second, second_id) = o.a_member(&srv, "second@example.com", "owner").await;
+    o.a_member(&srv, "third@example.com", "owner").await;
+    let members = format!("{}/members", o.base);
+    for trial in 0..10 {
+        let to_admin = json!({"role": "admin"});
+        let (demote_second, demote_first) = (
+            format!("{members}/{second_id}"),
+            format!("{members}/{}", o.owner_id),
+        );
+        let a = srv.patch_as(&demote_second, &o.owner, &to_admin);
+        let b = srv.patch_as(&demote_first, &second, &to_admin);
+        let (a, b) = tokio::join!(a, b);
+        let ok = [a.status, b.status].iter().filter(|s| **s == 200).count();
+        assert_eq!(ok, 1, "trial {trial}: {} / {}", a.text, b.text);
+        let loser = if a.status == 200 { &b } else { &a };
+        loser.assert_error(403, "forbidden");
+        let owners: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND role = 'owner'",
+        )
+        .bind(&o.id)
+        .fetch_one(srv.state.db.pool())
+        .await
+        .unwrap();
+        assert_eq!(owners, 2, "trial {trial}");
         sqlx::query("UPDATE memberships SET role = 'owner' WHERE organization_id = $1")
             .bind(&o.id)
             .execute(srv.state.db.pool())

@@ -1,7 +1,8 @@
 //! Security issue #20, identity items, through the real HTTP API on both databases:
 //! 4 (MFA on the passwordless login), 6 (an address proven by a login code, a reset or an
 //! invitation takes a pre-registered account back), 12 (second-factor attempt limits, counted
-//! atomically), 13 (email normalisation and look-alikes) and 17 (the "mail me" requests do no
+//! atomically, per `mfa_token` and per user), 13 (email normalisation and look-alikes, addresses
+//! stored before it folded by a data step) and 17 (the "mail me" requests do no
 //! per-account work before they answer).
 
 mod common;
@@ -17,7 +18,10 @@ on_both_databases!(
     an_accepted_invitation_takes_a_pre_registered_account_back,
     wrong_codes_of_a_signed_in_user_are_limited_even_in_parallel,
     parallel_guesses_on_one_mfa_token_are_counted_atomically,
+    the_mfa_step_of_logins_is_limited_per_user_across_mfa_tokens,
+    a_right_code_at_the_mfa_step_clears_the_users_count,
     email_look_alikes_are_one_account_or_refused,
+    emails_stored_before_folding_are_folded_and_collisions_left_and_reported,
     mail_me_requests_answer_before_any_account_work,
 );
 
@@ -458,6 +462,105 @@ async fn parallel_guesses_on_one_mfa_token_are_counted_atomically(backend: Backe
     );
 }
 
+/// A password login's `mfa_token`.
+async fn mfa_token(srv: &TestServer, email: &str) -> String {
+    let res = password_login(srv, email, PASSWORD).await;
+    assert_eq!(res.json["mfa_required"], true, "{}", res.text);
+    token(&res.json, "mfa_token")
+}
+
+fn mfa_verify<'a>(
+    srv: &'a TestServer,
+    mfa_token: &str,
+    code: &str,
+) -> impl std::future::Future<Output = common::Response> + use<'a> {
+    srv.post_json(
+        "/v1/auth/mfa/verify",
+        &json!({"mfa_token": mfa_token, "code": code}),
+    )
+}
+
+async fn the_mfa_step_of_logins_is_limited_per_user_across_mfa_tokens(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let email = "guesser@example.com";
+    let access = token(&srv.register(email).await, "access_token");
+    let (_, recovery) = enable_mfa(&srv, &access).await;
+
+    // Three logins with the password, three tokens of 5 attempts each, 15 wrong codes at once:
+    // the user's 10 are evaluated, the rest refused before any code is checked.
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(mfa_token(&srv, email).await);
+    }
+    let answers = join_all(
+        tokens
+            .iter()
+            .flat_map(|t| (0..5).map(move |_| t))
+            .map(|t| mfa_verify(&srv, t, "000000")),
+    )
+    .await;
+    let evaluated = answers
+        .iter()
+        .filter(|r| r.status == 401 && r.json["error"]["message"] == "The code is invalid")
+        .count();
+    let locked: Vec<_> = answers.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        (evaluated, locked.len()),
+        (10, 5),
+        "{:?}",
+        answers.iter().map(|r| &r.text).collect::<Vec<_>>()
+    );
+    for res in &locked {
+        let err = res.assert_error(429, "rate_limit_exceeded");
+        assert!(err["message"].as_str().unwrap().contains("wrong codes"));
+        let retry: u64 = res.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=15 * 60).contains(&retry), "{retry}");
+    }
+
+    // A fresh token from a new password login brings no new guesses: even the right code is
+    // refused while the window lasts.
+    let fresh = mfa_token(&srv, email).await;
+    let res = mfa_verify(&srv, &fresh, &recovery[0]).await;
+    res.assert_error(429, "rate_limit_exceeded");
+    assert!(res.json.get("access_token").is_none());
+
+    // The signed-in user's own checks are counted apart: disabling MFA still evaluates a code.
+    delete_mfa(&srv, &access, "000000")
+        .await
+        .assert_error(400, "invalid_request");
+}
+
+async fn a_right_code_at_the_mfa_step_clears_the_users_count(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let email = "forgetful@example.com";
+    let access = token(&srv.register(email).await, "access_token");
+    let (_, recovery) = enable_mfa(&srv, &access).await;
+    let misses = |t: String, n: usize| {
+        let srv = &srv;
+        async move {
+            for _ in 0..n {
+                mfa_verify(srv, &t, "000000")
+                    .await
+                    .assert_error(401, "unauthorized");
+            }
+        }
+    };
+
+    // Nine misses over two tokens, then the right code: signed in.
+    misses(mfa_token(&srv, email).await, 5).await;
+    let second = mfa_token(&srv, email).await;
+    misses(second.clone(), 4).await;
+    let res = mfa_verify(&srv, &second, &recovery[0]).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    // The count starts again: nine more misses and the right code still sign in.
+    misses(mfa_token(&srv, email).await, 5).await;
+    let fourth = mfa_token(&srv, email).await;
+    misses(fourth.clone(), 4).await;
+    let res = mfa_verify(&srv, &fourth, &recovery[1]).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(res.json["access_token"].is_string());
+}
+
 // ---- item 13 --------------------------------------------------------------------------------
 
 async fn email_look_alikes_are_one_account_or_refused(backend: Backend) {
@@ -580,6 +683,153 @@ async fn email_look_alikes_are_one_account_or_refused(backend: Backend) {
         register("\u{418}\u{432}\u{430}\u{43d}@\u{43f}\u{43e}\u{447}\u{442}\u{430}.\u{440}\u{444}")
             .await;
     assert_eq!(res.status, 201, "{}", res.text);
+}
+
+/// A user row as one written before emails were folded: the address as it was typed.
+async fn raw_user(srv: &TestServer, email: &str) -> String {
+    let id = gatehouse::ids::UserId::generate().0;
+    let hash = gatehouse::crypto::hash_password(PASSWORD);
+    sqlx::query(
+        "INSERT INTO users (id, email, name, password_hash, email_verified, created_at, updated_at) \
+         VALUES ($1, $2, '', $3, $4, $5, $5)",
+    )
+    .bind(&id)
+    .bind(email)
+    .bind(&hash)
+    .bind(true)
+    .bind(gatehouse::storage::now())
+    .execute(srv.state.db.pool())
+    .await
+    .unwrap();
+    id
+}
+
+async fn stored_email(srv: &TestServer, table: &str, id: &str) -> String {
+    sqlx::query_scalar(&format!("SELECT email FROM {table} WHERE id = $1"))
+        .bind(id)
+        .fetch_one(srv.state.db.pool())
+        .await
+        .unwrap()
+}
+
+async fn data_steps_recorded(srv: &TestServer) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM data_steps WHERE name = 'fold_stored_emails'")
+        .fetch_one(srv.state.db.pool())
+        .await
+        .unwrap()
+}
+
+async fn emails_stored_before_folding_are_folded_and_collisions_left_and_reported(
+    backend: Backend,
+) {
+    use gatehouse::auth::users::{fold_stored_emails, EmailCollision};
+    let srv = TestServer::start(backend).await;
+    // The step ran at start (nothing to fold) and was recorded.
+    assert_eq!(data_steps_recorded(&srv).await, 1);
+    let mixed = raw_user(&srv, "  Mixed.Case@Example.COM").await;
+    let wide = raw_user(&srv, "\u{ff41}lice@example.com").await;
+    let bob_raw = raw_user(&srv, "Bob@example.com").await;
+    let bob = raw_user(&srv, "bob@example.com").await;
+    let carol_upper = raw_user(&srv, "CAROL@example.com").await;
+    let carol_title = raw_user(&srv, "Carol@example.com").await;
+    let o = common::fixtures::an_org(&srv).await;
+    let invitation = gatehouse::ids::new_id("inv");
+    sqlx::query(
+        "INSERT INTO invitations (id, organization_id, email, name, role, token_hash, status, \
+         created_at, sent_at, expires_at) VALUES ($1, $2, $3, '', 'member', $4, 'pending', $5, $5, $5)",
+    )
+    .bind(&invitation)
+    .bind(&o.id)
+    .bind("Invitee@EXAMPLE.com")
+    .bind(gatehouse::ids::new_id("hash"))
+    .bind(gatehouse::storage::now())
+    .execute(srv.state.db.pool())
+    .await
+    .unwrap();
+
+    // Recorded: a restart does not run the step again.
+    srv.state.db.migrate().await.unwrap();
+    assert_eq!(
+        stored_email(&srv, "users", &mixed).await,
+        "  Mixed.Case@Example.COM"
+    );
+
+    // A database that has not had the step yet gets it at its next start.
+    sqlx::query("DELETE FROM data_steps")
+        .execute(srv.state.db.pool())
+        .await
+        .unwrap();
+    srv.state.db.migrate().await.unwrap();
+    assert_eq!(
+        stored_email(&srv, "users", &mixed).await,
+        "mixed.case@example.com"
+    );
+    assert_eq!(
+        stored_email(&srv, "users", &wide).await,
+        "alice@example.com"
+    );
+    assert_eq!(
+        stored_email(&srv, "invitations", &invitation).await,
+        "invitee@example.com"
+    );
+    // Colliding rows are left as they were.
+    assert_eq!(
+        stored_email(&srv, "users", &bob_raw).await,
+        "Bob@example.com"
+    );
+    assert_eq!(stored_email(&srv, "users", &bob).await, "bob@example.com");
+    assert_eq!(
+        stored_email(&srv, "users", &carol_upper).await,
+        "CAROL@example.com"
+    );
+    assert_eq!(
+        stored_email(&srv, "users", &carol_title).await,
+        "Carol@example.com"
+    );
+    // While collisions remain, the step is not recorded (it runs and warns at each start).
+    assert_eq!(data_steps_recorded(&srv).await, 0);
+
+    // The report names them; a second run folds nothing more.
+    let report = fold_stored_emails(&srv.state.db).await.unwrap();
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        report.collisions,
+        [
+            EmailCollision {
+                email: "bob@example.com".into(),
+                user_ids: sorted(vec![bob_raw.clone(), bob.clone()]),
+            },
+            EmailCollision {
+                email: "carol@example.com".into(),
+                user_ids: sorted(vec![carol_upper.clone(), carol_title.clone()]),
+            },
+        ]
+    );
+    assert!(report.users_folded.is_empty(), "{report:?}");
+    assert_eq!(report.invitations_folded, 0);
+
+    // A folded account signs in with its address as typed.
+    let res = password_login(&srv, "MIXED.case@example.com", PASSWORD).await;
+    assert!(res.json["access_token"].is_string(), "{}", res.text);
+
+    // Once an operator resolves the collisions, the next start folds the rest and records it.
+    for id in [&bob_raw, &carol_title] {
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(srv.state.db.pool())
+            .await
+            .unwrap();
+    }
+    srv.state.db.migrate().await.unwrap();
+    assert_eq!(
+        stored_email(&srv, "users", &carol_upper).await,
+        "carol@example.com"
+    );
+    assert_eq!(stored_email(&srv, "users", &bob).await, "bob@example.com");
+    assert_eq!(data_steps_recorded(&srv).await, 1);
 }
 
 // ---- item 17 --------------------------------------------------------------------------------

@@ -5,8 +5,10 @@
 //! [`MAX_WRONG_CODES`] wrong codes per [`LOCK_MINUTES`]-minute window, then 429 until the window
 //! ends. Each check is claimed before the code is evaluated, by one conditional UPDATE, so
 //! parallel guesses cannot pass the limit; a right code clears the count. The MFA step of a
-//! login is limited the same way per challenge (5 attempts per `mfa_token`, see `codes`), and
-//! challenges come only from a throttled first factor.
+//! login is limited per challenge (5 attempts per `mfa_token`, see `codes`) **and** per user
+//! ([`MAX_LOGIN_CODES`] per [`LOCK_MINUTES`] minutes, counted the same way in a row of its own:
+//! a new login with the password hands out a new `mfa_token`, not new guesses), and challenges
+//! come only from a throttled first factor.
 
 use sqlx::Row;
 use totp_rs::{Algorithm, Secret, TOTP};
@@ -21,8 +23,33 @@ use crate::{
 pub const RECOVERY_CODES: usize = 10;
 /// Wrong second-factor codes a user may send per window.
 pub const MAX_WRONG_CODES: i64 = 5;
-/// The window of [`MAX_WRONG_CODES`], from its first check.
+/// Codes a user may send at the MFA step of logins per window, whatever `mfa_token` carries
+/// them (a right code clears the count). Above a challenge's own 5, so that one login's misses
+/// never lock the next; apart from [`MAX_WRONG_CODES`], so failed logins do not use up a
+/// signed-in user's checks.
+pub const MAX_LOGIN_CODES: i64 = 10;
+/// The window of [`MAX_WRONG_CODES`] and [`MAX_LOGIN_CODES`], from its first check.
 pub const LOCK_MINUTES: i64 = 15;
+
+/// A per-user count of second-factor checks: its table (`user_id`, `window_started_at`,
+/// `attempts`) and its bound per [`LOCK_MINUTES`]-minute window.
+#[derive(Debug, Clone, Copy)]
+struct CheckLimit {
+    table: &'static str,
+    max: i64,
+}
+
+/// A signed-in user's checks (enabling, disabling MFA).
+const SIGNED_IN: CheckLimit = CheckLimit {
+    table: "mfa_attempts",
+    max: MAX_WRONG_CODES,
+};
+
+/// The MFA step of logins, across every `mfa_token` of the user.
+const LOGIN: CheckLimit = CheckLimit {
+    table: "mfa_login_attempts",
+    max: MAX_LOGIN_CODES,
+};
 const ISSUER: &str = "Gatehouse";
 
 fn totp(secret: Vec<u8>, account: &str) -> Result<TOTP, Error> {
@@ -134,48 +161,50 @@ async fn check_totp(
     Ok(false)
 }
 
-/// Claims one second-factor check for the user, or refuses with 429 when the window's
-/// [`MAX_WRONG_CODES`] are used up. The claim is counted before the code is evaluated: a
-/// conditional `UPDATE … WHERE attempts < MAX` and its row count, on both backends.
-async fn claim_check(state: &AppState, user_id: &str) -> Result<(), Error> {
+/// Claims one second-factor check for the user under `limit`, or refuses with 429 when the
+/// window's checks are used up. The claim is counted before the code is evaluated: a
+/// conditional `UPDATE … WHERE attempts < max` and its row count, on both backends.
+async fn claim_check(state: &AppState, limit: CheckLimit, user_id: &str) -> Result<(), Error> {
+    let CheckLimit { table, max } = limit;
     let db = state.db.pool();
     let now = chrono::Utc::now();
     let now_s = storage::format_time(now);
     let window_start = storage::format_time(now - chrono::Duration::minutes(LOCK_MINUTES));
-    sqlx::query(
-        "INSERT INTO mfa_attempts (user_id, window_started_at, attempts) VALUES ($1, $2, 0) \
-         ON CONFLICT (user_id) DO NOTHING",
-    )
+    sqlx::query(&format!(
+        "INSERT INTO {table} (user_id, window_started_at, attempts) VALUES ($1, $2, 0) \
+         ON CONFLICT (user_id) DO NOTHING"
+    ))
     .bind(user_id)
     .bind(&now_s)
     .execute(db)
     .await?;
     // A window that has ended starts again (only one request can restart it: the next sees a
     // fresh start time).
-    sqlx::query(
-        "UPDATE mfa_attempts SET window_started_at = $1, attempts = 0 \
-         WHERE user_id = $2 AND window_started_at <= $3",
-    )
+    sqlx::query(&format!(
+        "UPDATE {table} SET window_started_at = $1, attempts = 0 \
+         WHERE user_id = $2 AND window_started_at <= $3"
+    ))
     .bind(&now_s)
     .bind(user_id)
     .bind(&window_start)
     .execute(db)
     .await?;
-    let claimed = sqlx::query(
-        "UPDATE mfa_attempts SET attempts = attempts + 1 WHERE user_id = $1 AND attempts < $2",
-    )
+    let claimed = sqlx::query(&format!(
+        "UPDATE {table} SET attempts = attempts + 1 WHERE user_id = $1 AND attempts < $2"
+    ))
     .bind(user_id)
-    .bind(MAX_WRONG_CODES)
+    .bind(max)
     .execute(db)
     .await?;
     if claimed.rows_affected() == 1 {
         return Ok(());
     }
-    let started: Option<String> =
-        sqlx::query_scalar("SELECT window_started_at FROM mfa_attempts WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_optional(db)
-            .await?;
+    let started: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT window_started_at FROM {table} WHERE user_id = $1"
+    ))
+    .bind(user_id)
+    .fetch_optional(db)
+    .await?;
     let retry_after = started
         .as_deref()
         .and_then(storage::parse_time)
@@ -192,18 +221,21 @@ async fn claim_check(state: &AppState, user_id: &str) -> Result<(), Error> {
     .with_retry_after(retry_after as u64))
 }
 
-/// A right code clears the user's count of wrong ones.
-async fn clear_checks(state: &AppState, user_id: &str) -> Result<(), Error> {
-    sqlx::query("UPDATE mfa_attempts SET attempts = 0 WHERE user_id = $1")
-        .bind(user_id)
-        .execute(state.db.pool())
-        .await?;
+/// A right code clears the user's count of wrong ones under `limit`.
+async fn clear_checks(state: &AppState, limit: CheckLimit, user_id: &str) -> Result<(), Error> {
+    sqlx::query(&format!(
+        "UPDATE {} SET attempts = 0 WHERE user_id = $1",
+        limit.table
+    ))
+    .bind(user_id)
+    .execute(state.db.pool())
+    .await?;
     Ok(())
 }
 
 /// Enables TOTP after a first valid code; returns the recovery codes (shown once).
 pub async fn activate(state: &AppState, user_id: &str, code: &str) -> Result<Vec<String>, Error> {
-    claim_check(state, user_id).await?;
+    claim_check(state, SIGNED_IN, user_id).await?;
     if !check_totp(state, user_id, code, false).await? {
         return Err(Error::invalid_field(
             "code",
@@ -241,7 +273,7 @@ pub async fn activate(state: &AppState, user_id: &str, code: &str) -> Result<Vec
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    clear_checks(state, user_id).await?;
+    clear_checks(state, SIGNED_IN, user_id).await?;
     Ok(codes)
 }
 
@@ -266,22 +298,34 @@ pub async fn check_second_factor(
     user_id: &str,
     code: &str,
 ) -> Result<bool, Error> {
-    claim_check(state, user_id).await?;
-    let ok = totp_or_recovery(state, user_id, code).await?;
-    if ok {
-        clear_checks(state, user_id).await?;
-    }
-    Ok(ok)
+    checked(state, SIGNED_IN, user_id, code).await
 }
 
 /// The MFA step of a login: the caller has claimed an attempt on the login's challenge
-/// ([`crate::auth::codes::claim_mfa_attempt`], at most 5 per challenge), which is its limit.
+/// ([`crate::auth::codes::claim_mfa_attempt`], at most 5 per challenge); this claims one of the
+/// user's [`MAX_LOGIN_CODES`] per window as well (429 once they are used up, whichever
+/// `mfa_token` carries the code).
 pub async fn check_login_second_factor(
     state: &AppState,
     user_id: &str,
     code: &str,
 ) -> Result<bool, Error> {
-    totp_or_recovery(state, user_id, code).await
+    checked(state, LOGIN, user_id, code).await
+}
+
+/// A TOTP or recovery code, claimed under `limit` first; a right one clears the count.
+async fn checked(
+    state: &AppState,
+    limit: CheckLimit,
+    user_id: &str,
+    code: &str,
+) -> Result<bool, Error> {
+    claim_check(state, limit, user_id).await?;
+    let ok = totp_or_recovery(state, user_id, code).await?;
+    if ok {
+        clear_checks(state, limit, user_id).await?;
+    }
+    Ok(ok)
 }
 
 async fn totp_or_recovery(state: &AppState, user_id: &str, code: &str) -> Result<bool, Error> {

@@ -1,6 +1,7 @@
 //! Identity and authentication (SPEC §2): accounts, passwords, sessions and refresh tokens,
 //! signed access tokens, MFA, one-time codes, and the extractors every route authenticates with.
 
+pub mod background;
 pub mod codes;
 pub mod extract;
 pub mod mfa;

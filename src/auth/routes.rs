@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::{
     app::AppState,
     auth::{
+        background::{self, BoundedSpawner},
         codes::{self, Purpose},
         extract::{tenant_of, AuthUser},
         mfa, sessions,
@@ -363,8 +364,9 @@ async fn mfa_verify(
     meta: RequestMeta,
     Json(body): Json<MfaVerify>,
 ) -> Result<impl IntoResponse, Error> {
-    // The attempt is counted on the challenge before the code is checked: at most 5 per
-    // token, however many requests race.
+    // The attempt is counted on the challenge, then on the user, before the code is checked:
+    // at most 5 per token and 10 per user in 15 minutes (across tokens), however many requests
+    // race.
     let user_id = codes::claim_mfa_attempt(&state.db, &body.mfa_token).await?;
     if !mfa::check_login_second_factor(&state, &user_id, &body.code).await? {
         return Err(Error::unauthorized("The code is invalid"));
@@ -381,20 +383,21 @@ struct EmailOnly {
     email: String,
 }
 
+/// The places for [`after_the_answer`]'s work, shared by every server of the process.
+static ACCOUNT_MAIL: std::sync::LazyLock<BoundedSpawner> =
+    std::sync::LazyLock::new(|| BoundedSpawner::new(background::MAX_IN_FLIGHT));
+
 /// Runs the per-account part of an unauthenticated "mail me a secret" request off the request
 /// path. The answer leaves before the account is even looked up, so a known and an unknown
 /// address cost the request the same work (normalising, the per-address throttle, this spawn)
 /// and are answered alike; what only a known address costs (the secret's write, the mail)
-/// happens here, after the answer.
+/// happens here, after the answer. At most [`background::MAX_IN_FLIGHT`] such tasks run at
+/// once; beyond that the work is dropped with a warning (the answer is the same either way).
 fn after_the_answer<F>(what: &'static str, work: F)
 where
     F: std::future::Future<Output = Result<(), Error>> + Send + 'static,
 {
-    tokio::spawn(async move {
-        if let Err(e) = work.await {
-            tracing::error!(what, error = %e, "background account mail failed");
-        }
-    });
+    ACCOUNT_MAIL.spawn(what, work);
 }
 
 /// Passwordless login, step 1: always 202, whether or not the account exists.

@@ -5,7 +5,7 @@ use sqlx::Row;
 
 use crate::{
     crypto,
-    error::{Error, ResultExt},
+    error::{Error, ErrorCode, ResultExt},
     events::{emit, ActorContext, NewEvent},
     ids::UserId,
     storage::{self, Db, RowExt},
@@ -127,6 +127,129 @@ pub fn normalize_email(email: &str) -> Result<String, Error> {
         None => Ok(email),
         Some(reason) => Err(Error::invalid_field("email", reason)),
     }
+}
+
+/// What [`fold_stored_emails`] found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct EmailFoldReport {
+    /// Users whose stored address was rewritten to its folded form.
+    pub users_folded: Vec<String>,
+    /// Invitations whose stored address was rewritten.
+    pub invitations_folded: usize,
+    /// Addresses that more than one user's folds to: those rows are left as they are, for an
+    /// operator to resolve (merge or rename the accounts).
+    pub collisions: Vec<EmailCollision>,
+    /// Users whose folded address [`normalize_email`] refuses (invisible characters,
+    /// look-alikes): no one can sign in with it by typing it; an operator changes it.
+    pub refused: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EmailCollision {
+    /// The folded address.
+    pub email: String,
+    /// The users whose addresses fold to it, by id.
+    pub user_ids: Vec<String>,
+}
+
+/// Brings addresses stored before [`fold_email`] existed to their folded form (SQL cannot do
+/// NFKC, so this runs in Rust: the data step `fold_stored_emails`, see
+/// `storage::migrations::run_data_steps`). A user's address is rewritten only if no other user's
+/// address folds to the same one; such collisions are left unchanged and reported (a warning
+/// naming the users, and in the returned report), as are addresses that would be refused as
+/// typed. Invitations' addresses are folded too (they are not unique). Idempotent: a second run
+/// rewrites nothing.
+pub async fn fold_stored_emails(db: &Db) -> Result<EmailFoldReport, Error> {
+    use futures_util::TryStreamExt;
+    let mut report = EmailFoldReport::default();
+    // Only the rows that change are kept in memory, grouped by the address they fold to.
+    let mut changed: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    {
+        let mut rows = sqlx::query("SELECT id, email FROM users ORDER BY id").fetch(db.pool());
+        while let Some(row) = rows.try_next().await? {
+            let id: String = row.try_get("id")?;
+            let raw: String = row.try_get("email")?;
+            let folded = fold_email(&raw);
+            if email_problem(&folded).is_some() {
+                report.refused.push(id.clone());
+            }
+            if folded != raw {
+                changed.entry(folded).or_default().push((id, raw));
+            }
+        }
+    }
+    for (folded, rows) in changed {
+        let holders: Vec<String> = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+            .bind(&folded)
+            .fetch_all(db.pool())
+            .await?;
+        let mut user_ids: Vec<String> = holders
+            .into_iter()
+            .chain(rows.iter().map(|(id, _)| id.clone()))
+            .collect();
+        if user_ids.len() == 1 {
+            let (id, raw) = &rows[0];
+            // Only if the row still holds what was read; a unique violation means another user
+            // took the folded address meanwhile: a collision like the others.
+            let done = sqlx::query("UPDATE users SET email = $1 WHERE id = $2 AND email = $3")
+                .bind(&folded)
+                .bind(id)
+                .bind(raw)
+                .execute(db.pool())
+                .await
+                .map(|r| r.rows_affected() == 1)
+                .on_unique("users", "email", || Error::conflict("taken"));
+            match done {
+                Ok(true) => {
+                    report.users_folded.push(id.clone());
+                    continue;
+                }
+                Ok(false) => continue,
+                Err(e) if e.code() == ErrorCode::Conflict => {}
+                Err(e) => return Err(e),
+            }
+        }
+        user_ids.sort();
+        user_ids.dedup();
+        tracing::warn!(
+            email = %folded,
+            user_ids = %user_ids.join(", "),
+            "stored email addresses of several users fold to one; left unchanged: merge or rename \
+             these accounts"
+        );
+        report.collisions.push(EmailCollision {
+            email: folded,
+            user_ids,
+        });
+    }
+    if !report.refused.is_empty() {
+        tracing::warn!(
+            user_ids = %report.refused.join(", "),
+            "stored email addresses that would be refused as typed (invisible characters or \
+             look-alikes); change them"
+        );
+    }
+    let invitations: Vec<(String, String)> = {
+        let mut out = Vec::new();
+        let mut rows = sqlx::query("SELECT id, email FROM invitations").fetch(db.pool());
+        while let Some(row) = rows.try_next().await? {
+            let raw: String = row.try_get("email")?;
+            let folded = fold_email(&raw);
+            if folded != raw {
+                out.push((row.try_get("id")?, folded));
+            }
+        }
+        out
+    };
+    for (id, folded) in invitations {
+        sqlx::query("UPDATE invitations SET email = $1 WHERE id = $2")
+            .bind(&folded)
+            .bind(&id)
+            .execute(db.pool())
+            .await?;
+        report.invitations_folded += 1;
+    }
+    Ok(report)
 }
 
 pub struct NewUser<'a> {

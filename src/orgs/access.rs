@@ -175,6 +175,52 @@ impl<P> OrgAccess<P> {
     }
 }
 
+impl<P: RequiredPermission> OrgAccess<P> {
+    /// The caller's authority read again inside a write transaction that holds the
+    /// organization's membership lock (`orgs::members`): the role the extractor read may have
+    /// changed before the lock was taken (two owners demoting each other at once). A person's own
+    /// membership role; for a key, its creator's role capped at [`KEY_ROLE_CAP`], as the extractor
+    /// does. The route's permission `P` is checked again against the fresh role; a caller who
+    /// left the organization meanwhile is refused as the extractor would refuse them.
+    pub async fn reread_under_lock(&self, tx: &mut sqlx::AnyConnection) -> Result<Self, Error> {
+        let member = match &self.caller {
+            Caller::User(u) => Some(u.user.id.0.as_str()),
+            Caller::Key(k) => k.created_by.as_deref(),
+        };
+        let role: Option<String> = match member {
+            Some(user_id) => {
+                sqlx::query_scalar(
+                    "SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2",
+                )
+                .bind(&self.org.id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => None,
+        };
+        let role = match (&self.caller, role.as_deref().and_then(Role::parse)) {
+            (Caller::User(_), Some(role)) => role,
+            (Caller::User(_), None) => return Err(Error::not_found("Organization not found")),
+            (Caller::Key(_), Some(role)) => role.min(KEY_ROLE_CAP),
+            (Caller::Key(_), None) => {
+                return Err(Error::forbidden(
+                    "The key's creator is no longer a member of this organization",
+                ))
+            }
+        };
+        let fresh = OrgAccess {
+            org: self.org.clone(),
+            caller: self.caller.clone(),
+            role,
+            meta: self.meta.clone(),
+            _permission: PhantomData,
+        };
+        fresh.require(P::PERMISSION)?;
+        Ok(fresh)
+    }
+}
+
 /// The refusal of a key whose scopes do not grant `p`.
 pub fn key_lacks(p: Permission) -> Error {
     if p.min_role() > KEY_ROLE_CAP {

@@ -618,6 +618,7 @@ async fn begin_membership_change(
     db: &Db,
     org_id: &str,
 ) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
+    pause::before_lock(org_id).await;
     let mut tx = crate::events::begin_write(db).await?;
     lock_memberships(&mut tx, db.backend(), org_id).await?;
     Ok(tx)
@@ -706,6 +707,9 @@ pub async fn change_role(
     let new_role = parse_role("role", &body.role)?;
     access.may_grant(new_role)?;
     let mut tx = begin_membership_change(&state.db, access.org_id()).await?;
+    // The caller's own role, as it is now that no other change can interleave.
+    let access = access.reread_under_lock(&mut tx).await?;
+    access.may_grant(new_role)?;
     let (current, last_owner) = member_role(&mut tx, access.org_id(), &user_id).await?;
     if current == Role::Owner {
         access.require(Permission::OrganizationsDelete)?;
@@ -750,6 +754,11 @@ pub async fn remove(
         access.require(Permission::MembersManage)?;
     }
     let mut tx = begin_membership_change(&state.db, access.org_id()).await?;
+    // The caller's own role, as it is now that no other change can interleave.
+    let access = access.reread_under_lock(&mut tx).await?;
+    if !leaving_self {
+        access.require(Permission::MembersManage)?;
+    }
     let (current, last_owner) = member_role(&mut tx, access.org_id(), &user_id).await?;
     if current == Role::Owner {
         if !leaving_self {
@@ -779,4 +788,83 @@ pub async fn remove(
     // Keys this member created are capped by their role.
     state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A test hook: holds the next membership change of one organization just before it takes the
+/// membership lock, so a test can change the caller's own role between the extractor's read and
+/// the lock (the window [`OrgAccess::reread_under_lock`] closes). Costs one atomic load when no
+/// pause is armed.
+#[doc(hidden)]
+pub mod pause {
+    use std::{
+        collections::HashMap,
+        sync::{
+            atomic::{AtomicUsize, Ordering},
+            LazyLock, Mutex,
+        },
+    };
+
+    use tokio::sync::oneshot;
+
+    struct Armed {
+        arrived: oneshot::Sender<()>,
+        release: oneshot::Receiver<()>,
+    }
+
+    static ARMED_COUNT: AtomicUsize = AtomicUsize::new(0);
+    static ARMED: LazyLock<Mutex<HashMap<String, Armed>>> = LazyLock::new(Default::default);
+
+    /// The test's side of an armed pause.
+    pub struct Pause {
+        arrived: oneshot::Receiver<()>,
+        release: oneshot::Sender<()>,
+    }
+
+    impl Pause {
+        /// Waits until a membership change of the organization is held.
+        pub async fn arrived(&mut self) {
+            let _ = (&mut self.arrived).await;
+        }
+
+        /// Lets the held change go on.
+        pub fn release(self) {
+            let _ = self.release.send(());
+        }
+    }
+
+    /// Holds the next membership change of `org_id` before its lock (once).
+    pub fn arm(org_id: &str) -> Pause {
+        let (arrived_tx, arrived_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        let armed = Armed {
+            arrived: arrived_tx,
+            release: release_rx,
+        };
+        let mut map = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+        if map.insert(org_id.to_string(), armed).is_none() {
+            ARMED_COUNT.fetch_add(1, Ordering::SeqCst);
+        }
+        Pause {
+            arrived: arrived_rx,
+            release: release_tx,
+        }
+    }
+
+    pub(super) async fn before_lock(org_id: &str) {
+        if ARMED_COUNT.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let armed = {
+            let mut map = ARMED.lock().unwrap_or_else(|e| e.into_inner());
+            let armed = map.remove(org_id);
+            if armed.is_some() {
+                ARMED_COUNT.fetch_sub(1, Ordering::SeqCst);
+            }
+            armed
+        };
+        if let Some(armed) = armed {
+            let _ = armed.arrived.send(());
+            let _ = armed.release.await;
+        }
+    }
 }

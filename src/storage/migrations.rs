@@ -1,5 +1,6 @@
 //! Migrations embedded in the binary, one list per backend. Each file is one concern; add a new
 //! one to both lists (same version, same description) rather than editing an applied one.
+//! Changes SQL cannot make (Unicode folding) are data steps in Rust: [`run_data_steps`].
 
 use std::borrow::Cow;
 
@@ -33,7 +34,9 @@ const SQLITE: Embedded = migrations!("sqlite":
     (11, "subscriptions"),
     (12, "mfa_attempts"),
     (13, "webhook_environments"),
-    (15, "integer_widths"),
+    (14, "mfa_login_attempts"),
+    (15, "data_steps"),
+    (16, "integer_widths"),
 );
 
 const POSTGRES: Embedded = migrations!("postgres":
@@ -50,8 +53,51 @@ const POSTGRES: Embedded = migrations!("postgres":
     (11, "subscriptions"),
     (12, "mfa_attempts"),
     (13, "webhook_environments"),
-    (15, "integer_widths"),
+    (14, "mfa_login_attempts"),
+    (15, "data_steps"),
+    (16, "integer_widths"),
 );
+
+/// Data steps: changes to stored rows that SQL cannot make, run after the SQL migrations, each
+/// until it completes; then it is recorded in `data_steps` (migration 15) and never runs again.
+///
+/// - `fold_stored_emails`: addresses stored before emails were folded (NFKC, case folding) are
+///   folded ([`crate::auth::users::fold_stored_emails`]). Addresses of several users that fold
+///   to one are left unchanged and reported with a warning naming the users; startup goes on.
+///   While such collisions remain, the step is not recorded: it runs again (rewriting nothing
+///   already folded) and warns again at each start, until an operator has resolved them.
+pub async fn run_data_steps(db: &super::Db) -> anyhow::Result<()> {
+    const FOLD_EMAILS: &str = "fold_stored_emails";
+    let done: Option<String> = sqlx::query_scalar("SELECT name FROM data_steps WHERE name = $1")
+        .bind(FOLD_EMAILS)
+        .fetch_optional(db.pool())
+        .await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    let report = crate::auth::users::fold_stored_emails(db)
+        .await
+        .map_err(|e| anyhow::anyhow!("data step {FOLD_EMAILS} failed: {e}"))?;
+    if !report.users_folded.is_empty() || report.invitations_folded > 0 {
+        tracing::info!(
+            users = report.users_folded.len(),
+            invitations = report.invitations_folded,
+            "folded stored email addresses"
+        );
+    }
+    if report.collisions.is_empty() {
+        sqlx::query(
+            "INSERT INTO data_steps (name, completed_at, report) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(FOLD_EMAILS)
+        .bind(super::now())
+        .bind(serde_json::to_string(&report)?)
+        .execute(db.pool())
+        .await?;
+    }
+    Ok(())
+}
 
 fn embedded(backend: Backend) -> Embedded {
     match backend {

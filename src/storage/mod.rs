@@ -106,12 +106,14 @@ impl Db {
         self.pool.begin_with(self.backend.begin_write()).await
     }
 
-    /// Applies every embedded migration not yet applied.
+    /// Applies every embedded migration not yet applied, then the data steps not yet completed
+    /// (see [`migrations::run_data_steps`]).
     pub async fn migrate(&self) -> anyhow::Result<()> {
         migrations::migrator(self.backend)
             .run(&self.pool)
             .await
-            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        migrations::run_data_steps(self).await
     }
 
     /// True when every embedded migration has been applied.
