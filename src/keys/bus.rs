@@ -1,15 +1,15 @@
-//! Cache invalidation across nodes. A message (`key:<id>`, `org:<id>`, `plans`, `all`) is
-//! applied to this node's caches at once (the key cache, the request path's organization cache,
-//! the compiled policy matchers, the plan catalogue) and broadcast: over Redis pub/sub when
-//! `redis_url` is set, else over PostgreSQL `LISTEN/NOTIFY`, else (one SQLite node) nowhere else.
-//! A listener that loses its connection clears the caches (it may have missed messages) and
-//! reconnects.
+//! Cache invalidation across nodes. A message ([`Invalidation`]: `key:<id>`, `org:<id>`,
+//! `plans`, `all` on the wire) is applied to this node's caches at once (the key cache, the
+//! request path's organization cache, the compiled policy matchers, the plan catalogue) and
+//! broadcast: over Redis pub/sub when `redis_url` is set, else over PostgreSQL `LISTEN/NOTIFY`,
+//! else (one SQLite node) nowhere else. A listener that loses its connection clears the caches
+//! (it may have missed messages) and reconnects.
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 
-use super::cache::KeyCache;
+use super::{cache::KeyCache, invalidation::Invalidation};
 use crate::storage::{Backend, Db};
 use crate::{
     billing::PlanCatalogue, limits::middleware::RequestLimits, policies::store::MatcherCache,
@@ -53,12 +53,13 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    fn apply(&self, message: &str) {
+    fn apply(&self, message: &Invalidation) {
         let limits = self.others.request_limits.get();
         let policies = self.others.policies.get();
-        match message.split_once(':') {
-            Some(("key", id)) => self.cache.invalidate_key(id),
-            Some(("org", id)) => {
+        match message {
+            Invalidation::Key(id) => self.cache.invalidate_key(id.as_str()),
+            Invalidation::Organization(id) => {
+                let id = id.as_str();
                 self.cache.invalidate_org(id);
                 if let Some(l) = limits {
                     l.invalidate_org(id);
@@ -67,8 +68,8 @@ impl Bus {
                     p.invalidate_org(id);
                 }
             }
-            _ if message == "plans" => self.reload_plans(),
-            _ => {
+            Invalidation::Plans => self.reload_plans(),
+            Invalidation::All => {
                 self.cache.clear();
                 if let Some(l) = limits {
                     l.clear();
@@ -135,8 +136,11 @@ impl Bus {
 
     /// Applies the message here and sends it to every other node. A failed broadcast is
     /// logged; other nodes then catch up within the cache's maximum age.
-    pub async fn publish(&self, message: &str) {
-        self.apply(message);
+    pub async fn publish(&self, message: impl Into<Invalidation>) {
+        let message = message.into();
+        self.apply(&message);
+        let topic = message.topic();
+        let message = topic.as_str();
         let result: anyhow::Result<()> = match &self.transport {
             Transport::Local => Ok(()),
             Transport::Postgres { .. } => sqlx::query("SELECT pg_notify($1, $2)")
@@ -178,7 +182,7 @@ impl Bus {
                     Transport::Postgres { url } => bus.listen_postgres(url).await,
                     Transport::Redis(client) => bus.listen_redis(client).await,
                 };
-                bus.apply("all");
+                bus.apply(&Invalidation::All);
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "invalidation listener lost its connection; reconnecting");
                 }
@@ -192,21 +196,21 @@ impl Bus {
         let mut listener = sqlx::postgres::PgListener::connect(url).await?;
         listener.listen(CHANNEL).await?;
         // Messages sent while we were not listening are lost: start from an empty cache.
-        self.apply("all");
+        self.apply(&Invalidation::All);
         loop {
             let n = listener.recv().await?;
-            self.apply(n.payload());
+            self.apply(&Invalidation::parse(n.payload()));
         }
     }
 
     async fn listen_redis(&self, client: &redis::Client) -> anyhow::Result<()> {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(CHANNEL).await?;
-        self.apply("all");
+        self.apply(&Invalidation::All);
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {
             let payload: String = msg.get_payload()?;
-            self.apply(&payload);
+            self.apply(&Invalidation::parse(&payload));
         }
         anyhow::bail!("Redis pub/sub stream ended")
     }
