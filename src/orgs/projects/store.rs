@@ -50,15 +50,26 @@ impl Project {
 }
 
 pub async fn load(db: &Db, org_id: &str, id: &str) -> Result<Project, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org_id)
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Project not found"))?;
+    let sql =
+        format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE organization_id = $1 AND id = $2");
+    let row = one_row(db, &sql, org_id, id, "Project not found").await?;
     Ok(Project::from_row(&row)?)
+}
+
+/// Reads one row of the organization (`$1`) by its key (`$2`); not found if there is none.
+async fn one_row(
+    db: &Db,
+    sql: &str,
+    org_id: &str,
+    key: &str,
+    not_found: &'static str,
+) -> Result<sqlx::any::AnyRow, Error> {
+    sqlx::query(sql)
+        .bind(org_id)
+        .bind(key)
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| Error::not_found(not_found))
 }
 
 /// One page of projects matching `filter` (`FROM projects WHERE …`).
@@ -195,14 +206,9 @@ pub async fn configs(db: &Db, org_id: &str) -> Result<Vec<Config>, Error> {
 }
 
 pub async fn config(db: &Db, org_id: &str, key: &str) -> Result<Config, Error> {
-    let row = sqlx::query(
-        "SELECT key, value, updated_at FROM org_configs WHERE organization_id = $1 AND key = $2",
-    )
-    .bind(org_id)
-    .bind(key)
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Config not found"))?;
+    let sql =
+        "SELECT key, value, updated_at FROM org_configs WHERE organization_id = $1 AND key = $2";
+    let row = one_row(db, sql, org_id, key, "Config not found").await?;
     Ok(Config::from_row(&row)?)
 }
 
