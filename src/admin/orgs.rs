@@ -184,7 +184,10 @@ async fn set_status(
     .await?;
     tx.commit().await?;
     // Keys cached on every node carry the organization's status.
-    state.bus.publish(&format!("org:{id}")).await;
+    state
+        .bus
+        .publish(crate::events::Invalidation::organization(&id))
+        .await;
     tracing::info!(organization_id = %id, status = %body.status, reason = %body.reason, "organization status changed");
     Ok(axum::Json(organizations::get(&state.db, &id).await?))
 }

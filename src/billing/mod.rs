@@ -354,7 +354,7 @@ async fn commit_plan_change(
     )
     .await?;
     tx.commit().await?;
-    state.bus.publish("plans").await;
+    state.bus.publish(crate::events::Invalidation::Plans).await;
     Ok(())
 }
 

@@ -230,7 +230,10 @@ pub async fn create(
         )
         .await?;
     tx.commit().await?;
-    state.bus.publish(&format!("org:{org_id}")).await;
+    state
+        .bus
+        .publish(crate::events::Invalidation::organization(&org_id))
+        .await;
     let doc = find(&state, &org_id).await?.unwrap_or_default();
     Ok((StatusCode::CREATED, axum::Json(doc)))
 }
@@ -279,7 +282,10 @@ pub async fn update(
         )
         .await?;
     tx.commit().await?;
-    state.bus.publish(&format!("org:{org_id}")).await;
+    state
+        .bus
+        .publish(crate::events::Invalidation::organization(&org_id))
+        .await;
     Ok(axum::Json(find(&state, &org_id).await?.unwrap_or_default()))
 }
 
@@ -384,7 +390,10 @@ pub async fn close_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, Er
         )
         .await?;
         tx.commit().await?;
-        state.bus.publish(&format!("org:{org_id}")).await;
+        state
+            .bus
+            .publish(crate::events::Invalidation::organization(&org_id))
+            .await;
         changed += 1;
     }
     Ok(changed)

@@ -4,6 +4,8 @@
 //! change emits nothing and a crash after commit loses nothing.
 //!
 //! - [`emit`] (`outbox.rs`): the one place events are emitted, on the caller's transaction.
+//! - [`change`]: the one write path of a change (transaction → change → event → commit →
+//!   invalidation on every node).
 //! - [`audit`]: filtered, paginated listing and a streamed CSV/NDJSON export.
 //! - [`webhooks`]: the endpoint store (organization and platform scope), secrets, test events.
 //! - [`deliveries`]: the delivery log and manual retry.
@@ -12,6 +14,7 @@
 //!   private addresses.
 
 pub mod audit;
+pub mod change;
 pub mod deliveries;
 pub mod delivery;
 mod outbox;
@@ -20,6 +23,7 @@ pub mod signing;
 pub mod ssrf;
 pub mod webhooks;
 
+pub use change::{Change, Invalidation};
 pub use outbox::{emit, record_audit, Emitted, NewEvent};
 
 use crate::{

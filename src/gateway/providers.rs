@@ -11,29 +11,38 @@
 //! sees, changes and deletes only that environment's providers — another environment's answers
 //! 404 like a foreign id — and cannot create or move one into the other environment (400 naming
 //! `environment`). An unscoped user token sees both.
+//!
+//! Here: the routes (validate, then write through [`Change`], which drops the organization's
+//! cached providers on every node) and the proxy's view of the providers ([`upstreams`]); the
+//! queries are in `providers/store.rs`.
 
 use std::sync::Arc;
 
 use axum::{
     extract::State,
     http::{HeaderName, HeaderValue, StatusCode},
-    response::IntoResponse,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
+
+pub use store::Provider;
+use store::{NewProvider, ProviderPatch};
 
 use crate::{
     app::AppState,
     error::{Error, FieldError},
-    events::ssrf::{self, TargetError},
+    events::{
+        ssrf::{self, TargetError},
+        Change, Invalidation,
+    },
     http::{
         extract::{Json, Path},
-        pagination::{HasId, Page},
+        pagination::{List, Page},
     },
     orgs::{access::OrgAccess, roles::perm},
-    storage::{self, Db, RowExt, Sql},
 };
+
+mod store;
 
 pub const KINDS: &[&str] = &[
     "openai",
@@ -51,51 +60,6 @@ pub fn static_kind(kind: &str) -> &'static str {
         .find(|k| **k == kind)
         .copied()
         .unwrap_or("unknown")
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Provider {
-    pub id: String,
-    pub organization_id: String,
-    pub provider: String,
-    pub name: String,
-    pub base_url: Option<String>,
-    pub api_key_set: bool,
-    pub models: Value,
-    pub priority: i64,
-    pub enabled: bool,
-    pub environment: String,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl HasId for Provider {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-const COLUMNS: &str =
-    "id, organization_id, provider, name, base_url, api_key, models, priority, enabled, \
-     environment, created_at, updated_at";
-
-impl Provider {
-    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Provider {
-            id: r.try_get("id")?,
-            organization_id: r.try_get("organization_id")?,
-            provider: r.try_get("provider")?,
-            name: r.try_get("name")?,
-            base_url: r.try_get("base_url")?,
-            api_key_set: r.try_get::<Option<String>, _>("api_key")?.is_some(),
-            models: r.get_json("models")?,
-            priority: r.try_get("priority")?,
-            enabled: r.get_bool("enabled")?,
-            environment: r.try_get("environment")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
-        })
-    }
 }
 
 /// A provider as the proxy uses it: with its decrypted key, ready as the header the provider
@@ -185,24 +149,16 @@ pub async fn upstreams(
 }
 
 async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec<Upstream>, Error> {
-    let rows = sqlx::query(
-        "SELECT id, provider, base_url, api_key, models FROM providers \
-         WHERE organization_id = $1 AND environment = $2 AND enabled = TRUE ORDER BY priority, id",
-    )
-    .bind(org_id)
-    .bind(env)
-    .fetch_all(state.db.pool())
-    .await?;
-    rows.iter()
+    store::enabled(&state.db, org_id, env)
+        .await?
+        .into_iter()
         .map(|r| {
-            let id: String = r.try_get("id")?;
-            let provider: String = r.try_get("provider")?;
-            let api_key = match r.try_get::<Option<String>, _>("api_key")? {
+            let api_key = match r.sealed_key {
                 Some(sealed) => Some(
                     String::from_utf8(
                         state
                             .master_key
-                            .decrypt(&sealed, id.as_bytes())
+                            .decrypt(&sealed, r.id.as_bytes())
                             .map_err(|e| anyhow::anyhow!("provider key unreadable: {e}"))?,
                     )
                     .map_err(|e| anyhow::anyhow!("provider key is not UTF-8: {e}"))?,
@@ -210,11 +166,11 @@ async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec
                 None => None,
             };
             Ok(Upstream {
-                credential: api_key.map(|k| credential(&provider, &k)),
-                provider,
-                base_url: r.try_get("base_url")?,
-                models: serde_json::from_value(r.get_json("models")?).unwrap_or_default(),
-                id,
+                credential: api_key.map(|k| credential(&r.provider, &k)),
+                provider: r.provider,
+                base_url: r.base_url,
+                models: r.models,
+                id: r.id,
             })
         })
         .collect()
@@ -310,24 +266,6 @@ async fn vet_base_url(state: &AppState, base_url: Option<&str>) -> Result<(), Er
     }
 }
 
-/// One provider of the organization; of `env` only, when the caller is confined to one (another
-/// environment's provider is not found, like another organization's).
-async fn load(db: &Db, org_id: &str, id: &str, env: Option<&str>) -> Result<Provider, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM providers WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org_id)
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Provider not found"))?;
-    let provider = Provider::from_row(&row)?;
-    if env.is_some_and(|e| e != provider.environment) {
-        return Err(Error::not_found("Provider not found"));
-    }
-    Ok(provider)
-}
-
 /// A caller confined to one environment cannot put a provider in the other.
 fn check_environment(access_env: Option<&str>, wanted: Option<&str>) -> Result<(), Error> {
     match (access_env, wanted) {
@@ -343,7 +281,7 @@ pub async fn create(
     State(state): State<AppState>,
     access: OrgAccess<perm::ProvidersManage>,
     Json(body): Json<ProviderInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Provider>), Error> {
     body.validate(true)?;
     check_environment(access.environment(), body.environment.as_deref())?;
     vet_base_url(&state, body.base_url.as_deref()).await?;
@@ -354,66 +292,42 @@ pub async fn create(
         .or(access.environment())
         .unwrap_or("live");
     let id = crate::ids::new_id("prov");
-    let now = storage::now();
-    let sealed = body
-        .api_key
-        .as_ref()
-        .map(|k| state.master_key.encrypt(k.as_bytes(), id.as_bytes()));
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query(
-        "INSERT INTO providers (id, organization_id, provider, name, base_url, api_key, models, priority, enabled, environment, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
-    )
-    .bind(&id)
-    .bind(access.org_id())
-    .bind(body.provider.as_deref().unwrap_or_default())
-    .bind(body.name.as_deref().unwrap_or_default().trim())
-    .bind(body.base_url.as_deref())
-    .bind(sealed)
-    .bind(json!(body.models.clone().unwrap_or_default()).to_string())
-    .bind(body.priority.unwrap_or(0))
-    .bind(body.enabled.unwrap_or(true))
-    .bind(environment)
-    .bind(&now)
-    .execute(&mut *tx)
-    .await?;
-    access
-        .emit(
-            &mut tx,
-            "provider.created",
-            ("provider", &id),
-            json!({"id": id, "provider": body.provider}),
-        )
+    let new = NewProvider {
+        id: &id,
+        organization_id: access.org_id(),
+        provider: body.provider.as_deref().unwrap_or_default(),
+        name: body.name.as_deref().unwrap_or_default().trim(),
+        base_url: body.base_url.as_deref(),
+        sealed_key: body
+            .api_key
+            .as_ref()
+            .map(|k| state.master_key.encrypt(k.as_bytes(), id.as_bytes())),
+        models: body.models.as_deref().unwrap_or_default(),
+        priority: body.priority.unwrap_or(0),
+        enabled: body.enabled.unwrap_or(true),
+        environment,
+    };
+    let event = json!({"id": id, "provider": body.provider});
+    change("provider.created", &id, event, &access)
+        .write(&state, &access, async |tx| store::insert(tx, new).await)
         .await?;
-    tx.commit().await?;
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(load(&state.db, access.org_id(), &id, None).await?),
-    ))
+    let created = store::load(&state.db, access.org_id(), &id, None).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Every change of a provider is audited and drops the organization's cached providers on
+/// every node.
+fn change<P>(action: &'static str, id: &str, data: Value, access: &OrgAccess<P>) -> Change {
+    Change::new(action, "provider", id, data)
+        .invalidates(Invalidation::organization(access.org_id()))
 }
 
 pub async fn list(
     State(state): State<AppState>,
     access: OrgAccess<perm::ProvidersManage>,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
-    let mut sql = Sql::new(" FROM providers WHERE organization_id = ");
-    sql.bind(access.org_id().to_string());
-    if let Some(env) = access.environment() {
-        sql.and("environment = ?", env.to_string());
-    }
-    let select = format!("SELECT {COLUMNS}");
-    let list = page
-        .fetch(
-            &state.db,
-            "providers",
-            &select,
-            &sql,
-            "priority, id",
-            Provider::from_row,
-        )
-        .await?;
+) -> Result<axum::Json<List<Provider>>, Error> {
+    let list = store::list(&state.db, access.org_id(), access.environment(), &page).await?;
     Ok(axum::Json(list))
 }
 
@@ -421,9 +335,9 @@ pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::ProvidersManage>,
     Path((_, id)): Path<(String, String)>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Provider>, Error> {
     Ok(axum::Json(
-        load(&state.db, access.org_id(), &id, access.environment()).await?,
+        store::load(&state.db, access.org_id(), &id, access.environment()).await?,
     ))
 }
 
@@ -432,9 +346,9 @@ pub async fn update(
     access: OrgAccess<perm::ProvidersManage>,
     Path((_, id)): Path<(String, String)>,
     Json(body): Json<ProviderInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Provider>, Error> {
     body.validate(false)?;
-    let stored = load(&state.db, access.org_id(), &id, access.environment()).await?;
+    let stored = store::load(&state.db, access.org_id(), &id, access.environment()).await?;
     check_environment(access.environment(), body.environment.as_deref())?;
     let moved = body
         .base_url
@@ -447,45 +361,24 @@ pub async fn update(
         ));
     }
     vet_base_url(&state, body.base_url.as_deref()).await?;
-    let mut sql = Sql::new("UPDATE providers SET updated_at = ");
-    sql.bind(storage::now());
-    if let Some(v) = &body.name {
-        sql.push(", name = ").bind(v.trim().to_string());
-    }
-    if let Some(v) = &body.base_url {
-        sql.push(", base_url = ").bind(v.clone());
-    }
-    if let Some(k) = &body.api_key {
-        sql.push(", api_key = ")
-            .bind(state.master_key.encrypt(k.as_bytes(), id.as_bytes()));
-    }
-    if let Some(v) = &body.models {
-        sql.push(", models = ").bind(json!(v).to_string());
-    }
-    if let Some(v) = body.priority {
-        sql.push(", priority = ").bind(v);
-    }
-    if let Some(v) = body.enabled {
-        sql.push(", enabled = ").bind(v);
-    }
-    if let Some(v) = &body.environment {
-        sql.push(", environment = ").bind(v.clone());
-    }
-    sql.push(" WHERE id = ").bind(id.clone());
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sql.query().execute(&mut *tx).await?;
-    access
-        .emit(
-            &mut tx,
-            "provider.updated",
-            ("provider", &id),
-            json!({"id": id}),
-        )
+    let patch = ProviderPatch {
+        name: body.name.map(|v| v.trim().to_string()),
+        sealed_key: body
+            .api_key
+            .map(|k| state.master_key.encrypt(k.as_bytes(), id.as_bytes())),
+        base_url: body.base_url,
+        models: body.models,
+        priority: body.priority,
+        enabled: body.enabled,
+        environment: body.environment,
+    };
+    change("provider.updated", &id, json!({"id": id}), &access)
+        .write(&state, &access, async |tx| {
+            store::update(tx, &id, patch).await
+        })
         .await?;
-    tx.commit().await?;
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok(axum::Json(
-        load(&state.db, access.org_id(), &id, None).await?,
+        store::load(&state.db, access.org_id(), &id, None).await?,
     ))
 }
 
@@ -494,26 +387,11 @@ pub async fn delete(
     access: OrgAccess<perm::ProvidersManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let mut sql = Sql::new("DELETE FROM providers WHERE id = ");
-    sql.bind(id.clone());
-    sql.and("organization_id = ?", access.org_id().to_string());
-    if let Some(env) = access.environment() {
-        sql.and("environment = ?", env.to_string());
-    }
-    let done = sql.query().execute(&mut *tx).await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::not_found("Provider not found"));
-    }
-    access
-        .emit(
-            &mut tx,
-            "provider.deleted",
-            ("provider", &id),
-            json!({"id": id}),
-        )
+    let (org_id, env) = (access.org_id(), access.environment());
+    change("provider.deleted", &id, json!({"id": id}), &access)
+        .write(&state, &access, async |tx| {
+            store::delete(tx, org_id, &id, env).await
+        })
         .await?;
-    tx.commit().await?;
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
     Ok(StatusCode::NO_CONTENT)
 }

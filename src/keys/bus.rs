@@ -1,16 +1,16 @@
-//! Cache invalidation across nodes. A message (`key:<id>`, `org:<id>`, `plans`, `all`) is
-//! applied to this node's caches at once (the key cache, the request path's organization cache,
-//! the compiled policy matchers, the plan catalogue) and broadcast: over Redis pub/sub when
-//! `redis_url` is set, else over the database's notifications (PostgreSQL `LISTEN/NOTIFY`, see
-//! [`crate::storage::Listener`]), else (one SQLite node) nowhere else.
-//! A listener that loses its connection clears the caches (it may have missed messages) and
-//! reconnects.
+//! Cache invalidation across nodes. A message ([`Invalidation`]: `key:<id>`, `org:<id>`,
+//! `plans`, `all` on the wire) is applied to this node's caches at once (the key cache, the
+//! request path's organization cache, the compiled policy matchers, the plan catalogue) and
+//! broadcast: over Redis pub/sub when `redis_url` is set, else over the database's notifications
+//! (PostgreSQL `LISTEN/NOTIFY`, see [`crate::storage::Listener`]), else (one SQLite node)
+//! nowhere else. A listener that loses its connection clears the caches (it may have missed
+//! messages) and reconnects.
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 
-use super::cache::KeyCache;
+use super::{cache::KeyCache, invalidation::Invalidation};
 use crate::storage::{Db, Listener};
 use crate::{
     billing::PlanCatalogue, limits::middleware::RequestLimits, policies::store::MatcherCache,
@@ -57,12 +57,13 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    fn apply(&self, message: &str) {
+    fn apply(&self, message: &Invalidation) {
         let limits = self.others.request_limits.get();
         let policies = self.others.policies.get();
-        match message.split_once(':') {
-            Some(("key", id)) => self.cache.invalidate_key(id),
-            Some(("org", id)) => {
+        match message {
+            Invalidation::Key(id) => self.cache.invalidate_key(id.as_str()),
+            Invalidation::Organization(id) => {
+                let id = id.as_str();
                 self.cache.invalidate_org(id);
                 if let Some(l) = limits {
                     l.invalidate_org(id);
@@ -71,8 +72,8 @@ impl Bus {
                     p.invalidate_org(id);
                 }
             }
-            _ if message == "plans" => self.reload_plans(),
-            _ => {
+            Invalidation::Plans => self.reload_plans(),
+            Invalidation::All => {
                 self.cache.clear();
                 if let Some(l) = limits {
                     l.clear();
@@ -139,8 +140,10 @@ impl Bus {
 
     /// Applies the message here and sends it to every other node. A failed broadcast is
     /// logged; other nodes then catch up within the cache's maximum age.
-    pub async fn publish(&self, message: &str) {
-        self.apply(message);
+    pub async fn publish(&self, message: Invalidation) {
+        self.apply(&message);
+        let topic = message.topic();
+        let message = topic.as_str();
         let result: anyhow::Result<()> = match &self.transport {
             Transport::Local => Ok(()),
             Transport::Database { .. } => {
@@ -178,7 +181,7 @@ impl Bus {
                     Transport::Database { url } => bus.listen_database(url).await,
                     Transport::Redis(client) => bus.listen_redis(client).await,
                 };
-                bus.apply("all");
+                bus.apply(&Invalidation::All);
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "invalidation listener lost its connection; reconnecting");
                 }
@@ -191,21 +194,21 @@ impl Bus {
     async fn listen_database(&self, url: &str) -> anyhow::Result<()> {
         let mut listener = Listener::connect(url, CHANNEL).await?;
         // Messages sent while we were not listening are lost: start from an empty cache.
-        self.apply("all");
+        self.apply(&Invalidation::All);
         loop {
             let payload = listener.recv().await?;
-            self.apply(&payload);
+            self.apply(&Invalidation::parse(&payload));
         }
     }
 
     async fn listen_redis(&self, client: &redis::Client) -> anyhow::Result<()> {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(CHANNEL).await?;
-        self.apply("all");
+        self.apply(&Invalidation::All);
         let mut messages = pubsub.on_message();
         while let Some(msg) = messages.next().await {
             let payload: String = msg.get_payload()?;
-            self.apply(&payload);
+            self.apply(&Invalidation::parse(&payload));
         }
         anyhow::bail!("Redis pub/sub stream ended")
     }

@@ -1,11 +1,14 @@
-//! API keys (SPEC §4): the store and routes (`routes.rs`), the verified-key cache that keeps
-//! the database off the authentication path (`cache.rs`) and the invalidation bus that makes a
-//! revocation reach every node (`bus.rs`).
+//! API keys (SPEC §4): the routes (`routes.rs`: extract, validate, call the store, respond),
+//! the store (`store.rs`: the queries), the verified-key cache that keeps the database off the
+//! authentication path (`cache.rs`) and the invalidation bus that makes a revocation reach every
+//! node (`bus.rs`, its messages typed in `invalidation.rs`).
 
 pub mod bus;
 pub mod cache;
 pub mod cors;
+pub mod invalidation;
 pub mod routes;
+pub mod store;
 
 /// Every scope a key can carry (SPEC §4), in a fixed order: bit i of a key's scope set is
 /// `SCOPES[i]`.

@@ -1,22 +1,27 @@
 //! `/v1/organizations/{org_id}/api-keys…`: create, list, get, patch, revoke, rotate.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use serde::{Deserialize, Serialize};
+use axum::{extract::State, http::StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
 
-use super::{scope_bit, scope_min_role, SCOPES};
+use super::{
+    scope_bit, scope_min_role,
+    store::{self, ApiKey, KeyPatch, NewKey, Secret, StatusFilter},
+    SCOPES,
+};
 use crate::{
     app::AppState,
     crypto,
     error::{Error, FieldError},
+    events::{Change, Invalidation},
     http::{
         extract::{Json, Path, Query},
-        pagination::{HasId, Page},
+        pagination::{List, Page},
         routes::Routes,
     },
+    ids::KeyId,
     orgs::{access::OrgAccess, projects::is_origin, roles::perm},
-    storage::{self, Db, RowExt, Sql},
+    storage,
 };
 
 pub fn routes() -> Routes {
@@ -37,99 +42,9 @@ pub fn routes() -> Routes {
 pub const DEFAULT_GRACE_SECONDS: i64 = 86_400;
 pub const MAX_GRACE_SECONDS: i64 = 604_800;
 
-#[derive(Debug, Serialize)]
-pub struct ApiKey {
-    pub id: String,
-    pub organization_id: String,
-    pub name: String,
-    #[serde(rename = "type")]
-    pub key_type: String,
-    pub environment: String,
-    pub key_preview: String,
-    pub scopes: Value,
-    pub allowed_origins: Value,
-    pub rate_limit: Option<Value>,
-    pub project_id: Option<String>,
-    pub status: String,
-    pub created_at: String,
-    pub created_by: Option<String>,
-    pub last_used_at: Option<String>,
-    pub expires_at: Option<String>,
-    pub rotated_at: Option<String>,
-    pub revoked_at: Option<String>,
-    pub grace_expires_at: Option<String>,
-}
-
-impl HasId for ApiKey {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-const COLUMNS: &str =
-    "id, organization_id, name, type, environment, key_preview, scopes, allowed_origins, \
-     rate_limit, project_id, status, created_at, created_by, last_used_at, expires_at, rotated_at, \
-     revoked_at, grace_expires_at";
-
-impl ApiKey {
-    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
-        let time = |c: &str| -> Result<Option<String>, sqlx::Error> {
-            Ok(r.try_get::<Option<String>, _>(c)?
-                .map(|t| storage::api_time(&t)))
-        };
-        let expires_at: Option<String> = r.try_get("expires_at")?;
-        let mut status: String = r.try_get("status")?;
-        if status == "active"
-            && expires_at
-                .as_deref()
-                .is_some_and(|t| t <= storage::now().as_str())
-        {
-            status = "expired".into();
-        }
-        Ok(ApiKey {
-            id: r.try_get("id")?,
-            organization_id: r.try_get("organization_id")?,
-            name: r.try_get("name")?,
-            key_type: r.try_get("type")?,
-            environment: r.try_get("environment")?,
-            key_preview: r.try_get("key_preview")?,
-            scopes: r.get_json("scopes")?,
-            allowed_origins: r.get_json("allowed_origins")?,
-            rate_limit: r
-                .try_get::<Option<String>, _>("rate_limit")?
-                .and_then(|s| serde_json::from_str(&s).ok()),
-            project_id: r.try_get("project_id")?,
-            status,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            created_by: r.try_get("created_by")?,
-            last_used_at: time("last_used_at")?,
-            expires_at: expires_at.map(|t| storage::api_time(&t)),
-            rotated_at: time("rotated_at")?,
-            revoked_at: time("revoked_at")?,
-            grace_expires_at: time("grace_expires_at")?,
-        })
-    }
-}
-
-async fn load(db: &Db, org_id: &str, id: &str, env: Option<&str>) -> Result<ApiKey, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org_id)
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("API key not found"))?;
-    let key = ApiKey::from_row(&row)?;
-    // Test-environment callers see test keys only, and live callers live keys only.
-    if env.is_some_and(|e| e != key.environment) {
-        return Err(Error::not_found("API key not found"));
-    }
-    Ok(key)
-}
-
-/// A new key value: `<sk|pk>_<live|test>_` + 40 random base62 characters (≈ 238 bits).
-fn new_secret(key_type: &str, env: &str) -> (String, String, String) {
+/// A new key value: `<sk|pk>_<live|test>_` + 40 random base62 characters (≈ 238 bits), and
+/// what is stored of it.
+fn new_secret(key_type: &str, env: &str) -> (String, Secret) {
     let prefix = format!(
         "{}_{env}_",
         if key_type == "publishable" {
@@ -145,7 +60,7 @@ fn new_secret(key_type: &str, env: &str) -> (String, String, String) {
         &token[token.len() - 3..]
     );
     let hash = crypto::sha256_hex(token.as_bytes());
-    (token, preview, hash)
+    (token, Secret { preview, hash })
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,11 +116,7 @@ fn check_scopes<P>(access: &OrgAccess<P>, scopes: &[String], errors: &mut Vec<Fi
 /// creator promoted again would give them back.
 fn check_within_authority<P>(access: &OrgAccess<P>, key: &ApiKey) -> Result<(), Error> {
     let beyond: Vec<&str> = key
-        .scopes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
+        .scope_names()
         .filter(|s| !access.holds_scope(s))
         .collect();
     if beyond.is_empty() {
@@ -250,7 +161,7 @@ async fn create(
     State(state): State<AppState>,
     access: OrgAccess<perm::ApiKeysManage>,
     Json(body): Json<CreateKey>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let mut errors = Vec::new();
     let name = body.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
@@ -332,14 +243,7 @@ async fn create(
         .as_ref()
         .map(|r| check_rate_limit(r, &mut errors));
     if let Some(p) = &body.project_id {
-        let found: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM projects WHERE id = $1 AND organization_id = $2",
-        )
-        .bind(p)
-        .bind(access.org_id())
-        .fetch_one(state.db.pool())
-        .await?;
-        if found == 0 {
+        if !store::project_exists(&state.db, access.org_id(), p).await? {
             errors.push(FieldError::new(
                 "project_id",
                 "is not a project of this organization",
@@ -349,48 +253,38 @@ async fn create(
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
     }
-    let id = crate::ids::new_id("key");
-    let (token, preview, hash) = new_secret(&key_type, &env);
-    let now = storage::now();
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query(
-        "INSERT INTO api_keys (id, organization_id, name, type, environment, key_preview, scopes, allowed_origins, \
-         rate_limit, project_id, status, created_by, created_at, updated_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'active', $11, $12, $12, $13)",
-    )
-    .bind(&id)
-    .bind(access.org_id())
-    .bind(&name)
-    .bind(&key_type)
-    .bind(&env)
-    .bind(&preview)
-    .bind(json!(scopes).to_string())
-    .bind(json!(origins).to_string())
-    .bind(rate_limit.map(|r| r.to_string()))
-    .bind(body.project_id.as_deref())
-    .bind(access.creator_id())
-    .bind(&now)
-    .bind(expires_at.as_deref())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO api_key_secrets (secret_hash, key_id, created_at) VALUES ($1, $2, $3)",
-    )
-    .bind(&hash)
-    .bind(&id)
-    .bind(&now)
-    .execute(&mut *tx)
-    .await?;
-    access
-        .emit(
-            &mut tx,
-            "api_key.created",
-            ("api_key", &id),
-            json!({"id": id, "name": name, "type": key_type, "environment": env, "scopes": scopes}),
-        )
+    let id = KeyId::generate();
+    let (token, secret) = new_secret(&key_type, &env);
+    let new = NewKey {
+        id: &id,
+        organization_id: access.org_id(),
+        name: &name,
+        key_type: &key_type,
+        environment: &env,
+        scopes: &scopes,
+        allowed_origins: &origins,
+        rate_limit: rate_limit.as_ref(),
+        project_id: body.project_id.as_deref(),
+        created_by: access.creator_id(),
+        expires_at: expires_at.as_deref(),
+        secret: &secret,
+    };
+    let event =
+        json!({"id": id, "name": name, "type": key_type, "environment": env, "scopes": scopes});
+    Change::new("api_key.created", "api_key", id.as_str(), event)
+        .write(&state, &access, async |tx| store::insert(tx, &new).await)
         .await?;
-    tx.commit().await?;
-    let key = load(&state.db, access.org_id(), &id, None).await?;
+    created_with_token(&state, access.org_id(), &id, token).await
+}
+
+/// `201` with the key as read back, and its token — the only time it is shown.
+async fn created_with_token(
+    state: &AppState,
+    org_id: &str,
+    id: &KeyId,
+    token: String,
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
+    let key = store::load(&state.db, org_id, id.as_str(), None).await?;
     let mut body = serde_json::to_value(key).map_err(anyhow::Error::from)?;
     body["token"] = token.into();
     Ok((StatusCode::CREATED, axum::Json(body)))
@@ -409,60 +303,34 @@ async fn list(
     access: OrgAccess<perm::ApiKeysRead>,
     page: Page,
     Query(filter): Query<KeyFilter>,
-) -> Result<impl IntoResponse, Error> {
-    let mut sql = Sql::new(" FROM api_keys WHERE organization_id = ");
-    sql.bind(access.org_id().to_string());
-    if let Some(env) = access.environment() {
-        sql.and("environment = ?", env.to_string());
-    } else if let Some(env) = filter.environment {
-        sql.and("environment = ?", env);
-    }
-    if let Some(t) = filter.key_type {
-        sql.and("type = ?", t);
-    }
-    match filter.status.as_deref() {
-        None => {}
-        Some("expired") => {
-            sql.and("status = ?", "active")
-                .and("expires_at <= ?", storage::now());
-        }
-        Some("active") => {
-            sql.and("status = ?", "active")
-                .push(" AND (expires_at IS NULL OR expires_at > ")
-                .bind(storage::now())
-                .push(")");
-        }
-        Some(s @ ("disabled" | "revoked")) => {
-            sql.and("status = ?", s);
-        }
-        Some(_) => {
-            return Err(Error::invalid_field(
-                "status",
-                "must be active, disabled, revoked or expired",
-            ))
-        }
-    }
-    let select = format!("SELECT {COLUMNS}");
-    let list = page
-        .fetch(
-            &state.db,
-            "api_keys",
-            &select,
-            &sql,
-            "id DESC",
-            ApiKey::from_row,
-        )
-        .await?;
-    Ok(axum::Json(list))
+) -> Result<axum::Json<List<ApiKey>>, Error> {
+    let status = match filter.status.as_deref() {
+        None => None,
+        Some(s) => Some(StatusFilter::parse(s).ok_or_else(|| {
+            Error::invalid_field("status", "must be active, disabled, revoked or expired")
+        })?),
+    };
+    let filter = store::KeyFilter {
+        // A caller confined to an environment lists that environment's keys only.
+        environment: access
+            .environment()
+            .map(str::to_string)
+            .or(filter.environment),
+        key_type: filter.key_type,
+        status,
+    };
+    Ok(axum::Json(
+        store::list(&state.db, access.org_id(), filter, &page).await?,
+    ))
 }
 
 async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::ApiKeysRead>,
     Path((_, id)): Path<(String, String)>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<ApiKey>, Error> {
     Ok(axum::Json(
-        load(&state.db, access.org_id(), &id, access.environment()).await?,
+        store::load(&state.db, access.org_id(), &id, access.environment()).await?,
     ))
 }
 
@@ -488,8 +356,8 @@ async fn update(
     access: OrgAccess<perm::ApiKeysManage>,
     Path((_, id)): Path<(String, String)>,
     Json(body): Json<UpdateKey>,
-) -> Result<impl IntoResponse, Error> {
-    let key = load(&state.db, access.org_id(), &id, access.environment()).await?;
+) -> Result<axum::Json<ApiKey>, Error> {
+    let key = store::load(&state.db, access.org_id(), &id, access.environment()).await?;
     let mut errors = Vec::new();
     for (field, given) in [
         ("type", body.key_type.is_some()),
@@ -554,41 +422,25 @@ async fn update(
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
     }
-    let mut sql = Sql::new("UPDATE api_keys SET updated_at = ");
-    sql.bind(storage::now());
-    if let Some(n) = &body.name {
-        sql.push(", name = ").bind(n.trim().to_string());
-    }
-    if let Some(s) = &body.scopes {
-        let mut s = s.clone();
-        s.sort();
-        s.dedup();
-        sql.push(", scopes = ").bind(json!(s).to_string());
-    }
-    if let Some(o) = &body.allowed_origins {
-        sql.push(", allowed_origins = ").bind(json!(o).to_string());
-    }
-    if let Some(s) = &body.status {
-        sql.push(", status = ").bind(s.clone());
-    }
-    if let Some(r) = rate_limit {
-        sql.push(", rate_limit = ").bind(r.to_string());
-    }
-    sql.push(" WHERE id = ").bind(id.clone());
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sql.query().execute(&mut *tx).await?;
-    access
-        .emit(
-            &mut tx,
-            "api_key.updated",
-            ("api_key", &id),
-            json!({"id": id}),
-        )
+    let patch = KeyPatch {
+        name: body.name.map(|n| n.trim().to_string()),
+        scopes: body.scopes.map(|mut s| {
+            s.sort();
+            s.dedup();
+            s
+        }),
+        allowed_origins: body.allowed_origins,
+        status: body.status,
+        rate_limit,
+    };
+    Change::new("api_key.updated", "api_key", &id, json!({"id": id}))
+        .invalidates(Invalidation::key(&id))
+        .write(&state, &access, async |tx| {
+            store::update(tx, &id, &patch).await
+        })
         .await?;
-    tx.commit().await?;
-    state.bus.publish(&format!("key:{id}")).await;
     Ok(axum::Json(
-        load(&state.db, access.org_id(), &id, None).await?,
+        store::load(&state.db, access.org_id(), &id, None).await?,
     ))
 }
 
@@ -597,26 +449,18 @@ async fn revoke(
     access: OrgAccess<perm::ApiKeysManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    let key = load(&state.db, access.org_id(), &id, access.environment()).await?;
+    let key = store::load(&state.db, access.org_id(), &id, access.environment()).await?;
     check_within_authority(&access, &key)?;
-    if key.status != "revoked" {
-        let mut tx = crate::events::begin_write(&state.db).await?;
-        sqlx::query("UPDATE api_keys SET status = 'revoked', revoked_at = $1, updated_at = $1 WHERE id = $2")
-            .bind(storage::now())
-            .bind(&id)
-            .execute(&mut *tx)
+    if key.status == "revoked" {
+        // Nothing to write; the invalidation is sent again all the same.
+        state.bus.publish(Invalidation::key(&id)).await;
+    } else {
+        let event = json!({"id": id, "name": key.name});
+        Change::new("api_key.revoked", "api_key", &id, event)
+            .invalidates(Invalidation::key(&id))
+            .write(&state, &access, async |tx| store::revoke(tx, &id).await)
             .await?;
-        access
-            .emit(
-                &mut tx,
-                "api_key.revoked",
-                ("api_key", &id),
-                json!({"id": id, "name": key.name}),
-            )
-            .await?;
-        tx.commit().await?;
     }
-    state.bus.publish(&format!("key:{id}")).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -631,7 +475,7 @@ async fn rotate(
     access: OrgAccess<perm::ApiKeysManage>,
     Path((_, id)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     // The body is optional: an empty one means the default grace period.
     let body: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
         RotateKey::default()
@@ -645,50 +489,23 @@ async fn rotate(
             "must be from 0 to 604800",
         ));
     }
-    let key = load(&state.db, access.org_id(), &id, access.environment()).await?;
+    let key = store::load(&state.db, access.org_id(), &id, access.environment()).await?;
     if key.status == "revoked" {
         return Err(Error::conflict("A revoked key cannot be rotated"));
     }
     check_within_authority(&access, &key)?;
-    let (token, preview, hash) = new_secret(&key.key_type, &key.environment);
+    let (token, secret) = new_secret(&key.key_type, &key.environment);
     let now = chrono::Utc::now();
     let now_s = storage::format_time(now);
     let grace_until = storage::format_time(now + chrono::Duration::seconds(grace));
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query("UPDATE api_key_secrets SET grace_expires_at = $1 WHERE key_id = $2 AND grace_expires_at IS NULL")
-        .bind(&grace_until)
-        .bind(&id)
-        .execute(&mut *tx)
+    let event = json!({"id": id, "grace_expires_at": storage::api_time(&grace_until)});
+    Change::new("api_key.rotated", "api_key", &id, event)
+        .invalidates(Invalidation::key(&id))
+        .write(&state, &access, async |tx| {
+            store::rotate(tx, &id, &secret, &now_s, &grace_until).await
+        })
         .await?;
-    sqlx::query(
-        "INSERT INTO api_key_secrets (secret_hash, key_id, created_at) VALUES ($1, $2, $3)",
-    )
-    .bind(&hash)
-    .bind(&id)
-    .bind(&now_s)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("UPDATE api_keys SET key_preview = $1, rotated_at = $2, grace_expires_at = $3, updated_at = $2 WHERE id = $4")
-        .bind(&preview)
-        .bind(&now_s)
-        .bind(&grace_until)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    access
-        .emit(
-            &mut tx,
-            "api_key.rotated",
-            ("api_key", &id),
-            json!({"id": id, "grace_expires_at": storage::api_time(&grace_until)}),
-        )
-        .await?;
-    tx.commit().await?;
-    state.bus.publish(&format!("key:{id}")).await;
-    let key = load(&state.db, access.org_id(), &id, None).await?;
-    let mut out = serde_json::to_value(key).map_err(anyhow::Error::from)?;
-    out["token"] = token.into();
-    Ok((StatusCode::CREATED, axum::Json(out)))
+    created_with_token(&state, access.org_id(), &KeyId(id), token).await
 }
 
 /// For tests and tooling: whether a scope string is known.
@@ -719,13 +536,10 @@ pub fn record_refusal(
         if !state.limiter.check(&[once]).await.is_ok_and(|v| v.allowed) {
             return;
         }
-        let key_id: Option<String> =
-            sqlx::query_scalar("SELECT key_id FROM api_key_secrets WHERE secret_hash = $1")
-                .bind(&digest)
-                .fetch_optional(state.db.pool())
-                .await
-                .ok()
-                .flatten();
+        let key_id = store::key_of_secret(&state.db, &digest)
+            .await
+            .ok()
+            .flatten();
         crate::events::record_security_event(
             &state.db,
             &ctx,

@@ -738,7 +738,10 @@ pub async fn change_role(
     .await?;
     tx.commit().await?;
     // Keys this member created are capped by their role.
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
+    state
+        .bus
+        .publish(crate::events::Invalidation::organization(access.org_id()))
+        .await;
     Ok(axum::Json(
         json!({ "id": user_id, "organization_id": access.org_id(), "role": new_role.as_str(), "status": "active" }),
     ))
@@ -786,7 +789,10 @@ pub async fn remove(
     .await?;
     tx.commit().await?;
     // Keys this member created are capped by their role.
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
+    state
+        .bus
+        .publish(crate::events::Invalidation::organization(access.org_id()))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

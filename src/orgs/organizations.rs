@@ -548,7 +548,10 @@ pub async fn apply_update(
     .await?;
     tx.commit().await?;
     // Cached keys carry the IP allowlist.
-    state.bus.publish(&format!("org:{org_id}")).await;
+    state
+        .bus
+        .publish(crate::events::Invalidation::organization(org_id))
+        .await;
     get(&state.db, org_id).await
 }
 
@@ -593,7 +596,10 @@ pub async fn delete(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
+    state
+        .bus
+        .publish(crate::events::Invalidation::organization(access.org_id()))
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,60 +1,29 @@
 //! Projects, organization configuration (key → JSON value) and log-storage settings (whose
-//! credentials are write-only and encrypted with the master key).
+//! credentials are write-only and encrypted with the master key): the routes, which validate and
+//! write through [`Change`]; the queries are in `projects/store.rs`.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use serde::{Deserialize, Serialize};
+use axum::{extract::State, http::StatusCode};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
+
+pub use store::{list_projects, Project};
+use store::{Config, NewStorage, ProjectFields, StorageSettings};
 
 use crate::{
     app::AppState,
     error::{Error, FieldError},
+    events::Change,
     http::{
         extract::{Json, Path},
-        pagination::{HasId, List, Page},
+        pagination::{List, Page},
     },
     orgs::{access::OrgAccess, roles::perm},
-    storage::{self, Db, RowExt, Sql},
 };
+
+mod store;
 
 pub const MAX_CONFIG_VALUE_BYTES: usize = 64 * 1024;
 const MAX_LIST: usize = 100;
-
-#[derive(Debug, Serialize)]
-pub struct Project {
-    pub id: String,
-    pub organization_id: String,
-    pub name: String,
-    pub settings: Value,
-    pub allowed_origins: Value,
-    pub redirect_urls: Value,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl HasId for Project {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-pub const PROJECT_COLUMNS: &str =
-    "id, organization_id, name, settings, allowed_origins, redirect_urls, created_at, updated_at";
-
-impl Project {
-    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Project {
-            id: r.try_get("id")?,
-            organization_id: r.try_get("organization_id")?,
-            name: r.try_get("name")?,
-            settings: r.get_json("settings")?,
-            allowed_origins: r.get_json("allowed_origins")?,
-            redirect_urls: r.get_json("redirect_urls")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
-        })
-    }
-}
 
 /// An origin is `scheme://host[:port]` with nothing after it.
 pub fn is_origin(s: &str) -> bool {
@@ -104,6 +73,16 @@ pub struct ProjectInput {
 }
 
 impl ProjectInput {
+    /// The fields to store (after [`Self::validate`]).
+    fn fields(self) -> ProjectFields {
+        ProjectFields {
+            name: self.name.map(|n| n.trim().to_string()),
+            settings: self.settings,
+            allowed_origins: self.allowed_origins,
+            redirect_urls: self.redirect_urls,
+        }
+    }
+
     fn validate(&self, creating: bool) -> Result<(), Error> {
         let mut errors = Vec::new();
         match &self.name {
@@ -149,58 +128,30 @@ impl ProjectInput {
     }
 }
 
-async fn load(db: &Db, org_id: &str, id: &str) -> Result<Project, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org_id)
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Project not found"))?;
-    Ok(Project::from_row(&row)?)
+/// Every change of a project, config or storage setting is audited (none is cached).
+fn change(action: &'static str, resource: &'static str, id: &str, data: Value) -> Change {
+    Change::new(action, resource, id, data)
 }
 
 pub async fn create(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsUpdate>,
     Json(body): Json<ProjectInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Project>), Error> {
     body.validate(true)?;
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE organization_id = $1")
-        .bind(access.org_id())
-        .fetch_one(state.db.pool())
-        .await?;
+    let count = store::count(&state.db, access.org_id()).await?;
     crate::billing::check_count_quota(&state, access.org_id(), "projects", "projects", count)
         .await?;
     let id = crate::ids::new_id("proj");
-    let now = storage::now();
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query(
-        "INSERT INTO projects (id, organization_id, name, settings, allowed_origins, redirect_urls, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-    )
-    .bind(&id)
-    .bind(access.org_id())
-    .bind(body.name.as_deref().unwrap_or_default().trim())
-    .bind(body.settings.unwrap_or_else(|| json!({})).to_string())
-    .bind(json!(body.allowed_origins.unwrap_or_default()).to_string())
-    .bind(json!(body.redirect_urls.unwrap_or_default()).to_string())
-    .bind(&now)
-    .execute(&mut *tx)
+    let fields = body.fields();
+    change("project.created", "project", &id, json!({"id": id}))
+        .write(&state, &access, async |tx| {
+            store::insert(tx, access.org_id(), &id, fields).await
+        })
         .await?;
-    access
-        .emit(
-            &mut tx,
-            "project.created",
-            ("project", &id),
-            json!({"id": id}),
-        )
-        .await?;
-    tx.commit().await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(load(&state.db, access.org_id(), &id).await?),
+        axum::Json(store::load(&state.db, access.org_id(), &id).await?),
     ))
 }
 
@@ -208,25 +159,20 @@ pub async fn list(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsRead>,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
-    let mut filter = Sql::new(" FROM projects WHERE organization_id = ");
-    filter.bind(access.org_id().to_string());
-    Ok(axum::Json(list_projects(&state.db, &filter, &page).await?))
-}
-
-/// One page of projects matching `filter` (`FROM projects WHERE …`).
-pub async fn list_projects(db: &Db, filter: &Sql, page: &Page) -> Result<List<Project>, Error> {
-    let select = format!("SELECT {PROJECT_COLUMNS}");
-    page.fetch(db, "projects", &select, filter, "id", Project::from_row)
-        .await
+) -> Result<axum::Json<List<Project>>, Error> {
+    Ok(axum::Json(
+        store::list(&state.db, access.org_id(), &page).await?,
+    ))
 }
 
 pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsRead>,
     Path((_, id)): Path<(String, String)>,
-) -> Result<impl IntoResponse, Error> {
-    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
+) -> Result<axum::Json<Project>, Error> {
+    Ok(axum::Json(
+        store::load(&state.db, access.org_id(), &id).await?,
+    ))
 }
 
 pub async fn update(
@@ -234,38 +180,18 @@ pub async fn update(
     access: OrgAccess<perm::OrganizationsUpdate>,
     Path((_, id)): Path<(String, String)>,
     Json(body): Json<ProjectInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Project>, Error> {
     body.validate(false)?;
-    load(&state.db, access.org_id(), &id).await?;
-    let mut sql = Sql::new("UPDATE projects SET updated_at = ");
-    sql.bind(storage::now());
-    if let Some(v) = &body.name {
-        sql.push(", name = ").bind(v.trim().to_string());
-    }
-    if let Some(v) = &body.settings {
-        sql.push(", settings = ").bind(v.to_string());
-    }
-    if let Some(v) = &body.allowed_origins {
-        sql.push(", allowed_origins = ").bind(json!(v).to_string());
-    }
-    if let Some(v) = &body.redirect_urls {
-        sql.push(", redirect_urls = ").bind(json!(v).to_string());
-    }
-    sql.push(" WHERE id = ").bind(id.clone());
-    sql.push(" AND organization_id = ")
-        .bind(access.org_id().to_string());
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sql.query().execute(&mut *tx).await?;
-    access
-        .emit(
-            &mut tx,
-            "project.updated",
-            ("project", &id),
-            json!({"id": id}),
-        )
+    store::load(&state.db, access.org_id(), &id).await?;
+    let fields = body.fields();
+    change("project.updated", "project", &id, json!({"id": id}))
+        .write(&state, &access, async |tx| {
+            store::update(tx, access.org_id(), &id, fields).await
+        })
         .await?;
-    tx.commit().await?;
-    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
+    Ok(axum::Json(
+        store::load(&state.db, access.org_id(), &id).await?,
+    ))
 }
 
 pub async fn delete(
@@ -273,24 +199,11 @@ pub async fn delete(
     access: OrgAccess<perm::OrganizationsUpdate>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let done = sqlx::query("DELETE FROM projects WHERE id = $1 AND organization_id = $2")
-        .bind(&id)
-        .bind(access.org_id())
-        .execute(&mut *tx)
+    change("project.deleted", "project", &id, json!({"id": &id}))
+        .write(&state, &access, async |tx| {
+            store::delete(tx, access.org_id(), &id).await
+        })
         .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::not_found("Project not found"));
-    }
-    access
-        .emit(
-            &mut tx,
-            "project.deleted",
-            ("project", &id),
-            json!({"id": &id}),
-        )
-        .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -311,28 +224,11 @@ fn check_config_key(key: &str) -> Result<(), Error> {
     }
 }
 
-fn config_json(r: &sqlx::any::AnyRow) -> Result<Value, sqlx::Error> {
-    Ok(json!({
-        "key": r.try_get::<String, _>("key")?,
-        "value": r.get_json("value")?,
-        "updated_at": storage::api_time(&r.try_get::<String, _>("updated_at")?),
-    }))
-}
-
 pub async fn list_configs(
     State(state): State<AppState>,
     access: OrgAccess<perm::ConfigsRead>,
-) -> Result<impl IntoResponse, Error> {
-    let rows = sqlx::query(
-        "SELECT key, value, updated_at FROM org_configs WHERE organization_id = $1 ORDER BY key",
-    )
-    .bind(access.org_id())
-    .fetch_all(state.db.pool())
-    .await?;
-    let configs = rows
-        .iter()
-        .map(config_json)
-        .collect::<Result<Vec<_>, _>>()?;
+) -> Result<axum::Json<Value>, Error> {
+    let configs = store::configs(&state.db, access.org_id()).await?;
     let total = configs.len();
     Ok(axum::Json(
         json!({ "configs": configs, "total": total, "limit": total, "offset": 0, "has_more": false }),
@@ -343,16 +239,10 @@ pub async fn get_config(
     State(state): State<AppState>,
     access: OrgAccess<perm::ConfigsRead>,
     Path((_, key)): Path<(String, String)>,
-) -> Result<impl IntoResponse, Error> {
-    let row = sqlx::query(
-        "SELECT key, value, updated_at FROM org_configs WHERE organization_id = $1 AND key = $2",
-    )
-    .bind(access.org_id())
-    .bind(&key)
-    .fetch_optional(state.db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Config not found"))?;
-    Ok(axum::Json(config_json(&row)?))
+) -> Result<axum::Json<Config>, Error> {
+    Ok(axum::Json(
+        store::config(&state.db, access.org_id(), &key).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -366,39 +256,20 @@ pub async fn put_config(
     access: OrgAccess<perm::ConfigsManage>,
     Path((_, key)): Path<(String, String)>,
     Json(body): Json<ConfigValue>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Config>, Error> {
     check_config_key(&key)?;
-    let text = body.value.to_string();
-    if text.len() > MAX_CONFIG_VALUE_BYTES {
+    if body.value.to_string().len() > MAX_CONFIG_VALUE_BYTES {
         return Err(Error::invalid_field(
             "value",
             "must be at most 64 KiB of JSON",
         ));
     }
-    let now = storage::now();
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query(
-        "INSERT INTO org_configs (organization_id, key, value, updated_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (organization_id, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-    )
-    .bind(access.org_id())
-    .bind(&key)
-    .bind(&text)
-    .bind(&now)
-    .execute(&mut *tx)
+    let config = change("config.updated", "config", &key, json!({"key": key}))
+        .write(&state, &access, async |tx| {
+            store::put_config(tx, access.org_id(), &key, body.value).await
+        })
         .await?;
-    access
-        .emit(
-            &mut tx,
-            "config.updated",
-            ("config", &key),
-            json!({"key": key}),
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(axum::Json(
-        json!({ "key": key, "value": body.value, "updated_at": storage::api_time(&now) }),
-    ))
+    Ok(axum::Json(config))
 }
 
 pub async fn delete_config(
@@ -406,24 +277,11 @@ pub async fn delete_config(
     access: OrgAccess<perm::ConfigsManage>,
     Path((_, key)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let done = sqlx::query("DELETE FROM org_configs WHERE organization_id = $1 AND key = $2")
-        .bind(access.org_id())
-        .bind(&key)
-        .execute(&mut *tx)
+    change("config.deleted", "config", &key, json!({"id": &key}))
+        .write(&state, &access, async |tx| {
+            store::delete_config(tx, access.org_id(), &key).await
+        })
         .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::not_found("Config not found"));
-    }
-    access
-        .emit(
-            &mut tx,
-            "config.deleted",
-            ("config", &key),
-            json!({"id": &key}),
-        )
-        .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -444,40 +302,20 @@ pub struct StorageInput {
     credentials: Option<Value>,
 }
 
-async fn storage_json(db: &Db, org_id: &str) -> Result<Value, Error> {
-    let row = sqlx::query(
-        "SELECT provider, bucket, region, prefix, retention_days, credentials, updated_at FROM org_storage WHERE organization_id = $1",
-    )
-    .bind(org_id)
-    .fetch_optional(db.pool())
-    .await?;
-    let Some(r) = row else {
-        return Ok(json!({ "configured": false }));
-    };
-    Ok(json!({
-        "configured": true,
-        "provider": r.try_get::<String, _>("provider")?,
-        "bucket": r.try_get::<String, _>("bucket")?,
-        "region": r.try_get::<String, _>("region")?,
-        "prefix": r.try_get::<String, _>("prefix")?,
-        "retention_days": r.try_get::<i64, _>("retention_days")?,
-        "credentials_set": r.try_get::<Option<String>, _>("credentials")?.is_some(),
-        "updated_at": storage::api_time(&r.try_get::<String, _>("updated_at")?),
-    }))
-}
-
 pub async fn get_storage(
     State(state): State<AppState>,
     access: OrgAccess<perm::StorageManage>,
-) -> Result<impl IntoResponse, Error> {
-    Ok(axum::Json(storage_json(&state.db, access.org_id()).await?))
+) -> Result<axum::Json<StorageSettings>, Error> {
+    Ok(axum::Json(
+        store::storage_settings(&state.db, access.org_id()).await?,
+    ))
 }
 
 pub async fn put_storage(
     State(state): State<AppState>,
     access: OrgAccess<perm::StorageManage>,
     Json(body): Json<StorageInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<StorageSettings>, Error> {
     let mut errors = Vec::new();
     if !STORAGE_PROVIDERS.contains(&body.provider.as_str()) {
         errors.push(FieldError::new(
@@ -509,38 +347,25 @@ pub async fn put_storage(
         return Err(Error::invalid(errors));
     }
     // Credentials are write-only: omitted, the stored ones are kept.
-    let sealed = body.credentials.as_ref().map(|c| {
-        state
-            .master_key
-            .encrypt(c.to_string().as_bytes(), access.org_id().as_bytes())
-    });
-    let now = storage::now();
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query(
-        "INSERT INTO org_storage (organization_id, provider, bucket, region, prefix, retention_days, credentials, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (organization_id) DO UPDATE SET provider = excluded.provider, bucket = excluded.bucket, \
-         region = excluded.region, prefix = excluded.prefix, retention_days = excluded.retention_days, \
-         credentials = COALESCE(excluded.credentials, org_storage.credentials), updated_at = excluded.updated_at",
-    )
-    .bind(access.org_id())
-    .bind(&body.provider)
-    .bind(body.bucket.trim())
-    .bind(body.region.trim())
-    .bind(body.prefix.trim())
-    .bind(body.retention_days)
-    .bind(sealed)
-    .bind(&now)
-    .execute(&mut *tx)
+    let settings = NewStorage {
+        provider: &body.provider,
+        bucket: body.bucket.trim(),
+        region: body.region.trim(),
+        prefix: body.prefix.trim(),
+        retention_days: body.retention_days,
+        sealed_credentials: body.credentials.as_ref().map(|c| {
+            state
+                .master_key
+                .encrypt(c.to_string().as_bytes(), access.org_id().as_bytes())
+        }),
+    };
+    let event = json!({"provider": body.provider, "bucket": body.bucket.trim()});
+    change("storage.updated", "storage", access.org_id(), event)
+        .write(&state, &access, async |tx| {
+            store::put_storage(tx, access.org_id(), settings).await
+        })
         .await?;
-    access
-        .emit(
-            &mut tx,
-            "storage.updated",
-            ("storage", access.org_id()),
-            json!({"provider": body.provider, "bucket": body.bucket.trim()}),
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(axum::Json(storage_json(&state.db, access.org_id()).await?))
+    Ok(axum::Json(
+        store::storage_settings(&state.db, access.org_id()).await?,
+    ))
 }

@@ -16,8 +16,9 @@
 //! [`Hit`] per matching rule with masked excerpts, plus the redacted body when a `redact`
 //! rule matched; the gateway decides what to do with `block` hits.
 //!
-//! Around the engine: [`store`] (the rules' CRUD routes and the per-organization cache of
-//! compiled matchers, dropped on every node by the bus's `org:<id>` message) and [`violations`]
+//! Around the engine: [`routes`] (the rules' CRUD routes), [`store`] (their queries and the
+//! per-organization cache of compiled matchers, dropped on every node by the bus's `org:<id>`
+//! message) and [`violations`]
 //! (recording, with the usage-log entry, and the `…/analytics/violations` routes). The gateway
 //! calls [`engine::Matcher::check_request`] before forwarding, `check_response` on a whole answer
 //! and [`stream_text`] + `check_text` when a streamed answer ends.
@@ -25,6 +26,7 @@
 pub mod detectors;
 pub mod engine;
 pub mod extract;
+pub mod routes;
 pub mod rules;
 pub mod store;
 pub mod violations;
@@ -40,11 +42,11 @@ pub fn routes() -> Routes {
     const P: &str = "/v1/organizations/{org_id}/policies";
     const ONE: &str = "/v1/organizations/{org_id}/policies/{id}";
     Routes::new()
-        .get(P, store::list)
-        .post(P, store::create)
-        .get(ONE, store::get)
-        .put(ONE, store::replace)
-        .delete(ONE, store::delete)
+        .get(P, routes::list)
+        .post(P, routes::create)
+        .get(ONE, routes::get)
+        .put(ONE, routes::replace)
+        .delete(ONE, routes::delete)
         .get(
             "/v1/organizations/{org_id}/analytics/violations",
             violations::list,

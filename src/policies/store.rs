@@ -1,9 +1,7 @@
-//! Policy rules of an organization: `GET/POST /v1/organizations/{org_id}/policies`,
-//! `GET/PUT/DELETE …/policies/{id}` (reading: member / `policies:read`; writing: editor /
-//! `policies:manage`). Every write validates the rule with the engine's own
-//! [`validate`](super::rules::validate) — so a stored rule always compiles — emits
-//! `policy.created|updated|deleted` in its transaction, and drops the organization's compiled
-//! matcher on every node (bus message `org:<id>`).
+//! Policy rules in the database (`policies`), and each organization's rules compiled into one
+//! [`Matcher`], cached and dropped by the bus (`org:<id>`, `all`) when a rule changes on any
+//! node. Reads take the pool; writes take the caller's transaction (see
+//! [`crate::events::change`]).
 
 use std::{
     collections::HashMap,
@@ -11,23 +9,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use sqlx::Row;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
 
 use super::{
     engine::Matcher,
-    rules::{self, Action, AppliesTo, Kind, Rule, Severity},
+    rules::{Action, AppliesTo, Kind, Rule, Severity},
 };
 use crate::{
-    app::AppState,
-    error::{Error, FieldError},
-    http::{
-        extract::{Json, Path},
-        pagination::{HasId, Page},
-    },
-    orgs::{access::OrgAccess, roles::perm},
+    error::Error,
+    events::change::found,
+    http::pagination::{HasId, List, Page},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -98,121 +91,20 @@ impl Policy {
     }
 }
 
-/// The body of `POST` and `PUT` (a `PUT` replaces the whole rule, so both require the same).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyInput {
-    name: Option<String>,
-    description: Option<String>,
-    enabled: Option<bool>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    config: Option<Value>,
-    action: Option<String>,
-    applies_to: Option<String>,
-    severity: Option<String>,
-}
-
 /// A validated rule, ready to store.
-struct Valid {
-    name: String,
-    description: String,
-    enabled: bool,
-    kind: Kind,
-    config: Value,
-    action: Action,
-    applies_to: AppliesTo,
-    severity: Severity,
+#[derive(Debug)]
+pub struct PolicyFields {
+    pub name: String,
+    pub description: String,
+    pub enabled: bool,
+    pub kind: Kind,
+    pub config: Value,
+    pub action: Action,
+    pub applies_to: AppliesTo,
+    pub severity: Severity,
 }
 
-fn parse_field<T: std::str::FromStr>(
-    errors: &mut Vec<FieldError>,
-    field: &str,
-    value: Option<&str>,
-    default: Option<T>,
-    choices: &str,
-) -> Option<T> {
-    match value {
-        Some(v) => match v.parse() {
-            Ok(t) => Some(t),
-            Err(_) => {
-                errors.push(FieldError::new(field, format!("must be one of {choices}")));
-                None
-            }
-        },
-        None if default.is_some() => default,
-        None => {
-            errors.push(FieldError::new(field, "is required"));
-            None
-        }
-    }
-}
-
-impl PolicyInput {
-    fn validate(self) -> Result<Valid, Error> {
-        let mut errors = Vec::new();
-        let name = self.name.as_deref().map(str::trim).unwrap_or_default();
-        if name.is_empty() || name.chars().count() > 200 {
-            errors.push(FieldError::new("name", "must be 1 to 200 characters"));
-        }
-        let description = self.description.unwrap_or_default();
-        if description.chars().count() > 2000 {
-            errors.push(FieldError::new("description", "at most 2000 characters"));
-        }
-        let kind: Option<Kind> = parse_field(
-            &mut errors,
-            "type",
-            self.kind.as_deref(),
-            None,
-            "pii, secrets, keyword, regex, model_allowlist, model_denylist, max_tokens, prompt_injection",
-        );
-        let action: Option<Action> = parse_field(
-            &mut errors,
-            "action",
-            self.action.as_deref(),
-            None,
-            "block, redact, flag",
-        );
-        let applies_to = parse_field(
-            &mut errors,
-            "applies_to",
-            self.applies_to.as_deref(),
-            Some(AppliesTo::Request),
-            "request, response, both",
-        );
-        let severity = parse_field(
-            &mut errors,
-            "severity",
-            self.severity.as_deref(),
-            Some(Severity::Medium),
-            "low, medium, high, critical",
-        );
-        let mut config = self.config.unwrap_or_else(|| json!({}));
-        if let (Some(kind), Some(action)) = (kind, action) {
-            match rules::validate(kind, action, &config) {
-                Ok(normalized) => config = normalized,
-                Err(e) => errors.push(FieldError::new(&e.field, e.message)),
-            }
-        }
-        match (kind, action, applies_to, severity) {
-            (Some(kind), Some(action), Some(applies_to), Some(severity)) if errors.is_empty() => {
-                Ok(Valid {
-                    name: name.to_string(),
-                    description,
-                    enabled: self.enabled.unwrap_or(true),
-                    kind,
-                    config,
-                    action,
-                    applies_to,
-                    severity,
-                })
-            }
-            _ => Err(Error::invalid(errors)),
-        }
-    }
-}
-
-async fn load(db: &Db, org_id: &str, id: &str) -> Result<Policy, Error> {
+pub async fn load(db: &Db, org_id: &str, id: &str) -> Result<Policy, Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM policies WHERE id = $1 AND organization_id = $2"
     ))
@@ -224,36 +116,72 @@ async fn load(db: &Db, org_id: &str, id: &str) -> Result<Policy, Error> {
     Ok(Policy::from_row(&row)?)
 }
 
-/// Stores a validated rule (a new one, or over `id`), emits `action` and drops the matcher.
-async fn save(
-    state: &AppState,
-    access: &OrgAccess<perm::PoliciesManage>,
+/// One page of the organization's rules.
+pub async fn list(db: &Db, org_id: &str, page: &Page) -> Result<List<Policy>, Error> {
+    let mut sql = Sql::new(" FROM policies WHERE organization_id = ");
+    sql.bind(org_id.to_string());
+    let select = format!("SELECT {COLUMNS}");
+    page.fetch(db, "policies", &select, &sql, "id", Policy::from_row)
+        .await
+}
+
+/// Inserts a new rule, unless the organization already has [`MAX_RULES`] (refused naming
+/// `type`).
+pub async fn insert(
+    tx: &mut AnyConnection,
+    org_id: &str,
     id: &str,
-    v: Valid,
-    event: &str,
-) -> Result<Policy, Error> {
-    let now = storage::now();
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let sql = if event == "policy.created" {
-        let count: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM policies WHERE organization_id = $1")
-                .bind(access.org_id())
-                .fetch_one(&mut *tx)
-                .await?;
-        if count >= MAX_RULES {
-            return Err(Error::invalid_field(
-                "type",
-                format!("an organization has at most {MAX_RULES} policies"),
-            ));
-        }
+    v: &PolicyFields,
+) -> Result<(), Error> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM policies WHERE organization_id = $1")
+        .bind(org_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if count >= MAX_RULES {
+        return Err(Error::invalid_field(
+            "type",
+            format!("an organization has at most {MAX_RULES} policies"),
+        ));
+    }
+    write(
+        tx,
         "INSERT INTO policies (name, description, enabled, type, config, action, applies_to, \
          severity, updated_at, id, organization_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $9)"
-    } else {
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $9)",
+        org_id,
+        id,
+        v,
+    )
+    .await
+}
+
+/// Replaces a rule; not found if there is none.
+pub async fn replace(
+    tx: &mut AnyConnection,
+    org_id: &str,
+    id: &str,
+    v: &PolicyFields,
+) -> Result<(), Error> {
+    write(
+        tx,
         "UPDATE policies SET name = $1, description = $2, enabled = $3, type = $4, config = $5, \
          action = $6, applies_to = $7, severity = $8, updated_at = $9 \
-         WHERE id = $10 AND organization_id = $11"
-    };
+         WHERE id = $10 AND organization_id = $11",
+        org_id,
+        id,
+        v,
+    )
+    .await
+}
+
+/// Runs the insert or the update, which take the same values in the same order.
+async fn write(
+    tx: &mut AnyConnection,
+    sql: &str,
+    org_id: &str,
+    id: &str,
+    v: &PolicyFields,
+) -> Result<(), Error> {
     let done = sqlx::query(sql)
         .bind(&v.name)
         .bind(&v.description)
@@ -263,97 +191,21 @@ async fn save(
         .bind(v.action.as_str())
         .bind(v.applies_to.as_str())
         .bind(v.severity.as_str())
-        .bind(&now)
+        .bind(storage::now())
         .bind(id)
-        .bind(access.org_id())
+        .bind(org_id)
         .execute(&mut *tx)
         .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::not_found("Policy not found"));
-    }
-    access
-        .emit(
-            &mut tx,
-            event,
-            ("policy", id),
-            json!({"id": id, "name": v.name, "type": v.kind.as_str(), "action": v.action.as_str()}),
-        )
-        .await?;
-    tx.commit().await?;
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
-    load(&state.db, access.org_id(), id).await
+    found(done, "Policy not found")
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    access: OrgAccess<perm::PoliciesManage>,
-    Json(body): Json<PolicyInput>,
-) -> Result<impl IntoResponse, Error> {
-    let valid = body.validate()?;
-    let id = crate::ids::new_id("pol");
-    let policy = save(&state, &access, &id, valid, "policy.created").await?;
-    Ok((StatusCode::CREATED, axum::Json(policy)))
-}
-
-pub async fn list(
-    State(state): State<AppState>,
-    access: OrgAccess<perm::PoliciesRead>,
-    page: Page,
-) -> Result<impl IntoResponse, Error> {
-    let mut sql = Sql::new(" FROM policies WHERE organization_id = ");
-    sql.bind(access.org_id().to_string());
-    let select = format!("SELECT {COLUMNS}");
-    let list = page
-        .fetch(&state.db, "policies", &select, &sql, "id", Policy::from_row)
-        .await?;
-    Ok(axum::Json(list))
-}
-
-pub async fn get(
-    State(state): State<AppState>,
-    access: OrgAccess<perm::PoliciesRead>,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<impl IntoResponse, Error> {
-    Ok(axum::Json(load(&state.db, access.org_id(), &id).await?))
-}
-
-pub async fn replace(
-    State(state): State<AppState>,
-    access: OrgAccess<perm::PoliciesManage>,
-    Path((_, id)): Path<(String, String)>,
-    Json(body): Json<PolicyInput>,
-) -> Result<impl IntoResponse, Error> {
-    let valid = body.validate()?;
-    Ok(axum::Json(
-        save(&state, &access, &id, valid, "policy.updated").await?,
-    ))
-}
-
-pub async fn delete(
-    State(state): State<AppState>,
-    access: OrgAccess<perm::PoliciesManage>,
-    Path((_, id)): Path<(String, String)>,
-) -> Result<StatusCode, Error> {
-    let mut tx = crate::events::begin_write(&state.db).await?;
+pub async fn delete(tx: &mut AnyConnection, org_id: &str, id: &str) -> Result<(), Error> {
     let done = sqlx::query("DELETE FROM policies WHERE id = $1 AND organization_id = $2")
-        .bind(&id)
-        .bind(access.org_id())
+        .bind(id)
+        .bind(org_id)
         .execute(&mut *tx)
         .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::not_found("Policy not found"));
-    }
-    access
-        .emit(
-            &mut tx,
-            "policy.deleted",
-            ("policy", &id),
-            json!({"id": id}),
-        )
-        .await?;
-    tx.commit().await?;
-    state.bus.publish(&format!("org:{}", access.org_id())).await;
-    Ok(StatusCode::NO_CONTENT)
+    found(done, "Policy not found")
 }
 
 /// A compiled matcher is trusted this long even without an invalidation (a safety net for a
