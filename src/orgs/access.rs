@@ -11,7 +11,6 @@ use axum::{
     http::request::Parts,
 };
 use ipnet::IpNet;
-use sqlx::Row;
 
 use crate::{
     app::AppState,
@@ -20,8 +19,10 @@ use crate::{
     error::{Error, ErrorCode},
     http::request_meta::{client_ip, RequestMeta},
     keys::cache::{looks_like_key, CachedKey},
-    orgs::roles::{Permission, RequiredPermission, Role},
-    storage::RowExt,
+    orgs::{
+        members, organizations,
+        roles::{Permission, RequiredPermission, Role},
+    },
 };
 
 /// The organization a request acts on, as far as access decisions need it.
@@ -187,19 +188,11 @@ impl<P: RequiredPermission> OrgAccess<P> {
             Caller::User(u) => Some(u.user.id.0.as_str()),
             Caller::Key(k) => k.created_by.as_deref(),
         };
-        let role: Option<String> = match member {
-            Some(user_id) => {
-                sqlx::query_scalar(
-                    "SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2",
-                )
-                .bind(&self.org.id)
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?
-            }
+        let role = match member {
+            Some(user_id) => members::store::role_of(tx, &self.org.id, user_id).await?,
             None => None,
         };
-        let role = match (&self.caller, role.as_deref().and_then(Role::parse)) {
+        let role = match (&self.caller, role) {
             (Caller::User(_), Some(role)) => role,
             (Caller::User(_), None) => return Err(Error::not_found("Organization not found")),
             (Caller::Key(_), Some(role)) => role.min(KEY_ROLE_CAP),
@@ -326,21 +319,14 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
                     return Err(e);
                 }
             };
-            let row = sqlx::query(
-                "SELECT id, slug, settings FROM organizations WHERE id = $1 OR slug = $1",
-            )
-            .bind(&org_param)
-            .fetch_optional(state.db.pool())
-            .await?
-            .filter(|r| {
-                r.try_get::<String, _>("id")
-                    .is_ok_and(|id| *id == *key.organization_id)
-            })
-            .ok_or_else(|| Error::not_found("Organization not found"))?;
+            let row = organizations::store::by_id_or_slug(&state.db, &org_param)
+                .await?
+                .filter(|r| *r.id == *key.organization_id)
+                .ok_or_else(|| Error::not_found("Organization not found"))?;
             let org = OrgRef {
-                id: row.try_get("id")?,
-                slug: row.try_get("slug")?,
-                settings: row.get_json("settings")?,
+                id: row.id,
+                slug: row.slug,
+                settings: row.settings,
             };
             let role = key
                 .creator_role
@@ -364,20 +350,15 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
             });
         }
         let user = AuthUser::from_request_parts(parts, state).await?;
-        let row = sqlx::query(
-            "SELECT o.id, o.slug, o.status, o.settings, m.role FROM organizations o \
-             JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
-             WHERE o.id = $2 OR o.slug = $2",
-        )
-        .bind(&user.user.id.0)
-        .bind(&org_param)
-        .fetch_optional(state.db.pool())
-        .await?
-        .ok_or_else(|| Error::not_found("Organization not found"))?;
+        let (row, role) =
+            organizations::store::with_membership(&state.db, &user.user.id.0, &org_param)
+                .await?
+                .ok_or_else(|| Error::not_found("Organization not found"))?;
+        let status = row.status;
         let org = OrgRef {
-            id: row.try_get("id")?,
-            slug: row.try_get("slug")?,
-            settings: row.get_json("settings")?,
+            id: row.id,
+            slug: row.slug,
+            settings: row.settings,
         };
         if let Some(tenant) = &user.tenant {
             if tenant.organization_id != org.id {
@@ -386,7 +367,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
                 ));
             }
         }
-        if row.try_get::<String, _>("status")? != "active" {
+        if status != "active" {
             return Err(Error::new(
                 ErrorCode::OrganizationSuspended,
                 "This organization is suspended",
@@ -396,8 +377,8 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
             &org.settings,
             client_ip(parts, &state.config.trusted_proxies),
         )?;
-        let role = Role::parse(&row.try_get::<String, _>("role")?)
-            .ok_or_else(|| anyhow::anyhow!("membership with an unknown role"))?;
+        let role =
+            Role::parse(&role).ok_or_else(|| anyhow::anyhow!("membership with an unknown role"))?;
         if !role.can(P::PERMISSION) {
             return Err(forbidden_for(P::PERMISSION));
         }

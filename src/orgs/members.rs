@@ -3,52 +3,34 @@
 //! removed. Invitations expire after 30 days and carry a single-use token by email.
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
+
+pub use store::{sole_owner_of, Invitation, InvitationStatus, Member, MemberStatus};
+use store::{MemberFilter, NewInvitation, TokenInvitation};
 
 use crate::{
-    admin::like_pattern,
     app::AppState,
     auth::{extract::AuthUser, users},
     crypto,
     error::{Error, FieldError},
-    events::{emit_org, ActorContext},
+    events::{emit_org, ActorContext, Change, Invalidation},
     http::{
         extract::{Json, Path, Query},
-        pagination::{HasId, List, Page},
+        pagination::Page,
     },
     mail::{self, Mail},
     orgs::{
         access::OrgAccess,
+        organizations,
         roles::{perm, Permission, Role},
     },
-    storage::{self, Db, RowExt, Sql},
+    storage::{self, Db},
 };
 
+pub(crate) mod store;
+
 pub const INVITATION_TTL_DAYS: i64 = 30;
-
-#[derive(Debug, Serialize)]
-pub struct Member {
-    /// The user's id; for a pending invitee, the invitation's id.
-    pub id: String,
-    pub email: String,
-    pub name: String,
-    pub role: String,
-    /// `active` or `pending_invite`.
-    pub status: String,
-    pub created_at: String,
-    pub last_login: Option<String>,
-    pub mfa_enabled: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub invitation_sent_at: Option<String>,
-}
-
-impl HasId for Member {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
 
 fn parse_role(field: &str, role: &str) -> Result<Role, Error> {
     Role::parse(role).ok_or_else(|| {
@@ -57,7 +39,7 @@ fn parse_role(field: &str, role: &str) -> Result<Role, Error> {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct MemberFilter {
+pub struct MemberQuery {
     role: Option<String>,
     q: Option<String>,
 }
@@ -66,117 +48,22 @@ pub async fn list(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersRead>,
     page: Page,
-    Query(filter): Query<MemberFilter>,
+    Query(query): Query<MemberQuery>,
 ) -> Result<impl IntoResponse, Error> {
-    let mut sql = Sql::new(
-        " FROM (SELECT u.id AS id, u.email AS email, u.name AS name, m.role AS role, 'active' AS status, \
-         m.created_at AS created_at, u.last_login AS last_login, u.mfa_enabled AS mfa_enabled, NULL AS sent_at \
-         FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.organization_id = ",
-    );
-    sql.bind(access.org_id().to_string())
-        .push(
-            " UNION ALL SELECT i.id, i.email, i.name, i.role, 'pending_invite', i.created_at, NULL, FALSE, i.sent_at \
-             FROM invitations i WHERE i.organization_id = $1 AND i.status = 'pending' AND i.expires_at > ",
-        )
-        .bind(storage::now())
-        .push(") t WHERE 1 = 1");
-    if let Some(role) = &filter.role {
-        parse_role("role", role)?;
-        sql.and("t.role = ?", role.clone());
-    }
-    if let Some(q) = filter.q.as_deref().filter(|q| !q.trim().is_empty()) {
-        let p = like_pattern(q);
-        sql.push(" AND (t.email LIKE ")
-            .bind(p.clone())
-            .push(" ESCAPE '\\' OR LOWER(t.name) LIKE ")
-            .bind(p)
-            .push(" ESCAPE '\\')");
-    }
-    let total: i64 = Sql::prefixed("SELECT COUNT(*)", &sql)
-        .query_scalar()
-        .fetch_one(state.db.pool())
-        .await?;
-    let mut q = Sql::prefixed("SELECT t.*", &sql);
-    page.apply_offset(&mut q, "t.created_at, t.id");
-    let rows = q.query().fetch_all(state.db.pool()).await?;
-    let members = rows
-        .iter()
-        .map(|r| {
-            Ok(Member {
-                id: r.try_get("id")?,
-                email: r.try_get("email")?,
-                name: r.try_get("name")?,
-                role: r.try_get("role")?,
-                status: r.try_get("status")?,
-                created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-                last_login: r
-                    .try_get::<Option<String>, _>("last_login")?
-                    .map(|t| storage::api_time(&t)),
-                mfa_enabled: r.get_bool("mfa_enabled")?,
-                invitation_sent_at: r
-                    .try_get::<Option<String>, _>("sent_at")?
-                    .map(|t| storage::api_time(&t)),
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(axum::Json(List::from_rows(
-        "members", members, total, &page,
-    )))
+    let filter = MemberFilter {
+        role: query
+            .role
+            .as_deref()
+            .map(|r| parse_role("role", r))
+            .transpose()?,
+        q: query.q,
+    };
+    Ok(axum::Json(
+        store::list(&state.db, access.org_id(), filter, &page).await?,
+    ))
 }
 
 // ---- invitations --------------------------------------------------------------------------
-
-#[derive(Debug, Serialize)]
-pub struct Invitation {
-    pub id: String,
-    pub organization_id: String,
-    pub email: String,
-    pub role: String,
-    pub status: String,
-    pub invited_by: Option<String>,
-    pub created_at: String,
-    pub invitation_sent_at: String,
-    pub expires_at: String,
-    pub accepted_at: Option<String>,
-    pub revoked_at: Option<String>,
-}
-
-impl HasId for Invitation {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-const INVITATION_COLUMNS: &str =
-    "id, organization_id, email, role, status, invited_by, created_at, \
-     sent_at, expires_at, accepted_at, revoked_at";
-
-impl Invitation {
-    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
-        let expires_at: String = r.try_get("expires_at")?;
-        let mut status: String = r.try_get("status")?;
-        if status == "pending" && expires_at <= storage::now() {
-            status = "expired".into();
-        }
-        let opt = |c: &str| -> Result<Option<String>, sqlx::Error> {
-            Ok(r.try_get::<Option<String>, _>(c)?
-                .map(|t| storage::api_time(&t)))
-        };
-        Ok(Invitation {
-            id: r.try_get("id")?,
-            organization_id: r.try_get("organization_id")?,
-            email: r.try_get("email")?,
-            role: r.try_get("role")?,
-            status,
-            invited_by: r.try_get("invited_by")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            invitation_sent_at: storage::api_time(&r.try_get::<String, _>("sent_at")?),
-            expires_at: storage::api_time(&expires_at),
-            accepted_at: opt("accepted_at")?,
-            revoked_at: opt("revoked_at")?,
-        })
-    }
-}
 
 fn expiry() -> String {
     storage::format_time(chrono::Utc::now() + chrono::Duration::days(INVITATION_TTL_DAYS))
@@ -188,16 +75,8 @@ fn new_token() -> (String, String) {
     (token, hash)
 }
 
-async fn org_name(db: &Db, org_id: &str) -> Result<String, Error> {
-    Ok(
-        sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1")
-            .bind(org_id)
-            .fetch_one(db.pool())
-            .await?,
-    )
-}
-
-fn send_invitation(state: &AppState, org_name: &str, email: &str, role: &str, token: &str) {
+fn send_invitation(state: &AppState, org_name: &str, email: &str, role: Role, token: &str) {
+    let role = role.as_str();
     let link = format!(
         "{}/accept-invitation?token={token}",
         state.config.public_url.trim_end_matches('/')
@@ -231,89 +110,43 @@ pub async fn invite<P>(
             "must be at most 200 characters",
         ));
     }
-    let already: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM memberships m JOIN users u ON u.id = m.user_id \
-         WHERE m.organization_id = $1 AND u.email = $2",
-    )
-    .bind(access.org_id())
-    .bind(&email)
-    .fetch_one(state.db.pool())
-    .await?;
-    if already > 0 {
+    let org_id = access.org_id();
+    if store::has_member_with_email(&state.db, org_id, &email).await? {
         return Err(Error::conflict("This person is already a member"));
     }
-    let now = storage::now();
-    let pending: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM invitations WHERE organization_id = $1 AND email = $2 AND status = 'pending' AND expires_at > $3",
-    )
-    .bind(access.org_id())
-    .bind(&email)
-    .bind(&now)
-    .fetch_one(state.db.pool())
-    .await?;
-    if pending > 0 {
+    if store::has_live_invitation(&state.db, org_id, &email).await? {
         return Err(Error::conflict(
             "A pending invitation for this email exists; resend it instead",
         ));
     }
     // Members and pending invitations both count against the plan's members.
-    let seats: i64 = sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM memberships WHERE organization_id = $1) + \
-         (SELECT COUNT(*) FROM invitations WHERE organization_id = $1 AND status = 'pending' AND expires_at > $2)",
-    )
-    .bind(access.org_id())
-    .bind(&now)
-    .fetch_one(state.db.pool())
-    .await?;
-    crate::billing::check_count_quota(state, access.org_id(), "members", "members", seats).await?;
+    let seats = store::seats(&state.db, org_id).await?;
+    crate::billing::check_count_quota(state, org_id, "members", "members", seats).await?;
     let id = crate::ids::new_id("inv");
     let (token, hash) = new_token();
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query(
-        "INSERT INTO invitations (id, organization_id, email, name, role, token_hash, status, invited_by, created_at, sent_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $8, $9)",
-    )
-    .bind(&id)
-    .bind(access.org_id())
-    .bind(&email)
-    .bind(name.trim())
-    .bind(role.as_str())
-    .bind(&hash)
-    .bind(access.creator_id())
-    .bind(&now)
-    .bind(expiry())
-    .execute(&mut *tx)
-    .await?;
-    emit_org(
-        &mut tx,
-        &access.actor_context(),
-        access.org_id(),
+    let invitation = NewInvitation {
+        id: &id,
+        org_id,
+        email: &email,
+        name: name.trim(),
+        role,
+        token_hash: &hash,
+        invited_by: access.creator_id(),
+        expires_at: &expiry(),
+    };
+    Change::new(
         "invitation.created",
-        ("invitation", &id),
+        "invitation",
+        &id,
         json!({"id": id, "email": email, "role": role.as_str()}),
     )
+    .write(state, access, async |tx| {
+        store::insert_invitation(tx, invitation).await
+    })
     .await?;
-    tx.commit().await?;
-    send_invitation(
-        state,
-        &org_name(&state.db, access.org_id()).await?,
-        &email,
-        role.as_str(),
-        &token,
-    );
-    get_invitation(&state.db, access.org_id(), &id).await
-}
-
-async fn get_invitation(db: &Db, org_id: &str, id: &str) -> Result<Invitation, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1 AND organization_id = $2"
-    ))
-    .bind(id)
-    .bind(org_id)
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Invitation not found"))?;
-    Ok(Invitation::from_row(&row)?)
+    let org_name = organizations::store::name(&state.db, org_id).await?;
+    send_invitation(state, &org_name, &email, role, &token);
+    store::invitation(&state.db, org_id, &id).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,7 +173,7 @@ pub async fn add(
             "email": inv.email,
             "name": body.name.trim(),
             "role": inv.role,
-            "status": "pending_invite",
+            "status": MemberStatus::PendingInvite,
             "invitation_sent_at": inv.invitation_sent_at,
             "expires_at": inv.expires_at,
         })),
@@ -374,39 +207,15 @@ pub async fn list_invitations(
     page: Page,
     Query(filter): Query<InvitationFilter>,
 ) -> Result<impl IntoResponse, Error> {
-    let mut sql = Sql::new(" FROM invitations WHERE organization_id = ");
-    sql.bind(access.org_id().to_string());
-    let now = storage::now();
-    match filter.status.as_deref() {
-        None => {}
-        Some("pending") => {
-            sql.and("status = ?", "pending").and("expires_at > ?", now);
-        }
-        Some("expired") => {
-            sql.and("status = ?", "pending").and("expires_at <= ?", now);
-        }
-        Some(s @ ("accepted" | "revoked")) => {
-            sql.and("status = ?", s);
-        }
-        Some(_) => {
-            return Err(Error::invalid_field(
-                "status",
-                "must be pending, accepted, revoked or expired",
-            ))
-        }
-    }
-    let select = format!("SELECT {INVITATION_COLUMNS}");
-    let list = page
-        .fetch(
-            &state.db,
-            "invitations",
-            &select,
-            &sql,
-            "id DESC",
-            Invitation::from_row,
-        )
-        .await?;
-    Ok(axum::Json(list))
+    let status = match filter.status.as_deref() {
+        None => None,
+        Some(s) => Some(InvitationStatus::parse(s).ok_or_else(|| {
+            Error::invalid_field("status", "must be pending, accepted, revoked or expired")
+        })?),
+    };
+    Ok(axum::Json(
+        store::list_invitations(&state.db, access.org_id(), status, &page).await?,
+    ))
 }
 
 pub async fn resend_invitation(
@@ -414,31 +223,22 @@ pub async fn resend_invitation(
     access: OrgAccess<perm::MembersManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, Error> {
-    let inv = get_invitation(&state.db, access.org_id(), &id).await?;
-    if inv.status == "accepted" || inv.status == "revoked" {
+    let inv = store::invitation(&state.db, access.org_id(), &id).await?;
+    if matches!(
+        inv.status,
+        InvitationStatus::Accepted | InvitationStatus::Revoked
+    ) {
         return Err(Error::conflict(format!(
             "This invitation is {}",
             inv.status
         )));
     }
     let (token, hash) = new_token();
-    let now = storage::now();
-    sqlx::query("UPDATE invitations SET token_hash = $1, sent_at = $2, expires_at = $3, status = 'pending' WHERE id = $4")
-        .bind(&hash)
-        .bind(&now)
-        .bind(expiry())
-        .bind(&id)
-        .execute(state.db.pool())
-        .await?;
-    send_invitation(
-        &state,
-        &org_name(&state.db, access.org_id()).await?,
-        &inv.email,
-        &inv.role,
-        &token,
-    );
+    store::renew_invitation(&state.db, &id, &hash, &expiry()).await?;
+    let org_name = organizations::store::name(&state.db, access.org_id()).await?;
+    send_invitation(&state, &org_name, &inv.email, inv.role, &token);
     Ok(axum::Json(
-        get_invitation(&state.db, access.org_id(), &id).await?,
+        store::invitation(&state.db, access.org_id(), &id).await?,
     ))
 }
 
@@ -447,27 +247,40 @@ pub async fn revoke_invitation(
     access: OrgAccess<perm::MembersManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    let inv = get_invitation(&state.db, access.org_id(), &id).await?;
-    if inv.status == "accepted" {
+    let inv = store::invitation(&state.db, access.org_id(), &id).await?;
+    if inv.status == InvitationStatus::Accepted {
         return Err(Error::conflict("This invitation was already accepted"));
     }
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query("UPDATE invitations SET status = 'revoked', revoked_at = $1 WHERE id = $2 AND status = 'pending'")
-        .bind(storage::now())
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    emit_org(
-        &mut tx,
-        &access.actor_context(),
-        access.org_id(),
+    Change::new(
         "invitation.revoked",
-        ("invitation", &id),
+        "invitation",
+        &id,
         json!({"id": id, "email": inv.email}),
     )
+    .write(&state, &access, async |tx| {
+        store::revoke_invitation(tx, &id).await
+    })
     .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The live invitation a token names: not found for an unknown token, a conflict for one
+/// accepted or revoked, invalid for one expired.
+async fn live_invitation(db: &Db, token: &str) -> Result<TokenInvitation, Error> {
+    let hash = crypto::sha256_hex(token.trim().as_bytes());
+    let inv = store::by_token_hash(db, &hash)
+        .await?
+        .ok_or_else(|| Error::not_found("Invitation not found"))?;
+    if inv.status != InvitationStatus::Pending {
+        return Err(Error::conflict(format!(
+            "This invitation was {}",
+            inv.status
+        )));
+    }
+    if inv.expires_at <= storage::now() {
+        return Err(Error::invalid_field("token", "the invitation has expired"));
+    }
+    Ok(inv)
 }
 
 /// A live invitation found by its token: `(id, organization_id, email, role)`.
@@ -475,25 +288,12 @@ pub async fn find_invitation(
     db: &Db,
     token: &str,
 ) -> Result<(String, String, String, String), Error> {
-    let row = sqlx::query(
-        "SELECT id, organization_id, email, role, status, expires_at FROM invitations WHERE token_hash = $1",
-    )
-    .bind(crypto::sha256_hex(token.trim().as_bytes()))
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Invitation not found"))?;
-    let status: String = row.try_get("status")?;
-    if status != "pending" {
-        return Err(Error::conflict(format!("This invitation was {status}")));
-    }
-    if row.try_get::<String, _>("expires_at")? <= storage::now() {
-        return Err(Error::invalid_field("token", "the invitation has expired"));
-    }
+    let inv = live_invitation(db, token).await?;
     Ok((
-        row.try_get("id")?,
-        row.try_get("organization_id")?,
-        row.try_get("email")?,
-        row.try_get("role")?,
+        inv.id,
+        inv.organization_id,
+        inv.email,
+        inv.role.as_str().to_string(),
     ))
 }
 
@@ -509,42 +309,29 @@ pub async fn accept(
     user_email: &str,
     session_id: Option<&str>,
 ) -> Result<serde_json::Value, Error> {
-    let (id, org_id, email, role) = find_invitation(db, token).await?;
+    let TokenInvitation {
+        id,
+        organization_id: org_id,
+        email,
+        role,
+        ..
+    } = live_invitation(db, token).await?;
     if users::fold_email(&email) != users::fold_email(user_email) {
         return Err(Error::forbidden(
             "This invitation was sent to another email address",
         ));
     }
-    let now = storage::now();
+    // Two events and the email proof in one transaction: more than one `Change` carries.
     let mut tx = crate::events::begin_write(db).await?;
-    let claimed = sqlx::query("UPDATE invitations SET status = 'accepted', accepted_at = $1 WHERE id = $2 AND status = 'pending'")
-        .bind(&now)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    if claimed.rows_affected() != 1 {
+    if !store::claim_invitation(&mut tx, &id).await? {
         return Err(Error::conflict("This invitation was already used"));
     }
-    let exists: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND user_id = $2",
-    )
-    .bind(&org_id)
-    .bind(user_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if exists > 0 {
+    if store::is_member(&mut tx, &org_id, user_id).await? {
         return Err(Error::conflict(
             "You are already a member of this organization",
         ));
     }
-    sqlx::query("INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-        .bind(crate::ids::new_id("mem"))
-        .bind(&org_id)
-        .bind(user_id)
-        .bind(&role)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+    store::insert_membership(&mut tx, &org_id, user_id, role).await?;
     let taken_back = users::email_proven(&mut tx, user_id, session_id).await?;
     emit_org(
         &mut tx,
@@ -575,7 +362,7 @@ pub async fn accept(
         .await;
     }
     Ok(
-        json!({ "organization_id": org_id, "user_id": user_id, "role": role, "status": "active", "invitation_id": id }),
+        json!({ "organization_id": org_id, "user_id": user_id, "role": role, "status": MemberStatus::Active, "invitation_id": id }),
     )
 }
 
@@ -608,6 +395,9 @@ pub async fn accept_invitation(
 }
 
 // ---- role changes and removal --------------------------------------------------------------
+//
+// These write outside `Change`: the event's data (the previous role) is only known once the
+// membership lock is held, and the lock must be taken first in the transaction.
 
 /// Opens the write transaction of a change to an organization's memberships and takes the
 /// organization's membership lock, so that "is this the last owner?" and the change it guards
@@ -620,76 +410,8 @@ async fn begin_membership_change(
 ) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
     pause::before_lock(org_id).await;
     let mut tx = crate::events::begin_write(db).await?;
-    lock_memberships(&mut tx, db.backend(), org_id).await?;
+    store::lock_memberships(&mut tx, db.backend(), org_id).await?;
     Ok(tx)
-}
-
-/// Takes an organization's membership lock inside a write transaction (see
-/// [`begin_membership_change`]).
-async fn lock_memberships(
-    tx: &mut sqlx::AnyConnection,
-    backend: crate::storage::Backend,
-    org_id: &str,
-) -> Result<(), Error> {
-    crate::storage::lock_for_change(tx, backend, "organizations", org_id).await?;
-    Ok(())
-}
-
-/// The organizations whose only owner is `user_id`, read under their membership locks (taken in
-/// id order), inside a write transaction that is about to remove the user.
-pub async fn sole_owner_of(
-    tx: &mut sqlx::AnyConnection,
-    backend: crate::storage::Backend,
-    user_id: &str,
-) -> Result<Vec<String>, Error> {
-    let owned: Vec<String> = sqlx::query_scalar(
-        "SELECT organization_id FROM memberships WHERE user_id = $1 AND role = 'owner' \
-         ORDER BY organization_id",
-    )
-    .bind(user_id)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut sole = Vec::new();
-    for org in owned {
-        lock_memberships(tx, backend, &org).await?;
-        let owners: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND role = 'owner'",
-        )
-        .bind(&org)
-        .fetch_one(&mut *tx)
-        .await?;
-        if owners <= 1 {
-            sole.push(org);
-        }
-    }
-    Ok(sole)
-}
-
-/// A member's role and whether they are the organization's only owner, read under the lock of
-/// [`begin_membership_change`].
-async fn member_role(
-    tx: &mut sqlx::AnyConnection,
-    org_id: &str,
-    user_id: &str,
-) -> Result<(Role, bool), Error> {
-    let role: Option<String> = sqlx::query_scalar(
-        "SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2",
-    )
-    .bind(org_id)
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let role = role
-        .as_deref()
-        .and_then(Role::parse)
-        .ok_or_else(|| Error::not_found("Member not found"))?;
-    let owners: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND role = 'owner'",
-    )
-    .bind(org_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    Ok((role, role == Role::Owner && owners <= 1))
 }
 
 #[derive(Debug, Deserialize)]
@@ -710,40 +432,33 @@ pub async fn change_role(
     // The caller's own role, as it is now that no other change can interleave.
     let access = access.reread_under_lock(&mut tx).await?;
     access.may_grant(new_role)?;
-    let (current, last_owner) = member_role(&mut tx, access.org_id(), &user_id).await?;
-    if current == Role::Owner {
+    let member = store::membership(&mut tx, access.org_id(), &user_id).await?;
+    if member.role == Role::Owner {
         access.require(Permission::OrganizationsDelete)?;
     }
-    if last_owner && new_role != Role::Owner {
+    if member.last_owner && new_role != Role::Owner {
         return Err(Error::invalid(vec![FieldError::new(
             "role",
             "the last owner cannot be demoted; make someone else owner first",
         )]));
     }
-    sqlx::query("UPDATE memberships SET role = $1, updated_at = $2 WHERE organization_id = $3 AND user_id = $4")
-        .bind(new_role.as_str())
-        .bind(storage::now())
-        .bind(access.org_id())
-        .bind(&user_id)
-        .execute(&mut *tx)
+    store::set_role(&mut tx, access.org_id(), &user_id, new_role).await?;
+    access
+        .emit(
+            &mut tx,
+            "member.updated",
+            ("member", &user_id),
+            json!({"organization_id": access.org_id(), "user_id": user_id, "role": new_role, "previous_role": member.role}),
+        )
         .await?;
-    emit_org(
-        &mut tx,
-        &access.actor_context(),
-        access.org_id(),
-        "member.updated",
-        ("member", &user_id),
-        json!({"organization_id": access.org_id(), "user_id": user_id, "role": new_role.as_str(), "previous_role": current.as_str()}),
-    )
-    .await?;
     tx.commit().await?;
     // Keys this member created are capped by their role.
     state
         .bus
-        .publish(crate::events::Invalidation::organization(access.org_id()))
+        .publish(Invalidation::organization(access.org_id()))
         .await;
     Ok(axum::Json(
-        json!({ "id": user_id, "organization_id": access.org_id(), "role": new_role.as_str(), "status": "active" }),
+        json!({ "id": user_id, "organization_id": access.org_id(), "role": new_role, "status": MemberStatus::Active }),
     ))
 }
 
@@ -762,36 +477,31 @@ pub async fn remove(
     if !leaving_self {
         access.require(Permission::MembersManage)?;
     }
-    let (current, last_owner) = member_role(&mut tx, access.org_id(), &user_id).await?;
-    if current == Role::Owner {
+    let member = store::membership(&mut tx, access.org_id(), &user_id).await?;
+    if member.role == Role::Owner {
         if !leaving_self {
             access.require(Permission::OrganizationsDelete)?;
         }
-        if last_owner {
+        if member.last_owner {
             return Err(Error::bad_request(
                 "The last owner cannot be removed; make someone else owner first",
             ));
         }
     }
-    sqlx::query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2")
-        .bind(access.org_id())
-        .bind(&user_id)
-        .execute(&mut *tx)
+    store::delete_membership(&mut tx, access.org_id(), &user_id).await?;
+    access
+        .emit(
+            &mut tx,
+            "member.removed",
+            ("member", &user_id),
+            json!({"organization_id": access.org_id(), "user_id": user_id, "role": member.role}),
+        )
         .await?;
-    emit_org(
-        &mut tx,
-        &access.actor_context(),
-        access.org_id(),
-        "member.removed",
-        ("member", &user_id),
-        json!({"organization_id": access.org_id(), "user_id": user_id, "role": current.as_str()}),
-    )
-    .await?;
     tx.commit().await?;
     // Keys this member created are capped by their role.
     state
         .bus
-        .publish(crate::events::Invalidation::organization(access.org_id()))
+        .publish(Invalidation::organization(access.org_id()))
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,91 +4,32 @@
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
+
+pub use store::{get, Organization, ORG_SELECT};
+use store::{NewOrganization, OrganizationChanges};
 
 use crate::{
     app::AppState,
     auth::extract::AuthUser,
-    error::{Error, FieldError, ResultExt},
-    events::{emit, Actor, ActorContext, NewEvent},
+    error::{Error, FieldError},
+    events::{emit, Actor, ActorContext, Invalidation, NewEvent},
     http::request_meta::RequestMeta,
     http::{
         extract::{Json, Query},
-        pagination::{HasId, Page},
+        pagination::Page,
     },
     ids::OrgId,
     orgs::{
         access::{parse_cidr, OrgAccess},
-        roles::perm,
+        members,
+        roles::{perm, Role},
     },
-    storage::{self, RowExt, Sql},
 };
+
+pub(crate) mod store;
 
 pub const DEFAULT_PLAN: &str = "smb";
 const RESERVED_SLUGS: &[&str] = &["check-availability", "new", "admin", "api", "me"];
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Organization {
-    pub id: String,
-    pub name: String,
-    pub slug: String,
-    pub description: String,
-    pub website: String,
-    pub timezone: String,
-    pub status: String,
-    pub plan: String,
-    pub settings: Value,
-    pub members_count: i64,
-    pub projects_count: i64,
-    pub created_at: String,
-    pub updated_at: String,
-    /// The caller's role, on lists of "my" organizations.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-}
-
-impl HasId for Organization {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
-pub const ORG_SELECT: &str = "SELECT o.id, o.name, o.slug, o.description, o.website, o.timezone, \
-     o.status, o.plan, o.settings, o.created_at, o.updated_at, \
-     (SELECT COUNT(*) FROM memberships mc WHERE mc.organization_id = o.id) AS members_count, \
-     (SELECT COUNT(*) FROM projects pc WHERE pc.organization_id = o.id) AS projects_count";
-
-impl Organization {
-    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Organization {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            slug: r.try_get("slug")?,
-            description: r.try_get("description")?,
-            website: r.try_get("website")?,
-            timezone: r.try_get("timezone")?,
-            status: r.try_get("status")?,
-            plan: r.try_get("plan")?,
-            settings: r.get_json("settings")?,
-            members_count: r.try_get("members_count")?,
-            projects_count: r.try_get("projects_count")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
-            role: r.try_get::<Option<String>, _>("role").ok().flatten(),
-        })
-    }
-}
-
-pub async fn get(db: &storage::Db, id: &str) -> Result<Organization, Error> {
-    let row = sqlx::query(&format!(
-        "{ORG_SELECT} FROM organizations o WHERE o.id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Organization not found"))?;
-    Ok(Organization::from_row(&row)?)
-}
 
 // ---- validation -------------------------------------------------------------------------
 
@@ -276,7 +217,6 @@ pub async fn create(
     let explicit = body.slug.is_some();
     let base = body.slug.unwrap_or_else(|| slug_from_name(&name));
     let id = crate::ids::new_id("org");
-    let now = storage::now();
     for attempt in 0..5 {
         let slug = if attempt == 0 {
             base.clone()
@@ -288,36 +228,26 @@ pub async fn create(
             )
         };
         let mut tx = crate::events::begin_write(&state.db).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO organizations (id, name, slug, description, website, timezone, status, plan, settings, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'active', $7, $8, $9, $9)",
+        let inserted = store::insert(
+            &mut tx,
+            NewOrganization {
+                id: &id,
+                name: &name,
+                slug: &slug,
+                description: body.description.trim(),
+                website: body.website.trim(),
+                timezone: &timezone,
+                plan: DEFAULT_PLAN,
+                settings: &settings,
+            },
         )
-        .bind(&id)
-        .bind(&name)
-        .bind(&slug)
-        .bind(body.description.trim())
-        .bind(body.website.trim())
-        .bind(&timezone)
-        .bind(DEFAULT_PLAN)
-        .bind(settings.to_string())
-        .bind(&now)
-        .execute(&mut *tx)
-        .await
-        .on_unique("organizations", "slug", || Error::conflict("This slug is taken"));
+        .await;
         match inserted {
             Err(e) if !explicit && e.code() == crate::error::ErrorCode::Conflict => continue,
             Err(e) => return Err(e),
-            Ok(_) => {}
+            Ok(()) => {}
         }
-        sqlx::query(
-            "INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) VALUES ($1, $2, $3, 'owner', $4, $4)",
-        )
-        .bind(crate::ids::new_id("mem"))
-        .bind(&id)
-        .bind(&auth.user.id.0)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+        members::store::insert_membership(&mut tx, &id, &auth.user.id.0, Role::Owner).await?;
         let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
         let org_ref = OrgId(id.clone());
         emit(
@@ -333,12 +263,14 @@ pub async fn create(
             &ctx,
             NewEvent::new("member.added", "member", Some(auth.user.id.0.clone()))
                 .organization(org_ref)
-                .data(json!({"organization_id": id, "user_id": auth.user.id.0, "role": "owner"})),
+                .data(
+                    json!({"organization_id": id, "user_id": auth.user.id.0, "role": Role::Owner}),
+                ),
         )
         .await?;
         tx.commit().await?;
         let mut org = get(&state.db, &id).await?;
-        org.role = Some("owner".into());
+        org.role = Some(Role::Owner.as_str().into());
         return Ok((StatusCode::CREATED, axum::Json(org)));
     }
     Err(Error::conflict("Could not find a free slug; choose one"))
@@ -349,21 +281,7 @@ pub async fn list_mine(
     auth: AuthUser,
     page: Page,
 ) -> Result<impl IntoResponse, Error> {
-    let mut filter = Sql::new(
-        " FROM organizations o JOIN memberships m ON m.organization_id = o.id WHERE m.user_id = ",
-    );
-    filter.bind(auth.user.id.0.clone());
-    let select = format!("{ORG_SELECT}, m.role AS role");
-    let list = page
-        .fetch(
-            &state.db,
-            "organizations",
-            &select,
-            &filter,
-            "o.id",
-            Organization::from_row,
-        )
-        .await?;
+    let list = store::list_of_member(&state.db, &auth.user.id.0, &page).await?;
     Ok(axum::Json(list))
 }
 
@@ -386,11 +304,8 @@ pub async fn check_availability(
             json!({ "slug": slug, "available": false, "reason": why }),
         ));
     }
-    let taken: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations WHERE slug = $1")
-        .bind(&slug)
-        .fetch_one(state.db.pool())
-        .await?;
-    Ok(axum::Json(json!({ "slug": slug, "available": taken == 0 })))
+    let taken = store::slug_taken(&state.db, &slug).await?;
+    Ok(axum::Json(json!({ "slug": slug, "available": !taken })))
 }
 
 pub async fn get_one(
@@ -510,29 +425,16 @@ pub async fn apply_update(
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))
     .collect();
-    let mut sql = Sql::new("UPDATE organizations SET updated_at = ");
-    sql.bind(storage::now());
-    if let Some(v) = body.name {
-        sql.push(", name = ").bind(v.trim().to_string());
-    }
-    if let Some(v) = body.description {
-        sql.push(", description = ").bind(v.trim().to_string());
-    }
-    if let Some(v) = body.website {
-        sql.push(", website = ").bind(v.trim().to_string());
-    }
-    if let Some(v) = body.timezone {
-        sql.push(", timezone = ").bind(v);
-    }
-    if body.settings.is_some() {
-        sql.push(", settings = ").bind(settings.to_string());
-    }
-    sql.push(" WHERE id = ").bind(org_id.to_string());
+    let changes = OrganizationChanges {
+        name: body.name.map(|v| v.trim().to_string()),
+        description: body.description.map(|v| v.trim().to_string()),
+        website: body.website.map(|v| v.trim().to_string()),
+        timezone: body.timezone,
+        settings: body.settings.is_some().then_some(settings),
+    };
+    // Not `Change`: the event carries which fields changed as metadata.
     let mut tx = crate::events::begin_write(&state.db).await?;
-    let done = sql.query().execute(&mut *tx).await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::not_found("Organization not found"));
-    }
+    store::update(&mut tx, org_id, changes).await?;
     emit(
         &mut tx,
         ctx,
@@ -548,10 +450,7 @@ pub async fn apply_update(
     .await?;
     tx.commit().await?;
     // Cached keys carry the IP allowlist.
-    state
-        .bus
-        .publish(crate::events::Invalidation::organization(org_id))
-        .await;
+    state.bus.publish(Invalidation::organization(org_id)).await;
     get(&state.db, org_id).await
 }
 
@@ -578,6 +477,7 @@ pub async fn delete(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsDelete>,
 ) -> Result<StatusCode, Error> {
+    // Not `Change`: the event is recorded before the rows go, and is not the organization's.
     let mut tx = crate::events::begin_write(&state.db).await?;
     // The event is platform-level: the organization's own rows (and endpoints) go with it.
     emit(
@@ -591,14 +491,11 @@ pub async fn delete(
         .data(json!({"id": access.org_id(), "slug": access.org.slug})),
     )
     .await?;
-    sqlx::query("DELETE FROM organizations WHERE id = $1")
-        .bind(access.org_id())
-        .execute(&mut *tx)
-        .await?;
+    store::delete(&mut tx, access.org_id()).await?;
     tx.commit().await?;
     state
         .bus
-        .publish(crate::events::Invalidation::organization(access.org_id()))
+        .publish(Invalidation::organization(access.org_id()))
         .await;
     Ok(StatusCode::NO_CONTENT)
 }
