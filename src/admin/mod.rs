@@ -1,21 +1,26 @@
-//! Platform administration (SPEC §8): every route here requires a platform admin.
+//! Platform administration (SPEC §8): every route here requires a platform admin. The
+//! queries are in [`store`] (and, for a user's own rows, [`crate::auth::users`]); every change
+//! is written through [`change::PlatformChange`], audited as the admin.
 
+pub mod change;
 pub mod orgs;
+pub mod store;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
+
+pub use store::{escape_like, like_pattern};
 
 use crate::{
     app::AppState,
     auth::{
         extract::PlatformAdmin,
         sessions,
-        users::{self, AdminPatch, ProfilePatch, User, USER_COLUMNS},
+        users::{self, AdminPatch, ProfilePatch, User},
     },
     error::Error,
-    events::{Actor, ActorContext},
+    events::{Actor, ActorContext, NewEvent},
     http::request_meta::RequestMeta,
     http::{
         extract::{Json, Path, Query},
@@ -23,8 +28,8 @@ use crate::{
         routes::Routes,
     },
     ids::UserId,
-    storage::{self, Sql},
 };
+use change::PlatformChange;
 
 pub fn routes() -> Routes {
     const USER: &str = "/v1/admin/users/{id}";
@@ -51,18 +56,6 @@ impl HasId for User {
     }
 }
 
-/// `%term%` for LIKE (lower-cased), with the pattern characters of the term escaped.
-pub fn like_pattern(term: &str) -> String {
-    format!("%{}%", escape_like(&term.trim().to_lowercase()))
-}
-
-/// Escapes LIKE's pattern characters (use with `ESCAPE '\\'`).
-pub fn escape_like(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
-}
-
 #[derive(Debug, Deserialize)]
 struct UserFilter {
     q: Option<String>,
@@ -75,30 +68,7 @@ async fn list_users(
     page: Page,
     Query(filter): Query<UserFilter>,
 ) -> Result<impl IntoResponse, Error> {
-    let mut where_ = Sql::new(" FROM users WHERE 1 = 1");
-    if let Some(q) = filter.q.as_deref().filter(|q| !q.trim().is_empty()) {
-        let pattern = like_pattern(q);
-        where_
-            .push(" AND (email LIKE ")
-            .bind(pattern.clone())
-            .push(" ESCAPE '\\' OR LOWER(name) LIKE ")
-            .bind(pattern)
-            .push(" ESCAPE '\\')");
-    }
-    if let Some(status) = filter.status {
-        where_.and("status = ?", status);
-    }
-    let select = format!("SELECT {USER_COLUMNS}");
-    let list = page
-        .fetch(
-            &state.db,
-            "users",
-            &select,
-            &where_,
-            "id DESC",
-            User::from_row,
-        )
-        .await?;
+    let list = store::users(&state.db, filter.q.as_deref(), filter.status, &page).await?;
     Ok(axum::Json(list))
 }
 
@@ -115,29 +85,10 @@ async fn get_user(
 ) -> Result<impl IntoResponse, Error> {
     let user = load_user(&state, &id).await?;
     let sessions = sessions::list(&state.db, &id, None).await?;
-    let rows = sqlx::query(
-        "SELECT o.id, o.name, o.slug, o.status, m.role, m.created_at FROM memberships m \
-         JOIN organizations o ON o.id = m.organization_id WHERE m.user_id = $1 ORDER BY o.id",
-    )
-    .bind(&id)
-    .fetch_all(state.db.pool())
-    .await?;
-    let organizations = rows
-        .iter()
-        .map(|r| {
-            Ok(json!({
-                "id": r.try_get::<String, _>("id")?,
-                "name": r.try_get::<String, _>("name")?,
-                "slug": r.try_get::<String, _>("slug")?,
-                "status": r.try_get::<String, _>("status")?,
-                "role": r.try_get::<String, _>("role")?,
-                "joined_at": storage::api_time(&r.try_get::<String, _>("created_at")?),
-            }))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let organizations = store::user_organizations(&state.db, &id).await?;
     let mut body = serde_json::to_value(&user).map_err(anyhow::Error::from)?;
     body["sessions"] = serde_json::to_value(sessions).map_err(anyhow::Error::from)?;
-    body["organizations"] = organizations.into();
+    body["organizations"] = serde_json::to_value(organizations).map_err(anyhow::Error::from)?;
     Ok(axum::Json(body))
 }
 
@@ -192,31 +143,22 @@ async fn delete_user(
     if id == admin.user.id.0 {
         return Err(Error::bad_request("You cannot delete your own account"));
     }
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    // Every organization keeps an owner: deleting its only one is refused.
-    let sole = crate::orgs::members::sole_owner_of(&mut tx, state.db.backend(), &id).await?;
-    if !sole.is_empty() {
-        return Err(Error::conflict(format!(
-            "This user is the only owner of {} organization(s); make someone else owner there first",
-            sole.len()
-        ))
-        .with_details(json!({ "organizations": sole })));
-    }
-    let done = sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(&id)
-        .execute(&mut *tx)
+    let event = NewEvent::new("user.deleted", "user", Some(id.clone())).data(json!({"id": id}));
+    let by = ActorContext::new(Actor::User(admin.user.id.clone()), (&meta).into());
+    PlatformChange::new(event)
+        .write(&state, &by, async |tx| {
+            // Every organization keeps an owner: deleting its only one is refused.
+            let sole = crate::orgs::members::sole_owner_of(tx, state.db.backend(), &id).await?;
+            if !sole.is_empty() {
+                return Err(Error::conflict(format!(
+                    "This user is the only owner of {} organization(s); make someone else owner there first",
+                    sole.len()
+                ))
+                .with_details(json!({ "organizations": sole })));
+            }
+            store::delete_user(tx, &id).await
+        })
         .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::not_found("User not found"));
-    }
-    crate::events::emit(
-        &mut tx,
-        &ActorContext::new(Actor::User(admin.user.id.clone()), (&meta).into()),
-        crate::events::NewEvent::new("user.deleted", "user", Some(id.clone()))
-            .data(json!({"id": id})),
-    )
-    .await?;
-    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,25 +1,22 @@
-//! Platform administration of organizations and projects.
+//! Platform administration of organizations and projects; the queries are in [`super::store`].
 
 use axum::{extract::State, response::IntoResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
 
+use super::{change::PlatformChange, store};
 use crate::{
-    admin::like_pattern,
     app::AppState,
     auth::extract::PlatformAdmin,
     error::{Error, FieldError},
+    events::{Invalidation, NewEvent},
     http::{
         extract::{Json, Path, Query},
         pagination::Page,
         routes::Routes,
     },
-    orgs::{
-        organizations::{self, Organization, ORG_SELECT},
-        projects,
-    },
-    storage::{self, Sql},
+    ids::OrgId,
+    orgs::organizations,
 };
 
 pub fn routes() -> Routes {
@@ -43,34 +40,15 @@ async fn list(
     page: Page,
     Query(filter): Query<OrgFilter>,
 ) -> Result<impl IntoResponse, Error> {
-    let mut sql = Sql::new(" FROM organizations o WHERE 1 = 1");
-    if let Some(q) = filter.q.as_deref().filter(|q| !q.trim().is_empty()) {
-        let p = like_pattern(q);
-        sql.push(" AND (LOWER(o.name) LIKE ")
-            .bind(p.clone())
-            .push(" ESCAPE '\\' OR o.slug LIKE ")
-            .bind(p)
-            .push(" ESCAPE '\\')");
-    }
-    if let Some(status) = filter.status {
+    if let Some(status) = &filter.status {
         if status != "active" && status != "suspended" {
             return Err(Error::invalid_field(
                 "status",
                 "must be active or suspended",
             ));
         }
-        sql.and("o.status = ?", status);
     }
-    let list = page
-        .fetch(
-            &state.db,
-            "organizations",
-            ORG_SELECT,
-            &sql,
-            "o.id DESC",
-            Organization::from_row,
-        )
-        .await?;
+    let list = store::organizations(&state.db, filter.q.as_deref(), filter.status, &page).await?;
     Ok(axum::Json(list))
 }
 
@@ -80,27 +58,9 @@ async fn detail(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Error> {
     let org = organizations::get(&state.db, &id).await?;
-    let rows = sqlx::query(
-        "SELECT u.id, u.email, u.name, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id \
-         WHERE m.organization_id = $1 ORDER BY m.created_at",
-    )
-    .bind(&id)
-    .fetch_all(state.db.pool())
-    .await?;
-    let members = rows
-        .iter()
-        .map(|r| {
-            Ok(json!({
-                "id": r.try_get::<String, _>("id")?,
-                "email": r.try_get::<String, _>("email")?,
-                "name": r.try_get::<String, _>("name")?,
-                "role": r.try_get::<String, _>("role")?,
-                "joined_at": storage::api_time(&r.try_get::<String, _>("created_at")?),
-            }))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let members = store::organization_members(&state.db, &id).await?;
     let mut body = serde_json::to_value(org).map_err(anyhow::Error::from)?;
-    body["members"] = members.into();
+    body["members"] = serde_json::to_value(members).map_err(anyhow::Error::from)?;
     body["subscription"] = crate::billing::subscriptions::find(&state, &id)
         .await?
         .unwrap_or(Value::Null);
@@ -158,36 +118,22 @@ async fn set_status(
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
     }
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let done = sqlx::query("UPDATE organizations SET status = $1, updated_at = $2 WHERE id = $3")
-        .bind(&body.status)
-        .bind(storage::now())
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(Error::not_found("Organization not found"));
-    }
     let action = if body.status == "suspended" {
         "organization.suspended"
     } else {
         "organization.updated"
     };
-    crate::events::emit(
-        &mut tx,
-        &admin.context(&meta),
-        crate::events::NewEvent::new(action, "organization", Some(id.clone()))
-            .organization(crate::ids::OrgId(id.clone()))
-            .data(json!({"id": id, "status": body.status}))
-            .metadata(json!({"reason": body.reason})),
-    )
-    .await?;
-    tx.commit().await?;
+    let event = NewEvent::new(action, "organization", Some(id.clone()))
+        .organization(OrgId(id.clone()))
+        .data(json!({"id": id, "status": body.status}))
+        .metadata(json!({"reason": body.reason}));
     // Keys cached on every node carry the organization's status.
-    state
-        .bus
-        .publish(crate::events::Invalidation::organization(&id))
-        .await;
+    PlatformChange::new(event)
+        .invalidates(Invalidation::organization(&id))
+        .write(&state, &admin.context(&meta), async |tx| {
+            store::set_organization_status(tx, &id, &body.status).await
+        })
+        .await?;
     tracing::info!(organization_id = %id, status = %body.status, reason = %body.reason, "organization status changed");
     Ok(axum::Json(organizations::get(&state.db, &id).await?))
 }
@@ -203,11 +149,7 @@ async fn list_projects(
     page: Page,
     Query(filter): Query<ProjectFilter>,
 ) -> Result<impl IntoResponse, Error> {
-    let mut sql = Sql::new(" FROM projects WHERE 1 = 1");
-    if let Some(org) = filter.organization_id {
-        sql.and("organization_id = ?", org);
-    }
     Ok(axum::Json(
-        projects::list_projects(&state.db, &sql, &page).await?,
+        store::projects(&state.db, filter.organization_id, &page).await?,
     ))
 }

@@ -1,9 +1,16 @@
 //! Plans and usage (SPEC §6): the plan catalogue (`GET /v1/plans`, `/v1/admin/plans`), kept in
 //! memory so that the request path never queries it, and an organization's usage against its
 //! plan (`GET /v1/organizations/{org_id}/usage`); [`subscriptions`]: an organization's
-//! subscription, which sets its plan.
+//! subscription, which sets its plan. The queries are in [`store`] (plans, an organization's
+//! plan and counts) and [`subscriptions::store`]; the handlers here extract, validate, call a
+//! store and respond, and every change of the catalogue is written through
+//! [`PlatformChange`](crate::admin::change::PlatformChange) (audited as the admin, then every
+//! node reloads its catalogue).
 
+pub mod store;
 pub mod subscriptions;
+
+pub use store::Plan;
 
 use std::{
     collections::BTreeMap,
@@ -13,11 +20,11 @@ use std::{
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{Datelike, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use sqlx::Row;
 
 use crate::{
+    admin::change::PlatformChange,
     app::AppState,
     auth::extract::{AuthUser, PlatformAdmin},
     error::{Error, FieldError},
@@ -28,7 +35,7 @@ use crate::{
         routes::Routes,
     },
     orgs::{access::OrgAccess, roles::perm},
-    storage::{self, Db, RowExt},
+    storage::Db,
 };
 
 /// The numeric limits every plan states (`null` = unlimited), in the order shown.
@@ -59,40 +66,6 @@ pub const METERED: &[(&str, &str, &str)] = &[
 /// The plan of an organization whose plan is missing from the catalogue.
 pub const DEFAULT_PLAN: &str = "smb";
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Plan {
-    pub id: String,
-    pub name: String,
-    pub amount: i64,
-    pub currency: String,
-    pub interval: String,
-    pub limits: Value,
-    pub features: Value,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-impl Plan {
-    /// A numeric limit (`None`: unlimited or not stated).
-    pub fn limit(&self, name: &str) -> Option<u64> {
-        self.limits.get(name).and_then(Value::as_u64)
-    }
-
-    fn from_row(r: &sqlx::any::AnyRow) -> Result<Plan, sqlx::Error> {
-        Ok(Plan {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            amount: r.try_get("amount")?,
-            currency: r.try_get("currency")?,
-            interval: r.try_get("billing_interval")?,
-            limits: r.get_json("limits")?,
-            features: r.get_json("features")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
-        })
-    }
-}
-
 /// The catalogue in memory: loaded at start, reloaded after every admin change on this node and
 /// every [`REFRESH_EVERY`] (other nodes' changes).
 #[derive(Debug, Default)]
@@ -101,9 +74,6 @@ pub struct PlanCatalogue {
 }
 
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
-
-const PLAN_SELECT: &str = "SELECT id, name, amount, currency, billing_interval, limits, features, \
-     created_at, updated_at FROM plans";
 
 impl PlanCatalogue {
     pub fn new() -> Self {
@@ -117,12 +87,11 @@ impl PlanCatalogue {
     }
 
     pub async fn reload(&self, db: &Db) -> Result<(), sqlx::Error> {
-        let rows = sqlx::query(PLAN_SELECT).fetch_all(db.pool()).await?;
-        let mut map = BTreeMap::new();
-        for r in &rows {
-            let p = Plan::from_row(r)?;
-            map.insert(p.id.clone(), Arc::new(p));
-        }
+        let map: BTreeMap<_, _> = store::plans(db)
+            .await?
+            .into_iter()
+            .map(|p| (p.id.clone(), Arc::new(p)))
+            .collect();
         *self.plans.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
         Ok(())
     }
@@ -210,21 +179,12 @@ async fn admin_list(
     Ok(axum::Json(list_body(state.plans.all(), &page)))
 }
 
-async fn fetch(state: &AppState, id: &str) -> Result<Plan, Error> {
-    let row = sqlx::query(&format!("{PLAN_SELECT} WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(state.db.pool())
-        .await?
-        .ok_or_else(|| Error::not_found("Plan not found"))?;
-    Ok(Plan::from_row(&row)?)
-}
-
 async fn admin_get(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Error> {
-    Ok(axum::Json(fetch(&state, &id).await?))
+    Ok(axum::Json(store::plan(&state.db, &id).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,26 +296,20 @@ fn validate(input: &PlanInput, creating: bool) -> Result<(), Error> {
     }
 }
 
-/// Records a change of the catalogue in the audit log (in the change's transaction), commits,
-/// and has every node reload its catalogue.
-async fn commit_plan_change(
-    state: &AppState,
-    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+/// A change of the catalogue: audited as the admin, then every node reloads its catalogue (this
+/// one at once, before it answers).
+fn plan_change(
     admin: &PlatformAdmin,
     meta: &RequestMeta,
     action: &str,
     id: &str,
     data: Value,
-) -> Result<(), Error> {
-    crate::events::emit(
-        &mut tx,
-        &admin.context(meta),
-        crate::events::NewEvent::new(action, "plan", Some(id.to_string())).data(data),
+) -> (PlatformChange, crate::events::ActorContext) {
+    let event = crate::events::NewEvent::new(action, "plan", Some(id.to_string())).data(data);
+    (
+        PlatformChange::new(event).invalidates(crate::events::Invalidation::Plans),
+        admin.context(meta),
     )
-    .await?;
-    tx.commit().await?;
-    state.bus.publish(crate::events::Invalidation::Plans).await;
-    Ok(())
 }
 
 async fn admin_create(
@@ -365,46 +319,27 @@ async fn admin_create(
     Json(input): Json<PlanInput>,
 ) -> Result<impl IntoResponse, Error> {
     validate(&input, true)?;
-    let now = storage::now();
     let id = input.id.clone().unwrap_or_default();
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let result = sqlx::query(
-        "INSERT INTO plans (id, name, amount, currency, billing_interval, limits, features, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-    )
-    .bind(&id)
-    .bind(input.name.as_deref().unwrap_or_default().trim())
-    .bind(input.amount.unwrap_or_default())
-    .bind(input.currency.as_deref().unwrap_or_default())
-    .bind(input.interval.as_deref().unwrap_or_default())
-    .bind(
-        input
-            .limits
-            .clone()
-            .unwrap_or_else(|| json!({}))
-            .to_string(),
-    )
-    .bind(
-        input
-            .features
-            .clone()
-            .unwrap_or_else(|| json!({}))
-            .to_string(),
-    )
-    .bind(&now)
-    .execute(&mut *tx)
-    .await;
-    match result {
-        Ok(_) => {}
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            return Err(Error::conflict("A plan with this id already exists"));
-        }
-        Err(e) => return Err(e.into()),
-    }
+    let fields = store::PlanFields {
+        name: input.name.as_deref().unwrap_or_default().trim().to_string(),
+        amount: input.amount.unwrap_or_default(),
+        currency: input.currency.clone().unwrap_or_default(),
+        interval: input.interval.clone().unwrap_or_default(),
+        limits: input.limits.clone().unwrap_or_else(|| json!({})),
+        features: input.features.clone().unwrap_or_else(|| json!({})),
+    };
     let data = json!({"id": id, "limits": input.limits, "amount": input.amount});
-    commit_plan_change(&state, tx, &admin, &meta, "plan.created", &id, data).await?;
+    let (change, by) = plan_change(&admin, &meta, "plan.created", &id, data);
+    change
+        .write(&state, &by, async |tx| {
+            store::insert_plan(tx, &id, &fields).await
+        })
+        .await?;
     state.plans.reload(&state.db).await?;
-    Ok((StatusCode::CREATED, axum::Json(fetch(&state, &id).await?)))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(store::plan(&state.db, &id).await?),
+    ))
 }
 
 async fn admin_update(
@@ -418,7 +353,7 @@ async fn admin_update(
         return Err(Error::invalid_field("id", "cannot be changed"));
     }
     validate(&input, false)?;
-    let current = fetch(&state, &id).await?;
+    let current = store::plan(&state.db, &id).await?;
     // `limits` and `features` are merged into the current objects (null removes a feature).
     let mut limits = current.limits.as_object().cloned().unwrap_or_default();
     if let Some(Value::Object(m)) = &input.limits {
@@ -435,32 +370,28 @@ async fn admin_update(
             }
         }
     }
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let (limits, features) = (Value::Object(limits), Value::Object(features));
-    sqlx::query(
-        "UPDATE plans SET name = $1, amount = $2, currency = $3, billing_interval = $4, \
-         limits = $5, features = $6, updated_at = $7 WHERE id = $8",
-    )
-    .bind(
-        input
+    let fields = store::PlanFields {
+        name: input
             .name
             .as_deref()
             .map(str::trim)
-            .unwrap_or(&current.name),
-    )
-    .bind(input.amount.unwrap_or(current.amount))
-    .bind(input.currency.as_deref().unwrap_or(&current.currency))
-    .bind(input.interval.as_deref().unwrap_or(&current.interval))
-    .bind(limits.to_string())
-    .bind(features.to_string())
-    .bind(storage::now())
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
-    let data = json!({"id": id, "previous_limits": current.limits, "limits": limits});
-    commit_plan_change(&state, tx, &admin, &meta, "plan.updated", &id, data).await?;
+            .unwrap_or(&current.name)
+            .to_string(),
+        amount: input.amount.unwrap_or(current.amount),
+        currency: input.currency.unwrap_or(current.currency),
+        interval: input.interval.unwrap_or(current.interval),
+        limits: Value::Object(limits),
+        features: Value::Object(features),
+    };
+    let data = json!({"id": id, "previous_limits": current.limits, "limits": fields.limits});
+    let (change, by) = plan_change(&admin, &meta, "plan.updated", &id, data);
+    change
+        .write(&state, &by, async |tx| {
+            store::update_plan(tx, &id, &fields).await
+        })
+        .await?;
     state.plans.reload(&state.db).await?;
-    Ok(axum::Json(fetch(&state, &id).await?))
+    Ok(axum::Json(store::plan(&state.db, &id).await?))
 }
 
 async fn admin_delete(
@@ -469,26 +400,20 @@ async fn admin_delete(
     meta: RequestMeta,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, Error> {
-    fetch(&state, &id).await?;
+    store::plan(&state.db, &id).await?;
     if id == DEFAULT_PLAN {
         return Err(Error::conflict("The default plan (smb) cannot be deleted"));
     }
-    let used: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM organizations WHERE plan = $1")
-        .bind(&id)
-        .fetch_one(state.db.pool())
-        .await?;
+    let used = store::organizations_on_plan(&state.db, &id).await?;
     if used > 0 {
         return Err(Error::conflict(format!(
             "{used} organization(s) are on this plan; move them first"
         )));
     }
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query("DELETE FROM plans WHERE id = $1")
-        .bind(&id)
-        .execute(&mut *tx)
+    let (change, by) = plan_change(&admin, &meta, "plan.deleted", &id, json!({"id": id}));
+    change
+        .write(&state, &by, async |tx| store::delete_plan(tx, &id).await)
         .await?;
-    let data = json!({"id": id});
-    commit_plan_change(&state, tx, &admin, &meta, "plan.deleted", &id, data).await?;
     state.plans.reload(&state.db).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -517,10 +442,7 @@ async fn usage(
 /// the platform admin's organization detail).
 pub async fn usage_document(state: &AppState, org_id: &str) -> Result<Value, Error> {
     let org_id = org_id.to_string();
-    let plan_id: String = sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
-        .bind(&org_id)
-        .fetch_one(state.db.pool())
-        .await?;
+    let plan_id = store::organization_plan(&state.db, &org_id).await?;
     let plan = state.plans.get(&plan_id);
     let limit = |name: &str| plan.as_ref().and_then(|p| p.limit(name));
     let (start, end) = current_period();
@@ -542,16 +464,7 @@ pub async fn usage_document(state: &AppState, org_id: &str) -> Result<Value, Err
             json!({"limit": limit(limit_name), "used": used}),
         );
     }
-    let members: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE organization_id = $1")
-            .bind(&org_id)
-            .fetch_one(state.db.pool())
-            .await?;
-    let projects: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE organization_id = $1")
-            .bind(&org_id)
-            .fetch_one(state.db.pool())
-            .await?;
+    let (members, projects) = store::member_and_project_counts(&state.db, &org_id).await?;
     body.insert(
         "members".into(),
         json!({"limit": limit("members"), "used": members}),
@@ -572,10 +485,7 @@ pub async fn check_count_quota(
     what: &str,
     current: i64,
 ) -> Result<(), Error> {
-    let plan_id: String = sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
-        .bind(org_id)
-        .fetch_one(state.db.pool())
-        .await?;
+    let plan_id = store::organization_plan(&state.db, org_id).await?;
     let Some(limit) = state.plans.get(&plan_id).and_then(|p| p.limit(limit_name)) else {
         return Ok(());
     };

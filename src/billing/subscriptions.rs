@@ -6,87 +6,72 @@
 //! ([`close_due`], every minute) then ends it and puts the organization back on the default
 //! plan, or rolls an auto-renewing subscription into its next cycle.
 //!
+//! The queries are in [`store`]; the member's changes are written through [`Change`], the
+//! cycle job's through [`PlatformChange`] (the system's, changing a subscription only if no
+//! other node did).
+//!
 //! Not built here: invoices (and with them the proration of a mid-cycle plan change), which
-//! belong to the billing work still to come.
+//! belong to the billing work still to come (issue #23; where they join: [`store`]).
+
+pub mod store;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use chrono::{DateTime, Months, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
 
-use super::DEFAULT_PLAN;
+use self::store::{NewSubscription, Subscription, SubscriptionPatch, SubscriptionStatus};
+use super::{store::set_organization_plan, DEFAULT_PLAN};
 use crate::{
+    admin::change::PlatformChange,
     app::AppState,
     error::{Error, ErrorCode, FieldError},
-    events::{ActorContext, NewEvent},
+    events::{ActorContext, Change, Invalidation, NewEvent},
     http::extract::Json,
     ids::OrgId,
     orgs::{access::OrgAccess, roles::perm},
-    storage::{self, Db, RowExt},
+    storage,
 };
 
-const COLUMNS: &str = "id, organization_id, plan, status, billing_cycle_start, billing_cycle_end, \
-                       amount, currency, billing_email, auto_renew, cancel_at_period_end, \
-                       canceled_at, created_at, updated_at";
-
 /// The subscription document (seed 000 shape, plus the cancellation fields).
-async fn document(state: &AppState, r: &sqlx::any::AnyRow) -> Result<Value, Error> {
-    let plan: String = r.try_get("plan")?;
+fn document(state: &AppState, s: &Subscription) -> Value {
     let features = state
         .plans
-        .get(&plan)
+        .get(&s.plan)
         .map(|p| p.features.clone())
         .unwrap_or_else(|| json!({}));
-    let time = |c: &str| -> Result<Option<String>, sqlx::Error> {
-        Ok(r.try_get::<Option<String>, _>(c)?
-            .map(|t| storage::api_time(&t)))
-    };
-    Ok(json!({
-        "id": r.try_get::<String, _>("id")?,
-        "organization_id": r.try_get::<String, _>("organization_id")?,
-        "plan": plan,
-        "status": r.try_get::<String, _>("status")?,
-        "billing_cycle_start": time("billing_cycle_start")?,
-        "billing_cycle_end": time("billing_cycle_end")?,
-        "amount": r.try_get::<i64, _>("amount")?,
-        "currency": r.try_get::<String, _>("currency")?,
-        "billing_email": r.try_get::<Option<String>, _>("billing_email")?,
-        "auto_renew": r.get_bool("auto_renew")?,
-        "cancel_at_period_end": r.get_bool("cancel_at_period_end")?,
-        "canceled_at": time("canceled_at")?,
+    let time = |t: &str| storage::api_time(t);
+    json!({
+        "id": s.id,
+        "organization_id": s.organization_id,
+        "plan": s.plan,
+        "status": s.status,
+        "billing_cycle_start": time(&s.billing_cycle_start),
+        "billing_cycle_end": time(&s.billing_cycle_end),
+        "amount": s.amount,
+        "currency": s.currency,
+        "billing_email": s.billing_email,
+        "auto_renew": s.auto_renew,
+        "cancel_at_period_end": s.cancel_at_period_end,
+        "canceled_at": s.canceled_at.as_deref().map(time),
         "features": features,
-        "created_at": time("created_at")?,
-        "updated_at": time("updated_at")?,
-    }))
-}
-
-async fn row(db: &Db, org_id: &str) -> Result<Option<sqlx::any::AnyRow>, Error> {
-    Ok(sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE organization_id = $1"
-    ))
-    .bind(org_id)
-    .fetch_optional(db.pool())
-    .await?)
+        "created_at": time(&s.created_at),
+        "updated_at": time(&s.updated_at),
+    })
 }
 
 /// The organization's active subscription, or `not_found`.
-async fn active(db: &Db, org_id: &str) -> Result<sqlx::any::AnyRow, Error> {
-    sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE organization_id = $1 AND status = 'active'"
-    ))
-    .bind(org_id)
-    .fetch_optional(db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("This organization has no active subscription"))
+async fn active(state: &AppState, org_id: &str) -> Result<Subscription, Error> {
+    store::active(&state.db, org_id)
+        .await?
+        .ok_or_else(|| Error::not_found("This organization has no active subscription"))
 }
 
 /// The organization's subscription document, if it has one (the admin organization detail).
 pub async fn find(state: &AppState, org_id: &str) -> Result<Option<Value>, Error> {
-    match row(&state.db, org_id).await? {
-        Some(r) => Ok(Some(document(state, &r).await?)),
-        None => Ok(None),
-    }
+    Ok(store::find(&state.db, org_id)
+        .await?
+        .map(|s| document(state, &s)))
 }
 
 fn cycle_end(start: DateTime<Utc>, interval: &str) -> DateTime<Utc> {
@@ -148,22 +133,6 @@ impl SubscriptionInput {
     }
 }
 
-/// Sets the organization's plan (inside `tx`); its limits follow once the caller publishes
-/// `org:<id>` after the commit.
-async fn set_org_plan(
-    tx: &mut sqlx::AnyConnection,
-    org_id: &str,
-    plan: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE organizations SET plan = $1, updated_at = $2 WHERE id = $3")
-        .bind(plan)
-        .bind(storage::now())
-        .bind(org_id)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
 pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingRead>,
@@ -184,56 +153,32 @@ pub async fn create(
     let org_id = access.org_id().to_string();
     // Whole seconds: the cycle's bounds read back exactly as the API shows them.
     let now = Utc::now().trunc_subsecs(0);
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let existing: Option<String> =
-        sqlx::query_scalar("SELECT status FROM subscriptions WHERE organization_id = $1")
-            .bind(&org_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if existing.as_deref() == Some("active") {
-        return Err(Error::new(
-            ErrorCode::Conflict,
-            "This organization already has an active subscription; PATCH it to change plans",
-        ));
-    }
-    // A subscription that ended is started again in place: one per organization.
-    sqlx::query("DELETE FROM subscriptions WHERE organization_id = $1")
-        .bind(&org_id)
-        .execute(&mut *tx)
-        .await?;
     let id = crate::ids::new_id("sub");
-    sqlx::query(
-        "INSERT INTO subscriptions (id, organization_id, plan, status, billing_cycle_start, \
-         billing_cycle_end, amount, currency, billing_email, auto_renew, cancel_at_period_end, \
-         created_at, updated_at) \
-         VALUES ($1, $2, $3, 'active', $4, $5, $6, $7, $8, $9, FALSE, $10, $10)",
-    )
-    .bind(&id)
-    .bind(&org_id)
-    .bind(&plan.id)
-    .bind(storage::format_time(now))
-    .bind(storage::format_time(cycle_end(now, &plan.interval)))
-    .bind(plan.amount)
-    .bind(&plan.currency)
-    .bind(email)
-    .bind(body.auto_renew.unwrap_or(true))
-    .bind(storage::format_time(now))
-    .execute(&mut *tx)
-    .await?;
-    set_org_plan(&mut tx, &org_id, &plan.id).await?;
-    access
-        .emit(
-            &mut tx,
-            "subscription.created",
-            ("subscription", &id),
-            json!({"id": id, "plan": plan.id, "amount": plan.amount, "currency": plan.currency}),
-        )
+    let new = NewSubscription {
+        id: &id,
+        organization_id: &org_id,
+        plan: &plan.id,
+        amount: plan.amount,
+        currency: &plan.currency,
+        billing_cycle_start: now,
+        billing_cycle_end: cycle_end(now, &plan.interval),
+        billing_email: email,
+        auto_renew: body.auto_renew.unwrap_or(true),
+    };
+    let data = json!({"id": id, "plan": plan.id, "amount": plan.amount, "currency": plan.currency});
+    Change::new("subscription.created", "subscription", &id, data)
+        .invalidates(Invalidation::organization(&org_id))
+        .write(&state, &access, async |tx| {
+            if store::status_of(tx, &org_id).await? == Some(SubscriptionStatus::Active) {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    "This organization already has an active subscription; PATCH it to change plans",
+                ));
+            }
+            store::start(tx, &new).await?;
+            set_organization_plan(tx, &org_id, &plan.id).await
+        })
         .await?;
-    tx.commit().await?;
-    state
-        .bus
-        .publish(crate::events::Invalidation::organization(&org_id))
-        .await;
     let doc = find(&state, &org_id).await?.unwrap_or_default();
     Ok((StatusCode::CREATED, axum::Json(doc)))
 }
@@ -245,47 +190,27 @@ pub async fn update(
 ) -> Result<impl IntoResponse, Error> {
     let (plan, email) = body.validate(&state, false)?;
     let org_id = access.org_id().to_string();
-    let current = active(&state.db, &org_id).await?;
-    let id: String = current.try_get("id")?;
-    let previous: String = current.try_get("plan")?;
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    let mut sql = crate::storage::Sql::new("UPDATE subscriptions SET updated_at = ");
-    sql.bind(storage::now());
-    if let Some(p) = &plan {
-        sql.push(", plan = ").bind(p.id.clone());
-        sql.push(", amount = ").bind(p.amount);
-        sql.push(", currency = ").bind(p.currency.clone());
-    }
-    if let Some(e) = &email {
-        sql.push(", billing_email = ").bind(e.clone());
-    }
-    if let Some(a) = body.auto_renew {
-        sql.push(", auto_renew = ").bind(a);
-        if a {
-            // Renewing again undoes a pending cancellation.
-            sql.push(", cancel_at_period_end = ").bind(false);
-            sql.push(", canceled_at = ").bind(Option::<String>::None);
-        }
-    }
-    sql.push(" WHERE id = ").bind(id.clone());
-    sql.query().execute(&mut *tx).await?;
-    if let Some(p) = &plan {
-        set_org_plan(&mut tx, &org_id, &p.id).await?;
-    }
-    access
-        .emit(
-            &mut tx,
-            "subscription.updated",
-            ("subscription", &id),
-            json!({"id": id, "plan": plan.as_ref().map(|p| &p.id).unwrap_or(&previous),
-                   "previous_plan": previous, "auto_renew": body.auto_renew}),
-        )
+    let current = active(&state, &org_id).await?;
+    let (id, previous) = (current.id, current.plan);
+    let patch = SubscriptionPatch {
+        plan: plan
+            .as_ref()
+            .map(|p| (p.id.as_str(), p.amount, p.currency.as_str())),
+        billing_email: email,
+        auto_renew: body.auto_renew,
+    };
+    let data = json!({"id": id, "plan": plan.as_ref().map(|p| &p.id).unwrap_or(&previous),
+                      "previous_plan": previous, "auto_renew": body.auto_renew});
+    Change::new("subscription.updated", "subscription", &id, data)
+        .invalidates(Invalidation::organization(&org_id))
+        .write(&state, &access, async |tx| {
+            store::update(tx, &id, &patch).await?;
+            match &plan {
+                Some(p) => set_organization_plan(tx, &org_id, &p.id).await,
+                None => Ok(()),
+            }
+        })
         .await?;
-    tx.commit().await?;
-    state
-        .bus
-        .publish(crate::events::Invalidation::organization(&org_id))
-        .await;
     Ok(axum::Json(find(&state, &org_id).await?.unwrap_or_default()))
 }
 
@@ -294,27 +219,14 @@ pub async fn cancel(
     access: OrgAccess<perm::BillingCancel>,
 ) -> Result<impl IntoResponse, Error> {
     let org_id = access.org_id().to_string();
-    let current = active(&state.db, &org_id).await?;
-    let id: String = current.try_get("id")?;
-    let ends: String = current.try_get("billing_cycle_end")?;
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    sqlx::query(
-        "UPDATE subscriptions SET cancel_at_period_end = TRUE, auto_renew = FALSE, \
-         canceled_at = COALESCE(canceled_at, $1), updated_at = $1 WHERE id = $2",
-    )
-    .bind(storage::now())
-    .bind(&id)
-    .execute(&mut *tx)
-    .await?;
-    access
-        .emit(
-            &mut tx,
-            "subscription.canceled",
-            ("subscription", &id),
-            json!({"id": id, "cancel_at": storage::api_time(&ends)}),
-        )
+    let current = active(&state, &org_id).await?;
+    let id = current.id;
+    let data = json!({"id": id, "cancel_at": storage::api_time(&current.billing_cycle_end)});
+    Change::new("subscription.canceled", "subscription", &id, data)
+        .write(&state, &access, async |tx| {
+            store::cancel_at_period_end(tx, &id).await
+        })
         .await?;
-    tx.commit().await?;
     Ok(axum::Json(find(&state, &org_id).await?.unwrap_or_default()))
 }
 
@@ -322,79 +234,57 @@ pub async fn cancel(
 /// cycle (auto-renewing, not canceled) or ends — status `canceled`, the organization back on
 /// the default plan, `subscription.updated` emitted. Returns how many it changed.
 pub async fn close_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, Error> {
-    let due = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE status = 'active' AND billing_cycle_end <= $1"
-    ))
-    .bind(storage::format_time(now))
-    .fetch_all(state.db.pool())
-    .await?;
     let mut changed = 0;
-    for r in &due {
-        let id: String = r.try_get("id")?;
-        let org_id: String = r.try_get("organization_id")?;
-        let plan_id: String = r.try_get("plan")?;
-        let renews = r.get_bool("auto_renew")? && !r.get_bool("cancel_at_period_end")?;
-        let mut tx = crate::events::begin_write(&state.db).await?;
-        let data = if renews {
+    for s in store::due(&state.db, now).await? {
+        let (id, org_id, plan_id) = (&s.id, &s.organization_id, &s.plan);
+        let renewal = (s.auto_renew && !s.cancel_at_period_end).then(|| {
             // Whole cycles from the last end, however long the job was away.
             let interval = state
                 .plans
-                .get(&plan_id)
+                .get(plan_id)
                 .map(|p| p.interval.clone())
                 .unwrap_or_else(|| "month".into());
-            let mut start =
-                storage::parse_time(&r.try_get::<String, _>("billing_cycle_end")?).unwrap_or(now);
+            let mut start = storage::parse_time(&s.billing_cycle_end).unwrap_or(now);
             let mut end = cycle_end(start, &interval);
             while end <= now {
                 start = end;
                 end = cycle_end(start, &interval);
             }
-            let done = sqlx::query(
-                "UPDATE subscriptions SET billing_cycle_start = $1, billing_cycle_end = $2, \
-                 updated_at = $3 WHERE id = $4 AND status = 'active' AND billing_cycle_end = $5",
-            )
-            .bind(storage::format_time(start))
-            .bind(storage::format_time(end))
-            .bind(storage::now())
-            .bind(&id)
-            .bind(r.try_get::<String, _>("billing_cycle_end")?)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                continue; // another node got there first
+            (start, end)
+        });
+        let data = match renewal {
+            Some((_, end)) => {
+                json!({"id": id, "plan": plan_id, "status": SubscriptionStatus::Active, "renewed": true,
+                       "billing_cycle_end": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)})
             }
-            json!({"id": id, "plan": plan_id, "status": "active", "renewed": true,
-                   "billing_cycle_end": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)})
-        } else {
-            let done = sqlx::query(
-                "UPDATE subscriptions SET status = 'canceled', updated_at = $1 \
-                 WHERE id = $2 AND status = 'active'",
-            )
-            .bind(storage::now())
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 0 {
-                continue; // another node got there first
+            None => {
+                json!({"id": id, "plan": plan_id, "status": SubscriptionStatus::Canceled,
+                       "previous_plan": plan_id, "organization_plan": DEFAULT_PLAN})
             }
-            set_org_plan(&mut tx, &org_id, DEFAULT_PLAN).await?;
-            json!({"id": id, "plan": plan_id, "status": "canceled", "previous_plan": plan_id,
-                   "organization_plan": DEFAULT_PLAN})
         };
-        crate::events::emit(
-            &mut tx,
-            &ActorContext::system(),
-            NewEvent::new("subscription.updated", "subscription", Some(id.clone()))
-                .organization(OrgId(org_id.clone()))
-                .data(data),
-        )
-        .await?;
-        tx.commit().await?;
-        state
-            .bus
-            .publish(crate::events::Invalidation::organization(&org_id))
-            .await;
-        changed += 1;
+        let event = NewEvent::new("subscription.updated", "subscription", Some(id.clone()))
+            .organization(OrgId(org_id.clone()))
+            .data(data);
+        let done = PlatformChange::new(event)
+            .invalidates(Invalidation::organization(org_id))
+            .write_if(state, &ActorContext::system(), async |tx| {
+                // Each update changes the subscription only if it is still as read: else
+                // another node got there first, and this one changes nothing.
+                Ok(match renewal {
+                    Some((start, end)) => store::renew(tx, id, &s.billing_cycle_end, start, end)
+                        .await?
+                        .then_some(()),
+                    None if store::end(tx, id).await? => {
+                        set_organization_plan(tx, org_id, DEFAULT_PLAN).await?;
+                        Some(())
+                    }
+                    None => None,
+                })
+            })
+            .await?;
+        if done.is_some() {
+            changed += 1;
+        }
     }
     Ok(changed)
 }

@@ -1,0 +1,193 @@
+//! The platform administrator's reads and writes across organizations and users: the user and
+//! organization lists with their filters, a user's organizations, an organization's members,
+//! deleting a user, setting an organization's status. Reads take the pool; writes take the
+//! caller's transaction (see [`super::change::PlatformChange`]). A user's own rows are read
+//! through [`crate::auth::users`], an organization's through [`crate::orgs::organizations`].
+//!
+//! Billing's admin reads (invoices to pay or void, issue #23) belong in the billing stores, not
+//! here: this store holds what only the platform admin reads across organizations.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use crate::{
+    auth::users::{User, USER_COLUMNS},
+    error::Error,
+    events::change::found,
+    http::pagination::{List, Page},
+    orgs::{
+        organizations::{Organization, ORG_SELECT},
+        projects::{self, Project},
+    },
+    storage::{self, Db, Sql},
+};
+
+/// `%term%` for LIKE (lower-cased), with the pattern characters of the term escaped.
+pub fn like_pattern(term: &str) -> String {
+    format!("%{}%", escape_like(&term.trim().to_lowercase()))
+}
+
+/// Escapes LIKE's pattern characters (use with `ESCAPE '\\'`).
+pub fn escape_like(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
+/// Appends ` AND (<a> LIKE p OR <b> LIKE p)` for a non-blank search term.
+fn search(sql: &mut Sql, term: Option<&str>, a: &str, b: &str) {
+    if let Some(q) = term.filter(|q| !q.trim().is_empty()) {
+        let pattern = like_pattern(q);
+        sql.push(&format!(" AND ({a} LIKE "))
+            .bind(pattern.clone())
+            .push(&format!(" ESCAPE '\\' OR {b} LIKE "))
+            .bind(pattern)
+            .push(" ESCAPE '\\')");
+    }
+}
+
+/// One page of users, newest first: matching `q` in the email or name, in `status`.
+pub async fn users(
+    db: &Db,
+    q: Option<&str>,
+    status: Option<String>,
+    page: &Page,
+) -> Result<List<User>, Error> {
+    let mut filter = Sql::new(" FROM users WHERE 1 = 1");
+    search(&mut filter, q, "email", "LOWER(name)");
+    if let Some(status) = status {
+        filter.and("status = ?", status);
+    }
+    let select = format!("SELECT {USER_COLUMNS}");
+    page.fetch(db, "users", &select, &filter, "id DESC", User::from_row)
+        .await
+}
+
+/// One organization a user belongs to, with the user's role there.
+#[derive(Debug, Serialize)]
+pub struct UserOrganization {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    pub status: String,
+    pub role: String,
+    pub joined_at: String,
+}
+
+pub async fn user_organizations(db: &Db, user_id: &str) -> Result<Vec<UserOrganization>, Error> {
+    let rows = sqlx::query(
+        "SELECT o.id, o.name, o.slug, o.status, m.role, m.created_at FROM memberships m \
+         JOIN organizations o ON o.id = m.organization_id WHERE m.user_id = $1 ORDER BY o.id",
+    )
+    .bind(user_id)
+    .fetch_all(db.pool())
+    .await?;
+    let organizations = rows
+        .iter()
+        .map(|r| {
+            Ok(UserOrganization {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                slug: r.try_get("slug")?,
+                status: r.try_get("status")?,
+                role: r.try_get("role")?,
+                joined_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(organizations)
+}
+
+/// Deletes a user (their memberships and sessions go with them); not found if there is none.
+pub async fn delete_user(tx: &mut AnyConnection, id: &str) -> Result<(), Error> {
+    let done = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    found(done, "User not found")
+}
+
+/// One page of organizations, newest first: matching `q` in the name or slug, in `status`.
+pub async fn organizations(
+    db: &Db,
+    q: Option<&str>,
+    status: Option<String>,
+    page: &Page,
+) -> Result<List<Organization>, Error> {
+    let mut filter = Sql::new(" FROM organizations o WHERE 1 = 1");
+    search(&mut filter, q, "LOWER(o.name)", "o.slug");
+    if let Some(status) = status {
+        filter.and("o.status = ?", status);
+    }
+    page.fetch(
+        db,
+        "organizations",
+        ORG_SELECT,
+        &filter,
+        "o.id DESC",
+        Organization::from_row,
+    )
+    .await
+}
+
+/// One member of an organization, as the platform admin sees them.
+#[derive(Debug, Serialize)]
+pub struct OrganizationMember {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub joined_at: String,
+}
+
+/// Every member of the organization, first joined first.
+pub async fn organization_members(db: &Db, org_id: &str) -> Result<Vec<OrganizationMember>, Error> {
+    let rows = sqlx::query(
+        "SELECT u.id, u.email, u.name, m.role, m.created_at FROM memberships m \
+         JOIN users u ON u.id = m.user_id WHERE m.organization_id = $1 ORDER BY m.created_at",
+    )
+    .bind(org_id)
+    .fetch_all(db.pool())
+    .await?;
+    let members = rows
+        .iter()
+        .map(|r| {
+            Ok(OrganizationMember {
+                id: r.try_get("id")?,
+                email: r.try_get("email")?,
+                name: r.try_get("name")?,
+                role: r.try_get("role")?,
+                joined_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(members)
+}
+
+/// Sets an organization's status (`active` or `suspended`); not found if there is none.
+pub async fn set_organization_status(
+    tx: &mut AnyConnection,
+    id: &str,
+    status: &str,
+) -> Result<(), Error> {
+    let done = sqlx::query("UPDATE organizations SET status = $1, updated_at = $2 WHERE id = $3")
+        .bind(status)
+        .bind(storage::now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    found(done, "Organization not found")
+}
+
+/// One page of projects across organizations, or of one organization's.
+pub async fn projects(
+    db: &Db,
+    organization_id: Option<String>,
+    page: &Page,
+) -> Result<List<Project>, Error> {
+    let mut filter = Sql::new(" FROM projects WHERE 1 = 1");
+    if let Some(org) = organization_id {
+        filter.and("organization_id = ?", org);
+    }
+    projects::list_projects(db, &filter, page).await
+}

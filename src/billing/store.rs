@@ -1,0 +1,184 @@
+//! Plans and an organization's plan in the database: the catalogue (`plans`), each
+//! organization's plan (`organizations.plan`), and the counts its usage is measured by. Reads
+//! take the pool; writes take the caller's transaction (see [`crate::events::change`]).
+//!
+//! Subscriptions are in [`super::subscriptions::store`]. Invoices (issue #23) belong beside
+//! them, in `billing/invoices/store.rs`: an `invoices` row per closed subscription period and
+//! `invoice_lines` (base, overage, proration) joined on the invoice id, priced from the
+//! [`Plan`] read here.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
+
+use crate::{
+    error::Error,
+    storage::{self, Db, RowExt},
+};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Plan {
+    pub id: String,
+    pub name: String,
+    pub amount: i64,
+    pub currency: String,
+    pub interval: String,
+    pub limits: Value,
+    pub features: Value,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Plan {
+    /// A numeric limit (`None`: unlimited or not stated).
+    pub fn limit(&self, name: &str) -> Option<u64> {
+        self.limits.get(name).and_then(Value::as_u64)
+    }
+
+    fn from_row(r: &sqlx::any::AnyRow) -> Result<Plan, sqlx::Error> {
+        Ok(Plan {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            amount: r.try_get("amount")?,
+            currency: r.try_get("currency")?,
+            interval: r.try_get("billing_interval")?,
+            limits: r.get_json("limits")?,
+            features: r.get_json("features")?,
+            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+        })
+    }
+}
+
+/// A validated plan, ready to store (every field: an update writes the merged whole).
+#[derive(Debug)]
+pub struct PlanFields {
+    pub name: String,
+    pub amount: i64,
+    pub currency: String,
+    pub interval: String,
+    pub limits: Value,
+    pub features: Value,
+}
+
+const PLAN_SELECT: &str = "SELECT id, name, amount, currency, billing_interval, limits, features, \
+     created_at, updated_at FROM plans";
+
+/// Every plan (the catalogue's source).
+pub async fn plans(db: &Db) -> Result<Vec<Plan>, sqlx::Error> {
+    let rows = sqlx::query(PLAN_SELECT).fetch_all(db.pool()).await?;
+    rows.iter().map(Plan::from_row).collect()
+}
+
+/// One plan as stored, or not found.
+pub async fn plan(db: &Db, id: &str) -> Result<Plan, Error> {
+    let row = sqlx::query(&format!("{PLAN_SELECT} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| Error::not_found("Plan not found"))?;
+    Ok(Plan::from_row(&row)?)
+}
+
+/// Inserts a plan; a conflict if one with this id exists.
+pub async fn insert_plan(tx: &mut AnyConnection, id: &str, v: &PlanFields) -> Result<(), Error> {
+    let result = sqlx::query(
+        "INSERT INTO plans (id, name, amount, currency, billing_interval, limits, features, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+    )
+    .bind(id)
+    .bind(&v.name)
+    .bind(v.amount)
+    .bind(&v.currency)
+    .bind(&v.interval)
+    .bind(v.limits.to_string())
+    .bind(v.features.to_string())
+    .bind(storage::now())
+    .execute(&mut *tx)
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(Error::conflict("A plan with this id already exists"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Replaces a plan's fields (the caller read it first: a plan deleted meanwhile is left so).
+pub async fn update_plan(tx: &mut AnyConnection, id: &str, v: &PlanFields) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE plans SET name = $1, amount = $2, currency = $3, billing_interval = $4, \
+         limits = $5, features = $6, updated_at = $7 WHERE id = $8",
+    )
+    .bind(&v.name)
+    .bind(v.amount)
+    .bind(&v.currency)
+    .bind(&v.interval)
+    .bind(v.limits.to_string())
+    .bind(v.features.to_string())
+    .bind(storage::now())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn delete_plan(tx: &mut AnyConnection, id: &str) -> Result<(), Error> {
+    sqlx::query("DELETE FROM plans WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// How many organizations are on the plan.
+pub async fn organizations_on_plan(db: &Db, plan_id: &str) -> Result<i64, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) FROM organizations WHERE plan = $1")
+            .bind(plan_id)
+            .fetch_one(db.pool())
+            .await?,
+    )
+}
+
+/// The organization's plan id (as stored: it may be missing from the catalogue).
+pub async fn organization_plan(db: &Db, org_id: &str) -> Result<String, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
+            .bind(org_id)
+            .fetch_one(db.pool())
+            .await?,
+    )
+}
+
+/// Sets the organization's plan (inside `tx`); its limits follow once the caller publishes
+/// `org:<id>` after the commit.
+pub async fn set_organization_plan(
+    tx: &mut AnyConnection,
+    org_id: &str,
+    plan: &str,
+) -> Result<(), Error> {
+    sqlx::query("UPDATE organizations SET plan = $1, updated_at = $2 WHERE id = $3")
+        .bind(plan)
+        .bind(storage::now())
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The organization's member and project counts (measured against its plan's limits).
+pub async fn member_and_project_counts(db: &Db, org_id: &str) -> Result<(i64, i64), Error> {
+    let members: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE organization_id = $1")
+            .bind(org_id)
+            .fetch_one(db.pool())
+            .await?;
+    let projects: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE organization_id = $1")
+            .bind(org_id)
+            .fetch_one(db.pool())
+            .await?;
+    Ok((members, projects))
+}
