@@ -446,8 +446,10 @@ mod tests {
 
     #[test]
     fn a_provider_body_never_prints_its_key() {
-        let body: ProviderInput =
-            serde_json::from_str(r#"{"provider":"openai","api_key":"sk-body-secret-42"}"#).unwrap();
+        let body: ProviderInput = serde_json::from_str(
+            r#"{"provider":"openai","name":"main","api_key":"sk-body-secret-42"}"#,
+        )
+        .unwrap();
         assert!(!format!("{body:?}").contains("sk-body-secret-42"));
         assert!(body.validate(true).is_ok());
         let empty: ProviderInput = serde_json::from_str(r#"{"api_key":""}"#).unwrap();
