@@ -4,11 +4,13 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use figment::{
-    providers::{Env, Format, Serialized, Toml},
+    providers::{Env, Format, Toml},
     Figment,
 };
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::secret::Secret;
 
 /// Every configuration key, its default and what it does. `gatehouse --help` prints this table,
 /// and the README's configuration reference is the same list.
@@ -50,6 +52,9 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("rate_limits.unauthenticated_per_minute", "120", "requests per minute per client IP without valid credentials (/health* and /metrics exempt)"),
 ];
 
+/// `database_url` when none is configured.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://gatehouse.db";
+
 /// The most serving threads a configuration may ask for.
 pub const MAX_SERVE_THREADS: usize = 1024;
 
@@ -57,12 +62,19 @@ pub const MAX_SERVE_THREADS: usize = 1024;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub database_url: String,
+    /// May hold a password (`postgres://user:pass@…`).
+    #[serde(serialize_with = "redacted")]
+    pub database_url: Secret,
     pub database_max_connections: u32,
-    pub redis_url: Option<String>,
-    pub master_key: Option<String>,
+    /// May hold a password (`redis://:pass@…`).
+    #[serde(serialize_with = "redacted_option")]
+    pub redis_url: Option<Secret>,
+    #[serde(serialize_with = "redacted_option")]
+    pub master_key: Option<Secret>,
     pub master_key_file: Option<PathBuf>,
-    pub smtp_url: Option<String>,
+    /// May hold a password (`smtp://user:pass@…`).
+    #[serde(serialize_with = "redacted_option")]
+    pub smtp_url: Option<Secret>,
     pub mail_from: String,
     pub public_url: String,
     pub trusted_proxies: Vec<IpNet>,
@@ -83,6 +95,19 @@ pub struct Config {
     pub gateway_idle_timeout_secs: u64,
     pub gateway_max_body_bytes: usize,
     pub rate_limits: RateLimits,
+}
+
+/// A secret field of a serialized `Config` (the key list `--help` and the tests read): the value
+/// never leaves through `Serialize`. `Config` is read from its sources with `Deserialize` only.
+fn redacted<S: Serializer>(_: &Secret, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[redacted]")
+}
+
+fn redacted_option<S: Serializer>(v: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
 }
 
 /// `[rate_limits]`: the per-endpoint and per-caller limits of the request path (SPEC §5). The
@@ -128,7 +153,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            database_url: "sqlite://gatehouse.db".into(),
+            database_url: Secret::from(DEFAULT_DATABASE_URL),
             database_max_connections: 16,
             redis_url: None,
             master_key: None,
@@ -159,9 +184,10 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults, then the TOML file (if any), then `GATEHOUSE_*` variables.
+    /// Defaults, then the TOML file (if any), then `GATEHOUSE_*` variables. (A key neither
+    /// source sets takes its value from `Config::default()` through `#[serde(default)]`.)
     pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = Figment::new();
         if let Some(path) = file {
             if !path.exists() {
                 anyhow::bail!("configuration file {} does not exist", path.display());
@@ -177,9 +203,10 @@ impl Config {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if !(self.database_url.starts_with("sqlite:")
-            || self.database_url.starts_with("postgres://")
-            || self.database_url.starts_with("postgresql://"))
+        let database_url = self.database_url.expose();
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
         {
             anyhow::bail!("database_url must start with sqlite: or postgres://");
         }
@@ -187,10 +214,10 @@ impl Config {
             anyhow::bail!("database_max_connections must be at least 1");
         }
         if let Some(key) = &self.master_key {
-            crate::crypto::MasterKey::from_hex(key)
+            crate::crypto::MasterKey::from_hex(key.expose())
                 .map_err(|_| anyhow::anyhow!("master_key must be 64 hexadecimal characters"))?;
         }
-        if let Some(url) = &self.redis_url {
+        if let Some(url) = self.redis_url.as_ref().map(Secret::expose) {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 anyhow::bail!("redis_url must start with redis:// or rediss://");
             }
@@ -223,7 +250,7 @@ impl Config {
     }
 
     pub fn is_sqlite(&self) -> bool {
-        self.database_url.starts_with("sqlite:")
+        self.database_url.expose().starts_with("sqlite:")
     }
 
     /// Where the master key lives when it is not given inline: the configured file, or
@@ -233,7 +260,7 @@ impl Config {
             return p.clone();
         }
         if self.is_sqlite() {
-            if let Some(path) = crate::storage::sqlite_file_path(&self.database_url) {
+            if let Some(path) = crate::storage::sqlite_file_path(self.database_url.expose()) {
                 let mut name = path.file_name().unwrap_or_default().to_os_string();
                 name.push(".master.key");
                 return path.with_file_name(name);
@@ -279,6 +306,39 @@ mod tests {
     }
 
     #[test]
+    fn debug_and_serialize_show_no_secret() {
+        let config = Config {
+            database_url: "postgres://gh:db-pass-1@db.internal/gh".into(),
+            redis_url: Some("redis://:redis-pass-2@cache.internal:6379".into()),
+            master_key: Some("ab".repeat(32).into()),
+            smtp_url: Some("smtp://mailer:smtp-pass-3@mail.internal:587".into()),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        let json = serde_json::to_string(&config).unwrap();
+        for shown in [&debug, &json] {
+            for secret in ["db-pass-1", "redis-pass-2", &"ab".repeat(32), "smtp-pass-3"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        // The values themselves are intact for the code that needs them.
+        assert!(config.database_url.expose().contains("db-pass-1"));
+        assert!(Config::default().is_sqlite());
+    }
+
+    #[test]
+    fn defaults_apply_when_no_source_sets_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.toml");
+        std::fs::write(&path, "").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.database_url.expose(), DEFAULT_DATABASE_URL);
+        assert!(c.master_key.is_none());
+        assert_eq!(c.rate_limits.login_attempts, 10);
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.toml");
@@ -302,6 +362,10 @@ mod tests {
         assert_eq!(c.trusted_proxies.len(), 1);
         std::fs::write(&path, "database_url = \"mysql://x\"\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
+        std::fs::write(&path, "database_url = \"postgres://u:p@h/d\"\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.database_url.expose(), "postgres://u:p@h/d");
+        assert_eq!(c.listen.port(), 8080);
         std::fs::write(&path, "master_key = \"abc\"\n").unwrap();
         assert!(Config::load(Some(&path)).is_err());
         std::fs::write(&path, "serve_threads = 100000\n").unwrap();

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod orgs;
 pub mod policies;
 pub mod redis;
+pub mod secret;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

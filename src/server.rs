@@ -20,7 +20,11 @@ use crate::{
 
 /// Connects and migrates the database named by the configuration.
 pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
-    let db = Db::connect(&config.database_url, config.database_max_connections).await?;
+    let db = Db::connect(
+        config.database_url.expose(),
+        config.database_max_connections,
+    )
+    .await?;
     db.migrate().await?;
     Ok(db)
 }
@@ -29,7 +33,7 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Db> {
 /// file (0600) with a warning.
 pub fn load_master_key(config: &Config) -> anyhow::Result<MasterKey> {
     if let Some(hex_key) = &config.master_key {
-        return Ok(MasterKey::from_hex(hex_key)?);
+        return Ok(MasterKey::from_hex(hex_key.expose())?);
     }
     let path = config.master_key_path();
     let (key, created) = MasterKey::load_or_create(&path)?;
@@ -82,12 +86,12 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     }
     let redis = config
         .redis_url
-        .as_deref()
-        .map(crate::redis::Redis::new)
+        .as_ref()
+        .map(|url| crate::redis::Redis::new(url.expose()))
         .transpose()?;
     let keys = KeyRing::load(db.clone(), master_key.clone(), config.public_url.clone()).await?;
     let mailer: Arc<dyn Mailer> = match &config.smtp_url {
-        Some(url) => Arc::new(SmtpMailer::new(url, &config.mail_from)?),
+        Some(url) => Arc::new(SmtpMailer::new(url.expose(), &config.mail_from)?),
         None => {
             tracing::info!("no smtp_url: mail goes to the log and the development mailbox (GET /v1/admin/mailbox)");
             Arc::new(DevMailbox::new(db.clone()))
@@ -100,8 +104,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let bus = crate::keys::bus::Bus::new(
         api_keys.clone(),
         db.clone(),
-        &config.database_url,
-        config.redis_url.as_deref(),
+        config.database_url.expose(),
+        config.redis_url.as_ref().map(|url| url.expose()),
         redis.clone(),
     )?;
     bus.spawn_listener();

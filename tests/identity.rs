@@ -1031,7 +1031,9 @@ async fn mail_is_delivered_over_smtp_when_configured() {
     let srv = TestServer::start_with(
         Backend::Sqlite,
         ServerOptions {
-            configure: Box::new(move |c| c.smtp_url = Some(format!("smtp://127.0.0.1:{port}"))),
+            configure: Box::new(move |c| {
+                c.smtp_url = Some(format!("smtp://127.0.0.1:{port}").into())
+            }),
             ..Default::default()
         },
     )

@@ -731,7 +731,7 @@ async fn a_rule_change_reaches_every_node(backend: Backend) {
         common::ServerOptions {
             configure: Box::new(move |c| {
                 if backend == Backend::Sqlite {
-                    c.redis_url = Some(common::redis_url());
+                    c.redis_url = Some(common::redis_url().into());
                 }
             }),
             ..Default::default()

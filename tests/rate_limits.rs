@@ -136,7 +136,7 @@ async fn with_redis(backend: Backend) -> TestServer {
     let srv = TestServer::start_with(
         backend,
         ServerOptions {
-            configure: Box::new(|c| c.redis_url = Some(common::redis_url())),
+            configure: Box::new(|c| c.redis_url = Some(common::redis_url().into())),
             ..Default::default()
         },
     )

@@ -8,16 +8,16 @@ use axum::{
     extract::FromRequestParts,
     http::{header, request::Parts},
 };
-use sqlx::Row;
 
 use crate::{
     app::AppState,
     auth::{
+        sessions,
         tokens::Claims,
-        users::{User, USER_COLUMNS},
+        users::{self, User},
     },
     error::{Error, ErrorCode},
-    storage::{self, RowExt},
+    storage,
 };
 
 /// The tenant a scoped token acts in.
@@ -81,27 +81,14 @@ async fn authenticate(
     claims: Claims,
     ip: Option<std::net::IpAddr>,
 ) -> Result<AuthUser, Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {cols}, s.revoked_at AS s_revoked, s.expires_at AS s_expires, s.last_seen_at AS s_seen \
-         FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.id = $2",
-        cols = USER_COLUMNS
-            .split(", ")
-            .map(|c| format!("u.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .bind(&claims.sid)
-    .bind(&claims.sub)
-    .fetch_optional(state.db.pool())
-    .await?
-    .ok_or_else(|| Error::unauthorized("The session has ended"))?;
+    let session = sessions::with_user(&state.db, &claims.sid, &claims.sub)
+        .await?
+        .ok_or_else(|| Error::unauthorized("The session has ended"))?;
     let now = storage::now();
-    if row.try_get::<Option<String>, _>("s_revoked")?.is_some()
-        || row.try_get::<String, _>("s_expires")? <= now
-    {
+    if session.revoked || session.expires_at <= now {
         return Err(Error::unauthorized("The session has ended"));
     }
-    let user = User::from_row(&row)?;
+    let user = session.user;
     if user.status != "active" {
         return Err(Error::forbidden("This account is suspended"));
     }
@@ -112,18 +99,13 @@ async fn authenticate(
         None => None,
     };
     // Keep "last seen" within a minute of the truth without a write per request.
-    let seen: String = row.try_get("s_seen")?;
-    let stale = storage::parse_time(&seen)
+    let stale = storage::parse_time(&session.last_seen_at)
         .is_none_or(|t| chrono::Utc::now() - t > chrono::Duration::seconds(60));
     if stale {
         let db = state.db.clone();
         let sid = claims.sid.clone();
         tokio::spawn(async move {
-            let _ = sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
-                .bind(storage::now())
-                .bind(sid)
-                .execute(db.pool())
-                .await;
+            let _ = sessions::touch(&db, &sid).await;
         });
     }
     Ok(AuthUser {
@@ -144,26 +126,19 @@ pub async fn tenant_of(
     environment: Option<&str>,
     ip: Option<std::net::IpAddr>,
 ) -> Result<Tenant, Error> {
-    let row = sqlx::query(
-        "SELECT o.id, o.status, o.settings, m.role FROM organizations o \
-         JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
-         WHERE o.id = $2 OR o.slug = $2",
-    )
-    .bind(user_id)
-    .bind(org)
-    .fetch_optional(state.db.pool())
-    .await?
-    .ok_or_else(|| Error::not_found("Organization not found"))?;
-    if row.try_get::<String, _>("status")? != "active" {
+    let m = users::membership(&state.db, user_id, org)
+        .await?
+        .ok_or_else(|| Error::not_found("Organization not found"))?;
+    if m.organization_status != "active" {
         return Err(Error::new(
             ErrorCode::OrganizationSuspended,
             "This organization is suspended",
         ));
     }
-    crate::orgs::access::check_ip_allowlist(&row.get_json("settings")?, ip)?;
+    crate::orgs::access::check_ip_allowlist(&m.organization_settings, ip)?;
     Ok(Tenant {
-        organization_id: row.try_get("id")?,
-        role: row.try_get("role")?,
+        organization_id: m.organization_id,
+        role: m.role,
         environment: environment.unwrap_or("live").to_string(),
     })
 }

@@ -7,7 +7,10 @@ use sqlx::Row;
 
 use crate::{
     app::AppState,
-    auth::tokens::ACCESS_TTL,
+    auth::{
+        tokens::ACCESS_TTL,
+        users::{User, USER_COLUMNS},
+    },
     crypto,
     error::Error,
     http::request_meta::RequestMeta,
@@ -35,6 +38,52 @@ pub struct SessionView {
     pub last_seen_at: String,
     pub expires_at: String,
     pub current: bool,
+}
+
+/// A session and its user, as an access token's check needs them.
+pub struct SessionWithUser {
+    pub user: User,
+    pub revoked: bool,
+    pub expires_at: String,
+    pub last_seen_at: String,
+}
+
+/// The session `session_id` of user `user_id` (whatever its state), with the user.
+pub async fn with_user(
+    db: &Db,
+    session_id: &str,
+    user_id: &str,
+) -> Result<Option<SessionWithUser>, Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {cols}, s.revoked_at AS s_revoked, s.expires_at AS s_expires, s.last_seen_at AS s_seen \
+         FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.id = $2",
+        cols = USER_COLUMNS
+            .split(", ")
+            .map(|c| format!("u.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(session_id)
+    .bind(user_id)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(SessionWithUser {
+        revoked: row.try_get::<Option<String>, _>("s_revoked")?.is_some(),
+        expires_at: row.try_get("s_expires")?,
+        last_seen_at: row.try_get("s_seen")?,
+        user: User::from_row(&row)?,
+    }))
+}
+
+/// Records that a session was used now.
+pub async fn touch(db: &Db, session_id: &str) -> Result<(), Error> {
+    sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2")
+        .bind(storage::now())
+        .bind(session_id)
+        .execute(db.pool())
+        .await?;
+    Ok(())
 }
 
 fn days_from_now(days: i64) -> String {

@@ -1,6 +1,8 @@
 //! The AI gateway (SPEC §10): provider configuration (`providers.rs`), the proxy routes
-//! (`proxy.rs`), the mock provider (`mock.rs`), usage and cost (`usage.rs`), and analytics.
+//! (`proxy.rs`), the mock provider (`mock.rs`), usage and cost (`usage.rs`), and analytics
+//! (routes here and in `stats.rs`, queries in `analytics.rs`).
 
+pub mod analytics;
 pub mod client;
 pub mod mock;
 pub mod providers;
@@ -10,19 +12,15 @@ pub mod stats;
 pub mod usage;
 
 use axum::{extract::State, response::IntoResponse};
-use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use serde::Deserialize;
+
+pub use analytics::LogEntry;
 
 use crate::{
     app::AppState,
     error::Error,
-    http::{
-        extract::Query,
-        pagination::{HasId, Page},
-        routes::Routes,
-    },
+    http::{extract::Query, pagination::Page, routes::Routes},
     orgs::{access::OrgAccess, roles::perm},
-    storage::{self, RowExt, Sql},
 };
 
 /// Management routes (organization-scoped, in the route table).
@@ -49,34 +47,9 @@ pub fn proxy_routes() -> Routes {
         .any(proxy::AZURE.route, proxy::azure)
 }
 
-#[derive(Debug, Serialize)]
-pub struct LogEntry {
-    pub id: String,
-    pub key_id: String,
-    pub environment: String,
-    pub provider: String,
-    pub model: String,
-    pub path: String,
-    pub status: i64,
-    pub latency_ms: i64,
-    pub ttfb_ms: i64,
-    pub prompt_tokens: i64,
-    pub completion_tokens: i64,
-    pub total_tokens: i64,
-    pub cost_usd: f64,
-    pub streamed: bool,
-    pub violation_ids: serde_json::Value,
-    pub created_at: String,
-}
-
-impl HasId for LogEntry {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
-
+/// The query string of `GET …/analytics/logs`.
 #[derive(Debug, Deserialize)]
-pub struct LogFilter {
+pub struct LogQuery {
     key_id: Option<String>,
     model: Option<String>,
     provider: Option<String>,
@@ -90,63 +63,23 @@ async fn logs(
     State(state): State<AppState>,
     access: OrgAccess<perm::AnalyticsRead>,
     page: Page,
-    Query(f): Query<LogFilter>,
+    Query(q): Query<LogQuery>,
 ) -> Result<impl IntoResponse, Error> {
-    let mut sql = Sql::new(" FROM usage_logs WHERE organization_id = ");
-    sql.bind(access.org_id().to_string());
-    if let Some(env) = access.environment() {
-        sql.and("environment = ?", env.to_string());
-    }
-    if let Some(v) = f.key_id {
-        sql.and("key_id = ?", v);
-    }
-    if let Some(v) = f.model {
-        sql.and("model = ?", v);
-    }
-    if let Some(v) = f.provider {
-        sql.and("provider = ?", v);
-    }
-    if let Some(v) = f.status {
-        sql.and("status = ?", v);
-    }
-    if let Some(v) = &f.start {
-        sql.and("created_at >= ?", crate::http::time_bound("start", v)?);
-    }
-    if let Some(v) = &f.end {
-        sql.and("created_at < ?", crate::http::time_bound("end", v)?);
-    }
-    let list = page
-        .fetch_newest_first(
-            &state.db,
-            "logs",
-            "SELECT id, key_id, environment, provider, model, path, status, latency_ms, ttfb_ms, \
-             prompt_tokens, completion_tokens, total_tokens, cost_usd, streamed, violation_ids, created_at",
-            &sql,
-            LogEntry::from_row,
-        )
-        .await?;
+    let filter = analytics::LogFilter {
+        environment: access.environment().map(str::to_string),
+        key_id: q.key_id,
+        model: q.model,
+        provider: q.provider,
+        status: q.status,
+        start: q
+            .start
+            .map(|v| crate::http::time_bound("start", &v))
+            .transpose()?,
+        end: q
+            .end
+            .map(|v| crate::http::time_bound("end", &v))
+            .transpose()?,
+    };
+    let list = analytics::logs(&state.db, access.org_id(), filter, &page).await?;
     Ok(axum::Json(list))
-}
-
-impl LogEntry {
-    fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(LogEntry {
-            id: r.try_get("id")?,
-            key_id: r.try_get("key_id")?,
-            environment: r.try_get("environment")?,
-            provider: r.try_get("provider")?,
-            model: r.try_get("model")?,
-            path: r.try_get("path")?,
-            status: r.try_get("status")?,
-            latency_ms: r.try_get("latency_ms")?,
-            ttfb_ms: r.try_get("ttfb_ms")?,
-            prompt_tokens: r.try_get("prompt_tokens")?,
-            completion_tokens: r.try_get("completion_tokens")?,
-            total_tokens: r.try_get("total_tokens")?,
-            cost_usd: r.try_get("cost_usd")?,
-            streamed: r.get_bool("streamed")?,
-            violation_ids: r.get_json("violation_ids")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-        })
-    }
 }

@@ -40,6 +40,7 @@ use crate::{
         pagination::{List, Page},
     },
     orgs::{access::OrgAccess, roles::perm},
+    secret::Secret,
 };
 
 mod store;
@@ -83,7 +84,8 @@ pub enum Credential {
 
 /// Each provider's own way of taking a key: `Authorization: Bearer` (OpenAI and compatible
 /// servers), `api-key` (Azure OpenAI), `x-api-key` (Anthropic), `x-goog-api-key` (Gemini).
-pub fn credential(provider: &str, key: &str) -> Credential {
+pub fn credential(provider: &str, key: &Secret) -> Credential {
+    let key = key.expose();
     let (name, value) = match provider {
         "azure" => ("api-key", HeaderValue::from_str(key)),
         "anthropic" => ("x-api-key", HeaderValue::from_str(key)),
@@ -99,6 +101,15 @@ pub fn credential(provider: &str, key: &str) -> Credential {
             Credential::Header(HeaderName::from_static(name), value)
         }
         Err(_) => Credential::Invalid,
+    }
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Header(name, _) => write!(f, "Credential({name}: [redacted])"),
+            Credential::Invalid => f.write_str("Credential(invalid)"),
+        }
     }
 }
 
@@ -154,7 +165,7 @@ async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec
         .into_iter()
         .map(|r| {
             let api_key = match r.sealed_key {
-                Some(sealed) => Some(
+                Some(sealed) => Some(Secret::from(
                     String::from_utf8(
                         state
                             .master_key
@@ -162,7 +173,7 @@ async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec
                             .map_err(|e| anyhow::anyhow!("provider key unreadable: {e}"))?,
                     )
                     .map_err(|e| anyhow::anyhow!("provider key is not UTF-8: {e}"))?,
-                ),
+                )),
                 None => None,
             };
             Ok(Upstream {
@@ -182,7 +193,7 @@ pub struct ProviderInput {
     provider: Option<String>,
     name: Option<String>,
     base_url: Option<String>,
-    api_key: Option<String>,
+    api_key: Option<Secret>,
     models: Option<Vec<String>>,
     priority: Option<i64>,
     enabled: Option<bool>,
@@ -215,7 +226,7 @@ impl ProviderInput {
         } else if creating && matches!(self.provider.as_deref(), Some("openai_compatible")) {
             errors.push(FieldError::new("base_url", "is required for this provider"));
         }
-        if let Some(k) = &self.api_key {
+        if let Some(k) = self.api_key.as_ref().map(Secret::expose) {
             if k.is_empty() || k.len() > 4096 {
                 errors.push(FieldError::new("api_key", "must be 1 to 4096 characters"));
             }
@@ -298,10 +309,11 @@ pub async fn create(
         provider: body.provider.as_deref().unwrap_or_default(),
         name: body.name.as_deref().unwrap_or_default().trim(),
         base_url: body.base_url.as_deref(),
-        sealed_key: body
-            .api_key
-            .as_ref()
-            .map(|k| state.master_key.encrypt(k.as_bytes(), id.as_bytes())),
+        sealed_key: body.api_key.as_ref().map(|k| {
+            state
+                .master_key
+                .encrypt(k.expose().as_bytes(), id.as_bytes())
+        }),
         models: body.models.as_deref().unwrap_or_default(),
         priority: body.priority.unwrap_or(0),
         enabled: body.enabled.unwrap_or(true),
@@ -363,9 +375,11 @@ pub async fn update(
     vet_base_url(&state, body.base_url.as_deref()).await?;
     let patch = ProviderPatch {
         name: body.name.map(|v| v.trim().to_string()),
-        sealed_key: body
-            .api_key
-            .map(|k| state.master_key.encrypt(k.as_bytes(), id.as_bytes())),
+        sealed_key: body.api_key.map(|k| {
+            state
+                .master_key
+                .encrypt(k.expose().as_bytes(), id.as_bytes())
+        }),
         base_url: body.base_url,
         models: body.models,
         priority: body.priority,
@@ -394,4 +408,51 @@ pub async fn delete(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_and_its_credential_never_print_the_key() {
+        for kind in KINDS {
+            let key = Secret::from("sk-live-0123456789abcdef");
+            let upstream = Upstream {
+                id: "prv_1".into(),
+                provider: kind.to_string(),
+                base_url: Some("https://api.example.com".into()),
+                credential: Some(credential(kind, &key)),
+                models: vec!["gpt-4o".into()],
+            };
+            for shown in [
+                format!("{upstream:?}"),
+                format!("{:?}", upstream.credential),
+                format!("{key:?} {key}"),
+            ] {
+                assert!(!shown.contains("0123456789abcdef"), "{kind}: {shown}");
+            }
+            // The key still reaches the provider, in the provider's own header.
+            let Some(Credential::Header(_, value)) = &upstream.credential else {
+                panic!("{kind}: no header credential");
+            };
+            assert!(value.is_sensitive());
+            assert!(value
+                .to_str()
+                .unwrap()
+                .ends_with("sk-live-0123456789abcdef"));
+        }
+    }
+
+    #[test]
+    fn a_provider_body_never_prints_its_key() {
+        let body: ProviderInput = serde_json::from_str(
+            r#"{"provider":"openai","name":"main","api_key":"sk-body-secret-42"}"#,
+        )
+        .unwrap();
+        assert!(!format!("{body:?}").contains("sk-body-secret-42"));
+        assert!(body.validate(true).is_ok());
+        let empty: ProviderInput = serde_json::from_str(r#"{"api_key":""}"#).unwrap();
+        assert!(empty.validate(false).is_err());
+    }
 }

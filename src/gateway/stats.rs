@@ -4,7 +4,8 @@
 //! Full hours of the window come from the hourly rollups (`rollup.rs`), the partial hours at its
 //! edges from the usage log, each aggregated in the database — so the work is bounded by the
 //! number of hours and groups, not by the number of requests. Percentiles are nearest-rank over
-//! the latency histogram (exact below 64 ms, within 1.6 % above).
+//! the latency histogram (exact below 64 ms, within 1.6 % above). The queries are in
+//! `analytics.rs`.
 
 use std::collections::BTreeMap;
 
@@ -12,15 +13,17 @@ use axum::{extract::State, response::IntoResponse};
 use chrono::{DateTime, DurationRound, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
 
-use super::rollup::{bucket, Sums};
+use super::{
+    analytics::{add_range, GroupBy, Range, Source},
+    rollup::Sums,
+};
 use crate::{
     app::AppState,
     error::Error,
     http::extract::Query,
     orgs::{access::OrgAccess, roles::perm},
-    storage::{self, Db, Sql},
+    storage,
 };
 
 #[derive(Debug, Deserialize)]
@@ -43,125 +46,11 @@ fn summary(s: &Sums) -> Value {
     })
 }
 
-/// What a series is grouped by: the SQL giving each row's group in the log and in the rollups.
-#[derive(Clone, Copy)]
-enum GroupBy {
-    None,
-    Column(&'static str),
-    Day,
-    Hour,
-}
-
-impl GroupBy {
-    fn sql(self, time_column: &str) -> String {
-        match self {
-            // Constant within the window's rows (a literal is not groupable everywhere).
-            GroupBy::None => "organization_id".into(),
-            GroupBy::Column(c) => c.into(),
-            GroupBy::Day => format!("substr({time_column}, 1, 10)"),
-            GroupBy::Hour => format!("substr({time_column}, 1, 13)"),
-        }
+fn label(by: GroupBy, g: String) -> String {
+    match by {
+        GroupBy::Hour => format!("{g}:00:00Z"),
+        _ => g,
     }
-
-    fn label(self, g: String) -> String {
-        match self {
-            GroupBy::Hour => format!("{g}:00:00Z"),
-            _ => g,
-        }
-    }
-}
-
-/// Adds to `groups` the sums of `table` over `[from, to)`, grouped by `by` (and, for the
-/// histogram, by latency bucket).
-#[allow(clippy::too_many_arguments)]
-async fn add_range(
-    db: &Db,
-    groups: &mut BTreeMap<String, Sums>,
-    org_id: &str,
-    env: Option<&str>,
-    by: GroupBy,
-    rollups: bool,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<(), Error> {
-    let (table, time, latency) = if rollups {
-        ("usage_hourly", "hour", None)
-    } else {
-        ("usage_logs", "created_at", Some("latency_ms"))
-    };
-    let filter = |table: &str| {
-        let mut sql = Sql::new(&format!(" FROM {table} WHERE organization_id = "));
-        sql.bind(org_id.to_string())
-            .and(&format!("{time} >= ?"), storage::format_time(from))
-            .and(&format!("{time} < ?"), storage::format_time(to));
-        if let Some(env) = env {
-            sql.and("environment = ?", env.to_string());
-        }
-        sql
-    };
-    let g = by.sql(time);
-    // Sums. From the log, one row per group and latency (the histogram comes with them).
-    let (requests, errors, prompt, completion, cost) = if rollups {
-        (
-            "SUM(requests)",
-            "SUM(errors)",
-            "SUM(prompt_tokens)",
-            "SUM(completion_tokens)",
-            "SUM(cost_usd)",
-        )
-    } else {
-        (
-            "COUNT(*)",
-            "SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END)",
-            "SUM(prompt_tokens)",
-            "SUM(completion_tokens)",
-            "SUM(cost_usd)",
-        )
-    };
-    let latency_col = latency
-        .map(|l| format!(", {l} AS latency"))
-        .unwrap_or_default();
-    let group_latency = latency.map(|l| format!(", {l}")).unwrap_or_default();
-    let mut q = Sql::prefixed(
-        &format!(
-            "SELECT {g} AS g{latency_col}, CAST({requests} AS BIGINT) AS requests, \
-             CAST({errors} AS BIGINT) AS errors, CAST({prompt} AS BIGINT) AS prompt, \
-             CAST({completion} AS BIGINT) AS completion, {cost} AS cost"
-        ),
-        &filter(table),
-    );
-    q.push(&format!(" GROUP BY {g}{group_latency}"));
-    for r in q.query().fetch_all(db.pool()).await? {
-        let sums = groups.entry(r.try_get("g")?).or_default();
-        let requests: i64 = r.try_get("requests")?;
-        sums.requests += requests;
-        sums.errors += r.try_get::<i64, _>("errors")?;
-        sums.prompt_tokens += r.try_get::<i64, _>("prompt")?;
-        sums.completion_tokens += r.try_get::<i64, _>("completion")?;
-        sums.cost_usd += r.try_get::<f64, _>("cost")?;
-        if latency.is_some() {
-            *sums
-                .latency
-                .entry(bucket(r.try_get("latency")?))
-                .or_default() += requests;
-        }
-    }
-    if rollups {
-        let mut q = Sql::prefixed(
-            &format!("SELECT {g} AS g, bucket, CAST(SUM(count) AS BIGINT) AS n"),
-            &filter("usage_hourly_latency"),
-        );
-        q.push(&format!(" GROUP BY {g}, bucket"));
-        for r in q.query().fetch_all(db.pool()).await? {
-            *groups
-                .entry(r.try_get("g")?)
-                .or_default()
-                .latency
-                .entry(r.try_get("bucket")?)
-                .or_default() += r.try_get::<i64, _>("n")?;
-        }
-    }
-    Ok(())
 }
 
 pub async fn stats(
@@ -182,9 +71,9 @@ pub async fn stats(
     }
     let by = match q.group_by.as_deref() {
         None => GroupBy::None,
-        Some("model") => GroupBy::Column("model"),
-        Some("provider") => GroupBy::Column("provider"),
-        Some("key") => GroupBy::Column("key_id"),
+        Some("model") => GroupBy::Model,
+        Some("provider") => GroupBy::Provider,
+        Some("key") => GroupBy::Key,
         Some("day") => GroupBy::Day,
         Some("hour") => GroupBy::Hour,
         Some(_) => {
@@ -203,19 +92,24 @@ pub async fn stats(
     } else {
         floor(start) + hour
     };
-    let (org, env) = (access.org_id(), access.environment());
+    let range = |from, to| Range {
+        org_id: access.org_id(),
+        environment: access.environment(),
+        from,
+        to,
+    };
     let mut groups = BTreeMap::new();
     let db = &state.db;
     if h0 < h1 {
-        add_range(db, &mut groups, org, env, by, true, h0, h1).await?;
+        add_range(db, &mut groups, range(h0, h1), by, Source::Rollups).await?;
         if start < h0 {
-            add_range(db, &mut groups, org, env, by, false, start, h0).await?;
+            add_range(db, &mut groups, range(start, h0), by, Source::Log).await?;
         }
         if h1 < end {
-            add_range(db, &mut groups, org, env, by, false, h1, end).await?;
+            add_range(db, &mut groups, range(h1, end), by, Source::Log).await?;
         }
     } else {
-        add_range(db, &mut groups, org, env, by, false, start, end).await?;
+        add_range(db, &mut groups, range(start, end), by, Source::Log).await?;
     }
     let mut total = Sums::default();
     groups.values().for_each(|s| total.merge(s));
@@ -225,7 +119,7 @@ pub async fn stats(
             .into_iter()
             .map(|(k, sums)| {
                 let mut v = summary(&sums);
-                v["group"] = json!(by.label(k));
+                v["group"] = json!(label(by, k));
                 v
             })
             .collect(),

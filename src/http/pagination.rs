@@ -1,15 +1,13 @@
 //! The list conventions of SPEC §1, once: `limit` (default 20, max 100), `offset`, `page`
 //! (alias: `offset = (page-1)*limit`) and, for append-only streams, an opaque `cursor`.
 //! Responses are `{"<plural>": […], "total", "limit", "offset", "has_more", "next_cursor"?}`.
+//! The SQL a page becomes (`Page::apply_*`, `Page::fetch*`) is in `storage/paging.rs`.
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64URL, Engine};
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
-use crate::{
-    error::{Error, FieldError},
-    storage::Sql,
-};
+use crate::error::{Error, FieldError};
 
 pub const DEFAULT_LIMIT: i64 = 20;
 pub const MAX_LIMIT: i64 = 100;
@@ -91,30 +89,6 @@ impl Page {
             offset,
             after_id: cursor,
         })
-    }
-
-    /// Appends ` ORDER BY … LIMIT … OFFSET …` for an offset page, or the keyset condition for a
-    /// cursor page over a time-sortable id column (newest first). Fetches one row more than the
-    /// limit so that [`List::from_rows`] can tell whether more follow.
-    pub fn apply_newest_first(&self, sql: &mut Sql, id_column: &str) {
-        if let Some(after) = &self.after_id {
-            sql.and(&format!("{id_column} < ?"), after.as_str());
-            sql.push(&format!(" ORDER BY {id_column} DESC LIMIT "))
-                .bind(self.limit + 1);
-        } else {
-            sql.push(&format!(" ORDER BY {id_column} DESC LIMIT "))
-                .bind(self.limit + 1)
-                .push(" OFFSET ")
-                .bind(self.offset);
-        }
-    }
-
-    /// Appends ` ORDER BY <order> LIMIT … OFFSET …` (offset paging, one extra row).
-    pub fn apply_offset(&self, sql: &mut Sql, order_by: &str) {
-        sql.push(&format!(" ORDER BY {order_by} LIMIT "))
-            .bind(self.limit + 1)
-            .push(" OFFSET ")
-            .bind(self.offset);
     }
 }
 
@@ -209,52 +183,6 @@ impl<T: Serialize> Serialize for List<T> {
     }
 }
 
-impl Page {
-    /// One offset page of a list: the total of rows matching `filter` (` FROM … WHERE …`, with
-    /// its bound values), then the page's rows (`select` + `filter` + `ORDER BY order_by`),
-    /// decoded by `decode` — the one implementation every offset-paged list uses.
-    pub async fn fetch<T: HasId>(
-        &self,
-        db: &crate::storage::Db,
-        key: &'static str,
-        select: &str,
-        filter: &Sql,
-        order_by: &str,
-        decode: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
-    ) -> Result<List<T>, Error> {
-        let total: i64 = Sql::prefixed("SELECT COUNT(*)", filter)
-            .query_scalar()
-            .fetch_one(db.pool())
-            .await?;
-        let mut q = Sql::prefixed(select, filter);
-        self.apply_offset(&mut q, order_by);
-        let rows = q.query().fetch_all(db.pool()).await?;
-        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(List::from_rows(key, items, total, self))
-    }
-
-    /// One page of an append-only stream, newest first: by cursor (`starting_after`) or offset,
-    /// over the time-sortable `id` column — the logs, violations and other streams.
-    pub async fn fetch_newest_first<T: HasId>(
-        &self,
-        db: &crate::storage::Db,
-        key: &'static str,
-        select: &str,
-        filter: &Sql,
-        decode: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
-    ) -> Result<List<T>, Error> {
-        let total: i64 = Sql::prefixed("SELECT COUNT(*)", filter)
-            .query_scalar()
-            .fetch_one(db.pool())
-            .await?;
-        let mut q = Sql::prefixed(select, filter);
-        self.apply_newest_first(&mut q, "id");
-        let rows = q.query().fetch_all(db.pool()).await?;
-        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(List::from_rows(key, items, total, self))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,18 +243,5 @@ mod tests {
         assert_eq!(json["logs"], serde_json::json!(["log_0", "log_1"]));
         assert_eq!(json["total"], 3);
         assert_eq!(json["has_more"], true);
-    }
-
-    #[test]
-    fn sql_paging_binds_limit_plus_one() {
-        let mut sql = Sql::new("SELECT id FROM t WHERE org_id = ");
-        sql.bind("org_1");
-        Page::parse("cursor=bG9nXzE")
-            .unwrap()
-            .apply_newest_first(&mut sql, "id");
-        assert_eq!(
-            sql.text(),
-            "SELECT id FROM t WHERE org_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
-        );
     }
 }

@@ -22,6 +22,7 @@
 mod dialect;
 mod migrations;
 mod notify;
+mod paging;
 mod sql;
 
 use std::{str::FromStr, time::Duration};

@@ -167,9 +167,9 @@ impl Drop for TestDatabase {
 pub fn test_config(db: &TestDatabase) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.url.clone(),
+        database_url: db.url.as_str().into(),
         database_max_connections: 5,
-        master_key: Some(gatehouse::crypto::MasterKey::generate_hex()),
+        master_key: Some(gatehouse::crypto::MasterKey::generate_hex().into()),
         bootstrap_admin: false,
         ..Config::default()
     }
