@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use axum::{http::HeaderMap, routing::post, Router};
-use common::{Backend, ServerOptions, TestServer, PASSWORD};
+use common::{
+    fixtures::{a_person, an_org_of},
+    Backend, ServerOptions, TestServer, PASSWORD,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -69,16 +72,9 @@ async fn next_of_type(
 async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
     let srv = start(backend).await;
     let admin = srv.admin_token().await;
-    let alice = srv.register("alice@example.com").await;
-    let a = alice["access_token"].as_str().unwrap().to_string();
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &a,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    let base = format!("/v1/organizations/{}", org.json["id"].as_str().unwrap());
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await;
+    let (a, base) = (alice.token.clone(), org.base.clone());
 
     // An organization endpoint for member events, and a platform endpoint for everything.
     let (org_url, mut org_rx) = receiver().await;
@@ -245,7 +241,7 @@ async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
         .find(|e| e["action"] == "organization.created")
         .unwrap();
     assert_eq!(created["actor_type"], "user");
-    assert_eq!(created["actor_id"], alice["user"]["id"]);
+    assert_eq!(created["actor_id"], alice.id);
     assert!(created["request_id"].as_str().unwrap().starts_with("req_"));
     let filtered = srv
         .get_as(&format!("{base}/audit?action=member.added"), &a)
@@ -288,16 +284,9 @@ async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
 
 async fn audit_exports_stream_csv_and_ndjson(backend: Backend) {
     let srv = start(backend).await;
-    let alice = srv.register("alice@example.com").await;
-    let a = alice["access_token"].as_str().unwrap().to_string();
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &a,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    let base = format!("/v1/organizations/{}", org.json["id"].as_str().unwrap());
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await;
+    let (a, base) = (alice.token.clone(), org.base.clone());
     for i in 0..5 {
         srv.put_as(&format!("{base}/configs/k{i}"), &a, &json!({"value": i}))
             .await;

@@ -24,7 +24,7 @@ use axum::{
 };
 use bytes::Bytes;
 use chrono::Utc;
-use common::{Backend, ServerOptions, TestDatabase, TestServer};
+use common::{fixtures::an_org_row, Backend, ServerOptions, TestDatabase, TestServer};
 use futures_util::StreamExt;
 use gatehouse::{
     app::AppState,
@@ -70,22 +70,6 @@ fn user_ctx(user: &str) -> ActorContext {
             request_id: Some("req_test".into()),
         },
     )
-}
-
-async fn create_org(state: &AppState, slug: &str) -> OrgId {
-    let id = OrgId::generate();
-    let now = storage::now();
-    sqlx::query(
-        "INSERT INTO organizations (id, name, slug, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
-    )
-    .bind(id.as_str())
-    .bind(slug)
-    .bind(slug)
-    .bind(&now)
-    .execute(state.db.pool())
-    .await
-    .unwrap();
-    id
 }
 
 async fn emit_committed(state: &AppState, ctx: &ActorContext, event: NewEvent) -> Emitted {
@@ -287,7 +271,7 @@ impl Receiver {
 async fn a_rolled_back_change_emits_nothing(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     endpoint(
         state,
         &Scope::Organization(org.clone(), None),
@@ -337,8 +321,8 @@ async fn events_reach_subscribed_endpoints_of_their_organization_and_the_platfor
     let s = server(backend).await;
     let state = &s.state;
     let (acme, other) = (
-        create_org(state, "acme").await,
-        create_org(state, "other").await,
+        an_org_row(state, "acme", "active").await,
+        an_org_row(state, "other", "active").await,
     );
     let url = "http://127.0.0.1:9/hook";
     let acme_scope = Scope::Organization(acme.clone(), None);
@@ -400,8 +384,8 @@ async fn the_audit_log_filters_and_pages(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
     let (acme, other) = (
-        create_org(state, "acme").await,
-        create_org(state, "other").await,
+        an_org_row(state, "acme", "active").await,
+        an_org_row(state, "other", "active").await,
     );
     let alice = user_ctx("user_alice");
     let bob = user_ctx("user_bob");
@@ -587,8 +571,8 @@ async fn insert_audit_rows(state: &AppState, org: &OrgId, n: usize) {
 async fn the_audit_export_of_100000_events_streams_in_batches(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
-    let other = create_org(state, "other").await;
+    let org = an_org_row(state, "acme", "active").await;
+    let other = an_org_row(state, "other", "active").await;
     const N: usize = 100_000;
     insert_audit_rows(state, &org, N).await;
     emit_committed(
@@ -687,8 +671,8 @@ async fn webhook_endpoints_are_scoped_validated_and_audited(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
     let (acme, other) = (
-        create_org(state, "acme").await,
-        create_org(state, "other").await,
+        an_org_row(state, "acme", "active").await,
+        an_org_row(state, "other", "active").await,
     );
     let acme_scope = Scope::Organization(acme.clone(), None);
     let other_scope = Scope::Organization(other.clone(), None);
@@ -924,7 +908,7 @@ fn case(secret: &str, r: &Received) -> Value {
 async fn a_receiver_gets_correctly_signed_events(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(204)).await;
     let created = endpoint(state, &scope, &receiver.url, &["member.added"]).await;
@@ -1000,7 +984,7 @@ async fn a_receiver_gets_correctly_signed_events(backend: Backend) {
 async fn a_receiver_failing_twice_gets_the_same_webhook_id_on_the_third_attempt(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| Reply::Status(if n < 2 { 500 } else { 200 })).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
@@ -1074,7 +1058,7 @@ async fn a_receiver_failing_twice_gets_the_same_webhook_id_on_the_third_attempt(
 async fn the_schedule_gives_up_and_a_manual_retry_sends_again(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| Reply::Status(if n < 8 { 503 } else { 200 })).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
@@ -1138,7 +1122,7 @@ async fn the_schedule_gives_up_and_a_manual_retry_sends_again(backend: Backend) 
 async fn a_dead_workers_claim_is_delivered_after_its_lease(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
@@ -1207,7 +1191,7 @@ async fn killing_the_server_between_commit_and_delivery_still_delivers(backend: 
     let first = gatehouse::server::build_state(config.clone())
         .await
         .unwrap();
-    let org = create_org(&first, "acme").await;
+    let org = an_org_row(&first, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let created = endpoint(&first, &scope, &receiver.url, &["*"]).await;
     let emitted = emit_committed(&first, &user_ctx("user_1"), member_added(&org, "mem_1")).await;
@@ -1259,7 +1243,7 @@ async fn killing_the_server_between_commit_and_delivery_still_delivers(backend: 
 async fn several_nodes_deliver_each_event_exactly_once(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
@@ -1318,7 +1302,7 @@ async fn several_nodes_deliver_each_event_exactly_once(backend: Backend) {
 async fn slow_and_verbose_receivers_are_cut_short(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| match n {
         0 => Reply::Hang,
@@ -1355,7 +1339,7 @@ async fn slow_and_verbose_receivers_are_cut_short(backend: Backend) {
 async fn an_endpoint_failing_for_five_days_is_disabled_with_an_event(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let failing = Receiver::start(|_| Reply::Status(500)).await;
     let watcher = Receiver::start(|_| Reply::Status(200)).await;
@@ -1418,7 +1402,7 @@ async fn an_endpoint_failing_for_five_days_is_disabled_with_an_event(backend: Ba
 async fn private_targets_are_refused_unless_allowed(backend: Backend) {
     // Saving: refused when the configuration does not allow private targets.
     let strict = TestServer::start(backend).await;
-    let org = create_org(&strict.state, "acme").await;
+    let org = an_org_row(&strict.state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     for url in [
         "http://127.0.0.1/hook",
@@ -1462,7 +1446,7 @@ async fn private_targets_are_refused_unless_allowed(backend: Backend) {
     // literal addresses and for names, by the worker's own resolver.
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let literal = Receiver::start(|_| Reply::Status(200)).await;
     let named = Receiver::start_on("localhost", |_| Reply::Status(200)).await;

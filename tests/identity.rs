@@ -2,7 +2,12 @@
 
 mod common;
 
-use common::{find_code, Backend, ServerOptions, TestServer, PASSWORD};
+use common::{
+    find_code,
+    fixtures::{add_member, an_org_row},
+    Backend, ServerOptions, TestServer, PASSWORD,
+};
+use gatehouse::orgs::roles::Role;
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -646,34 +651,6 @@ async fn totp_mfa_enrolment_login_recovery_and_disable(backend: Backend) {
     assert!(login().await.json["access_token"].is_string());
 }
 
-async fn insert_org(srv: &TestServer, slug: &str, status: &str) -> String {
-    let id = gatehouse::ids::new_id("org");
-    let now = gatehouse::storage::now();
-    sqlx::query("INSERT INTO organizations (id, name, slug, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-        .bind(&id)
-        .bind(slug)
-        .bind(slug)
-        .bind(status)
-        .bind(&now)
-        .execute(srv.state.db.pool())
-        .await
-        .unwrap();
-    id
-}
-
-async fn add_member(srv: &TestServer, org: &str, user: &str, role: &str) {
-    let now = gatehouse::storage::now();
-    sqlx::query("INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-        .bind(gatehouse::ids::new_id("mem"))
-        .bind(org)
-        .bind(user)
-        .bind(role)
-        .bind(&now)
-        .execute(srv.state.db.pool())
-        .await
-        .unwrap();
-}
-
 fn claims(token: &str) -> Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).unwrap();
@@ -690,11 +667,20 @@ async fn tenant_scoped_tokens_need_membership(backend: Backend) {
     let reg = srv.register("ten@example.com").await;
     let t = reg["access_token"].as_str().unwrap();
     let user_id = reg["user"]["id"].as_str().unwrap();
-    let acme = insert_org(&srv, "acme", "active").await;
-    let other = insert_org(&srv, "other", "active").await;
-    let frozen = insert_org(&srv, "frozen", "suspended").await;
-    add_member(&srv, &acme, user_id, "editor").await;
-    add_member(&srv, &frozen, user_id, "owner").await;
+    let acme = an_org_row(&srv.state, "acme", "active")
+        .await
+        .as_str()
+        .to_string();
+    let other = an_org_row(&srv.state, "other", "active")
+        .await
+        .as_str()
+        .to_string();
+    let frozen = an_org_row(&srv.state, "frozen", "suspended")
+        .await
+        .as_str()
+        .to_string();
+    add_member(&srv, &acme, user_id, Role::Editor).await;
+    add_member(&srv, &frozen, user_id, Role::Owner).await;
 
     let res = srv
         .post_as(

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{find_code, Backend, TestServer, PASSWORD};
+use common::{find_code, fixtures::an_org, Backend, TestServer, PASSWORD};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -303,16 +303,8 @@ async fn an_accepted_invitation_takes_a_pre_registered_account_back(backend: Bac
     assert_eq!(accepting.status, 200, "{}", accepting.text);
     let accepting = token(&accepting.json, "access_token");
 
-    let owner = token(&srv.register("owner@example.com").await, "access_token");
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    assert_eq!(org.status, 201, "{}", org.text);
-    let org_id = token(&org.json, "id");
+    let org = an_org(&srv).await;
+    let (owner, org_id) = (org.owner.clone(), org.id.clone());
     let res = srv
         .post_as(
             &format!("/v1/organizations/{org_id}/invitations"),
@@ -630,15 +622,8 @@ async fn email_look_alikes_are_one_account_or_refused(backend: Backend) {
         assert_eq!(err["details"][0]["field"], "email", "{path}: {}", res.text);
     }
     // Invitations.
-    let owner = token(&srv.register("owner@example.com").await, "access_token");
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    let base = format!("/v1/organizations/{}", token(&org.json, "id"));
+    let org = an_org(&srv).await;
+    let (owner, base) = (org.owner.clone(), org.base.clone());
     let res = srv
         .post_as(
             &format!("{base}/invitations"),
