@@ -21,7 +21,8 @@ on_both_databases!(
     the_gateway_refuses_missing_keys_scopes_providers_and_bad_json,
     requests_are_forwarded_with_the_providers_credential_and_fall_back,
     providers_keep_their_keys_secret,
-    anthropic_and_gemini_formats_with_their_own_credentials,
+    anthropic_and_gemini_formats_are_answered_streamed_and_logged,
+    an_anthropic_provider_gets_its_credential_as_x_api_key,
     azure_deployments_are_routed_with_the_api_key_header,
     slow_providers_time_out_and_big_bodies_are_refused,
     uploads_and_the_responses_api_pass_through_with_their_usage,
@@ -503,7 +504,7 @@ async fn providers_keep_their_keys_secret(backend: Backend) {
         .assert_error(404, "not_found");
 }
 
-async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backend) {
+async fn anthropic_and_gemini_formats_are_answered_streamed_and_logged(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
     let s = an_org(&srv).await;
     let test_key = s
@@ -599,7 +600,12 @@ async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backen
     assert!(streamed_gemini["cost_usd"].as_f64().unwrap() > 0.0);
     // The key in the query string is not logged as part of the path.
     assert!(!logs.to_string().contains(&test_key));
+}
 
+async fn an_anthropic_provider_gets_its_credential_as_x_api_key(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let msg = json!({"model": "claude-3-5-haiku", "max_tokens": 50, "system": "be brief", "messages": [{"role": "user", "content": "hello claude"}]});
     // An Anthropic provider gets its credential as x-api-key, with a default anthropic-version.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let app = Router::new().route(

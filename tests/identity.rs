@@ -667,18 +667,9 @@ async fn tenant_scoped_tokens_need_membership(backend: Backend) {
     let reg = srv.register("ten@example.com").await;
     let t = reg["access_token"].as_str().unwrap();
     let user_id = reg["user"]["id"].as_str().unwrap();
-    let acme = an_org_row(&srv.state, "acme", "active")
-        .await
-        .as_str()
-        .to_string();
-    let other = an_org_row(&srv.state, "other", "active")
-        .await
-        .as_str()
-        .to_string();
-    let frozen = an_org_row(&srv.state, "frozen", "suspended")
-        .await
-        .as_str()
-        .to_string();
+    let acme = an_org_row(&srv.state, "acme", "active").await.0;
+    let other = an_org_row(&srv.state, "other", "active").await.0;
+    let frozen = an_org_row(&srv.state, "frozen", "suspended").await.0;
     add_member(&srv, &acme, user_id, Role::Editor).await;
     add_member(&srv, &frozen, user_id, Role::Owner).await;
 
