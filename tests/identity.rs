@@ -21,7 +21,9 @@ on_both_databases!(
     changing_the_password_ends_the_other_sessions,
     password_reset_is_single_use_and_ends_every_session,
     passwordless_otp_login,
-    totp_mfa_enrolment_login_recovery_and_disable,
+    totp_is_active_once_a_first_code_is_verified,
+    with_totp_login_needs_a_second_factor_and_recovery_codes_work_once,
+    disabling_totp_needs_a_valid_code,
     tenant_scoped_tokens_need_membership,
     signing_key_rotation_keeps_old_tokens_valid,
     access_tokens_verify_with_an_independent_jwt_library,
@@ -540,10 +542,9 @@ fn totp_now(secret_b32: &str) -> (totp_rs::TOTP, u64) {
     (t, now)
 }
 
-async fn totp_mfa_enrolment_login_recovery_and_disable(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let reg = srv.register("m@example.com").await;
-    let t = reg["access_token"].as_str().unwrap();
+/// Enrols `t`'s user (m@example.com) in TOTP: not asked at login before the first code, active
+/// after it; returns the generator, the step it activated with, and the recovery codes.
+async fn enrol_totp(srv: &TestServer, t: &str) -> (totp_rs::TOTP, u64, Vec<String>) {
     let enrol = srv.post_as("/v1/me/mfa/totp", t, &json!({})).await;
     assert_eq!(enrol.status, 201, "{}", enrol.text);
     let uri = enrol.json["otpauth_uri"].as_str().unwrap();
@@ -582,6 +583,21 @@ async fn totp_mfa_enrolment_login_recovery_and_disable(backend: Backend) {
     assert_eq!(recovery.len(), 10);
     assert_eq!(srv.get_as("/v1/me", t).await.json["mfa_enabled"], true);
 
+    (totp, now, recovery)
+}
+
+async fn totp_is_active_once_a_first_code_is_verified(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let reg = srv.register("m@example.com").await;
+    let t = reg["access_token"].as_str().unwrap();
+    enrol_totp(&srv, t).await;
+}
+
+async fn with_totp_login_needs_a_second_factor_and_recovery_codes_work_once(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let reg = srv.register("m@example.com").await;
+    let t = reg["access_token"].as_str().unwrap();
+    let (totp, now, recovery) = enrol_totp(&srv, t).await;
     // Login now requires the second factor.
     let login = || {
         srv.post_json(
@@ -627,7 +643,19 @@ async fn totp_mfa_enrolment_login_recovery_and_disable(backend: Backend) {
     verify(&again, &recovery[2])
         .await
         .assert_error(401, "unauthorized");
+}
 
+async fn disabling_totp_needs_a_valid_code(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let reg = srv.register("m@example.com").await;
+    let t = reg["access_token"].as_str().unwrap();
+    let (_, _, recovery) = enrol_totp(&srv, t).await;
+    let login = || {
+        srv.post_json(
+            "/v1/auth/login",
+            &json!({"email": "m@example.com", "password": PASSWORD}),
+        )
+    };
     // Disabling needs a valid code.
     let res = srv
         .call(

@@ -17,7 +17,8 @@ on_both_databases!(
     a_key_burst_is_refused_with_retry_after,
     a_key_burst_is_refused_with_retry_after_on_redis,
     unauthenticated_requests_are_limited_per_ip,
-    the_organization_limit_comes_from_the_plan_catalogue,
+    the_plan_catalogue_is_seeded_listed_and_managed_by_platform_admins,
+    the_organization_limit_comes_from_its_plan_at_once,
     management_and_analytics_limits_come_from_configuration,
     login_and_reset_limits_come_from_configuration,
     over_quota_is_refused_and_notified_once,
@@ -170,7 +171,7 @@ async fn unauthenticated_requests_are_limited_per_ip(backend: Backend) {
     }
 }
 
-async fn the_organization_limit_comes_from_the_plan_catalogue(backend: Backend) {
+async fn the_plan_catalogue_is_seeded_listed_and_managed_by_platform_admins(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
     let o = an_org(&srv).await;
@@ -244,7 +245,11 @@ async fn the_organization_limit_comes_from_the_plan_catalogue(backend: Backend) 
     srv.get_as("/v1/admin/plans/startup", &admin)
         .await
         .assert_error(404, "not_found");
+}
 
+async fn the_organization_limit_comes_from_its_plan_at_once(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
     // A tiny plan limit applies at once (the catalogue is reloaded on change).
     admin_patch_plan(&srv, &admin, "smb", json!({"requests_per_hour": 3})).await;
     let o2 = an_org_called(&srv, "beta").await;
