@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 
 on_both_databases!(
     private_provider_targets_are_refused_when_saved,
+    a_provider_moves_only_to_a_public_host_and_with_its_key_again,
+    the_built_in_mock_needs_no_base_url,
     a_provider_saved_while_private_targets_were_allowed_is_refused_when_used,
     providers_are_confined_to_the_callers_environment,
     gateway_paths_with_dot_segments_or_encoded_slashes_are_refused,
@@ -98,7 +100,14 @@ async fn private_provider_targets_are_refused_when_saved(backend: Backend) {
     // Nothing was stored.
     let list = srv.get_as(&providers, &s.owner).await;
     assert_eq!(list.json["total"], 0, "{}", list.text);
+}
 
+async fn a_provider_moves_only_to_a_public_host_and_with_its_key_again(backend: Backend) {
+    // The default configuration: private provider targets are not allowed.
+    let srv = TestServer::start(backend).await;
+    assert!(!srv.state.config.allow_private_provider_targets);
+    let s = setup(&srv).await;
+    let providers = format!("{}/providers", s.base);
     // A public address is accepted (a literal one: no DNS needed here).
     let res = srv
         .post_as(
@@ -144,7 +153,14 @@ async fn private_provider_targets_are_refused_when_saved(backend: Backend) {
         )
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
+}
 
+async fn the_built_in_mock_needs_no_base_url(backend: Backend) {
+    // The default configuration: private provider targets are not allowed.
+    let srv = TestServer::start(backend).await;
+    assert!(!srv.state.config.allow_private_provider_targets);
+    let s = setup(&srv).await;
+    let providers = format!("{}/providers", s.base);
     // The built-in mock needs no base_url and keeps answering test keys.
     let res = srv
         .post_as(

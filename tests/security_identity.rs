@@ -21,6 +21,8 @@ on_both_databases!(
     the_mfa_step_of_logins_is_limited_per_user_across_mfa_tokens,
     a_right_code_at_the_mfa_step_clears_the_users_count,
     email_look_alikes_are_one_account_or_refused,
+    every_route_taking_an_address_folds_and_checks_it,
+    real_non_ascii_addresses_are_stored_folded,
     emails_stored_before_folding_are_folded_and_collisions_left_and_reported,
     mail_me_requests_answer_before_any_account_work,
 );
@@ -597,7 +599,11 @@ async fn email_look_alikes_are_one_account_or_refused(backend: Backend) {
     let admin = srv.admin_token().await;
     let users = srv.get_as("/v1/admin/users?q=lice", &admin).await;
     assert_eq!(users.json["total"], 1, "{}", users.text);
+}
 
+async fn every_route_taking_an_address_folds_and_checks_it(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    srv.register("alice@example.com").await;
     // Every other route that takes an address folds and checks it the same way.
     let res = password_login(&srv, "\u{ff41}lice@Example.com", PASSWORD).await;
     assert_eq!(res.status, 200, "{}", res.text);
@@ -659,7 +665,17 @@ async fn email_look_alikes_are_one_account_or_refused(backend: Backend) {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("email") || format!("{err:?}").contains("email"));
+}
 
+async fn real_non_ascii_addresses_are_stored_folded(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    srv.register("alice@example.com").await;
+    let register = |email: &str| {
+        srv.post_json(
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD}),
+        )
+    };
     // Real non-ASCII addresses stay possible, stored in their folded form.
     let res = register("Jos\u{c9}@example.com").await;
     assert_eq!(res.status, 201, "{}", res.text);
