@@ -19,7 +19,9 @@ on_both_databases!(
     mock_calls_are_logged_with_their_tokens_and_cost_and_counted_in_metrics,
     stats_total_and_group_the_logged_calls,
     the_gateway_refuses_missing_keys_scopes_providers_and_bad_json,
-    requests_are_forwarded_with_the_providers_credential_and_fall_back,
+    requests_fall_back_to_the_next_provider_with_its_own_credential,
+    upstream_streams_pass_through_and_usage_is_logged_and_paged,
+    a_disabled_provider_is_skipped_from_the_next_request,
     providers_keep_their_keys_secret,
     anthropic_and_gemini_formats_are_answered_streamed_and_logged,
     an_anthropic_provider_gets_its_credential_as_x_api_key,
@@ -320,11 +322,13 @@ async fn upstream(
     (url, rx)
 }
 
-async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(backend: Backend) {
-    let srv = start_with_local_providers(backend).await;
-    let s = an_org(&srv).await;
-    let (bad_url, mut bad_rx) = upstream(true).await;
-    let (good_url, mut good_rx) = upstream(false).await;
+type Received = tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, Value)>;
+
+/// Two OpenAI-compatible providers on loopback: "down" (priority 0, answers 503) and "up"
+/// (priority 1); returns their ids and what each receives.
+async fn down_and_up_providers(srv: &TestServer, s: &Org) -> (Vec<String>, Received, Received) {
+    let (bad_url, bad_rx) = upstream(true).await;
+    let (good_url, good_rx) = upstream(false).await;
     let mut ids = Vec::new();
     for (name, url, priority, secret) in [
         ("down", &bad_url, 0, "sk-upstream-down"),
@@ -336,6 +340,48 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
         assert_eq!(res.status, 201, "{}", res.text);
         ids.push(res.json["id"].as_str().unwrap().to_string());
     }
+    (ids, bad_rx, good_rx)
+}
+
+async fn requests_fall_back_to_the_next_provider_with_its_own_credential(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let (_, mut bad_rx, mut good_rx) = down_and_up_providers(&srv, &s).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
+    let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/openai/v1/chat/completions"))
+                .bearer_auth(&live)
+                .header("x-custom", "kept")
+                .json(&chat),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        res.json["choices"][0]["message"]["content"],
+        "from upstream"
+    );
+    // The first provider answered 503: the request went on to the next one.
+    let (bad_headers, _) = bad_rx.recv().await.unwrap();
+    assert_eq!(bad_headers["authorization"], "Bearer sk-upstream-down");
+    let (headers, body) = good_rx.recv().await.unwrap();
+    assert_eq!(headers["authorization"], "Bearer sk-upstream-secret");
+    assert_eq!(headers["x-custom"], "kept");
+    assert!(
+        !format!("{headers:?}").contains(&live),
+        "the gateway key leaked upstream"
+    );
+    assert_eq!(body, chat);
+}
+
+async fn upstream_streams_pass_through_and_usage_is_logged_and_paged(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let (_, mut bad_rx, mut good_rx) = down_and_up_providers(&srv, &s).await;
     let live = s
         .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
         .await;
@@ -380,19 +426,6 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
     );
 
     let logs = logs(&srv, &s, 2).await;
-    // Disabling the healthy provider takes effect on the next request (the cached provider list
-    // is dropped): only the failing one is left, and its answer passes through.
-    srv.patch_as(
-        &format!("{}/providers/{}", s.base, ids[1]),
-        &s.owner,
-        &json!({"enabled": false}),
-    )
-    .await;
-    let res = srv
-        .post_as("/openai/v1/chat/completions", &live, &chat)
-        .await;
-    assert_eq!(res.status, 503, "{}", res.text);
-    assert_eq!(res.text, "overloaded");
     let entries = logs["logs"].as_array().unwrap();
     let plain = entries.iter().find(|e| e["streamed"] == false).unwrap();
     assert_eq!(
@@ -430,6 +463,29 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
         )
         .await;
     res.assert_error(400, "invalid_request");
+}
+
+async fn a_disabled_provider_is_skipped_from_the_next_request(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let (ids, _bad_rx, _good_rx) = down_and_up_providers(&srv, &s).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
+    let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
+    // Disabling the healthy provider takes effect on the next request (the cached provider list
+    // is dropped): only the failing one is left, and its answer passes through.
+    srv.patch_as(
+        &format!("{}/providers/{}", s.base, ids[1]),
+        &s.owner,
+        &json!({"enabled": false}),
+    )
+    .await;
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &live, &chat)
+        .await;
+    assert_eq!(res.status, 503, "{}", res.text);
+    assert_eq!(res.text, "overloaded");
 }
 
 async fn providers_keep_their_keys_secret(backend: Backend) {
