@@ -1052,12 +1052,12 @@ async fn gateway_limits_and_quotas_count_requests_and_tokens(backend: Backend) {
     assert_eq!(usage.json["gateway_tokens"]["used"], 27, "{}", usage.text);
 }
 
-async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let s = an_org(&srv).await;
+/// Five requests with a test key: four answered (two mock-model, gpt-4o-mini, gpt-4o) and one
+/// refused.
+async fn four_models_and_a_refusal(srv: &TestServer, s: &Org) {
     let test_key = s
         .key_token(
-            &srv,
+            srv,
             a_key()
                 .named("t")
                 .environment(Environment::Test)
@@ -1081,6 +1081,12 @@ async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
         &json!({"model": "mock-model"}),
     )
     .await;
+}
+
+async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = an_org(&srv).await;
+    four_models_and_a_refusal(&srv, &s).await;
     logs(&srv, &s, 5).await;
 
     // The rollups were written with the entries: they sum to the log.
@@ -1160,10 +1166,13 @@ async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
 
 /// Multipart uploads (audio transcriptions) are forwarded byte for byte, their model read from
 /// the form; the Responses API's `input_tokens`/`output_tokens` are logged.
-async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Backend) {
-    let srv = start_with_local_providers(backend).await;
-    let s = an_org(&srv).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// An upstream on loopback for `/v1/audio/transcriptions` (it keeps the headers and raw body it
+/// receives) and `/v1/responses` (1M input and 0.5M output tokens); its base URL.
+async fn transcriptions_and_responses_upstream() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, axum::body::Bytes)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let app = Router::new()
         .route(
             "/v1/audio/transcriptions",
@@ -1182,7 +1191,13 @@ async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Ba
                     "usage": {"input_tokens": 1000000, "output_tokens": 500000, "total_tokens": 1500000}}))
             }),
         );
-    let base = format!("{}/v1", serve_locally(app).await);
+    (format!("{}/v1", serve_locally(app).await), rx)
+}
+
+async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let (base, mut rx) = transcriptions_and_responses_upstream().await;
     let res = srv
         .post_as(
             &format!("{}/providers", s.base),
