@@ -720,20 +720,26 @@ async fn data_steps_recorded(srv: &TestServer) -> i64 {
         .unwrap()
 }
 
-async fn emails_stored_before_folding_are_folded_and_collisions_left_and_reported(
-    backend: Backend,
-) {
-    use gatehouse::auth::users::{fold_stored_emails, EmailCollision};
-    let srv = TestServer::start(backend).await;
-    // The step ran at start (nothing to fold) and was recorded.
-    assert_eq!(data_steps_recorded(&srv).await, 1);
-    let mixed = raw_user(&srv, "  Mixed.Case@Example.COM").await;
-    let wide = raw_user(&srv, "\u{ff41}lice@example.com").await;
-    let bob_raw = raw_user(&srv, "Bob@example.com").await;
-    let bob = raw_user(&srv, "bob@example.com").await;
-    let carol_upper = raw_user(&srv, "CAROL@example.com").await;
-    let carol_title = raw_user(&srv, "Carol@example.com").await;
-    let o = common::fixtures::an_org(&srv).await;
+/// Users and an invitation written as they were before addresses were folded: one to fold in
+/// case, one in width, two pairs that collide once folded, and an invitation.
+struct Unfolded {
+    mixed: String,
+    wide: String,
+    bob_raw: String,
+    bob: String,
+    carol_upper: String,
+    carol_title: String,
+    invitation: String,
+}
+
+async fn unfolded_rows(srv: &TestServer) -> Unfolded {
+    let mixed = raw_user(srv, "  Mixed.Case@Example.COM").await;
+    let wide = raw_user(srv, "\u{ff41}lice@example.com").await;
+    let bob_raw = raw_user(srv, "Bob@example.com").await;
+    let bob = raw_user(srv, "bob@example.com").await;
+    let carol_upper = raw_user(srv, "CAROL@example.com").await;
+    let carol_title = raw_user(srv, "Carol@example.com").await;
+    let o = common::fixtures::an_org(srv).await;
     let invitation = gatehouse::ids::new_id("inv");
     sqlx::query(
         "INSERT INTO invitations (id, organization_id, email, name, role, token_hash, status, \
@@ -747,6 +753,33 @@ async fn emails_stored_before_folding_are_folded_and_collisions_left_and_reporte
     .execute(srv.state.db.pool())
     .await
     .unwrap();
+    Unfolded {
+        mixed,
+        wide,
+        bob_raw,
+        bob,
+        carol_upper,
+        carol_title,
+        invitation,
+    }
+}
+
+async fn emails_stored_before_folding_are_folded_and_collisions_left_and_reported(
+    backend: Backend,
+) {
+    use gatehouse::auth::users::{fold_stored_emails, EmailCollision};
+    let srv = TestServer::start(backend).await;
+    // The step ran at start (nothing to fold) and was recorded.
+    assert_eq!(data_steps_recorded(&srv).await, 1);
+    let Unfolded {
+        mixed,
+        wide,
+        bob_raw,
+        bob,
+        carol_upper,
+        carol_title,
+        invitation,
+    } = unfolded_rows(&srv).await;
 
     // Recorded: a restart does not run the step again.
     srv.state.db.migrate().await.unwrap();
