@@ -5,11 +5,11 @@
 mod common;
 
 use common::{
-    fixtures::{an_org as org, token, Org},
+    fixtures::{an_org as org, token},
     Backend, TestServer,
 };
 use gatehouse::orgs::roles::Role;
-use serde_json::{json, Value};
+use serde_json::json;
 
 on_both_databases!(
     keys_are_shown_once_and_stored_hashed,

@@ -84,8 +84,8 @@ async fn two_endpoints(
 ) -> (String, Received, Received) {
     let (admin, a) = (admin.to_string(), a.to_string());
     // An organization endpoint for member events, and a platform endpoint for everything.
-    let (org_url, mut org_rx) = receiver().await;
-    let (platform_url, mut platform_rx) = receiver().await;
+    let (org_url, org_rx) = receiver().await;
+    let (platform_url, platform_rx) = receiver().await;
     let hook = srv
         .post_as(
             &format!("{base}/webhooks"),
@@ -168,7 +168,7 @@ async fn a_member_joining_reaches_both_endpoints_with_one_event_id(backend: Back
     let org = an_org_of(&srv, &alice, "Acme", "acme").await;
     let (a, base) = (alice.token.clone(), org.base.clone());
 
-    let (hook_id, mut org_rx, mut platform_rx) = two_endpoints(&srv, &admin, &a, &base).await;
+    let (_, mut org_rx, mut platform_rx) = two_endpoints(&srv, &admin, &a, &base).await;
     bob_joins(&srv, &admin, &a, &base).await;
     let (org_id_header, org_event) = next_of_type(&mut org_rx, "member.added").await;
     let (platform_id_header, _) = next_of_type(&mut platform_rx, "member.added").await;
@@ -247,7 +247,7 @@ async fn the_audit_log_holds_the_organizations_changes_for_admins_only(backend: 
     let org = an_org_of(&srv, &alice, "Acme", "acme").await;
     let (a, base) = (alice.token.clone(), org.base.clone());
 
-    let (hook_id, _org_rx, _platform_rx) = two_endpoints(&srv, &admin, &a, &base).await;
+    let (_hook_id, _org_rx, _platform_rx) = two_endpoints(&srv, &admin, &a, &base).await;
     let bob = bob_joins(&srv, &admin, &a, &base).await;
     // Viewers read neither webhooks nor the audit log.
     let b = bob.as_str();

@@ -452,7 +452,7 @@ fn actions(l: &List<audit::AuditEvent>) -> Vec<String> {
 async fn the_audit_log_lists_a_scope_newest_first_in_the_api_shape(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let (acme, ids) = seven_events(state).await;
+    let (acme, _) = seven_events(state).await;
     let acme_scope = AuditScope::Organization(acme.clone());
     let all_acme = list(state, acme_scope.clone(), "").await;
     assert_eq!(all_acme.total, 5);
@@ -531,7 +531,7 @@ async fn the_audit_log_filters_by_action_actor_resource_and_dates(backend: Backe
 async fn the_audit_log_pages_by_offset_and_by_cursor(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let (acme, ids) = seven_events(state).await;
+    let (acme, _) = seven_events(state).await;
     let acme_scope = AuditScope::Organization(acme.clone());
     let all_acme = list(state, acme_scope.clone(), "").await;
     // Offset and page paging.
@@ -692,13 +692,8 @@ async fn the_audit_export_of_100000_events_streams_in_batches(backend: Backend) 
 async fn a_webhook_secret_is_shown_once_and_never_stored_in_the_clear(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let (acme, other) = (
-        an_org_row(state, "acme", "active").await,
-        an_org_row(state, "other", "active").await,
-    );
+    let acme = an_org_row(state, "acme", "active").await;
     let acme_scope = Scope::Organization(acme.clone(), None);
-    let other_scope = Scope::Organization(other.clone(), None);
-    let admin = user_ctx("user_admin");
 
     let created = endpoint(
         state,
@@ -745,7 +740,6 @@ async fn webhook_endpoints_are_seen_in_their_scope_only(backend: Backend) {
     );
     let acme_scope = Scope::Organization(acme.clone(), None);
     let other_scope = Scope::Organization(other.clone(), None);
-    let admin = user_ctx("user_admin");
 
     let created = endpoint(
         state,
@@ -755,7 +749,6 @@ async fn webhook_endpoints_are_seen_in_their_scope_only(backend: Backend) {
     )
     .await;
     let id = created.endpoint.id.clone();
-    let secret = created.secret.expose().to_string();
     // Another organization and the platform cannot see it.
     for scope in [&other_scope, &Scope::Platform] {
         let err = webhooks::get(&state.db, scope, &id).await.unwrap_err();
@@ -788,12 +781,8 @@ async fn webhook_endpoints_are_seen_in_their_scope_only(backend: Backend) {
 async fn webhook_endpoint_input_is_validated_field_by_field(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let (acme, other) = (
-        an_org_row(state, "acme", "active").await,
-        an_org_row(state, "other", "active").await,
-    );
+    let acme = an_org_row(state, "acme", "active").await;
     let acme_scope = Scope::Organization(acme.clone(), None);
-    let other_scope = Scope::Organization(other.clone(), None);
     let admin = user_ctx("user_admin");
 
     // Validation names each bad field.

@@ -956,7 +956,7 @@ async fn platform_admin_lists_and_suspends_organizations(backend: Backend) {
     let admin = srv.admin_token().await;
     let alice = a_person(&srv, "alice@example.com").await;
     let acme = an_org_of(&srv, &alice, "Acme", "acme").await.json;
-    an_org_of(&srv, &alice, "Globex", "globex").await.json;
+    an_org_of(&srv, &alice, "Globex", "globex").await;
     let id = acme["id"].as_str().unwrap();
     srv.post_as(
         &format!("/v1/organizations/{id}/projects"),
@@ -1177,7 +1177,6 @@ async fn assert_every_org_route_refuses(w: &TwoOrganizations, caller: &str) {
         srv,
         alice,
         a_id,
-        base,
         project_id,
         inv_id,
         hook_id,
@@ -1202,15 +1201,15 @@ async fn assert_every_org_route_refuses(w: &TwoOrganizations, caller: &str) {
                 .replace("{user_id}", &alice.id)
                 .replace("{key}", "secret-key")
                 .replace("{delivery_id}", "del_01aaaaaaaaaaaaaaaaaaaaaaaa")
-                .replace("{key_id}", &a_key_id)
+                .replace("{key_id}", a_key_id)
                 .replace(
                     "{id}",
                     if route.path.contains("/invitations/") {
-                        &inv_id
+                        inv_id
                     } else if route.path.contains("/webhooks/") {
-                        &hook_id
+                        hook_id
                     } else {
-                        &project_id
+                        project_id
                     },
                 );
             assert!(!path.contains('{'), "unfilled parameter in {path}");
@@ -1257,7 +1256,7 @@ async fn assert_nothing_of_a_changed(w: &TwoOrganizations) {
         ..
     } = w;
     // Nothing of A changed.
-    let org = srv.get_as(&base, &alice.token).await;
+    let org = srv.get_as(base, &alice.token).await;
     assert_eq!(org.json["name"], "Secret A");
     assert_eq!(org.json["members_count"], 2);
     assert_eq!(

@@ -244,20 +244,20 @@ async fn block_redact_and_flag_five_requests(
     gw: &str,
 ) -> (Value, &'static str) {
     let block = policy(
-        &srv,
-        &o,
+        srv,
+        o,
         json!({"name": "Codenames", "type": "keyword", "action": "block", "severity": "high", "config": {"keywords": ["phoenix", "Blue Harbor"]}}),
     )
     .await;
     policy(
-        &srv,
-        &o,
+        srv,
+        o,
         json!({"name": "Mask PII", "type": "pii", "action": "redact", "config": {"kinds": ["email", "credit_card"]}}),
     )
     .await;
     policy(
-        &srv,
-        &o,
+        srv,
+        o,
         json!({"name": "Watch secrets", "type": "secrets", "action": "flag", "severity": "critical"}),
     )
     .await;
@@ -266,7 +266,7 @@ async fn block_redact_and_flag_five_requests(
     let res = srv
         .post_as(
             "/openai/v1/chat/completions",
-            &gw,
+            gw,
             &chat("phoenixes are birds"),
         )
         .await;
@@ -277,7 +277,7 @@ async fn block_redact_and_flag_five_requests(
     let res = srv
         .post_as(
             "/openai/v1/chat/completions",
-            &gw,
+            gw,
             &chat("status of blue   harbor please"),
         )
         .await;
@@ -294,7 +294,7 @@ async fn block_redact_and_flag_five_requests(
     let res = srv
         .post_as(
             "/openai/v1/chat/completions",
-            &gw,
+            gw,
             &chat("mail jane.doe@example.com card 4111 1111 1111 1111 ok"),
         )
         .await;
@@ -307,7 +307,7 @@ async fn block_redact_and_flag_five_requests(
     let res = srv
         .post_as(
             "/openai/v1/chat/completions",
-            &gw,
+            gw,
             &chat("order 4111 1111 1111 1112"),
         )
         .await;
@@ -318,7 +318,7 @@ async fn block_redact_and_flag_five_requests(
     let res = srv
         .post_as(
             "/openai/v1/chat/completions",
-            &gw,
+            gw,
             &chat(&format!("my key is {aws}")),
         )
         .await;

@@ -41,7 +41,7 @@ async fn audit_actions(srv: &TestServer, base: &str, owner: &str) -> Vec<String>
 async fn a_subscription_is_validated_field_by_field(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (base, org_id, owner) = (o.base.clone(), o.id.clone(), o.owner.clone());
+    let (base, owner) = (o.base.clone(), o.owner.clone());
     let sub = format!("{base}/subscription");
     srv.get_as(&sub, &owner)
         .await
@@ -162,12 +162,12 @@ async fn a_plan_change_applies_at_once_and_shows_in_the_admin_detail(backend: Ba
 async fn billing_read_reads_and_only_the_owner_changes_or_cancels(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (base, org_id, owner) = (o.base.clone(), o.id.clone(), o.owner.clone());
+    let (base, owner) = (o.base.clone(), o.owner.clone());
     let sub = format!("{base}/subscription");
-    let s = srv
+    let res = srv
         .post_as(&sub, &owner, &json!({"plan": "midmarket"}))
-        .await
-        .json;
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
     // Scopes: billing:read reads, billing:manage changes, only the owner cancels.
     let reader = o
         .a_key_token(&srv, Environment::Live, &["billing:read"])
@@ -184,7 +184,7 @@ async fn billing_read_reads_and_only_the_owner_changes_or_cancels(backend: Backe
 async fn a_canceled_subscription_ends_with_its_cycle_and_can_start_again(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (base, org_id, owner) = (o.base.clone(), o.id.clone(), o.owner.clone());
+    let (base, owner) = (o.base.clone(), o.owner.clone());
     let sub = format!("{base}/subscription");
     let s = srv
         .post_as(&sub, &owner, &json!({"plan": "midmarket"}))
