@@ -5,10 +5,11 @@
 mod common;
 
 use common::{
-    fixtures::{an_org as org, token, Org},
+    fixtures::{an_org as org, token},
     Backend, TestServer,
 };
-use serde_json::{json, Value};
+use gatehouse::orgs::roles::Role;
+use serde_json::json;
 
 on_both_databases!(
     keys_are_shown_once_and_stored_hashed,
@@ -23,14 +24,10 @@ on_both_databases!(
     refused_keys_are_audited_and_last_use_is_recorded,
 );
 
-async fn create_key(srv: &TestServer, o: &Org, body: Value) -> Value {
-    o.a_key(srv, &o.owner, body).await
-}
-
 async fn keys_are_shown_once_and_stored_hashed(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
-    let k = create_key(&srv, &o, json!({"name": "ci"})).await;
+    let k = o.a_key(&srv, &o.owner, json!({"name": "ci"})).await;
     let t = token(&k);
     assert!(t.starts_with("sk_live_"));
     let random = &t["sk_live_".len()..];
@@ -130,7 +127,7 @@ async fn key_input_is_validated(backend: Backend) {
             res.text
         );
     }
-    let k = create_key(&srv, &o, json!({"name": "limited", "rate_limit": {"requests_per_minute": 30, "tokens_per_minute": 1000}, "expires_in_days": 7})).await;
+    let k = o.a_key(&srv, &o.owner, json!({"name": "limited", "rate_limit": {"requests_per_minute": 30, "tokens_per_minute": 1000}, "expires_in_days": 7})).await;
     assert_eq!(k["rate_limit"]["requests_per_minute"], 30);
     assert!(k["expires_at"].is_string());
 }
@@ -138,12 +135,13 @@ async fn key_input_is_validated(backend: Backend) {
 async fn keys_authenticate_with_their_scopes_only(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
-    let k = create_key(
-        &srv,
-        &o,
-        json!({"name": "reader", "scopes": ["organizations:read", "members:read"]}),
-    )
-    .await;
+    let k = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "reader", "scopes": ["organizations:read", "members:read"]}),
+        )
+        .await;
     let t = token(&k);
     // Bearer and X-API-Key both work.
     assert_eq!(srv.get_as(&o.base, &t).await.status, 200);
@@ -186,12 +184,13 @@ async fn keys_authenticate_with_their_scopes_only(backend: Backend) {
         .await
         .assert_error(401, "unauthorized");
     // Actions by a key are audited as the key.
-    let full = create_key(
-        &srv,
-        &o,
-        json!({"name": "writer", "scopes": ["configs:manage"]}),
-    )
-    .await;
+    let full = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "writer", "scopes": ["configs:manage"]}),
+        )
+        .await;
     let res = srv
         .put_as(
             &format!("{}/configs/x", o.base),
@@ -210,7 +209,7 @@ async fn keys_authenticate_with_their_scopes_only(backend: Backend) {
 async fn a_key_never_exceeds_its_creators_role(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
-    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", "admin").await;
+    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", Role::Admin).await;
     let res = srv
         .post_as(
             &format!("{}/api-keys", o.base),
@@ -252,12 +251,13 @@ async fn a_key_never_exceeds_its_creators_role(backend: Backend) {
 async fn patch_revoke_and_disable_take_effect_at_once(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
-    let k = create_key(
-        &srv,
-        &o,
-        json!({"name": "k", "scopes": ["organizations:read"]}),
-    )
-    .await;
+    let k = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "k", "scopes": ["organizations:read"]}),
+        )
+        .await;
     let (t, path) = (
         token(&k),
         format!("{}/api-keys/{}", o.base, k["id"].as_str().unwrap()),
@@ -324,12 +324,13 @@ async fn patch_revoke_and_disable_take_effect_at_once(backend: Backend) {
 async fn rotation_keeps_the_old_secret_for_the_grace_period(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
-    let k = create_key(
-        &srv,
-        &o,
-        json!({"name": "k", "scopes": ["organizations:read"]}),
-    )
-    .await;
+    let k = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "k", "scopes": ["organizations:read"]}),
+        )
+        .await;
     let old = token(&k);
     let rotations = format!(
         "{}/api-keys/{}/rotations",
@@ -371,12 +372,13 @@ async fn expired_keys_and_suspended_organizations_are_refused(backend: Backend) 
     let srv = TestServer::start(backend).await;
     let platform = srv.admin_token().await;
     let o = org(&srv).await;
-    let k = create_key(
-        &srv,
-        &o,
-        json!({"name": "k", "scopes": ["organizations:read"], "expires_in_days": 1}),
-    )
-    .await;
+    let k = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "k", "scopes": ["organizations:read"], "expires_in_days": 1}),
+        )
+        .await;
     let t = token(&k);
     let id = k["id"].as_str().unwrap();
     assert_eq!(srv.get_as(&o.base, &t).await.status, 200);
@@ -403,12 +405,13 @@ async fn expired_keys_and_suspended_organizations_are_refused(backend: Backend) 
         1
     );
 
-    let k = create_key(
-        &srv,
-        &o,
-        json!({"name": "k2", "scopes": ["organizations:read"]}),
-    )
-    .await;
+    let k = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "k2", "scopes": ["organizations:read"]}),
+        )
+        .await;
     let t = token(&k);
     assert_eq!(srv.get_as(&o.base, &t).await.status, 200);
     let org_id = o.base.rsplit('/').next().unwrap();
@@ -441,8 +444,8 @@ async fn expired_keys_and_suspended_organizations_are_refused(backend: Backend) 
 async fn test_keys_see_test_keys_only(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
-    create_key(&srv, &o, json!({"name": "live"})).await;
-    let test = create_key(&srv, &o, json!({"name": "test", "environment": "test", "scopes": ["api_keys:manage", "api_keys:read"]})).await;
+    o.a_key(&srv, &o.owner, json!({"name": "live"})).await;
+    let test = o.a_key(&srv, &o.owner, json!({"name": "test", "environment": "test", "scopes": ["api_keys:manage", "api_keys:read"]})).await;
     let t = token(&test);
     assert!(t.starts_with("sk_test_"));
     let list = srv.get_as(&format!("{}/api-keys", o.base), &t).await;
@@ -485,7 +488,7 @@ async fn test_keys_see_test_keys_only(backend: Backend) {
 async fn publishable_keys_need_an_allowed_origin(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
-    let k = create_key(&srv, &o, json!({"name": "web", "type": "publishable", "allowed_origins": ["https://app.example.com"]})).await;
+    let k = o.a_key(&srv, &o.owner, json!({"name": "web", "type": "publishable", "allowed_origins": ["https://app.example.com"]})).await;
     let t = token(&k);
     assert!(t.starts_with("pk_live_"));
     assert_eq!(k["scopes"], json!(["gateway:proxy"]));
@@ -527,12 +530,13 @@ async fn refused_keys_are_audited_and_last_use_is_recorded(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let platform = srv.admin_token().await;
     let o = org(&srv).await;
-    let k = create_key(
-        &srv,
-        &o,
-        json!({"name": "k", "scopes": ["organizations:read"]}),
-    )
-    .await;
+    let k = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "k", "scopes": ["organizations:read"]}),
+        )
+        .await;
     let t = token(&k);
     srv.get_as(&o.base, &t).await;
     assert_eq!(

@@ -6,12 +6,18 @@ mod common;
 use std::time::Duration;
 
 use axum::{http::HeaderMap, routing::post, Router};
-use common::{Backend, ServerOptions, TestServer, PASSWORD};
+use common::{
+    fixtures::{a_person, an_org_of},
+    Backend, ServerOptions, TestServer, PASSWORD,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 on_both_databases!(
-    changes_are_audited_and_delivered_to_webhooks,
+    a_member_joining_reaches_both_endpoints_with_one_event_id,
+    test_events_are_delivered_logged_and_retried_and_secrets_rotate,
+    the_audit_log_holds_the_organizations_changes_for_admins_only,
+    security_events_reach_the_platform_audit_log_only,
     audit_exports_stream_csv_and_ndjson,
 );
 
@@ -66,23 +72,20 @@ async fn next_of_type(
     }
 }
 
-async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
-    let srv = start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = srv.register("alice@example.com").await;
-    let a = alice["access_token"].as_str().unwrap().to_string();
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &a,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    let base = format!("/v1/organizations/{}", org.json["id"].as_str().unwrap());
+type Received = mpsc::UnboundedReceiver<(String, Value)>;
 
+/// Alice's endpoint for member and test events, and a platform endpoint for everything; returns
+/// the organization endpoint's id and both receivers.
+async fn two_endpoints(
+    srv: &TestServer,
+    admin: &str,
+    a: &str,
+    base: &str,
+) -> (String, Received, Received) {
+    let (admin, a) = (admin.to_string(), a.to_string());
     // An organization endpoint for member events, and a platform endpoint for everything.
-    let (org_url, mut org_rx) = receiver().await;
-    let (platform_url, mut platform_rx) = receiver().await;
+    let (org_url, org_rx) = receiver().await;
+    let (platform_url, platform_rx) = receiver().await;
     let hook = srv
         .post_as(
             &format!("{base}/webhooks"),
@@ -130,14 +133,19 @@ async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
     .await
     .assert_error(400, "invalid_request");
 
+    (hook_id, org_rx, platform_rx)
+}
+
+/// Bob joins alice's organization as a viewer through an invitation; returns his access token.
+async fn bob_joins(srv: &TestServer, admin: &str, a: &str, base: &str) -> String {
     // A member joins through an invitation: both endpoints hear of it, with the same event id.
     srv.post_as(
         &format!("{base}/invitations"),
-        &a,
+        a,
         &json!({"email": "bob@example.com", "role": "viewer"}),
     )
     .await;
-    let mail = srv.mail(&admin, "bob@example.com", "invited").await;
+    let mail = srv.mail(admin, "bob@example.com", "invited").await;
     let token = mail
         .split_whitespace()
         .find(|w| w.starts_with("invt_"))
@@ -150,11 +158,34 @@ async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
         )
         .await;
     assert_eq!(bob.status, 201, "{}", bob.text);
+    bob.json["access_token"].as_str().unwrap().to_string()
+}
+
+async fn a_member_joining_reaches_both_endpoints_with_one_event_id(backend: Backend) {
+    let srv = start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await;
+    let (a, base) = (alice.token.clone(), org.base.clone());
+
+    let (_, mut org_rx, mut platform_rx) = two_endpoints(&srv, &admin, &a, &base).await;
+    bob_joins(&srv, &admin, &a, &base).await;
     let (org_id_header, org_event) = next_of_type(&mut org_rx, "member.added").await;
     let (platform_id_header, _) = next_of_type(&mut platform_rx, "member.added").await;
     assert_eq!(org_id_header, platform_id_header);
     assert_eq!(org_event["data"]["role"], "viewer");
+}
 
+async fn test_events_are_delivered_logged_and_retried_and_secrets_rotate(backend: Backend) {
+    let srv = start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await;
+    let (a, base) = (alice.token.clone(), org.base.clone());
+
+    let (hook_id, mut org_rx, _platform_rx) = two_endpoints(&srv, &admin, &a, &base).await;
+    bob_joins(&srv, &admin, &a, &base).await;
+    next_of_type(&mut org_rx, "member.added").await;
     // The test event and the delivery log.
     let res = srv
         .post_as(&format!("{base}/webhooks/{hook_id}/test"), &a, &json!({}))
@@ -207,9 +238,19 @@ async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
         "{}",
         rotated.text
     );
+}
 
+async fn the_audit_log_holds_the_organizations_changes_for_admins_only(backend: Backend) {
+    let srv = start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await;
+    let (a, base) = (alice.token.clone(), org.base.clone());
+
+    let (_hook_id, _org_rx, _platform_rx) = two_endpoints(&srv, &admin, &a, &base).await;
+    let bob = bob_joins(&srv, &admin, &a, &base).await;
     // Viewers read neither webhooks nor the audit log.
-    let b = bob.json["access_token"].as_str().unwrap();
+    let b = bob.as_str();
     srv.get_as(&format!("{base}/webhooks"), b)
         .await
         .assert_error(403, "forbidden");
@@ -245,7 +286,7 @@ async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
         .find(|e| e["action"] == "organization.created")
         .unwrap();
     assert_eq!(created["actor_type"], "user");
-    assert_eq!(created["actor_id"], alice["user"]["id"]);
+    assert_eq!(created["actor_id"], alice.id);
     assert!(created["request_id"].as_str().unwrap().starts_with("req_"));
     let filtered = srv
         .get_as(&format!("{base}/audit?action=member.added"), &a)
@@ -254,7 +295,16 @@ async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
     srv.get_as(&format!("{base}/audit?color=red"), &a)
         .await
         .assert_error(400, "invalid_request");
+}
 
+async fn security_events_reach_the_platform_audit_log_only(backend: Backend) {
+    let srv = start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await;
+    let (a, base) = (alice.token.clone(), org.base.clone());
+
+    let (hook_id, _org_rx, _platform_rx) = two_endpoints(&srv, &admin, &a, &base).await;
     // Security events reach the platform audit log only.
     srv.post_json(
         "/v1/auth/login",
@@ -288,16 +338,9 @@ async fn changes_are_audited_and_delivered_to_webhooks(backend: Backend) {
 
 async fn audit_exports_stream_csv_and_ndjson(backend: Backend) {
     let srv = start(backend).await;
-    let alice = srv.register("alice@example.com").await;
-    let a = alice["access_token"].as_str().unwrap().to_string();
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &a,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    let base = format!("/v1/organizations/{}", org.json["id"].as_str().unwrap());
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await;
+    let (a, base) = (alice.token.clone(), org.base.clone());
     for i in 0..5 {
         srv.put_as(&format!("{base}/configs/k{i}"), &a, &json!({"value": i}))
             .await;

@@ -24,7 +24,7 @@ use axum::{
 };
 use bytes::Bytes;
 use chrono::Utc;
-use common::{Backend, ServerOptions, TestDatabase, TestServer};
+use common::{fixtures::an_org_row, Backend, ServerOptions, TestDatabase, TestServer};
 use futures_util::StreamExt;
 use gatehouse::{
     app::AppState,
@@ -38,7 +38,7 @@ use gatehouse::{
         webhooks::{self, EndpointPatch, NewEndpoint},
         Actor, ActorContext, Emitted, NewEvent, RequestMeta, Scope,
     },
-    http::pagination::Page,
+    http::pagination::{List, Page},
     ids::{OrgId, UserId},
     storage,
 };
@@ -70,22 +70,6 @@ fn user_ctx(user: &str) -> ActorContext {
             request_id: Some("req_test".into()),
         },
     )
-}
-
-async fn create_org(state: &AppState, slug: &str) -> OrgId {
-    let id = OrgId::generate();
-    let now = storage::now();
-    sqlx::query(
-        "INSERT INTO organizations (id, name, slug, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
-    )
-    .bind(id.as_str())
-    .bind(slug)
-    .bind(slug)
-    .bind(&now)
-    .execute(state.db.pool())
-    .await
-    .unwrap();
-    id
 }
 
 async fn emit_committed(state: &AppState, ctx: &ActorContext, event: NewEvent) -> Emitted {
@@ -287,7 +271,7 @@ impl Receiver {
 async fn a_rolled_back_change_emits_nothing(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     endpoint(
         state,
         &Scope::Organization(org.clone(), None),
@@ -337,8 +321,8 @@ async fn events_reach_subscribed_endpoints_of_their_organization_and_the_platfor
     let s = server(backend).await;
     let state = &s.state;
     let (acme, other) = (
-        create_org(state, "acme").await,
-        create_org(state, "other").await,
+        an_org_row(state, "acme", "active").await,
+        an_org_row(state, "other", "active").await,
     );
     let url = "http://127.0.0.1:9/hook";
     let acme_scope = Scope::Organization(acme.clone(), None);
@@ -396,12 +380,13 @@ async fn events_reach_subscribed_endpoints_of_their_organization_and_the_platfor
 // ---------------------------------------------------------------------------------------------
 // Audit log
 
-async fn the_audit_log_filters_and_pages(backend: Backend) {
-    let s = server(backend).await;
-    let state = &s.state;
+/// Seven audit events, each in its own millisecond: five in `acme` (three `member.added`, the
+/// first three spread over January 2026), one in `other`, one platform event; returns `acme` and
+/// the events' ids in order.
+async fn seven_events(state: &AppState) -> (OrgId, Vec<String>) {
     let (acme, other) = (
-        create_org(state, "acme").await,
-        create_org(state, "other").await,
+        an_org_row(state, "acme", "active").await,
+        an_org_row(state, "other", "active").await,
     );
     let alice = user_ctx("user_alice");
     let bob = user_ctx("user_bob");
@@ -447,87 +432,35 @@ async fn the_audit_log_filters_and_pages(backend: Backend) {
             .unwrap();
     }
 
-    let acme_scope = AuditScope::Organization(acme.clone());
-    let list = |scope: AuditScope, query: &str| {
-        let state = state.clone();
-        let query = query.to_string();
-        async move {
-            let q: AuditQuery = serde_urlencoded::from_str(&query).unwrap();
-            let filter = AuditFilter::from_query(&q).unwrap();
-            let page = Page::parse(&query).unwrap();
-            audit::list(&state.db, &scope, &filter, &page)
-                .await
-                .unwrap()
-        }
-    };
-    let actions = |l: &gatehouse::http::pagination::List<audit::AuditEvent>| {
-        l.items.iter().map(|e| e.action.clone()).collect::<Vec<_>>()
-    };
+    (acme, ids)
+}
 
-    let all_acme = list(acme_scope.clone(), "").await;
+/// The audit list of `scope` for the query string `query`, as the route would read it.
+async fn list(state: &AppState, scope: AuditScope, query: &str) -> List<audit::AuditEvent> {
+    let q: AuditQuery = serde_urlencoded::from_str(query).unwrap();
+    let filter = AuditFilter::from_query(&q).unwrap();
+    let page = Page::parse(query).unwrap();
+    audit::list(&state.db, &scope, &filter, &page)
+        .await
+        .unwrap()
+}
+
+fn actions(l: &List<audit::AuditEvent>) -> Vec<String> {
+    l.items.iter().map(|e| e.action.clone()).collect()
+}
+
+async fn the_audit_log_lists_a_scope_newest_first_in_the_api_shape(backend: Backend) {
+    let s = server(backend).await;
+    let state = &s.state;
+    let (acme, _) = seven_events(state).await;
+    let acme_scope = AuditScope::Organization(acme.clone());
+    let all_acme = list(state, acme_scope.clone(), "").await;
     assert_eq!(all_acme.total, 5);
     assert_eq!(
         all_acme.items[0].action, "organization.updated",
         "newest first"
     );
-    assert_eq!(list(AuditScope::All, "").await.total, 7);
-
-    let by_action = list(acme_scope.clone(), "action=member.added").await;
-    assert_eq!(by_action.total, 3);
-    assert!(actions(&by_action).iter().all(|a| a == "member.added"));
-
-    let by_actor = list(acme_scope.clone(), "actor_id=user_bob").await;
-    assert_eq!(actions(&by_actor), vec!["api_key.created", "member.added"]);
-
-    let by_resource = list(AuditScope::All, "resource_type=user").await;
-    assert_eq!(actions(&by_resource), vec!["user.login_failed"]);
-
-    let by_dates = list(
-        acme_scope.clone(),
-        "start_date=2026-01-06&end_date=2026-01-15",
-    )
-    .await;
-    assert_eq!(by_dates.total, 2, "the end date includes its whole day");
-    let since = list(
-        acme_scope.clone(),
-        "start_date=2026-01-10T12:00:00Z&end_date=2026-01-10T12:00:00Z",
-    )
-    .await;
-    assert_eq!(since.items.len(), 1);
-    assert_eq!(since.items[0].id, ids[1]);
-
-    let combined = list(
-        acme_scope.clone(),
-        "action=member.added&actor_id=user_alice&end_date=2026-01-07",
-    )
-    .await;
-    assert_eq!(
-        combined.items.iter().map(|e| &e.id).collect::<Vec<_>>(),
-        vec![&ids[0]]
-    );
-
-    // Offset and page paging.
-    let page2 = list(acme_scope.clone(), "limit=2&page=2").await;
-    assert_eq!(
-        (page2.offset, page2.items.len(), page2.has_more),
-        (2, 2, true)
-    );
-    assert_eq!(page2.items[0].id, all_acme.items[2].id);
-
-    // Cursor paging walks every event once, newest first.
-    let mut seen = Vec::new();
-    let mut query = "limit=2".to_string();
-    loop {
-        let page = list(acme_scope.clone(), &query).await;
-        assert_eq!(page.total, 5);
-        seen.extend(page.items.iter().map(|e| e.id.clone()));
-        match page.next_cursor {
-            Some(c) => query = format!("limit=2&cursor={c}"),
-            None => break,
-        }
-    }
-    let expected: Vec<String> = all_acme.items.iter().map(|e| e.id.clone()).collect();
-    assert_eq!(seen, expected);
+    assert_eq!(list(state, AuditScope::All, "").await.total, 7);
 
     // The API shape (seed 004).
     let json = serde_json::to_value(&all_acme).unwrap();
@@ -550,6 +483,79 @@ async fn the_audit_log_filters_and_pages(backend: Backend) {
     }
     assert!(first["id"].as_str().unwrap().starts_with("aud_"));
     assert_eq!(json["total"], 5);
+}
+
+async fn the_audit_log_filters_by_action_actor_resource_and_dates(backend: Backend) {
+    let s = server(backend).await;
+    let state = &s.state;
+    let (acme, ids) = seven_events(state).await;
+    let acme_scope = AuditScope::Organization(acme.clone());
+    let by_action = list(state, acme_scope.clone(), "action=member.added").await;
+    assert_eq!(by_action.total, 3);
+    assert!(actions(&by_action).iter().all(|a| a == "member.added"));
+
+    let by_actor = list(state, acme_scope.clone(), "actor_id=user_bob").await;
+    assert_eq!(actions(&by_actor), vec!["api_key.created", "member.added"]);
+
+    let by_resource = list(state, AuditScope::All, "resource_type=user").await;
+    assert_eq!(actions(&by_resource), vec!["user.login_failed"]);
+
+    let by_dates = list(
+        state,
+        acme_scope.clone(),
+        "start_date=2026-01-06&end_date=2026-01-15",
+    )
+    .await;
+    assert_eq!(by_dates.total, 2, "the end date includes its whole day");
+    let since = list(
+        state,
+        acme_scope.clone(),
+        "start_date=2026-01-10T12:00:00Z&end_date=2026-01-10T12:00:00Z",
+    )
+    .await;
+    assert_eq!(since.items.len(), 1);
+    assert_eq!(since.items[0].id, ids[1]);
+
+    let combined = list(
+        state,
+        acme_scope.clone(),
+        "action=member.added&actor_id=user_alice&end_date=2026-01-07",
+    )
+    .await;
+    assert_eq!(
+        combined.items.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        vec![&ids[0]]
+    );
+}
+
+async fn the_audit_log_pages_by_offset_and_by_cursor(backend: Backend) {
+    let s = server(backend).await;
+    let state = &s.state;
+    let (acme, _) = seven_events(state).await;
+    let acme_scope = AuditScope::Organization(acme.clone());
+    let all_acme = list(state, acme_scope.clone(), "").await;
+    // Offset and page paging.
+    let page2 = list(state, acme_scope.clone(), "limit=2&page=2").await;
+    assert_eq!(
+        (page2.offset, page2.items.len(), page2.has_more),
+        (2, 2, true)
+    );
+    assert_eq!(page2.items[0].id, all_acme.items[2].id);
+
+    // Cursor paging walks every event once, newest first.
+    let mut seen = Vec::new();
+    let mut query = "limit=2".to_string();
+    loop {
+        let page = list(state, acme_scope.clone(), &query).await;
+        assert_eq!(page.total, 5);
+        seen.extend(page.items.iter().map(|e| e.id.clone()));
+        match page.next_cursor {
+            Some(c) => query = format!("limit=2&cursor={c}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = all_acme.items.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(seen, expected);
 }
 
 /// 100,000 rows, inserted directly (500 per statement) to keep the test quick.
@@ -587,8 +593,8 @@ async fn insert_audit_rows(state: &AppState, org: &OrgId, n: usize) {
 async fn the_audit_export_of_100000_events_streams_in_batches(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
-    let other = create_org(state, "other").await;
+    let org = an_org_row(state, "acme", "active").await;
+    let other = an_org_row(state, "other", "active").await;
     const N: usize = 100_000;
     insert_audit_rows(state, &org, N).await;
     emit_committed(
@@ -683,16 +689,11 @@ async fn the_audit_export_of_100000_events_streams_in_batches(backend: Backend) 
 // ---------------------------------------------------------------------------------------------
 // Webhook endpoints
 
-async fn webhook_endpoints_are_scoped_validated_and_audited(backend: Backend) {
+async fn a_webhook_secret_is_shown_once_and_never_stored_in_the_clear(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let (acme, other) = (
-        create_org(state, "acme").await,
-        create_org(state, "other").await,
-    );
+    let acme = an_org_row(state, "acme", "active").await;
     let acme_scope = Scope::Organization(acme.clone(), None);
-    let other_scope = Scope::Organization(other.clone(), None);
-    let admin = user_ctx("user_admin");
 
     let created = endpoint(
         state,
@@ -728,7 +729,26 @@ async fn webhook_endpoints_are_scoped_validated_and_audited(backend: Backend) {
         .await
         .unwrap();
     assert!(audit_text.iter().all(|m| !m.contains("whsec_")));
+}
 
+async fn webhook_endpoints_are_seen_in_their_scope_only(backend: Backend) {
+    let s = server(backend).await;
+    let state = &s.state;
+    let (acme, other) = (
+        an_org_row(state, "acme", "active").await,
+        an_org_row(state, "other", "active").await,
+    );
+    let acme_scope = Scope::Organization(acme.clone(), None);
+    let other_scope = Scope::Organization(other.clone(), None);
+
+    let created = endpoint(
+        state,
+        &acme_scope,
+        "https://example.com/hooks",
+        &["member.added"],
+    )
+    .await;
+    let id = created.endpoint.id.clone();
     // Another organization and the platform cannot see it.
     for scope in [&other_scope, &Scope::Platform] {
         let err = webhooks::get(&state.db, scope, &id).await.unwrap_err();
@@ -756,6 +776,14 @@ async fn webhook_endpoints_are_scoped_validated_and_audited(backend: Backend) {
         serde_json::to_value(&acme_list).unwrap()["webhooks"][0]["id"],
         id.as_str()
     );
+}
+
+async fn webhook_endpoint_input_is_validated_field_by_field(backend: Backend) {
+    let s = server(backend).await;
+    let state = &s.state;
+    let acme = an_org_row(state, "acme", "active").await;
+    let acme_scope = Scope::Organization(acme.clone(), None);
+    let admin = user_ctx("user_admin");
 
     // Validation names each bad field.
     let bad = |url: &str, events: &[&str]| NewEndpoint {
@@ -796,7 +824,28 @@ async fn webhook_endpoints_are_scoped_validated_and_audited(backend: Backend) {
             .collect();
         assert_eq!(named, fields);
     }
+}
 
+async fn webhook_endpoints_are_updated_rotated_and_deleted_in_scope_and_audited(backend: Backend) {
+    let s = server(backend).await;
+    let state = &s.state;
+    let (acme, other) = (
+        an_org_row(state, "acme", "active").await,
+        an_org_row(state, "other", "active").await,
+    );
+    let acme_scope = Scope::Organization(acme.clone(), None);
+    let other_scope = Scope::Organization(other.clone(), None);
+    let admin = user_ctx("user_admin");
+
+    let created = endpoint(
+        state,
+        &acme_scope,
+        "https://example.com/hooks",
+        &["member.added"],
+    )
+    .await;
+    let id = created.endpoint.id.clone();
+    let secret = created.secret.expose().to_string();
     // Update.
     let updated = webhooks::update(
         state,
@@ -924,7 +973,7 @@ fn case(secret: &str, r: &Received) -> Value {
 async fn a_receiver_gets_correctly_signed_events(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(204)).await;
     let created = endpoint(state, &scope, &receiver.url, &["member.added"]).await;
@@ -1000,7 +1049,7 @@ async fn a_receiver_gets_correctly_signed_events(backend: Backend) {
 async fn a_receiver_failing_twice_gets_the_same_webhook_id_on_the_third_attempt(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| Reply::Status(if n < 2 { 500 } else { 200 })).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
@@ -1074,7 +1123,7 @@ async fn a_receiver_failing_twice_gets_the_same_webhook_id_on_the_third_attempt(
 async fn the_schedule_gives_up_and_a_manual_retry_sends_again(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| Reply::Status(if n < 8 { 503 } else { 200 })).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
@@ -1138,7 +1187,7 @@ async fn the_schedule_gives_up_and_a_manual_retry_sends_again(backend: Backend) 
 async fn a_dead_workers_claim_is_delivered_after_its_lease(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
@@ -1207,7 +1256,7 @@ async fn killing_the_server_between_commit_and_delivery_still_delivers(backend: 
     let first = gatehouse::server::build_state(config.clone())
         .await
         .unwrap();
-    let org = create_org(&first, "acme").await;
+    let org = an_org_row(&first, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let created = endpoint(&first, &scope, &receiver.url, &["*"]).await;
     let emitted = emit_committed(&first, &user_ctx("user_1"), member_added(&org, "mem_1")).await;
@@ -1259,7 +1308,7 @@ async fn killing_the_server_between_commit_and_delivery_still_delivers(backend: 
 async fn several_nodes_deliver_each_event_exactly_once(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
     let created = endpoint(state, &scope, &receiver.url, &["*"]).await;
@@ -1318,7 +1367,7 @@ async fn several_nodes_deliver_each_event_exactly_once(backend: Backend) {
 async fn slow_and_verbose_receivers_are_cut_short(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let receiver = Receiver::start(|n| match n {
         0 => Reply::Hang,
@@ -1355,7 +1404,7 @@ async fn slow_and_verbose_receivers_are_cut_short(backend: Backend) {
 async fn an_endpoint_failing_for_five_days_is_disabled_with_an_event(backend: Backend) {
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let failing = Receiver::start(|_| Reply::Status(500)).await;
     let watcher = Receiver::start(|_| Reply::Status(200)).await;
@@ -1418,7 +1467,7 @@ async fn an_endpoint_failing_for_five_days_is_disabled_with_an_event(backend: Ba
 async fn private_targets_are_refused_unless_allowed(backend: Backend) {
     // Saving: refused when the configuration does not allow private targets.
     let strict = TestServer::start(backend).await;
-    let org = create_org(&strict.state, "acme").await;
+    let org = an_org_row(&strict.state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     for url in [
         "http://127.0.0.1/hook",
@@ -1462,7 +1511,7 @@ async fn private_targets_are_refused_unless_allowed(backend: Backend) {
     // literal addresses and for names, by the worker's own resolver.
     let s = server(backend).await;
     let state = &s.state;
-    let org = create_org(state, "acme").await;
+    let org = an_org_row(state, "acme", "active").await;
     let scope = Scope::Organization(org.clone(), None);
     let literal = Receiver::start(|_| Reply::Status(200)).await;
     let named = Receiver::start_on("localhost", |_| Reply::Status(200)).await;
@@ -1504,9 +1553,14 @@ async fn private_targets_are_refused_unless_allowed(backend: Backend) {
 on_both_databases!(
     a_rolled_back_change_emits_nothing,
     events_reach_subscribed_endpoints_of_their_organization_and_the_platform,
-    the_audit_log_filters_and_pages,
+    the_audit_log_lists_a_scope_newest_first_in_the_api_shape,
+    the_audit_log_filters_by_action_actor_resource_and_dates,
+    the_audit_log_pages_by_offset_and_by_cursor,
     the_audit_export_of_100000_events_streams_in_batches,
-    webhook_endpoints_are_scoped_validated_and_audited,
+    a_webhook_secret_is_shown_once_and_never_stored_in_the_clear,
+    webhook_endpoints_are_seen_in_their_scope_only,
+    webhook_endpoint_input_is_validated_field_by_field,
+    webhook_endpoints_are_updated_rotated_and_deleted_in_scope_and_audited,
     a_receiver_gets_correctly_signed_events,
     a_receiver_failing_twice_gets_the_same_webhook_id_on_the_third_attempt,
     the_schedule_gives_up_and_a_manual_retry_sends_again,

@@ -7,14 +7,24 @@ mod common;
 use std::time::Duration;
 
 use axum::{http::HeaderMap, response::IntoResponse, routing::post, Router};
-use common::{Backend, ServerOptions, TestServer};
+use common::{
+    fixtures::{a_key, an_org, Org},
+    Backend, ServerOptions, TestServer,
+};
+use gatehouse::environment::Environment;
 use serde_json::{json, Value};
 
 on_both_databases!(
-    test_keys_get_the_mock_provider_and_usage_is_logged,
-    requests_are_forwarded_with_the_providers_credential_and_fall_back,
+    test_keys_get_deterministic_mock_answers_plain_and_streamed,
+    mock_calls_are_logged_with_their_tokens_and_cost_and_counted_in_metrics,
+    stats_total_and_group_the_logged_calls,
+    the_gateway_refuses_missing_keys_scopes_providers_and_bad_json,
+    requests_fall_back_to_the_next_provider_with_its_own_credential,
+    upstream_streams_pass_through_and_usage_is_logged_and_paged,
+    a_disabled_provider_is_skipped_from_the_next_request,
     providers_keep_their_keys_secret,
-    anthropic_and_gemini_formats_with_their_own_credentials,
+    anthropic_and_gemini_formats_are_answered_streamed_and_logged,
+    an_anthropic_provider_gets_its_credential_as_x_api_key,
     azure_deployments_are_routed_with_the_api_key_header,
     slow_providers_time_out_and_big_bodies_are_refused,
     uploads_and_the_responses_api_pass_through_with_their_usage,
@@ -24,36 +34,7 @@ on_both_databases!(
     keys_and_providers_in_use_are_read_again_in_the_background,
 );
 
-struct Setup {
-    base: String,
-    owner: String,
-}
-
-async fn setup(srv: &TestServer) -> Setup {
-    let reg = srv.register("owner@example.com").await;
-    let owner = reg["access_token"].as_str().unwrap().to_string();
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    Setup {
-        base: format!("/v1/organizations/{}", org.json["id"].as_str().unwrap()),
-        owner,
-    }
-}
-
-async fn key(srv: &TestServer, s: &Setup, body: Value) -> String {
-    let res = srv
-        .post_as(&format!("{}/api-keys", s.base), &s.owner, &body)
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.json["token"].as_str().unwrap().to_string()
-}
-
-async fn logs(srv: &TestServer, s: &Setup, want: usize) -> Value {
+async fn logs(srv: &TestServer, s: &Org, want: usize) -> Value {
     // The writer stores entries off the request path: wait for them in the table (not through
     // the analytics route, which has its own rate limit), then read them through the API.
     srv.wait_for_usage_logs(want).await;
@@ -64,18 +45,12 @@ async fn logs(srv: &TestServer, s: &Setup, want: usize) -> Value {
     res.json
 }
 
-async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let s = setup(&srv).await;
-    let test_key = key(
-        &srv,
-        &s,
-        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
-    )
-    .await;
-    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
+/// Three calls to the mock provider with a test key (two plain, one streamed), each answered
+/// deterministically.
+async fn three_mock_calls(srv: &TestServer, test_key: &str, chat: &Value) {
+    let chat = chat.clone();
     let res = srv
-        .post_as("/openai/v1/chat/completions", &test_key, &chat)
+        .post_as("/openai/v1/chat/completions", test_key, &chat)
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(res.json["object"], "chat.completion");
@@ -87,7 +62,7 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
     assert_eq!(res.json["usage"]["completion_tokens"], 6);
     // Deterministic.
     let again = srv
-        .post_as("/openai/v1/chat/completions", &test_key, &chat)
+        .post_as("/openai/v1/chat/completions", test_key, &chat)
         .await;
     assert_eq!(again.json, res.json);
 
@@ -96,7 +71,7 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
     streaming["stream"] = json!(true);
     streaming["stream_options"] = json!({"include_usage": true});
     let res = srv
-        .post_as("/openai/v1/chat/completions", &test_key, &streaming)
+        .post_as("/openai/v1/chat/completions", test_key, &streaming)
         .await;
     assert_eq!(res.status, 200);
     assert_eq!(res.header("content-type"), Some("text/event-stream"));
@@ -116,7 +91,38 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
         })
         .collect();
     assert_eq!(text, "Mock reply to: hello there gateway");
+}
 
+async fn test_keys_get_deterministic_mock_answers_plain_and_streamed(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = an_org(&srv).await;
+    let test_key = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
+    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
+    three_mock_calls(&srv, &test_key, &chat).await;
+}
+
+async fn mock_calls_are_logged_with_their_tokens_and_cost_and_counted_in_metrics(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = an_org(&srv).await;
+    let test_key = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
+    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
+    three_mock_calls(&srv, &test_key, &chat).await;
     let logs = logs(&srv, &s, 3).await;
     let entries = logs["logs"].as_array().unwrap();
     assert!(entries
@@ -142,7 +148,23 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
         "{metrics}"
     );
     assert!(metrics.contains("gatehouse_gateway_request_duration_seconds_bucket"));
+}
 
+async fn stats_total_and_group_the_logged_calls(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = an_org(&srv).await;
+    let test_key = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
+    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
+    three_mock_calls(&srv, &test_key, &chat).await;
+    srv.wait_for_usage_logs(3).await;
     // Stats over the same calls: totals, a series by model, percentiles from the log.
     let stats = srv
         .get_as(
@@ -194,21 +216,40 @@ async fn test_keys_get_the_mock_provider_and_usage_is_logged(backend: Backend) {
         .await;
     assert_eq!(empty.json["totals"]["requests"], 0);
     assert!(empty.json["totals"]["latency_ms"]["p50"].is_null());
+}
 
+async fn the_gateway_refuses_missing_keys_scopes_providers_and_bad_json(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = an_org(&srv).await;
+    let test_key = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
+    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
     // Refusals: no key, a key without the scope, a live key without a provider.
     srv.post_json("/openai/v1/chat/completions", &chat)
         .await
         .assert_error(401, "unauthorized");
-    let no_scope = key(
-        &srv,
-        &s,
-        json!({"name": "n", "environment": "test", "scopes": ["members:read"]}),
-    )
-    .await;
+    let no_scope = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("n")
+                .environment(Environment::Test)
+                .scopes(&["members:read"]),
+        )
+        .await;
     srv.post_as("/openai/v1/chat/completions", &no_scope, &chat)
         .await
         .assert_error(403, "forbidden");
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
     srv.post_as("/openai/v1/chat/completions", &live, &chat)
         .await
         .assert_error(502, "upstream_error");
@@ -281,11 +322,13 @@ async fn upstream(
     (url, rx)
 }
 
-async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(backend: Backend) {
-    let srv = start_with_local_providers(backend).await;
-    let s = setup(&srv).await;
-    let (bad_url, mut bad_rx) = upstream(true).await;
-    let (good_url, mut good_rx) = upstream(false).await;
+type Received = tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, Value)>;
+
+/// Two OpenAI-compatible providers on loopback: "down" (priority 0, answers 503) and "up"
+/// (priority 1); returns their ids and what each receives.
+async fn down_and_up_providers(srv: &TestServer, s: &Org) -> (Vec<String>, Received, Received) {
+    let (bad_url, bad_rx) = upstream(true).await;
+    let (good_url, good_rx) = upstream(false).await;
     let mut ids = Vec::new();
     for (name, url, priority, secret) in [
         ("down", &bad_url, 0, "sk-upstream-down"),
@@ -297,7 +340,51 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
         assert_eq!(res.status, 201, "{}", res.text);
         ids.push(res.json["id"].as_str().unwrap().to_string());
     }
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    (ids, bad_rx, good_rx)
+}
+
+async fn requests_fall_back_to_the_next_provider_with_its_own_credential(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let (_, mut bad_rx, mut good_rx) = down_and_up_providers(&srv, &s).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
+    let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url("/openai/v1/chat/completions"))
+                .bearer_auth(&live)
+                .header("x-custom", "kept")
+                .json(&chat),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        res.json["choices"][0]["message"]["content"],
+        "from upstream"
+    );
+    // The first provider answered 503: the request went on to the next one.
+    let (bad_headers, _) = bad_rx.recv().await.unwrap();
+    assert_eq!(bad_headers["authorization"], "Bearer sk-upstream-down");
+    let (headers, body) = good_rx.recv().await.unwrap();
+    assert_eq!(headers["authorization"], "Bearer sk-upstream-secret");
+    assert_eq!(headers["x-custom"], "kept");
+    assert!(
+        !format!("{headers:?}").contains(&live),
+        "the gateway key leaked upstream"
+    );
+    assert_eq!(body, chat);
+}
+
+async fn upstream_streams_pass_through_and_usage_is_logged_and_paged(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let (_, mut bad_rx, mut good_rx) = down_and_up_providers(&srv, &s).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
     let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
     let res = srv
         .send(
@@ -339,19 +426,6 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
     );
 
     let logs = logs(&srv, &s, 2).await;
-    // Disabling the healthy provider takes effect on the next request (the cached provider list
-    // is dropped): only the failing one is left, and its answer passes through.
-    srv.patch_as(
-        &format!("{}/providers/{}", s.base, ids[1]),
-        &s.owner,
-        &json!({"enabled": false}),
-    )
-    .await;
-    let res = srv
-        .post_as("/openai/v1/chat/completions", &live, &chat)
-        .await;
-    assert_eq!(res.status, 503, "{}", res.text);
-    assert_eq!(res.text, "overloaded");
     let entries = logs["logs"].as_array().unwrap();
     let plain = entries.iter().find(|e| e["streamed"] == false).unwrap();
     assert_eq!(
@@ -391,9 +465,32 @@ async fn requests_are_forwarded_with_the_providers_credential_and_fall_back(back
     res.assert_error(400, "invalid_request");
 }
 
+async fn a_disabled_provider_is_skipped_from_the_next_request(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let (ids, _bad_rx, _good_rx) = down_and_up_providers(&srv, &s).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
+    let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
+    // Disabling the healthy provider takes effect on the next request (the cached provider list
+    // is dropped): only the failing one is left, and its answer passes through.
+    srv.patch_as(
+        &format!("{}/providers/{}", s.base, ids[1]),
+        &s.owner,
+        &json!({"enabled": false}),
+    )
+    .await;
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &live, &chat)
+        .await;
+    assert_eq!(res.status, 503, "{}", res.text);
+    assert_eq!(res.text, "overloaded");
+}
+
 async fn providers_keep_their_keys_secret(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let s = setup(&srv).await;
+    let s = an_org(&srv).await;
     let res = srv
         .post_as(
             &format!("{}/providers", s.base),
@@ -463,15 +560,18 @@ async fn providers_keep_their_keys_secret(backend: Backend) {
         .assert_error(404, "not_found");
 }
 
-async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backend) {
+async fn anthropic_and_gemini_formats_are_answered_streamed_and_logged(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
-    let s = setup(&srv).await;
-    let test_key = key(
-        &srv,
-        &s,
-        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
-    )
-    .await;
+    let s = an_org(&srv).await;
+    let test_key = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
 
     // Anthropic Messages, with the key in x-api-key as the Anthropic SDK sends it.
     let msg = json!({"model": "claude-3-5-haiku", "max_tokens": 50, "system": "be brief", "messages": [{"role": "user", "content": "hello claude"}]});
@@ -556,7 +656,12 @@ async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backen
     assert!(streamed_gemini["cost_usd"].as_f64().unwrap() > 0.0);
     // The key in the query string is not logged as part of the path.
     assert!(!logs.to_string().contains(&test_key));
+}
 
+async fn an_anthropic_provider_gets_its_credential_as_x_api_key(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let msg = json!({"model": "claude-3-5-haiku", "max_tokens": 50, "system": "be brief", "messages": [{"role": "user", "content": "hello claude"}]});
     // An Anthropic provider gets its credential as x-api-key, with a default anthropic-version.
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let app = Router::new().route(
@@ -572,7 +677,9 @@ async fn anthropic_and_gemini_formats_with_their_own_credentials(backend: Backen
     let base = format!("{}/v1", serve_locally(app).await);
     srv.post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "anthropic", "name": "a", "base_url": base, "api_key": "sk-ant-upstream"}))
         .await;
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
     let res = srv
         .send(
             srv.client
@@ -609,13 +716,16 @@ async fn official_python_sdks_work_through_the_gateway() {
         return;
     }
     let srv = TestServer::start(Backend::Sqlite).await;
-    let s = setup(&srv).await;
-    let test_key = key(
-        &srv,
-        &s,
-        json!({"name": "sdk", "environment": "test", "scopes": ["gateway:proxy"]}),
-    )
-    .await;
+    let s = an_org(&srv).await;
+    let test_key = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("sdk")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_clients.py");
     let base = srv.base.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -676,13 +786,16 @@ async fn official_python_sdks_work_through_the_gateway() {
 
 async fn azure_deployments_are_routed_with_the_api_key_header(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
-    let s = setup(&srv).await;
-    let test_key = key(
-        &srv,
-        &s,
-        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
-    )
-    .await;
+    let s = an_org(&srv).await;
+    let test_key = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
     let chat = json!({"messages": [{"role": "user", "content": "hello azure"}]});
     let url = "/azure/my-resource/my-deployment/chat/completions?api-version=2024-06-01";
     let res = srv
@@ -724,7 +837,9 @@ async fn azure_deployments_are_routed_with_the_api_key_header(backend: Backend) 
         .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "azure", "name": "az", "base_url": base, "api_key": "azure-secret"}))
         .await;
     assert_eq!(res.status, 201, "{}", res.text);
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
     let res = srv
         .send(
             srv.client
@@ -764,7 +879,7 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
         },
     )
     .await;
-    let s = setup(&srv).await;
+    let s = an_org(&srv).await;
     // A provider that never starts answering.
     let app = Router::new().route(
         "/v1/chat/completions",
@@ -777,7 +892,9 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
         &json!({"provider": "openai_compatible", "name": "slow", "base_url": base, "models": ["m"]}),
     )
     .await;
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
     let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let res = srv
         .post_as("/openai/v1/chat/completions", &live, &chat)
@@ -851,15 +968,18 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
 
 async fn gateway_limits_and_quotas_count_requests_and_tokens(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let s = setup(&srv).await;
+    let s = an_org(&srv).await;
     let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
     // Gateway routes default to 60 requests per minute per key.
-    let plain = key(
-        &srv,
-        &s,
-        json!({"name": "p", "environment": "test", "scopes": ["gateway:proxy"]}),
-    )
-    .await;
+    let plain = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("p")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
     let res = srv
         .post_as("/openai/v1/chat/completions", &plain, &chat)
         .await;
@@ -883,7 +1003,19 @@ async fn gateway_limits_and_quotas_count_requests_and_tokens(backend: Backend) {
     );
 
     // Tokens per minute: one request of 11 tokens uses up a limit of 10; the next is refused.
-    let tpm = key(&srv, &s, json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"], "rate_limit": {"requests_per_minute": 100, "tokens_per_minute": 10}})).await;
+    let tpm = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"])
+                .with(
+                    "rate_limit",
+                    json!({"requests_per_minute": 100, "tokens_per_minute": 10}),
+                ),
+        )
+        .await;
     assert_eq!(
         srv.post_as("/openai/v1/chat/completions", &tpm, &chat)
             .await
@@ -920,15 +1052,18 @@ async fn gateway_limits_and_quotas_count_requests_and_tokens(backend: Backend) {
     assert_eq!(usage.json["gateway_tokens"]["used"], 27, "{}", usage.text);
 }
 
-async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let s = setup(&srv).await;
-    let test_key = key(
-        &srv,
-        &s,
-        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
-    )
-    .await;
+/// Five requests with a test key: four answered (two mock-model, gpt-4o-mini, gpt-4o) and one
+/// refused.
+async fn four_models_and_a_refusal(srv: &TestServer, s: &Org) {
+    let test_key = s
+        .key_token(
+            srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
     for (i, model) in ["mock-model", "mock-model", "gpt-4o-mini", "gpt-4o"]
         .iter()
         .enumerate()
@@ -946,6 +1081,12 @@ async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
         &json!({"model": "mock-model"}),
     )
     .await;
+}
+
+async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = an_org(&srv).await;
+    four_models_and_a_refusal(&srv, &s).await;
     logs(&srv, &s, 5).await;
 
     // The rollups were written with the entries: they sum to the log.
@@ -1025,10 +1166,13 @@ async fn stats_from_hourly_rollups_equal_stats_from_the_log(backend: Backend) {
 
 /// Multipart uploads (audio transcriptions) are forwarded byte for byte, their model read from
 /// the form; the Responses API's `input_tokens`/`output_tokens` are logged.
-async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Backend) {
-    let srv = start_with_local_providers(backend).await;
-    let s = setup(&srv).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+/// An upstream on loopback for `/v1/audio/transcriptions` (it keeps the headers and raw body it
+/// receives) and `/v1/responses` (1M input and 0.5M output tokens); its base URL.
+async fn transcriptions_and_responses_upstream() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, axum::body::Bytes)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let app = Router::new()
         .route(
             "/v1/audio/transcriptions",
@@ -1047,7 +1191,13 @@ async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Ba
                     "usage": {"input_tokens": 1000000, "output_tokens": 500000, "total_tokens": 1500000}}))
             }),
         );
-    let base = format!("{}/v1", serve_locally(app).await);
+    (format!("{}/v1", serve_locally(app).await), rx)
+}
+
+async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let (base, mut rx) = transcriptions_and_responses_upstream().await;
     let res = srv
         .post_as(
             &format!("{}/providers", s.base),
@@ -1056,7 +1206,9 @@ async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Ba
         )
         .await;
     assert_eq!(res.status, 201, "{}", res.text);
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
 
     let mut upload =
         b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"hi.wav\"\r\n\
@@ -1144,7 +1296,7 @@ async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: B
         Arc,
     };
     let srv = start_with_local_providers(backend).await;
-    let s = setup(&srv).await;
+    let s = an_org(&srv).await;
     let flaky_hits = Arc::new(AtomicUsize::new(0));
     let busy_hits = Arc::new(AtomicUsize::new(0));
     let (flaky, busy) = (flaky_hits.clone(), busy_hits.clone());
@@ -1184,7 +1336,9 @@ async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: B
         )
         .await;
     assert_eq!(res.status, 201, "{}", res.text);
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
 
     let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let res = srv
@@ -1215,14 +1369,16 @@ async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: B
 /// lands, then picked up.
 async fn keys_and_providers_in_use_are_read_again_in_the_background(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
-    let s = setup(&srv).await;
+    let s = an_org(&srv).await;
     let org_id = s.base.rsplit('/').next().unwrap().to_string();
     let (url, _rx) = upstream(false).await;
     let res = srv
         .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "openai_compatible", "name": "up", "base_url": url, "api_key": "sk-up"}))
         .await;
     assert_eq!(res.status, 201, "{}", res.text);
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
     let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
     let call = || async {
         srv.send(

@@ -2,7 +2,12 @@
 
 mod common;
 
-use common::{find_code, Backend, ServerOptions, TestServer, PASSWORD};
+use common::{
+    find_code,
+    fixtures::{add_member, an_org_row},
+    Backend, ServerOptions, TestServer, PASSWORD,
+};
+use gatehouse::orgs::roles::Role;
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -16,7 +21,9 @@ on_both_databases!(
     changing_the_password_ends_the_other_sessions,
     password_reset_is_single_use_and_ends_every_session,
     passwordless_otp_login,
-    totp_mfa_enrolment_login_recovery_and_disable,
+    totp_is_active_once_a_first_code_is_verified,
+    with_totp_login_needs_a_second_factor_and_recovery_codes_work_once,
+    disabling_totp_needs_a_valid_code,
     tenant_scoped_tokens_need_membership,
     signing_key_rotation_keeps_old_tokens_valid,
     access_tokens_verify_with_an_independent_jwt_library,
@@ -535,10 +542,9 @@ fn totp_now(secret_b32: &str) -> (totp_rs::TOTP, u64) {
     (t, now)
 }
 
-async fn totp_mfa_enrolment_login_recovery_and_disable(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let reg = srv.register("m@example.com").await;
-    let t = reg["access_token"].as_str().unwrap();
+/// Enrols `t`'s user (m@example.com) in TOTP: not asked at login before the first code, active
+/// after it; returns the generator, the step it activated with, and the recovery codes.
+async fn enrol_totp(srv: &TestServer, t: &str) -> (totp_rs::TOTP, u64, Vec<String>) {
     let enrol = srv.post_as("/v1/me/mfa/totp", t, &json!({})).await;
     assert_eq!(enrol.status, 201, "{}", enrol.text);
     let uri = enrol.json["otpauth_uri"].as_str().unwrap();
@@ -577,6 +583,21 @@ async fn totp_mfa_enrolment_login_recovery_and_disable(backend: Backend) {
     assert_eq!(recovery.len(), 10);
     assert_eq!(srv.get_as("/v1/me", t).await.json["mfa_enabled"], true);
 
+    (totp, now, recovery)
+}
+
+async fn totp_is_active_once_a_first_code_is_verified(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let reg = srv.register("m@example.com").await;
+    let t = reg["access_token"].as_str().unwrap();
+    enrol_totp(&srv, t).await;
+}
+
+async fn with_totp_login_needs_a_second_factor_and_recovery_codes_work_once(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let reg = srv.register("m@example.com").await;
+    let t = reg["access_token"].as_str().unwrap();
+    let (totp, now, recovery) = enrol_totp(&srv, t).await;
     // Login now requires the second factor.
     let login = || {
         srv.post_json(
@@ -622,7 +643,19 @@ async fn totp_mfa_enrolment_login_recovery_and_disable(backend: Backend) {
     verify(&again, &recovery[2])
         .await
         .assert_error(401, "unauthorized");
+}
 
+async fn disabling_totp_needs_a_valid_code(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let reg = srv.register("m@example.com").await;
+    let t = reg["access_token"].as_str().unwrap();
+    let (_, _, recovery) = enrol_totp(&srv, t).await;
+    let login = || {
+        srv.post_json(
+            "/v1/auth/login",
+            &json!({"email": "m@example.com", "password": PASSWORD}),
+        )
+    };
     // Disabling needs a valid code.
     let res = srv
         .call(
@@ -646,34 +679,6 @@ async fn totp_mfa_enrolment_login_recovery_and_disable(backend: Backend) {
     assert!(login().await.json["access_token"].is_string());
 }
 
-async fn insert_org(srv: &TestServer, slug: &str, status: &str) -> String {
-    let id = gatehouse::ids::new_id("org");
-    let now = gatehouse::storage::now();
-    sqlx::query("INSERT INTO organizations (id, name, slug, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-        .bind(&id)
-        .bind(slug)
-        .bind(slug)
-        .bind(status)
-        .bind(&now)
-        .execute(srv.state.db.pool())
-        .await
-        .unwrap();
-    id
-}
-
-async fn add_member(srv: &TestServer, org: &str, user: &str, role: &str) {
-    let now = gatehouse::storage::now();
-    sqlx::query("INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-        .bind(gatehouse::ids::new_id("mem"))
-        .bind(org)
-        .bind(user)
-        .bind(role)
-        .bind(&now)
-        .execute(srv.state.db.pool())
-        .await
-        .unwrap();
-}
-
 fn claims(token: &str) -> Value {
     use base64::Engine;
     let payload = token.split('.').nth(1).unwrap();
@@ -690,11 +695,11 @@ async fn tenant_scoped_tokens_need_membership(backend: Backend) {
     let reg = srv.register("ten@example.com").await;
     let t = reg["access_token"].as_str().unwrap();
     let user_id = reg["user"]["id"].as_str().unwrap();
-    let acme = insert_org(&srv, "acme", "active").await;
-    let other = insert_org(&srv, "other", "active").await;
-    let frozen = insert_org(&srv, "frozen", "suspended").await;
-    add_member(&srv, &acme, user_id, "editor").await;
-    add_member(&srv, &frozen, user_id, "owner").await;
+    let acme = an_org_row(&srv.state, "acme", "active").await.0;
+    let other = an_org_row(&srv.state, "other", "active").await.0;
+    let frozen = an_org_row(&srv.state, "frozen", "suspended").await.0;
+    add_member(&srv, &acme, user_id, Role::Editor).await;
+    add_member(&srv, &frozen, user_id, Role::Owner).await;
 
     let res = srv
         .post_as(

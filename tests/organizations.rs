@@ -3,7 +3,11 @@
 
 mod common;
 
-use common::{find_code, Backend, ServerOptions, TestServer, PASSWORD};
+use common::{
+    find_code,
+    fixtures::{a_person, add_member, an_org_of, Person},
+    Backend, ServerOptions, TestServer, PASSWORD,
+};
 use gatehouse::orgs::roles::{Permission, Role};
 use serde_json::{json, Value};
 
@@ -13,60 +17,30 @@ on_both_databases!(
     settings_are_deep_merged_and_roles_gate_changes,
     only_owners_delete_organizations,
     roles_are_listed_with_their_permissions,
-    members_are_invited_and_accept,
+    members_are_invited_once_with_a_known_role,
+    only_the_invited_person_accepts_an_invitation_once,
+    members_are_filtered_by_role_and_searched,
+    admins_change_roles_and_anyone_can_leave,
     owner_rules_protect_the_last_owner,
-    invitations_resend_revoke_expire_and_filter,
+    a_resent_invitation_gets_a_new_token_and_the_old_one_stops_working,
+    an_expired_invitation_is_listed_as_expired_and_cannot_be_accepted,
+    revoked_invitations_are_listed_by_status,
     registration_with_an_invitation_joins_the_organization,
-    projects_configs_and_storage,
+    projects_are_validated_listed_renamed_and_deleted,
+    configs_hold_any_json_value_with_validated_keys_and_sizes,
+    storage_credentials_are_write_only_and_encrypted_at_rest,
     ip_allowlist_is_enforced_behind_trusted_proxies_only,
     platform_admin_lists_and_suspends_organizations,
-    every_org_route_is_isolated_between_organizations,
+    another_organizations_owner_is_refused_every_org_route,
+    another_organizations_tenant_token_is_refused_every_org_route,
+    another_organizations_key_is_refused_every_org_route,
     every_role_gets_exactly_its_permissions,
     plans_cap_members_and_projects,
 );
 
-struct Person {
-    id: String,
-    token: String,
-}
-
-async fn person(srv: &TestServer, email: &str) -> Person {
-    let reg = srv.register(email).await;
-    Person {
-        id: reg["user"]["id"].as_str().unwrap().to_string(),
-        token: reg["access_token"].as_str().unwrap().to_string(),
-    }
-}
-
-async fn create_org(srv: &TestServer, token: &str, name: &str, slug: &str) -> Value {
-    let res = srv
-        .post_as(
-            "/v1/organizations",
-            token,
-            &json!({"name": name, "slug": slug}),
-        )
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.json
-}
-
-/// Adds a member directly (as an accepted invitation would).
-async fn add_member(srv: &TestServer, org: &str, user: &str, role: &str) {
-    let now = gatehouse::storage::now();
-    sqlx::query("INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-        .bind(gatehouse::ids::new_id("mem"))
-        .bind(org)
-        .bind(user)
-        .bind(role)
-        .bind(&now)
-        .execute(srv.state.db.pool())
-        .await
-        .unwrap();
-}
-
 async fn organizations_are_created_listed_and_found_by_id_or_slug(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let alice = person(&srv, "alice@example.com").await;
+    let alice = a_person(&srv, "alice@example.com").await;
     let res = srv
         .post_as("/v1/organizations", &alice.token, &json!({"name": "Acme Corp", "timezone": "America/New_York", "website": "https://acme.example"}))
         .await;
@@ -137,7 +111,7 @@ async fn organizations_are_created_listed_and_found_by_id_or_slug(backend: Backe
         .assert_error(400, "invalid_request");
 
     // Another user sees none of them.
-    let bob = person(&srv, "bob@example.com").await;
+    let bob = a_person(&srv, "bob@example.com").await;
     assert_eq!(
         srv.get_as("/v1/organizations", &bob.token).await.json["total"],
         0
@@ -152,7 +126,7 @@ async fn organizations_are_created_listed_and_found_by_id_or_slug(backend: Backe
 
 async fn organization_input_is_validated_field_by_field(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let alice = person(&srv, "alice@example.com").await;
+    let alice = a_person(&srv, "alice@example.com").await;
     for (body, field) in [
         (json!({"name": ""}), "name"),
         (json!({"name": "A", "slug": "Bad Slug"}), "slug"),
@@ -193,8 +167,8 @@ async fn organization_input_is_validated_field_by_field(backend: Backend) {
 
 async fn settings_are_deep_merged_and_roles_gate_changes(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let alice = person(&srv, "alice@example.com").await;
-    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
     let path = format!("/v1/organizations/{}", org["id"].as_str().unwrap());
     let res = srv
         .patch_as(
@@ -224,8 +198,8 @@ async fn settings_are_deep_merged_and_roles_gate_changes(backend: Backend) {
         "Europe/Paris"
     );
 
-    let ed = person(&srv, "ed@example.com").await;
-    add_member(&srv, org["id"].as_str().unwrap(), &ed.id, "editor").await;
+    let ed = a_person(&srv, "ed@example.com").await;
+    add_member(&srv, org["id"].as_str().unwrap(), &ed.id, Role::Editor).await;
     assert_eq!(srv.get_as(&path, &ed.token).await.status, 200);
     srv.patch_as(&path, &ed.token, &json!({"name": "Mine"}))
         .await
@@ -234,11 +208,11 @@ async fn settings_are_deep_merged_and_roles_gate_changes(backend: Backend) {
 
 async fn only_owners_delete_organizations(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let alice = person(&srv, "alice@example.com").await;
-    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
     let id = org["id"].as_str().unwrap();
-    let admin = person(&srv, "adm@example.com").await;
-    add_member(&srv, id, &admin.id, "admin").await;
+    let admin = a_person(&srv, "adm@example.com").await;
+    add_member(&srv, id, &admin.id, Role::Admin).await;
     srv.delete_as(&format!("/v1/organizations/{id}"), &admin.token)
         .await
         .assert_error(403, "forbidden");
@@ -255,7 +229,7 @@ async fn only_owners_delete_organizations(backend: Backend) {
 
 async fn roles_are_listed_with_their_permissions(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let alice = person(&srv, "alice@example.com").await;
+    let alice = a_person(&srv, "alice@example.com").await;
     let res = srv.get_as("/v1/roles", &alice.token).await;
     let roles = res.json["roles"].as_array().unwrap();
     let names: Vec<&str> = roles.iter().map(|r| r["id"].as_str().unwrap()).collect();
@@ -274,13 +248,8 @@ async fn roles_are_listed_with_their_permissions(backend: Backend) {
         .contains(&json!("policies:manage")));
 }
 
-async fn members_are_invited_and_accept(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = person(&srv, "alice@example.com").await;
-    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
-    let base = format!("/v1/organizations/{}", org["id"].as_str().unwrap());
-
+/// Alice invites bob@example.com as a member; returns the invitation token from the mail.
+async fn invite_bob(srv: &TestServer, admin: &str, alice: &Person, base: &str) -> String {
     let res = srv
         .post_as(
             &format!("{base}/members"),
@@ -292,6 +261,19 @@ async fn members_are_invited_and_accept(backend: Backend) {
     assert_eq!(res.json["status"], "pending_invite");
     assert_eq!(res.json["email"], "bob@example.com");
     assert!(res.json["invitation_sent_at"].is_string());
+    let mail = srv.mail(admin, "bob@example.com", "invited").await;
+    mail.split_whitespace()
+        .find(|w| w.starts_with("invt_"))
+        .unwrap()
+        .to_string()
+}
+
+async fn members_are_invited_once_with_a_known_role(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    invite_bob(&srv, &admin, &alice, &base).await;
     srv.post_as(
         &format!("{base}/members"),
         &alice.token,
@@ -316,16 +298,17 @@ async fn members_are_invited_and_accept(backend: Backend) {
         .map(|m| m["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["active", "pending_invite"]);
+}
 
-    let mail = srv.mail(&admin, "bob@example.com", "invited").await;
-    let token = mail
-        .split_whitespace()
-        .find(|w| w.starts_with("invt_"))
-        .unwrap()
-        .to_string();
+async fn only_the_invited_person_accepts_an_invitation_once(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let token = invite_bob(&srv, &admin, &alice, &base).await;
 
     // Someone else cannot accept Bob's invitation.
-    let eve = person(&srv, "eve@example.com").await;
+    let eve = a_person(&srv, "eve@example.com").await;
     srv.post_as(
         "/v1/invitations/accept",
         &eve.token,
@@ -333,7 +316,7 @@ async fn members_are_invited_and_accept(backend: Backend) {
     )
     .await
     .assert_error(403, "forbidden");
-    let bob = person(&srv, "bob@example.com").await;
+    let bob = a_person(&srv, "bob@example.com").await;
     let res = srv
         .post_as(
             "/v1/invitations/accept",
@@ -365,6 +348,24 @@ async fn members_are_invited_and_accept(backend: Backend) {
         .unwrap()
         .iter()
         .all(|m| m["status"] == "active"));
+}
+
+async fn members_are_filtered_by_role_and_searched(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let token = invite_bob(&srv, &admin, &alice, &base).await;
+    let bob = a_person(&srv, "bob@example.com").await;
+    let res = srv
+        .post_as(
+            "/v1/invitations/accept",
+            &bob.token,
+            &json!({"token": token}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+
     let members = srv
         .get_as(&format!("{base}/members?role=member"), &bob.token)
         .await;
@@ -377,6 +378,23 @@ async fn members_are_invited_and_accept(backend: Backend) {
     srv.get_as(&format!("{base}/members?role=boss"), &bob.token)
         .await
         .assert_error(400, "invalid_request");
+}
+
+async fn admins_change_roles_and_anyone_can_leave(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let token = invite_bob(&srv, &admin, &alice, &base).await;
+    let bob = a_person(&srv, "bob@example.com").await;
+    let res = srv
+        .post_as(
+            "/v1/invitations/accept",
+            &bob.token,
+            &json!({"token": token}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
 
     // Members cannot manage members; admins can change roles; anyone can leave.
     srv.patch_as(
@@ -414,12 +432,12 @@ async fn members_are_invited_and_accept(backend: Backend) {
 
 async fn owner_rules_protect_the_last_owner(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let alice = person(&srv, "alice@example.com").await;
-    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
     let id = org["id"].as_str().unwrap();
     let base = format!("/v1/organizations/{id}");
-    let adm = person(&srv, "adm@example.com").await;
-    add_member(&srv, id, &adm.id, "admin").await;
+    let adm = a_person(&srv, "adm@example.com").await;
+    add_member(&srv, id, &adm.id, Role::Admin).await;
 
     // The last owner can neither be demoted nor removed (not even by themselves).
     srv.patch_as(
@@ -479,12 +497,14 @@ async fn owner_rules_protect_the_last_owner(backend: Backend) {
         .assert_error(400, "invalid_request");
 }
 
-async fn invitations_resend_revoke_expire_and_filter(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = person(&srv, "alice@example.com").await;
-    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
-    let base = format!("/v1/organizations/{}", org["id"].as_str().unwrap());
+/// Alice invites carol@example.com as a viewer; returns the invitation's id and the token
+/// from the mail.
+async fn invite_carol(
+    srv: &TestServer,
+    admin: &str,
+    alice: &Person,
+    base: &str,
+) -> (String, String) {
     let inv = srv
         .post_as(
             &format!("{base}/invitations"),
@@ -497,12 +517,31 @@ async fn invitations_resend_revoke_expire_and_filter(backend: Backend) {
     assert_eq!(inv.json["status"], "pending");
     assert!(inv.json.get("token").is_none() && !inv.text.contains("invt_"));
     let inv_id = inv.json["id"].as_str().unwrap().to_string();
-    let first = srv.mail(&admin, "carol@example.com", "invited").await;
-    let first_token = first
+    let first = srv.mail(admin, "carol@example.com", "invited").await;
+    let token = first
         .split_whitespace()
         .find(|w| w.starts_with("invt_"))
         .unwrap()
         .to_string();
+    (inv_id, token)
+}
+
+/// Expiry (30 days) is derived from expires_at: moves it into the past.
+async fn expire_invitation(srv: &TestServer, inv_id: &str) {
+    sqlx::query("UPDATE invitations SET expires_at = $1 WHERE id = $2")
+        .bind("2020-01-01T00:00:00.000000Z")
+        .bind(inv_id)
+        .execute(srv.state.db.pool())
+        .await
+        .unwrap();
+}
+
+async fn a_resent_invitation_gets_a_new_token_and_the_old_one_stops_working(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let (inv_id, first_token) = invite_carol(&srv, &admin, &alice, &base).await;
 
     // Resend: a new token; the old one no longer works.
     let res = srv
@@ -527,7 +566,7 @@ async fn invitations_resend_revoke_expire_and_filter(backend: Backend) {
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     };
     assert_ne!(second_token, first_token);
-    let carol = person(&srv, "carol@example.com").await;
+    let carol = a_person(&srv, "carol@example.com").await;
     srv.post_as(
         "/v1/invitations/accept",
         &carol.token,
@@ -535,14 +574,17 @@ async fn invitations_resend_revoke_expire_and_filter(backend: Backend) {
     )
     .await
     .assert_error(404, "not_found");
+}
 
-    // Expiry (30 days) is derived from expires_at.
-    sqlx::query("UPDATE invitations SET expires_at = $1 WHERE id = $2")
-        .bind("2020-01-01T00:00:00.000000Z")
-        .bind(&inv_id)
-        .execute(srv.state.db.pool())
-        .await
-        .unwrap();
+async fn an_expired_invitation_is_listed_as_expired_and_cannot_be_accepted(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let (inv_id, token) = invite_carol(&srv, &admin, &alice, &base).await;
+    let carol = a_person(&srv, "carol@example.com").await;
+
+    expire_invitation(&srv, &inv_id).await;
     let expired = srv
         .get_as(&format!("{base}/invitations?status=expired"), &alice.token)
         .await;
@@ -551,10 +593,19 @@ async fn invitations_resend_revoke_expire_and_filter(backend: Backend) {
     srv.post_as(
         "/v1/invitations/accept",
         &carol.token,
-        &json!({"token": second_token}),
+        &json!({"token": token}),
     )
     .await
     .assert_error(400, "invalid_request");
+}
+
+async fn revoked_invitations_are_listed_by_status(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let (inv_id, _) = invite_carol(&srv, &admin, &alice, &base).await;
+    expire_invitation(&srv, &inv_id).await;
 
     let other = srv
         .post_as(
@@ -597,8 +648,8 @@ async fn invitations_resend_revoke_expire_and_filter(backend: Backend) {
 async fn registration_with_an_invitation_joins_the_organization(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
-    let alice = person(&srv, "alice@example.com").await;
-    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
     let base = format!("/v1/organizations/{}", org["id"].as_str().unwrap());
     srv.post_as(
         &format!("{base}/invitations"),
@@ -644,14 +695,14 @@ async fn registration_with_an_invitation_joins_the_organization(backend: Backend
     assert_eq!(srv.get_as(&base, t).await.json["role"], "editor");
 }
 
-async fn projects_configs_and_storage(backend: Backend) {
+async fn projects_are_validated_listed_renamed_and_deleted(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let alice = person(&srv, "alice@example.com").await;
-    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
     let org_id = org["id"].as_str().unwrap();
     let base = format!("/v1/organizations/{org_id}");
-    let viewer = person(&srv, "v@example.com").await;
-    add_member(&srv, org_id, &viewer.id, "viewer").await;
+    let viewer = a_person(&srv, "v@example.com").await;
+    add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
 
     let res = srv
         .post_as(&format!("{base}/projects"), &alice.token, &json!({"name": "Web", "allowed_origins": ["https://app.example.com"], "redirect_urls": ["https://app.example.com/cb"], "settings": {"theme": "dark"}}))
@@ -719,6 +770,16 @@ async fn projects_configs_and_storage(backend: Backend) {
     srv.get_as(&format!("{base}/projects/{pid}"), &alice.token)
         .await
         .assert_error(404, "not_found");
+}
+
+async fn configs_hold_any_json_value_with_validated_keys_and_sizes(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
+    let org_id = org["id"].as_str().unwrap();
+    let base = format!("/v1/organizations/{org_id}");
+    let viewer = a_person(&srv, "v@example.com").await;
+    add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
 
     // Configs: any JSON value, size-limited, keys validated.
     let res = srv
@@ -782,6 +843,16 @@ async fn projects_configs_and_storage(backend: Backend) {
     srv.get_as(&format!("{base}/configs/limit"), &alice.token)
         .await
         .assert_error(404, "not_found");
+}
+
+async fn storage_credentials_are_write_only_and_encrypted_at_rest(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
+    let org_id = org["id"].as_str().unwrap();
+    let base = format!("/v1/organizations/{org_id}");
+    let viewer = a_person(&srv, "v@example.com").await;
+    add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
 
     // Storage: credentials are write-only and encrypted at rest.
     assert_eq!(
@@ -839,8 +910,8 @@ async fn ip_allowlist_is_enforced_behind_trusted_proxies_only(backend: Backend) 
             },
         )
         .await;
-        let alice = person(&srv, "alice@example.com").await;
-        let org = create_org(&srv, &alice.token, "Acme", "acme").await;
+        let alice = a_person(&srv, "alice@example.com").await;
+        let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
         let base = format!("/v1/organizations/{}", org["id"].as_str().unwrap());
         // Forced: the list shuts out the address this change comes from.
         let res = srv
@@ -883,9 +954,9 @@ async fn ip_allowlist_is_enforced_behind_trusted_proxies_only(backend: Backend) 
 async fn platform_admin_lists_and_suspends_organizations(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
-    let alice = person(&srv, "alice@example.com").await;
-    let acme = create_org(&srv, &alice.token, "Acme", "acme").await;
-    create_org(&srv, &alice.token, "Globex", "globex").await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let acme = an_org_of(&srv, &alice, "Acme", "acme").await.json;
+    an_org_of(&srv, &alice, "Globex", "globex").await;
     let id = acme["id"].as_str().unwrap();
     srv.post_as(
         &format!("/v1/organizations/{id}/projects"),
@@ -982,7 +1053,25 @@ async fn platform_admin_lists_and_suspends_organizations(backend: Backend) {
 /// Generated from the router's own table: for **every** organization-scoped route, a member of
 /// organization B gets `not_found` or `forbidden` on organization A's resources, sees none of
 /// A's data, and changes nothing. A route added later is covered without editing this test.
-async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
+/// Organization A (alice's, with bob as a member, a project, a config, a pending invitation, a
+/// webhook and a key, all named "secret…") beside organization B (mallory's), and B's three
+/// kinds of caller.
+struct TwoOrganizations {
+    srv: TestServer,
+    alice: Person,
+    a_id: String,
+    base: String,
+    project_id: String,
+    inv_id: String,
+    hook_id: String,
+    a_key_id: String,
+    /// B's owner, B's tenant-scoped token, B's key.
+    mallory: Person,
+    b_scoped: String,
+    b_key: String,
+}
+
+async fn two_organizations(backend: Backend) -> TwoOrganizations {
     let srv = TestServer::start_with(
         backend,
         ServerOptions {
@@ -999,14 +1088,14 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
     )
     .await;
     let admin = srv.admin_token().await;
-    let alice = person(&srv, "alice@example.com").await;
-    let bob = person(&srv, "bob@example.com").await;
-    let mallory = person(&srv, "mallory@example.com").await;
-    let a = create_org(&srv, &alice.token, "Secret A", "org-a").await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let bob = a_person(&srv, "bob@example.com").await;
+    let mallory = a_person(&srv, "mallory@example.com").await;
+    let a = an_org_of(&srv, &alice, "Secret A", "org-a").await.json;
     let a_id = a["id"].as_str().unwrap().to_string();
-    let b = create_org(&srv, &mallory.token, "Org B", "org-b").await;
+    let b = an_org_of(&srv, &mallory, "Org B", "org-b").await.json;
     let b_id = b["id"].as_str().unwrap().to_string();
-    add_member(&srv, &a_id, &bob.id, "member").await;
+    add_member(&srv, &a_id, &bob.id, Role::Member).await;
     let base = format!("/v1/organizations/{a_id}");
     let project = srv
         .post_as(
@@ -1066,6 +1155,34 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
         .await;
     let b_scoped = b_scoped.json["access_token"].as_str().unwrap().to_string();
 
+    TwoOrganizations {
+        srv,
+        alice,
+        a_id,
+        base,
+        project_id,
+        inv_id,
+        hook_id,
+        a_key_id,
+        mallory,
+        b_scoped,
+        b_key,
+    }
+}
+
+/// Every organization-scoped route of A, by id and by slug, answers `caller` 404 or 403 and
+/// leaks nothing; nothing of A changed afterwards.
+async fn assert_every_org_route_refuses(w: &TwoOrganizations, caller: &str) {
+    let TwoOrganizations {
+        srv,
+        alice,
+        a_id,
+        project_id,
+        inv_id,
+        hook_id,
+        a_key_id,
+        ..
+    } = w;
     let table = gatehouse::http::route_table();
     let org_routes: Vec<_> = table
         .iter()
@@ -1084,23 +1201,23 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
                 .replace("{user_id}", &alice.id)
                 .replace("{key}", "secret-key")
                 .replace("{delivery_id}", "del_01aaaaaaaaaaaaaaaaaaaaaaaa")
-                .replace("{key_id}", &a_key_id)
+                .replace("{key_id}", a_key_id)
                 .replace(
                     "{id}",
                     if route.path.contains("/invitations/") {
-                        &inv_id
+                        inv_id
                     } else if route.path.contains("/webhooks/") {
-                        &hook_id
+                        hook_id
                     } else {
-                        &project_id
+                        project_id
                     },
                 );
             assert!(!path.contains('{'), "unfilled parameter in {path}");
-            for token in [&mallory.token, &b_scoped, &b_key] {
+            {
                 let body = json!({"name": "pwn", "role": "owner", "value": 1, "email": "m@example.com",
                                   "provider": "s3", "bucket": "b", "retention_days": 1});
                 let res = srv
-                    .call(route.method.clone(), &path, Some(token), Some(&body))
+                    .call(route.method.clone(), &path, Some(caller), Some(&body))
                     .await;
                 assert!(
                     res.status == 404 || res.status == 403,
@@ -1127,8 +1244,19 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
             }
         }
     }
+    assert_nothing_of_a_changed(w).await;
+}
+
+async fn assert_nothing_of_a_changed(w: &TwoOrganizations) {
+    let TwoOrganizations {
+        srv,
+        alice,
+        base,
+        project_id,
+        ..
+    } = w;
     // Nothing of A changed.
-    let org = srv.get_as(&base, &alice.token).await;
+    let org = srv.get_as(base, &alice.token).await;
     assert_eq!(org.json["name"], "Secret A");
     assert_eq!(org.json["members_count"], 2);
     assert_eq!(
@@ -1157,27 +1285,26 @@ async fn every_org_route_is_isolated_between_organizations(backend: Backend) {
     );
 }
 
-/// Each role against each permission the organization routes check.
-async fn every_role_gets_exactly_its_permissions(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let owner = person(&srv, "owner@example.com").await;
-    let org = create_org(&srv, &owner.token, "Matrix", "matrix").await;
-    let org_id = org["id"].as_str().unwrap().to_string();
-    let base = format!("/v1/organizations/{org_id}");
-    srv.put_as(
-        &format!("{base}/configs/k"),
-        &owner.token,
-        &json!({"value": 1}),
-    )
-    .await;
-    let mut people = vec![(Role::Owner, owner.token.clone())];
-    for role in [Role::Admin, Role::Editor, Role::Member, Role::Viewer] {
-        let p = person(&srv, &format!("{}@example.com", role.as_str())).await;
-        add_member(&srv, &org_id, &p.id, role.as_str()).await;
-        people.push((role, p.token));
-    }
+async fn another_organizations_owner_is_refused_every_org_route(backend: Backend) {
+    let w = two_organizations(backend).await;
+    assert_every_org_route_refuses(&w, &w.mallory.token).await;
+}
+
+async fn another_organizations_tenant_token_is_refused_every_org_route(backend: Backend) {
+    let w = two_organizations(backend).await;
+    assert_every_org_route_refuses(&w, &w.b_scoped).await;
+}
+
+async fn another_organizations_key_is_refused_every_org_route(backend: Backend) {
+    let w = two_organizations(backend).await;
+    assert_every_org_route_refuses(&w, &w.b_key).await;
+}
+
+/// The permission each organization route checks, with a call that needs it.
+fn permission_checks(base: &str) -> Vec<(Permission, reqwest::Method, String, Option<Value>)> {
     use reqwest::Method;
-    let checks: Vec<(Permission, Method, String, Option<Value>)> = vec![
+    let base = base.to_string();
+    vec![
         (
             Permission::OrganizationsRead,
             Method::GET,
@@ -1232,7 +1359,29 @@ async fn every_role_gets_exactly_its_permissions(backend: Backend) {
             format!("{base}/projects"),
             None,
         ),
-    ];
+    ]
+}
+
+/// Each role against each permission the organization routes check.
+async fn every_role_gets_exactly_its_permissions(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let owner = a_person(&srv, "owner@example.com").await;
+    let org = an_org_of(&srv, &owner, "Matrix", "matrix").await.json;
+    let org_id = org["id"].as_str().unwrap().to_string();
+    let base = format!("/v1/organizations/{org_id}");
+    srv.put_as(
+        &format!("{base}/configs/k"),
+        &owner.token,
+        &json!({"value": 1}),
+    )
+    .await;
+    let mut people = vec![(Role::Owner, owner.token.clone())];
+    for role in [Role::Admin, Role::Editor, Role::Member, Role::Viewer] {
+        let p = a_person(&srv, &format!("{}@example.com", role.as_str())).await;
+        add_member(&srv, &org_id, &p.id, role).await;
+        people.push((role, p.token));
+    }
+    let checks = permission_checks(&base);
     for (role, token) in &people {
         for (perm, method, path, body) in &checks {
             let res = srv
@@ -1266,8 +1415,8 @@ async fn every_role_gets_exactly_its_permissions(backend: Backend) {
 async fn plans_cap_members_and_projects(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
-    let alice = person(&srv, "alice@example.com").await;
-    let org = create_org(&srv, &alice.token, "Acme", "acme").await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
     let base = format!("/v1/organizations/{}", org["id"].as_str().unwrap());
     let res = srv
         .patch_as(

@@ -6,7 +6,10 @@ mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Backend, ServerOptions, TestServer};
+use common::{
+    fixtures::{a_key, an_org, an_org_called},
+    Backend, ServerOptions, TestServer,
+};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -14,7 +17,8 @@ on_both_databases!(
     a_key_burst_is_refused_with_retry_after,
     a_key_burst_is_refused_with_retry_after_on_redis,
     unauthenticated_requests_are_limited_per_ip,
-    the_organization_limit_comes_from_the_plan_catalogue,
+    the_plan_catalogue_is_seeded_listed_and_managed_by_platform_admins,
+    the_organization_limit_comes_from_its_plan_at_once,
     management_and_analytics_limits_come_from_configuration,
     login_and_reset_limits_come_from_configuration,
     over_quota_is_refused_and_notified_once,
@@ -25,40 +29,6 @@ on_both_databases!(
     a_tenant_scoped_token_counts_against_its_organization,
     a_plan_edit_reaches_every_node_at_once_and_is_audited,
 );
-
-struct Org {
-    base: String,
-    owner: String,
-}
-
-async fn org(srv: &TestServer, slug: &str) -> Org {
-    let reg = srv.register(&format!("owner-{slug}@example.com")).await;
-    let token = reg["access_token"].as_str().unwrap().to_string();
-    let res = srv
-        .post_as(
-            "/v1/organizations",
-            &token,
-            &json!({"name": "Acme", "slug": slug}),
-        )
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    Org {
-        base: format!("/v1/organizations/{}", res.json["id"].as_str().unwrap()),
-        owner: token,
-    }
-}
-
-async fn key(srv: &TestServer, o: &Org, per_minute: u64) -> String {
-    let res = srv
-        .post_as(
-            &format!("{}/api-keys", o.base),
-            &o.owner,
-            &json!({"name": "k", "rate_limit": {"requests_per_minute": per_minute}}),
-        )
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.json["token"].as_str().unwrap().to_string()
-}
 
 async fn get_with_key(srv: &TestServer, path: &str, key: &str) -> common::Response {
     srv.send(srv.client.get(srv.url(path)).header("x-api-key", key))
@@ -92,8 +62,8 @@ async fn admin_patch_plan(srv: &TestServer, admin: &str, plan: &str, limits: Val
 
 async fn headers_are_exact_on_authenticated_responses(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let o = org(&srv, "acme").await;
-    let k = key(&srv, &o, 5).await;
+    let o = an_org(&srv).await;
+    let k = o.key_token(&srv, a_key().rate_limit_per_minute(5)).await;
     let before = now_secs();
     let res = get_with_key(&srv, &o.base, &k).await;
     assert_eq!(res.status, 200, "{}", res.text);
@@ -146,8 +116,8 @@ async fn with_redis(backend: Backend) -> TestServer {
 }
 
 async fn key_burst(srv: &TestServer) {
-    let o = org(srv, "acme").await;
-    let k = key(srv, &o, 3).await;
+    let o = an_org(srv).await;
+    let k = o.key_token(srv, a_key().rate_limit_per_minute(3)).await;
     for i in 0..3 {
         let res = get_with_key(srv, &o.base, &k).await;
         assert_eq!(res.status, 200, "request {i}: {}", res.text);
@@ -201,10 +171,10 @@ async fn unauthenticated_requests_are_limited_per_ip(backend: Backend) {
     }
 }
 
-async fn the_organization_limit_comes_from_the_plan_catalogue(backend: Backend) {
+async fn the_plan_catalogue_is_seeded_listed_and_managed_by_platform_admins(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
-    let o = org(&srv, "acme").await;
+    let o = an_org(&srv).await;
 
     // The catalogue: seeded, listed to any signed-in caller, managed by platform admins.
     let plans = srv.get_as("/v1/plans", &o.owner).await;
@@ -275,10 +245,14 @@ async fn the_organization_limit_comes_from_the_plan_catalogue(backend: Backend) 
     srv.get_as("/v1/admin/plans/startup", &admin)
         .await
         .assert_error(404, "not_found");
+}
 
+async fn the_organization_limit_comes_from_its_plan_at_once(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
     // A tiny plan limit applies at once (the catalogue is reloaded on change).
     admin_patch_plan(&srv, &admin, "smb", json!({"requests_per_hour": 3})).await;
-    let o2 = org(&srv, "beta").await;
+    let o2 = an_org_called(&srv, "beta").await;
     for i in 0..3 {
         let res = srv.get_as(&o2.base, &o2.owner).await;
         assert_eq!(res.status, 200, "request {i}: {}", res.text);
@@ -293,8 +267,8 @@ async fn the_organization_limit_comes_from_the_plan_catalogue(backend: Backend) 
     assert_eq!(srv.get_as("/v1/plans", &o2.owner).await.status, 200);
 
     // Keys and members of an organization share its hourly budget.
-    let o3 = org(&srv, "gamma").await;
-    let k = key(&srv, &o3, 100).await; // 1
+    let o3 = an_org_called(&srv, "gamma").await;
+    let k = o3.key_token(&srv, a_key().rate_limit_per_minute(100)).await; // 1
     assert_eq!(srv.get_as(&o3.base, &o3.owner).await.status, 200); // 2
     let res = get_with_key(&srv, &o3.base, &k).await; // 3
     assert_eq!(res.status, 200);
@@ -330,9 +304,9 @@ async fn management_and_analytics_limits_come_from_configuration(backend: Backen
         },
     )
     .await;
-    let o = org(&srv, "acme").await;
+    let o = an_org(&srv).await;
     // Creating the key is the first of 3 management requests.
-    let k = key(&srv, &o, 100).await;
+    let k = o.key_token(&srv, a_key().rate_limit_per_minute(100)).await;
     for i in 0..2 {
         let res = srv
             .patch_as(&o.base, &o.owner, &json!({"name": format!("Acme {i}")}))
@@ -403,7 +377,7 @@ async fn login_and_reset_limits_come_from_configuration(backend: Backend) {
 async fn over_quota_is_refused_and_notified_once(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
-    let o = org(&srv, "acme").await;
+    let o = an_org(&srv).await;
     admin_patch_plan(&srv, &admin, "smb", json!({"api_requests_per_month": 3})).await;
     for i in 0..3 {
         let res = srv.get_as(&o.base, &o.owner).await;
@@ -452,7 +426,7 @@ async fn over_quota_is_refused_and_notified_once(backend: Backend) {
 
 async fn usage_reports_the_plan_and_what_was_used(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let o = org(&srv, "acme").await;
+    let o = an_org(&srv).await;
     let res = srv
         .post_as(
             &format!("{}/projects", o.base),
@@ -486,8 +460,8 @@ async fn usage_reports_the_plan_and_what_was_used(backend: Backend) {
 
 /// `n` parallel requests with one key limited to `limit` per minute: exactly `limit` succeed.
 async fn parallel_with_one_key(srv: &TestServer, limit: u64, n: usize) {
-    let o = org(srv, "acme").await;
-    let k = key(srv, &o, limit).await;
+    let o = an_org(srv).await;
+    let k = o.key_token(srv, a_key().rate_limit_per_minute(limit)).await;
     let mut tasks = Vec::new();
     for _ in 0..n {
         let client = srv.client.clone();
@@ -539,8 +513,8 @@ async fn two_nodes_sharing_redis_enforce_one_limit(backend: Backend) {
     }
     let srv = with_redis(backend).await;
     let (b, node_b) = srv.second_node().await;
-    let o = org(&srv, "acme").await;
-    let k = key(&srv, &o, 10).await;
+    let o = an_org(&srv).await;
+    let k = o.key_token(&srv, a_key().rate_limit_per_minute(10)).await;
     let mut tasks = Vec::new();
     for i in 0..40 {
         let url = if i % 2 == 0 {
@@ -576,7 +550,7 @@ async fn two_nodes_sharing_redis_enforce_one_limit(backend: Backend) {
 async fn a_tenant_scoped_token_counts_against_its_organization(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
-    let o = org(&srv, "acme").await;
+    let o = an_org(&srv).await;
     admin_patch_plan(&srv, &admin, "smb", json!({"requests_per_hour": 2})).await;
     let res = srv
         .post_as(

@@ -9,6 +9,7 @@ use common::{
     fixtures::{an_org, token, Org},
     Backend, TestServer,
 };
+use gatehouse::{environment::Environment, orgs::roles::Role};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -43,7 +44,7 @@ fn role_of(members: &Value, user_id: &str) -> String {
 async fn a_key_never_performs_owner_only_actions(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (_, admin_id) = o.a_member(&srv, "admin@example.com", "admin").await;
+    let (_, admin_id) = o.a_member(&srv, "admin@example.com", Role::Admin).await;
     // The owner's own key, with every scope.
     let k = token(&o.a_key(&srv, &o.owner, json!({"name": "owner's"})).await);
     let members = format!("{}/members", o.base);
@@ -96,7 +97,7 @@ async fn a_key_never_performs_owner_only_actions(backend: Backend) {
 async fn an_admin_rotating_an_owners_key_gains_no_owner_authority(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", "admin").await;
+    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", Role::Admin).await;
     let owners_key = o.a_key(&srv, &o.owner, json!({"name": "owner's"})).await;
     // The key's authority is an admin's at most, which the admin holds: rotation is allowed…
     let res = srv
@@ -202,7 +203,7 @@ async fn a_key_hands_out_only_scopes_it_holds(backend: Backend) {
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
     // A person is capped by their role: a member cannot mint keys; an admin mints any scope.
-    let (admin, _) = o.a_member(&srv, "admin@example.com", "admin").await;
+    let (admin, _) = o.a_member(&srv, "admin@example.com", Role::Admin).await;
     let res = srv
         .post_as(
             &format!("{}/api-keys", o.base),
@@ -269,7 +270,7 @@ async fn a_key_cannot_change_or_rotate_a_stronger_key(backend: Backend) {
 async fn a_demoted_creators_key_keeps_its_scopes_beyond_a_narrow_caller(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", "admin").await;
+    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", Role::Admin).await;
     let wide = o.a_key(&srv, &admin, json!({"name": "admin's"})).await;
     let member = format!("{}/members/{admin_id}", o.base);
     let res = srv
@@ -279,7 +280,11 @@ async fn a_demoted_creators_key_keeps_its_scopes_beyond_a_narrow_caller(backend:
     // Its creator is a member now, so the key can do little today — but its stored scopes come
     // back if the creator is promoted again: a narrow key may not rotate it for its token.
     let narrow = o
-        .a_key_token(&srv, "live", &["api_keys:manage", "api_keys:read"])
+        .a_key_token(
+            &srv,
+            Environment::Live,
+            &["api_keys:manage", "api_keys:read"],
+        )
         .await;
     srv.post_as(
         &format!(
@@ -297,9 +302,11 @@ async fn a_demoted_creators_key_keeps_its_scopes_beyond_a_narrow_caller(backend:
 async fn a_second_permission_checked_in_a_handler_needs_the_keys_scope(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (_, member_id) = o.a_member(&srv, "member@example.com", "member").await;
+    let (_, member_id) = o.a_member(&srv, "member@example.com", Role::Member).await;
     // The route itself takes members:read; removing someone else needs members:manage too.
-    let k = o.a_key_token(&srv, "live", &["members:read"]).await;
+    let k = o
+        .a_key_token(&srv, Environment::Live, &["members:read"])
+        .await;
     let err = srv
         .delete_as(&format!("{}/members/{member_id}", o.base), &k)
         .await;
@@ -328,8 +335,10 @@ async fn with_local_webhooks(backend: Backend) -> TestServer {
 async fn a_key_gives_people_no_role_beyond_its_scopes(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (_, member_id) = o.a_member(&srv, "member@example.com", "member").await;
-    let k = o.a_key_token(&srv, "live", &["members:manage"]).await;
+    let (_, member_id) = o.a_member(&srv, "member@example.com", Role::Member).await;
+    let k = o
+        .a_key_token(&srv, Environment::Live, &["members:manage"])
+        .await;
     // An admin holds api_keys:manage, billing:manage, … which this key does not.
     let err = srv
         .patch_as(
@@ -378,7 +387,9 @@ async fn test_callers_see_and_change_test_webhooks_only(backend: Backend) {
     assert_eq!(live.status, 201, "{}", live.text);
     assert_eq!(live.json["environment"], "live");
     let live_id = live.json["id"].as_str().unwrap().to_string();
-    let test_key = o.a_key_token(&srv, "test", &["webhooks:manage"]).await;
+    let test_key = o
+        .a_key_token(&srv, Environment::Test, &["webhooks:manage"])
+        .await;
     let one = format!("{hooks}/{live_id}");
     srv.get_as(&one, &test_key)
         .await
@@ -461,7 +472,9 @@ async fn test_events_reach_test_endpoints_only(backend: Backend) {
         ids.push(res.json["id"].as_str().unwrap().to_string());
     }
     // A test key creates a key: a test-environment event.
-    let test_key = o.a_key_token(&srv, "test", &["api_keys:manage"]).await;
+    let test_key = o
+        .a_key_token(&srv, Environment::Test, &["api_keys:manage"])
+        .await;
     // (The owner's own creation of that key is a live event: one delivery to the live endpoint.)
     o.a_key(&srv, &test_key, json!({"name": "made by a test key"}))
         .await;
@@ -472,7 +485,7 @@ async fn test_events_reach_test_endpoints_only(backend: Backend) {
 async fn two_owners_demoting_each_other_leave_one_owner(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (second, second_id) = o.a_member(&srv, "second@example.com", "owner").await;
+    let (second, second_id) = o.a_member(&srv, "second@example.com", Role::Owner).await;
     let members = format!("{}/members", o.base);
     for trial in 0..10 {
         let (demote_second, demote_first) = (
@@ -530,8 +543,8 @@ where
 async fn a_caller_demoted_before_the_membership_lock_cannot_act(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (second, second_id) = o.a_member(&srv, "second@example.com", "owner").await;
-    let (_, third_id) = o.a_member(&srv, "third@example.com", "owner").await;
+    let (second, second_id) = o.a_member(&srv, "second@example.com", Role::Owner).await;
+    let (_, third_id) = o.a_member(&srv, "third@example.com", Role::Owner).await;
     let members = format!("{}/members", o.base);
     let to_admin = json!({"role": "admin"});
     let demote_second = || async {
@@ -578,7 +591,7 @@ async fn a_caller_demoted_before_the_membership_lock_cannot_act(backend: Backend
 async fn a_keys_creator_demoted_before_the_membership_lock_stops_the_key(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (_, viewer_id) = o.a_member(&srv, "viewer@example.com", "viewer").await;
+    let (_, viewer_id) = o.a_member(&srv, "viewer@example.com", Role::Viewer).await;
     let members = format!("{}/members", o.base);
     let scopes = [
         "members:read",
@@ -591,7 +604,7 @@ async fn a_keys_creator_demoted_before_the_membership_lock_stops_the_key(backend
     let admins_key = |email: &'static str| {
         let (srv, o) = (&srv, &o);
         async move {
-            let (admin, admin_id) = o.a_member(srv, email, "admin").await;
+            let (admin, admin_id) = o.a_member(srv, email, Role::Admin).await;
             let body = json!({"name": email, "environment": "live", "scopes": scopes});
             (token(&o.a_key(srv, &admin, body).await), admin_id)
         }
@@ -646,8 +659,8 @@ async fn two_of_three_owners_demoting_each_other_leave_two_owners(backend: Backe
     // caller, read under the lock, stops the second from acting as an owner it no longer is.
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    let (second, second_id) = o.a_member(&srv, "second@example.com", "owner").await;
-    o.a_member(&srv, "third@example.com", "owner").await;
+    let (second, second_id) = o.a_member(&srv, "second@example.com", Role::Owner).await;
+    o.a_member(&srv, "third@example.com", Role::Owner).await;
     let members = format!("{}/members", o.base);
     for trial in 0..10 {
         let to_admin = json!({"role": "admin"});
@@ -688,7 +701,7 @@ async fn deleting_a_user_never_leaves_an_organization_without_owner(backend: Bac
     assert_eq!(err["details"]["organizations"], json!([o.id]), "{err}");
     assert_eq!(srv.get_as(&o.base, &o.owner).await.status, 200);
     // With a second owner, the first may go.
-    o.a_member(&srv, "second@example.com", "owner").await;
+    o.a_member(&srv, "second@example.com", Role::Owner).await;
     let res = srv.delete_as(&user, &admin).await;
     assert_eq!(res.status, 204, "{}", res.text);
 }

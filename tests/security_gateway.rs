@@ -11,21 +11,20 @@ use std::{
 
 use axum::{extract::Request, response::IntoResponse, Router};
 use common::{
-    fixtures::{an_org as setup, token, Org},
+    fixtures::{a_key, an_org as setup},
     Backend, ServerOptions, TestServer,
 };
+use gatehouse::environment::Environment;
 use serde_json::{json, Value};
 
 on_both_databases!(
     private_provider_targets_are_refused_when_saved,
+    a_provider_moves_only_to_a_public_host_and_with_its_key_again,
+    the_built_in_mock_needs_no_base_url,
     a_provider_saved_while_private_targets_were_allowed_is_refused_when_used,
     providers_are_confined_to_the_callers_environment,
     gateway_paths_with_dot_segments_or_encoded_slashes_are_refused,
 );
-
-async fn key(srv: &TestServer, s: &Org, body: Value) -> String {
-    token(&s.a_key(srv, &s.owner, body).await)
-}
 
 /// Asserts a 400 `invalid_request` naming `field` (first of the details).
 #[track_caller]
@@ -101,7 +100,14 @@ async fn private_provider_targets_are_refused_when_saved(backend: Backend) {
     // Nothing was stored.
     let list = srv.get_as(&providers, &s.owner).await;
     assert_eq!(list.json["total"], 0, "{}", list.text);
+}
 
+async fn a_provider_moves_only_to_a_public_host_and_with_its_key_again(backend: Backend) {
+    // The default configuration: private provider targets are not allowed.
+    let srv = TestServer::start(backend).await;
+    assert!(!srv.state.config.allow_private_provider_targets);
+    let s = setup(&srv).await;
+    let providers = format!("{}/providers", s.base);
     // A public address is accepted (a literal one: no DNS needed here).
     let res = srv
         .post_as(
@@ -147,7 +153,14 @@ async fn private_provider_targets_are_refused_when_saved(backend: Backend) {
         )
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
+}
 
+async fn the_built_in_mock_needs_no_base_url(backend: Backend) {
+    // The default configuration: private provider targets are not allowed.
+    let srv = TestServer::start(backend).await;
+    assert!(!srv.state.config.allow_private_provider_targets);
+    let s = setup(&srv).await;
+    let providers = format!("{}/providers", s.base);
     // The built-in mock needs no base_url and keeps answering test keys.
     let res = srv
         .post_as(
@@ -157,12 +170,15 @@ async fn private_provider_targets_are_refused_when_saved(backend: Backend) {
         )
         .await;
     assert_eq!(res.status, 201, "{}", res.text);
-    let test = key(
-        &srv,
-        &s,
-        json!({"name": "t", "environment": "test", "scopes": ["gateway:proxy"]}),
-    )
-    .await;
+    let test = s
+        .key_token(
+            &srv,
+            a_key()
+                .named("t")
+                .environment(Environment::Test)
+                .scopes(&["gateway:proxy"]),
+        )
+        .await;
     let res = srv
         .post_as(
             "/openai/v1/chat/completions",
@@ -219,7 +235,9 @@ async fn a_provider_saved_while_private_targets_were_allowed_is_refused_when_use
         assert_eq!(res.status, 201, "{}", res.text);
         ids.push(res.json["id"].as_str().unwrap().to_string());
     }
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
     let chat =
         |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
     // Allowed, both reach the upstream.
@@ -284,9 +302,14 @@ async fn providers_are_confined_to_the_callers_environment(backend: Backend) {
         assert_eq!(res.status, 201, "{}", res.text);
         ids.insert(env, res.json["id"].as_str().unwrap().to_string());
     }
-    let manage = |env: &str| json!({"name": env, "environment": env, "scopes": ["configs:manage"]});
-    let test_key = key(&srv, &s, manage("test")).await;
-    let live_key = key(&srv, &s, manage("live")).await;
+    let manage = |env: Environment| {
+        a_key()
+            .named(env.as_str())
+            .environment(env)
+            .scopes(&["configs:manage"])
+    };
+    let test_key = s.key_token(&srv, manage(Environment::Test)).await;
+    let live_key = s.key_token(&srv, manage(Environment::Live)).await;
 
     for (caller, mine, other) in [(&test_key, "test", "live"), (&live_key, "live", "test")] {
         // The list holds this environment's providers only.
@@ -391,7 +414,9 @@ async fn gateway_paths_with_dot_segments_or_encoded_slashes_are_refused(backend:
             .await;
         assert_eq!(res.status, 201, "{}", res.text);
     }
-    let live = key(&srv, &s, json!({"name": "l", "scopes": ["gateway:proxy"]})).await;
+    let live = s
+        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await;
     for path in [
         "/openai/v1/../../v1/organizations",
         "/openai/v1/chat/../../../admin",

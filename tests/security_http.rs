@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, ServerOptions, TestServer, PASSWORD};
+use gatehouse::environment::Environment;
 use serde_json::{json, Value};
 use sqlx::Connection;
 use tokio::{
@@ -506,7 +507,9 @@ async fn nul_characters_in_a_gateway_model_do_not_break_the_usage_log(backend: B
     let srv = TestServer::start(backend).await;
     let o = common::fixtures::an_org(&srv).await;
     let (base, owner) = (&o.base, &o.owner);
-    let key = o.a_key_token(&srv, "test", &["gateway:proxy"]).await;
+    let key = o
+        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
+        .await;
     let chat = json!({"model": "mock\u{0}model", "messages": [{"role": "user", "content": "hi"}]});
     let res = srv
         .post_as("/openai/v1/chat/completions", &key, &chat)

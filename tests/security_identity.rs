@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{find_code, Backend, TestServer, PASSWORD};
+use common::{find_code, fixtures::an_org, Backend, TestServer, PASSWORD};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
@@ -21,6 +21,8 @@ on_both_databases!(
     the_mfa_step_of_logins_is_limited_per_user_across_mfa_tokens,
     a_right_code_at_the_mfa_step_clears_the_users_count,
     email_look_alikes_are_one_account_or_refused,
+    every_route_taking_an_address_folds_and_checks_it,
+    real_non_ascii_addresses_are_stored_folded,
     emails_stored_before_folding_are_folded_and_collisions_left_and_reported,
     mail_me_requests_answer_before_any_account_work,
 );
@@ -303,16 +305,8 @@ async fn an_accepted_invitation_takes_a_pre_registered_account_back(backend: Bac
     assert_eq!(accepting.status, 200, "{}", accepting.text);
     let accepting = token(&accepting.json, "access_token");
 
-    let owner = token(&srv.register("owner@example.com").await, "access_token");
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    assert_eq!(org.status, 201, "{}", org.text);
-    let org_id = token(&org.json, "id");
+    let org = an_org(&srv).await;
+    let (owner, org_id) = (org.owner.clone(), org.id.clone());
     let res = srv
         .post_as(
             &format!("/v1/organizations/{org_id}/invitations"),
@@ -605,7 +599,11 @@ async fn email_look_alikes_are_one_account_or_refused(backend: Backend) {
     let admin = srv.admin_token().await;
     let users = srv.get_as("/v1/admin/users?q=lice", &admin).await;
     assert_eq!(users.json["total"], 1, "{}", users.text);
+}
 
+async fn every_route_taking_an_address_folds_and_checks_it(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    srv.register("alice@example.com").await;
     // Every other route that takes an address folds and checks it the same way.
     let res = password_login(&srv, "\u{ff41}lice@Example.com", PASSWORD).await;
     assert_eq!(res.status, 200, "{}", res.text);
@@ -630,15 +628,8 @@ async fn email_look_alikes_are_one_account_or_refused(backend: Backend) {
         assert_eq!(err["details"][0]["field"], "email", "{path}: {}", res.text);
     }
     // Invitations.
-    let owner = token(&srv.register("owner@example.com").await, "access_token");
-    let org = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    let base = format!("/v1/organizations/{}", token(&org.json, "id"));
+    let org = an_org(&srv).await;
+    let (owner, base) = (org.owner.clone(), org.base.clone());
     let res = srv
         .post_as(
             &format!("{base}/invitations"),
@@ -674,7 +665,17 @@ async fn email_look_alikes_are_one_account_or_refused(backend: Backend) {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("email") || format!("{err:?}").contains("email"));
+}
 
+async fn real_non_ascii_addresses_are_stored_folded(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    srv.register("alice@example.com").await;
+    let register = |email: &str| {
+        srv.post_json(
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD}),
+        )
+    };
     // Real non-ASCII addresses stay possible, stored in their folded form.
     let res = register("Jos\u{c9}@example.com").await;
     assert_eq!(res.status, 201, "{}", res.text);
@@ -719,20 +720,26 @@ async fn data_steps_recorded(srv: &TestServer) -> i64 {
         .unwrap()
 }
 
-async fn emails_stored_before_folding_are_folded_and_collisions_left_and_reported(
-    backend: Backend,
-) {
-    use gatehouse::auth::users::{fold_stored_emails, EmailCollision};
-    let srv = TestServer::start(backend).await;
-    // The step ran at start (nothing to fold) and was recorded.
-    assert_eq!(data_steps_recorded(&srv).await, 1);
-    let mixed = raw_user(&srv, "  Mixed.Case@Example.COM").await;
-    let wide = raw_user(&srv, "\u{ff41}lice@example.com").await;
-    let bob_raw = raw_user(&srv, "Bob@example.com").await;
-    let bob = raw_user(&srv, "bob@example.com").await;
-    let carol_upper = raw_user(&srv, "CAROL@example.com").await;
-    let carol_title = raw_user(&srv, "Carol@example.com").await;
-    let o = common::fixtures::an_org(&srv).await;
+/// Users and an invitation written as they were before addresses were folded: one to fold in
+/// case, one in width, two pairs that collide once folded, and an invitation.
+struct Unfolded {
+    mixed: String,
+    wide: String,
+    bob_raw: String,
+    bob: String,
+    carol_upper: String,
+    carol_title: String,
+    invitation: String,
+}
+
+async fn unfolded_rows(srv: &TestServer) -> Unfolded {
+    let mixed = raw_user(srv, "  Mixed.Case@Example.COM").await;
+    let wide = raw_user(srv, "\u{ff41}lice@example.com").await;
+    let bob_raw = raw_user(srv, "Bob@example.com").await;
+    let bob = raw_user(srv, "bob@example.com").await;
+    let carol_upper = raw_user(srv, "CAROL@example.com").await;
+    let carol_title = raw_user(srv, "Carol@example.com").await;
+    let o = common::fixtures::an_org(srv).await;
     let invitation = gatehouse::ids::new_id("inv");
     sqlx::query(
         "INSERT INTO invitations (id, organization_id, email, name, role, token_hash, status, \
@@ -746,6 +753,33 @@ async fn emails_stored_before_folding_are_folded_and_collisions_left_and_reporte
     .execute(srv.state.db.pool())
     .await
     .unwrap();
+    Unfolded {
+        mixed,
+        wide,
+        bob_raw,
+        bob,
+        carol_upper,
+        carol_title,
+        invitation,
+    }
+}
+
+async fn emails_stored_before_folding_are_folded_and_collisions_left_and_reported(
+    backend: Backend,
+) {
+    use gatehouse::auth::users::{fold_stored_emails, EmailCollision};
+    let srv = TestServer::start(backend).await;
+    // The step ran at start (nothing to fold) and was recorded.
+    assert_eq!(data_steps_recorded(&srv).await, 1);
+    let Unfolded {
+        mixed,
+        wide,
+        bob_raw,
+        bob,
+        carol_upper,
+        carol_title,
+        invitation,
+    } = unfolded_rows(&srv).await;
 
     // Recorded: a restart does not run the step again.
     srv.state.db.migrate().await.unwrap();

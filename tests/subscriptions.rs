@@ -4,27 +4,18 @@
 
 mod common;
 
-use common::{Backend, TestServer};
+use common::{fixtures::an_org, Backend, TestServer};
+use gatehouse::environment::Environment;
 use serde_json::{json, Value};
 
 on_both_databases!(
-    a_subscription_sets_the_plan_and_follows_its_cycle,
+    a_subscription_is_validated_field_by_field,
+    a_subscription_puts_the_organization_on_its_plan,
+    a_plan_change_applies_at_once_and_shows_in_the_admin_detail,
+    billing_read_reads_and_only_the_owner_changes_or_cancels,
+    a_canceled_subscription_ends_with_its_cycle_and_can_start_again,
     auto_renewing_subscriptions_roll_into_the_next_cycle,
 );
-
-async fn org(srv: &TestServer) -> (String, String, String) {
-    let reg = srv.register("owner@example.com").await;
-    let owner = reg["access_token"].as_str().unwrap().to_string();
-    let res = srv
-        .post_as(
-            "/v1/organizations",
-            &owner,
-            &json!({"name": "Acme", "slug": "acme"}),
-        )
-        .await;
-    let id = res.json["id"].as_str().unwrap().to_string();
-    (format!("/v1/organizations/{id}"), id, owner)
-}
 
 fn field_errors(res: &common::Response) -> Vec<String> {
     res.assert_error(400, "invalid_request")["details"]
@@ -47,9 +38,10 @@ async fn audit_actions(srv: &TestServer, base: &str, owner: &str) -> Vec<String>
         .collect()
 }
 
-async fn a_subscription_sets_the_plan_and_follows_its_cycle(backend: Backend) {
+async fn a_subscription_is_validated_field_by_field(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let (base, org_id, owner) = org(&srv).await;
+    let o = an_org(&srv).await;
+    let (base, owner) = (o.base.clone(), o.owner.clone());
     let sub = format!("{base}/subscription");
     srv.get_as(&sub, &owner)
         .await
@@ -78,7 +70,13 @@ async fn a_subscription_sets_the_plan_and_follows_its_cycle(backend: Backend) {
         ),
         ["billing_email"]
     );
+}
 
+async fn a_subscription_puts_the_organization_on_its_plan(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (base, org_id, owner) = (o.base.clone(), o.id.clone(), o.owner.clone());
+    let sub = format!("{base}/subscription");
     let res = srv
         .post_as(
             &sub,
@@ -124,7 +122,17 @@ async fn a_subscription_sets_the_plan_and_follows_its_cycle(backend: Backend) {
     srv.post_as(&sub, &owner, &json!({"plan": "smb"}))
         .await
         .assert_error(409, "conflict");
+}
 
+async fn a_plan_change_applies_at_once_and_shows_in_the_admin_detail(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (base, org_id, owner) = (o.base.clone(), o.id.clone(), o.owner.clone());
+    let sub = format!("{base}/subscription");
+    let s = srv
+        .post_as(&sub, &owner, &json!({"plan": "midmarket"}))
+        .await
+        .json;
     // A plan change applies at once.
     let res = srv
         .patch_as(&sub, &owner, &json!({"plan": "enterprise"}))
@@ -140,31 +148,6 @@ async fn a_subscription_sets_the_plan_and_follows_its_cycle(backend: Backend) {
         ["plan"]
     );
 
-    // Scopes: billing:read reads, billing:manage changes, only the owner cancels.
-    let key = |scopes: Value| {
-        let (srv, base, owner) = (&srv, base.clone(), owner.clone());
-        async move {
-            srv.post_as(
-                &format!("{base}/api-keys"),
-                &owner,
-                &json!({"name": "k", "scopes": scopes}),
-            )
-            .await
-            .json["token"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
-    };
-    let reader = key(json!(["billing:read"])).await;
-    assert_eq!(srv.get_as(&sub, &reader).await.status, 200);
-    srv.patch_as(&sub, &reader, &json!({"auto_renew": false}))
-        .await
-        .assert_error(403, "forbidden");
-    srv.delete_as(&sub, &reader)
-        .await
-        .assert_error(403, "forbidden");
-
     // The platform admin sees it in the organization's detail.
     let admin = srv.admin_token().await;
     let detail = srv
@@ -174,7 +157,43 @@ async fn a_subscription_sets_the_plan_and_follows_its_cycle(backend: Backend) {
     assert_eq!(detail.json["subscription"]["plan"], "enterprise");
     assert_eq!(detail.json["members"][0]["role"], "owner");
     assert_eq!(detail.json["usage"]["plan"], "enterprise");
+}
 
+async fn billing_read_reads_and_only_the_owner_changes_or_cancels(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (base, owner) = (o.base.clone(), o.owner.clone());
+    let sub = format!("{base}/subscription");
+    let res = srv
+        .post_as(&sub, &owner, &json!({"plan": "midmarket"}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    // Scopes: billing:read reads, billing:manage changes, only the owner cancels.
+    let reader = o
+        .a_key_token(&srv, Environment::Live, &["billing:read"])
+        .await;
+    assert_eq!(srv.get_as(&sub, &reader).await.status, 200);
+    srv.patch_as(&sub, &reader, &json!({"auto_renew": false}))
+        .await
+        .assert_error(403, "forbidden");
+    srv.delete_as(&sub, &reader)
+        .await
+        .assert_error(403, "forbidden");
+}
+
+async fn a_canceled_subscription_ends_with_its_cycle_and_can_start_again(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (base, owner) = (o.base.clone(), o.owner.clone());
+    let sub = format!("{base}/subscription");
+    let s = srv
+        .post_as(&sub, &owner, &json!({"plan": "midmarket"}))
+        .await
+        .json;
+    let res = srv
+        .patch_as(&sub, &owner, &json!({"plan": "enterprise"}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
     // Canceling keeps the plan to the end of the cycle…
     let res = srv.delete_as(&sub, &owner).await;
     assert_eq!(res.status, 200, "{}", res.text);
@@ -217,7 +236,8 @@ async fn a_subscription_sets_the_plan_and_follows_its_cycle(backend: Backend) {
 
 async fn auto_renewing_subscriptions_roll_into_the_next_cycle(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let (base, _, owner) = org(&srv).await;
+    let o = an_org(&srv).await;
+    let (base, owner) = (o.base.clone(), o.owner.clone());
     let sub = format!("{base}/subscription");
     let s = srv
         .post_as(&sub, &owner, &json!({"plan": "midmarket"}))
