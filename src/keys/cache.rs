@@ -48,7 +48,7 @@ pub struct CachedKey {
     /// Bit i set: scope `SCOPES[i]`.
     pub scopes: u32,
     pub allowed_origins: Vec<String>,
-    pub status: String,
+    pub status: super::KeyStatus,
     /// Unix seconds.
     pub expires_at: Option<i64>,
     /// For a secret replaced by a rotation: until when it still works (unix seconds).
@@ -461,11 +461,11 @@ fn unix_now() -> i64 {
 
 fn check(key: &CachedKey, origin: Option<&str>, ip: Option<std::net::IpAddr>) -> Result<(), Error> {
     let now = unix_now();
-    match key.status.as_str() {
-        "active" => {}
-        "revoked" => return Err(unauthorized("revoked")),
-        "disabled" => return Err(unauthorized("disabled")),
-        _ => return Err(unauthorized("invalid")),
+    match key.status {
+        super::KeyStatus::Active => {}
+        super::KeyStatus::Revoked => return Err(unauthorized("revoked")),
+        super::KeyStatus::Disabled => return Err(unauthorized("disabled")),
+        super::KeyStatus::Expired => return Err(unauthorized("expired")),
     }
     if key.expires_at.is_some_and(|t| t <= now) {
         return Err(unauthorized("expired"));
@@ -534,7 +534,11 @@ async fn load(db: &Db, digest: [u8; 32]) -> Result<Option<CachedKey>, Error> {
             .filter_map(|s| super::scope_bit(s))
             .fold(0, |a, b| a | b),
         allowed_origins: origins,
-        status: r.try_get("status")?,
+        status: super::decode(
+            "status",
+            &r.try_get::<String, _>("status")?,
+            super::KeyStatus::parse,
+        )?,
         expires_at: unix(r.try_get("expires_at")?),
         grace_until: unix(r.try_get("secret_grace")?),
         created_by: r.try_get("created_by")?,

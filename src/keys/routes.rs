@@ -7,11 +7,12 @@ use serde_json::{json, Value};
 use super::{
     scope_bit, scope_min_role,
     store::{self, ApiKey, KeyPatch, NewKey, Secret, StatusFilter},
-    SCOPES,
+    KeyStatus, KeyType, SCOPES,
 };
 use crate::{
     app::AppState,
     crypto,
+    environment::Environment,
     error::{Error, FieldError},
     events::{Change, Invalidation},
     http::{
@@ -44,15 +45,8 @@ pub const MAX_GRACE_SECONDS: i64 = 604_800;
 
 /// A new key value: `<sk|pk>_<live|test>_` + 40 random base62 characters (≈ 238 bits), and
 /// what is stored of it.
-fn new_secret(key_type: &str, env: &str) -> (String, Secret) {
-    let prefix = format!(
-        "{}_{env}_",
-        if key_type == "publishable" {
-            "pk"
-        } else {
-            "sk"
-        }
-    );
+fn new_secret(key_type: KeyType, env: Environment) -> (String, Secret) {
+    let prefix = format!("{}_{env}_", key_type.prefix());
     let token = format!("{prefix}{}", crypto::random_base62(40));
     let preview = format!(
         "{prefix}{}…{}",
@@ -167,23 +161,32 @@ async fn create(
     if name.is_empty() || name.chars().count() > 200 {
         errors.push(FieldError::new("name", "must be 1 to 200 characters"));
     }
-    let key_type = body.key_type.unwrap_or_else(|| "secret".into());
-    if key_type != "secret" && key_type != "publishable" {
-        errors.push(FieldError::new("type", "must be secret or publishable"));
-    }
-    let env = body
-        .environment
-        .or_else(|| access.environment().map(str::to_string))
-        .unwrap_or_else(|| "live".into());
-    if env != "live" && env != "test" {
-        errors.push(FieldError::new("environment", "must be live or test"));
-    } else if access.environment().is_some_and(|e| e != env) {
-        errors.push(FieldError::new(
-            "environment",
-            "a caller in one environment cannot create keys for the other",
-        ));
-    }
-    let publishable = key_type == "publishable";
+    let key_type = match body.key_type.as_deref() {
+        None => KeyType::Secret,
+        Some(t) => KeyType::parse(t).unwrap_or_else(|| {
+            errors.push(FieldError::new("type", "must be secret or publishable"));
+            KeyType::Secret
+        }),
+    };
+    let env = match body.environment.as_deref().or(access.environment()) {
+        None => Environment::Live,
+        Some(e) => match Environment::parse(e) {
+            None => {
+                errors.push(FieldError::new("environment", "must be live or test"));
+                Environment::Live
+            }
+            Some(env) => {
+                if access.environment().is_some_and(|e| e != env.as_str()) {
+                    errors.push(FieldError::new(
+                        "environment",
+                        "a caller in one environment cannot create keys for the other",
+                    ));
+                }
+                env
+            }
+        },
+    };
+    let publishable = key_type == KeyType::Publishable;
     let scopes: Vec<String> = match (&body.scopes, publishable) {
         (None, true) => vec!["gateway:proxy".into()],
         (Some(s), true) if s.iter().all(|x| x == "gateway:proxy") => vec!["gateway:proxy".into()],
@@ -254,13 +257,13 @@ async fn create(
         return Err(Error::invalid(errors));
     }
     let id = KeyId::generate();
-    let (token, secret) = new_secret(&key_type, &env);
+    let (token, secret) = new_secret(key_type, env);
     let new = NewKey {
         id: &id,
         organization_id: access.org_id(),
         name: &name,
-        key_type: &key_type,
-        environment: &env,
+        key_type,
+        environment: env,
         scopes: &scopes,
         allowed_origins: &origins,
         rate_limit: rate_limit.as_ref(),
@@ -373,7 +376,7 @@ async fn update(
             ));
         }
     }
-    if key.status == "revoked" {
+    if key.status == KeyStatus::Revoked {
         return Err(Error::conflict("A revoked key cannot be changed"));
     }
     check_within_authority(&access, &key)?;
@@ -382,7 +385,7 @@ async fn update(
             errors.push(FieldError::new("name", "must be 1 to 200 characters"));
         }
     }
-    let publishable = key.key_type == "publishable";
+    let publishable = key.key_type == KeyType::Publishable;
     if let Some(s) = &body.scopes {
         if publishable {
             errors.push(FieldError::new(
@@ -407,14 +410,17 @@ async fn update(
         }
         check_origins(o, &mut errors);
     }
-    if let Some(s) = &body.status {
-        if s != "active" && s != "disabled" {
+    let status = match body.status.as_deref().map(KeyStatus::parse) {
+        None => None,
+        Some(Some(s @ (KeyStatus::Active | KeyStatus::Disabled))) => Some(s),
+        Some(_) => {
             errors.push(FieldError::new(
                 "status",
                 "must be active or disabled (revoke with DELETE)",
             ));
+            None
         }
-    }
+    };
     let rate_limit = body
         .rate_limit
         .as_ref()
@@ -430,7 +436,7 @@ async fn update(
             s
         }),
         allowed_origins: body.allowed_origins,
-        status: body.status,
+        status,
         rate_limit,
     };
     Change::new("api_key.updated", "api_key", &id, json!({"id": id}))
@@ -451,7 +457,7 @@ async fn revoke(
 ) -> Result<StatusCode, Error> {
     let key = store::load(&state.db, access.org_id(), &id, access.environment()).await?;
     check_within_authority(&access, &key)?;
-    if key.status == "revoked" {
+    if key.status == KeyStatus::Revoked {
         // Nothing to write; the invalidation is sent again all the same.
         state.bus.publish(Invalidation::key(&id)).await;
     } else {
@@ -490,11 +496,11 @@ async fn rotate(
         ));
     }
     let key = store::load(&state.db, access.org_id(), &id, access.environment()).await?;
-    if key.status == "revoked" {
+    if key.status == KeyStatus::Revoked {
         return Err(Error::conflict("A revoked key cannot be rotated"));
     }
     check_within_authority(&access, &key)?;
-    let (token, secret) = new_secret(&key.key_type, &key.environment);
+    let (token, secret) = new_secret(key.key_type, key.environment);
     let now = chrono::Utc::now();
     let now_s = storage::format_time(now);
     let grace_until = storage::format_time(now + chrono::Duration::seconds(grace));

@@ -6,7 +6,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
 
+use super::{decode, KeyStatus, KeyType};
 use crate::{
+    environment::Environment,
     error::Error,
     http::pagination::{HasId, List, Page},
     ids::KeyId,
@@ -19,14 +21,14 @@ pub struct ApiKey {
     pub organization_id: String,
     pub name: String,
     #[serde(rename = "type")]
-    pub key_type: String,
-    pub environment: String,
+    pub key_type: KeyType,
+    pub environment: Environment,
     pub key_preview: String,
     pub scopes: Value,
     pub allowed_origins: Value,
     pub rate_limit: Option<Value>,
     pub project_id: Option<String>,
-    pub status: String,
+    pub status: KeyStatus,
     pub created_at: String,
     pub created_by: Option<String>,
     pub last_used_at: Option<String>,
@@ -54,20 +56,28 @@ impl ApiKey {
                 .map(|t| storage::api_time(&t)))
         };
         let expires_at: Option<String> = r.try_get("expires_at")?;
-        let mut status: String = r.try_get("status")?;
-        if status == "active"
+        let mut status = decode(
+            "status",
+            &r.try_get::<String, _>("status")?,
+            KeyStatus::parse,
+        )?;
+        if status == KeyStatus::Active
             && expires_at
                 .as_deref()
                 .is_some_and(|t| t <= storage::now().as_str())
         {
-            status = "expired".into();
+            status = KeyStatus::Expired;
         }
         Ok(ApiKey {
             id: KeyId(r.try_get("id")?),
             organization_id: r.try_get("organization_id")?,
             name: r.try_get("name")?,
-            key_type: r.try_get("type")?,
-            environment: r.try_get("environment")?,
+            key_type: decode("type", &r.try_get::<String, _>("type")?, KeyType::parse)?,
+            environment: decode(
+                "environment",
+                &r.try_get::<String, _>("environment")?,
+                Environment::parse,
+            )?,
             key_preview: r.try_get("key_preview")?,
             scopes: r.get_json("scopes")?,
             allowed_origins: r.get_json("allowed_origins")?,
@@ -108,7 +118,7 @@ pub async fn load(db: &Db, org_id: &str, id: &str, env: Option<&str>) -> Result<
     .await?
     .ok_or_else(|| Error::not_found("API key not found"))?;
     let key = ApiKey::from_row(&row)?;
-    if env.is_some_and(|e| e != key.environment) {
+    if env.is_some_and(|e| e != key.environment.as_str()) {
         return Err(Error::not_found("API key not found"));
     }
     Ok(key)
@@ -212,8 +222,8 @@ pub struct NewKey<'a> {
     pub id: &'a KeyId,
     pub organization_id: &'a str,
     pub name: &'a str,
-    pub key_type: &'a str,
-    pub environment: &'a str,
+    pub key_type: KeyType,
+    pub environment: Environment,
     pub scopes: &'a [String],
     pub allowed_origins: &'a [String],
     pub rate_limit: Option<&'a Value>,
@@ -234,8 +244,8 @@ pub async fn insert(tx: &mut AnyConnection, key: &NewKey<'_>) -> Result<(), Erro
     .bind(key.id.as_str())
     .bind(key.organization_id)
     .bind(key.name)
-    .bind(key.key_type)
-    .bind(key.environment)
+    .bind(key.key_type.as_str())
+    .bind(key.environment.as_str())
     .bind(&key.secret.preview)
     .bind(json!(key.scopes).to_string())
     .bind(json!(key.allowed_origins).to_string())
@@ -272,7 +282,8 @@ pub struct KeyPatch {
     pub name: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub allowed_origins: Option<Vec<String>>,
-    pub status: Option<String>,
+    /// `active` or `disabled` (revoking is its own change).
+    pub status: Option<KeyStatus>,
     pub rate_limit: Option<Value>,
 }
 
@@ -286,7 +297,7 @@ pub async fn update(tx: &mut AnyConnection, id: &str, patch: &KeyPatch) -> Resul
     .bind(patch.name.as_deref())
     .bind(patch.scopes.as_ref().map(|s| json!(s).to_string()))
     .bind(patch.allowed_origins.as_ref().map(|o| json!(o).to_string()))
-    .bind(patch.status.as_deref())
+    .bind(patch.status.map(KeyStatus::as_str))
     .bind(patch.rate_limit.as_ref().map(Value::to_string))
     .bind(id)
     .execute(&mut *tx)
