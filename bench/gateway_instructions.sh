@@ -54,7 +54,10 @@ EOF
 measure() { # binary run-number
   local bin=$1 i=$2 db="$work/bench-$2.db"
   export GATEHOUSE_LISTEN=$GATE GATEHOUSE_DATABASE_URL="sqlite://$db" GATEHOUSE_LOG_LEVEL=error \
-    GATEHOUSE_BOOTSTRAP_ADMIN=false GATEHOUSE_ALLOW_PRIVATE_PROVIDER_TARGETS=true GATEHOUSE_SERVE_THREADS=1
+    GATEHOUSE_BOOTSTRAP_ADMIN=false GATEHOUSE_SERVE_THREADS=1
+  # The mock upstream is on loopback (builds older than the provider SSRF guard lack the switch).
+  unset GATEHOUSE_ALLOW_PRIVATE_PROVIDER_TARGETS
+  if grep -q allow_private_provider_targets "$bin"; then export GATEHOUSE_ALLOW_PRIVATE_PROVIDER_TARGETS=true; fi
   "$bin" admin create --email admin@bench.local --password load-test-passphrase-9 >/dev/null
   valgrind --tool=callgrind --callgrind-out-file="$work/cg-$i.out" "$bin" >/dev/null 2>"$work/vg-$i.log" &
   local vg=$!
