@@ -72,9 +72,9 @@ pub struct ProviderLabels {
     pub provider: Cow<'static, str>,
 }
 
-/// A provider kind as a label value (one of `providers::KINDS`; stored kinds always are).
-pub fn provider_label(kind: &str) -> Cow<'static, str> {
-    Cow::Borrowed(crate::gateway::providers::static_kind(kind))
+/// A provider kind as a label value.
+pub fn provider_label(kind: crate::gateway::providers::ProviderKind) -> Cow<'static, str> {
+    Cow::Borrowed(kind.as_str())
 }
 
 /// The gateway's metrics (cheap clones sharing the same series).
@@ -101,13 +101,13 @@ struct ProviderSeries {
 }
 
 impl GatewayMetrics {
-    /// Counts an answer of `provider` (a kind of `providers::KINDS`) with its status, latency and
+    /// Counts an answer of `provider` (a `providers::ProviderKind`, as its name) with its status, latency and
     /// tokens. A 200 updates series held since their first use, without the families' lookups
     /// (the gateway's request path); other statuses look theirs up.
     pub fn answered(&self, provider: &'static str, status: u16, secs: f64, tokens: (u64, u64)) {
-        let kind = crate::gateway::providers::KINDS
+        let kind = crate::gateway::providers::ProviderKind::ALL
             .iter()
-            .position(|k| *k == provider);
+            .position(|k| k.as_str() == provider);
         let looked_up;
         let series = match kind {
             Some(i) if status == 200 => {
@@ -213,7 +213,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             usage_queue_depth: Gauge::default(),
             usage_dropped: Counter::default(),
-            series: crate::gateway::providers::KINDS
+            series: crate::gateway::providers::ProviderKind::ALL
                 .iter()
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),

@@ -22,7 +22,7 @@ use axum::{
     extract::State,
     http::{HeaderName, HeaderValue, StatusCode},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use store::Provider;
@@ -45,22 +45,49 @@ use crate::{
 
 mod store;
 
-pub const KINDS: &[&str] = &[
-    "openai",
-    "anthropic",
-    "google",
-    "azure",
-    "openai_compatible",
-    "mock",
-];
+/// The kinds of upstream provider (SPEC §12): each its own API format, or the OpenAI format
+/// (`openai_compatible`: vLLM, Ollama, any server speaking it) or the built-in `mock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+    Google,
+    Azure,
+    OpenaiCompatible,
+    Mock,
+}
 
-/// The provider kind as the static string of [`KINDS`] (stored kinds are always one of them).
-pub fn static_kind(kind: &str) -> &'static str {
-    KINDS
-        .iter()
-        .find(|k| **k == kind)
-        .copied()
-        .unwrap_or("unknown")
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 6] = [
+        ProviderKind::Openai,
+        ProviderKind::Anthropic,
+        ProviderKind::Google,
+        ProviderKind::Azure,
+        ProviderKind::OpenaiCompatible,
+        ProviderKind::Mock,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Google => "google",
+            ProviderKind::Azure => "azure",
+            ProviderKind::OpenaiCompatible => "openai_compatible",
+            ProviderKind::Mock => "mock",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A provider as the proxy uses it: with its decrypted key, ready as the header the provider
@@ -68,7 +95,7 @@ pub fn static_kind(kind: &str) -> &'static str {
 #[derive(Clone)]
 pub struct Upstream {
     pub id: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub base_url: Option<String>,
     pub credential: Option<Credential>,
     pub models: Vec<String>,
@@ -84,12 +111,12 @@ pub enum Credential {
 
 /// Each provider's own way of taking a key: `Authorization: Bearer` (OpenAI and compatible
 /// servers), `api-key` (Azure OpenAI), `x-api-key` (Anthropic), `x-goog-api-key` (Gemini).
-pub fn credential(provider: &str, key: &Secret) -> Credential {
+pub fn credential(provider: ProviderKind, key: &Secret) -> Credential {
     let key = key.expose();
     let (name, value) = match provider {
-        "azure" => ("api-key", HeaderValue::from_str(key)),
-        "anthropic" => ("x-api-key", HeaderValue::from_str(key)),
-        "google" => ("x-goog-api-key", HeaderValue::from_str(key)),
+        ProviderKind::Azure => ("api-key", HeaderValue::from_str(key)),
+        ProviderKind::Anthropic => ("x-api-key", HeaderValue::from_str(key)),
+        ProviderKind::Google => ("x-goog-api-key", HeaderValue::from_str(key)),
         _ => (
             "authorization",
             HeaderValue::from_str(&format!("Bearer {key}")),
@@ -177,7 +204,7 @@ async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec
                 None => None,
             };
             Ok(Upstream {
-                credential: api_key.map(|k| credential(&r.provider, &k)),
+                credential: api_key.map(|k| credential(r.provider, &k)),
                 provider: r.provider,
                 base_url: r.base_url,
                 models: r.models,
@@ -204,9 +231,12 @@ impl ProviderInput {
     fn validate(&self, creating: bool) -> Result<(), Error> {
         let mut errors = Vec::new();
         match &self.provider {
-            Some(p) if !KINDS.contains(&p.as_str()) => errors.push(FieldError::new(
+            Some(p) if ProviderKind::parse(p).is_none() => errors.push(FieldError::new(
                 "provider",
-                format!("must be one of {}", KINDS.join(", ")),
+                format!(
+                    "must be one of {}",
+                    ProviderKind::ALL.map(ProviderKind::as_str).join(", ")
+                ),
             )),
             None if creating => errors.push(FieldError::new("provider", "is required")),
             Some(_) if !creating => errors.push(FieldError::new("provider", "is immutable")),
@@ -306,7 +336,12 @@ pub async fn create(
     let new = NewProvider {
         id: &id,
         organization_id: access.org_id(),
-        provider: body.provider.as_deref().unwrap_or_default(),
+        // Validated above: present and one of the kinds.
+        provider: body
+            .provider
+            .as_deref()
+            .and_then(ProviderKind::parse)
+            .unwrap_or(ProviderKind::Mock),
         name: body.name.as_deref().unwrap_or_default().trim(),
         base_url: body.base_url.as_deref(),
         sealed_key: body.api_key.as_ref().map(|k| {
@@ -416,11 +451,11 @@ mod tests {
 
     #[test]
     fn an_upstream_and_its_credential_never_print_the_key() {
-        for kind in KINDS {
+        for kind in ProviderKind::ALL {
             let key = Secret::from("sk-live-0123456789abcdef");
             let upstream = Upstream {
                 id: "prv_1".into(),
-                provider: kind.to_string(),
+                provider: kind,
                 base_url: Some("https://api.example.com".into()),
                 credential: Some(credential(kind, &key)),
                 models: vec!["gpt-4o".into()],

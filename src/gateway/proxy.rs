@@ -18,7 +18,7 @@ use axum::{
 
 use super::{
     mock,
-    providers::{upstreams, Credential, Upstream},
+    providers::{upstreams, Credential, ProviderKind, Upstream},
     usage::{Format, Tap, UsageRecord},
 };
 use crate::policies::violations::Found;
@@ -130,7 +130,7 @@ pub struct Spec {
     /// The route template (`{*path}` is the provider's own path).
     pub route: &'static str,
     prefix: &'static str,
-    kinds: &'static [&'static str],
+    kinds: &'static [ProviderKind],
     default_base: &'static str,
     /// Azure OpenAI: `/azure/{resource}/{deployment}/{path}`, key in `api-key`.
     azure: bool,
@@ -140,7 +140,11 @@ pub const OPENAI: Spec = Spec {
     route: "/openai/v1/{*path}",
     format: Format::OpenAi,
     prefix: "/openai/v1",
-    kinds: &["openai", "openai_compatible", "mock"],
+    kinds: &[
+        ProviderKind::Openai,
+        ProviderKind::OpenaiCompatible,
+        ProviderKind::Mock,
+    ],
     default_base: "https://api.openai.com/v1",
     azure: false,
 };
@@ -148,7 +152,7 @@ pub const ANTHROPIC: Spec = Spec {
     route: "/anthropic/v1/{*path}",
     format: Format::Anthropic,
     prefix: "/anthropic/v1",
-    kinds: &["anthropic", "mock"],
+    kinds: &[ProviderKind::Anthropic, ProviderKind::Mock],
     default_base: "https://api.anthropic.com/v1",
     azure: false,
 };
@@ -156,7 +160,7 @@ pub const GOOGLE: Spec = Spec {
     route: "/google/v1beta/{*path}",
     format: Format::Google,
     prefix: "/google/v1beta",
-    kinds: &["google", "mock"],
+    kinds: &[ProviderKind::Google, ProviderKind::Mock],
     default_base: "https://generativelanguage.googleapis.com/v1beta",
     azure: false,
 };
@@ -164,7 +168,7 @@ pub const AZURE: Spec = Spec {
     route: "/azure/{*path}",
     format: Format::OpenAi,
     prefix: "/azure",
-    kinds: &["azure", "mock"],
+    kinds: &[ProviderKind::Azure, ProviderKind::Mock],
     default_base: "",
     azure: true,
 };
@@ -487,7 +491,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     let configured = upstreams(&state, &key.organization_id, &key.environment).await?;
     let mut candidates: Vec<&Upstream> = configured
         .iter()
-        .filter(|u| spec.kinds.contains(&u.provider.as_str()) && u.serves(&model))
+        .filter(|u| spec.kinds.contains(&u.provider) && u.serves(&model))
         .take(MAX_ATTEMPTS)
         .collect();
     if candidates.is_empty() && &*key.environment == "test" {
@@ -523,7 +527,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
             tokio::time::sleep(pause).await;
         }
         let last = attempt + 1 == MAX_ATTEMPTS;
-        let res = if upstream.provider == "mock" {
+        let res = if upstream.provider == ProviderKind::Mock {
             mock_answer(
                 spec,
                 method,
@@ -560,7 +564,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
                         .gateway
                         .upstream_errors
                         .get_or_create(&crate::metrics::ProviderLabels {
-                            provider: crate::metrics::provider_label(&upstream.provider),
+                            provider: crate::metrics::provider_label(upstream.provider),
                         })
                         .inc();
                     last_error = Some(e);
@@ -584,7 +588,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     };
 
     let mut record = UsageRecord {
-        provider: super::providers::static_kind(&upstream.provider),
+        provider: upstream.provider.as_str(),
         status: res.status().as_u16(),
         violations,
         ..entry
@@ -720,7 +724,7 @@ fn refuse(
 /// The mock provider, for test keys of an organization without a provider of that format.
 static MOCK: std::sync::LazyLock<Upstream> = std::sync::LazyLock::new(|| Upstream {
     id: "mock".into(),
-    provider: "mock".into(),
+    provider: ProviderKind::Mock,
     base_url: None,
     credential: None,
     models: vec![],

@@ -34,7 +34,7 @@ pub struct UsageRecord {
     pub organization_id: Arc<str>,
     pub key_id: Arc<str>,
     pub environment: Arc<str>,
-    /// One of the provider kinds (`providers::KINDS`).
+    /// One of the provider kinds ([`super::providers::ProviderKind::as_str`]).
     pub provider: &'static str,
     pub model: String,
     pub path: String,

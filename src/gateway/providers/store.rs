@@ -7,6 +7,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
 
+use super::ProviderKind;
+
 use crate::{
     error::Error,
     events::change::found,
@@ -18,7 +20,7 @@ use crate::{
 pub struct Provider {
     pub id: String,
     pub organization_id: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub name: String,
     pub base_url: Option<String>,
     pub api_key_set: bool,
@@ -45,7 +47,7 @@ impl Provider {
         Ok(Provider {
             id: r.try_get("id")?,
             organization_id: r.try_get("organization_id")?,
-            provider: r.try_get("provider")?,
+            provider: kind_of(r)?,
             name: r.try_get("name")?,
             base_url: r.try_get("base_url")?,
             api_key_set: r.try_get::<Option<String>, _>("api_key")?.is_some(),
@@ -104,7 +106,7 @@ pub async fn list(
 /// An enabled provider as the proxy reads it, its key still sealed.
 pub struct EnabledRow {
     pub id: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub base_url: Option<String>,
     pub sealed_key: Option<String>,
     pub models: Vec<String>,
@@ -125,7 +127,7 @@ pub async fn enabled(db: &Db, org_id: &str, env: &str) -> Result<Vec<EnabledRow>
         .map(|r| {
             Ok(EnabledRow {
                 id: r.try_get("id")?,
-                provider: r.try_get("provider")?,
+                provider: kind_of(r)?,
                 base_url: r.try_get("base_url")?,
                 sealed_key: r.try_get("api_key")?,
                 models: serde_json::from_value(r.get_json("models")?).unwrap_or_default(),
@@ -139,7 +141,7 @@ pub async fn enabled(db: &Db, org_id: &str, env: &str) -> Result<Vec<EnabledRow>
 pub struct NewProvider<'a> {
     pub id: &'a str,
     pub organization_id: &'a str,
-    pub provider: &'a str,
+    pub provider: ProviderKind,
     pub name: &'a str,
     pub base_url: Option<&'a str>,
     pub sealed_key: Option<String>,
@@ -156,7 +158,7 @@ pub async fn insert(tx: &mut AnyConnection, p: NewProvider<'_>) -> Result<(), Er
     )
     .bind(p.id)
     .bind(p.organization_id)
-    .bind(p.provider)
+    .bind(p.provider.as_str())
     .bind(p.name)
     .bind(p.base_url)
     .bind(p.sealed_key)
@@ -217,4 +219,12 @@ pub async fn delete(
         sql.and("environment = ?", env.to_string());
     }
     found(sql.query().execute(&mut *tx).await?, "Provider not found")
+}
+
+/// A row's provider kind; a stored value outside the set is a decode error.
+fn kind_of(r: &sqlx::any::AnyRow) -> Result<ProviderKind, sqlx::Error> {
+    let kind: String = r.try_get("provider")?;
+    ProviderKind::parse(&kind).ok_or_else(|| {
+        sqlx::Error::Decode(format!("unexpected provider {kind:?} in providers").into())
+    })
 }
