@@ -1,8 +1,7 @@
 //! Platform administration (SPEC §8): every route here requires a platform admin. The
 //! queries are in [`store`] (and, for a user's own rows, [`crate::auth::users`]); every change
-//! is written through [`change::PlatformChange`], audited as the admin.
+//! is written through [`Change`](crate::events::Change), audited as the admin.
 
-pub mod change;
 pub mod orgs;
 pub mod store;
 
@@ -20,7 +19,7 @@ use crate::{
         users::{self, AdminPatch, ProfilePatch, User},
     },
     error::Error,
-    events::{Actor, ActorContext, NewEvent},
+    events::{Actor, ActorContext, Change},
     http::request_meta::RequestMeta,
     http::{
         extract::{Json, Path, Query},
@@ -29,7 +28,6 @@ use crate::{
     },
     ids::UserId,
 };
-use change::PlatformChange;
 
 pub fn routes() -> Routes {
     const USER: &str = "/v1/admin/users/{id}";
@@ -143,9 +141,8 @@ async fn delete_user(
     if id == admin.user.id.0 {
         return Err(Error::bad_request("You cannot delete your own account"));
     }
-    let event = NewEvent::new("user.deleted", "user", Some(id.clone())).data(json!({"id": id}));
     let by = ActorContext::new(Actor::User(admin.user.id.clone()), (&meta).into());
-    PlatformChange::new(event)
+    Change::new("user.deleted", "user", &id, json!({"id": id}))
         .write(&state, &by, async |tx| {
             // Every organization keeps an owner: deleting its only one is refused.
             let sole = crate::orgs::members::sole_owner_of(tx, state.db.backend(), &id).await?;

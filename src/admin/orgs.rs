@@ -4,18 +4,17 @@ use axum::{extract::State, response::IntoResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{change::PlatformChange, store};
+use super::store;
 use crate::{
     app::AppState,
     auth::extract::PlatformAdmin,
     error::{Error, FieldError},
-    events::{Invalidation, NewEvent},
+    events::{Change, Invalidation},
     http::{
         extract::{Json, Path, Query},
         pagination::Page,
         routes::Routes,
     },
-    ids::OrgId,
     orgs::organizations,
 };
 
@@ -123,17 +122,20 @@ async fn set_status(
     } else {
         "organization.updated"
     };
-    let event = NewEvent::new(action, "organization", Some(id.clone()))
-        .organization(OrgId(id.clone()))
-        .data(json!({"id": id, "status": body.status}))
-        .metadata(json!({"reason": body.reason}));
     // Keys cached on every node carry the organization's status.
-    PlatformChange::new(event)
-        .invalidates(Invalidation::organization(&id))
-        .write(&state, &admin.context(&meta), async |tx| {
-            store::set_organization_status(tx, &id, &body.status).await
-        })
-        .await?;
+    Change::new(
+        action,
+        "organization",
+        &id,
+        json!({"id": id, "status": body.status}),
+    )
+    .organization(&id)
+    .metadata(json!({"reason": body.reason}))
+    .invalidates(Invalidation::organization(&id))
+    .write(&state, &admin.context(&meta), async |tx| {
+        store::set_organization_status(tx, &id, &body.status).await
+    })
+    .await?;
     tracing::info!(organization_id = %id, status = %body.status, reason = %body.reason, "organization status changed");
     Ok(axum::Json(organizations::get(&state.db, &id).await?))
 }

@@ -4,7 +4,7 @@
 //! subscription, which sets its plan. The queries are in [`store`] (plans, an organization's
 //! plan and counts) and [`subscriptions::store`]; the handlers here extract, validate, call a
 //! store and respond, and every change of the catalogue is written through
-//! [`PlatformChange`](crate::admin::change::PlatformChange) (audited as the admin, then every
+//! [`Change`](crate::events::Change) (audited as the admin, then every
 //! node reloads its catalogue).
 
 pub mod store;
@@ -24,7 +24,6 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    admin::change::PlatformChange,
     app::AppState,
     auth::extract::{AuthUser, PlatformAdmin},
     error::{Error, FieldError},
@@ -304,10 +303,10 @@ fn plan_change(
     action: &str,
     id: &str,
     data: Value,
-) -> (PlatformChange, crate::events::ActorContext) {
-    let event = crate::events::NewEvent::new(action, "plan", Some(id.to_string())).data(data);
+) -> (crate::events::Change, crate::events::ActorContext) {
     (
-        PlatformChange::new(event).invalidates(crate::events::Invalidation::Plans),
+        crate::events::Change::new(action, "plan", id, data)
+            .invalidates(crate::events::Invalidation::Plans),
         admin.context(meta),
     )
 }

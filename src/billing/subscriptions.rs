@@ -7,7 +7,7 @@
 //! plan, or rolls an auto-renewing subscription into its next cycle.
 //!
 //! The queries are in [`store`]; the member's changes are written through [`Change`], the
-//! cycle job's through [`PlatformChange`] (the system's, changing a subscription only if no
+//! cycle job's too (the system's, changing a subscription only if no
 //! other node did).
 //!
 //! Not built here: invoices (and with them the proration of a mid-cycle plan change), which
@@ -23,12 +23,10 @@ use serde_json::{json, Value};
 use self::store::{NewSubscription, Subscription, SubscriptionPatch, SubscriptionStatus};
 use super::{store::set_organization_plan, DEFAULT_PLAN};
 use crate::{
-    admin::change::PlatformChange,
     app::AppState,
     error::{Error, ErrorCode, FieldError},
-    events::{ActorContext, Change, Invalidation, NewEvent},
+    events::{ActorContext, Change, Invalidation},
     http::extract::Json,
-    ids::OrgId,
     orgs::{access::OrgAccess, roles::perm},
     storage,
 };
@@ -262,10 +260,8 @@ pub async fn close_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, Er
                        "previous_plan": plan_id, "organization_plan": DEFAULT_PLAN})
             }
         };
-        let event = NewEvent::new("subscription.updated", "subscription", Some(id.clone()))
-            .organization(OrgId(org_id.clone()))
-            .data(data);
-        let done = PlatformChange::new(event)
+        let done = Change::new("subscription.updated", "subscription", id, data)
+            .organization(org_id)
             .invalidates(Invalidation::organization(org_id))
             .write_if(state, &ActorContext::system(), async |tx| {
                 // Each update changes the subscription only if it is still as read: else

@@ -3,12 +3,17 @@
 //! 1. a write transaction is opened ([`super::begin_write`]);
 //! 2. the change runs on it — a store function given the transaction;
 //! 3. the change's event is emitted on the same transaction: the audit entry and, for a webhook
-//!    event type, the webhook outbox rows ([`super::emit_org`]), so a rolled-back change emits
+//!    event type, the webhook outbox rows ([`super::emit`]), so a rolled-back change emits
 //!    nothing;
 //! 4. the transaction commits;
 //! 5. what the change made stale is invalidated on every node ([`Invalidation`] on the bus).
 //!
 //! A change that fails at 2 or 3 rolls back (the transaction is dropped) and invalidates nothing.
+//!
+//! It serves an organization member's change of its resources (the author is an [`OrgAccess`],
+//! the event is its organization's) and a platform-level one alike (the author is an
+//! [`ActorContext`]: an admin, or the system's own jobs; the event names an organization only if
+//! the change does, with [`Change::organization`]).
 //!
 //! It lives in `events` because the event is what every change has in common (the audit log
 //! and the outbox are this module's), and every domain already depends on `events` to emit; the
@@ -23,19 +28,20 @@
 use serde_json::Value;
 
 pub use crate::keys::invalidation::Invalidation;
-use crate::{app::AppState, error::Error, orgs::access::OrgAccess};
+use crate::{app::AppState, error::Error, ids::OrgId, orgs::access::OrgAccess};
 
-use super::ActorContext;
+use super::{ActorContext, NewEvent};
 
-/// Who makes a change, and in which organization.
+/// Who makes a change, and in which organization (`None`: a platform-level change — the plan
+/// catalogue, users, an organization's status by an admin, the system's own jobs).
 pub trait Author {
-    fn org_id(&self) -> &str;
+    fn organization(&self) -> Option<&str>;
     fn actor_context(&self) -> ActorContext;
 }
 
 impl<P> Author for OrgAccess<P> {
-    fn org_id(&self) -> &str {
-        OrgAccess::org_id(self)
+    fn organization(&self) -> Option<&str> {
+        Some(OrgAccess::org_id(self))
     }
 
     fn actor_context(&self) -> ActorContext {
@@ -43,26 +49,45 @@ impl<P> Author for OrgAccess<P> {
     }
 }
 
+/// A platform actor (an admin, the system): the event is the organization's only if the change
+/// says so ([`Change::organization`]).
+impl Author for ActorContext {
+    fn organization(&self) -> Option<&str> {
+        None
+    }
+
+    fn actor_context(&self) -> ActorContext {
+        self.clone()
+    }
+}
+
 /// A change to be written: its event (`<resource>.<verb>` on one resource, with its data) and
 /// what it makes stale.
 #[must_use = "a change does nothing until it is written"]
 pub struct Change {
-    action: &'static str,
-    resource: &'static str,
-    id: String,
-    data: Value,
+    event: NewEvent,
     invalidates: Option<Invalidation>,
 }
 
 impl Change {
-    pub fn new(action: &'static str, resource: &'static str, id: &str, data: Value) -> Self {
+    pub fn new(action: &str, resource: &str, id: &str, data: Value) -> Self {
         Change {
-            action,
-            resource,
-            id: id.to_string(),
-            data,
+            event: NewEvent::new(action, resource, Some(id.to_string())).data(data),
             invalidates: None,
         }
+    }
+
+    /// The event's organization, for a platform author's change of one organization (an
+    /// organization member's change is always its organization's).
+    pub fn organization(mut self, org_id: &str) -> Self {
+        self.event = self.event.organization(OrgId(org_id.to_string()));
+        self
+    }
+
+    /// The audit record's metadata (what changed, why); `{}` when not set.
+    pub fn metadata(mut self, metadata: Value) -> Self {
+        self.event = self.event.metadata(metadata);
+        self
     }
 
     /// What every node drops once the change is committed.
@@ -81,20 +106,44 @@ impl Change {
     ) -> Result<T, Error> {
         let mut tx = super::begin_write(&state.db).await?;
         let out = change(&mut *tx).await?;
-        super::emit_org(
-            &mut tx,
-            &by.actor_context(),
-            by.org_id(),
-            self.action,
-            (self.resource, &self.id),
-            self.data,
-        )
-        .await?;
+        self.finish(state, by, tx).await?;
+        Ok(out)
+    }
+
+    /// Like [`write`](Self::write), for a change that may find nothing to do (another node got
+    /// there first): when `change` returns `None` the transaction rolls back, and nothing is
+    /// emitted or invalidated.
+    pub async fn write_if<T>(
+        self,
+        state: &AppState,
+        by: &impl Author,
+        change: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<Option<T>, Error>,
+    ) -> Result<Option<T>, Error> {
+        let mut tx = super::begin_write(&state.db).await?;
+        let Some(out) = change(&mut *tx).await? else {
+            return Ok(None);
+        };
+        self.finish(state, by, tx).await?;
+        Ok(Some(out))
+    }
+
+    /// Emits the event in the change's transaction, commits, then invalidates.
+    async fn finish(
+        self,
+        state: &AppState,
+        by: &impl Author,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<(), Error> {
+        let mut event = self.event;
+        if let Some(org_id) = by.organization() {
+            event = event.organization(OrgId(org_id.to_string()));
+        }
+        super::emit(&mut tx, &by.actor_context(), event).await?;
         tx.commit().await?;
         if let Some(message) = self.invalidates {
             state.bus.publish(message).await;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
