@@ -5,11 +5,11 @@
 mod common;
 
 use common::{
-    fixtures::{an_org as org, token},
+    fixtures::{an_org as org, token, Org},
     Backend, TestServer,
 };
 use gatehouse::orgs::roles::Role;
-use serde_json::json;
+use serde_json::{json, Value};
 
 on_both_databases!(
     keys_are_shown_once_and_stored_hashed,
@@ -206,6 +206,20 @@ async fn keys_authenticate_with_their_scopes_only(backend: Backend) {
     assert_eq!(audit.json["events"][0]["actor_id"], full["id"]);
 }
 
+/// A server, an organization, and a key of its owner that may read the organization.
+async fn an_org_with_a_read_key(backend: Backend) -> (TestServer, Org, Value) {
+    let srv = TestServer::start(backend).await;
+    let o = org(&srv).await;
+    let k = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "k", "scopes": ["organizations:read"]}),
+        )
+        .await;
+    (srv, o, k)
+}
+
 async fn a_key_never_exceeds_its_creators_role(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = org(&srv).await;
@@ -249,15 +263,7 @@ async fn a_key_never_exceeds_its_creators_role(backend: Backend) {
 }
 
 async fn patch_revoke_and_disable_take_effect_at_once(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = org(&srv).await;
-    let k = o
-        .a_key(
-            &srv,
-            &o.owner,
-            json!({"name": "k", "scopes": ["organizations:read"]}),
-        )
-        .await;
+    let (srv, o, k) = an_org_with_a_read_key(backend).await;
     let (t, path) = (
         token(&k),
         format!("{}/api-keys/{}", o.base, k["id"].as_str().unwrap()),
@@ -322,15 +328,7 @@ async fn patch_revoke_and_disable_take_effect_at_once(backend: Backend) {
 }
 
 async fn rotation_keeps_the_old_secret_for_the_grace_period(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = org(&srv).await;
-    let k = o
-        .a_key(
-            &srv,
-            &o.owner,
-            json!({"name": "k", "scopes": ["organizations:read"]}),
-        )
-        .await;
+    let (srv, o, k) = an_org_with_a_read_key(backend).await;
     let old = token(&k);
     let rotations = format!(
         "{}/api-keys/{}/rotations",

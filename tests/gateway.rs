@@ -93,36 +93,53 @@ async fn three_mock_calls(srv: &TestServer, test_key: &str, chat: &Value) {
     assert_eq!(text, "Mock reply to: hello there gateway");
 }
 
-async fn test_keys_get_deterministic_mock_answers_plain_and_streamed(backend: Backend) {
+/// A gateway key of the test environment, answered by the mock provider.
+async fn a_test_key(srv: &TestServer, s: &Org) -> String {
+    s.key_token(
+        srv,
+        a_key()
+            .named("t")
+            .environment(Environment::Test)
+            .scopes(&["gateway:proxy"]),
+    )
+    .await
+}
+
+/// The mock provider's chat: a system prompt and a user message.
+fn mock_chat() -> Value {
+    json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]})
+}
+
+/// A live gateway key, answered by the organization's providers.
+async fn a_live_key(srv: &TestServer, s: &Org) -> String {
+    s.key_token(srv, a_key().named("l").scopes(&["gateway:proxy"]))
+        .await
+}
+
+/// Adds a provider to the organization; it is created.
+async fn a_provider(srv: &TestServer, s: &Org, body: Value) -> Value {
+    let res = srv
+        .post_as(&format!("{}/providers", s.base), &s.owner, &body)
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    res.json
+}
+
+/// A server and an organization whose test key made `three_mock_calls`.
+async fn an_org_after_three_mock_calls(backend: Backend) -> (TestServer, Org) {
     let srv = TestServer::start(backend).await;
     let s = an_org(&srv).await;
-    let test_key = s
-        .key_token(
-            &srv,
-            a_key()
-                .named("t")
-                .environment(Environment::Test)
-                .scopes(&["gateway:proxy"]),
-        )
-        .await;
-    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
-    three_mock_calls(&srv, &test_key, &chat).await;
+    let test_key = a_test_key(&srv, &s).await;
+    three_mock_calls(&srv, &test_key, &mock_chat()).await;
+    (srv, s)
+}
+
+async fn test_keys_get_deterministic_mock_answers_plain_and_streamed(backend: Backend) {
+    an_org_after_three_mock_calls(backend).await;
 }
 
 async fn mock_calls_are_logged_with_their_tokens_and_cost_and_counted_in_metrics(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let s = an_org(&srv).await;
-    let test_key = s
-        .key_token(
-            &srv,
-            a_key()
-                .named("t")
-                .environment(Environment::Test)
-                .scopes(&["gateway:proxy"]),
-        )
-        .await;
-    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
-    three_mock_calls(&srv, &test_key, &chat).await;
+    let (srv, s) = an_org_after_three_mock_calls(backend).await;
     let logs = logs(&srv, &s, 3).await;
     let entries = logs["logs"].as_array().unwrap();
     assert!(entries
@@ -151,19 +168,7 @@ async fn mock_calls_are_logged_with_their_tokens_and_cost_and_counted_in_metrics
 }
 
 async fn stats_total_and_group_the_logged_calls(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let s = an_org(&srv).await;
-    let test_key = s
-        .key_token(
-            &srv,
-            a_key()
-                .named("t")
-                .environment(Environment::Test)
-                .scopes(&["gateway:proxy"]),
-        )
-        .await;
-    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
-    three_mock_calls(&srv, &test_key, &chat).await;
+    let (srv, s) = an_org_after_three_mock_calls(backend).await;
     srv.wait_for_usage_logs(3).await;
     // Stats over the same calls: totals, a series by model, percentiles from the log.
     let stats = srv
@@ -221,16 +226,8 @@ async fn stats_total_and_group_the_logged_calls(backend: Backend) {
 async fn the_gateway_refuses_missing_keys_scopes_providers_and_bad_json(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let s = an_org(&srv).await;
-    let test_key = s
-        .key_token(
-            &srv,
-            a_key()
-                .named("t")
-                .environment(Environment::Test)
-                .scopes(&["gateway:proxy"]),
-        )
-        .await;
-    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
+    let test_key = a_test_key(&srv, &s).await;
+    let chat = mock_chat();
     // Refusals: no key, a key without the scope, a live key without a provider.
     srv.post_json("/openai/v1/chat/completions", &chat)
         .await
@@ -247,9 +244,7 @@ async fn the_gateway_refuses_missing_keys_scopes_providers_and_bad_json(backend:
     srv.post_as("/openai/v1/chat/completions", &no_scope, &chat)
         .await
         .assert_error(403, "forbidden");
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+    let live = a_live_key(&srv, &s).await;
     srv.post_as("/openai/v1/chat/completions", &live, &chat)
         .await
         .assert_error(502, "upstream_error");
@@ -343,13 +338,12 @@ async fn down_and_up_providers(srv: &TestServer, s: &Org) -> (Vec<String>, Recei
     (ids, bad_rx, good_rx)
 }
 
-async fn requests_fall_back_to_the_next_provider_with_its_own_credential(backend: Backend) {
-    let srv = start_with_local_providers(backend).await;
-    let s = an_org(&srv).await;
-    let (_, mut bad_rx, mut good_rx) = down_and_up_providers(&srv, &s).await;
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+/// A live gateway key, and a chat sent with it through the "down" and "up" providers: the first
+/// answers 503, the request goes on to the second with that provider's own credential, the
+/// caller's other headers and body, and never the gateway key.
+async fn a_chat_that_falls_back(srv: &TestServer, s: &Org) -> (String, Value) {
+    let (_, mut bad_rx, mut good_rx) = down_and_up_providers(srv, s).await;
+    let live = a_live_key(srv, s).await;
     let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
     let res = srv
         .send(
@@ -376,41 +370,19 @@ async fn requests_fall_back_to_the_next_provider_with_its_own_credential(backend
         "the gateway key leaked upstream"
     );
     assert_eq!(body, chat);
+    (live, chat)
+}
+
+async fn requests_fall_back_to_the_next_provider_with_its_own_credential(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    a_chat_that_falls_back(&srv, &s).await;
 }
 
 async fn upstream_streams_pass_through_and_usage_is_logged_and_paged(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
     let s = an_org(&srv).await;
-    let (_, mut bad_rx, mut good_rx) = down_and_up_providers(&srv, &s).await;
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
-    let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
-    let res = srv
-        .send(
-            srv.client
-                .post(srv.url("/openai/v1/chat/completions"))
-                .bearer_auth(&live)
-                .header("x-custom", "kept")
-                .json(&chat),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
-    assert_eq!(
-        res.json["choices"][0]["message"]["content"],
-        "from upstream"
-    );
-    // The first provider answered 503: the request went on to the next one.
-    let (bad_headers, _) = bad_rx.recv().await.unwrap();
-    assert_eq!(bad_headers["authorization"], "Bearer sk-upstream-down");
-    let (headers, body) = good_rx.recv().await.unwrap();
-    assert_eq!(headers["authorization"], "Bearer sk-upstream-secret");
-    assert_eq!(headers["x-custom"], "kept");
-    assert!(
-        !format!("{headers:?}").contains(&live),
-        "the gateway key leaked upstream"
-    );
-    assert_eq!(body, chat);
+    let (live, chat) = a_chat_that_falls_back(&srv, &s).await;
 
     // Streaming passes the upstream's events through.
     let mut streaming = chat.clone();
@@ -469,9 +441,7 @@ async fn a_disabled_provider_is_skipped_from_the_next_request(backend: Backend) 
     let srv = start_with_local_providers(backend).await;
     let s = an_org(&srv).await;
     let (ids, _bad_rx, _good_rx) = down_and_up_providers(&srv, &s).await;
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+    let live = a_live_key(&srv, &s).await;
     let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
     // Disabling the healthy provider takes effect on the next request (the cached provider list
     // is dropped): only the failing one is left, and its answer passes through.
@@ -563,15 +533,7 @@ async fn providers_keep_their_keys_secret(backend: Backend) {
 async fn anthropic_and_gemini_formats_are_answered_streamed_and_logged(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
     let s = an_org(&srv).await;
-    let test_key = s
-        .key_token(
-            &srv,
-            a_key()
-                .named("t")
-                .environment(Environment::Test)
-                .scopes(&["gateway:proxy"]),
-        )
-        .await;
+    let test_key = a_test_key(&srv, &s).await;
 
     // Anthropic Messages, with the key in x-api-key as the Anthropic SDK sends it.
     let msg = json!({"model": "claude-3-5-haiku", "max_tokens": 50, "system": "be brief", "messages": [{"role": "user", "content": "hello claude"}]});
@@ -677,9 +639,7 @@ async fn an_anthropic_provider_gets_its_credential_as_x_api_key(backend: Backend
     let base = format!("{}/v1", serve_locally(app).await);
     srv.post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "anthropic", "name": "a", "base_url": base, "api_key": "sk-ant-upstream"}))
         .await;
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+    let live = a_live_key(&srv, &s).await;
     let res = srv
         .send(
             srv.client
@@ -787,15 +747,7 @@ async fn official_python_sdks_work_through_the_gateway() {
 async fn azure_deployments_are_routed_with_the_api_key_header(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
     let s = an_org(&srv).await;
-    let test_key = s
-        .key_token(
-            &srv,
-            a_key()
-                .named("t")
-                .environment(Environment::Test)
-                .scopes(&["gateway:proxy"]),
-        )
-        .await;
+    let test_key = a_test_key(&srv, &s).await;
     let chat = json!({"messages": [{"role": "user", "content": "hello azure"}]});
     let url = "/azure/my-resource/my-deployment/chat/completions?api-version=2024-06-01";
     let res = srv
@@ -833,13 +785,13 @@ async fn azure_deployments_are_routed_with_the_api_key_header(backend: Backend) 
         }),
     );
     let base = serve_locally(app).await;
-    let res = srv
-        .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "azure", "name": "az", "base_url": base, "api_key": "azure-secret"}))
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+    a_provider(
+        &srv,
+        &s,
+        json!({"provider": "azure", "name": "az", "base_url": base, "api_key": "azure-secret"}),
+    )
+    .await;
+    let live = a_live_key(&srv, &s).await;
     let res = srv
         .send(
             srv.client
@@ -892,9 +844,7 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
         &json!({"provider": "openai_compatible", "name": "slow", "base_url": base, "models": ["m"]}),
     )
     .await;
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+    let live = a_live_key(&srv, &s).await;
     let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let res = srv
         .post_as("/openai/v1/chat/completions", &live, &chat)
@@ -923,14 +873,7 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
         }),
     );
     let base = format!("{}/v1", serve_locally(app).await);
-    let res = srv
-        .post_as(
-            &format!("{}/providers", s.base),
-            &s.owner,
-            &json!({"provider": "openai_compatible", "name": "silent", "base_url": base, "models": ["silent"]}),
-        )
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
+    a_provider(&srv, &s, json!({"provider": "openai_compatible", "name": "silent", "base_url": base, "models": ["silent"]})).await;
     let stream =
         json!({"model": "silent", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let mut res = srv
@@ -969,7 +912,7 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
 async fn gateway_limits_and_quotas_count_requests_and_tokens(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let s = an_org(&srv).await;
-    let chat = json!({"model": "mock-model", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there gateway"}]});
+    let chat = mock_chat();
     // Gateway routes default to 60 requests per minute per key.
     let plain = s
         .key_token(
@@ -1198,17 +1141,13 @@ async fn uploads_and_the_responses_api_pass_through_with_their_usage(backend: Ba
     let srv = start_with_local_providers(backend).await;
     let s = an_org(&srv).await;
     let (base, mut rx) = transcriptions_and_responses_upstream().await;
-    let res = srv
-        .post_as(
-            &format!("{}/providers", s.base),
-            &s.owner,
-            &json!({"provider": "openai_compatible", "name": "local", "base_url": base}),
-        )
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+    a_provider(
+        &srv,
+        &s,
+        json!({"provider": "openai_compatible", "name": "local", "base_url": base}),
+    )
+    .await;
+    let live = a_live_key(&srv, &s).await;
 
     let mut upload =
         b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"hi.wav\"\r\n\
@@ -1328,17 +1267,13 @@ async fn a_failing_provider_is_retried_unless_it_asks_for_a_long_wait(backend: B
             }),
         );
     let base = format!("{}/v1", serve_locally(app).await);
-    let res = srv
-        .post_as(
-            &format!("{}/providers", s.base),
-            &s.owner,
-            &json!({"provider": "openai_compatible", "name": "flaky", "base_url": base}),
-        )
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+    a_provider(
+        &srv,
+        &s,
+        json!({"provider": "openai_compatible", "name": "flaky", "base_url": base}),
+    )
+    .await;
+    let live = a_live_key(&srv, &s).await;
 
     let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     let res = srv
@@ -1372,13 +1307,13 @@ async fn keys_and_providers_in_use_are_read_again_in_the_background(backend: Bac
     let s = an_org(&srv).await;
     let org_id = s.base.rsplit('/').next().unwrap().to_string();
     let (url, _rx) = upstream(false).await;
-    let res = srv
-        .post_as(&format!("{}/providers", s.base), &s.owner, &json!({"provider": "openai_compatible", "name": "up", "base_url": url, "api_key": "sk-up"}))
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    let live = s
-        .key_token(&srv, a_key().named("l").scopes(&["gateway:proxy"]))
-        .await;
+    a_provider(
+        &srv,
+        &s,
+        json!({"provider": "openai_compatible", "name": "up", "base_url": url, "api_key": "sk-up"}),
+    )
+    .await;
+    let live = a_live_key(&srv, &s).await;
     let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
     let call = || async {
         srv.send(

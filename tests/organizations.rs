@@ -248,6 +248,42 @@ async fn roles_are_listed_with_their_permissions(backend: Backend) {
         .contains(&json!("policies:manage")));
 }
 
+/// A server, its platform admin's token, and Alice owning Acme at `base`.
+struct Acme {
+    srv: TestServer,
+    admin: String,
+    alice: Person,
+    base: String,
+}
+
+async fn acme(backend: Backend) -> Acme {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    }
+}
+
+/// Bob, invited by Alice, accepts and becomes a member of Acme.
+async fn bob_joins(srv: &TestServer, admin: &str, alice: &Person, base: &str) -> Person {
+    let token = invite_bob(srv, admin, alice, base).await;
+    let bob = a_person(srv, "bob@example.com").await;
+    let res = srv
+        .post_as(
+            "/v1/invitations/accept",
+            &bob.token,
+            &json!({"token": token}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    bob
+}
+
 /// Alice invites bob@example.com as a member; returns the invitation token from the mail.
 async fn invite_bob(srv: &TestServer, admin: &str, alice: &Person, base: &str) -> String {
     let res = srv
@@ -269,10 +305,12 @@ async fn invite_bob(srv: &TestServer, admin: &str, alice: &Person, base: &str) -
 }
 
 async fn members_are_invited_once_with_a_known_role(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
     invite_bob(&srv, &admin, &alice, &base).await;
     srv.post_as(
         &format!("{base}/members"),
@@ -301,10 +339,12 @@ async fn members_are_invited_once_with_a_known_role(backend: Backend) {
 }
 
 async fn only_the_invited_person_accepts_an_invitation_once(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
     let token = invite_bob(&srv, &admin, &alice, &base).await;
 
     // Someone else cannot accept Bob's invitation.
@@ -351,20 +391,13 @@ async fn only_the_invited_person_accepts_an_invitation_once(backend: Backend) {
 }
 
 async fn members_are_filtered_by_role_and_searched(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
-    let token = invite_bob(&srv, &admin, &alice, &base).await;
-    let bob = a_person(&srv, "bob@example.com").await;
-    let res = srv
-        .post_as(
-            "/v1/invitations/accept",
-            &bob.token,
-            &json!({"token": token}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
+    let bob = bob_joins(&srv, &admin, &alice, &base).await;
 
     let members = srv
         .get_as(&format!("{base}/members?role=member"), &bob.token)
@@ -381,20 +414,13 @@ async fn members_are_filtered_by_role_and_searched(backend: Backend) {
 }
 
 async fn admins_change_roles_and_anyone_can_leave(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
-    let token = invite_bob(&srv, &admin, &alice, &base).await;
-    let bob = a_person(&srv, "bob@example.com").await;
-    let res = srv
-        .post_as(
-            "/v1/invitations/accept",
-            &bob.token,
-            &json!({"token": token}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
+    let bob = bob_joins(&srv, &admin, &alice, &base).await;
 
     // Members cannot manage members; admins can change roles; anyone can leave.
     srv.patch_as(
@@ -537,10 +563,12 @@ async fn expire_invitation(srv: &TestServer, inv_id: &str) {
 }
 
 async fn a_resent_invitation_gets_a_new_token_and_the_old_one_stops_working(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
     let (inv_id, first_token) = invite_carol(&srv, &admin, &alice, &base).await;
 
     // Resend: a new token; the old one no longer works.
@@ -577,10 +605,12 @@ async fn a_resent_invitation_gets_a_new_token_and_the_old_one_stops_working(back
 }
 
 async fn an_expired_invitation_is_listed_as_expired_and_cannot_be_accepted(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
     let (inv_id, token) = invite_carol(&srv, &admin, &alice, &base).await;
     let carol = a_person(&srv, "carol@example.com").await;
 
@@ -600,10 +630,12 @@ async fn an_expired_invitation_is_listed_as_expired_and_cannot_be_accepted(backe
 }
 
 async fn revoked_invitations_are_listed_by_status(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let admin = srv.admin_token().await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
     let (inv_id, _) = invite_carol(&srv, &admin, &alice, &base).await;
     expire_invitation(&srv, &inv_id).await;
 
@@ -695,14 +727,20 @@ async fn registration_with_an_invitation_joins_the_organization(backend: Backend
     assert_eq!(srv.get_as(&base, t).await.json["role"], "editor");
 }
 
-async fn projects_are_validated_listed_renamed_and_deleted(backend: Backend) {
+/// Alice owning Acme (its id and `base`), and a viewer of it.
+async fn acme_with_a_viewer(backend: Backend) -> (TestServer, Person, String, String, Person) {
     let srv = TestServer::start(backend).await;
     let alice = a_person(&srv, "alice@example.com").await;
     let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
-    let org_id = org["id"].as_str().unwrap();
+    let org_id = org["id"].as_str().unwrap().to_string();
     let base = format!("/v1/organizations/{org_id}");
     let viewer = a_person(&srv, "v@example.com").await;
-    add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
+    add_member(&srv, &org_id, &viewer.id, Role::Viewer).await;
+    (srv, alice, org_id, base, viewer)
+}
+
+async fn projects_are_validated_listed_renamed_and_deleted(backend: Backend) {
+    let (srv, alice, _, base, viewer) = acme_with_a_viewer(backend).await;
 
     let res = srv
         .post_as(&format!("{base}/projects"), &alice.token, &json!({"name": "Web", "allowed_origins": ["https://app.example.com"], "redirect_urls": ["https://app.example.com/cb"], "settings": {"theme": "dark"}}))
@@ -773,13 +811,7 @@ async fn projects_are_validated_listed_renamed_and_deleted(backend: Backend) {
 }
 
 async fn configs_hold_any_json_value_with_validated_keys_and_sizes(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
-    let org_id = org["id"].as_str().unwrap();
-    let base = format!("/v1/organizations/{org_id}");
-    let viewer = a_person(&srv, "v@example.com").await;
-    add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
+    let (srv, alice, _, base, viewer) = acme_with_a_viewer(backend).await;
 
     // Configs: any JSON value, size-limited, keys validated.
     let res = srv
@@ -846,13 +878,7 @@ async fn configs_hold_any_json_value_with_validated_keys_and_sizes(backend: Back
 }
 
 async fn storage_credentials_are_write_only_and_encrypted_at_rest(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let alice = a_person(&srv, "alice@example.com").await;
-    let org = an_org_of(&srv, &alice, "Acme", "acme").await.json;
-    let org_id = org["id"].as_str().unwrap();
-    let base = format!("/v1/organizations/{org_id}");
-    let viewer = a_person(&srv, "v@example.com").await;
-    add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
+    let (srv, alice, org_id, base, viewer) = acme_with_a_viewer(backend).await;
 
     // Storage: credentials are write-only and encrypted at rest.
     assert_eq!(
@@ -869,7 +895,7 @@ async fn storage_credentials_are_write_only_and_encrypted_at_rest(backend: Backe
     assert!(!res.text.contains("very-secret-value"));
     let stored: String =
         sqlx::query_scalar("SELECT credentials FROM org_storage WHERE organization_id = $1")
-            .bind(org_id)
+            .bind(&org_id)
             .fetch_one(srv.state.db.pool())
             .await
             .unwrap();

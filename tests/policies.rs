@@ -56,6 +56,16 @@ async fn violations(srv: &TestServer, o: &Org, logs: usize, query: &str) -> Vec<
     res.json["violations"].as_array().unwrap().clone()
 }
 
+/// A server, an organization, and a test-environment gateway key of it (answered by the mock).
+async fn an_org_with_a_gateway_key(backend: Backend) -> (TestServer, Org, String) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let gw = o
+        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
+        .await;
+    (srv, o, gw)
+}
+
 async fn invalid_policies_are_refused_naming_the_field(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
@@ -329,20 +339,12 @@ async fn block_redact_and_flag_five_requests(
 }
 
 async fn block_redact_and_flag_act_on_openai_requests(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = an_org(&srv).await;
-    let gw = o
-        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
-        .await;
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
     block_redact_and_flag_five_requests(&srv, &o, &gw).await;
 }
 
 async fn violations_are_recorded_masked_and_linked_to_their_log_entry(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = an_org(&srv).await;
-    let gw = o
-        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
-        .await;
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
     let (_, aws) = block_redact_and_flag_five_requests(&srv, &o, &gw).await;
     let all = violations(&srv, &o, 5, "").await;
     assert_eq!(all.len(), 3, "{all:#?}");
@@ -393,11 +395,7 @@ async fn violations_are_recorded_masked_and_linked_to_their_log_entry(backend: B
 }
 
 async fn violations_are_filtered_paged_and_each_is_an_event(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = an_org(&srv).await;
-    let gw = o
-        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
-        .await;
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
     block_redact_and_flag_five_requests(&srv, &o, &gw).await;
     // Filters and cursor paging.
     let only = violations(&srv, &o, 5, "?action=block").await;
@@ -444,11 +442,7 @@ async fn violations_are_filtered_paged_and_each_is_an_event(backend: Backend) {
 }
 
 async fn every_provider_format_is_inspected(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = an_org(&srv).await;
-    let gw = o
-        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
-        .await;
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
     policy(
         &srv,
         &o,
@@ -543,11 +537,7 @@ async fn every_provider_format_is_inspected(backend: Backend) {
 }
 
 async fn answers_are_checked_whole_or_when_the_stream_ends(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = an_org(&srv).await;
-    let gw = o
-        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
-        .await;
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
     // The mock echoes the prompt, so a secret in the prompt comes back in the answer.
     let redact = policy(
         &srv,
@@ -617,11 +607,7 @@ async fn answers_are_checked_whole_or_when_the_stream_ends(backend: Backend) {
 }
 
 async fn model_and_max_tokens_rules(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = an_org(&srv).await;
-    let gw = o
-        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
-        .await;
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
     policy(
         &srv,
         &o,
@@ -675,11 +661,7 @@ async fn model_and_max_tokens_rules(backend: Backend) {
 }
 
 async fn no_raw_secret_is_stored_anywhere(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = an_org(&srv).await;
-    let gw = o
-        .a_key_token(&srv, Environment::Test, &["gateway:proxy"])
-        .await;
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
     for (name, action) in [("Flag", "flag"), ("Redact", "redact"), ("Block", "block")] {
         policy(
             &srv,

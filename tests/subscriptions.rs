@@ -181,7 +181,8 @@ async fn billing_read_reads_and_only_the_owner_changes_or_cancels(backend: Backe
         .assert_error(403, "forbidden");
 }
 
-async fn a_canceled_subscription_ends_with_its_cycle_and_can_start_again(backend: Backend) {
+/// An organization subscribed to midmarket: its base, owner token, subscription URL and answer.
+async fn a_midmarket_subscription(backend: Backend) -> (TestServer, String, String, String, Value) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
     let (base, owner) = (o.base.clone(), o.owner.clone());
@@ -190,6 +191,11 @@ async fn a_canceled_subscription_ends_with_its_cycle_and_can_start_again(backend
         .post_as(&sub, &owner, &json!({"plan": "midmarket"}))
         .await
         .json;
+    (srv, base, owner, sub, s)
+}
+
+async fn a_canceled_subscription_ends_with_its_cycle_and_can_start_again(backend: Backend) {
+    let (srv, base, owner, sub, s) = a_midmarket_subscription(backend).await;
     let res = srv
         .patch_as(&sub, &owner, &json!({"plan": "enterprise"}))
         .await;
@@ -235,14 +241,7 @@ async fn a_canceled_subscription_ends_with_its_cycle_and_can_start_again(backend
 }
 
 async fn auto_renewing_subscriptions_roll_into_the_next_cycle(backend: Backend) {
-    let srv = TestServer::start(backend).await;
-    let o = an_org(&srv).await;
-    let (base, owner) = (o.base.clone(), o.owner.clone());
-    let sub = format!("{base}/subscription");
-    let s = srv
-        .post_as(&sub, &owner, &json!({"plan": "midmarket"}))
-        .await
-        .json;
+    let (srv, _, owner, sub, s) = a_midmarket_subscription(backend).await;
     let end = chrono::DateTime::parse_from_rfc3339(s["billing_cycle_end"].as_str().unwrap())
         .unwrap()
         .with_timezone(&chrono::Utc);
