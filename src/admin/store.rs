@@ -1,7 +1,7 @@
 //! The platform administrator's reads and writes across organizations and users: the user and
 //! organization lists with their filters, a user's organizations, an organization's members,
 //! deleting a user, setting an organization's status. Reads take the pool; writes take the
-//! caller's transaction (see [`super::change::PlatformChange`]). A user's own rows are read
+//! caller's transaction (see [`crate::events::change::Change`]). A user's own rows are read
 //! through [`crate::auth::users`], an organization's through [`crate::orgs::organizations`].
 //!
 //! Billing's admin reads (invoices to pay or void, issue #23) belong in the billing stores, not
