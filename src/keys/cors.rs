@@ -23,14 +23,7 @@ async fn origin_allowed(state: &AppState, origin: &str) -> Result<bool, Error> {
     }
     // JSON arrays of origins: match the quoted element exactly.
     let pattern = format!("%\"{}\"%", crate::admin::escape_like(origin));
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM api_keys WHERE type = 'publishable' AND status = 'active' \
-         AND allowed_origins LIKE $1 ESCAPE '\\'",
-    )
-    .bind(pattern)
-    .fetch_one(state.db.pool())
-    .await?;
-    Ok(n > 0)
+    Ok(super::store::publishable_key_allows(&state.db, &pattern).await?)
 }
 
 /// Answers preflights and grants allowed origins; every other request goes on to `next`.

@@ -343,3 +343,16 @@ pub async fn rotate(
     .await?;
     Ok(())
 }
+
+/// Whether an active publishable key's allowed origins match `pattern` (a LIKE pattern over the
+/// stored JSON array, escaped with `\\`).
+pub async fn publishable_key_allows(db: &Db, pattern: &str) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM api_keys WHERE type = 'publishable' AND status = 'active' \
+         AND allowed_origins LIKE $1 ESCAPE '\\'",
+    )
+    .bind(pattern)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(n > 0)
+}

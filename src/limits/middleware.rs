@@ -29,7 +29,6 @@ use axum::{
     http::Method,
     response::{IntoResponse, Response},
 };
-use sqlx::Row;
 
 use super::LimitSpec;
 use crate::{
@@ -134,11 +133,7 @@ impl RequestLimits {
     /// Reads an organization's plan and caches it (unless an invalidation came meanwhile).
     async fn read_plan(&self, state: &AppState, org_id: &str) -> Result<Arc<OrgLimits>, Error> {
         let generation = self.generation.load(Ordering::Acquire);
-        let plan: Option<String> =
-            sqlx::query_scalar("SELECT plan FROM organizations WHERE id = $1")
-                .bind(org_id)
-                .fetch_optional(state.db.pool())
-                .await?;
+        let plan = super::store::plan_of(&state.db, org_id).await?;
         let org = OrgLimits::new(
             org_id,
             plan.unwrap_or_else(|| crate::billing::DEFAULT_PLAN.to_string()),
@@ -176,19 +171,9 @@ impl RequestLimits {
             }
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let row = sqlx::query(
-            "SELECT o.id, o.plan FROM organizations o \
-             JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
-             WHERE o.id = $2 OR o.slug = $2",
-        )
-        .bind(user_id)
-        .bind(org_param)
-        .fetch_optional(state.db.pool())
-        .await?;
+        let row = super::store::membership_plan(&state.db, user_id, org_param).await?;
         let org = match row {
-            Some(r) => {
-                let id: String = r.try_get("id")?;
-                let plan: String = r.try_get("plan")?;
+            Some((id, plan)) => {
                 let mut plans = lock(&self.org_plans);
                 if self.generation.load(Ordering::Acquire) == generation {
                     if plans.len() >= MAX_ENTRIES {
@@ -552,18 +537,7 @@ pub async fn notify_quota_exceeded(
     }
     let result = async {
         let mut tx = crate::events::begin_write(&state.db).await?;
-        let inserted = sqlx::query(
-            "INSERT INTO quota_notices (organization_id, metric, period, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-        )
-        .bind(org_id)
-        .bind(metric)
-        .bind(&period)
-        .bind(crate::storage::now())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
+        if super::store::record_quota_notice(&mut tx, org_id, metric, &period).await? {
             crate::events::emit(
                 &mut tx,
                 &ActorContext::system(),

@@ -19,6 +19,7 @@ pub mod failover;
 pub mod memory;
 pub mod middleware;
 pub mod redis;
+pub mod store;
 pub mod usage;
 
 use std::{
