@@ -65,20 +65,15 @@ async fn logs(
     page: Page,
     Query(q): Query<LogQuery>,
 ) -> Result<impl IntoResponse, Error> {
+    let (start, end) = crate::http::time_range(q.start, q.end)?;
     let filter = analytics::LogFilter {
         environment: access.environment().map(str::to_string),
         key_id: q.key_id,
         model: q.model,
         provider: q.provider,
         status: q.status,
-        start: q
-            .start
-            .map(|v| crate::http::time_bound("start", &v))
-            .transpose()?,
-        end: q
-            .end
-            .map(|v| crate::http::time_bound("end", &v))
-            .transpose()?,
+        start,
+        end,
     };
     let list = analytics::logs(&state.db, access.org_id(), filter, &page).await?;
     Ok(axum::Json(list))

@@ -43,6 +43,19 @@ pub fn time_bound(field: &str, v: &str) -> Result<String, crate::error::Error> {
         .ok_or_else(|| crate::error::Error::invalid_field(field, "must be an RFC 3339 timestamp"))
 }
 
+/// A list's `start` and `end` query bounds, each optional, in the stored format.
+pub type TimeRange = (Option<String>, Option<String>);
+
+pub fn time_range(
+    start: Option<String>,
+    end: Option<String>,
+) -> Result<TimeRange, crate::error::Error> {
+    Ok((
+        start.map(|v| time_bound("start", &v)).transpose()?,
+        end.map(|v| time_bound("end", &v)).transpose()?,
+    ))
+}
+
 /// A number as a header value, in one allocation (`HeaderValue::from(u64)` takes two or three;
 /// this runs for every rate-limited response).
 pub fn number_header(n: u64) -> axum::http::HeaderValue {

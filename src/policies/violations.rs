@@ -61,6 +61,7 @@ pub async fn list(
     page: Page,
     Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, Error> {
+    let (start, end) = crate::http::time_range(q.start, q.end)?;
     let filter = store::Filter {
         environment: access.environment().map(str::to_string),
         policy_id: q.policy_id,
@@ -70,14 +71,8 @@ pub async fn list(
         key_id: q.key_id,
         log_id: q.log_id,
         model: q.model,
-        start: q
-            .start
-            .map(|v| crate::http::time_bound("start", &v))
-            .transpose()?,
-        end: q
-            .end
-            .map(|v| crate::http::time_bound("end", &v))
-            .transpose()?,
+        start,
+        end,
     };
     let list = store::list(&state.db, access.org_id(), filter, &page).await?;
     Ok(axum::Json(list))
