@@ -3,10 +3,11 @@
 
 use std::fmt;
 
-/// Generates a new id with the given prefix, e.g. `new_id("org")`. Ids are ULIDs, monotonic
+/// Generates a new id with the given prefix (through the typed ids below: `OrgId::generate()`,
+/// so that every prefix is named once, here). Ids are ULIDs, monotonic
 /// within this process: two ids made in the same millisecond still sort in the order they were
 /// made, so "newest first" lists and their cursors follow creation order.
-pub fn new_id(prefix: &str) -> String {
+fn new_id(prefix: &str) -> String {
     static GENERATOR: std::sync::Mutex<ulid::Generator> =
         std::sync::Mutex::new(ulid::Generator::new());
     let ulid = {
@@ -56,6 +57,41 @@ macro_rules! id_types {
         impl From<String> for $name {
             fn from(s: String) -> Self { Self(s) }
         }
+        impl From<$name> for String {
+            fn from(id: $name) -> Self { id.0 }
+        }
+        impl sqlx::Type<sqlx::Any> for $name {
+            fn type_info() -> sqlx::any::AnyTypeInfo { <String as sqlx::Type<sqlx::Any>>::type_info() }
+            fn compatible(ty: &sqlx::any::AnyTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::Any>>::compatible(ty)
+            }
+        }
+        impl<'q> sqlx::Encode<'q, sqlx::Any> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer<'q>,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <String as sqlx::Encode<'q, sqlx::Any>>::encode_by_ref(&self.0, buf)
+            }
+        }
+        impl<'r> sqlx::Decode<'r, sqlx::Any> for $name {
+            fn decode(
+                value: <sqlx::Any as sqlx::Database>::ValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                Ok(Self(<String as sqlx::Decode<'r, sqlx::Any>>::decode(value)?))
+            }
+        }
+        impl From<$name> for crate::storage::Arg {
+            fn from(id: $name) -> Self { crate::storage::Arg::Text(id.0) }
+        }
+        impl From<&$name> for crate::storage::Arg {
+            fn from(id: &$name) -> Self { crate::storage::Arg::Text(id.0.clone()) }
+        }
+        /// Reads as the `&str` it is, for the places that take one (SQL binds, messages).
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str { &self.0 }
+        }
     )*};
 }
 
@@ -65,6 +101,21 @@ id_types! {
     MembershipId => "mem",
     KeyId => "key",
     SessionId => "sess",
+    InvitationId => "inv",
+    ProjectId => "proj",
+    ProviderId => "prov",
+    PolicyId => "pol",
+    SubscriptionId => "sub",
+    WebhookId => "wh",
+    AuditId => "aud",
+    EventId => "evt",
+    DeliveryId => "del",
+    LogId => "log",
+    ViolationId => "vio",
+    RequestId => "req",
+    MailId => "mail",
+    CodeId => "otc",
+    SigningKeyId => "sk",
 }
 
 #[cfg(test)]

@@ -572,7 +572,7 @@ async fn insert_audit_rows(state: &AppState, org: &OrgId, n: usize) {
                 sql.push(", ");
             }
             sql.push("(")
-                .bind(gatehouse::ids::new_id("aud"))
+                .bind(gatehouse::ids::AuditId::generate())
                 .push(", 'user', ")
                 .bind(format!("user_{}", i % 7))
                 .push(", 'member.added', 'member', ")

@@ -740,7 +740,7 @@ async fn unfolded_rows(srv: &TestServer) -> Unfolded {
     let carol_upper = raw_user(srv, "CAROL@example.com").await;
     let carol_title = raw_user(srv, "Carol@example.com").await;
     let o = common::fixtures::an_org(srv).await;
-    let invitation = gatehouse::ids::new_id("inv");
+    let invitation = gatehouse::ids::InvitationId::generate();
     sqlx::query(
         "INSERT INTO invitations (id, organization_id, email, name, role, token_hash, status, \
          created_at, sent_at, expires_at) VALUES ($1, $2, $3, '', 'member', $4, 'pending', $5, $5, $5)",
@@ -748,7 +748,7 @@ async fn unfolded_rows(srv: &TestServer) -> Unfolded {
     .bind(&invitation)
     .bind(&o.id)
     .bind("Invitee@EXAMPLE.com")
-    .bind(gatehouse::ids::new_id("hash"))
+    .bind(gatehouse::crypto::random_base62(40))
     .bind(gatehouse::storage::now())
     .execute(srv.state.db.pool())
     .await
@@ -760,7 +760,7 @@ async fn unfolded_rows(srv: &TestServer) -> Unfolded {
         bob,
         carol_upper,
         carol_title,
-        invitation,
+        invitation: invitation.into(),
     }
 }
 

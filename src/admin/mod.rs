@@ -23,7 +23,7 @@ use crate::{
     http::request_meta::RequestMeta,
     http::{
         extract::{Json, Path, Query},
-        pagination::{HasId, Page},
+        pagination::{HasId, List, Page},
         routes::Routes,
     },
     ids::UserId,
@@ -162,12 +162,10 @@ async fn delete_user(
 async fn list_signing_keys(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
+    page: Page,
 ) -> Result<impl IntoResponse, Error> {
     let keys = state.keys.list().await?;
-    let total = keys.len();
-    Ok(axum::Json(json!({
-        "signing_keys": keys, "total": total, "limit": total, "offset": 0, "has_more": false,
-    })))
+    Ok(axum::Json(List::slice("signing_keys", keys, &page)))
 }
 
 async fn rotate_signing_key(

@@ -61,7 +61,7 @@ pub async fn issue_code(
         "INSERT INTO one_time_codes (id, user_id, purpose, code_hash, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(crate::ids::new_id("otc"))
+    .bind(crate::ids::CodeId::generate())
     .bind(user_id)
     .bind(purpose.as_str())
     .bind(crypto::keyed_digest(&code_key(state), &code))

@@ -11,11 +11,7 @@ use axum::{
 
 use crate::{
     app::AppState,
-    auth::{
-        sessions,
-        tokens::Claims,
-        users::{self, User},
-    },
+    auth::{sessions, tokens::Claims, users::User},
     error::{Error, ErrorCode},
     storage,
 };
@@ -126,19 +122,19 @@ pub async fn tenant_of(
     environment: Option<&str>,
     ip: Option<std::net::IpAddr>,
 ) -> Result<Tenant, Error> {
-    let m = users::membership(&state.db, user_id, org)
+    let (org, role) = crate::orgs::organizations::store::with_membership(&state.db, user_id, org)
         .await?
         .ok_or_else(|| Error::not_found("Organization not found"))?;
-    if m.organization_status != "active" {
+    if org.status != "active" {
         return Err(Error::new(
             ErrorCode::OrganizationSuspended,
             "This organization is suspended",
         ));
     }
-    crate::orgs::access::check_ip_allowlist(&m.organization_settings, ip)?;
+    crate::orgs::access::check_ip_allowlist(&org.settings, ip)?;
     Ok(Tenant {
-        organization_id: m.organization_id,
-        role: m.role,
+        organization_id: org.id,
+        role,
         environment: environment.unwrap_or("live").to_string(),
     })
 }

@@ -24,6 +24,7 @@ use crate::{
     events::{record_security_event, Actor, ActorContext, NewEvent},
     http::{
         extract::{Json, Path},
+        pagination::{List, Page},
         request_meta::RequestMeta,
         routes::Routes,
     },
@@ -180,7 +181,7 @@ async fn register(
                 (&meta).into(),
             );
             Some(
-                crate::orgs::members::accept(&state.db, &ctx, token, &user.id.0, &user.email, None)
+                crate::orgs::members::accept(&state, &ctx, token, &user.id.0, &user.email, None)
                     .await?,
             )
         }
@@ -684,12 +685,10 @@ async fn update_me(
 async fn my_sessions(
     State(state): State<AppState>,
     auth: AuthUser,
+    page: Page,
 ) -> Result<impl IntoResponse, Error> {
     let list = sessions::list(&state.db, &auth.user.id.0, Some(&auth.session_id)).await?;
-    let total = list.len();
-    Ok(axum::Json(json!({
-        "sessions": list, "total": total, "limit": total, "offset": 0, "has_more": false,
-    })))
+    Ok(axum::Json(List::slice("sessions", list, &page)))
 }
 
 async fn end_session(

@@ -109,7 +109,7 @@ impl KeyRing {
             .map_err(|_| anyhow::anyhow!("Ed25519 key generation failed"))?;
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
             .map_err(|_| anyhow::anyhow!("generated Ed25519 key is invalid"))?;
-        let kid = crate::ids::new_id("sk");
+        let kid = crate::ids::SigningKeyId::generate();
         let jwk = serde_json::json!({
             "kty": "OKP",
             "crv": "Ed25519",
@@ -129,7 +129,7 @@ impl KeyRing {
         .bind(storage::now())
         .execute(self.db.pool())
         .await?;
-        Ok(kid)
+        Ok(kid.into())
     }
 
     /// Reads every published key from the database into memory.

@@ -316,34 +316,6 @@ pub async fn get(db: &Db, id: &UserId) -> Result<Option<User>, Error> {
     Ok(row.as_ref().map(User::from_row).transpose()?)
 }
 
-/// A user's membership in an organization, with what the organization's gate checks.
-pub struct Membership {
-    pub organization_id: String,
-    pub organization_status: String,
-    pub organization_settings: serde_json::Value,
-    pub role: String,
-}
-
-/// The membership of `user_id` in the organization with id or slug `org`, if any.
-pub async fn membership(db: &Db, user_id: &str, org: &str) -> Result<Option<Membership>, Error> {
-    let row = sqlx::query(
-        "SELECT o.id, o.status, o.settings, m.role FROM organizations o \
-         JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
-         WHERE o.id = $2 OR o.slug = $2",
-    )
-    .bind(user_id)
-    .bind(org)
-    .fetch_optional(db.pool())
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(Membership {
-        organization_id: row.try_get("id")?,
-        organization_status: row.try_get("status")?,
-        organization_settings: row.get_json("settings")?,
-        role: row.try_get("role")?,
-    }))
-}
-
 pub async fn count(db: &Db) -> Result<i64, Error> {
     Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users")
         .fetch_one(db.pool())

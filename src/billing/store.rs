@@ -80,20 +80,29 @@ pub async fn plan(db: &Db, id: &str) -> Result<Plan, Error> {
     Ok(Plan::from_row(&row)?)
 }
 
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds a plan's fields in the order both statements name them, then the time of the write.
+fn bind_plan<'q>(q: AnyQuery<'q>, v: &'q PlanFields) -> AnyQuery<'q> {
+    q.bind(&v.name)
+        .bind(v.amount)
+        .bind(&v.currency)
+        .bind(&v.interval)
+        .bind(v.limits.to_string())
+        .bind(v.features.to_string())
+        .bind(storage::now())
+}
+
 /// Inserts a plan; a conflict if one with this id exists.
 pub async fn insert_plan(tx: &mut AnyConnection, id: &str, v: &PlanFields) -> Result<(), Error> {
-    let result = sqlx::query(
-        "INSERT INTO plans (id, name, amount, currency, billing_interval, limits, features, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+    let result = bind_plan(
+        sqlx::query(
+            "INSERT INTO plans (name, amount, currency, billing_interval, limits, features, \
+             created_at, updated_at, id) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+        ),
+        v,
     )
     .bind(id)
-    .bind(&v.name)
-    .bind(v.amount)
-    .bind(&v.currency)
-    .bind(&v.interval)
-    .bind(v.limits.to_string())
-    .bind(v.features.to_string())
-    .bind(storage::now())
     .execute(&mut *tx)
     .await;
     match result {
@@ -107,17 +116,13 @@ pub async fn insert_plan(tx: &mut AnyConnection, id: &str, v: &PlanFields) -> Re
 
 /// Replaces a plan's fields (the caller read it first: a plan deleted meanwhile is left so).
 pub async fn update_plan(tx: &mut AnyConnection, id: &str, v: &PlanFields) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE plans SET name = $1, amount = $2, currency = $3, billing_interval = $4, \
-         limits = $5, features = $6, updated_at = $7 WHERE id = $8",
+    bind_plan(
+        sqlx::query(
+            "UPDATE plans SET name = $1, amount = $2, currency = $3, billing_interval = $4, \
+             limits = $5, features = $6, updated_at = $7 WHERE id = $8",
+        ),
+        v,
     )
-    .bind(&v.name)
-    .bind(v.amount)
-    .bind(&v.currency)
-    .bind(&v.interval)
-    .bind(v.limits.to_string())
-    .bind(v.features.to_string())
-    .bind(storage::now())
     .bind(id)
     .execute(&mut *tx)
     .await?;

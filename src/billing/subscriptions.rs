@@ -151,7 +151,7 @@ pub async fn create(
     let org_id = access.org_id().to_string();
     // Whole seconds: the cycle's bounds read back exactly as the API shows them.
     let now = Utc::now().trunc_subsecs(0);
-    let id = crate::ids::new_id("sub");
+    let id = crate::ids::SubscriptionId::generate();
     let new = NewSubscription {
         id: &id,
         organization_id: &org_id,

@@ -61,32 +61,42 @@ impl Author for ActorContext {
     }
 }
 
-/// A change to be written: its event (`<resource>.<verb>` on one resource, with its data) and
-/// what it makes stale.
+/// A change to be written: its event (`<resource>.<verb>` on one resource, with its data; more
+/// than one where one change is several things at once, [`Change::and`]) and what it makes stale.
 #[must_use = "a change does nothing until it is written"]
 pub struct Change {
-    event: NewEvent,
+    events: Vec<NewEvent>,
+    organization: Option<OrgId>,
     invalidates: Option<Invalidation>,
 }
 
 impl Change {
     pub fn new(action: &str, resource: &str, id: &str, data: Value) -> Self {
         Change {
-            event: NewEvent::new(action, resource, Some(id.to_string())).data(data),
+            events: vec![NewEvent::new(action, resource, Some(id.to_string())).data(data)],
+            organization: None,
             invalidates: None,
         }
     }
 
-    /// The event's organization, for a platform author's change of one organization (an
-    /// organization member's change is always its organization's).
-    pub fn organization(mut self, org_id: &str) -> Self {
-        self.event = self.event.organization(OrgId(org_id.to_string()));
+    /// A further event of the same change, written in the same transaction after the ones
+    /// before it (an organization created with its first member, an invitation accepted).
+    pub fn and(mut self, action: &str, resource: &str, id: &str, data: Value) -> Self {
+        self.events
+            .push(NewEvent::new(action, resource, Some(id.to_string())).data(data));
         self
     }
 
-    /// The audit record's metadata (what changed, why); `{}` when not set.
+    /// The events' organization, for a platform author's change of one organization (an
+    /// organization member's change is always its organization's).
+    pub fn organization(mut self, org_id: &str) -> Self {
+        self.organization = Some(OrgId(org_id.to_string()));
+        self
+    }
+
+    /// The first event's audit metadata (what changed, why); `{}` when not set.
     pub fn metadata(mut self, metadata: Value) -> Self {
-        self.event = self.event.metadata(metadata);
+        self.events[0].metadata = metadata;
         self
     }
 
@@ -96,7 +106,7 @@ impl Change {
         self
     }
 
-    /// Runs `change` in a write transaction, emits the event in it, commits, then invalidates.
+    /// Runs `change` in a write transaction, emits the events in it, commits, then invalidates.
     /// Returns what `change` returned.
     pub async fn write<T>(
         self,
@@ -106,6 +116,22 @@ impl Change {
     ) -> Result<T, Error> {
         let mut tx = super::begin_write(&state.db).await?;
         let out = change(&mut *tx).await?;
+        self.finish(state, by, tx).await?;
+        Ok(out)
+    }
+
+    /// Like [`write`](Self::write), for a change whose event data is known only inside the
+    /// transaction (a member's previous role, read under the membership lock): `change` returns
+    /// its result and the first event's data.
+    pub async fn write_described<T>(
+        mut self,
+        state: &AppState,
+        by: &impl Author,
+        change: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<(T, Value), Error>,
+    ) -> Result<T, Error> {
+        let mut tx = super::begin_write(&state.db).await?;
+        let (out, data) = change(&mut *tx).await?;
+        self.events[0].data = data;
         self.finish(state, by, tx).await?;
         Ok(out)
     }
@@ -127,18 +153,24 @@ impl Change {
         Ok(Some(out))
     }
 
-    /// Emits the event in the change's transaction, commits, then invalidates.
+    /// Emits the events in the change's transaction, commits, then invalidates.
     async fn finish(
         self,
         state: &AppState,
         by: &impl Author,
         mut tx: sqlx::Transaction<'static, sqlx::Any>,
     ) -> Result<(), Error> {
-        let mut event = self.event;
-        if let Some(org_id) = by.organization() {
-            event = event.organization(OrgId(org_id.to_string()));
+        let organization = by
+            .organization()
+            .map(|id| OrgId(id.to_string()))
+            .or(self.organization);
+        let ctx = by.actor_context();
+        for mut event in self.events {
+            if let Some(org) = &organization {
+                event = event.organization(org.clone());
+            }
+            super::emit(&mut tx, &ctx, event).await?;
         }
-        super::emit(&mut tx, &by.actor_context(), event).await?;
         tx.commit().await?;
         if let Some(message) = self.invalidates {
             state.bus.publish(message).await;

@@ -6,12 +6,7 @@ use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
 
 use super::{is_event_type, ActorContext, ALL_EVENTS};
-use crate::{
-    environment::Environment,
-    error::Result,
-    ids::{new_id, OrgId},
-    storage,
-};
+use crate::{environment::Environment, error::Result, ids::OrgId, storage};
 
 /// One event: an audit record and, for webhook event types, a webhook message.
 #[derive(Debug, Clone)]
@@ -126,7 +121,7 @@ pub async fn record_audit(
     event: &NewEvent,
 ) -> Result<String> {
     check_action(&event.action)?;
-    let id = new_id("aud");
+    let id = crate::ids::AuditId::generate();
     sqlx::query(
         "INSERT INTO audit_events (id, actor_type, actor_id, action, resource_type, resource_id, \
          organization_id, ip_address, user_agent, request_id, metadata, created_at) \
@@ -146,7 +141,7 @@ pub async fn record_audit(
     .bind(storage::now())
     .execute(&mut *conn)
     .await?;
-    Ok(id)
+    Ok(id.into())
 }
 
 /// `<resource>.<verb>`: lower-case words joined by one dot. A programming error otherwise.
@@ -188,7 +183,7 @@ pub(crate) async fn enqueue(
         return Ok(None);
     }
     let now = storage::now();
-    let event_id = new_id("evt");
+    let event_id = crate::ids::EventId::generate();
     // The exact bytes every attempt sends, so that retries are identical.
     let payload = json!({
         "type": event_type,
@@ -210,7 +205,7 @@ pub(crate) async fn enqueue(
     for endpoint_id in &endpoints {
         insert_attempt(conn, endpoint_id, &event_id, event_type, 1, false, &now).await?;
     }
-    Ok(Some((event_id, endpoints.len())))
+    Ok(Some((event_id.into(), endpoints.len())))
 }
 
 /// A pending attempt due at `due`.
@@ -223,7 +218,7 @@ pub(crate) async fn insert_attempt(
     manual: bool,
     due: &str,
 ) -> Result<String> {
-    let id = new_id("del");
+    let id = crate::ids::DeliveryId::generate();
     sqlx::query(
         "INSERT INTO webhook_deliveries (id, endpoint_id, event_id, event_type, status, attempt, \
          manual, next_attempt_at, created_at) \
@@ -239,7 +234,7 @@ pub(crate) async fn insert_attempt(
     .bind(storage::now())
     .execute(&mut *conn)
     .await?;
-    Ok(id)
+    Ok(id.into())
 }
 
 /// The enabled endpoints that receive `event_type` from `organization_id` in `environment`.

@@ -26,7 +26,10 @@ use crate::{
         routes::Routes,
     },
     ids::{OrgId, UserId},
-    orgs::{access::OrgAccess, roles::perm},
+    orgs::{
+        access::OrgAccess,
+        roles::{perm, RequiredPermission},
+    },
 };
 
 impl From<&request_meta::RequestMeta> for RequestMeta {
@@ -47,50 +50,20 @@ pub trait WebhookCaller: FromRequestParts<AppState, Rejection = Error> + Send {
 }
 
 /// An organization admin (`webhooks:manage`).
-pub struct OrgCaller(OrgAccess<perm::WebhooksManage>);
-
-impl FromRequestParts<AppState> for OrgCaller {
-    type Rejection = Error;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        Ok(OrgCaller(
-            OrgAccess::from_request_parts(parts, state).await?,
-        ))
-    }
-}
-
-impl WebhookCaller for OrgCaller {
-    fn scope(&self) -> Scope {
-        Scope::Organization(OrgId(self.0.org_id().to_string()), self.0.env())
-    }
-    fn audit_scope(&self) -> AuditScope {
-        AuditScope::Organization(OrgId(self.0.org_id().to_string()))
-    }
-    fn context(&self) -> ActorContext {
-        self.0.actor_context()
-    }
-}
+pub type OrgCaller = OrgAccess<perm::WebhooksManage>;
 
 /// An organization member allowed to read its audit log (`audit:read`).
-pub struct OrgAuditor(OrgAccess<perm::AuditRead>);
+pub type OrgAuditor = OrgAccess<perm::AuditRead>;
 
-impl FromRequestParts<AppState> for OrgAuditor {
-    type Rejection = Error;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        Ok(OrgAuditor(
-            OrgAccess::from_request_parts(parts, state).await?,
-        ))
-    }
-}
-
-impl WebhookCaller for OrgAuditor {
+impl<P: RequiredPermission> WebhookCaller for OrgAccess<P> {
     fn scope(&self) -> Scope {
-        Scope::Organization(OrgId(self.0.org_id().to_string()), self.0.env())
+        Scope::Organization(OrgId(self.org_id().to_string()), self.env())
     }
     fn audit_scope(&self) -> AuditScope {
-        AuditScope::Organization(OrgId(self.0.org_id().to_string()))
+        AuditScope::Organization(OrgId(self.org_id().to_string()))
     }
     fn context(&self) -> ActorContext {
-        self.0.actor_context()
+        self.actor_context()
     }
 }
 

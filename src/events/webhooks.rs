@@ -18,7 +18,6 @@ use crate::{
     environment::Environment,
     error::{Error, FieldError, Result},
     http::pagination::{HasId, List, Page},
-    ids::new_id,
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -221,7 +220,7 @@ pub async fn create(
         (u, e, d, env) => return Err(invalid([u.err(), e.err(), d.err(), env.err()])),
     };
 
-    let id = new_id("wh");
+    let id = crate::ids::WebhookId::generate();
     let secret = WebhookSecret::generate();
     let now = storage::now();
     let mut tx = super::begin_write(&state.db).await?;

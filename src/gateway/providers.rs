@@ -332,7 +332,7 @@ pub async fn create(
         .as_deref()
         .or(access.environment())
         .unwrap_or("live");
-    let id = crate::ids::new_id("prov");
+    let id = crate::ids::ProviderId::generate();
     let new = NewProvider {
         id: &id,
         organization_id: access.org_id(),

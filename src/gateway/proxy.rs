@@ -462,7 +462,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         model = d.clone();
     }
     let entry = UsageRecord {
-        id: crate::ids::new_id("log"),
+        id: crate::ids::LogId::generate().into(),
         organization_id: key.organization_id.clone(),
         key_id: key.id.clone(),
         environment: key.environment.clone(),

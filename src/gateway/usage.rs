@@ -300,7 +300,7 @@ async fn write(
             .drain(..)
             .map(|mut r| {
                 if r.id.is_empty() {
-                    r.id = crate::ids::new_id("log");
+                    r.id = crate::ids::LogId::generate().into();
                 }
                 // Text from the client or the provider (a model's name) may hold NUL, which no
                 // store keeps in text (PostgreSQL refuses the whole batch): U+FFFD instead.

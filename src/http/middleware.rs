@@ -91,8 +91,8 @@ impl App {
         let id_value = match req.headers().get(REQUEST_ID) {
             Some(v) if valid_incoming_id(v) => v.clone(),
             _ => {
-                let id = crate::ids::new_id("req");
-                let v = HeaderValue::try_from(id).expect("request ids are ASCII");
+                let id = crate::ids::RequestId::generate();
+                let v = HeaderValue::try_from(String::from(id)).expect("request ids are ASCII");
                 req.headers_mut().insert(REQUEST_ID, v.clone());
                 v
             }

@@ -155,6 +155,26 @@ impl<T> List<T> {
         }
     }
 
+    /// One page of a list held in memory (a handful of rows: sessions, configs, signing keys),
+    /// honouring `limit` and `offset` as the SQL-backed lists do.
+    pub fn slice(key: &'static str, all: Vec<T>, page: &Page) -> Self {
+        let total = all.len() as i64;
+        let items: Vec<T> = all
+            .into_iter()
+            .skip(page.offset as usize)
+            .take(page.limit as usize)
+            .collect();
+        List {
+            key,
+            has_more: page.offset + (items.len() as i64) < total,
+            items,
+            total,
+            limit: page.limit,
+            offset: page.offset,
+            next_cursor: None,
+        }
+    }
+
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> List<U> {
         List {
             key: self.key,

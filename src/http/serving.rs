@@ -571,7 +571,7 @@ fn own_error_answer(head: &[u8]) -> Option<Vec<u8>> {
             .unwrap_or("The request was refused"),
     };
     let text = std::str::from_utf8(head).ok()?;
-    let request_id = crate::ids::new_id("req");
+    let request_id = crate::ids::RequestId::generate();
     let report = crate::error::ErrorReport {
         code: crate::error::ErrorCode::from_status(status),
         message: message.into(),

@@ -171,9 +171,10 @@ impl RequestLimits {
             }
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let row = super::store::membership_plan(&state.db, user_id, org_param).await?;
+        let row = crate::orgs::organizations::store::with_membership(&state.db, user_id, org_param)
+            .await?;
         let org = match row {
-            Some((id, plan)) => {
+            Some((crate::orgs::organizations::store::OrgRow { id, plan, .. }, _)) => {
                 let mut plans = lock(&self.org_plans);
                 if self.generation.load(Ordering::Acquire) == generation {
                     if plans.len() >= MAX_ENTRIES {

@@ -3,7 +3,7 @@
 //! notice per organization, metric and period that a quota was exceeded. Knows nothing of HTTP
 //! or caches (`middleware.rs` caches what it reads here).
 
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use crate::storage::Db;
 
@@ -13,25 +13,6 @@ pub async fn plan_of(db: &Db, org_id: &str) -> Result<Option<String>, sqlx::Erro
         .bind(org_id)
         .fetch_optional(db.pool())
         .await
-}
-
-/// The organization `org_param` (its id or slug) names and its plan, if `user_id` is a member.
-pub async fn membership_plan(
-    db: &Db,
-    user_id: &str,
-    org_param: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT o.id, o.plan FROM organizations o \
-         JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
-         WHERE o.id = $2 OR o.slug = $2",
-    )
-    .bind(user_id)
-    .bind(org_param)
-    .fetch_optional(db.pool())
-    .await?;
-    row.map(|r| Ok((r.try_get("id")?, r.try_get("plan")?)))
-        .transpose()
 }
 
 /// Records that the organization exceeded `metric`'s quota in `period`; false when it was

@@ -86,7 +86,7 @@ impl Mailer for DevMailbox {
             sqlx::query(
                 "INSERT INTO mailbox (id, to_address, subject, body, created_at) VALUES ($1, $2, $3, $4, $5)",
             )
-            .bind(crate::ids::new_id("mail"))
+            .bind(crate::ids::MailId::generate())
             .bind(&mail.to)
             .bind(&mail.subject)
             .bind(&mail.body)

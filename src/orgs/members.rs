@@ -4,7 +4,7 @@
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 pub use store::{sole_owner_of, Invitation, InvitationStatus, Member, MemberStatus};
 use store::{MemberFilter, NewInvitation, TokenInvitation};
@@ -14,7 +14,7 @@ use crate::{
     auth::{extract::AuthUser, users},
     crypto,
     error::{Error, FieldError},
-    events::{emit_org, ActorContext, Change, Invalidation},
+    events::{ActorContext, Change, Invalidation},
     http::{
         extract::{Json, Path, Query},
         pagination::Page,
@@ -23,7 +23,7 @@ use crate::{
     orgs::{
         access::OrgAccess,
         organizations,
-        roles::{perm, Permission, Role},
+        roles::{perm, Permission, RequiredPermission, Role},
     },
     storage::{self, Db},
 };
@@ -122,7 +122,7 @@ pub async fn invite<P>(
     // Members and pending invitations both count against the plan's members.
     let seats = store::seats(&state.db, org_id).await?;
     crate::billing::check_count_quota(state, org_id, "members", "members", seats).await?;
-    let id = crate::ids::new_id("inv");
+    let id = crate::ids::InvitationId::generate();
     let (token, hash) = new_token();
     let invitation = NewInvitation {
         id: &id,
@@ -302,7 +302,7 @@ pub async fn find_invitation(
 /// unverified, the password set before is dropped and every session but `session_id` (the one
 /// accepting) ends.
 pub async fn accept(
-    db: &Db,
+    state: &AppState,
     ctx: &ActorContext,
     token: &str,
     user_id: &str,
@@ -315,46 +315,42 @@ pub async fn accept(
         email,
         role,
         ..
-    } = live_invitation(db, token).await?;
+    } = live_invitation(&state.db, token).await?;
     if users::fold_email(&email) != users::fold_email(user_email) {
         return Err(Error::forbidden(
             "This invitation was sent to another email address",
         ));
     }
-    // Two events and the email proof in one transaction: more than one `Change` carries.
-    let mut tx = crate::events::begin_write(db).await?;
-    if !store::claim_invitation(&mut tx, &id).await? {
-        return Err(Error::conflict("This invitation was already used"));
-    }
-    if store::is_member(&mut tx, &org_id, user_id).await? {
-        return Err(Error::conflict(
-            "You are already a member of this organization",
-        ));
-    }
-    store::insert_membership(&mut tx, &org_id, user_id, role).await?;
-    let taken_back = users::email_proven(&mut tx, user_id, session_id).await?;
-    emit_org(
-        &mut tx,
-        ctx,
-        &org_id,
+    let change = Change::new(
         "invitation.accepted",
-        ("invitation", &id),
+        "invitation",
+        &id,
         json!({"id": id, "email": email, "user_id": user_id}),
     )
-    .await?;
-    emit_org(
-        &mut tx,
-        ctx,
-        &org_id,
+    .and(
         "member.added",
-        ("member", user_id),
+        "member",
+        user_id,
         json!({"organization_id": org_id, "user_id": user_id, "role": role}),
     )
-    .await?;
-    tx.commit().await?;
+    .organization(&org_id);
+    let taken_back = change
+        .write(state, ctx, async |tx| {
+            if !store::claim_invitation(tx, &id).await? {
+                return Err(Error::conflict("This invitation was already used"));
+            }
+            if store::is_member(tx, &org_id, user_id).await? {
+                return Err(Error::conflict(
+                    "You are already a member of this organization",
+                ));
+            }
+            store::insert_membership(tx, &org_id, user_id, role).await?;
+            users::email_proven(tx, user_id, session_id).await
+        })
+        .await?;
     if taken_back {
         crate::events::record_security_event(
-            db,
+            &state.db,
             ctx,
             crate::events::NewEvent::new("user.email_proven", "user", Some(user_id.to_string()))
                 .metadata(json!({"proof": "invitation", "password_dropped": true, "sessions_ended": true})),
@@ -383,7 +379,7 @@ pub async fn accept_invitation(
         (&meta).into(),
     );
     let membership = accept(
-        &state.db,
+        &state,
         &ctx,
         &body.token,
         &auth.user.id.0,
@@ -396,22 +392,28 @@ pub async fn accept_invitation(
 
 // ---- role changes and removal --------------------------------------------------------------
 //
-// These write outside `Change`: the event's data (the previous role) is only known once the
-// membership lock is held, and the lock must be taken first in the transaction.
+// The event's data (the previous role) is known only once the membership lock is held, and the
+// lock is the first thing the transaction takes: `Change::write_described`.
 
-/// Opens the write transaction of a change to an organization's memberships and takes the
-/// organization's membership lock, so that "is this the last owner?" and the change it guards
-/// cannot interleave with another such change (two owners demoting each other at once). On
+/// Takes the organization's membership lock, first in a change's transaction, so that "is this
+/// the last owner?" and the change it guards cannot interleave with another such change (two
+/// owners demoting each other at once); then re-reads the caller's own role under it. On
 /// PostgreSQL the lock is the organization's row (`FOR UPDATE`); on SQLite, `BEGIN IMMEDIATE`
 /// already holds the database's write lock for the whole transaction.
-async fn begin_membership_change(
+async fn lock_memberships<P: RequiredPermission>(
+    tx: &mut sqlx::AnyConnection,
     db: &Db,
-    org_id: &str,
-) -> Result<sqlx::Transaction<'static, sqlx::Any>, Error> {
-    pause::before_lock(org_id).await;
-    let mut tx = crate::events::begin_write(db).await?;
-    store::lock_memberships(&mut tx, db.backend(), org_id).await?;
-    Ok(tx)
+    access: &OrgAccess<P>,
+) -> Result<OrgAccess<P>, Error> {
+    store::lock_memberships(tx, db.backend(), access.org_id()).await?;
+    access.reread_under_lock(tx).await
+}
+
+/// A membership change: written under the membership lock; keys the member created are capped
+/// by their role, so every node drops the organization's cached keys.
+fn membership_change(action: &str, access_org: &str, user_id: &str) -> Change {
+    Change::new(action, "member", user_id, Value::Null)
+        .invalidates(Invalidation::organization(access_org))
 }
 
 #[derive(Debug, Deserialize)]
@@ -428,37 +430,31 @@ pub async fn change_role(
 ) -> Result<impl IntoResponse, Error> {
     let new_role = parse_role("role", &body.role)?;
     access.may_grant(new_role)?;
-    let mut tx = begin_membership_change(&state.db, access.org_id()).await?;
-    // The caller's own role, as it is now that no other change can interleave.
-    let access = access.reread_under_lock(&mut tx).await?;
-    access.may_grant(new_role)?;
-    let member = store::membership(&mut tx, access.org_id(), &user_id).await?;
-    if member.role == Role::Owner {
-        access.require(Permission::OrganizationsDelete)?;
-    }
-    if member.last_owner && new_role != Role::Owner {
-        return Err(Error::invalid(vec![FieldError::new(
-            "role",
-            "the last owner cannot be demoted; make someone else owner first",
-        )]));
-    }
-    store::set_role(&mut tx, access.org_id(), &user_id, new_role).await?;
-    access
-        .emit(
-            &mut tx,
-            "member.updated",
-            ("member", &user_id),
-            json!({"organization_id": access.org_id(), "user_id": user_id, "role": new_role, "previous_role": member.role}),
-        )
+    let org_id = access.org_id();
+    pause::before_lock(org_id).await;
+    membership_change("member.updated", org_id, &user_id)
+        .write_described(&state, &access, async |tx| {
+            let access = lock_memberships(tx, &state.db, &access).await?;
+            access.may_grant(new_role)?;
+            let member = store::membership(tx, org_id, &user_id).await?;
+            if member.role == Role::Owner {
+                access.require(Permission::OrganizationsDelete)?;
+            }
+            if member.last_owner && new_role != Role::Owner {
+                return Err(Error::invalid(vec![FieldError::new(
+                    "role",
+                    "the last owner cannot be demoted; make someone else owner first",
+                )]));
+            }
+            store::set_role(tx, org_id, &user_id, new_role).await?;
+            Ok((
+                (),
+                json!({"organization_id": org_id, "user_id": user_id, "role": new_role, "previous_role": member.role}),
+            ))
+        })
         .await?;
-    tx.commit().await?;
-    // Keys this member created are capped by their role.
-    state
-        .bus
-        .publish(Invalidation::organization(access.org_id()))
-        .await;
     Ok(axum::Json(
-        json!({ "id": user_id, "organization_id": access.org_id(), "role": new_role, "status": MemberStatus::Active }),
+        json!({ "id": user_id, "organization_id": org_id, "role": new_role, "status": MemberStatus::Active }),
     ))
 }
 
@@ -471,38 +467,32 @@ pub async fn remove(
     if !leaving_self {
         access.require(Permission::MembersManage)?;
     }
-    let mut tx = begin_membership_change(&state.db, access.org_id()).await?;
-    // The caller's own role, as it is now that no other change can interleave.
-    let access = access.reread_under_lock(&mut tx).await?;
-    if !leaving_self {
-        access.require(Permission::MembersManage)?;
-    }
-    let member = store::membership(&mut tx, access.org_id(), &user_id).await?;
-    if member.role == Role::Owner {
-        if !leaving_self {
-            access.require(Permission::OrganizationsDelete)?;
-        }
-        if member.last_owner {
-            return Err(Error::bad_request(
-                "The last owner cannot be removed; make someone else owner first",
-            ));
-        }
-    }
-    store::delete_membership(&mut tx, access.org_id(), &user_id).await?;
-    access
-        .emit(
-            &mut tx,
-            "member.removed",
-            ("member", &user_id),
-            json!({"organization_id": access.org_id(), "user_id": user_id, "role": member.role}),
-        )
+    let org_id = access.org_id();
+    pause::before_lock(org_id).await;
+    membership_change("member.removed", org_id, &user_id)
+        .write_described(&state, &access, async |tx| {
+            let access = lock_memberships(tx, &state.db, &access).await?;
+            if !leaving_self {
+                access.require(Permission::MembersManage)?;
+            }
+            let member = store::membership(tx, org_id, &user_id).await?;
+            if member.role == Role::Owner {
+                if !leaving_self {
+                    access.require(Permission::OrganizationsDelete)?;
+                }
+                if member.last_owner {
+                    return Err(Error::bad_request(
+                        "The last owner cannot be removed; make someone else owner first",
+                    ));
+                }
+            }
+            store::delete_membership(tx, org_id, &user_id).await?;
+            Ok((
+                (),
+                json!({"organization_id": org_id, "user_id": user_id, "role": member.role}),
+            ))
+        })
         .await?;
-    tx.commit().await?;
-    // Keys this member created are capped by their role.
-    state
-        .bus
-        .publish(Invalidation::organization(access.org_id()))
-        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -12,9 +12,12 @@ use crate::http::routes::Routes;
 pub fn routes() -> Routes {
     const ORG: &str = "/v1/organizations/{org_id}";
     Routes::new()
-        .get("/v1/roles", || async {
-            axum::Json(roles::roles_document())
-        })
+        .get(
+            "/v1/roles",
+            |page: crate::http::pagination::Page| async move {
+                axum::Json(roles::roles_document(&page))
+            },
+        )
         .post("/v1/organizations", organizations::create)
         .get("/v1/organizations", organizations::list_mine)
         .get(

@@ -12,13 +12,12 @@ use crate::{
     app::AppState,
     auth::extract::AuthUser,
     error::{Error, FieldError},
-    events::{emit, Actor, ActorContext, Invalidation, NewEvent},
+    events::{Actor, ActorContext, Change, Invalidation},
     http::request_meta::RequestMeta,
     http::{
         extract::{Json, Query},
         pagination::Page,
     },
-    ids::OrgId,
     orgs::{
         access::{parse_cidr, OrgAccess},
         members,
@@ -46,7 +45,7 @@ pub fn validate_slug(slug: &str) -> Result<(), &'static str> {
     if slug.starts_with('-') || slug.ends_with('-') {
         return Err("must not start or end with -");
     }
-    if RESERVED_SLUGS.contains(&slug) || crate::ids::has_prefix(slug, "org") {
+    if RESERVED_SLUGS.contains(&slug) || crate::ids::has_prefix(slug, crate::ids::OrgId::PREFIX) {
         return Err("is reserved");
     }
     Ok(())
@@ -216,7 +215,7 @@ pub async fn create(
     }
     let explicit = body.slug.is_some();
     let base = body.slug.unwrap_or_else(|| slug_from_name(&name));
-    let id = crate::ids::new_id("org");
+    let id = crate::ids::OrgId::generate();
     for attempt in 0..5 {
         let slug = if attempt == 0 {
             base.clone()
@@ -227,48 +226,42 @@ pub async fn create(
                 crate::crypto::random_base62(4).to_lowercase()
             )
         };
-        let mut tx = crate::events::begin_write(&state.db).await?;
-        let inserted = store::insert(
-            &mut tx,
-            NewOrganization {
-                id: &id,
-                name: &name,
-                slug: &slug,
-                description: body.description.trim(),
-                website: body.website.trim(),
-                timezone: &timezone,
-                plan: DEFAULT_PLAN,
-                settings: &settings,
-            },
+        let user_id = &auth.user.id.0;
+        let change = Change::new(
+            "organization.created",
+            "organization",
+            &id,
+            json!({"id": id, "name": name, "slug": slug}),
         )
-        .await;
-        match inserted {
+        .and(
+            "member.added",
+            "member",
+            user_id,
+            json!({"organization_id": id, "user_id": user_id, "role": Role::Owner}),
+        )
+        .organization(&id);
+        let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
+        let organization = NewOrganization {
+            id: &id,
+            name: &name,
+            slug: &slug,
+            description: body.description.trim(),
+            website: body.website.trim(),
+            timezone: &timezone,
+            plan: DEFAULT_PLAN,
+            settings: &settings,
+        };
+        let created = change
+            .write(&state, &ctx, async |tx| {
+                store::insert(tx, organization).await?;
+                members::store::insert_membership(tx, &id, user_id, Role::Owner).await
+            })
+            .await;
+        match created {
             Err(e) if !explicit && e.code() == crate::error::ErrorCode::Conflict => continue,
             Err(e) => return Err(e),
             Ok(()) => {}
         }
-        members::store::insert_membership(&mut tx, &id, &auth.user.id.0, Role::Owner).await?;
-        let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
-        let org_ref = OrgId(id.clone());
-        emit(
-            &mut tx,
-            &ctx,
-            NewEvent::new("organization.created", "organization", Some(id.clone()))
-                .organization(org_ref.clone())
-                .data(json!({"id": id, "name": name, "slug": slug})),
-        )
-        .await?;
-        emit(
-            &mut tx,
-            &ctx,
-            NewEvent::new("member.added", "member", Some(auth.user.id.0.clone()))
-                .organization(org_ref)
-                .data(
-                    json!({"organization_id": id, "user_id": auth.user.id.0, "role": Role::Owner}),
-                ),
-        )
-        .await?;
-        tx.commit().await?;
         let mut org = get(&state.db, &id).await?;
         org.role = Some(Role::Owner.as_str().into());
         return Ok((StatusCode::CREATED, axum::Json(org)));
@@ -432,25 +425,20 @@ pub async fn apply_update(
         timezone: body.timezone,
         settings: body.settings.is_some().then_some(settings),
     };
-    // Not `Change`: the event carries which fields changed as metadata.
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    store::update(&mut tx, org_id, changes).await?;
-    emit(
-        &mut tx,
-        ctx,
-        NewEvent::new(
-            "organization.updated",
-            "organization",
-            Some(org_id.to_string()),
-        )
-        .organization(OrgId(org_id.to_string()))
-        .data(json!({"id": org_id}))
-        .metadata(json!({"changed": changed})),
-    )
-    .await?;
-    tx.commit().await?;
     // Cached keys carry the IP allowlist.
-    state.bus.publish(Invalidation::organization(org_id)).await;
+    Change::new(
+        "organization.updated",
+        "organization",
+        org_id,
+        json!({"id": org_id}),
+    )
+    .organization(org_id)
+    .metadata(json!({"changed": changed}))
+    .invalidates(Invalidation::organization(org_id))
+    .write(state, ctx, async |tx| {
+        store::update(tx, org_id, changes).await
+    })
+    .await?;
     get(&state.db, org_id).await
 }
 
@@ -477,26 +465,20 @@ pub async fn delete(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsDelete>,
 ) -> Result<StatusCode, Error> {
-    // Not `Change`: the event is recorded before the rows go, and is not the organization's.
-    let mut tx = crate::events::begin_write(&state.db).await?;
-    // The event is platform-level: the organization's own rows (and endpoints) go with it.
-    emit(
-        &mut tx,
-        &access.actor_context(),
-        NewEvent::new(
-            "organization.deleted",
-            "organization",
-            Some(access.org_id().to_string()),
-        )
-        .data(json!({"id": access.org_id(), "slug": access.org.slug})),
+    // The event is platform-level (its author the caller, not the organization): the
+    // organization's own rows (and webhook endpoints) go with it.
+    let org_id = access.org_id();
+    Change::new(
+        "organization.deleted",
+        "organization",
+        org_id,
+        json!({"id": org_id, "slug": access.org.slug}),
     )
+    .invalidates(Invalidation::organization(org_id))
+    .write(&state, &access.actor_context(), async |tx| {
+        store::delete(tx, org_id).await
+    })
     .await?;
-    store::delete(&mut tx, access.org_id()).await?;
-    tx.commit().await?;
-    state
-        .bus
-        .publish(Invalidation::organization(access.org_id()))
-        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -142,7 +142,7 @@ pub async fn create(
     let count = store::count(&state.db, access.org_id()).await?;
     crate::billing::check_count_quota(&state, access.org_id(), "projects", "projects", count)
         .await?;
-    let id = crate::ids::new_id("proj");
+    let id = crate::ids::ProjectId::generate();
     let fields = body.fields();
     change("project.created", "project", &id, json!({"id": id}))
         .write(&state, &access, async |tx| {
@@ -227,11 +227,10 @@ fn check_config_key(key: &str) -> Result<(), Error> {
 pub async fn list_configs(
     State(state): State<AppState>,
     access: OrgAccess<perm::ConfigsRead>,
-) -> Result<axum::Json<Value>, Error> {
-    let configs = store::configs(&state.db, access.org_id()).await?;
-    let total = configs.len();
+    page: Page,
+) -> Result<axum::Json<List<Config>>, Error> {
     Ok(axum::Json(
-        json!({ "configs": configs, "total": total, "limit": total, "offset": 0, "has_more": false }),
+        store::configs(&state.db, access.org_id(), &page).await?,
     ))
 }
 

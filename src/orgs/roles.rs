@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+use crate::http::pagination::{List, Page};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -51,9 +53,33 @@ impl Role {
     }
 }
 
-/// What a caller may do in an organization. Most map to an API-key scope of the same name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Permission {
+macro_rules! permissions {
+    ($($name:ident),* $(,)?) => {
+        /// What a caller may do in an organization. Most map to an API-key scope of the same name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Permission {
+            $($name,)*
+        }
+
+        impl Permission {
+            pub const ALL: &'static [Permission] = &[$(Permission::$name,)*];
+        }
+
+        /// Compile-time markers for `OrgAccess<P>`, one per [`Permission`]: a handler's signature
+        /// says what it needs.
+        pub mod perm {
+            $(
+                #[derive(Debug, Clone, Copy)]
+                pub struct $name;
+                impl super::RequiredPermission for $name {
+                    const PERMISSION: super::Permission = super::Permission::$name;
+                }
+            )*
+        }
+    };
+}
+
+permissions!(
     OrganizationsRead,
     OrganizationsUpdate,
     OrganizationsDelete,
@@ -75,33 +101,9 @@ pub enum Permission {
     AnalyticsRead,
     ProvidersManage,
     GatewayProxy,
-}
+);
 
 impl Permission {
-    pub const ALL: [Permission; 21] = [
-        Permission::OrganizationsRead,
-        Permission::OrganizationsUpdate,
-        Permission::OrganizationsDelete,
-        Permission::MembersRead,
-        Permission::MembersManage,
-        Permission::ApiKeysRead,
-        Permission::ApiKeysManage,
-        Permission::BillingRead,
-        Permission::BillingManage,
-        Permission::BillingCancel,
-        Permission::UsageRead,
-        Permission::WebhooksManage,
-        Permission::AuditRead,
-        Permission::ConfigsRead,
-        Permission::ConfigsManage,
-        Permission::StorageManage,
-        Permission::PoliciesRead,
-        Permission::PoliciesManage,
-        Permission::AnalyticsRead,
-        Permission::ProvidersManage,
-        Permission::GatewayProxy,
-    ];
-
     /// The least role that holds the permission (SPEC §3, §4, §6, §7, §10).
     pub fn min_role(self) -> Role {
         use Permission::*;
@@ -157,45 +159,6 @@ pub trait RequiredPermission: Send + Sync + 'static {
     const PERMISSION: Permission;
 }
 
-macro_rules! permission_markers {
-    ($($name:ident),* $(,)?) => {
-        /// Marker types, one per [`Permission`].
-        pub mod perm {
-            $(
-                #[derive(Debug, Clone, Copy)]
-                pub struct $name;
-                impl super::RequiredPermission for $name {
-                    const PERMISSION: super::Permission = super::Permission::$name;
-                }
-            )*
-        }
-    };
-}
-
-permission_markers!(
-    OrganizationsRead,
-    OrganizationsUpdate,
-    OrganizationsDelete,
-    MembersRead,
-    MembersManage,
-    ApiKeysRead,
-    ApiKeysManage,
-    BillingRead,
-    BillingManage,
-    BillingCancel,
-    UsageRead,
-    WebhooksManage,
-    AuditRead,
-    ConfigsRead,
-    ConfigsManage,
-    StorageManage,
-    PoliciesRead,
-    PoliciesManage,
-    AnalyticsRead,
-    ProvidersManage,
-    GatewayProxy,
-);
-
 /// The scope names a role holds, each once (several permissions share a scope name, as
 /// `configs:manage` covers configs, storage settings and providers).
 fn permission_names(role: Role) -> Vec<&'static str> {
@@ -209,7 +172,7 @@ fn permission_names(role: Role) -> Vec<&'static str> {
 }
 
 /// `GET /v1/roles`
-pub fn roles_document() -> serde_json::Value {
+pub fn roles_document(page: &Page) -> List<serde_json::Value> {
     let roles: Vec<serde_json::Value> = Role::ALL
         .iter()
         .map(|r| {
@@ -221,8 +184,7 @@ pub fn roles_document() -> serde_json::Value {
             })
         })
         .collect();
-    let total = roles.len();
-    serde_json::json!({ "roles": roles, "total": total, "limit": total, "offset": 0, "has_more": false })
+    List::slice("roles", roles, page)
 }
 
 #[cfg(test)]
@@ -231,7 +193,7 @@ mod tests {
 
     #[test]
     fn the_roles_document_names_each_permission_once() {
-        let doc = roles_document();
+        let doc = serde_json::to_value(roles_document(&Page::default())).unwrap();
         for role in doc["roles"].as_array().unwrap() {
             let names: Vec<&str> = role["permissions"]
                 .as_array()
@@ -254,7 +216,7 @@ mod tests {
 
     #[test]
     fn roles_include_the_ones_below() {
-        for p in Permission::ALL {
+        for &p in Permission::ALL {
             let holders: Vec<Role> = Role::ALL.into_iter().filter(|r| r.can(p)).collect();
             // Whoever holds it, every higher role holds it too.
             for r in &holders {

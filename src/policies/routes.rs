@@ -145,7 +145,7 @@ pub async fn create(
     Json(body): Json<PolicyInput>,
 ) -> Result<(StatusCode, axum::Json<Policy>), Error> {
     let valid = body.validate()?;
-    let id = crate::ids::new_id("pol");
+    let id = crate::ids::PolicyId::generate();
     saved("policy.created", &id, &valid, &access)
         .write(&state, &access, async |tx| {
             store::insert(tx, access.org_id(), &id, &valid).await

@@ -27,26 +27,21 @@ use crate::{
 /// At most this many rules per organization (each compiles into the one matcher).
 pub const MAX_RULES: i64 = 200;
 
+/// A stored policy as the API shows it: its rule (what the engine consumes) and what only
+/// people read.
 #[derive(Debug, Clone, Serialize)]
 pub struct Policy {
-    pub id: String,
+    #[serde(flatten)]
+    pub rule: Rule,
     pub organization_id: String,
-    pub name: String,
     pub description: String,
-    pub enabled: bool,
-    #[serde(rename = "type")]
-    pub kind: Kind,
-    pub config: Value,
-    pub action: Action,
-    pub applies_to: AppliesTo,
-    pub severity: Severity,
     pub created_at: String,
     pub updated_at: String,
 }
 
 impl HasId for Policy {
     fn id(&self) -> &str {
-        &self.id
+        &self.rule.id
     }
 }
 
@@ -62,32 +57,25 @@ fn stored<T: std::str::FromStr>(r: &sqlx::any::AnyRow, column: &str) -> Result<T
 impl Policy {
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Policy {
-            id: r.try_get("id")?,
+            rule: Rule {
+                id: r.try_get("id")?,
+                name: r.try_get("name")?,
+                enabled: r.get_bool("enabled")?,
+                kind: stored(r, "type")?,
+                config: r.get_json("config")?,
+                action: stored(r, "action")?,
+                applies_to: stored(r, "applies_to")?,
+                severity: stored(r, "severity")?,
+            },
             organization_id: r.try_get("organization_id")?,
-            name: r.try_get("name")?,
             description: r.try_get("description")?,
-            enabled: r.get_bool("enabled")?,
-            kind: stored(r, "type")?,
-            config: r.get_json("config")?,
-            action: stored(r, "action")?,
-            applies_to: stored(r, "applies_to")?,
-            severity: stored(r, "severity")?,
             created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
             updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
         })
     }
 
     fn rule(self) -> Rule {
-        Rule {
-            id: self.id,
-            name: self.name,
-            kind: self.kind,
-            config: self.config,
-            action: self.action,
-            applies_to: self.applies_to,
-            severity: self.severity,
-            enabled: self.enabled,
-        }
+        self.rule
     }
 }
 

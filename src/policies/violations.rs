@@ -33,7 +33,7 @@ pub struct Found {
 impl Found {
     pub fn new(stage: &'static str, hit: Hit) -> Found {
         Found {
-            id: crate::ids::new_id("vio"),
+            id: crate::ids::ViolationId::generate().into(),
             stage,
             hit,
         }

@@ -1,5 +1,5 @@
-//! Migrations embedded in the binary, one list per backend. Each file is one concern; add a new
-//! one to both lists (same version, same description) rather than editing an applied one.
+//! Migrations embedded in the binary: one list, a file per backend for each entry. Each file is
+//! one concern; add a new entry (and both files) rather than editing an applied one.
 //! Changes SQL cannot make (Unicode folding) are data steps in Rust: [`run_data_steps`].
 
 use std::borrow::Cow;
@@ -8,38 +8,26 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::Backend;
 
+/// One list of (version, name), embedded for both backends: `migrations/<backend>/<v>_<name>.sql`
+/// must exist for each, so a migration added to one backend only does not build.
 macro_rules! migrations {
-    ($backend:literal: $(($version:literal, $name:literal)),* $(,)?) => {
-        &[$((
+    ($(($version:literal, $name:literal)),* $(,)?) => {
+        const SQLITE: Embedded = &[$((
             $version,
             $name,
-            include_str!(concat!("../../migrations/", $backend, "/", $version, "_", $name, ".sql")),
-        )),*]
+            include_str!(concat!("../../migrations/sqlite/", $version, "_", $name, ".sql")),
+        )),*];
+        const POSTGRES: Embedded = &[$((
+            $version,
+            $name,
+            include_str!(concat!("../../migrations/postgres/", $version, "_", $name, ".sql")),
+        )),*];
     };
 }
 
 type Embedded = &'static [(i64, &'static str, &'static str)];
 
-const SQLITE: Embedded = migrations!("sqlite":
-    (1, "foundation"),
-    (2, "identity"),
-    (3, "events"),
-    (4, "organizations"),
-    (5, "limits"),
-    (6, "api_keys"),
-    (7, "plans"),
-    (8, "gateway"),
-    (9, "policies"),
-    (10, "usage_rollups"),
-    (11, "subscriptions"),
-    (12, "mfa_attempts"),
-    (13, "webhook_environments"),
-    (14, "mfa_login_attempts"),
-    (15, "data_steps"),
-    (16, "integer_widths"),
-);
-
-const POSTGRES: Embedded = migrations!("postgres":
+migrations!(
     (1, "foundation"),
     (2, "identity"),
     (3, "events"),

@@ -92,7 +92,7 @@ pub async fn add_member(srv: &TestServer, org: &str, user: &str, role: Role) {
         "INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $5)",
     )
-    .bind(gatehouse::ids::new_id("mem"))
+    .bind(gatehouse::ids::MembershipId::generate())
     .bind(org)
     .bind(user)
     .bind(role.as_str())

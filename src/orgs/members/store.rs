@@ -232,7 +232,7 @@ pub async fn insert_membership(
     role: Role,
 ) -> Result<(), Error> {
     sqlx::query("INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
-        .bind(crate::ids::new_id("mem"))
+        .bind(crate::ids::MembershipId::generate())
         .bind(org_id)
         .bind(user_id)
         .bind(role.as_str())

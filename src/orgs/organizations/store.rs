@@ -200,6 +200,7 @@ pub struct OrgRow {
     pub slug: String,
     pub status: String,
     pub settings: Value,
+    pub plan: String,
 }
 
 impl OrgRow {
@@ -209,6 +210,7 @@ impl OrgRow {
             slug: r.try_get("slug")?,
             status: r.try_get("status")?,
             settings: r.get_json("settings")?,
+            plan: r.try_get("plan")?,
         })
     }
 }
@@ -216,7 +218,7 @@ impl OrgRow {
 /// The organization named by `id_or_slug`, if any.
 pub async fn by_id_or_slug(db: &Db, id_or_slug: &str) -> Result<Option<OrgRow>, Error> {
     let row = sqlx::query(
-        "SELECT id, slug, status, settings FROM organizations WHERE id = $1 OR slug = $1",
+        "SELECT id, slug, status, settings, plan FROM organizations WHERE id = $1 OR slug = $1",
     )
     .bind(id_or_slug)
     .fetch_optional(db.pool())
@@ -232,7 +234,7 @@ pub async fn with_membership(
     id_or_slug: &str,
 ) -> Result<Option<(OrgRow, String)>, Error> {
     let row = sqlx::query(
-        "SELECT o.id, o.slug, o.status, o.settings, m.role FROM organizations o \
+        "SELECT o.id, o.slug, o.status, o.settings, o.plan, m.role FROM organizations o \
          JOIN memberships m ON m.organization_id = o.id AND m.user_id = $1 \
          WHERE o.id = $2 OR o.slug = $2",
     )

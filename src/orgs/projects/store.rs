@@ -191,18 +191,19 @@ impl Config {
     }
 }
 
-/// Every config of the organization, by key.
-pub async fn configs(db: &Db, org_id: &str) -> Result<Vec<Config>, Error> {
-    let rows = sqlx::query(
-        "SELECT key, value, updated_at FROM org_configs WHERE organization_id = $1 ORDER BY key",
-    )
-    .bind(org_id)
-    .fetch_all(db.pool())
-    .await?;
-    Ok(rows
-        .iter()
-        .map(Config::from_row)
-        .collect::<Result<Vec<_>, _>>()?)
+impl HasId for Config {
+    fn id(&self) -> &str {
+        &self.key
+    }
+}
+
+/// One page of the organization's configs, by key.
+pub async fn configs(db: &Db, org_id: &str, page: &Page) -> Result<List<Config>, Error> {
+    let mut filter = Sql::new(" FROM org_configs WHERE organization_id = ");
+    filter.bind(org_id);
+    let select = "SELECT key, value, updated_at";
+    page.fetch(db, "configs", select, &filter, "key", Config::from_row)
+        .await
 }
 
 pub async fn config(db: &Db, org_id: &str, key: &str) -> Result<Config, Error> {
