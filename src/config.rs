@@ -184,6 +184,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// A link to a page of this server, for emails: `public_url` + `path` (which starts with
+    /// `/`), e.g. `/accept-invitation?token=…`.
+    pub fn link(&self, path: &str) -> String {
+        format!("{}{path}", self.public_url.trim_end_matches('/'))
+    }
+
     /// Defaults, then the TOML file (if any), then `GATEHOUSE_*` variables. (A key neither
     /// source sets takes its value from `Config::default()` through `#[serde(default)]`.)
     pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Self> {

@@ -29,3 +29,4 @@ pub mod secret;
 pub mod server;
 pub mod storage;
 pub mod telemetry;
+pub mod wire;

@@ -104,8 +104,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let bus = crate::keys::bus::Bus::new(
         api_keys.clone(),
         db.clone(),
-        config.database_url.expose(),
-        config.redis_url.as_ref().map(|url| url.expose()),
+        &config.database_url,
+        config.redis_url.as_ref(),
         redis.clone(),
     )?;
     bus.spawn_listener();

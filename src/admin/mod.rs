@@ -11,6 +11,7 @@ use serde_json::json;
 
 pub use store::{escape_like, like_pattern};
 
+use crate::wire::Standing;
 use crate::{
     app::AppState,
     auth::{
@@ -54,17 +55,21 @@ impl HasId for User {
     }
 }
 
+/// The filters of the admin lists; each list reads the ones it documents (`q` and `status`
+/// for users and organizations, `organization_id` for projects, `to` for the mailbox).
 #[derive(Debug, Deserialize)]
-struct UserFilter {
-    q: Option<String>,
-    status: Option<String>,
+pub(crate) struct ListFilter {
+    pub q: Option<String>,
+    pub status: Option<String>,
+    pub organization_id: Option<String>,
+    pub to: Option<String>,
 }
 
 async fn list_users(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
-    Query(filter): Query<UserFilter>,
+    Query(filter): Query<ListFilter>,
 ) -> Result<impl IntoResponse, Error> {
     let list = store::users(&state.db, filter.q.as_deref(), filter.status, &page).await?;
     Ok(axum::Json(list))
@@ -108,7 +113,8 @@ async fn update_user(
 ) -> Result<impl IntoResponse, Error> {
     load_user(&state, &id).await?;
     if id == admin.user.id.0
-        && (patch.status.as_deref() == Some("suspended") || patch.is_platform_admin == Some(false))
+        && (patch.status.as_deref().and_then(Standing::parse) == Some(Standing::Suspended)
+            || patch.is_platform_admin == Some(false))
     {
         return Err(Error::bad_request(
             "You cannot suspend yourself or remove your own platform-admin role",
@@ -178,16 +184,11 @@ async fn rotate_signing_key(
     Ok((StatusCode::CREATED, axum::Json(key)))
 }
 
-#[derive(Debug, Deserialize)]
-struct MailboxFilter {
-    to: Option<String>,
-}
-
 async fn mailbox(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
-    Query(filter): Query<MailboxFilter>,
+    Query(filter): Query<ListFilter>,
 ) -> Result<impl IntoResponse, Error> {
     Ok(axum::Json(
         crate::mail::list_mailbox(&state.db, filter.to.as_deref(), &page).await?,

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::store;
+use crate::wire::Standing;
 use crate::{
     app::AppState,
     auth::extract::PlatformAdmin,
@@ -27,27 +28,19 @@ pub fn routes() -> Routes {
         .get("/v1/admin/projects", list_projects)
 }
 
-#[derive(Debug, Deserialize)]
-struct OrgFilter {
-    q: Option<String>,
-    status: Option<String>,
-}
-
 async fn list(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
-    Query(filter): Query<OrgFilter>,
+    Query(filter): Query<super::ListFilter>,
 ) -> Result<impl IntoResponse, Error> {
-    if let Some(status) = &filter.status {
-        if status != "active" && status != "suspended" {
-            return Err(Error::invalid_field(
-                "status",
-                "must be active or suspended",
-            ));
-        }
-    }
-    let list = store::organizations(&state.db, filter.q.as_deref(), filter.status, &page).await?;
+    let status = filter
+        .status
+        .as_deref()
+        .map(Standing::input)
+        .transpose()
+        .map_err(|e| Error::invalid(vec![e]))?;
+    let list = store::organizations(&state.db, filter.q.as_deref(), status, &page).await?;
     Ok(axum::Json(list))
 }
 
@@ -108,16 +101,14 @@ async fn set_status(
     Json(body): Json<StatusChange>,
 ) -> Result<impl IntoResponse, Error> {
     let mut errors = Vec::new();
-    if body.status != "active" && body.status != "suspended" {
-        errors.push(FieldError::new("status", "must be active or suspended"));
-    }
+    let status = Standing::input(&body.status).map_err(|e| errors.push(e));
     if body.reason.chars().count() > 1000 {
         errors.push(FieldError::new("reason", "must be at most 1000 characters"));
     }
-    if !errors.is_empty() {
+    let (Ok(status), true) = (status, errors.is_empty()) else {
         return Err(Error::invalid(errors));
-    }
-    let action = if body.status == "suspended" {
+    };
+    let action = if status == Standing::Suspended {
         "organization.suspended"
     } else {
         "organization.updated"
@@ -133,23 +124,18 @@ async fn set_status(
     .metadata(json!({"reason": body.reason}))
     .invalidates(Invalidation::organization(&id))
     .write(&state, &admin.context(&meta), async |tx| {
-        store::set_organization_status(tx, &id, &body.status).await
+        store::set_organization_status(tx, &id, status).await
     })
     .await?;
     tracing::info!(organization_id = %id, status = %body.status, reason = %body.reason, "organization status changed");
     Ok(axum::Json(organizations::get(&state.db, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
-struct ProjectFilter {
-    organization_id: Option<String>,
-}
-
 async fn list_projects(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
-    Query(filter): Query<ProjectFilter>,
+    Query(filter): Query<super::ListFilter>,
 ) -> Result<impl IntoResponse, Error> {
     Ok(axum::Json(
         store::projects(&state.db, filter.organization_id, &page).await?,

@@ -10,6 +10,7 @@
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
+use crate::wire::Standing;
 use crate::{
     auth::users::{User, USER_COLUMNS},
     error::Error,
@@ -111,13 +112,13 @@ pub async fn delete_user(tx: &mut AnyConnection, id: &str) -> Result<(), Error> 
 pub async fn organizations(
     db: &Db,
     q: Option<&str>,
-    status: Option<String>,
+    status: Option<Standing>,
     page: &Page,
 ) -> Result<List<Organization>, Error> {
     let mut filter = Sql::new(" FROM organizations o WHERE 1 = 1");
     search(&mut filter, q, "LOWER(o.name)", "o.slug");
     if let Some(status) = status {
-        filter.and("o.status = ?", status);
+        filter.and("o.status = ?", status.as_str());
     }
     page.fetch(
         db,
@@ -168,10 +169,10 @@ pub async fn organization_members(db: &Db, org_id: &str) -> Result<Vec<Organizat
 pub async fn set_organization_status(
     tx: &mut AnyConnection,
     id: &str,
-    status: &str,
+    status: Standing,
 ) -> Result<(), Error> {
     let done = sqlx::query("UPDATE organizations SET status = $1, updated_at = $2 WHERE id = $3")
-        .bind(status)
+        .bind(status.as_str())
         .bind(storage::now())
         .bind(id)
         .execute(&mut *tx)

@@ -9,6 +9,7 @@ use axum::{
     http::{header, request::Parts},
 };
 
+use crate::wire::Standing;
 use crate::{
     app::AppState,
     auth::{sessions, tokens::Claims, users::User},
@@ -85,7 +86,7 @@ async fn authenticate(
         return Err(Error::unauthorized("The session has ended"));
     }
     let user = session.user;
-    if user.status != "active" {
+    if user.status != Standing::Active {
         return Err(Error::forbidden("This account is suspended"));
     }
     let tenant = match &claims.tid {
@@ -125,7 +126,7 @@ pub async fn tenant_of(
     let (org, role) = crate::orgs::organizations::store::with_membership(&state.db, user_id, org)
         .await?
         .ok_or_else(|| Error::not_found("Organization not found"))?;
-    if org.status != "active" {
+    if org.status != Standing::Active {
         return Err(Error::new(
             ErrorCode::OrganizationSuspended,
             "This organization is suspended",

@@ -11,6 +11,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::wire::Standing;
 use crate::{
     app::AppState,
     auth::{
@@ -320,7 +321,7 @@ async fn password_login(
         return Err(Error::unauthorized("Invalid email or password"));
     }
     let account = account.ok_or_else(|| Error::unauthorized("Invalid email or password"))?;
-    if account.status != "active" {
+    if account.status != Standing::Active {
         return Err(Error::forbidden("This account is suspended"));
     }
     first_factor_passed(state, meta, &account, "password").await
@@ -411,7 +412,7 @@ async fn otp_request(
     after_the_answer("sign-in code", async move {
         let Some(user) = users::credentials_by_email(&state.db, &email)
             .await?
-            .filter(|u| u.status == "active")
+            .filter(|u| u.status == Standing::Active)
         else {
             return Ok(());
         };
@@ -452,7 +453,7 @@ async fn otp_verify(
     Json(body): Json<EmailCode>,
 ) -> Result<axum::response::Response, Error> {
     let mut user = spend_code(&state, &body, Purpose::Login).await?;
-    if user.status != "active" {
+    if user.status != Standing::Active {
         return Err(Error::forbidden("This account is suspended"));
     }
     // The code came by email: the address is proven. If it was not before, the password and
@@ -474,25 +475,19 @@ async fn forgot_password(
     after_the_answer("password reset", async move {
         let Some(user) = users::credentials_by_email(&state.db, &email)
             .await?
-            .filter(|u| u.status == "active")
+            .filter(|u| u.status == Standing::Active)
         else {
             return Ok(());
         };
         let token = codes::issue_reset_token(&state.db, &user.id).await?;
-        let link = format!(
-            "{}/reset-password?token={token}",
-            state.config.public_url.trim_end_matches('/')
+        let link = state.config.link(&format!("/reset-password?token={token}"));
+        let minutes = codes::RESET_TTL_MINUTES;
+        let body = format!(
+            "Reset your Gatehouse password within {minutes} minutes with this token:\n\n{token}\n\nor open {link}\n\nIf you did not ask for it, ignore this email.\n"
         );
         mail::send_later(
             &state.mailer,
-            Mail {
-                to: user.email,
-                subject: "Reset your password".into(),
-                body: format!(
-                    "Reset your Gatehouse password within {} minutes with this token:\n\n{token}\n\nor open {link}\n\nIf you did not ask for it, ignore this email.\n",
-                    codes::RESET_TTL_MINUTES
-                ),
-            },
+            Mail::new(user.email, "Reset your password", body),
         );
         Ok(())
     });

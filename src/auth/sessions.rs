@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use crate::wire::Standing;
 use crate::{
     app::AppState,
     auth::{
@@ -168,7 +169,7 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Tokens, Er
     if row.try_get::<String, _>("expires_at")? <= now {
         return Err(invalid());
     }
-    if row.try_get::<String, _>("status")? != "active" {
+    if crate::storage::RowExt::get_parsed::<Standing>(&row, "status")? != Standing::Active {
         return Err(Error::forbidden("This account is suspended"));
     }
     // Spend it; only one of two concurrent presentations wins.

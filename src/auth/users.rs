@@ -3,6 +3,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use crate::wire::Standing;
 use crate::{
     crypto,
     error::{Error, ErrorCode, ResultExt},
@@ -16,7 +17,7 @@ pub struct User {
     pub id: UserId,
     pub email: String,
     pub name: String,
-    pub status: String,
+    pub status: Standing,
     pub email_verified: bool,
     pub mfa_enabled: bool,
     pub is_platform_admin: bool,
@@ -34,7 +35,7 @@ impl User {
             id: UserId(row.try_get("id")?),
             email: row.try_get("email")?,
             name: row.try_get("name")?,
-            status: row.try_get("status")?,
+            status: row.get_parsed("status")?,
             email_verified: row.get_bool("email_verified")?,
             mfa_enabled: row.get_bool("mfa_enabled")?,
             is_platform_admin: row.get_bool("is_platform_admin")?,
@@ -327,7 +328,7 @@ pub struct Credentials {
     pub id: String,
     pub email: String,
     pub password_hash: Option<String>,
-    pub status: String,
+    pub status: Standing,
     pub mfa_enabled: bool,
 }
 
@@ -346,7 +347,7 @@ pub async fn credentials_by_email(db: &Db, email: &str) -> Result<Option<Credent
             id: r.try_get("id")?,
             email: r.try_get("email")?,
             password_hash: r.try_get("password_hash")?,
-            status: r.try_get("status")?,
+            status: r.get_parsed("status")?,
             mfa_enabled: r.get_bool("mfa_enabled")?,
         })
     })
@@ -512,14 +513,14 @@ pub async fn update(
             ));
         }
     }
-    if let Some(status) = &admin.status {
-        if status != "active" && status != "suspended" {
-            errors.push(crate::error::FieldError::new(
-                "status",
-                "must be active or suspended",
-            ));
+    let status = match admin.status.as_deref().map(Standing::input) {
+        Some(Err(e)) => {
+            errors.push(e);
+            None
         }
-    }
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
     }
@@ -540,8 +541,8 @@ pub async fn update(
     if let Some(meta) = profile.metadata {
         sql.push(", metadata = ").bind(meta.to_string());
     }
-    if let Some(status) = admin.status {
-        sql.push(", status = ").bind(status);
+    if let Some(status) = status {
+        sql.push(", status = ").bind(status.as_str());
     }
     if let Some(flag) = admin.is_platform_admin {
         sql.push(", is_platform_admin = ").bind(flag);

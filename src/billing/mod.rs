@@ -10,7 +10,7 @@
 pub mod store;
 pub mod subscriptions;
 
-pub use store::Plan;
+pub use store::{BillingInterval, Plan};
 
 use std::{
     collections::BTreeMap,
@@ -108,7 +108,12 @@ impl PlanCatalogue {
     /// Every plan, cheapest first.
     pub fn all(&self) -> Vec<Arc<Plan>> {
         let mut v: Vec<_> = self.snapshot().values().cloned().collect();
-        v.sort_by(|a, b| a.amount.cmp(&b.amount).then_with(|| a.id.cmp(&b.id)));
+        v.sort_by(|a, b| {
+            a.fields
+                .amount
+                .cmp(&b.fields.amount)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         v
     }
 
@@ -249,7 +254,7 @@ fn validate(input: &PlanInput, creating: bool) -> Result<(), Error> {
         }
     }
     if let Some(i) = &input.interval {
-        if i != "month" && i != "year" {
+        if BillingInterval::parse(i).is_none() {
             errors.push(FieldError::new("interval", "must be month or year"));
         }
     }
@@ -323,7 +328,11 @@ async fn admin_create(
         name: input.name.as_deref().unwrap_or_default().trim().to_string(),
         amount: input.amount.unwrap_or_default(),
         currency: input.currency.clone().unwrap_or_default(),
-        interval: input.interval.clone().unwrap_or_default(),
+        interval: input
+            .interval
+            .as_deref()
+            .and_then(BillingInterval::parse)
+            .unwrap_or(BillingInterval::Month),
         limits: input.limits.clone().unwrap_or_else(|| json!({})),
         features: input.features.clone().unwrap_or_else(|| json!({})),
     };
@@ -354,12 +363,21 @@ async fn admin_update(
     validate(&input, false)?;
     let current = store::plan(&state.db, &id).await?;
     // `limits` and `features` are merged into the current objects (null removes a feature).
-    let mut limits = current.limits.as_object().cloned().unwrap_or_default();
+    let mut limits = current
+        .fields
+        .limits
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     if let Some(Value::Object(m)) = &input.limits {
         limits.extend(m.clone());
     }
-    let mut features: Map<String, Value> =
-        current.features.as_object().cloned().unwrap_or_default();
+    let mut features: Map<String, Value> = current
+        .fields
+        .features
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     if let Some(Value::Object(m)) = &input.features {
         for (k, v) in m {
             if v.is_null() {
@@ -374,15 +392,19 @@ async fn admin_update(
             .name
             .as_deref()
             .map(str::trim)
-            .unwrap_or(&current.name)
+            .unwrap_or(&current.fields.name)
             .to_string(),
-        amount: input.amount.unwrap_or(current.amount),
-        currency: input.currency.unwrap_or(current.currency),
-        interval: input.interval.unwrap_or(current.interval),
+        amount: input.amount.unwrap_or(current.fields.amount),
+        currency: input.currency.unwrap_or(current.fields.currency),
+        interval: input
+            .interval
+            .as_deref()
+            .and_then(BillingInterval::parse)
+            .unwrap_or(current.fields.interval),
         limits: Value::Object(limits),
         features: Value::Object(features),
     };
-    let data = json!({"id": id, "previous_limits": current.limits, "limits": fields.limits});
+    let data = json!({"id": id, "previous_limits": current.fields.limits, "limits": fields.limits});
     let (change, by) = plan_change(&admin, &meta, "plan.updated", &id, data);
     change
         .write(&state, &by, async |tx| {

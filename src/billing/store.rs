@@ -16,15 +16,30 @@ use crate::{
     storage::{self, Db, RowExt},
 };
 
+crate::wire::string_enum! {
+    /// How often a plan bills: each `month` or each `year` from the subscription's start.
+    BillingInterval, "interval" {
+        Month => "month",
+        Year => "year",
+    }
+}
+
+impl BillingInterval {
+    /// Calendar months in one cycle.
+    pub fn months(self) -> u32 {
+        match self {
+            BillingInterval::Month => 1,
+            BillingInterval::Year => 12,
+        }
+    }
+}
+
+/// A plan of the catalogue as stored and shown.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Plan {
     pub id: String,
-    pub name: String,
-    pub amount: i64,
-    pub currency: String,
-    pub interval: String,
-    pub limits: Value,
-    pub features: Value,
+    #[serde(flatten)]
+    pub fields: PlanFields,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -32,31 +47,33 @@ pub struct Plan {
 impl Plan {
     /// A numeric limit (`None`: unlimited or not stated).
     pub fn limit(&self, name: &str) -> Option<u64> {
-        self.limits.get(name).and_then(Value::as_u64)
+        self.fields.limits.get(name).and_then(Value::as_u64)
     }
 
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Plan, sqlx::Error> {
         Ok(Plan {
             id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            amount: r.try_get("amount")?,
-            currency: r.try_get("currency")?,
-            interval: r.try_get("billing_interval")?,
-            limits: r.get_json("limits")?,
-            features: r.get_json("features")?,
+            fields: PlanFields {
+                name: r.try_get("name")?,
+                amount: r.try_get("amount")?,
+                currency: r.try_get("currency")?,
+                interval: r.get_parsed("billing_interval")?,
+                limits: r.get_json("limits")?,
+                features: r.get_json("features")?,
+            },
             created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
             updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
         })
     }
 }
 
-/// A validated plan, ready to store (every field: an update writes the merged whole).
-#[derive(Debug)]
+/// A plan's own fields, validated (an update writes the merged whole).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PlanFields {
     pub name: String,
     pub amount: i64,
     pub currency: String,
-    pub interval: String,
+    pub interval: BillingInterval,
     pub limits: Value,
     pub features: Value,
 }
@@ -87,7 +104,7 @@ fn bind_plan<'q>(q: AnyQuery<'q>, v: &'q PlanFields) -> AnyQuery<'q> {
     q.bind(&v.name)
         .bind(v.amount)
         .bind(&v.currency)
-        .bind(&v.interval)
+        .bind(v.interval.as_str())
         .bind(v.limits.to_string())
         .bind(v.features.to_string())
         .bind(storage::now())

@@ -21,7 +21,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use self::store::{NewSubscription, Subscription, SubscriptionPatch, SubscriptionStatus};
-use super::{store::set_organization_plan, DEFAULT_PLAN};
+use super::{
+    store::{set_organization_plan, BillingInterval},
+    DEFAULT_PLAN,
+};
 use crate::{
     app::AppState,
     error::{Error, ErrorCode, FieldError},
@@ -36,7 +39,7 @@ fn document(state: &AppState, s: &Subscription) -> Value {
     let features = state
         .plans
         .get(&s.plan)
-        .map(|p| p.features.clone())
+        .map(|p| p.fields.features.clone())
         .unwrap_or_else(|| json!({}));
     let time = |t: &str| storage::api_time(t);
     json!({
@@ -72,10 +75,9 @@ pub async fn find(state: &AppState, org_id: &str) -> Result<Option<Value>, Error
         .map(|s| document(state, &s)))
 }
 
-fn cycle_end(start: DateTime<Utc>, interval: &str) -> DateTime<Utc> {
-    let months = if interval == "year" { 12 } else { 1 };
+fn cycle_end(start: DateTime<Utc>, interval: BillingInterval) -> DateTime<Utc> {
     start
-        .checked_add_months(Months::new(months))
+        .checked_add_months(Months::new(interval.months()))
         .unwrap_or(start)
 }
 
@@ -156,14 +158,14 @@ pub async fn create(
         id: &id,
         organization_id: &org_id,
         plan: &plan.id,
-        amount: plan.amount,
-        currency: &plan.currency,
+        amount: plan.fields.amount,
+        currency: &plan.fields.currency,
         billing_cycle_start: now,
-        billing_cycle_end: cycle_end(now, &plan.interval),
+        billing_cycle_end: cycle_end(now, plan.fields.interval),
         billing_email: email,
         auto_renew: body.auto_renew.unwrap_or(true),
     };
-    let data = json!({"id": id, "plan": plan.id, "amount": plan.amount, "currency": plan.currency});
+    let data = json!({"id": id, "plan": plan.id, "amount": plan.fields.amount, "currency": plan.fields.currency});
     Change::new("subscription.created", "subscription", &id, data)
         .invalidates(Invalidation::organization(&org_id))
         .write(&state, &access, async |tx| {
@@ -193,7 +195,7 @@ pub async fn update(
     let patch = SubscriptionPatch {
         plan: plan
             .as_ref()
-            .map(|p| (p.id.as_str(), p.amount, p.currency.as_str())),
+            .map(|p| (p.id.as_str(), p.fields.amount, p.fields.currency.as_str())),
         billing_email: email,
         auto_renew: body.auto_renew,
     };
@@ -240,13 +242,13 @@ pub async fn close_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, Er
             let interval = state
                 .plans
                 .get(plan_id)
-                .map(|p| p.interval.clone())
-                .unwrap_or_else(|| "month".into());
+                .map(|p| p.fields.interval)
+                .unwrap_or(BillingInterval::Month);
             let mut start = storage::parse_time(&s.billing_cycle_end).unwrap_or(now);
-            let mut end = cycle_end(start, &interval);
+            let mut end = cycle_end(start, interval);
             while end <= now {
                 start = end;
-                end = cycle_end(start, &interval);
+                end = cycle_end(start, interval);
             }
             (start, end)
         });

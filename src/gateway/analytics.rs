@@ -65,10 +65,12 @@ impl LogEntry {
     }
 }
 
-/// Which log entries to list: every field set narrows the list (`start`/`end` are stored
-/// timestamps, `[start, end)`).
-#[derive(Debug, Default)]
+/// Which log entries to list (the query string of `GET …/analytics/logs`): every field set
+/// narrows the list. `start`/`end` (`[start, end)`) are read as given, then made stored
+/// timestamps by [`crate::http::time_range`]; the environment is the caller's, never the query's.
+#[derive(Debug, Default, serde::Deserialize)]
 pub struct LogFilter {
+    #[serde(skip)]
     pub environment: Option<String>,
     pub key_id: Option<String>,
     pub model: Option<String>,

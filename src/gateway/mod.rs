@@ -12,7 +12,6 @@ pub mod stats;
 pub mod usage;
 
 use axum::{extract::State, response::IntoResponse};
-use serde::Deserialize;
 
 pub use analytics::LogEntry;
 
@@ -47,34 +46,15 @@ pub fn proxy_routes() -> Routes {
         .any(proxy::AZURE.route, proxy::azure)
 }
 
-/// The query string of `GET …/analytics/logs`.
-#[derive(Debug, Deserialize)]
-pub struct LogQuery {
-    key_id: Option<String>,
-    model: Option<String>,
-    provider: Option<String>,
-    status: Option<i64>,
-    start: Option<String>,
-    end: Option<String>,
-}
-
 /// `GET …/analytics/logs`: newest first, filters, cursor (or offset) paging.
 async fn logs(
     State(state): State<AppState>,
     access: OrgAccess<perm::AnalyticsRead>,
     page: Page,
-    Query(q): Query<LogQuery>,
+    Query(mut filter): Query<analytics::LogFilter>,
 ) -> Result<impl IntoResponse, Error> {
-    let (start, end) = crate::http::time_range(q.start, q.end)?;
-    let filter = analytics::LogFilter {
-        environment: access.environment().map(str::to_string),
-        key_id: q.key_id,
-        model: q.model,
-        provider: q.provider,
-        status: q.status,
-        start,
-        end,
-    };
+    filter.environment = access.environment().map(str::to_string);
+    (filter.start, filter.end) = crate::http::time_range(filter.start, filter.end)?;
     let list = analytics::logs(&state.db, access.org_id(), filter, &page).await?;
     Ok(axum::Json(list))
 }

@@ -23,7 +23,7 @@ enum Transport {
     Local,
     /// The database's own notifications (PostgreSQL `LISTEN/NOTIFY`).
     Database {
-        url: String,
+        url: crate::secret::Secret,
     },
     Redis(redis::Client),
 }
@@ -118,14 +118,14 @@ impl Bus {
     pub fn new(
         cache: Arc<KeyCache>,
         db: Db,
-        database_url: &str,
-        redis_url: Option<&str>,
+        database_url: &crate::secret::Secret,
+        redis_url: Option<&crate::secret::Secret>,
         redis: Option<crate::redis::Redis>,
     ) -> anyhow::Result<Bus> {
         let transport = match redis_url {
-            Some(url) => Transport::Redis(redis::Client::open(url)?),
+            Some(url) => Transport::Redis(redis::Client::open(url.expose())?),
             None if db.backend().has_notifications() => Transport::Database {
-                url: database_url.to_string(),
+                url: database_url.clone(),
             },
             None => Transport::Local,
         };
@@ -178,7 +178,7 @@ impl Bus {
             loop {
                 let result = match &bus.transport {
                     Transport::Local => return,
-                    Transport::Database { url } => bus.listen_database(url).await,
+                    Transport::Database { url } => bus.listen_database(url.expose()).await,
                     Transport::Redis(client) => bus.listen_redis(client).await,
                 };
                 bus.apply(&Invalidation::All);

@@ -525,7 +525,8 @@ async fn load(db: &Db, digest: [u8; 32]) -> Result<Option<CachedKey>, Error> {
         tokens_limit: crate::limits::middleware::tokens_key(&id).into(),
         id: id.into(),
         organization_id: r.try_get::<String, _>("organization_id")?.into(),
-        organization_active: r.try_get::<String, _>("org_status")? == "active",
+        organization_active: r.get_parsed::<crate::wire::Standing>("org_status")?
+            == crate::wire::Standing::Active,
         ip_allowlist: ip_allowlist(&r.get_json("org_settings")?),
         publishable: r.try_get::<String, _>("type")? == "publishable",
         environment: r.try_get::<String, _>("environment")?.into(),
@@ -534,11 +535,7 @@ async fn load(db: &Db, digest: [u8; 32]) -> Result<Option<CachedKey>, Error> {
             .filter_map(|s| super::scope_bit(s))
             .fold(0, |a, b| a | b),
         allowed_origins: origins,
-        status: super::decode(
-            "status",
-            &r.try_get::<String, _>("status")?,
-            super::KeyStatus::parse,
-        )?,
+        status: r.get_parsed("status")?,
         expires_at: unix(r.try_get("expires_at")?),
         grace_until: unix(r.try_get("secret_grace")?),
         created_by: r.try_get("created_by")?,

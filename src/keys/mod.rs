@@ -3,8 +3,6 @@
 //! authentication path (`cache.rs`) and the invalidation bus that makes a revocation reach every
 //! node (`bus.rs`, its messages typed in `invalidation.rs`).
 
-use serde::{Deserialize, Serialize};
-
 pub mod bus;
 pub mod cache;
 pub mod cors;
@@ -54,31 +52,16 @@ pub fn scope_min_role(scope: &str) -> Option<crate::orgs::roles::Role> {
 
 pub use routes::routes;
 
-/// A key's type (SPEC §4): `secret` (server side, any scope its creator holds) or
-/// `publishable` (in browsers: `gateway:proxy` only, from its allowed origins only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyType {
-    Secret,
-    Publishable,
+crate::wire::string_enum! {
+    /// A key's type (SPEC §4): `secret` (server side, any scope its creator holds) or
+    /// `publishable` (in browsers: `gateway:proxy` only, from its allowed origins only).
+    KeyType, "type" {
+        Secret => "secret",
+        Publishable => "publishable",
+    }
 }
 
 impl KeyType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyType::Secret => "secret",
-            KeyType::Publishable => "publishable",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<KeyType> {
-        match s {
-            "secret" => Some(KeyType::Secret),
-            "publishable" => Some(KeyType::Publishable),
-            _ => None,
-        }
-    }
-
     /// The token's first part: `sk` or `pk`.
     pub fn prefix(self) -> &'static str {
         match self {
@@ -88,45 +71,13 @@ impl KeyType {
     }
 }
 
-/// A key's status as shown: `active`, `disabled` and `revoked` are stored; `expired` is an
-/// active key past its expiry (derived when read).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyStatus {
-    Active,
-    Disabled,
-    Revoked,
-    Expired,
-}
-
-impl KeyStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyStatus::Active => "active",
-            KeyStatus::Disabled => "disabled",
-            KeyStatus::Revoked => "revoked",
-            KeyStatus::Expired => "expired",
-        }
+crate::wire::string_enum! {
+    /// A key's status as shown: `active`, `disabled` and `revoked` are stored; `expired` is an
+    /// active key past its expiry (derived when read).
+    KeyStatus, "status" {
+        Active => "active",
+        Disabled => "disabled",
+        Revoked => "revoked",
+        Expired => "expired",
     }
-
-    pub fn parse(s: &str) -> Option<KeyStatus> {
-        match s {
-            "active" => Some(KeyStatus::Active),
-            "disabled" => Some(KeyStatus::Disabled),
-            "revoked" => Some(KeyStatus::Revoked),
-            "expired" => Some(KeyStatus::Expired),
-            _ => None,
-        }
-    }
-}
-
-/// A stored closed-set value read back, or a decode error naming the column.
-pub(crate) fn decode<T>(
-    column: &str,
-    value: &str,
-    parse: fn(&str) -> Option<T>,
-) -> Result<T, sqlx::Error> {
-    parse(value).ok_or_else(|| {
-        sqlx::Error::Decode(format!("unexpected {column} {value:?} in api_keys").into())
-    })
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
 
-use super::{decode, KeyStatus, KeyType};
+use super::{KeyStatus, KeyType};
 use crate::{
     environment::Environment,
     error::Error,
@@ -56,11 +56,7 @@ impl ApiKey {
                 .map(|t| storage::api_time(&t)))
         };
         let expires_at: Option<String> = r.try_get("expires_at")?;
-        let mut status = decode(
-            "status",
-            &r.try_get::<String, _>("status")?,
-            KeyStatus::parse,
-        )?;
+        let mut status: KeyStatus = r.get_parsed("status")?;
         if status == KeyStatus::Active
             && expires_at
                 .as_deref()
@@ -72,12 +68,8 @@ impl ApiKey {
             id: KeyId(r.try_get("id")?),
             organization_id: r.try_get("organization_id")?,
             name: r.try_get("name")?,
-            key_type: decode("type", &r.try_get::<String, _>("type")?, KeyType::parse)?,
-            environment: decode(
-                "environment",
-                &r.try_get::<String, _>("environment")?,
-                Environment::parse,
-            )?,
+            key_type: r.get_parsed("type")?,
+            environment: r.get_parsed("environment")?,
             key_preview: r.try_get("key_preview")?,
             scopes: r.get_json("scopes")?,
             allowed_origins: r.get_json("allowed_origins")?,

@@ -23,6 +23,16 @@ pub struct Mail {
     pub body: String,
 }
 
+impl Mail {
+    pub fn new(to: impl Into<String>, subject: impl Into<String>, body: impl Into<String>) -> Mail {
+        Mail {
+            to: to.into(),
+            subject: subject.into(),
+            body: body.into(),
+        }
+    }
+}
+
 pub trait Mailer: Send + Sync + std::fmt::Debug {
     fn send<'a>(&'a self, mail: &'a Mail) -> BoxFuture<'a, anyhow::Result<()>>;
 }

@@ -367,7 +367,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
                 ));
             }
         }
-        if status != "active" {
+        if status != crate::wire::Standing::Active {
             return Err(Error::new(
                 ErrorCode::OrganizationSuspended,
                 "This organization is suspended",

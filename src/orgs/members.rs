@@ -77,20 +77,14 @@ fn new_token() -> (String, String) {
 
 fn send_invitation(state: &AppState, org_name: &str, email: &str, role: Role, token: &str) {
     let role = role.as_str();
-    let link = format!(
-        "{}/accept-invitation?token={token}",
-        state.config.public_url.trim_end_matches('/')
+    let link = state
+        .config
+        .link(&format!("/accept-invitation?token={token}"));
+    let body = format!(
+        "You have been invited to join {org_name} as {role}.\n\nAccept within {INVITATION_TTL_DAYS} days: sign in and accept with this token,\nor register with it as invitation_token:\n\n{token}\n\n{link}\n"
     );
-    mail::send_later(
-        &state.mailer,
-        Mail {
-            to: email.to_string(),
-            subject: format!("You are invited to join {org_name} on Gatehouse"),
-            body: format!(
-                "You have been invited to join {org_name} as {role}.\n\nAccept within {INVITATION_TTL_DAYS} days: sign in and accept with this token,\nor register with it as invitation_token:\n\n{token}\n\n{link}\n"
-            ),
-        },
-    );
+    let subject = format!("You are invited to join {org_name} on Gatehouse");
+    mail::send_later(&state.mailer, Mail::new(email, subject, body));
 }
 
 /// Creates a pending invitation (refusing members and duplicates) and emails its token.
@@ -149,9 +143,10 @@ pub async fn invite<P>(
     store::invitation(&state.db, org_id, &id).await
 }
 
+/// Who to invite: `POST …/members` and `POST …/invitations` take the same body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AddMember {
+pub struct Invite {
     email: String,
     #[serde(default)]
     name: String,
@@ -162,7 +157,7 @@ pub struct AddMember {
 pub async fn add(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
-    Json(body): Json<AddMember>,
+    Json(body): Json<Invite>,
 ) -> Result<impl IntoResponse, Error> {
     let inv = invite(&state, &access, &body.email, &body.name, &body.role).await?;
     Ok((
@@ -180,19 +175,12 @@ pub async fn add(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateInvitation {
-    email: String,
-    role: String,
-}
-
 pub async fn create_invitation(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
-    Json(body): Json<CreateInvitation>,
+    Json(body): Json<Invite>,
 ) -> Result<impl IntoResponse, Error> {
-    let inv = invite(&state, &access, &body.email, "", &body.role).await?;
+    let inv = invite(&state, &access, &body.email, &body.name, &body.role).await?;
     Ok((StatusCode::CREATED, axum::Json(inv)))
 }
 

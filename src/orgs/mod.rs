@@ -11,13 +11,20 @@ use crate::http::routes::Routes;
 
 pub fn routes() -> Routes {
     const ORG: &str = "/v1/organizations/{org_id}";
+    const MEMBERS: &str = "/v1/organizations/{org_id}/members";
+    const MEMBER: &str = "/v1/organizations/{org_id}/members/{user_id}";
+    const INVITATIONS: &str = "/v1/organizations/{org_id}/invitations";
+    const INVITATION: &str = "/v1/organizations/{org_id}/invitations/{id}";
+    const PROJECTS: &str = "/v1/organizations/{org_id}/projects";
+    const PROJECT: &str = "/v1/organizations/{org_id}/projects/{id}";
+    const CONFIGS: &str = "/v1/organizations/{org_id}/configs";
+    const CONFIG: &str = "/v1/organizations/{org_id}/configs/{key}";
+    const STORAGE: &str = "/v1/organizations/{org_id}/storage";
+    let roles = |page: crate::http::pagination::Page| async move {
+        axum::Json(roles::roles_document(&page))
+    };
     Routes::new()
-        .get(
-            "/v1/roles",
-            |page: crate::http::pagination::Page| async move {
-                axum::Json(roles::roles_document(&page))
-            },
-        )
+        .get("/v1/roles", roles)
         .post("/v1/organizations", organizations::create)
         .get("/v1/organizations", organizations::list_mine)
         .get(
@@ -27,51 +34,27 @@ pub fn routes() -> Routes {
         .get(ORG, organizations::get_one)
         .patch(ORG, organizations::update)
         .delete(ORG, organizations::delete)
-        .get("/v1/organizations/{org_id}/members", members::list)
-        .post("/v1/organizations/{org_id}/members", members::add)
-        .patch(
-            "/v1/organizations/{org_id}/members/{user_id}",
-            members::change_role,
-        )
-        .delete(
-            "/v1/organizations/{org_id}/members/{user_id}",
-            members::remove,
-        )
-        .post(
-            "/v1/organizations/{org_id}/invitations",
-            members::create_invitation,
-        )
-        .get(
-            "/v1/organizations/{org_id}/invitations",
-            members::list_invitations,
-        )
+        .get(MEMBERS, members::list)
+        .post(MEMBERS, members::add)
+        .patch(MEMBER, members::change_role)
+        .delete(MEMBER, members::remove)
+        .post(INVITATIONS, members::create_invitation)
+        .get(INVITATIONS, members::list_invitations)
         .post(
             "/v1/organizations/{org_id}/invitations/{id}/resend",
             members::resend_invitation,
         )
-        .delete(
-            "/v1/organizations/{org_id}/invitations/{id}",
-            members::revoke_invitation,
-        )
+        .delete(INVITATION, members::revoke_invitation)
         .post("/v1/invitations/accept", members::accept_invitation)
-        .post("/v1/organizations/{org_id}/projects", projects::create)
-        .get("/v1/organizations/{org_id}/projects", projects::list)
-        .get("/v1/organizations/{org_id}/projects/{id}", projects::get)
-        .patch("/v1/organizations/{org_id}/projects/{id}", projects::update)
-        .delete("/v1/organizations/{org_id}/projects/{id}", projects::delete)
-        .get("/v1/organizations/{org_id}/configs", projects::list_configs)
-        .get(
-            "/v1/organizations/{org_id}/configs/{key}",
-            projects::get_config,
-        )
-        .put(
-            "/v1/organizations/{org_id}/configs/{key}",
-            projects::put_config,
-        )
-        .delete(
-            "/v1/organizations/{org_id}/configs/{key}",
-            projects::delete_config,
-        )
-        .get("/v1/organizations/{org_id}/storage", projects::get_storage)
-        .put("/v1/organizations/{org_id}/storage", projects::put_storage)
+        .post(PROJECTS, projects::create)
+        .get(PROJECTS, projects::list)
+        .get(PROJECT, projects::get)
+        .patch(PROJECT, projects::update)
+        .delete(PROJECT, projects::delete)
+        .get(CONFIGS, projects::list_configs)
+        .get(CONFIG, projects::get_config)
+        .put(CONFIG, projects::put_config)
+        .delete(CONFIG, projects::delete_config)
+        .get(STORAGE, projects::get_storage)
+        .put(STORAGE, projects::put_storage)
 }

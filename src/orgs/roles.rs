@@ -53,6 +53,13 @@ impl Role {
     }
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        Role::parse(s).ok_or_else(|| format!("unknown role {s:?}"))
+    }
+}
+
 macro_rules! permissions {
     ($($name:ident),* $(,)?) => {
         /// What a caller may do in an organization. Most map to an API-key scope of the same name.

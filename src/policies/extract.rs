@@ -16,116 +16,80 @@ pub enum Format {
     Google,
 }
 
-/// The inspectable strings of a request body, in document order.
-pub fn request_texts(format: Format, body: &mut Value) -> Vec<&mut String> {
+/// The strings `field` picks from each field of a JSON object body, in document order.
+fn from_fields<'a>(
+    body: &'a mut Value,
+    field: impl Fn(&str, &'a mut Value, &mut Vec<&'a mut String>),
+) -> Vec<&'a mut String> {
     let mut out = Vec::new();
-    let Value::Object(obj) = body else {
-        return out;
-    };
-    match format {
-        Format::OpenAi => {
-            for (k, v) in obj.iter_mut() {
-                match k.as_str() {
-                    "messages" => each(v, |m, out| openai_message(m, out), &mut out),
-                    // Legacy completions `prompt`, embeddings `input` (strings or arrays of them;
-                    // token-id arrays hold no strings) and Responses API `input`/`instructions`.
-                    "prompt" | "instructions" => strings_shallow(v, &mut out),
-                    "input" => match v {
-                        Value::String(s) => out.push(s),
-                        Value::Array(items) => {
-                            for item in items {
-                                match item {
-                                    Value::String(s) => out.push(s),
-                                    Value::Object(_) => responses_item(item, &mut out),
-                                    _ => {}
-                                }
-                            }
-                        }
-                        _ => {}
-                    },
-                    _ => {}
-                }
-            }
-        }
-        Format::Anthropic => {
-            for (k, v) in obj.iter_mut() {
-                match k.as_str() {
-                    "system" => anthropic_content(v, &mut out),
-                    "messages" => each(
-                        v,
-                        |m, out| {
-                            if let Some(c) = m.get_mut("content") {
-                                anthropic_content(c, out)
-                            }
-                        },
-                        &mut out,
-                    ),
-                    _ => {}
-                }
-            }
-        }
-        Format::Google => {
-            for (k, v) in obj.iter_mut() {
-                match k.as_str() {
-                    "contents" => each(v, |c, out| gemini_content(c, out), &mut out),
-                    "systemInstruction" | "system_instruction" => gemini_content(v, &mut out),
-                    _ => {}
-                }
-            }
+    if let Value::Object(obj) = body {
+        for (k, v) in obj.iter_mut() {
+            field(k, v, &mut out);
         }
     }
     out
 }
 
+/// The inspectable strings of a request body, in document order.
+pub fn request_texts(format: Format, body: &mut Value) -> Vec<&mut String> {
+    from_fields(body, |k, v, out| match (format, k) {
+        (Format::OpenAi, "messages") => each(v, openai_message, out),
+        // Legacy completions `prompt`, embeddings `input` (strings or arrays of them; token-id
+        // arrays hold no strings) and Responses API `input` (items too) / `instructions`.
+        (Format::OpenAi, "prompt" | "instructions") => strings_shallow(v, out),
+        (Format::OpenAi, "input") => string_or_each(
+            v,
+            |item, out| match item {
+                Value::Object(_) => responses_item(item, out),
+                item => string(item, out),
+            },
+            out,
+        ),
+        (Format::Anthropic, "system") => anthropic_content(v, out),
+        (Format::Anthropic, "messages") => each(
+            v,
+            |m, out| {
+                if let Some(c) = m.get_mut("content") {
+                    anthropic_content(c, out)
+                }
+            },
+            out,
+        ),
+        (Format::Google, "contents") => each(v, gemini_content, out),
+        (Format::Google, "systemInstruction" | "system_instruction") => gemini_content(v, out),
+        _ => {}
+    })
+}
+
 /// The inspectable strings of a (non-streamed) response body, in document order.
 pub fn response_texts(format: Format, body: &mut Value) -> Vec<&mut String> {
-    let mut out = Vec::new();
-    let Value::Object(obj) = body else {
-        return out;
-    };
-    match format {
-        Format::OpenAi => {
-            for (k, v) in obj.iter_mut() {
-                match k.as_str() {
-                    "choices" => each(
-                        v,
-                        |c, out| {
-                            let Value::Object(c) = c else { return };
-                            for (k, v) in c.iter_mut() {
-                                match k.as_str() {
-                                    "message" => openai_message(v, out),
-                                    "text" => strings_shallow(v, out),
-                                    _ => {}
-                                }
-                            }
-                        },
-                        &mut out,
-                    ),
-                    "output" => each(v, |item, out| responses_item(item, out), &mut out),
-                    _ => {}
+    from_fields(body, |k, v, out| match (format, k) {
+        (Format::OpenAi, "choices") => each(v, openai_choice, out),
+        (Format::OpenAi, "output") => each(v, responses_item, out),
+        (Format::Anthropic, "content") => anthropic_content(v, out),
+        (Format::Google, "candidates") => each(
+            v,
+            |candidate, out| {
+                if let Some(content) = candidate.get_mut("content") {
+                    gemini_content(content, out)
                 }
-            }
-        }
-        Format::Anthropic => {
-            if let Some(c) = obj.get_mut("content") {
-                anthropic_content(c, &mut out);
-            }
-        }
-        Format::Google => {
-            if let Some(c) = obj.get_mut("candidates") {
-                each(
-                    c,
-                    |cand, out| {
-                        if let Some(content) = cand.get_mut("content") {
-                            gemini_content(content, out)
-                        }
-                    },
-                    &mut out,
-                );
-            }
+            },
+            out,
+        ),
+        _ => {}
+    })
+}
+
+/// An OpenAI choice: its `message` (chat) or `text` (legacy completions).
+fn openai_choice<'a>(c: &'a mut Value, out: &mut Vec<&'a mut String>) {
+    let Value::Object(c) = c else { return };
+    for (k, v) in c.iter_mut() {
+        match k.as_str() {
+            "message" => openai_message(v, out),
+            "text" => strings_shallow(v, out),
+            _ => {}
         }
     }
-    out
 }
 
 /// The output-token cap a request asks for, if it names one.
@@ -284,40 +248,45 @@ fn all_strings<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
     }
 }
 
-/// A string, or the strings directly inside an array.
-fn strings_shallow<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
+/// `v`, if it is a string.
+fn string<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
+    if let Value::String(s) = v {
+        out.push(s)
+    }
+}
+
+/// `v` if it is a string, else each element of an array given to `item`.
+fn string_or_each<'a>(
+    v: &'a mut Value,
+    item: impl Fn(&'a mut Value, &mut Vec<&'a mut String>),
+    out: &mut Vec<&'a mut String>,
+) {
     match v {
         Value::String(s) => out.push(s),
-        Value::Array(a) => {
-            for x in a.iter_mut() {
-                if let Value::String(s) = x {
-                    out.push(s)
-                }
-            }
-        }
+        Value::Array(a) => a.iter_mut().for_each(|x| item(x, out)),
         _ => {}
     }
 }
 
+/// A string, or the strings directly inside an array.
+fn strings_shallow<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
+    string_or_each(v, string, out)
+}
+
 /// `content` as a string or an array of parts; `text`-bearing parts contribute their text.
 fn text_parts<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
-    match v {
-        Value::String(s) => out.push(s),
-        Value::Array(parts) => {
-            for p in parts.iter_mut() {
-                match p {
-                    Value::String(s) => out.push(s),
-                    Value::Object(m) => {
-                        if let Some(Value::String(s)) = m.get_mut("text") {
-                            out.push(s)
-                        }
-                    }
-                    _ => {}
+    string_or_each(
+        v,
+        |p, out| match p {
+            Value::Object(m) => {
+                if let Some(t) = m.get_mut("text") {
+                    string(t, out)
                 }
             }
-        }
-        _ => {}
-    }
+            p => string(p, out),
+        },
+        out,
+    )
 }
 
 /// An OpenAI chat message (request or response): `content`, `refusal` and tool-call arguments.
@@ -354,11 +323,7 @@ fn responses_item<'a>(item: &'a mut Value, out: &mut Vec<&'a mut String>) {
     for (k, v) in m.iter_mut() {
         match k.as_str() {
             "content" => text_parts(v, out),
-            "arguments" | "output" => {
-                if let Value::String(s) = v {
-                    out.push(s)
-                }
-            }
+            "arguments" | "output" => string(v, out),
             _ => {}
         }
     }
@@ -367,31 +332,23 @@ fn responses_item<'a>(item: &'a mut Value, out: &mut Vec<&'a mut String>) {
 /// Anthropic `system` or message `content`: a string or blocks (`text`, `tool_use.input`
 /// recursively, `tool_result.content`).
 fn anthropic_content<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
-    match v {
-        Value::String(s) => out.push(s),
-        Value::Array(blocks) => {
-            for b in blocks.iter_mut() {
-                let Value::Object(m) = b else { continue };
-                let ty = match m.get("type").and_then(Value::as_str) {
-                    Some("tool_use") | Some("server_tool_use") => 1,
-                    Some("tool_result") => 2,
-                    _ => 0,
-                };
-                for (k, v) in m.iter_mut() {
-                    match (ty, k.as_str()) {
-                        (0, "text") | (_, "thinking") => {
-                            if let Value::String(s) = v {
-                                out.push(s)
-                            }
-                        }
-                        (1, "input") => all_strings(v, out),
-                        (2, "content") => anthropic_content(v, out),
-                        _ => {}
-                    }
-                }
-            }
+    string_or_each(v, anthropic_block, out)
+}
+
+fn anthropic_block<'a>(b: &'a mut Value, out: &mut Vec<&'a mut String>) {
+    let Value::Object(m) = b else { return };
+    let ty = match m.get("type").and_then(Value::as_str) {
+        Some("tool_use") | Some("server_tool_use") => 1,
+        Some("tool_result") => 2,
+        _ => 0,
+    };
+    for (k, v) in m.iter_mut() {
+        match (ty, k.as_str()) {
+            (0, "text") | (_, "thinking") => string(v, out),
+            (1, "input") => all_strings(v, out),
+            (2, "content") => anthropic_content(v, out),
+            _ => {}
         }
-        _ => {}
     }
 }
 
@@ -406,11 +363,7 @@ fn gemini_content<'a>(v: &'a mut Value, out: &mut Vec<&'a mut String>) {
             let Value::Object(m) = p else { return };
             for (k, v) in m.iter_mut() {
                 match k.as_str() {
-                    "text" => {
-                        if let Value::String(s) = v {
-                            out.push(s)
-                        }
-                    }
+                    "text" => string(v, out),
                     "functionCall" | "function_call" => {
                         if let Some(args) = v.get_mut("args") {
                             all_strings(args, out)

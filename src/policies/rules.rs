@@ -8,82 +8,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
-use std::str::FromStr;
 
-/// The error returned when parsing an enum from an unknown string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownValue {
-    /// What was being parsed (`"type"`, `"action"`, …).
-    pub what: &'static str,
-    /// The rejected input.
-    pub value: String,
-    /// The accepted spellings.
-    pub expected: &'static [&'static str],
-}
-
-impl fmt::Display for UnknownValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown {} `{}` (expected one of: {})",
-            self.what,
-            self.value,
-            self.expected.join(", ")
-        )
-    }
-}
-
-impl std::error::Error for UnknownValue {}
-
-macro_rules! string_enum {
-    (
-        $(#[$meta:meta])*
-        $name:ident, $what:literal {
-            $( $(#[$vmeta:meta])* $variant:ident => $s:literal ),+ $(,)?
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name {
-            $( $(#[$vmeta])* $variant ),+
-        }
-
-        impl $name {
-            /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            const NAMES: &'static [&'static str] = &[$($s),+];
-
-            /// The wire spelling (snake_case).
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $s),+
-                }
-            }
-
-            /// Parses the wire spelling; unknown values are an error.
-            pub fn parse(s: &str) -> Result<Self, UnknownValue> {
-                s.parse()
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, UnknownValue> {
-                match s {
-                    $($s => Ok($name::$variant),)+
-                    _ => Err(UnknownValue { what: $what, value: s.to_string(), expected: Self::NAMES }),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
+use crate::wire::string_enum;
+pub use crate::wire::UnknownValue;
 
 string_enum! {
     /// The detector a rule runs.

@@ -48,12 +48,6 @@ impl HasId for Policy {
 const COLUMNS: &str = "id, organization_id, name, description, enabled, type, config, action, \
                        applies_to, severity, created_at, updated_at";
 
-fn stored<T: std::str::FromStr>(r: &sqlx::any::AnyRow, column: &str) -> Result<T, sqlx::Error> {
-    let s: String = r.try_get(column)?;
-    s.parse()
-        .map_err(|_| sqlx::Error::Decode(format!("unknown {column} {s:?} in policies").into()))
-}
-
 impl Policy {
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Policy {
@@ -61,11 +55,11 @@ impl Policy {
                 id: r.try_get("id")?,
                 name: r.try_get("name")?,
                 enabled: r.get_bool("enabled")?,
-                kind: stored(r, "type")?,
+                kind: r.get_parsed("type")?,
                 config: r.get_json("config")?,
-                action: stored(r, "action")?,
-                applies_to: stored(r, "applies_to")?,
-                severity: stored(r, "severity")?,
+                action: r.get_parsed("action")?,
+                applies_to: r.get_parsed("applies_to")?,
+                severity: r.get_parsed("severity")?,
             },
             organization_id: r.try_get("organization_id")?,
             description: r.try_get("description")?,

@@ -7,7 +7,6 @@
 mod store;
 
 use axum::{extract::State, response::IntoResponse};
-use serde::Deserialize;
 
 pub use store::{record, Context, Violation};
 
@@ -40,40 +39,14 @@ impl Found {
     }
 }
 
-/// The query string of `GET …/analytics/violations`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    policy_id: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    action: Option<String>,
-    severity: Option<String>,
-    key_id: Option<String>,
-    log_id: Option<String>,
-    model: Option<String>,
-    start: Option<String>,
-    end: Option<String>,
-}
-
 pub async fn list(
     State(state): State<AppState>,
     access: OrgAccess<perm::AnalyticsRead>,
     page: Page,
-    Query(q): Query<ListQuery>,
+    Query(mut filter): Query<store::Filter>,
 ) -> Result<impl IntoResponse, Error> {
-    let (start, end) = crate::http::time_range(q.start, q.end)?;
-    let filter = store::Filter {
-        environment: access.environment().map(str::to_string),
-        policy_id: q.policy_id,
-        kind: q.kind,
-        action: q.action,
-        severity: q.severity,
-        key_id: q.key_id,
-        log_id: q.log_id,
-        model: q.model,
-        start,
-        end,
-    };
+    filter.environment = access.environment().map(str::to_string);
+    (filter.start, filter.end) = crate::http::time_range(filter.start, filter.end)?;
     let list = store::list(&state.db, access.org_id(), filter, &page).await?;
     Ok(axum::Json(list))
 }

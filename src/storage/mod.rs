@@ -171,6 +171,12 @@ pub trait RowExt {
     fn get_bool(&self, column: &str) -> Result<bool, sqlx::Error>;
     /// A JSON document stored as TEXT.
     fn get_json(&self, column: &str) -> Result<serde_json::Value, sqlx::Error>;
+    /// A closed-set value stored as its spelling (`active`, `live`, …); a spelling outside the
+    /// set is a decode error naming the column and the value.
+    fn get_parsed<T>(&self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display;
 }
 
 impl RowExt for sqlx::any::AnyRow {
@@ -188,6 +194,19 @@ impl RowExt for sqlx::any::AnyRow {
         serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
             index: column.to_string(),
             source: Box::new(e),
+        })
+    }
+
+    fn get_parsed<T>(&self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        use sqlx::Row;
+        let text: String = self.try_get(column)?;
+        text.parse().map_err(|e: T::Err| sqlx::Error::ColumnDecode {
+            index: column.to_string(),
+            source: format!("{e} (stored: {text:?})").into(),
         })
     }
 }

@@ -10,9 +10,6 @@
 //! mid-cycle plan change ([`update`]) where a proration line would be recorded. Further
 //! statuses (`past_due` for an unpaid invoice, `trialing`) are added to [`SubscriptionStatus`].
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
 use sqlx::{AnyConnection, Row};
 
 use crate::{
@@ -20,39 +17,12 @@ use crate::{
     storage::{self, Db, RowExt, Sql},
 };
 
-/// Where a subscription is in its life: `active` (its plan applies; a cancellation only sets
-/// `cancel_at_period_end`) until its last cycle ends, then `canceled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SubscriptionStatus {
-    Active,
-    Canceled,
-}
-
-impl SubscriptionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SubscriptionStatus::Active => "active",
-            SubscriptionStatus::Canceled => "canceled",
-        }
-    }
-}
-
-impl std::str::FromStr for SubscriptionStatus {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "active" => Ok(SubscriptionStatus::Active),
-            "canceled" => Ok(SubscriptionStatus::Canceled),
-            _ => Err(()),
-        }
-    }
-}
-
-impl fmt::Display for SubscriptionStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+crate::wire::string_enum! {
+    /// Where a subscription is in its life: `active` (its plan applies; a cancellation only sets
+    /// `cancel_at_period_end`) until its last cycle ends, then `canceled`.
+    SubscriptionStatus, "status" {
+        Active => "active",
+        Canceled => "canceled",
     }
 }
 

@@ -14,78 +14,23 @@ use crate::{
     storage::{self, Backend, Db, RowExt, Sql},
 };
 
-/// Whether a member of the list has joined or is still invited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemberStatus {
-    Active,
-    PendingInvite,
-}
-
-impl MemberStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberStatus::Active => "active",
-            MemberStatus::PendingInvite => "pending_invite",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(MemberStatus::Active),
-            "pending_invite" => Some(MemberStatus::PendingInvite),
-            _ => None,
-        }
+crate::wire::string_enum! {
+    /// Whether a member of the list has joined or is still invited.
+    MemberStatus, "status" {
+        Active => "active",
+        PendingInvite => "pending_invite",
     }
 }
 
-/// An invitation's state. `expired` is never stored: it is a `pending` invitation past its
-/// `expires_at`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InvitationStatus {
-    Pending,
-    Accepted,
-    Revoked,
-    Expired,
-}
-
-impl InvitationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InvitationStatus::Pending => "pending",
-            InvitationStatus::Accepted => "accepted",
-            InvitationStatus::Revoked => "revoked",
-            InvitationStatus::Expired => "expired",
-        }
+crate::wire::string_enum! {
+    /// An invitation's state. `expired` is never stored: it is a `pending` invitation past its
+    /// `expires_at`.
+    InvitationStatus, "status" {
+        Pending => "pending",
+        Accepted => "accepted",
+        Revoked => "revoked",
+        Expired => "expired",
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "pending" => Some(InvitationStatus::Pending),
-            "accepted" => Some(InvitationStatus::Accepted),
-            "revoked" => Some(InvitationStatus::Revoked),
-            "expired" => Some(InvitationStatus::Expired),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for InvitationStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-fn decode<T>(column: &str, value: Option<T>) -> Result<T, sqlx::Error> {
-    value.ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: column.to_string(),
-        source: format!("unknown {column}").into(),
-    })
-}
-
-fn role_column(r: &sqlx::any::AnyRow) -> Result<Role, sqlx::Error> {
-    decode("role", Role::parse(&r.try_get::<String, _>("role")?))
 }
 
 // ---- members ------------------------------------------------------------------------------
@@ -121,11 +66,8 @@ impl Member {
             id: r.try_get("id")?,
             email: r.try_get("email")?,
             name: r.try_get("name")?,
-            role: role_column(r)?,
-            status: decode(
-                "status",
-                MemberStatus::parse(&r.try_get::<String, _>("status")?),
-            )?,
+            role: r.get_parsed("role")?,
+            status: r.get_parsed("status")?,
             created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
             last_login: time("last_login")?,
             mfa_enabled: r.get_bool("mfa_enabled")?,
@@ -387,10 +329,7 @@ const INVITATION_COLUMNS: &str =
 
 /// The stored status, `expired` for a pending invitation past `expires_at`.
 fn status_at(r: &sqlx::any::AnyRow, expires_at: &str) -> Result<InvitationStatus, sqlx::Error> {
-    let status = decode(
-        "status",
-        InvitationStatus::parse(&r.try_get::<String, _>("status")?),
-    )?;
+    let status: InvitationStatus = r.get_parsed("status")?;
     Ok(
         if status == InvitationStatus::Pending && *expires_at <= *storage::now() {
             InvitationStatus::Expired
@@ -411,7 +350,7 @@ impl Invitation {
             id: r.try_get("id")?,
             organization_id: r.try_get("organization_id")?,
             email: r.try_get("email")?,
-            role: role_column(r)?,
+            role: r.get_parsed("role")?,
             status: status_at(r, &expires_at)?,
             invited_by: r.try_get("invited_by")?,
             created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
@@ -579,11 +518,8 @@ pub async fn by_token_hash(db: &Db, token_hash: &str) -> Result<Option<TokenInvi
         id: r.try_get("id")?,
         organization_id: r.try_get("organization_id")?,
         email: r.try_get("email")?,
-        role: role_column(&r)?,
-        status: decode(
-            "status",
-            InvitationStatus::parse(&r.try_get::<String, _>("status")?),
-        )?,
+        role: r.get_parsed("role")?,
+        status: r.get_parsed("status")?,
         expires_at: r.try_get("expires_at")?,
     }))
 }

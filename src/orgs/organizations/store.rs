@@ -5,6 +5,7 @@
 use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 
+use crate::wire::Standing;
 use crate::{
     error::{Error, ResultExt},
     events::change::found,
@@ -20,7 +21,7 @@ pub struct Organization {
     pub description: String,
     pub website: String,
     pub timezone: String,
-    pub status: String,
+    pub status: Standing,
     pub plan: String,
     pub settings: Value,
     pub members_count: i64,
@@ -52,7 +53,7 @@ impl Organization {
             description: r.try_get("description")?,
             website: r.try_get("website")?,
             timezone: r.try_get("timezone")?,
-            status: r.try_get("status")?,
+            status: r.get_parsed("status")?,
             plan: r.try_get("plan")?,
             settings: r.get_json("settings")?,
             members_count: r.try_get("members_count")?,
@@ -198,7 +199,7 @@ pub async fn delete(tx: &mut AnyConnection, id: &str) -> Result<(), Error> {
 pub struct OrgRow {
     pub id: String,
     pub slug: String,
-    pub status: String,
+    pub status: Standing,
     pub settings: Value,
     pub plan: String,
 }
@@ -208,7 +209,7 @@ impl OrgRow {
         Ok(OrgRow {
             id: r.try_get("id")?,
             slug: r.try_get("slug")?,
-            status: r.try_get("status")?,
+            status: r.get_parsed("status")?,
             settings: r.get_json("settings")?,
             plan: r.try_get("plan")?,
         })

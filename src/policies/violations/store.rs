@@ -133,12 +133,15 @@ pub async fn record(
     Ok(())
 }
 
-/// Which violations to list: every field set narrows the list (`start`/`end` are stored
-/// timestamps, `[start, end)`).
-#[derive(Debug, Default)]
+/// Which violations to list (the query string of `GET …/analytics/violations`): every field set
+/// narrows the list. `start`/`end` (`[start, end)`) are read as given, then made stored
+/// timestamps by [`crate::http::time_range`]; the environment is the caller's, never the query's.
+#[derive(Debug, Default, serde::Deserialize)]
 pub struct Filter {
+    #[serde(skip)]
     pub environment: Option<String>,
     pub policy_id: Option<String>,
+    #[serde(rename = "type")]
     pub kind: Option<String>,
     pub action: Option<String>,
     pub severity: Option<String>,
