@@ -150,6 +150,17 @@ where
     }
 }
 
+/// Waits (bounded) until an attempt to the endpoint is recorded as succeeded.
+async fn recorded_as_succeeded(state: &AppState, scope: &Scope, endpoint_id: &str) {
+    eventually("recorded as succeeded", || async {
+        attempts(state, scope, endpoint_id)
+            .await
+            .iter()
+            .any(|d| d.status == status::SUCCEEDED)
+    })
+    .await;
+}
+
 async fn attempts(state: &AppState, scope: &Scope, endpoint_id: &str) -> Vec<Delivery> {
     let page = Page {
         limit: 100,
@@ -1220,17 +1231,7 @@ async fn a_dead_workers_claim_is_delivered_after_its_lease(backend: Backend) {
         storage::format_time(got.at) >= locked_until,
         "delivered only after the lease ran out"
     );
-    let id = created.endpoint.id.clone();
-    eventually("recorded as succeeded", || {
-        let (state, scope, id) = (state.clone(), scope.clone(), id.clone());
-        async move {
-            attempts(&state, &scope, &id)
-                .await
-                .iter()
-                .any(|d| d.status == status::SUCCEEDED)
-        }
-    })
-    .await;
+    recorded_as_succeeded(state, &scope, &created.endpoint.id).await;
     let log = attempts(state, &scope, &created.endpoint.id).await;
     assert_eq!(log.len(), 1, "the same attempt, taken over");
     assert_eq!(log[0].id, claimed[0]);
@@ -1290,17 +1291,7 @@ async fn killing_the_server_between_commit_and_delivery_still_delivers(backend: 
         event_id,
         "the same id for de-duplication"
     );
-    let id = created.endpoint.id.clone();
-    eventually("recorded as succeeded", || {
-        let (state, scope, id) = (third.clone(), scope.clone(), id.clone());
-        async move {
-            attempts(&state, &scope, &id)
-                .await
-                .iter()
-                .any(|d| d.status == status::SUCCEEDED)
-        }
-    })
-    .await;
+    recorded_as_succeeded(&third, &scope, &created.endpoint.id).await;
     worker.stop().await;
 }
 

@@ -499,6 +499,28 @@ impl TestServer {
         }
     }
 
+    /// The whole reset flow a mailbox owner goes through: forgot-password, the reset mail's
+    /// token, reset-password with `new_password` (asserted accepted).
+    pub async fn reset_password(&self, admin: &str, email: &str, new_password: &str) {
+        self.post_json(
+            "/v1/auth/forgot-password",
+            &serde_json::json!({"email": email}),
+        )
+        .await;
+        let mail = self.mail(admin, email, "Reset").await;
+        let reset = mail
+            .split_whitespace()
+            .find(|w| w.starts_with("rst_"))
+            .expect("a reset token in the mail");
+        let res = self
+            .post_json(
+                "/v1/auth/reset-password",
+                &serde_json::json!({"token": reset, "new_password": new_password}),
+            )
+            .await;
+        assert_eq!(res.status, 204, "{}", res.text);
+    }
+
     /// Number of messages to `to` (for tests that a mail was *not* sent).
     pub async fn mail_count(&self, admin: &str, to: &str) -> u64 {
         let res = self
