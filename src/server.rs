@@ -163,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let worker = crate::events::delivery::spawn(state.clone())?;
     crate::billing::subscriptions::spawn_cycle_job(state.clone());
+    let idempotency_cleanup = crate::http::idempotency::spawn_cleanup(state.clone());
     let flusher = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -180,6 +181,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     worker.stop().await;
     state.gateway.shutdown();
     flusher.abort();
+    idempotency_cleanup.abort();
     if let Err(e) = state.api_keys.flush_last_used(&state.db).await {
         tracing::warn!(error = %e, "writing API keys' last_used_at failed");
     }

@@ -1,5 +1,6 @@
 //! Two `gatehouse` processes on one PostgreSQL (and, in the second test, one Redis): a key
-//! revoked through one node is refused by the other within one second.
+//! revoked through one node is refused by the other within one second; a POST retried with its
+//! `Idempotency-Key` on the other node is replayed, not executed again.
 
 mod common;
 
@@ -39,7 +40,19 @@ fn node(
     spawn(cmd)
 }
 
-async fn revoked_on_one_node_refused_on_the_other(redis: Option<&str>) {
+/// Two nodes on one fresh PostgreSQL database (and `redis`, if given), and the access token
+/// of a user registered through node A.
+struct Deployment {
+    a: Process,
+    b: Process,
+    client: reqwest::Client,
+    owner: String,
+    /// Held for the test's length: dropped, the database and the directory go.
+    db: TestDatabase,
+    dir: tempfile::TempDir,
+}
+
+async fn two_nodes(redis: Option<&str>) -> Deployment {
     let db = TestDatabase::create(Backend::Postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let master_key = gatehouse::crypto::MasterKey::generate_hex();
@@ -47,7 +60,6 @@ async fn revoked_on_one_node_refused_on_the_other(redis: Option<&str>) {
     let a = node(dir.path(), &db, &master_key, redis);
     let b = node(dir.path(), &db, &master_key, redis);
     let client = reqwest::Client::new();
-
     let reg = post(
         &client,
         a.url("/v1/auth/register"),
@@ -56,6 +68,25 @@ async fn revoked_on_one_node_refused_on_the_other(redis: Option<&str>) {
     )
     .await;
     let owner = reg["access_token"].as_str().unwrap().to_string();
+    Deployment {
+        a,
+        b,
+        client,
+        owner,
+        db,
+        dir,
+    }
+}
+
+async fn revoked_on_one_node_refused_on_the_other(redis: Option<&str>) {
+    let Deployment {
+        a,
+        b,
+        client,
+        owner,
+        db: _db,
+        dir: _dir,
+    } = two_nodes(redis).await;
     let org = post(
         &client,
         a.url("/v1/organizations"),
@@ -137,4 +168,49 @@ async fn a_revoked_key_is_refused_by_every_node_over_redis_pubsub() {
         return;
     }
     revoked_on_one_node_refused_on_the_other(Some(&common::redis_url())).await;
+}
+
+#[tokio::test]
+async fn an_idempotent_post_is_replayed_by_the_other_node() {
+    if !common::postgres_available("idempotency across nodes").await {
+        return;
+    }
+    let Deployment {
+        a,
+        b,
+        client,
+        owner,
+        db: _db,
+        dir: _dir,
+    } = two_nodes(None).await;
+    let create = |url: String| {
+        let (client, owner) = (client.clone(), owner.clone());
+        async move {
+            let res = client
+                .post(url)
+                .bearer_auth(owner)
+                .header("Idempotency-Key", "create-acme")
+                .json(&json!({"name": "Acme", "slug": "acme"}))
+                .send()
+                .await
+                .unwrap();
+            let replayed = res.headers().get("idempotent-replayed").is_some();
+            (res.status().as_u16(), replayed, res.text().await.unwrap())
+        }
+    };
+    let first = create(a.url("/v1/organizations")).await;
+    assert_eq!((first.0, first.1), (201, false), "{}", first.2);
+    let retry = create(b.url("/v1/organizations")).await;
+    assert_eq!((retry.0, retry.1), (201, true), "{}", retry.2);
+    assert_eq!(retry.2, first.2);
+    let list: Value = client
+        .get(b.url("/v1/organizations"))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 1, "{list}");
 }

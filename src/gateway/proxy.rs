@@ -370,25 +370,6 @@ fn mock_answer(
     }
 }
 
-/// The request body, up to the gateway's limit (413 beyond it).
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            Error::new(
-                ErrorCode::PayloadTooLarge,
-                format!("The request body is larger than the gateway accepts ({limit} bytes)"),
-            )
-        } else {
-            Error::new(
-                ErrorCode::InvalidRequest,
-                "The request body could not be read",
-            )
-        }
-    })
-}
-
 async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, Error> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -415,7 +396,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
             }
         }
     };
-    let body = read_body(body, state.config.gateway_max_body_bytes).await?;
+    let body = crate::http::read_body(body, state.config.gateway_max_body_bytes).await?;
     if !key.allows("gateway:proxy")
         || !key
             .creator_role

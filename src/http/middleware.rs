@@ -273,7 +273,12 @@ pub async fn remember_route(req: Request, next: Next) -> Response {
 /// Renders every failure as the SPEC's envelope: errors returned by handlers (an
 /// [`ErrorReport`] in the response extensions) and failures made by the framework or by tower
 /// layers with only a status (unknown route, wrong method, oversize body, timeout, panic).
-fn envelope(mut res: Response, method: &Method, path: &str, request_id: &str) -> Response {
+pub(crate) fn envelope(
+    mut res: Response,
+    method: &Method,
+    path: &str,
+    request_id: &str,
+) -> Response {
     let status = res.status();
     let report = match res.extensions_mut().remove::<ErrorReport>() {
         Some(report) => report,

@@ -2,6 +2,7 @@
 //! passes through, and serving with graceful shutdown.
 
 pub mod extract;
+pub mod idempotency;
 pub mod middleware;
 pub mod pagination;
 pub mod request_meta;
@@ -56,6 +57,29 @@ pub fn time_range(
     ))
 }
 
+/// A request body, up to `limit` bytes (413 `payload_too_large` beyond it).
+pub async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, crate::error::Error> {
+    use crate::error::{Error, ErrorCode};
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!("The request body is larger than this route accepts ({limit} bytes)"),
+            )
+        } else {
+            Error::new(
+                ErrorCode::InvalidRequest,
+                "The request body could not be read",
+            )
+        }
+    })
+}
+
 /// A number as a header value, in one allocation (`HeaderValue::from(u64)` takes two or three;
 /// this runs for every rate-limited response).
 pub fn number_header(n: u64) -> axum::http::HeaderValue {
@@ -93,6 +117,8 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> middleware::App 
             state.config.request_timeout(),
         ))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        // Outside the timeout: a request abandoned with 503 releases its key.
+        .layer(mw::from_fn_with_state(state.clone(), idempotency::layer))
         .layer(mw::from_fn(middleware::remember_route));
     let router = control_plane
         // The data plane: no per-route layers at all (no control-plane timeout, as streams

@@ -3,6 +3,8 @@
 //! authenticated response (the most restrictive limit), refuses with 429 `rate_limit_exceeded`
 //! and `Retry-After`, and meters and enforces the monthly `api_requests` quota of organization
 //! requests (429 `quota_exceeded`, one `quota.exceeded` event per organization and period).
+//! The caller it verifies is also left on a `POST` that carries an `Idempotency-Key`
+//! ([`crate::http::idempotency::Caller`]), so that layer keys requests by it.
 //!
 //! Limits (keys of the limiter in brackets):
 //! - API key: its `rate_limit.requests_per_minute`, else `rate_limits.api_key_per_minute`
@@ -35,7 +37,7 @@ use crate::{
     app::AppState,
     error::{Error, ErrorCode},
     events::{ActorContext, NewEvent},
-    http::request_meta::client_ip,
+    http::{idempotency::Caller, request_meta::client_ip},
     keys::cache::looks_like_key,
     orgs::access::presented_key_in,
 };
@@ -213,6 +215,7 @@ enum Who {
     User {
         id: String,
         tenant_org: Option<String>,
+        environment: Option<String>,
     },
     Anonymous,
 }
@@ -256,6 +259,21 @@ where
         parts
             .extensions
             .insert(crate::keys::cache::VerifiedKey(key.clone()));
+    }
+    if Caller::wanted(&parts) {
+        match &who {
+            Who::Key(key) => parts.extensions.insert(Caller::key(&key.id)),
+            Who::User {
+                id,
+                tenant_org,
+                environment,
+            } => parts.extensions.insert(Caller::user(
+                id,
+                tenant_org.as_deref(),
+                environment.as_deref(),
+            )),
+            Who::Anonymous => None,
+        };
     }
     match decide(state, parts.uri.path(), &parts.method, ip, &who).await {
         Ok(Decision::Pass { headers }) => {
@@ -312,6 +330,7 @@ async fn identify(
                 return Who::User {
                     id: claims.sub,
                     tenant_org: claims.tid,
+                    environment: claims.env,
                 };
             }
         }
@@ -370,7 +389,7 @@ async fn decide(
             }
             org = Some((&*key.organization_id).into());
         }
-        Who::User { id, tenant_org } => {
+        Who::User { id, tenant_org, .. } => {
             specs.push(LimitSpec::per_minute(
                 format!("user:{id}:min"),
                 cfg.user_per_minute,
