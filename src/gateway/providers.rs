@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 pub use store::Provider;
 use store::{NewProvider, ProviderPatch};
 
+use crate::ids::ProviderId;
 use crate::{
     app::AppState,
     error::{Error, FieldError},
@@ -332,7 +333,7 @@ pub async fn create(
         .as_deref()
         .or(access.environment())
         .unwrap_or("live");
-    let id = crate::ids::ProviderId::generate();
+    let id = ProviderId::generate();
     let new = NewProvider {
         id: &id,
         organization_id: access.org_id(),
@@ -381,7 +382,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::ProvidersManage>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, ProviderId)>,
 ) -> Result<axum::Json<Provider>, Error> {
     Ok(axum::Json(
         store::load(&state.db, access.org_id(), &id, access.environment()).await?,
@@ -391,7 +392,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     access: OrgAccess<perm::ProvidersManage>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, ProviderId)>,
     Json(body): Json<ProviderInput>,
 ) -> Result<axum::Json<Provider>, Error> {
     body.validate(false)?;
@@ -434,7 +435,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     access: OrgAccess<perm::ProvidersManage>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, ProviderId)>,
 ) -> Result<StatusCode, Error> {
     let (org_id, env) = (access.org_id(), access.environment());
     change("provider.deleted", &id, json!({"id": id}), &access)

@@ -168,7 +168,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsRead>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, crate::ids::ProjectId)>,
 ) -> Result<axum::Json<Project>, Error> {
     Ok(axum::Json(
         store::load(&state.db, access.org_id(), &id).await?,
@@ -178,7 +178,7 @@ pub async fn get(
 pub async fn update(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsUpdate>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, crate::ids::ProjectId)>,
     Json(body): Json<ProjectInput>,
 ) -> Result<axum::Json<Project>, Error> {
     body.validate(false)?;
@@ -197,7 +197,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsUpdate>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, crate::ids::ProjectId)>,
 ) -> Result<StatusCode, Error> {
     change("project.deleted", "project", &id, json!({"id": &id}))
         .write(&state, &access, async |tx| {

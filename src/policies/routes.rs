@@ -168,7 +168,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::PoliciesRead>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, crate::ids::PolicyId)>,
 ) -> Result<axum::Json<Policy>, Error> {
     Ok(axum::Json(
         store::load(&state.db, access.org_id(), &id).await?,
@@ -178,7 +178,7 @@ pub async fn get(
 pub async fn replace(
     State(state): State<AppState>,
     access: OrgAccess<perm::PoliciesManage>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, crate::ids::PolicyId)>,
     Json(body): Json<PolicyInput>,
 ) -> Result<axum::Json<Policy>, Error> {
     let valid = body.validate()?;
@@ -195,7 +195,7 @@ pub async fn replace(
 pub async fn delete(
     State(state): State<AppState>,
     access: OrgAccess<perm::PoliciesManage>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, crate::ids::PolicyId)>,
 ) -> Result<StatusCode, Error> {
     change("policy.deleted", &id, json!({"id": id}), &access)
         .write(&state, &access, async |tx| {

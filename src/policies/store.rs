@@ -17,6 +17,7 @@ use super::{
     engine::Matcher,
     rules::{Action, AppliesTo, Kind, Rule, Severity},
 };
+use crate::ids::PolicyId;
 use crate::{
     error::Error,
     events::change::found,
@@ -86,7 +87,7 @@ pub struct PolicyFields {
     pub severity: Severity,
 }
 
-pub async fn load(db: &Db, org_id: &str, id: &str) -> Result<Policy, Error> {
+pub async fn load(db: &Db, org_id: &str, id: &PolicyId) -> Result<Policy, Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM policies WHERE id = $1 AND organization_id = $2"
     ))
@@ -112,7 +113,7 @@ pub async fn list(db: &Db, org_id: &str, page: &Page) -> Result<List<Policy>, Er
 pub async fn insert(
     tx: &mut AnyConnection,
     org_id: &str,
-    id: &str,
+    id: &PolicyId,
     v: &PolicyFields,
 ) -> Result<(), Error> {
     let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM policies WHERE organization_id = $1")
@@ -141,7 +142,7 @@ pub async fn insert(
 pub async fn replace(
     tx: &mut AnyConnection,
     org_id: &str,
-    id: &str,
+    id: &PolicyId,
     v: &PolicyFields,
 ) -> Result<(), Error> {
     write(
@@ -181,7 +182,7 @@ async fn write(
     found(done, "Policy not found")
 }
 
-pub async fn delete(tx: &mut AnyConnection, org_id: &str, id: &str) -> Result<(), Error> {
+pub async fn delete(tx: &mut AnyConnection, org_id: &str, id: &PolicyId) -> Result<(), Error> {
     let done = sqlx::query("DELETE FROM policies WHERE id = $1 AND organization_id = $2")
         .bind(id)
         .bind(org_id)

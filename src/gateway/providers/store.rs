@@ -9,6 +9,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::ProviderKind;
 
+use crate::ids::ProviderId;
 use crate::{
     error::Error,
     events::change::found,
@@ -18,7 +19,7 @@ use crate::{
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Provider {
-    pub id: String,
+    pub id: ProviderId,
     pub organization_id: String,
     pub provider: ProviderKind,
     pub name: String,
@@ -63,7 +64,12 @@ impl Provider {
 
 /// One provider of the organization; of `env` only, when the caller is confined to one (another
 /// environment's provider is not found, like another organization's).
-pub async fn load(db: &Db, org_id: &str, id: &str, env: Option<&str>) -> Result<Provider, Error> {
+pub async fn load(
+    db: &Db,
+    org_id: &str,
+    id: &ProviderId,
+    env: Option<&str>,
+) -> Result<Provider, Error> {
     let row = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM providers WHERE id = $1 AND organization_id = $2"
     ))
@@ -139,7 +145,7 @@ pub async fn enabled(db: &Db, org_id: &str, env: &str) -> Result<Vec<EnabledRow>
 
 /// A provider to create (validated; its key already sealed).
 pub struct NewProvider<'a> {
-    pub id: &'a str,
+    pub id: &'a ProviderId,
     pub organization_id: &'a str,
     pub provider: ProviderKind,
     pub name: &'a str,
@@ -184,7 +190,11 @@ pub struct ProviderPatch {
     pub environment: Option<String>,
 }
 
-pub async fn update(tx: &mut AnyConnection, id: &str, patch: ProviderPatch) -> Result<(), Error> {
+pub async fn update(
+    tx: &mut AnyConnection,
+    id: &ProviderId,
+    patch: ProviderPatch,
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE providers SET updated_at = $1, name = COALESCE($2, name), \
          base_url = COALESCE($3, base_url), api_key = COALESCE($4, api_key), \
@@ -209,7 +219,7 @@ pub async fn update(tx: &mut AnyConnection, id: &str, patch: ProviderPatch) -> R
 pub async fn delete(
     tx: &mut AnyConnection,
     org_id: &str,
-    id: &str,
+    id: &ProviderId,
     env: Option<&str>,
 ) -> Result<(), Error> {
     let mut sql = Sql::new("DELETE FROM providers WHERE id = ");

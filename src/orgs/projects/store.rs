@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
 
+use crate::ids::ProjectId;
 use crate::{
     error::Error,
     events::change::found,
@@ -15,7 +16,7 @@ use crate::{
 
 #[derive(Debug, Serialize)]
 pub struct Project {
-    pub id: String,
+    pub id: ProjectId,
     pub organization_id: String,
     pub name: String,
     pub settings: Value,
@@ -49,7 +50,7 @@ impl Project {
     }
 }
 
-pub async fn load(db: &Db, org_id: &str, id: &str) -> Result<Project, Error> {
+pub async fn load(db: &Db, org_id: &str, id: &ProjectId) -> Result<Project, Error> {
     let sql =
         format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE organization_id = $1 AND id = $2");
     let row = one_row(db, &sql, org_id, id, "Project not found").await?;
@@ -108,7 +109,7 @@ pub struct ProjectFields {
 pub async fn insert(
     tx: &mut AnyConnection,
     org_id: &str,
-    id: &str,
+    id: &ProjectId,
     p: ProjectFields,
 ) -> Result<(), Error> {
     sqlx::query(
@@ -130,7 +131,7 @@ pub async fn insert(
 pub async fn update(
     tx: &mut AnyConnection,
     org_id: &str,
-    id: &str,
+    id: &ProjectId,
     p: ProjectFields,
 ) -> Result<(), Error> {
     sqlx::query(
@@ -150,7 +151,7 @@ pub async fn update(
     Ok(())
 }
 
-pub async fn delete(tx: &mut AnyConnection, org_id: &str, id: &str) -> Result<(), Error> {
+pub async fn delete(tx: &mut AnyConnection, org_id: &str, id: &ProjectId) -> Result<(), Error> {
     let sql = "DELETE FROM projects WHERE organization_id = $1 AND id = $2";
     delete_one(tx, sql, org_id, id, "Project not found").await
 }
