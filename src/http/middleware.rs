@@ -4,7 +4,7 @@
 //! allocations for them).
 //!
 //! In order: the request id (echoed or made, on the request and the response), the request's
-//! trace span, a caught panic, CORS for publishable keys (`keys::cors`), rate limits and quotas
+//! trace span, a caught panic, the maintenance switch and early refusals, CORS for publishable keys (`keys::cors`), rate limits and quotas
 //! (`limits::middleware`), the router; on the way out, the SPEC's error envelope for every
 //! failure and the HTTP metrics by route template.
 
@@ -184,7 +184,26 @@ impl App {
     }
 }
 
+/// What still answers while the platform's `maintenance_mode` is on: health and metrics, the
+/// platform admin's routes, and signing in (a password login and its MFA step, the JWKS), so
+/// that an admin can sign in and turn maintenance off.
+fn open_in_maintenance(path: &str) -> bool {
+    const OPEN: &[&str] = &[
+        "/metrics",
+        "/health",
+        "/v1/auth/login",
+        "/v1/auth/mfa/verify",
+        "/.well-known/jwks.json",
+        "/v1/admin",
+    ];
+    OPEN.contains(&path)
+        || path.starts_with("/health/")
+        || path.starts_with("/v1/admin/")
+}
+
 /// What the edge refuses before anything else runs (no credentials checked, no body read):
+/// - every request but [`open_in_maintenance`]'s while the platform is in maintenance: 503
+///   `service_unavailable` with `Retry-After` (gateway routes included);
 /// - a declared `Content-Length` over the route's limit (`gateway_max_body_bytes` on the
 ///   gateway's routes, `max_body_bytes` elsewhere): 413 at once, and the connection closes
 ///   (the serving loop adds `Connection: close` to an answer that leaves body unread);
@@ -195,6 +214,14 @@ impl App {
 fn refuse_early(state: &AppState, req: &Request) -> Option<crate::error::Error> {
     use crate::error::Error;
     let path = req.uri().path();
+    if state.platform.current().maintenance_mode && !open_in_maintenance(path) {
+        return Some(
+            Error::unavailable(
+                "The platform is in maintenance; try again shortly (platform admins can still sign in and use /v1/admin)",
+            )
+            .with_retry_after(crate::platform::MAINTENANCE_RETRY_AFTER_SECS),
+        );
+    }
     if let Some(declared) = req
         .headers()
         .get(header::CONTENT_LENGTH)

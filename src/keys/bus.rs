@@ -1,6 +1,7 @@
 //! Cache invalidation across nodes. A message ([`Invalidation`]: `key:<id>`, `org:<id>`,
-//! `plans`, `all` on the wire) is applied to this node's caches at once (the key cache, the
-//! request path's organization cache, the compiled policy matchers, the plan catalogue) and
+//! `plans`, `platform_configs`, `all` on the wire) is applied to this node's caches at once (the
+//! key cache, the request path's organization cache, the compiled policy matchers, the plan
+//! catalogue, the platform configuration) and
 //! broadcast: over Redis pub/sub when `redis_url` is set, else over the database's notifications
 //! (PostgreSQL `LISTEN/NOTIFY`, see [`crate::storage::Listener`]), else (one SQLite node)
 //! nowhere else. A listener that loses its connection clears the caches (it may have missed
@@ -13,7 +14,8 @@ use futures_util::StreamExt;
 use super::{cache::KeyCache, invalidation::Invalidation};
 use crate::storage::{Db, Listener};
 use crate::{
-    billing::PlanCatalogue, limits::middleware::RequestLimits, policies::store::MatcherCache,
+    billing::PlanCatalogue, limits::middleware::RequestLimits, platform::PlatformConfigs,
+    policies::store::MatcherCache,
 };
 
 const CHANNEL: &str = "gatehouse_invalidate";
@@ -43,6 +45,7 @@ struct Others {
     plans: std::sync::OnceLock<Arc<PlanCatalogue>>,
     request_limits: std::sync::OnceLock<Arc<RequestLimits>>,
     policies: std::sync::OnceLock<Arc<MatcherCache>>,
+    platform: std::sync::OnceLock<Arc<PlatformConfigs>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -73,6 +76,7 @@ impl Bus {
                 }
             }
             Invalidation::Plans => self.reload_plans(),
+            Invalidation::PlatformConfigs => self.reload_platform(),
             Invalidation::All => {
                 self.cache.clear();
                 if let Some(l) = limits {
@@ -82,8 +86,27 @@ impl Bus {
                     p.clear();
                 }
                 self.reload_plans();
+                self.reload_platform();
             }
         }
+    }
+
+    /// Re-reads the platform configuration in the background (its refresher retries on
+    /// failure).
+    fn reload_platform(&self) {
+        if let Some(platform) = self.others.platform.get() {
+            let (platform, db) = (platform.clone(), self.db.clone());
+            tokio::spawn(async move {
+                if let Err(e) = platform.reload(&db).await {
+                    tracing::warn!(error = %e, "could not read the platform configuration");
+                }
+            });
+        }
+    }
+
+    /// Lets `platform_configs` messages reload this node's platform configuration.
+    pub fn attach_platform(&self, platform: Arc<PlatformConfigs>) {
+        let _ = self.others.platform.set(platform);
     }
 
     /// Re-reads the plan catalogue in the background (its refresher retries on failure).

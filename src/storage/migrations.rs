@@ -44,6 +44,7 @@ migrations!(
     (14, "mfa_login_attempts"),
     (15, "data_steps"),
     (16, "integer_widths"),
+    (18, "platform_configs"),
 );
 
 /// Data steps: changes to stored rows that SQL cannot make, run after the SQL migrations, each
