@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    fixtures::{a_key, a_person, an_org, an_org_called, Org},
-    Backend, ServerOptions, TestServer, PASSWORD,
+    fixtures::{a_key, a_person, an_org, an_org_called, mailed_invitation_token, Org},
+    Backend, TestServer, PASSWORD,
 };
 use gatehouse::environment::Environment;
 use serde_json::{json, Value};
@@ -163,7 +163,11 @@ async fn configs_list_every_key_with_its_default_and_page(backend: Backend) {
         .collect();
     assert_eq!(keys, ["maintenance_mode", "invitation_ttl_days"]);
     assert_eq!(
-        (&page.json["total"], &page.json["limit"], &page.json["offset"]),
+        (
+            &page.json["total"],
+            &page.json["limit"],
+            &page.json["offset"]
+        ),
         (&json!(9), &json!(2), &json!(1))
     );
     assert_eq!(page.json["has_more"], true);
@@ -282,11 +286,7 @@ async fn closed_signups_refuse_registration_but_not_invitations(backend: Backend
         )
         .await;
     assert_eq!(res.status, 201, "{}", res.text);
-    let mail = srv.mail(&admin, "guest@example.com", "invited").await;
-    let token = mail
-        .split_whitespace()
-        .find(|w| w.starts_with("invt_"))
-        .unwrap();
+    let token = mailed_invitation_token(&srv, &admin, "guest@example.com").await;
     let res = srv
         .post_json(
             "/v1/auth/register",
@@ -429,31 +429,13 @@ async fn only_platform_admins_read_and_change_the_platform(backend: Backend) {
 }
 
 async fn a_change_reaches_every_node_at_once(backend: Backend) {
-    if backend == Backend::Sqlite && !common::redis_available("configs_on_every_node").await {
+    let Some(srv) = TestServer::start_with_a_bus(backend, "configs_on_every_node").await else {
         return;
-    }
-    let srv = TestServer::start_with(
-        backend,
-        ServerOptions {
-            configure: Box::new(move |c| {
-                if backend == Backend::Sqlite {
-                    c.redis_url = Some(common::redis_url().into());
-                }
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
+    };
     let (b, node_b) = srv.second_node().await;
     let admin = srv.admin_token().await;
     let o = an_org(&srv).await;
-    let on_b = |path: &str| {
-        srv.send(
-            srv.client
-                .get(format!("{b}{path}"))
-                .bearer_auth(&o.owner),
-        )
-    };
+    let on_b = |path: &str| srv.send(srv.client.get(format!("{b}{path}")).bearer_auth(&o.owner));
     assert_eq!(on_b(&o.base).await.status, 200);
 
     set(&srv, &admin, "maintenance_mode", json!(true)).await;

@@ -262,9 +262,8 @@ pub async fn platform_stats(db: &Db) -> Result<PlatformStats, Error> {
     .bind(storage::format_time(now))
     .fetch_one(pool)
     .await?;
-    let since = crate::gateway::rollup::hour_of(&storage::format_time(
-        now - chrono::Duration::hours(23),
-    ));
+    let since =
+        crate::gateway::rollup::hour_of(&storage::format_time(now - chrono::Duration::hours(23)));
     let row = sqlx::query(
         "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) AS requests, \
          CAST(COALESCE(SUM(errors), 0) AS BIGINT) AS errors, \

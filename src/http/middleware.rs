@@ -196,9 +196,7 @@ fn open_in_maintenance(path: &str) -> bool {
         "/.well-known/jwks.json",
         "/v1/admin",
     ];
-    OPEN.contains(&path)
-        || path.starts_with("/health/")
-        || path.starts_with("/v1/admin/")
+    OPEN.contains(&path) || path.starts_with("/health/") || path.starts_with("/v1/admin/")
 }
 
 /// What the edge refuses before anything else runs (no credentials checked, no body read):

@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use super::{cache::KeyCache, invalidation::Invalidation};
 use crate::storage::{Db, Listener};
 use crate::{
-    billing::PlanCatalogue, limits::middleware::RequestLimits, platform::PlatformConfigs,
-    policies::store::MatcherCache,
+    billing::PlanCatalogue, error::Error, limits::middleware::RequestLimits,
+    platform::PlatformConfigs, policies::store::MatcherCache,
 };
 
 const CHANNEL: &str = "gatehouse_invalidate";
@@ -37,6 +37,28 @@ pub struct Bus {
     db: Db,
     redis: Option<crate::redis::Redis>,
     others: Arc<Others>,
+}
+
+/// An in-memory snapshot of stored rows that a message has the bus read again (the plan
+/// catalogue, the platform configuration).
+pub trait Reload: Send + Sync + 'static {
+    /// What it is, for the log.
+    const WHAT: &'static str;
+    fn read_again(&self, db: &Db) -> impl std::future::Future<Output = Result<(), Error>> + Send;
+}
+
+impl Reload for PlanCatalogue {
+    const WHAT: &'static str = "the plan catalogue";
+    async fn read_again(&self, db: &Db) -> Result<(), Error> {
+        Ok(self.reload(db).await?)
+    }
+}
+
+impl Reload for PlatformConfigs {
+    const WHAT: &'static str = "the platform configuration";
+    async fn read_again(&self, db: &Db) -> Result<(), Error> {
+        self.reload(db).await
+    }
 }
 
 /// The caches besides the key cache that messages reach, attached once at start-up.
@@ -75,8 +97,8 @@ impl Bus {
                     p.invalidate_org(id);
                 }
             }
-            Invalidation::Plans => self.reload_plans(),
-            Invalidation::PlatformConfigs => self.reload_platform(),
+            Invalidation::Plans => self.reload(self.others.plans.get()),
+            Invalidation::PlatformConfigs => self.reload(self.others.platform.get()),
             Invalidation::All => {
                 self.cache.clear();
                 if let Some(l) = limits {
@@ -85,22 +107,9 @@ impl Bus {
                 if let Some(p) = policies {
                     p.clear();
                 }
-                self.reload_plans();
-                self.reload_platform();
+                self.reload(self.others.plans.get());
+                self.reload(self.others.platform.get());
             }
-        }
-    }
-
-    /// Re-reads the platform configuration in the background (its refresher retries on
-    /// failure).
-    fn reload_platform(&self) {
-        if let Some(platform) = self.others.platform.get() {
-            let (platform, db) = (platform.clone(), self.db.clone());
-            tokio::spawn(async move {
-                if let Err(e) = platform.reload(&db).await {
-                    tracing::warn!(error = %e, "could not read the platform configuration");
-                }
-            });
         }
     }
 
@@ -109,13 +118,14 @@ impl Bus {
         let _ = self.others.platform.set(platform);
     }
 
-    /// Re-reads the plan catalogue in the background (its refresher retries on failure).
-    fn reload_plans(&self) {
-        if let Some(plans) = self.others.plans.get() {
-            let (plans, db) = (plans.clone(), self.db.clone());
+    /// Reads `snapshot` (if attached) again in the background; its own refresher retries on
+    /// failure.
+    fn reload<T: Reload>(&self, snapshot: Option<&Arc<T>>) {
+        if let Some(snapshot) = snapshot {
+            let (snapshot, db) = (snapshot.clone(), self.db.clone());
             tokio::spawn(async move {
-                if let Err(e) = plans.reload(&db).await {
-                    tracing::warn!(error = %e, "could not reload the plan catalogue");
+                if let Err(e) = snapshot.read_again(&db).await {
+                    tracing::warn!(error = %e, "could not read {} again", T::WHAT);
                 }
             });
         }

@@ -366,6 +366,9 @@ mod tests {
         };
         let s = Settings::new(&file, vec![set]);
         assert_eq!(s.rate_limits.api_key_per_minute, 3);
-        assert_eq!(s.entry(ConfigKey::ApiKeyPerMinute).default, ConfigValue::Integer(100));
+        assert_eq!(
+            s.entry(ConfigKey::ApiKeyPerMinute).default,
+            ConfigValue::Integer(100)
+        );
     }
 }
