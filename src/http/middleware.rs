@@ -212,7 +212,7 @@ fn open_in_maintenance(path: &str) -> bool {
 fn refuse_early(state: &AppState, req: &Request) -> Option<crate::error::Error> {
     use crate::error::Error;
     let path = req.uri().path();
-    if state.platform.current().maintenance_mode && !open_in_maintenance(path) {
+    if state.platform.in_maintenance() && !open_in_maintenance(path) {
         return Some(
             Error::unavailable(
                 "The platform is in maintenance; try again shortly (platform admins can still sign in and use /v1/admin)",
@@ -355,4 +355,35 @@ fn framework_report(status: StatusCode, method: &Method, path: &str) -> ErrorRep
 /// Fallback for paths no route matches.
 pub async fn not_found() -> impl IntoResponse {
     StatusCode::NOT_FOUND
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_in_maintenance;
+
+    #[test]
+    fn maintenance_leaves_open_health_metrics_admin_and_sign_in_only() {
+        for open in [
+            "/health",
+            "/health/ready",
+            "/metrics",
+            "/v1/admin",
+            "/v1/admin/configs/maintenance_mode",
+            "/v1/auth/login",
+            "/v1/auth/mfa/verify",
+            "/.well-known/jwks.json",
+        ] {
+            assert!(open_in_maintenance(open), "{open}");
+        }
+        for closed in [
+            "/healthz",
+            "/v1/administrators",
+            "/v1/auth/register",
+            "/v1/organizations",
+            "/openai/v1/chat/completions",
+            "/metrics/extra",
+        ] {
+            assert!(!open_in_maintenance(closed), "{closed}");
+        }
+    }
 }

@@ -18,7 +18,10 @@ pub mod store;
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
     time::Duration,
 };
 
@@ -269,6 +272,8 @@ impl Settings {
 pub struct PlatformConfigs {
     defaults: RateLimits,
     current: RwLock<Arc<Settings>>,
+    /// `current().maintenance_mode`, for the check every request makes (one atomic load).
+    maintenance: AtomicBool,
     /// Reloads run one at a time, so a slower, older read never replaces a newer one.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -279,6 +284,7 @@ impl PlatformConfigs {
         let settings = Settings::new(&defaults, store::all(db).await?);
         Ok(PlatformConfigs {
             defaults,
+            maintenance: AtomicBool::new(settings.maintenance_mode),
             current: RwLock::new(Arc::new(settings)),
             reloading: tokio::sync::Mutex::new(()),
         })
@@ -292,11 +298,18 @@ impl PlatformConfigs {
             .clone()
     }
 
+    /// Whether the platform is in maintenance (`maintenance_mode`).
+    pub fn in_maintenance(&self) -> bool {
+        self.maintenance.load(Ordering::Relaxed)
+    }
+
     /// Reads the stored settings again.
     pub async fn reload(&self, db: &Db) -> Result<(), Error> {
         let _one_at_a_time = self.reloading.lock().await;
         let settings = Settings::new(&self.defaults, store::all(db).await?);
+        let maintenance = settings.maintenance_mode;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        self.maintenance.store(maintenance, Ordering::Relaxed);
         Ok(())
     }
 
