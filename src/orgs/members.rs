@@ -88,6 +88,7 @@ fn send_invitation(
     days: i64,
 ) {
     let role = role.as_str();
+    let plural = if days == 1 { "" } else { "s" };
     let link = format!(
         "{}/accept-invitation?token={token}",
         state.config.public_url.trim_end_matches('/')
@@ -98,7 +99,7 @@ fn send_invitation(
             to: email.to_string(),
             subject: format!("You are invited to join {org_name} on Gatehouse"),
             body: format!(
-                "You have been invited to join {org_name} as {role}.\n\nAccept within {days} days: sign in and accept with this token,\nor register with it as invitation_token:\n\n{token}\n\n{link}\n"
+                "You have been invited to join {org_name} as {role}.\n\nAccept within {days} day{plural}: sign in and accept with this token,\nor register with it as invitation_token:\n\n{token}\n\n{link}\n"
             ),
         },
     );
