@@ -369,9 +369,24 @@ async fn the_default_rate_limit_of_keys_follows_the_configuration(backend: Backe
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
     let o = an_org(&srv).await;
-    let plain = o
-        .key_token(&srv, a_key().scopes(&["organizations:read"]))
-        .await;
+    let read_key =
+        |name: &'static str| o.key_token(&srv, a_key().named(name).scopes(&["organizations:read"]));
+    let before = read_key("before").await;
+    let res = srv.get_as(&o.base, &before).await;
+    assert_eq!(res.header("x-ratelimit-limit"), Some("100"), "{}", res.text);
+
+    set(&srv, &admin, "rate_limits.api_key_per_minute", json!(3)).await;
+    // A key first used now: exactly three requests in the minute.
+    let plain = read_key("plain").await;
+    for _ in 0..3 {
+        let res = srv.get_as(&o.base, &plain).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(res.header("x-ratelimit-limit"), Some("3"));
+    }
+    let res = srv.get_as(&o.base, &plain).await;
+    res.assert_error(429, "rate_limit_exceeded");
+    assert!(res.header("retry-after").is_some());
+    // A key's own limit is more specific: it still applies.
     let own_limit = o
         .key_token(
             &srv,
@@ -381,19 +396,6 @@ async fn the_default_rate_limit_of_keys_follows_the_configuration(backend: Backe
                 .rate_limit_per_minute(5),
         )
         .await;
-    let res = srv.get_as(&o.base, &plain).await;
-    assert_eq!(res.header("x-ratelimit-limit"), Some("100"), "{}", res.text);
-
-    set(&srv, &admin, "rate_limits.api_key_per_minute", json!(3)).await;
-    for _ in 0..2 {
-        let res = srv.get_as(&o.base, &plain).await;
-        assert_eq!(res.status, 200, "{}", res.text);
-        assert_eq!(res.header("x-ratelimit-limit"), Some("3"));
-    }
-    let res = srv.get_as(&o.base, &plain).await;
-    res.assert_error(429, "rate_limit_exceeded");
-    assert!(res.header("retry-after").is_some());
-    // A key's own limit is more specific: it still applies.
     let res = srv.get_as(&o.base, &own_limit).await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(res.header("x-ratelimit-limit"), Some("5"));
