@@ -4,9 +4,10 @@
 //! allocations for them).
 //!
 //! In order: the request id (echoed or made, on the request and the response), the request's
-//! trace span, a caught panic, the maintenance switch and early refusals, CORS for publishable keys (`keys::cors`), rate limits and quotas
-//! (`limits::middleware`), the router; on the way out, the SPEC's error envelope for every
-//! failure and the HTTP metrics by route template.
+//! trace span, a caught panic, the maintenance switch and the other early refusals, CORS for
+//! publishable keys (`keys::cors`), rate limits and quotas (`limits::middleware`), the router; on
+//! the way out, the SPEC's error envelope for every failure and the HTTP metrics by route
+//! template.
 
 use std::{
     borrow::Cow,
