@@ -43,6 +43,8 @@ pub struct Inner {
     pub request_limits: Arc<crate::limits::middleware::RequestLimits>,
     /// Each organization's policy rules compiled into one matcher (the gateway's hot path).
     pub policies: Arc<crate::policies::store::MatcherCache>,
+    /// The platform configuration (SPEC §8) in effect on this node, kept fresh over the bus.
+    pub platform: Arc<crate::platform::PlatformConfigs>,
     pub started_at: Instant,
 }
 

@@ -41,15 +41,15 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("gateway_idle_timeout_secs", "120", "gateway: a streamed answer with no byte for this long ends"),
     ("gateway_max_body_bytes", "10485760", "gateway: largest request body (413 above it; a larger declared Content-Length is refused before the body is read)"),
     ("bootstrap_admin", "true", "create a platform admin (and print its password once) when the database has no users"),
-    ("rate_limits.gateway_key_per_minute", "60", "requests per minute per API key on the gateway routes (a key's rate_limit.requests_per_minute wins)"),
-    ("rate_limits.api_key_per_minute", "100", "requests per minute per API key on platform routes (a key's rate_limit.requests_per_minute wins)"),
-    ("rate_limits.user_per_minute", "600", "requests per minute per signed-in user (access tokens)"),
-    ("rate_limits.management_per_minute", "300", "mutating /v1/organizations/… requests per minute per user"),
-    ("rate_limits.analytics_per_minute", "60", "…/analytics… requests per minute per key or user"),
+    ("rate_limits.gateway_key_per_minute", "60", "requests per minute per API key on the gateway routes (a key's rate_limit.requests_per_minute wins); the platform setting of the same name (/v1/admin/configs) wins"),
+    ("rate_limits.api_key_per_minute", "100", "requests per minute per API key on platform routes (a key's rate_limit.requests_per_minute wins); the platform setting of the same name (/v1/admin/configs) wins"),
+    ("rate_limits.user_per_minute", "600", "requests per minute per signed-in user (access tokens); the platform setting of the same name (/v1/admin/configs) wins"),
+    ("rate_limits.management_per_minute", "300", "mutating /v1/organizations/… requests per minute per user; the platform setting of the same name (/v1/admin/configs) wins"),
+    ("rate_limits.analytics_per_minute", "60", "…/analytics… requests per minute per key or user; the platform setting of the same name (/v1/admin/configs) wins"),
     ("rate_limits.login_attempts", "10", "login attempts per (IP, email) per login window"),
     ("rate_limits.login_window_secs", "900", "the login window in seconds (10 per 15 minutes by default)"),
     ("rate_limits.password_reset_per_hour", "3", "password-reset and one-time-code emails per address per hour"),
-    ("rate_limits.unauthenticated_per_minute", "120", "requests per minute per client IP without valid credentials (/health* and /metrics exempt)"),
+    ("rate_limits.unauthenticated_per_minute", "120", "requests per minute per client IP without valid credentials (/health* and /metrics exempt); the platform setting of the same name (/v1/admin/configs) wins"),
 ];
 
 /// `database_url` when none is configured.

@@ -23,6 +23,7 @@ pub mod mail;
 pub mod memory;
 pub mod metrics;
 pub mod orgs;
+pub mod platform;
 pub mod policies;
 pub mod redis;
 pub mod secret;

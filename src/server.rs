@@ -127,6 +127,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     bus.attach_request_limits(request_limits.clone());
     let policies = Arc::new(crate::policies::store::MatcherCache::default());
     bus.attach_policies(policies.clone());
+    let platform = Arc::new(
+        crate::platform::PlatformConfigs::load(&db, config.rate_limits.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the platform configuration: {e}"))?,
+    );
+    platform.spawn_refresher(db.clone(), crate::platform::REFRESH_EVERY);
+    bus.attach_platform(platform.clone());
     Ok(AppState::new(Inner {
         config,
         db,
@@ -144,6 +151,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         plans,
         request_limits,
         policies,
+        platform,
         started_at: Instant::now(),
     }))
 }

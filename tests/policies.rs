@@ -733,21 +733,9 @@ async fn no_raw_secret_is_stored_anywhere(backend: Backend) {
 }
 
 async fn a_rule_change_reaches_every_node(backend: Backend) {
-    if backend == Backend::Sqlite && !common::redis_available("policies_on_every_node").await {
+    let Some(srv) = TestServer::start_with_a_bus(backend, "policies_on_every_node").await else {
         return;
-    }
-    let srv = TestServer::start_with(
-        backend,
-        common::ServerOptions {
-            configure: Box::new(move |c| {
-                if backend == Backend::Sqlite {
-                    c.redis_url = Some(common::redis_url().into());
-                }
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
+    };
     let (b, node_b) = srv.second_node().await;
     let o = an_org(&srv).await;
     let gw = o

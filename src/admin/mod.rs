@@ -2,6 +2,7 @@
 //! queries are in [`store`] (and, for a user's own rows, [`crate::auth::users`]); every change
 //! is written through [`Change`](crate::events::Change), audited as the admin.
 
+pub mod configs;
 pub mod orgs;
 pub mod store;
 
@@ -40,6 +41,18 @@ pub fn routes() -> Routes {
         .get("/v1/admin/signing-keys", list_signing_keys)
         .post("/v1/admin/signing-keys/rotate", rotate_signing_key)
         .get("/v1/admin/mailbox", mailbox)
+        .get("/v1/admin/stats", stats)
+        .get("/v1/admin/configs", configs::list)
+        .get("/v1/admin/configs/{key}", configs::get)
+        .put("/v1/admin/configs/{key}", configs::set)
+}
+
+/// Counts of organizations, users and keys, and the last 24 hours of gateway traffic.
+async fn stats(
+    State(state): State<AppState>,
+    _admin: PlatformAdmin,
+) -> Result<impl IntoResponse, Error> {
+    Ok(axum::Json(store::platform_stats(&state.db).await?))
 }
 
 impl PlatformAdmin {

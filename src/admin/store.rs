@@ -192,3 +192,103 @@ pub async fn projects(
     }
     projects::list_projects(db, &filter, page).await
 }
+
+/// The platform at a glance (`GET /v1/admin/stats`).
+#[derive(Debug, Serialize)]
+pub struct PlatformStats {
+    pub organizations: OrganizationCounts,
+    pub users: UserCounts,
+    pub api_keys: KeyCounts,
+    pub gateway: GatewayTotals,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct OrganizationCounts {
+    pub total: i64,
+    pub active: i64,
+    pub suspended: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserCounts {
+    pub total: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyCounts {
+    /// Keys that authenticate now: `active` and not past their expiry.
+    pub active: i64,
+}
+
+/// Every organization's gateway traffic since `since` (both environments), summed from the
+/// hourly rollups.
+#[derive(Debug, Serialize)]
+pub struct GatewayTotals {
+    /// The start of the oldest hour counted: the current hour and the 23 before it.
+    pub since: String,
+    pub requests: i64,
+    pub errors: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+    pub cost_usd: f64,
+}
+
+/// The counts of organizations (by status), users and live API keys, and the gateway totals of
+/// the last 24 hours from the usage rollups (`usage_hourly`, by its `hour` index): never a scan
+/// of the usage log.
+pub async fn platform_stats(db: &Db) -> Result<PlatformStats, Error> {
+    let pool = db.pool();
+    let mut organizations = OrganizationCounts::default();
+    for row in sqlx::query("SELECT status, COUNT(*) AS n FROM organizations GROUP BY status")
+        .fetch_all(pool)
+        .await?
+    {
+        let n: i64 = row.try_get("n")?;
+        organizations.total += n;
+        match row.try_get::<String, _>("status")?.as_str() {
+            "active" => organizations.active += n,
+            "suspended" => organizations.suspended += n,
+            _ => {}
+        }
+    }
+    let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+        .fetch_one(pool)
+        .await?;
+    let now = chrono::Utc::now();
+    let keys: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM api_keys WHERE status = 'active' \
+         AND (expires_at IS NULL OR expires_at > $1)",
+    )
+    .bind(storage::format_time(now))
+    .fetch_one(pool)
+    .await?;
+    let since =
+        crate::gateway::rollup::hour_of(&storage::format_time(now - chrono::Duration::hours(23)));
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) AS requests, \
+         CAST(COALESCE(SUM(errors), 0) AS BIGINT) AS errors, \
+         CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt, \
+         CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion, \
+         COALESCE(SUM(cost_usd), 0.0) AS cost FROM usage_hourly WHERE hour >= $1",
+    )
+    .bind(&since)
+    .fetch_one(pool)
+    .await?;
+    let (prompt, completion): (i64, i64) = (row.try_get("prompt")?, row.try_get("completion")?);
+    let cost: f64 = row.try_get("cost")?;
+    Ok(PlatformStats {
+        organizations,
+        users: UserCounts { total: users },
+        api_keys: KeyCounts { active: keys },
+        gateway: GatewayTotals {
+            since: storage::api_time(&since),
+            requests: row.try_get("requests")?,
+            errors: row.try_get("errors")?,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            cost_usd: (cost * 1e9).round() / 1e9,
+        },
+    })
+}

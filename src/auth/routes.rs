@@ -152,6 +152,13 @@ async fn register(
     meta: RequestMeta,
     Json(body): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, Error> {
+    // With signups closed (the platform's `signup_open`), only an invitation opens an account:
+    // an organization asked for this person.
+    if body.invitation_token.is_none() && !state.platform.current().signup_open {
+        return Err(Error::forbidden(
+            "Registration is closed on this platform; ask an organization admin for an invitation and register with its invitation_token",
+        ));
+    }
     // An invitation is checked before the account exists, so a bad token creates nothing.
     if let Some(token) = &body.invitation_token {
         let (_, _, invited, _) = crate::orgs::members::find_invitation(&state.db, token).await?;

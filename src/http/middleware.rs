@@ -4,9 +4,10 @@
 //! allocations for them).
 //!
 //! In order: the request id (echoed or made, on the request and the response), the request's
-//! trace span, a caught panic, CORS for publishable keys (`keys::cors`), rate limits and quotas
-//! (`limits::middleware`), the router; on the way out, the SPEC's error envelope for every
-//! failure and the HTTP metrics by route template.
+//! trace span, a caught panic, the maintenance switch and the other early refusals, CORS for
+//! publishable keys (`keys::cors`), rate limits and quotas (`limits::middleware`), the router; on
+//! the way out, the SPEC's error envelope for every failure and the HTTP metrics by route
+//! template.
 
 use std::{
     borrow::Cow,
@@ -184,7 +185,24 @@ impl App {
     }
 }
 
+/// What still answers while the platform's `maintenance_mode` is on: health and metrics, the
+/// platform admin's routes, and signing in (a password login and its MFA step, the JWKS), so
+/// that an admin can sign in and turn maintenance off.
+fn open_in_maintenance(path: &str) -> bool {
+    const OPEN: &[&str] = &[
+        "/metrics",
+        "/health",
+        "/v1/auth/login",
+        "/v1/auth/mfa/verify",
+        "/.well-known/jwks.json",
+        "/v1/admin",
+    ];
+    OPEN.contains(&path) || path.starts_with("/health/") || path.starts_with("/v1/admin/")
+}
+
 /// What the edge refuses before anything else runs (no credentials checked, no body read):
+/// - every request but [`open_in_maintenance`]'s while the platform is in maintenance: 503
+///   `service_unavailable` with `Retry-After` (gateway routes included);
 /// - a declared `Content-Length` over the route's limit (`gateway_max_body_bytes` on the
 ///   gateway's routes, `max_body_bytes` elsewhere): 413 at once, and the connection closes
 ///   (the serving loop adds `Connection: close` to an answer that leaves body unread);
@@ -195,6 +213,14 @@ impl App {
 fn refuse_early(state: &AppState, req: &Request) -> Option<crate::error::Error> {
     use crate::error::Error;
     let path = req.uri().path();
+    if state.platform.in_maintenance() && !open_in_maintenance(path) {
+        return Some(
+            Error::unavailable(
+                "The platform is in maintenance; try again shortly (platform admins can still sign in and use /v1/admin)",
+            )
+            .with_retry_after(crate::platform::MAINTENANCE_RETRY_AFTER_SECS),
+        );
+    }
     if let Some(declared) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -335,4 +361,35 @@ fn framework_report(status: StatusCode, method: &Method, path: &str) -> ErrorRep
 /// Fallback for paths no route matches.
 pub async fn not_found() -> impl IntoResponse {
     StatusCode::NOT_FOUND
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_in_maintenance;
+
+    #[test]
+    fn maintenance_leaves_open_health_metrics_admin_and_sign_in_only() {
+        for open in [
+            "/health",
+            "/health/ready",
+            "/metrics",
+            "/v1/admin",
+            "/v1/admin/configs/maintenance_mode",
+            "/v1/auth/login",
+            "/v1/auth/mfa/verify",
+            "/.well-known/jwks.json",
+        ] {
+            assert!(open_in_maintenance(open), "{open}");
+        }
+        for closed in [
+            "/healthz",
+            "/v1/administrators",
+            "/v1/auth/register",
+            "/v1/organizations",
+            "/openai/v1/chat/completions",
+            "/metrics/extra",
+        ] {
+            assert!(!open_in_maintenance(closed), "{closed}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Cache invalidation across nodes. A message ([`Invalidation`]: `key:<id>`, `org:<id>`,
-//! `plans`, `all` on the wire) is applied to this node's caches at once (the key cache, the
-//! request path's organization cache, the compiled policy matchers, the plan catalogue) and
+//! `plans`, `platform_configs`, `all` on the wire) is applied to this node's caches at once (the
+//! key cache, the request path's organization cache, the compiled policy matchers, the plan
+//! catalogue, the platform configuration) and
 //! broadcast: over Redis pub/sub when `redis_url` is set, else over the database's notifications
 //! (PostgreSQL `LISTEN/NOTIFY`, see [`crate::storage::Listener`]), else (one SQLite node)
 //! nowhere else. A listener that loses its connection clears the caches (it may have missed
@@ -13,7 +14,8 @@ use futures_util::StreamExt;
 use super::{cache::KeyCache, invalidation::Invalidation};
 use crate::storage::{Db, Listener};
 use crate::{
-    billing::PlanCatalogue, limits::middleware::RequestLimits, policies::store::MatcherCache,
+    billing::PlanCatalogue, error::Error, limits::middleware::RequestLimits,
+    platform::PlatformConfigs, policies::store::MatcherCache,
 };
 
 const CHANNEL: &str = "gatehouse_invalidate";
@@ -37,12 +39,35 @@ pub struct Bus {
     others: Arc<Others>,
 }
 
+/// An in-memory snapshot of stored rows that a message has the bus read again (the plan
+/// catalogue, the platform configuration).
+pub trait Reload: Send + Sync + 'static {
+    /// What it is, for the log.
+    const WHAT: &'static str;
+    fn read_again(&self, db: &Db) -> impl std::future::Future<Output = Result<(), Error>> + Send;
+}
+
+impl Reload for PlanCatalogue {
+    const WHAT: &'static str = "the plan catalogue";
+    async fn read_again(&self, db: &Db) -> Result<(), Error> {
+        Ok(self.reload(db).await?)
+    }
+}
+
+impl Reload for PlatformConfigs {
+    const WHAT: &'static str = "the platform configuration";
+    async fn read_again(&self, db: &Db) -> Result<(), Error> {
+        self.reload(db).await
+    }
+}
+
 /// The caches besides the key cache that messages reach, attached once at start-up.
 #[derive(Default)]
 struct Others {
     plans: std::sync::OnceLock<Arc<PlanCatalogue>>,
     request_limits: std::sync::OnceLock<Arc<RequestLimits>>,
     policies: std::sync::OnceLock<Arc<MatcherCache>>,
+    platform: std::sync::OnceLock<Arc<PlatformConfigs>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -72,7 +97,8 @@ impl Bus {
                     p.invalidate_org(id);
                 }
             }
-            Invalidation::Plans => self.reload_plans(),
+            Invalidation::Plans => self.reload(self.others.plans.get()),
+            Invalidation::PlatformConfigs => self.reload(self.others.platform.get()),
             Invalidation::All => {
                 self.cache.clear();
                 if let Some(l) = limits {
@@ -81,18 +107,25 @@ impl Bus {
                 if let Some(p) = policies {
                     p.clear();
                 }
-                self.reload_plans();
+                self.reload(self.others.plans.get());
+                self.reload(self.others.platform.get());
             }
         }
     }
 
-    /// Re-reads the plan catalogue in the background (its refresher retries on failure).
-    fn reload_plans(&self) {
-        if let Some(plans) = self.others.plans.get() {
-            let (plans, db) = (plans.clone(), self.db.clone());
+    /// Lets `platform_configs` messages reload this node's platform configuration.
+    pub fn attach_platform(&self, platform: Arc<PlatformConfigs>) {
+        let _ = self.others.platform.set(platform);
+    }
+
+    /// Reads `snapshot` (if attached) again in the background; its own refresher retries on
+    /// failure.
+    fn reload<T: Reload>(&self, snapshot: Option<&Arc<T>>) {
+        if let Some(snapshot) = snapshot {
+            let (snapshot, db) = (snapshot.clone(), self.db.clone());
             tokio::spawn(async move {
-                if let Err(e) = plans.reload(&db).await {
-                    tracing::warn!(error = %e, "could not reload the plan catalogue");
+                if let Err(e) = snapshot.read_again(&db).await {
+                    tracing::warn!(error = %e, "could not read {} again", T::WHAT);
                 }
             });
         }

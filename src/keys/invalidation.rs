@@ -1,6 +1,6 @@
 //! The messages of the invalidation bus (`bus.rs`), typed: what a change makes stale on every
 //! node. [`Invalidation::topic`] and [`Invalidation::parse`] are the one encoding of the wire
-//! form (`key:<id>`, `org:<id>`, `plans`, `all`), which nodes of different versions exchange, so
+//! form (`key:<id>`, `org:<id>`, `plans`, `platform_configs`, `all`), which nodes of different versions exchange, so
 //! it does not change.
 
 use std::fmt;
@@ -16,6 +16,8 @@ pub enum Invalidation {
     Organization(OrgId),
     /// The plan catalogue changed: it is read again.
     Plans,
+    /// The platform configuration changed (`PUT /v1/admin/configs/{key}`): it is read again.
+    PlatformConfigs,
     /// Everything cached goes (a listener that may have missed messages).
     All,
 }
@@ -35,6 +37,7 @@ impl Invalidation {
             Invalidation::Key(id) => format!("key:{id}"),
             Invalidation::Organization(id) => format!("org:{id}"),
             Invalidation::Plans => "plans".to_string(),
+            Invalidation::PlatformConfigs => "platform_configs".to_string(),
             Invalidation::All => "all".to_string(),
         }
     }
@@ -46,6 +49,7 @@ impl Invalidation {
             Some(("key", id)) => Invalidation::key(id),
             Some(("org", id)) => Invalidation::organization(id),
             _ if message == "plans" => Invalidation::Plans,
+            _ if message == "platform_configs" => Invalidation::PlatformConfigs,
             _ => Invalidation::All,
         }
     }
@@ -73,6 +77,7 @@ mod tests {
             Invalidation::key("key_01"),
             Invalidation::organization("org_01"),
             Invalidation::Plans,
+            Invalidation::PlatformConfigs,
             Invalidation::All,
         ] {
             assert_eq!(Invalidation::parse(&m.topic()), m);

@@ -6,7 +6,9 @@
 //! The caller it verifies is also left on a `POST` that carries an `Idempotency-Key`
 //! ([`crate::http::idempotency::Caller`]), so that layer keys requests by it.
 //!
-//! Limits (keys of the limiter in brackets):
+//! Limits (keys of the limiter in brackets); each `rate_limits.*` value below is the platform
+//! configuration's (`/v1/admin/configs`, [`crate::platform`]), whose default is the server's
+//! `[rate_limits]` setting:
 //! - API key: its `rate_limit.requests_per_minute`, else `rate_limits.api_key_per_minute`
 //!   (`key:<id>:min`); authenticated from the key cache (no database round trip);
 //! - user: `rate_limits.user_per_minute` (`user:<id>:min`), from the access token's claims;
@@ -357,7 +359,9 @@ async fn decide(
     ip: Option<std::net::IpAddr>,
     who: &Who,
 ) -> Result<Decision, Error> {
-    let cfg = &state.config.rate_limits;
+    // The server's `[rate_limits]` with what an admin has set (`/v1/admin/configs`), in memory.
+    let settings = state.platform.current();
+    let cfg = &settings.rate_limits;
     let analytics = path.contains("/analytics");
     let gateway = is_gateway_path(path);
     let mutating = !matches!(*method, Method::GET | Method::HEAD);

@@ -1,6 +1,7 @@
 //! Members and invitations. Adding a member by email invites them (`pending_invite` until they
 //! accept); only an owner grants or removes owner; the last owner can be neither demoted nor
-//! removed. Invitations expire after 30 days and carry a single-use token by email.
+//! removed. Invitations expire after the platform's `invitation_ttl_days` (default 30; set by
+//! the time they are sent or resent) and carry a single-use token by email.
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
@@ -29,8 +30,6 @@ use crate::{
 };
 
 pub(crate) mod store;
-
-pub const INVITATION_TTL_DAYS: i64 = 30;
 
 fn parse_role(field: &str, role: &str) -> Result<Role, Error> {
     Role::parse(role).ok_or_else(|| {
@@ -65,8 +64,13 @@ pub async fn list(
 
 // ---- invitations --------------------------------------------------------------------------
 
-fn expiry() -> String {
-    storage::format_time(chrono::Utc::now() + chrono::Duration::days(INVITATION_TTL_DAYS))
+/// Days an invitation sent now can be accepted (the platform's `invitation_ttl_days`).
+fn ttl_days(state: &AppState) -> i64 {
+    state.platform.current().invitation_ttl_days
+}
+
+fn expiry(days: i64) -> String {
+    storage::format_time(chrono::Utc::now() + chrono::Duration::days(days))
 }
 
 fn new_token() -> (String, String) {
@@ -75,13 +79,21 @@ fn new_token() -> (String, String) {
     (token, hash)
 }
 
-fn send_invitation(state: &AppState, org_name: &str, email: &str, role: Role, token: &str) {
+fn send_invitation(
+    state: &AppState,
+    org_name: &str,
+    email: &str,
+    role: Role,
+    token: &str,
+    days: i64,
+) {
     let role = role.as_str();
+    let plural = if days == 1 { "" } else { "s" };
     let link = state
         .config
         .link(&format!("/accept-invitation?token={token}"));
     let body = format!(
-        "You have been invited to join {org_name} as {role}.\n\nAccept within {INVITATION_TTL_DAYS} days: sign in and accept with this token,\nor register with it as invitation_token:\n\n{token}\n\n{link}\n"
+        "You have been invited to join {org_name} as {role}.\n\nAccept within {days} day{plural}: sign in and accept with this token,\nor register with it as invitation_token:\n\n{token}\n\n{link}\n"
     );
     let subject = format!("You are invited to join {org_name} on Gatehouse");
     mail::send_later(&state.mailer, Mail::new(email, subject, body));
@@ -118,6 +130,7 @@ pub async fn invite<P>(
     crate::billing::check_count_quota(state, org_id, "members", "members", seats).await?;
     let id = crate::ids::InvitationId::generate();
     let (token, hash) = new_token();
+    let days = ttl_days(state);
     let invitation = NewInvitation {
         id: &id,
         org_id,
@@ -126,7 +139,7 @@ pub async fn invite<P>(
         role,
         token_hash: &hash,
         invited_by: access.creator_id(),
-        expires_at: &expiry(),
+        expires_at: &expiry(days),
     };
     Change::new(
         "invitation.created",
@@ -139,7 +152,7 @@ pub async fn invite<P>(
     })
     .await?;
     let org_name = organizations::store::name(&state.db, org_id).await?;
-    send_invitation(state, &org_name, &email, role, &token);
+    send_invitation(state, &org_name, &email, role, &token, days);
     store::invitation(&state.db, org_id, &id).await
 }
 
@@ -222,9 +235,10 @@ pub async fn resend_invitation(
         )));
     }
     let (token, hash) = new_token();
-    store::renew_invitation(&state.db, &id, &hash, &expiry()).await?;
+    let days = ttl_days(&state);
+    store::renew_invitation(&state.db, &id, &hash, &expiry(days)).await?;
     let org_name = organizations::store::name(&state.db, access.org_id()).await?;
-    send_invitation(&state, &org_name, &inv.email, inv.role, &token);
+    send_invitation(&state, &org_name, &inv.email, inv.role, &token, days);
     Ok(axum::Json(
         store::invitation(&state.db, access.org_id(), &id).await?,
     ))

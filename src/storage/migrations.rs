@@ -45,6 +45,7 @@ migrations!(
     (15, "data_steps"),
     (16, "integer_widths"),
     (17, "idempotency"),
+    (18, "platform_configs"),
 );
 
 /// Data steps: changes to stored rows that SQL cannot make, run after the SQL migrations, each

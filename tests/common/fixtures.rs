@@ -188,3 +188,12 @@ impl KeySpec {
 pub fn token(key: &Value) -> String {
     key["token"].as_str().unwrap().to_string()
 }
+
+/// The invitation token mailed to `to` (read from the development mailbox as `admin`).
+pub async fn mailed_invitation_token(srv: &TestServer, admin: &str, to: &str) -> String {
+    let mail = srv.mail(admin, to, "invited").await;
+    mail.split_whitespace()
+        .find(|w| w.starts_with("invt_"))
+        .expect("an invitation token in the mail")
+        .to_string()
+}

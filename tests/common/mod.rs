@@ -243,6 +243,24 @@ impl TestServer {
         }
     }
 
+    /// A server whose [`second_node`](Self::second_node)s hear its invalidations: over
+    /// PostgreSQL's `NOTIFY`, or over Redis on SQLite (`None`, reported, when Redis is
+    /// unreachable).
+    pub async fn start_with_a_bus(backend: Backend, test: &str) -> Option<TestServer> {
+        if backend == Backend::Sqlite && !redis_available(test).await {
+            return None;
+        }
+        let options = ServerOptions {
+            configure: Box::new(move |c| {
+                if backend == Backend::Sqlite {
+                    c.redis_url = Some(redis_url().into());
+                }
+            }),
+            ..Default::default()
+        };
+        Some(Self::start_with(backend, options).await)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
