@@ -42,16 +42,7 @@ fi
 
 cargo build --release --quiet --bin gatehouse
 cargo build --release --quiet --features bench-tools --example mock_upstream --example stream_probe
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/stage.sh
 
 target/release/examples/mock_upstream "$MOCK" 2>/dev/null & pids+=($!)
 # The mock upstream is on loopback: the gateway must be allowed to connect there.
@@ -60,26 +51,7 @@ export GATEHOUSE_LISTEN=$GATE GATEHOUSE_DATABASE_URL="sqlite://$work/bench.db" G
 target/release/gatehouse admin create --email admin@bench.local --password load-test-passphrase-9 >/dev/null
 target/release/gatehouse >/dev/null 2>&1 & gate_pid=$!; pids+=($gate_pid)
 
-cat > "$work/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream mock { server $MOCK; keepalive 128; }
-  server {
-    listen $NGINX;
-    location / {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-    }
-  }
-}
-EOF
-nginx -c "$work/nginx.conf" -p "$work"
+start_nginx
 
 for addr in $MOCK $GATE $NGINX; do
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://$addr/" && break; sleep 0.1; done

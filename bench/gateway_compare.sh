@@ -7,7 +7,7 @@
 # Each gatehouse has its own SQLite database, organization, provider and key (bench/org.sh).
 # Usage: BASE=/tmp/old/gatehouse NEW=target/release/gatehouse [MOCK_BIN=…] \
 #          ROUNDS=7 SECS=10 CONNS=64 bench/gateway_compare.sh
-# Needs oha and nginx as bench/gateway.sh does (OHA=path to use a given oha).
+# Needs wrk and nginx (apt-get install wrk nginx-light).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,37 +21,13 @@ MOCK=127.0.0.1:19201
 NGINX=127.0.0.1:19202
 BASE_ADDR=127.0.0.1:19203
 NEW_ADDR=127.0.0.1:19204
-OHA=${OHA:-$(command -v oha || echo target/tools/bin/oha)}
-[ -x "$OHA" ] || { echo "oha not found (cargo install oha --locked --root target/tools)" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx not found (apt-get install nginx-light)" >&2; exit 1; }
 [ -x "$MOCK_BIN" ] || cargo build --release --quiet --features bench-tools --example mock_upstream
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. bench/stage.sh
 
 "$MOCK_BIN" "$MOCK" 2>/dev/null & pids+=($!)
-cat > "$work/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream mock { server $MOCK; keepalive 128; }
-  server {
-    listen $NGINX;
-    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-  }
-}
-EOF
-nginx -c "$work/nginx.conf" -p "$work"
+start_nginx
 
 start() { # name binary address → sets ${name}_pid and ${name}_key
   local name=$1 bin=$2 addr=$3
@@ -74,13 +50,26 @@ import json, sys
 prompt = ("lorem ipsum dolor sit amet " * 40)[:1024]
 json.dump({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}, open(sys.argv[1], "w"))
 EOF
+# wrk: POST the body with the key; at the end one JSON line with the run's numbers.
+cat > "$work/post.lua" <<'EOF'
+wrk.method = "POST"
+local f = io.open(os.getenv("BODY")); wrk.body = f:read("*a"); f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("KEY")
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "seconds": %f, "non2xx": %d, "socket_errors": %d, "p50_us": %d, "p99_us": %d}\n',
+    summary.requests, summary.duration / 1e6, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+EOF
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 run() { # label url key pid(optional)
   local label=$1 url=$2 key=$3 pid=${4:-} before=0
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-  "$OHA" --no-tui --output-format json -z "${SECS}s" -c "$CONNS" -m POST -H "content-type: application/json" \
-    -H "authorization: Bearer $key" -D "$work/body.json" "$url" > "$work/$label.json"
+  BODY="$work/body.json" KEY="$key" wrk -t1 -c "$CONNS" -d "${SECS}s" -s "$work/post.lua" "$url" |
+    grep '^{' > "$work/$label.json"
   [ -n "$pid" ] && echo $(( $(cpu_ticks "$pid") - before )) > "$work/$label.ticks"
   return 0
 }
@@ -101,10 +90,10 @@ python3 - "$work" "$ROUNDS" "$BASE" "$NEW" <<'PY'
 import json, statistics, sys
 work, rounds, base, new = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 def load(n): return json.load(open(f"{work}/{n}.json"))
-def rps(n): return load(n)["summary"]["requestsPerSec"]
+def rps(n): return load(n)["requests"] / load(n)["seconds"]
 def ok(n):
-    codes = load(n).get("statusCodeDistribution", {})
-    return sum(v for k, v in codes.items() if k.startswith("2")), sum(codes.values())
+    d = load(n)
+    return d["requests"] - d["non2xx"], d["requests"]
 def cpu_us(n):
     return int(open(f"{work}/{n}.ticks").read()) * 10_000 / max(ok(n)[1], 1)
 print(f"BASE = {base}\nNEW  = {new}\n")
