@@ -241,3 +241,78 @@ async fn sigterm_lets_an_in_flight_request_finish() {
     let (status, logs, _) = p.terminate_wait();
     assert!(status.success(), "{logs:#?}");
 }
+
+/// The reset link mailed to the bootstrap admin by a server started as `p`.
+async fn reset_link(p: &Process) -> String {
+    let client = reqwest::Client::new();
+    let login: serde_json::Value = client
+        .post(p.url("/v1/auth/login"))
+        .json(&serde_json::json!({"email": "admin@gatehouse.local", "password": p.bootstrap_password()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"]
+        .as_str()
+        .expect("signed in")
+        .to_string();
+    let asked = client
+        .post(p.url("/v1/auth/forgot-password"))
+        .json(&serde_json::json!({"email": "admin@gatehouse.local"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    // The mail is written off the request path: wait for it (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mailbox: serde_json::Value = client
+            .get(p.url("/v1/admin/mailbox?to=admin@gatehouse.local"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(body) = mailbox["messages"][0]["body"].as_str() {
+            return body
+                .split_whitespace()
+                .find(|w| w.contains("/reset-password?token="))
+                .expect("a link in the reset mail")
+                .to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no reset mail");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Without `public_url`, links in emails point at the address the server actually listens on
+/// (here a random port), not at a default port it may not use; a configured one wins.
+#[tokio::test]
+async fn mail_links_point_at_the_listened_on_address_unless_public_url_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(gatehouse(dir.path()));
+    assert!(!p.addr.ends_with(":8080"), "{}", p.addr);
+    let link = reset_link(&p).await;
+    assert!(
+        link.starts_with(&format!("http://{}/reset-password?token=rst_", p.addr)),
+        "{link}"
+    );
+    // The link opens on this server.
+    assert!(reqwest::get(&link).await.is_ok());
+    p.terminate();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gatehouse(dir.path());
+    cmd.env("GATEHOUSE_PUBLIC_URL", "https://gatehouse.example.com/");
+    let p = spawn(cmd);
+    let link = reset_link(&p).await;
+    assert!(
+        link.starts_with("https://gatehouse.example.com/reset-password?token=rst_"),
+        "{link}"
+    );
+    p.terminate();
+}

@@ -908,7 +908,7 @@ async fn access_tokens_verify_with_an_independent_jwt_library(backend: Backend) 
     for token in [&before, &after] {
         let out = std::process::Command::new(&python)
             .arg(&script)
-            .args([&jwks, token, &srv.state.config.public_url])
+            .args([jwks.as_str(), token.as_str(), srv.state.config.issuer()])
             .output()
             .unwrap();
         assert!(
@@ -925,7 +925,7 @@ async fn access_tokens_verify_with_an_independent_jwt_library(backend: Backend) 
     bad.push(if after.ends_with('A') { 'B' } else { 'A' });
     let out = std::process::Command::new(&python)
         .arg(&script)
-        .args([&jwks, &bad, &srv.state.config.public_url])
+        .args([jwks.as_str(), bad.as_str(), srv.state.config.issuer()])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -72,6 +72,19 @@ impl Process {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The bootstrap admin's password, read from the lines the first start prints to stdout.
+    pub fn bootstrap_password(&self) -> String {
+        loop {
+            let line = self
+                .stdout
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the bootstrap admin's password on stdout");
+            if let Some(password) = line.trim_start().strip_prefix("password:") {
+                return password.trim().to_string();
+            }
+        }
+    }
+
     /// Waits for the process to exit (after a signal sent elsewhere).
     pub fn terminate_wait(mut self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
         let status = self.child.wait().unwrap();
