@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{Backend, TestDatabase};
+use serde_json::json;
 
 use common::process::{gatehouse, spawn, Process, BIN};
 
@@ -244,39 +245,28 @@ async fn sigterm_lets_an_in_flight_request_finish() {
 
 /// The reset link mailed to the bootstrap admin by a server started as `p`.
 async fn reset_link(p: &Process) -> String {
-    let client = reqwest::Client::new();
-    let login: serde_json::Value = client
-        .post(p.url("/v1/auth/login"))
-        .json(&serde_json::json!({"email": "admin@gatehouse.local", "password": p.bootstrap_password()}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = login["access_token"]
-        .as_str()
-        .expect("signed in")
-        .to_string();
-    let asked = client
-        .post(p.url("/v1/auth/forgot-password"))
-        .json(&serde_json::json!({"email": "admin@gatehouse.local"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(asked.status(), 202);
+    use reqwest::Method;
+    const ADMIN: &str = "admin@gatehouse.local";
+    let login = json!({"email": ADMIN, "password": p.bootstrap_password()});
+    let (_, login) = p
+        .call(Method::POST, "/v1/auth/login", None, Some(&login))
+        .await;
+    let token = login["access_token"].as_str().expect("signed in");
+    let forgot = json!({"email": ADMIN});
+    let (asked, _) = p
+        .call(
+            Method::POST,
+            "/v1/auth/forgot-password",
+            None,
+            Some(&forgot),
+        )
+        .await;
+    assert_eq!(asked, 202);
     // The mail is written off the request path: wait for it (bounded).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let mailbox: serde_json::Value = client
-            .get(p.url("/v1/admin/mailbox?to=admin@gatehouse.local"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let mailbox = format!("/v1/admin/mailbox?to={ADMIN}");
+        let (_, mailbox) = p.call(Method::GET, &mailbox, Some(token), None).await;
         if let Some(body) = mailbox["messages"][0]["body"].as_str() {
             return body
                 .split_whitespace()

@@ -77,22 +77,10 @@ async fn three_mock_calls(srv: &TestServer, test_key: &str, chat: &Value) {
         .await;
     assert_eq!(res.status, 200);
     assert_eq!(res.header("content-type"), Some("text/event-stream"));
-    let data: Vec<&str> = res
-        .text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(*data.last().unwrap(), "[DONE]");
-    let text: String = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, "Mock reply to: hello there gateway");
+    assert_eq!(
+        common::openai_stream_text(&res.text),
+        "Mock reply to: hello there gateway"
+    );
 }
 
 /// A gateway key of the test environment, answered by the mock provider.
@@ -553,6 +541,31 @@ async fn providers_keep_their_keys_secret(backend: Backend) {
         .assert_error(404, "not_found");
 }
 
+/// A Gemini request the mock answers "Mock reply to: hello gemini".
+fn gemini_hello() -> Value {
+    json!({"contents": [{"role": "user", "parts": [{"text": "hello gemini"}]}]})
+}
+
+/// `generateContent` through `/google/{version}/…` with the key in `x-goog-api-key`, answered
+/// (by the mock, for a test key).
+async fn gemini_generate(srv: &TestServer, version: &str, key: &str) -> common::Response {
+    let url = format!("/google/{version}/models/gemini-2.0-flash:generateContent");
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url(&url))
+                .header("x-goog-api-key", key)
+                .json(&gemini_hello()),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{version}: {}", res.text);
+    assert_eq!(
+        res.json["candidates"][0]["content"]["parts"][0]["text"],
+        "Mock reply to: hello gemini"
+    );
+    res
+}
+
 async fn anthropic_and_gemini_formats_are_answered_streamed_and_logged(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
     let s = an_org(&srv).await;
@@ -593,20 +606,8 @@ async fn anthropic_and_gemini_formats_are_answered_streamed_and_logged(backend: 
     assert!(res.text.contains("event: message_stop"));
 
     // Gemini generateContent, with x-goog-api-key and with ?key=.
-    let gen = json!({"contents": [{"role": "user", "parts": [{"text": "hello gemini"}]}]});
-    let res = srv
-        .send(
-            srv.client
-                .post(srv.url("/google/v1beta/models/gemini-2.0-flash:generateContent"))
-                .header("x-goog-api-key", &test_key)
-                .json(&gen),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
-    assert_eq!(
-        res.json["candidates"][0]["content"]["parts"][0]["text"],
-        "Mock reply to: hello gemini"
-    );
+    let gen = gemini_hello();
+    let res = gemini_generate(&srv, "v1beta", &test_key).await;
     assert_eq!(res.json["usageMetadata"]["promptTokenCount"], 2);
     let res = srv
         .send(srv.client.post(srv.url(&format!("/google/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key={test_key}"))).json(&gen))
@@ -1474,23 +1475,9 @@ async fn gemini_v1_is_served_beside_v1beta(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let s = an_org(&srv).await;
     let test_key = a_test_key(&srv, &s).await;
-    let gen = json!({"contents": [{"role": "user", "parts": [{"text": "hello gemini"}]}]});
+    let gen = gemini_hello();
     for version in ["v1", "v1beta"] {
-        let res = srv
-            .send(
-                srv.client
-                    .post(srv.url(&format!(
-                        "/google/{version}/models/gemini-2.0-flash:generateContent"
-                    )))
-                    .header("x-goog-api-key", &test_key)
-                    .json(&gen),
-            )
-            .await;
-        assert_eq!(res.status, 200, "{version}: {}", res.text);
-        assert_eq!(
-            res.json["candidates"][0]["content"]["parts"][0]["text"],
-            "Mock reply to: hello gemini"
-        );
+        gemini_generate(&srv, version, &test_key).await;
     }
     let res = srv
         .send(
