@@ -794,14 +794,16 @@ fn failed_attempt(
     entry
 }
 
-/// The largest error body of a failed provider that is read for the final error's details.
+/// The largest error body of a failed provider that is read for the final error's details, and
+/// the longest wait for it (the next provider is not kept waiting for a slow error body).
 const PROVIDER_ERROR_LIMIT: usize = 64 * 1024;
+const PROVIDER_ERROR_WAIT: Duration = Duration::from_secs(2);
 
 /// A failed provider's own error: the `error` object of its JSON body (OpenAI, Anthropic and
 /// Gemini all send one), or the whole JSON body; nothing when it is not JSON, larger than
-/// [`PROVIDER_ERROR_LIMIT`] or slower than a few seconds.
+/// [`PROVIDER_ERROR_LIMIT`] or slower than [`PROVIDER_ERROR_WAIT`].
 async fn provider_error(body: Body) -> Option<serde_json::Value> {
-    let read = tokio::time::timeout(Duration::from_secs(5), buffer(body, PROVIDER_ERROR_LIMIT));
+    let read = tokio::time::timeout(PROVIDER_ERROR_WAIT, buffer(body, PROVIDER_ERROR_LIMIT));
     let whole = read.await.ok()?.ok()?;
     let mut json: serde_json::Value = serde_json::from_slice(&whole).ok()?;
     match json.get_mut("error") {
