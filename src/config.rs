@@ -23,7 +23,7 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("master_key_file", "(beside the database)", "file holding the master key; generated (0600) on first start if absent"),
     ("smtp_url", "(none)", "smtp://user:pass@host:port for outgoing mail; otherwise mail goes to the log and the dev mailbox"),
     ("mail_from", "Gatehouse <no-reply@gatehouse.local>", "sender of outgoing mail"),
-    ("public_url", "http://127.0.0.1:8080", "the URL users reach this server at (links in emails)"),
+    ("public_url", "(the address listened on)", "the URL users reach this server at (links in emails; the token issuer); default http:// + the bound address, e.g. http://127.0.0.1:8080"),
     ("trusted_proxies", "[]", "CIDRs of reverse proxies whose X-Forwarded-For is believed"),
     ("allow_private_webhook_targets", "false", "allow webhook URLs that resolve to private/loopback addresses"),
     ("allow_private_provider_targets", "false", "allow gateway provider base URLs that resolve to private/loopback addresses (a local vLLM or Ollama)"),
@@ -55,6 +55,10 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
 /// `database_url` when none is configured.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://gatehouse.db";
 
+/// The access tokens' issuer when no `public_url` is configured: fixed, so that nodes listening
+/// on different ports accept each other's tokens.
+pub const DEFAULT_ISSUER: &str = "http://127.0.0.1:8080";
+
 /// The most serving threads a configuration may ask for.
 pub const MAX_SERVE_THREADS: usize = 1024;
 
@@ -76,7 +80,11 @@ pub struct Config {
     #[serde(serialize_with = "redacted_option")]
     pub smtp_url: Option<Secret>,
     pub mail_from: String,
-    pub public_url: String,
+    /// Configured, or (`None`) the address actually listened on: [`Config::link`].
+    pub public_url: Option<String>,
+    /// The address the server listens on, known once it is bound (set at start, not configured).
+    #[serde(skip)]
+    pub bound: Option<SocketAddr>,
     pub trusted_proxies: Vec<IpNet>,
     pub allow_private_webhook_targets: bool,
     pub allow_private_provider_targets: bool,
@@ -160,7 +168,8 @@ impl Default for Config {
             master_key_file: None,
             smtp_url: None,
             mail_from: "Gatehouse <no-reply@gatehouse.local>".into(),
-            public_url: "http://127.0.0.1:8080".into(),
+            public_url: None,
+            bound: None,
             trusted_proxies: Vec::new(),
             allow_private_webhook_targets: false,
             allow_private_provider_targets: false,
@@ -184,10 +193,32 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A link to a page of this server, for emails: `public_url` + `path` (which starts with
-    /// `/`), e.g. `/accept-invitation?token=…`.
+    /// A link to a page of this server, for emails: the public URL + `path` (which starts with
+    /// `/`), e.g. `/accept-invitation?token=…`. The public URL is `public_url` when configured,
+    /// else `http://` + the address the server listens on (a wildcard address as loopback).
     pub fn link(&self, path: &str) -> String {
-        format!("{}{path}", self.public_url.trim_end_matches('/'))
+        match (&self.public_url, self.bound) {
+            (Some(url), _) => format!("{}{path}", url.trim_end_matches('/')),
+            (None, Some(addr)) => {
+                let ip = match addr.ip() {
+                    std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    }
+                    std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    }
+                    ip => ip,
+                };
+                format!("http://{}{path}", SocketAddr::new(ip, addr.port()))
+            }
+            (None, None) => format!("{DEFAULT_ISSUER}{path}"),
+        }
+    }
+
+    /// The `iss` of the access tokens: `public_url` when configured, else [`DEFAULT_ISSUER`]
+    /// (not the listened-on address, which may differ between nodes).
+    pub fn issuer(&self) -> &str {
+        self.public_url.as_deref().unwrap_or(DEFAULT_ISSUER)
     }
 
     /// Defaults, then the TOML file (if any), then `GATEHOUSE_*` variables. (A key neither
@@ -228,8 +259,10 @@ impl Config {
                 anyhow::bail!("redis_url must start with redis:// or rediss://");
             }
         }
-        url::Url::parse(&self.public_url)
-            .map_err(|e| anyhow::anyhow!("public_url is not a URL: {e}"))?;
+        if let Some(public_url) = &self.public_url {
+            url::Url::parse(public_url)
+                .map_err(|e| anyhow::anyhow!("public_url is not a URL: {e}"))?;
+        }
         if self.request_timeout_secs == 0
             || self.max_body_bytes == 0
             || self.webhook_timeout_secs == 0

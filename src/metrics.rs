@@ -271,10 +271,162 @@ impl Metrics {
         &mut self.registry
     }
 
+    /// The metrics in the OpenMetrics text format (`application/openmetrics-text`).
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// The metrics in the format `format` names.
+    pub fn render_as(&self, format: ExpositionFormat) -> String {
+        match format {
+            ExpositionFormat::OpenMetrics => self.render(),
+            ExpositionFormat::Prometheus => prometheus_text(&self.render()),
+        }
+    }
+}
+
+/// The two text formats `/metrics` answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpositionFormat {
+    /// Prometheus' classic text format, what a plain GET (a browser, curl, most scrapers) gets.
+    Prometheus,
+    /// OpenMetrics 1.0, for a scraper whose `Accept` asks for it.
+    OpenMetrics,
+}
+
+impl ExpositionFormat {
+    /// OpenMetrics when `accept` names `application/openmetrics-text` (Prometheus itself asks so
+    /// first), else the classic text format.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let asks = accept.is_some_and(|a| {
+            a.split(',').any(|media| {
+                let mut params = media.split(';');
+                let named = params.next().is_some_and(|m| {
+                    m.trim()
+                        .eq_ignore_ascii_case("application/openmetrics-text")
+                });
+                // `q=0` means "not this one".
+                let refused = params.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+                });
+                named && !refused
+            })
+        });
+        if asks {
+            ExpositionFormat::OpenMetrics
+        } else {
+            ExpositionFormat::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExpositionFormat::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            ExpositionFormat::OpenMetrics => {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            }
+        }
+    }
+}
+
+/// OpenMetrics text rewritten in the Prometheus text format (0.0.4): no `# EOF` or `# UNIT`
+/// lines, and a counter's `# HELP`/`# TYPE` name its samples (`x_total`), not the family (`x`).
+/// The samples themselves are written alike in both.
+fn prometheus_text(open: &str) -> String {
+    let counters: std::collections::HashSet<&str> = open
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open.len() + 16 * counters.len());
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        if let Some((prefix, rest)) = described {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(prefix);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(tail);
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_is_asked_for_by_accept_only() {
+        use ExpositionFormat::*;
+        for (accept, want) in [
+            (None, Prometheus),
+            (Some("*/*"), Prometheus),
+            (Some("text/plain"), Prometheus),
+            (Some("application/openmetrics-text; version=1.0.0"), OpenMetrics),
+            (
+                Some("application/openmetrics-text;version=1.0.0;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+                OpenMetrics,
+            ),
+            (Some("Application/OpenMetrics-Text"), OpenMetrics),
+            (Some("application/openmetrics-text;q=0, text/plain"), Prometheus),
+        ] {
+            assert_eq!(ExpositionFormat::negotiate(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn counters_gauges_and_histograms_are_rewritten_for_prometheus() {
+        let metrics = Metrics::new();
+        metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                method: "GET".into(),
+                route: "/health".into(),
+                status: 200,
+            })
+            .inc();
+        let open = metrics.render_as(ExpositionFormat::OpenMetrics);
+        assert!(open.ends_with("# EOF\n"), "{open}");
+        assert!(open.contains("# TYPE gatehouse_http_requests counter"));
+        let text = metrics.render_as(ExpositionFormat::Prometheus);
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("# UNIT"), "{text}");
+        assert!(
+            text.contains("# TYPE gatehouse_http_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP gatehouse_http_requests_total "),
+            "{text}"
+        );
+        assert!(text.contains(
+            "gatehouse_http_requests_total{method=\"GET\",route=\"/health\",status=\"200\"} 1\n"
+        ));
+        // Histograms keep their family name: their samples are _bucket, _sum and _count.
+        assert!(text.contains("# TYPE gatehouse_http_request_duration_seconds histogram\n"));
+        // Every sample line of one is a sample line of the other.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&open), samples(&text));
     }
 }

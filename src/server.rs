@@ -89,7 +89,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         .as_ref()
         .map(|url| crate::redis::Redis::new(url.expose()))
         .transpose()?;
-    let keys = KeyRing::load(db.clone(), master_key.clone(), config.public_url.clone()).await?;
+    let keys = KeyRing::load(db.clone(), master_key.clone(), config.issuer().to_string()).await?;
     let mailer: Arc<dyn Mailer> = match &config.smtp_url {
         Some(url) => Arc::new(SmtpMailer::new(url.expose(), &config.mail_from)?),
         None => {
@@ -157,10 +157,12 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
 }
 
 /// Runs the server until SIGTERM/SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    // Links in emails point at the address actually listened on unless public_url says otherwise.
+    config.bound = Some(listener.local_addr()?);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let state = build_state(config).await?;
     tracing::info!(

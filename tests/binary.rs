@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{Backend, TestDatabase};
+use serde_json::json;
 
 use common::process::{gatehouse, spawn, Process, BIN};
 
@@ -240,4 +241,68 @@ async fn sigterm_lets_an_in_flight_request_finish() {
     assert!(text.contains("\"unauthorized\""), "{text}");
     let (status, logs, _) = p.terminate_wait();
     assert!(status.success(), "{logs:#?}");
+}
+
+/// The reset link mailed to the bootstrap admin by a server started as `p`.
+async fn reset_link(p: &Process) -> String {
+    use reqwest::Method;
+    const ADMIN: &str = "admin@gatehouse.local";
+    let login = json!({"email": ADMIN, "password": p.bootstrap_password()});
+    let (_, login) = p
+        .call(Method::POST, "/v1/auth/login", None, Some(&login))
+        .await;
+    let token = login["access_token"].as_str().expect("signed in");
+    let forgot = json!({"email": ADMIN});
+    let (asked, _) = p
+        .call(
+            Method::POST,
+            "/v1/auth/forgot-password",
+            None,
+            Some(&forgot),
+        )
+        .await;
+    assert_eq!(asked, 202);
+    // The mail is written off the request path: wait for it (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mailbox = format!("/v1/admin/mailbox?to={ADMIN}");
+        let (_, mailbox) = p.call(Method::GET, &mailbox, Some(token), None).await;
+        if let Some(body) = mailbox["messages"][0]["body"].as_str() {
+            return body
+                .split_whitespace()
+                .find(|w| w.contains("/reset-password?token="))
+                .expect("a link in the reset mail")
+                .to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no reset mail");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Without `public_url`, links in emails point at the address the server actually listens on
+/// (here a random port), not at a default port it may not use; a configured one wins.
+#[tokio::test]
+async fn mail_links_point_at_the_listened_on_address_unless_public_url_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(gatehouse(dir.path()));
+    assert!(!p.addr.ends_with(":8080"), "{}", p.addr);
+    let link = reset_link(&p).await;
+    assert!(
+        link.starts_with(&format!("http://{}/reset-password?token=rst_", p.addr)),
+        "{link}"
+    );
+    // The link opens on this server.
+    assert!(reqwest::get(&link).await.is_ok());
+    p.terminate();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = gatehouse(dir.path());
+    cmd.env("GATEHOUSE_PUBLIC_URL", "https://gatehouse.example.com/");
+    let p = spawn(cmd);
+    let link = reset_link(&p).await;
+    assert!(
+        link.starts_with("https://gatehouse.example.com/reset-password?token=rst_"),
+        "{link}"
+    );
+    p.terminate();
 }

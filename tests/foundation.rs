@@ -449,12 +449,32 @@ async fn metrics_are_exposed_for_prometheus(backend: Backend) {
     let srv = start(backend).await;
     srv.get("/health").await;
     srv.get("/nope").await;
+    // A plain GET (curl, a browser, a scraper that does not negotiate): the Prometheus text
+    // format, which every Prometheus-compatible scraper reads.
     let res = srv.get("/metrics").await;
     assert_eq!(res.status, 200);
+    assert_eq!(
+        res.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(!res.text.contains("# EOF"), "{}", res.text);
     assert!(res
-        .header("content-type")
-        .unwrap()
-        .contains("openmetrics-text"));
+        .text
+        .contains("# TYPE gatehouse_http_requests_total counter"));
+    // OpenMetrics when asked for, as Prometheus asks.
+    let open = srv
+        .send(srv.client.get(srv.url("/metrics")).header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        ))
+        .await;
+    assert_eq!(open.status, 200);
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(open.text.ends_with("# EOF\n"), "{}", open.text);
+    assert!(open.text.contains("# TYPE gatehouse_http_requests counter"));
     assert!(
         res.text.contains(
             r#"gatehouse_http_requests_total{method="GET",route="/health",status="200"} 1"#

@@ -29,6 +29,8 @@ on_both_databases!(
     slow_providers_time_out_and_big_bodies_are_refused,
     uploads_and_the_responses_api_pass_through_with_their_usage,
     a_failing_provider_is_retried_unless_it_asks_for_a_long_wait,
+    when_every_provider_fails_the_answer_is_502_listing_each_attempt,
+    gemini_v1_is_served_beside_v1beta,
     gateway_limits_and_quotas_count_requests_and_tokens,
     stats_from_hourly_rollups_equal_stats_from_the_log,
     keys_and_providers_in_use_are_read_again_in_the_background,
@@ -75,22 +77,10 @@ async fn three_mock_calls(srv: &TestServer, test_key: &str, chat: &Value) {
         .await;
     assert_eq!(res.status, 200);
     assert_eq!(res.header("content-type"), Some("text/event-stream"));
-    let data: Vec<&str> = res
-        .text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect();
-    assert_eq!(*data.last().unwrap(), "[DONE]");
-    let text: String = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .collect();
-    assert_eq!(text, "Mock reply to: hello there gateway");
+    assert_eq!(
+        common::openai_stream_text(&res.text),
+        "Mock reply to: hello there gateway"
+    );
 }
 
 /// A gateway key of the test environment, answered by the mock provider.
@@ -244,10 +234,25 @@ async fn the_gateway_refuses_missing_keys_scopes_providers_and_bad_json(backend:
     srv.post_as("/openai/v1/chat/completions", &no_scope, &chat)
         .await
         .assert_error(403, "forbidden");
+    // A live key with no provider: the error says how to add one (the route and a body).
     let live = a_live_key(&srv, &s).await;
-    srv.post_as("/openai/v1/chat/completions", &live, &chat)
-        .await
-        .assert_error(502, "upstream_error");
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &live, &chat)
+        .await;
+    let err = res.assert_error(502, "upstream_error");
+    let path = format!("/v1/organizations/{}/providers", s.id);
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("POST {path}")) && message.contains(r#""provider":"openai""#),
+        "{message}"
+    );
+    let add = &err["details"]["add_provider"];
+    assert_eq!(add["path"], path.as_str());
+    assert_eq!(add["body"]["provider"], "openai");
+    // The body it shows is one the providers route takes.
+    let mut body = add["body"].clone();
+    body["api_key"] = json!("sk-upstream");
+    a_provider(&srv, &s, body).await;
     let res = srv
         .send(
             srv.client
@@ -444,7 +449,7 @@ async fn a_disabled_provider_is_skipped_from_the_next_request(backend: Backend) 
     let live = a_live_key(&srv, &s).await;
     let chat = json!({"model": "up-model", "messages": [{"role": "user", "content": "hi"}]});
     // Disabling the healthy provider takes effect on the next request (the cached provider list
-    // is dropped): only the failing one is left, and its answer passes through.
+    // is dropped): only the failing one is left, and every attempt goes to it.
     srv.patch_as(
         &format!("{}/providers/{}", s.base, ids[1]),
         &s.owner,
@@ -454,8 +459,14 @@ async fn a_disabled_provider_is_skipped_from_the_next_request(backend: Backend) 
     let res = srv
         .post_as("/openai/v1/chat/completions", &live, &chat)
         .await;
-    assert_eq!(res.status, 503, "{}", res.text);
-    assert_eq!(res.text, "overloaded");
+    let err = res.assert_error(502, "upstream_error");
+    let tried: Vec<&str> = err["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["provider_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tried, [ids[0].as_str(); 3], "{}", res.text);
 }
 
 async fn providers_keep_their_keys_secret(backend: Backend) {
@@ -530,6 +541,31 @@ async fn providers_keep_their_keys_secret(backend: Backend) {
         .assert_error(404, "not_found");
 }
 
+/// A Gemini request the mock answers "Mock reply to: hello gemini".
+fn gemini_hello() -> Value {
+    json!({"contents": [{"role": "user", "parts": [{"text": "hello gemini"}]}]})
+}
+
+/// `generateContent` through `/google/{version}/…` with the key in `x-goog-api-key`, answered
+/// (by the mock, for a test key).
+async fn gemini_generate(srv: &TestServer, version: &str, key: &str) -> common::Response {
+    let url = format!("/google/{version}/models/gemini-2.0-flash:generateContent");
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url(&url))
+                .header("x-goog-api-key", key)
+                .json(&gemini_hello()),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{version}: {}", res.text);
+    assert_eq!(
+        res.json["candidates"][0]["content"]["parts"][0]["text"],
+        "Mock reply to: hello gemini"
+    );
+    res
+}
+
 async fn anthropic_and_gemini_formats_are_answered_streamed_and_logged(backend: Backend) {
     let srv = start_with_local_providers(backend).await;
     let s = an_org(&srv).await;
@@ -570,20 +606,8 @@ async fn anthropic_and_gemini_formats_are_answered_streamed_and_logged(backend: 
     assert!(res.text.contains("event: message_stop"));
 
     // Gemini generateContent, with x-goog-api-key and with ?key=.
-    let gen = json!({"contents": [{"role": "user", "parts": [{"text": "hello gemini"}]}]});
-    let res = srv
-        .send(
-            srv.client
-                .post(srv.url("/google/v1beta/models/gemini-2.0-flash:generateContent"))
-                .header("x-goog-api-key", &test_key)
-                .json(&gen),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
-    assert_eq!(
-        res.json["candidates"][0]["content"]["parts"][0]["text"],
-        "Mock reply to: hello gemini"
-    );
+    let gen = gemini_hello();
+    let res = gemini_generate(&srv, "v1beta", &test_key).await;
     assert_eq!(res.json["usageMetadata"]["promptTokenCount"], 2);
     let res = srv
         .send(srv.client.post(srv.url(&format!("/google/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key={test_key}"))).json(&gen))
@@ -850,7 +874,9 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
         .post_as("/openai/v1/chat/completions", &live, &chat)
         .await;
     let err = res.assert_error(504, "upstream_timeout");
-    assert_eq!(err["details"]["provider"], "openai_compatible");
+    assert_eq!(err["details"][0]["provider"], "openai_compatible");
+    assert_eq!(err["details"][0]["name"], "slow");
+    assert_eq!(err["details"][0]["status"], Value::Null);
     let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(5000)}]});
     srv.post_as("/openai/v1/chat/completions", &live, &big)
         .await
@@ -901,10 +927,13 @@ async fn slow_providers_time_out_and_big_bodies_are_refused(backend: Backend) {
         rest.is_err(),
         "a cut stream ends with an error, not a clean end"
     );
-    let logs = logs(&srv, &s, 1).await;
-    assert!(logs["logs"]
-        .as_array()
-        .unwrap()
+    // Both logged: the request that timed out (as the gateway answered it) and the cut stream.
+    let logs = logs(&srv, &s, 2).await;
+    let entries = logs["logs"].as_array().unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e["model"] == "m" && e["status"] == 504 && e["provider"] == "openai_compatible"));
+    assert!(entries
         .iter()
         .any(|e| e["model"] == "silent" && e["streamed"] == true));
 }
@@ -1380,4 +1409,95 @@ async fn keys_and_providers_in_use_are_read_again_in_the_background(backend: Bac
     srv.state.api_keys.age_entries(Duration::from_secs(46));
     assert_eq!(call().await.status, 502, "served while it is read again");
     until(401).await.assert_error(401, "unauthorized");
+}
+
+/// Two providers that both fail (500 with the provider's JSON error, 503 with plain text): the
+/// caller gets SPEC §10's 502 `upstream_error`, not the last provider's answer, and `details`
+/// lists each attempt in order with the provider's id, name, kind, status and its own error.
+async fn when_every_provider_fails_the_answer_is_502_listing_each_attempt(backend: Backend) {
+    let srv = start_with_local_providers(backend).await;
+    let s = an_org(&srv).await;
+    let broken = Router::new().route(
+        "/v1/chat/completions",
+        post(|| async {
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"error": {"message": "model crashed", "type": "server_error"}})),
+            )
+        }),
+    );
+    let overloaded = Router::new().route(
+        "/v1/chat/completions",
+        post(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "overloaded") }),
+    );
+    let mut ids = Vec::new();
+    for (name, app, priority) in [("broken", broken, 0), ("overloaded", overloaded, 1)] {
+        let base = format!("{}/v1", serve_locally(app).await);
+        let p = a_provider(
+            &srv,
+            &s,
+            json!({"provider": "openai_compatible", "name": name, "base_url": base, "priority": priority}),
+        )
+        .await;
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let live = a_live_key(&srv, &s).await;
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &live, &chat)
+        .await;
+    let err = res.assert_error(502, "upstream_error");
+    let attempts = err["details"]
+        .as_array()
+        .expect("details lists the attempts");
+    let broken = json!({
+        "provider_id": ids[0], "name": "broken", "provider": "openai_compatible", "status": 500,
+        "error": {"message": "model crashed", "type": "server_error"},
+    });
+    let overloaded = json!({
+        "provider_id": ids[1], "name": "overloaded", "provider": "openai_compatible", "status": 503,
+    });
+    // Both in priority order, then the first again (the retry).
+    assert_eq!(
+        attempts,
+        &[broken.clone(), overloaded, broken],
+        "{}",
+        res.text
+    );
+    // The failed request is logged as the gateway answered it.
+    let logs = logs(&srv, &s, 1).await;
+    assert_eq!(logs["logs"][0]["status"], 502, "{logs}");
+}
+
+/// The google-genai SDK's default API version (`v1`) is served like `v1beta`, plain and
+/// streamed.
+async fn gemini_v1_is_served_beside_v1beta(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let s = an_org(&srv).await;
+    let test_key = a_test_key(&srv, &s).await;
+    let gen = gemini_hello();
+    for version in ["v1", "v1beta"] {
+        gemini_generate(&srv, version, &test_key).await;
+    }
+    let res = srv
+        .send(
+            srv.client
+                .post(srv.url(&format!(
+            "/google/v1/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key={test_key}"
+        )))
+                .json(&gen),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(res.text.starts_with("data: "), "{}", res.text);
+    assert!(res.text.contains("usageMetadata"));
+    let logs = logs(&srv, &s, 3).await;
+    assert!(
+        logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/google/v1/models/gemini-2.0-flash:streamGenerateContent"),
+        "{logs}"
+    );
 }

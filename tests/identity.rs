@@ -21,6 +21,7 @@ on_both_databases!(
     changing_the_password_ends_the_other_sessions,
     password_reset_is_single_use_and_ends_every_session,
     passwordless_otp_login,
+    login_answers_carry_the_user_as_register_does,
     totp_is_active_once_a_first_code_is_verified,
     with_totp_login_needs_a_second_factor_and_recovery_codes_work_once,
     disabling_totp_needs_a_valid_code,
@@ -187,6 +188,34 @@ async fn login_answers_are_identical_for_unknown_email_and_wrong_password(backen
         res.assert_error(400, "invalid_request")["details"][0]["field"],
         "grant_type"
     );
+}
+
+/// A password login answers the tokens and the `user` object, the same fields register
+/// answers and `GET /v1/me` shows (with `last_login` now set).
+async fn login_answers_carry_the_user_as_register_does(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let reg = srv.register("u@example.com").await;
+    let res = srv
+        .post_json(
+            "/v1/auth/login",
+            &json!({"email": "u@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let user = &res.json["user"];
+    assert_eq!(user["id"], reg["user"]["id"], "{}", res.text);
+    assert_eq!(user["email"], "u@example.com");
+    assert!(user["last_login"].is_string(), "{user}");
+    let mut fields: Vec<&String> = user.as_object().unwrap().keys().collect();
+    let mut registered: Vec<&String> = reg["user"].as_object().unwrap().keys().collect();
+    fields.sort();
+    registered.sort();
+    assert_eq!(fields, registered);
+    let me = srv
+        .get_as("/v1/me", res.json["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(*user, me.json);
+    assert!(user.get("password_hash").is_none());
 }
 
 async fn login_is_throttled_per_ip_and_email(backend: Backend) {
@@ -522,7 +551,10 @@ async fn passwordless_otp_login(backend: Backend) {
     let res = verify(&code).await;
     assert_eq!(res.status, 200, "{}", res.text);
     let t = res.json["access_token"].as_str().unwrap();
-    assert_eq!(srv.get_as("/v1/me", t).await.json["email_verified"], true);
+    let me = srv.get_as("/v1/me", t).await.json;
+    assert_eq!(me["email_verified"], true);
+    // The user comes with the tokens, as register answers it (the code proved the email).
+    assert_eq!(res.json["user"], me);
     verify(&code).await.assert_error(401, "unauthorized");
     srv.post_json("/v1/auth/otp/request", &json!({"email": "bad"}))
         .await
@@ -626,6 +658,10 @@ async fn with_totp_login_needs_a_second_factor_and_recovery_codes_work_once(back
     let res = verify(&mfa_token, &recovery[0]).await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert!(res.json["access_token"].is_string());
+    // The completed login carries the user, as register answers it.
+    assert_eq!(res.json["user"]["email"], "m@example.com");
+    assert_eq!(res.json["user"]["mfa_enabled"], true);
+    assert_eq!(res.json["user"]["id"], reg["user"]["id"]);
     verify(&mfa_token, &recovery[1])
         .await
         .assert_error(401, "unauthorized");
@@ -872,7 +908,7 @@ async fn access_tokens_verify_with_an_independent_jwt_library(backend: Backend) 
     for token in [&before, &after] {
         let out = std::process::Command::new(&python)
             .arg(&script)
-            .args([&jwks, token, &srv.state.config.public_url])
+            .args([jwks.as_str(), token.as_str(), srv.state.config.issuer()])
             .output()
             .unwrap();
         assert!(
@@ -889,7 +925,7 @@ async fn access_tokens_verify_with_an_independent_jwt_library(backend: Backend) 
     bad.push(if after.ends_with('A') { 'B' } else { 'A' });
     let out = std::process::Command::new(&python)
         .arg(&script)
-        .args([&jwks, &bad, &srv.state.config.public_url])
+        .args([jwks.as_str(), bad.as_str(), srv.state.config.issuer()])
         .output()
         .unwrap();
     assert!(!out.status.success());

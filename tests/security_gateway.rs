@@ -266,11 +266,11 @@ async fn a_provider_saved_while_private_targets_were_allowed_is_refused_when_use
         .await;
         let err = res.assert_error(502, "upstream_error");
         assert_eq!(
-            err["details"]["reason"], "non_public_address",
+            err["details"][0]["reason"], "non_public_address",
             "{}",
             res.text
         );
-        assert_eq!(err["details"]["provider_id"], id.as_str());
+        assert_eq!(err["details"][0]["provider_id"], id.as_str());
         assert!(
             !res.text.contains("127.0.0.1") && !res.text.contains(&port.to_string()),
             "{}",

@@ -209,14 +209,23 @@ async fn register(
             },
         );
     }
-    let tokens = sessions::start(&state, &user.id.0, &meta).await?;
-    let user = users::get(&state.db, &user.id).await?.unwrap_or(user);
-    let mut body = serde_json::to_value(&tokens).map_err(anyhow::Error::from)?;
-    body["user"] = serde_json::to_value(&user).map_err(anyhow::Error::from)?;
+    let mut body = signed_in(&state, &user.id, &meta).await?;
     if let Some(m) = membership {
         body["membership"] = m;
     }
     Ok((StatusCode::CREATED, axum::Json(body)))
+}
+
+/// The answer of every route that signs a user in (register, password login, MFA and emailed
+/// code completions): a new session's tokens and the user, as `GET /v1/me` shows them.
+async fn signed_in(state: &AppState, user_id: &UserId, meta: &RequestMeta) -> Result<Value, Error> {
+    let tokens = sessions::start(state, user_id, meta).await?;
+    let user = users::get(&state.db, user_id)
+        .await?
+        .ok_or_else(|| Error::unauthorized("The account no longer exists"))?;
+    let mut body = serde_json::to_value(&tokens).map_err(anyhow::Error::from)?;
+    body["user"] = serde_json::to_value(&user).map_err(anyhow::Error::from)?;
+    Ok(body)
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,7 +367,8 @@ async fn first_factor_passed(
         json!({ "method": method }),
     )
     .await;
-    Ok(axum::Json(sessions::start(state, &account.id, meta).await?).into_response())
+    let body = signed_in(state, &UserId(account.id.clone()), meta).await?;
+    Ok(axum::Json(body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,7 +393,9 @@ async fn mfa_verify(
     if !codes::spend_mfa_challenge(&state.db, &body.mfa_token).await? {
         return Err(Error::unauthorized("The MFA token is invalid or expired"));
     }
-    Ok(axum::Json(sessions::start(&state, &user_id, &meta).await?))
+    Ok(axum::Json(
+        signed_in(&state, &UserId(user_id), &meta).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,6 +43,7 @@ pub fn proxy_routes() -> Routes {
         .any(proxy::OPENAI.route, proxy::openai)
         .any(proxy::ANTHROPIC.route, proxy::anthropic)
         .any(proxy::GOOGLE.route, proxy::google)
+        .any(proxy::GOOGLE_V1.route, proxy::google_v1)
         .any(proxy::AZURE.route, proxy::azure)
 }
 

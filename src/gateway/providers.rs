@@ -97,6 +97,8 @@ impl std::fmt::Display for ProviderKind {
 pub struct Upstream {
     pub id: String,
     pub provider: ProviderKind,
+    /// The name its organization gave it (told when it fails).
+    pub name: String,
     pub base_url: Option<String>,
     pub credential: Option<Credential>,
     pub models: Vec<String>,
@@ -207,6 +209,7 @@ async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec
             Ok(Upstream {
                 credential: api_key.map(|k| credential(r.provider, &k)),
                 provider: r.provider,
+                name: r.name,
                 base_url: r.base_url,
                 models: r.models,
                 id: r.id,
@@ -457,6 +460,7 @@ mod tests {
             let upstream = Upstream {
                 id: "prv_1".into(),
                 provider: kind,
+                name: "main".into(),
                 base_url: Some("https://api.example.com".into()),
                 credential: Some(credential(kind, &key)),
                 models: vec!["gpt-4o".into()],

@@ -1,8 +1,10 @@
-//! The proxy routes (`/openai/v1/…`, `/anthropic/v1/…`, `/google/v1beta/…`): authenticate the
-//! key from the cache, pick the organization's providers for that format in priority order (the
-//! mock for test keys without one), forward with the provider's credential injected the
-//! provider's way, fall back on connection errors, 429 and 5xx, and stream the answer back chunk
-//! by chunk through the usage [`Tap`](super::usage::Tap).
+//! The proxy routes (`/openai/v1/…`, `/anthropic/v1/…`, `/google/v1beta/…` and `/google/v1/…`,
+//! `/azure/…`): authenticate the key from the cache, pick the organization's providers for that
+//! format in priority order (the mock for test keys without one), forward with the provider's
+//! credential injected the provider's way, fall back on connection errors, 429 and 5xx, and
+//! stream the answer back chunk by chunk through the usage [`Tap`](super::usage::Tap). When no
+//! provider succeeds, the answer is 502 `upstream_error` (504 after a timeout) listing every
+//! attempt.
 
 use std::{
     borrow::Cow,
@@ -164,6 +166,13 @@ pub const GOOGLE: Spec = Spec {
     default_base: "https://generativelanguage.googleapis.com/v1beta",
     azure: false,
 };
+/// Gemini's stable version, the google-genai SDK's default: the same protocol as `v1beta`.
+pub const GOOGLE_V1: Spec = Spec {
+    route: "/google/v1/{*path}",
+    prefix: "/google/v1",
+    default_base: "https://generativelanguage.googleapis.com/v1",
+    ..GOOGLE
+};
 pub const AZURE: Spec = Spec {
     route: "/azure/{*path}",
     format: Format::OpenAi,
@@ -188,6 +197,7 @@ macro_rules! route {
 route!(openai, OPENAI);
 route!(anthropic, ANTHROPIC);
 route!(google, GOOGLE);
+route!(google_v1, GOOGLE_V1);
 route!(azure, AZURE);
 
 /// Why the provider's path (what follows the route's prefix) is refused, if it is: it would be
@@ -479,15 +489,20 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
         candidates.push(&MOCK);
     }
     if candidates.is_empty() {
-        return Err(Error::new(
-            ErrorCode::UpstreamError,
-            "No provider of this organization serves this request; add one at /v1/organizations/{org_id}/providers",
-        )
-        .with_details(serde_json::json!({"model": model})));
+        return Err(no_provider(
+            spec,
+            &key.organization_id,
+            &key.environment,
+            &model,
+        ));
     }
 
+    // The last attempt's failure, and every failed attempt as the final error lists them (not
+    // allocated while the first provider answers).
     let mut last_error: Option<Error> = None;
+    let mut failures: Vec<serde_json::Value> = Vec::new();
     let mut response = None;
+    let mut tried: Option<&Upstream> = None;
     let mut headers = Some(parts.headers);
     // Per provider: whether it may be asked again (not after a timeout, whose wait would
     // repeat, nor after its address was refused), and the pause its last answer asked for
@@ -507,6 +522,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
             tracing::debug!(provider = %upstream.id, pause_ms = pause.as_millis() as u64, "retrying the provider");
             tokio::time::sleep(pause).await;
         }
+        tried = Some(upstream);
         let last = attempt + 1 == MAX_ATTEMPTS;
         let res = if upstream.provider == ProviderKind::Mock {
             mock_answer(
@@ -548,24 +564,41 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
                             provider: crate::metrics::provider_label(upstream.provider),
                         })
                         .inc();
-                    last_error = Some(e);
+                    failures.push(failed_attempt(upstream, None, None, Some(&e)));
+                    (response, last_error) = (None, Some(e));
                     continue;
                 }
             }
         };
         let status = res.status();
-        let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-        if retryable {
-            asked_pause[i] = retry_after(res.headers());
-        }
-        response = Some((upstream, res));
-        if !retryable {
+        if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+            response = Some((upstream, res));
             break;
+        }
+        asked_pause[i] = retry_after(res.headers());
+        last_error = None;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // Passed through if it is the last answer: the caller can wait as it asks.
+            failures.push(failed_attempt(upstream, Some(status), None, None));
+            response = Some((upstream, res));
+        } else {
+            let error = provider_error(res.into_body()).await;
+            failures.push(failed_attempt(upstream, Some(status), error, None));
+            response = None;
         }
     }
     let Some((upstream, res)) = response else {
-        return Err(last_error
-            .unwrap_or_else(|| Error::new(ErrorCode::UpstreamError, "The upstream failed")));
+        let error = every_provider_failed(last_error, failures);
+        let latency_ms = started.elapsed().as_millis() as i64;
+        state.gateway.record(UsageRecord {
+            provider: tried.map_or("", |u| u.provider.as_str()),
+            status: error.code().status().as_u16(),
+            latency_ms,
+            ttfb_ms: latency_ms,
+            violations,
+            ..entry
+        });
+        return Err(error);
     };
 
     let mut record = UsageRecord {
@@ -702,10 +735,107 @@ fn refuse(
     error
 }
 
+/// The answer to a request no provider of the organization can serve (test keys always have the
+/// mock): how to add one, with the route and a minimal body.
+fn no_provider(spec: &Spec, org_id: &str, environment: &str, model: &str) -> Error {
+    let kind = spec.kinds[0];
+    let path = format!("/v1/organizations/{org_id}/providers");
+    let mut body = serde_json::json!({"provider": kind, "name": kind.as_str(), "api_key": "<the provider's API key>"});
+    if spec.azure {
+        body["base_url"] = "https://<resource>.openai.azure.com".into();
+    }
+    let model_note = if model.is_empty() {
+        String::new()
+    } else {
+        format!(" (or whose `models` include {model})")
+    };
+    Error::new(
+        ErrorCode::UpstreamError,
+        format!(
+            "This organization has no enabled {kind} provider for {environment} keys{model_note}. \
+             Add one with POST {path} and a body such as {body} (an organization admin's token), \
+             or call with a test key (sk_test_…), which the built-in mock provider answers"
+        ),
+    )
+    .with_details(serde_json::json!({
+        "model": model,
+        "environment": environment,
+        "add_provider": {"method": "POST", "path": path, "body": body},
+    }))
+}
+
+/// One failed attempt, as the error that ends the request lists it: the provider (id, name,
+/// kind), the status it answered (none when it was not reached) and its own error object when
+/// it sent JSON, or the gateway's reason.
+fn failed_attempt(
+    upstream: &Upstream,
+    status: Option<StatusCode>,
+    error: Option<serde_json::Value>,
+    failure: Option<&Error>,
+) -> serde_json::Value {
+    let mut entry = serde_json::json!({
+        "provider_id": upstream.id,
+        "name": upstream.name,
+        "provider": upstream.provider,
+        "status": status.map(|s| s.as_u16()),
+    });
+    if let Some(error) = error {
+        entry["error"] = error;
+    }
+    if let Some(Error::Api {
+        message, details, ..
+    }) = failure
+    {
+        entry["message"] = message.as_ref().into();
+        if let Some(reason) = details.as_ref().and_then(|d| d.get("reason")) {
+            entry["reason"] = reason.clone();
+        }
+    }
+    entry
+}
+
+/// The largest error body of a failed provider that is read for the final error's details, and
+/// the longest wait for it (the next provider is not kept waiting for a slow error body).
+const PROVIDER_ERROR_LIMIT: usize = 64 * 1024;
+const PROVIDER_ERROR_WAIT: Duration = Duration::from_secs(2);
+
+/// A failed provider's own error: the `error` object of its JSON body (OpenAI, Anthropic and
+/// Gemini all send one), or the whole JSON body; nothing when it is not JSON, larger than
+/// [`PROVIDER_ERROR_LIMIT`] or slower than [`PROVIDER_ERROR_WAIT`].
+async fn provider_error(body: Body) -> Option<serde_json::Value> {
+    let read = tokio::time::timeout(PROVIDER_ERROR_WAIT, buffer(body, PROVIDER_ERROR_LIMIT));
+    let whole = read.await.ok()?.ok()?;
+    let mut json: serde_json::Value = serde_json::from_slice(&whole).ok()?;
+    match json.get_mut("error") {
+        Some(error) if error.is_object() => Some(error.take()),
+        _ => Some(json),
+    }
+}
+
+/// The answer when no provider succeeded: 502 `upstream_error` (504 `upstream_timeout` when the
+/// last attempt timed out), `details` listing every attempt in order.
+fn every_provider_failed(last: Option<Error>, failures: Vec<serde_json::Value>) -> Error {
+    let (code, message) = match last {
+        Some(Error::Api { code, message, .. }) => (code, message),
+        _ => {
+            let status = failures
+                .last()
+                .and_then(|f| f["status"].as_u64())
+                .unwrap_or_default();
+            (
+                ErrorCode::UpstreamError,
+                format!("The provider answered {status}: every provider tried failed (details lists each attempt)").into(),
+            )
+        }
+    };
+    Error::new(code, message).with_details(serde_json::Value::Array(failures))
+}
+
 /// The mock provider, for test keys of an organization without a provider of that format.
 static MOCK: std::sync::LazyLock<Upstream> = std::sync::LazyLock::new(|| Upstream {
     id: "mock".into(),
     provider: ProviderKind::Mock,
+    name: "Built-in mock".into(),
     base_url: None,
     credential: None,
     models: vec![],

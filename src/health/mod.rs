@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use axum::{
     extract::State,
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::IntoResponse,
     Json,
 };
 use serde::Serialize;
 
-use crate::{app::AppState, http::routes::Routes};
+use crate::{app::AppState, http::routes::Routes, metrics::ExpositionFormat};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -173,12 +173,15 @@ async fn live() -> impl IntoResponse {
     Json(serde_json::json!({ "status": Status::Ok }))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// The Prometheus text format, or OpenMetrics when `Accept` asks for it.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = ExpositionFormat::negotiate(accept);
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "Accept"),
+        ],
+        state.metrics.render_as(format),
     )
 }

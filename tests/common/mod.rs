@@ -548,6 +548,27 @@ impl TestServer {
     }
 }
 
+/// The text an OpenAI chat-completions stream (server-sent events, as sent) spells out: its
+/// chunks' `delta.content`, after asserting that it ends with `data: [DONE]`. An event may
+/// follow other output on its line (curl prints an answer without a final newline).
+#[track_caller]
+pub fn openai_stream_text(sse: &str) -> String {
+    let data: Vec<&str> = sse
+        .lines()
+        .filter_map(|l| l.split_once("data: ").map(|(_, d)| d))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{sse}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).expect("a JSON event"))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// The first run of `digits` consecutive ASCII digits in `text`.
 pub fn find_code(text: &str, digits: usize) -> String {
     let bytes = text.as_bytes();

@@ -72,6 +72,41 @@ impl Process {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// A JSON request to this server, with a bearer `token` when given: the answer's status and
+    /// JSON body (`Null` when it has none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new().request(method, self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("the server answers");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
+    /// The bootstrap admin's password, read from the lines the first start prints to stdout.
+    pub fn bootstrap_password(&self) -> String {
+        loop {
+            let line = self
+                .stdout
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the bootstrap admin's password on stdout");
+            if let Some(password) = line.trim_start().strip_prefix("password:") {
+                return password.trim().to_string();
+            }
+        }
+    }
+
     /// Waits for the process to exit (after a signal sent elsewhere).
     pub fn terminate_wait(mut self) -> (std::process::ExitStatus, Vec<String>, Vec<String>) {
         let status = self.child.wait().unwrap();

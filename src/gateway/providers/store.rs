@@ -113,6 +113,7 @@ pub async fn list(
 pub struct EnabledRow {
     pub id: String,
     pub provider: ProviderKind,
+    pub name: String,
     pub base_url: Option<String>,
     pub sealed_key: Option<String>,
     pub models: Vec<String>,
@@ -121,7 +122,7 @@ pub struct EnabledRow {
 /// The enabled providers of an organization for one environment, in priority order.
 pub async fn enabled(db: &Db, org_id: &str, env: &str) -> Result<Vec<EnabledRow>, Error> {
     let rows = sqlx::query(
-        "SELECT id, provider, base_url, api_key, models FROM providers \
+        "SELECT id, provider, name, base_url, api_key, models FROM providers \
          WHERE organization_id = $1 AND environment = $2 AND enabled = TRUE ORDER BY priority, id",
     )
     .bind(org_id)
@@ -134,6 +135,7 @@ pub async fn enabled(db: &Db, org_id: &str, env: &str) -> Result<Vec<EnabledRow>
             Ok(EnabledRow {
                 id: r.try_get("id")?,
                 provider: kind_of(r)?,
+                name: r.try_get("name")?,
                 base_url: r.try_get("base_url")?,
                 sealed_key: r.try_get("api_key")?,
                 models: serde_json::from_value(r.get_json("models")?).unwrap_or_default(),
