@@ -18,6 +18,7 @@ on_both_databases!(
     only_owners_delete_organizations,
     roles_are_listed_with_their_permissions,
     members_are_invited_once_with_a_known_role,
+    a_pending_members_id_changes_its_role_and_revokes_it,
     only_the_invited_person_accepts_an_invitation_once,
     members_are_filtered_by_role_and_searched,
     admins_change_roles_and_anyone_can_leave,
@@ -336,6 +337,133 @@ async fn members_are_invited_once_with_a_known_role(backend: Backend) {
         .map(|m| m["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["active", "pending_invite"]);
+}
+
+/// The id `POST …/members` answers for a pending member (`inv_…`) is a member id like any
+/// other: `PATCH` changes the invitation's role (with the authority inviting needs), `DELETE`
+/// revokes it.
+async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) {
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
+    let members = format!("{base}/members");
+    let res = srv
+        .post_as(
+            &members,
+            &alice.token,
+            &json!({"email": "carol@example.com", "name": "Carol", "role": "member"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let id = res.json["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("inv_"), "{id}");
+
+    let res = srv
+        .patch_as(
+            &format!("{members}/{id}"),
+            &alice.token,
+            &json!({"role": "editor"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["id"], id);
+    assert_eq!(res.json["role"], "editor");
+    assert_eq!(res.json["status"], "pending_invite");
+    assert_eq!(res.json["name"], "Carol");
+    let list = srv.get_as(&members, &alice.token).await;
+    let listed = list.json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .expect("the pending member is listed");
+    assert_eq!(listed["role"], "editor");
+    let audit = srv.get_as(&format!("{base}/audit"), &alice.token).await;
+    assert_eq!(audit.json["events"][0]["action"], "invitation.updated");
+    assert_eq!(
+        audit.json["events"][0]["metadata"],
+        json!({"role": "editor", "previous_role": "member"})
+    );
+
+    // The authority of inviting: an admin cannot make an owner, a viewer changes nothing.
+    let org_id = base.trim_start_matches("/v1/organizations/");
+    let boss = a_person(&srv, "boss@example.com").await;
+    add_member(&srv, org_id, &boss.id, Role::Admin).await;
+    let viewer = a_person(&srv, "viewer@example.com").await;
+    add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
+    srv.patch_as(
+        &format!("{members}/{id}"),
+        &boss.token,
+        &json!({"role": "owner"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    srv.patch_as(
+        &format!("{members}/{id}"),
+        &boss.token,
+        &json!({"role": "god"}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    srv.patch_as(
+        &format!("{members}/{id}"),
+        &viewer.token,
+        &json!({"role": "viewer"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    srv.delete_as(&format!("{members}/{id}"), &viewer.token)
+        .await
+        .assert_error(403, "forbidden");
+    let unknown = "inv_00000000000000000000000000";
+    srv.patch_as(
+        &format!("{members}/{unknown}"),
+        &alice.token,
+        &json!({"role": "viewer"}),
+    )
+    .await
+    .assert_error(404, "not_found");
+    srv.delete_as(&format!("{members}/{unknown}"), &alice.token)
+        .await
+        .assert_error(404, "not_found");
+
+    // DELETE revokes the invitation: gone from the members, revoked among the invitations,
+    // and no longer changeable.
+    let res = srv.delete_as(&format!("{members}/{id}"), &boss.token).await;
+    assert_eq!(res.status, 204, "{}", res.text);
+    let list = srv.get_as(&members, &alice.token).await;
+    assert!(!list.text.contains(&id), "{}", list.text);
+    let revoked = srv
+        .get_as(&format!("{base}/invitations?status=revoked"), &alice.token)
+        .await;
+    assert_eq!(revoked.json["invitations"][0]["id"], id.as_str());
+    srv.patch_as(
+        &format!("{members}/{id}"),
+        &alice.token,
+        &json!({"role": "viewer"}),
+    )
+    .await
+    .assert_error(409, "conflict");
+
+    // An accepted invitation's id is no pending member any more.
+    bob_joins(&srv, &admin, &alice, &base).await;
+    let accepted = srv
+        .get_as(&format!("{base}/invitations?status=accepted"), &alice.token)
+        .await;
+    let accepted_id = accepted.json["invitations"][0]["id"].as_str().unwrap();
+    srv.patch_as(
+        &format!("{members}/{accepted_id}"),
+        &alice.token,
+        &json!({"role": "viewer"}),
+    )
+    .await
+    .assert_error(409, "conflict");
+    srv.delete_as(&format!("{members}/{accepted_id}"), &alice.token)
+        .await
+        .assert_error(409, "conflict");
 }
 
 async fn only_the_invited_person_accepts_an_invitation_once(backend: Backend) {
