@@ -19,6 +19,7 @@ on_both_databases!(
     roles_are_listed_with_their_permissions,
     members_are_invited_once_with_a_known_role,
     a_pending_members_id_changes_its_role_and_revokes_it,
+    members_count_agrees_with_the_members_list,
     only_the_invited_person_accepts_an_invitation_once,
     members_are_filtered_by_role_and_searched,
     admins_change_roles_and_anyone_can_leave,
@@ -464,6 +465,38 @@ async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) 
     srv.delete_as(&format!("{members}/{accepted_id}"), &alice.token)
         .await
         .assert_error(409, "conflict");
+}
+
+/// `members_count` counts what the members list shows: members and live invitations (an
+/// expired one is in neither), wherever an organization is shown.
+async fn members_count_agrees_with_the_members_list(backend: Backend) {
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
+    let org_id = base.trim_start_matches("/v1/organizations/");
+    let dan = a_person(&srv, "dan@example.com").await;
+    add_member(&srv, org_id, &dan.id, Role::Member).await;
+    invite_bob(&srv, &admin, &alice, &base).await;
+    let (expired, _) = invite_carol(&srv, &admin, &alice, &base).await;
+    expire_invitation(&srv, &expired).await;
+
+    let total = srv
+        .get_as(&format!("{base}/members"), &alice.token)
+        .await
+        .json["total"]
+        .clone();
+    assert_eq!(total, 3, "alice, dan and the pending bob");
+    assert_eq!(
+        srv.get_as(&base, &alice.token).await.json["members_count"],
+        total
+    );
+    let mine = srv.get_as("/v1/organizations", &alice.token).await;
+    assert_eq!(mine.json["organizations"][0]["members_count"], total);
+    let all = srv.get_as("/v1/admin/organizations", &admin).await;
+    assert_eq!(all.json["organizations"][0]["members_count"], total);
 }
 
 async fn only_the_invited_person_accepts_an_invitation_once(backend: Backend) {
