@@ -11,6 +11,7 @@ use gatehouse::orgs::roles::Role;
 use serde_json::{json, Value};
 
 on_both_databases!(
+    sessions_and_signing_keys_page_with_limit_and_offset,
     registration_validates_and_returns_tokens,
     email_verification_codes_are_single_use_with_five_attempts,
     login_answers_are_identical_for_unknown_email_and_wrong_password,
@@ -1061,4 +1062,26 @@ async fn mail_is_delivered_over_smtp_when_configured() {
         )
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
+}
+
+async fn sessions_and_signing_keys_page_with_limit_and_offset(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    srv.register("pager@example.com").await;
+    srv.login("pager@example.com", PASSWORD).await;
+    let token = srv.login("pager@example.com", PASSWORD).await;
+    srv.assert_pages("/v1/me/sessions", &token, "sessions", 3)
+        .await;
+
+    for _ in 0..2 {
+        let res = srv
+            .post_as("/v1/admin/signing-keys/rotate", &admin, &json!({}))
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+    }
+    srv.assert_pages("/v1/admin/signing-keys", &admin, "signing_keys", 3)
+        .await;
+    srv.get_as("/v1/admin/signing-keys?limit=101", &admin)
+        .await
+        .assert_error(400, "invalid_request");
 }

@@ -30,6 +30,7 @@ on_both_databases!(
     registration_with_an_invitation_joins_the_organization,
     projects_are_validated_listed_renamed_and_deleted,
     configs_hold_any_json_value_with_validated_keys_and_sizes,
+    configs_and_roles_page_with_limit_and_offset,
     storage_credentials_are_write_only_and_encrypted_at_rest,
     ip_allowlist_is_enforced_behind_trusted_proxies_only,
     platform_admin_lists_and_suspends_organizations,
@@ -969,6 +970,30 @@ async fn projects_are_validated_listed_renamed_and_deleted(backend: Backend) {
     srv.get_as(&format!("{base}/projects/{pid}"), &alice.token)
         .await
         .assert_error(404, "not_found");
+}
+
+async fn configs_and_roles_page_with_limit_and_offset(backend: Backend) {
+    let (srv, alice, _, base, viewer) = acme_with_a_viewer(backend).await;
+    for key in ["a.flag", "b.limit", "c.theme"] {
+        let res = srv
+            .put_as(
+                &format!("{base}/configs/{key}"),
+                &alice.token,
+                &json!({"value": key}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    srv.assert_pages(&format!("{base}/configs"), &viewer.token, "configs", 3)
+        .await;
+    srv.assert_pages("/v1/roles", &viewer.token, "roles", 5)
+        .await;
+    srv.get_as(&format!("{base}/configs?limit=0"), &viewer.token)
+        .await
+        .assert_error(400, "invalid_request");
+    srv.get_as("/v1/roles?offset=-1", &viewer.token)
+        .await
+        .assert_error(400, "invalid_request");
 }
 
 async fn configs_hold_any_json_value_with_validated_keys_and_sizes(backend: Backend) {
