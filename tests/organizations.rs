@@ -362,14 +362,17 @@ async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) 
     assert_eq!(res.status, 201, "{}", res.text);
     let id = res.json["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("inv_"), "{id}");
+    let set_role = |token: &str, member: &str, role: &str| {
+        let (srv, path, token) = (&srv, format!("{members}/{member}"), token.to_string());
+        let body = json!({ "role": role });
+        async move { srv.patch_as(&path, &token, &body).await }
+    };
+    let remove = |token: &str, member: &str| {
+        let (srv, path, token) = (&srv, format!("{members}/{member}"), token.to_string());
+        async move { srv.delete_as(&path, &token).await }
+    };
 
-    let res = srv
-        .patch_as(
-            &format!("{members}/{id}"),
-            &alice.token,
-            &json!({"role": "editor"}),
-        )
-        .await;
+    let res = set_role(&alice.token, &id, "editor").await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(res.json["id"], id);
     assert_eq!(res.json["role"], "editor");
@@ -390,51 +393,34 @@ async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) 
         json!({"role": "editor", "previous_role": "member"})
     );
 
-    // The authority of inviting: an admin cannot make an owner, a viewer changes nothing.
+    // The authority of inviting: an admin cannot make an owner, a viewer changes nothing; an
+    // unknown invitation is not found.
     let org_id = base.trim_start_matches("/v1/organizations/");
     let boss = a_person(&srv, "boss@example.com").await;
     add_member(&srv, org_id, &boss.id, Role::Admin).await;
     let viewer = a_person(&srv, "viewer@example.com").await;
     add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
-    srv.patch_as(
-        &format!("{members}/{id}"),
-        &boss.token,
-        &json!({"role": "owner"}),
-    )
-    .await
-    .assert_error(403, "forbidden");
-    srv.patch_as(
-        &format!("{members}/{id}"),
-        &boss.token,
-        &json!({"role": "god"}),
-    )
-    .await
-    .assert_error(400, "invalid_request");
-    srv.patch_as(
-        &format!("{members}/{id}"),
-        &viewer.token,
-        &json!({"role": "viewer"}),
-    )
-    .await
-    .assert_error(403, "forbidden");
-    srv.delete_as(&format!("{members}/{id}"), &viewer.token)
+    let unknown = "inv_00000000000000000000000000";
+    for (token, member, role, status, code) in [
+        (&boss.token, id.as_str(), "owner", 403, "forbidden"),
+        (&boss.token, &id, "god", 400, "invalid_request"),
+        (&viewer.token, &id, "viewer", 403, "forbidden"),
+        (&alice.token, unknown, "viewer", 404, "not_found"),
+    ] {
+        set_role(token, member, role)
+            .await
+            .assert_error(status, code);
+    }
+    remove(&viewer.token, &id)
         .await
         .assert_error(403, "forbidden");
-    let unknown = "inv_00000000000000000000000000";
-    srv.patch_as(
-        &format!("{members}/{unknown}"),
-        &alice.token,
-        &json!({"role": "viewer"}),
-    )
-    .await
-    .assert_error(404, "not_found");
-    srv.delete_as(&format!("{members}/{unknown}"), &alice.token)
+    remove(&alice.token, unknown)
         .await
         .assert_error(404, "not_found");
 
     // DELETE revokes the invitation: gone from the members, revoked among the invitations,
     // and no longer changeable.
-    let res = srv.delete_as(&format!("{members}/{id}"), &boss.token).await;
+    let res = remove(&boss.token, &id).await;
     assert_eq!(res.status, 204, "{}", res.text);
     let list = srv.get_as(&members, &alice.token).await;
     assert!(!list.text.contains(&id), "{}", list.text);
@@ -442,13 +428,9 @@ async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) 
         .get_as(&format!("{base}/invitations?status=revoked"), &alice.token)
         .await;
     assert_eq!(revoked.json["invitations"][0]["id"], id.as_str());
-    srv.patch_as(
-        &format!("{members}/{id}"),
-        &alice.token,
-        &json!({"role": "viewer"}),
-    )
-    .await
-    .assert_error(409, "conflict");
+    set_role(&alice.token, &id, "viewer")
+        .await
+        .assert_error(409, "conflict");
 
     // An accepted invitation's id is no pending member any more.
     bob_joins(&srv, &admin, &alice, &base).await;
@@ -456,14 +438,10 @@ async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) 
         .get_as(&format!("{base}/invitations?status=accepted"), &alice.token)
         .await;
     let accepted_id = accepted.json["invitations"][0]["id"].as_str().unwrap();
-    srv.patch_as(
-        &format!("{members}/{accepted_id}"),
-        &alice.token,
-        &json!({"role": "viewer"}),
-    )
-    .await
-    .assert_error(409, "conflict");
-    srv.delete_as(&format!("{members}/{accepted_id}"), &alice.token)
+    set_role(&alice.token, accepted_id, "viewer")
+        .await
+        .assert_error(409, "conflict");
+    remove(&alice.token, accepted_id)
         .await
         .assert_error(409, "conflict");
 }

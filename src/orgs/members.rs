@@ -209,21 +209,25 @@ pub async fn list_invitations(
     ))
 }
 
+/// Refuses an invitation that was accepted or revoked (a conflict); a pending one, expired or
+/// not, can still be resent or changed.
+fn still_open(inv: &Invitation) -> Result<(), Error> {
+    match inv.status {
+        InvitationStatus::Accepted | InvitationStatus::Revoked => Err(Error::conflict(format!(
+            "This invitation is {}",
+            inv.status
+        ))),
+        InvitationStatus::Pending | InvitationStatus::Expired => Ok(()),
+    }
+}
+
 pub async fn resend_invitation(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, Error> {
     let inv = store::invitation(&state.db, access.org_id(), &id).await?;
-    if matches!(
-        inv.status,
-        InvitationStatus::Accepted | InvitationStatus::Revoked
-    ) {
-        return Err(Error::conflict(format!(
-            "This invitation is {}",
-            inv.status
-        )));
-    }
+    still_open(&inv)?;
     let (token, hash) = new_token();
     store::renew_invitation(&state.db, &id, &hash, &expiry()).await?;
     let org_name = organizations::store::name(&state.db, access.org_id()).await?;
@@ -277,15 +281,7 @@ async fn change_invitation_role<P>(
 ) -> Result<Value, Error> {
     let org_id = access.org_id();
     let inv = store::invitation(&state.db, org_id, id).await?;
-    if matches!(
-        inv.status,
-        InvitationStatus::Accepted | InvitationStatus::Revoked
-    ) {
-        return Err(Error::conflict(format!(
-            "This invitation is {}",
-            inv.status
-        )));
-    }
+    still_open(&inv)?;
     Change::new(
         "invitation.updated",
         "invitation",
