@@ -1448,7 +1448,8 @@ async fn assert_nothing_of_a_changed(w: &TwoOrganizations) {
     // Nothing of A changed.
     let org = srv.get_as(base, &alice.token).await;
     assert_eq!(org.json["name"], "Secret A");
-    assert_eq!(org.json["members_count"], 2);
+    // Alice, Bob and the pending invitee.
+    assert_eq!(org.json["members_count"], 3);
     assert_eq!(
         srv.get_as(&format!("{base}/projects/{project_id}"), &alice.token)
             .await
