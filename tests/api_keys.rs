@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 on_both_databases!(
     keys_are_shown_once_and_stored_hashed,
     key_input_is_validated,
+    keys_are_listed_by_project,
     keys_authenticate_with_their_scopes_only,
     a_key_never_exceeds_its_creators_role,
     patch_revoke_and_disable_take_effect_at_once,
@@ -130,6 +131,49 @@ async fn key_input_is_validated(backend: Backend) {
     let k = o.a_key(&srv, &o.owner, json!({"name": "limited", "rate_limit": {"requests_per_minute": 30, "tokens_per_minute": 1000}, "expires_in_days": 7})).await;
     assert_eq!(k["rate_limit"]["requests_per_minute"], 30);
     assert!(k["expires_at"].is_string());
+}
+
+async fn keys_are_listed_by_project(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = org(&srv).await;
+    let project = srv
+        .post_as(
+            &format!("{}/projects", o.base),
+            &o.owner,
+            &json!({"name": "web"}),
+        )
+        .await;
+    assert_eq!(project.status, 201, "{}", project.text);
+    let project_id = project.json["id"].as_str().unwrap();
+    let k = o
+        .a_key(
+            &srv,
+            &o.owner,
+            json!({"name": "web", "project_id": project_id}),
+        )
+        .await;
+    o.a_key(&srv, &o.owner, json!({"name": "unbound"})).await;
+
+    let list = |query: String| {
+        let path = format!("{}/api-keys?{query}", o.base);
+        let srv = &srv;
+        let owner = o.owner.clone();
+        async move { srv.get_as(&path, &owner).await }
+    };
+    assert_eq!(list(String::new()).await.json["total"], 2);
+    let of_project = list(format!("project_id={project_id}")).await;
+    assert_eq!(of_project.json["total"], 1, "{}", of_project.text);
+    assert_eq!(of_project.json["api_keys"][0]["id"], k["id"]);
+    // An unknown project has no keys: an empty list, not an error.
+    let unknown = list("project_id=proj_unknown".into()).await;
+    assert_eq!(unknown.status, 200, "{}", unknown.text);
+    assert_eq!(unknown.json["total"], 0);
+    assert_eq!(unknown.json["api_keys"], json!([]));
+    let err = list(format!("project_id={}", "p".repeat(65)))
+        .await
+        .assert_error(400, "invalid_request")
+        .clone();
+    assert_eq!(err["details"][0]["field"], "project_id");
 }
 
 async fn keys_authenticate_with_their_scopes_only(backend: Backend) {

@@ -19,6 +19,7 @@ on_both_databases!(
     the_audit_log_holds_the_organizations_changes_for_admins_only,
     security_events_reach_the_platform_audit_log_only,
     audit_exports_stream_csv_and_ndjson,
+    a_private_webhook_target_is_refused_naming_the_operator_switch,
 );
 
 async fn start(backend: Backend) -> TestServer {
@@ -374,4 +375,36 @@ async fn audit_exports_stream_csv_and_ndjson(backend: Backend) {
     srv.get_as(&format!("{base}/audit?format=xml"), &a)
         .await
         .assert_error(400, "invalid_request");
+}
+
+async fn a_private_webhook_target_is_refused_naming_the_operator_switch(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let alice = a_person(&srv, "alice@example.com").await;
+    let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
+    let res = srv
+        .post_as(
+            &format!("{base}/webhooks"),
+            &alice.token,
+            &json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]}),
+        )
+        .await;
+    let err = res.assert_error(400, "invalid_request");
+    assert_eq!(err["details"][0]["field"], "url", "{}", res.text);
+    let message = err["details"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("non-public")
+            && message.contains("allow_private_webhook_targets")
+            && message.contains("GATEHOUSE_ALLOW_PRIVATE_WEBHOOK_TARGETS"),
+        "{message}"
+    );
+    // Other refusals say only what is wrong with the URL.
+    let res = srv
+        .post_as(
+            &format!("{base}/webhooks"),
+            &alice.token,
+            &json!({"url": "ftp://example.com/hook", "events": ["*"]}),
+        )
+        .await;
+    let err = res.assert_error(400, "invalid_request");
+    assert_eq!(err["details"][0]["message"], "must be an http or https URL");
 }

@@ -4,13 +4,15 @@ mod common;
 
 use common::{
     find_code,
-    fixtures::{add_member, an_org_row},
+    fixtures::{add_member, an_org, an_org_row, token},
     Backend, ServerOptions, TestServer, PASSWORD,
 };
 use gatehouse::orgs::roles::Role;
 use serde_json::{json, Value};
 
 on_both_databases!(
+    an_api_key_on_a_token_only_route_is_told_which_credential_it_takes,
+    sessions_and_signing_keys_page_with_limit_and_offset,
     registration_validates_and_returns_tokens,
     email_verification_codes_are_single_use_with_five_attempts,
     login_answers_are_identical_for_unknown_email_and_wrong_password,
@@ -1097,4 +1099,85 @@ async fn mail_is_delivered_over_smtp_when_configured() {
         )
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
+}
+
+async fn sessions_and_signing_keys_page_with_limit_and_offset(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    srv.register("pager@example.com").await;
+    srv.login("pager@example.com", PASSWORD).await;
+    let token = srv.login("pager@example.com", PASSWORD).await;
+    srv.assert_pages("/v1/me/sessions", &token, "sessions", 3)
+        .await;
+
+    for _ in 0..2 {
+        let res = srv
+            .post_as("/v1/admin/signing-keys/rotate", &admin, &json!({}))
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+    }
+    srv.assert_pages("/v1/admin/signing-keys", &admin, "signing_keys", 3)
+        .await;
+    srv.get_as("/v1/admin/signing-keys?limit=101", &admin)
+        .await
+        .assert_error(400, "invalid_request");
+}
+
+/// `/v1/me` and `/v1/admin/*` take a user's access token only: an API key there (as a bearer or
+/// in `X-API-Key`) is told so, not that it is an invalid token.
+async fn an_api_key_on_a_token_only_route_is_told_which_credential_it_takes(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let org = an_org(&srv).await;
+    let key = token(&org.a_key(&srv, &org.owner, json!({"name": "ci"})).await);
+    assert!(key.starts_with("sk_live_"));
+    let says_token_not_key = |res: &common::Response| {
+        let err = res.assert_error(401, "unauthorized");
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains("user access token") && message.contains("not an API key"),
+            "{message}"
+        );
+    };
+    for path in ["/v1/me", "/v1/admin/users"] {
+        says_token_not_key(&srv.get_as(path, &key).await);
+        let res = srv
+            .send(srv.client.get(srv.url(path)).header("X-API-Key", &key))
+            .await;
+        says_token_not_key(&res);
+    }
+    // The same key is fine where keys are taken, and an access token still works here even
+    // beside an X-API-Key header.
+    assert_eq!(
+        srv.get_as(&format!("{}/api-keys", org.base), &key)
+            .await
+            .status,
+        200
+    );
+    let res = srv
+        .send(
+            srv.client
+                .get(srv.url("/v1/me"))
+                .bearer_auth(&org.owner)
+                .header("X-API-Key", &key),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    // Other failures keep their messages.
+    let garbage = srv.get_as("/v1/me", "not-a-token").await;
+    let err = garbage.assert_error(401, "unauthorized");
+    assert!(
+        err["message"].as_str().unwrap().contains("invalid"),
+        "{}",
+        garbage.text
+    );
+    let none = srv.get("/v1/me").await;
+    let err = none.assert_error(401, "unauthorized");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authentication required"),
+        "{}",
+        none.text
+    );
 }

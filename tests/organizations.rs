@@ -18,6 +18,8 @@ on_both_databases!(
     only_owners_delete_organizations,
     roles_are_listed_with_their_permissions,
     members_are_invited_once_with_a_known_role,
+    a_pending_members_id_changes_its_role_and_revokes_it,
+    members_count_agrees_with_the_members_list,
     only_the_invited_person_accepts_an_invitation_once,
     members_are_filtered_by_role_and_searched,
     admins_change_roles_and_anyone_can_leave,
@@ -28,6 +30,7 @@ on_both_databases!(
     registration_with_an_invitation_joins_the_organization,
     projects_are_validated_listed_renamed_and_deleted,
     configs_hold_any_json_value_with_validated_keys_and_sizes,
+    configs_and_roles_page_with_limit_and_offset,
     storage_credentials_are_write_only_and_encrypted_at_rest,
     ip_allowlist_is_enforced_behind_trusted_proxies_only,
     platform_admin_lists_and_suspends_organizations,
@@ -336,6 +339,143 @@ async fn members_are_invited_once_with_a_known_role(backend: Backend) {
         .map(|m| m["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["active", "pending_invite"]);
+}
+
+/// The id `POST …/members` answers for a pending member (`inv_…`) is a member id like any
+/// other: `PATCH` changes the invitation's role (with the authority inviting needs), `DELETE`
+/// revokes it.
+async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) {
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
+    let members = format!("{base}/members");
+    let res = srv
+        .post_as(
+            &members,
+            &alice.token,
+            &json!({"email": "carol@example.com", "name": "Carol", "role": "member"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let id = res.json["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("inv_"), "{id}");
+    let set_role = |token: &str, member: &str, role: &str| {
+        let (srv, path, token) = (&srv, format!("{members}/{member}"), token.to_string());
+        let body = json!({ "role": role });
+        async move { srv.patch_as(&path, &token, &body).await }
+    };
+    let remove = |token: &str, member: &str| {
+        let (srv, path, token) = (&srv, format!("{members}/{member}"), token.to_string());
+        async move { srv.delete_as(&path, &token).await }
+    };
+
+    let res = set_role(&alice.token, &id, "editor").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["id"], id);
+    assert_eq!(res.json["role"], "editor");
+    assert_eq!(res.json["status"], "pending_invite");
+    assert_eq!(res.json["name"], "Carol");
+    let list = srv.get_as(&members, &alice.token).await;
+    let listed = list.json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .expect("the pending member is listed");
+    assert_eq!(listed["role"], "editor");
+    let audit = srv.get_as(&format!("{base}/audit"), &alice.token).await;
+    assert_eq!(audit.json["events"][0]["action"], "invitation.updated");
+    assert_eq!(
+        audit.json["events"][0]["metadata"],
+        json!({"role": "editor", "previous_role": "member"})
+    );
+
+    // The authority of inviting: an admin cannot make an owner, a viewer changes nothing; an
+    // unknown invitation is not found.
+    let org_id = base.trim_start_matches("/v1/organizations/");
+    let boss = a_person(&srv, "boss@example.com").await;
+    add_member(&srv, org_id, &boss.id, Role::Admin).await;
+    let viewer = a_person(&srv, "viewer@example.com").await;
+    add_member(&srv, org_id, &viewer.id, Role::Viewer).await;
+    let unknown = "inv_00000000000000000000000000";
+    for (token, member, role, status, code) in [
+        (&boss.token, id.as_str(), "owner", 403, "forbidden"),
+        (&boss.token, &id, "god", 400, "invalid_request"),
+        (&viewer.token, &id, "viewer", 403, "forbidden"),
+        (&alice.token, unknown, "viewer", 404, "not_found"),
+    ] {
+        set_role(token, member, role)
+            .await
+            .assert_error(status, code);
+    }
+    remove(&viewer.token, &id)
+        .await
+        .assert_error(403, "forbidden");
+    remove(&alice.token, unknown)
+        .await
+        .assert_error(404, "not_found");
+
+    // DELETE revokes the invitation: gone from the members, revoked among the invitations,
+    // and no longer changeable.
+    let res = remove(&boss.token, &id).await;
+    assert_eq!(res.status, 204, "{}", res.text);
+    let list = srv.get_as(&members, &alice.token).await;
+    assert!(!list.text.contains(&id), "{}", list.text);
+    let revoked = srv
+        .get_as(&format!("{base}/invitations?status=revoked"), &alice.token)
+        .await;
+    assert_eq!(revoked.json["invitations"][0]["id"], id.as_str());
+    set_role(&alice.token, &id, "viewer")
+        .await
+        .assert_error(409, "conflict");
+
+    // An accepted invitation's id is no pending member any more.
+    bob_joins(&srv, &admin, &alice, &base).await;
+    let accepted = srv
+        .get_as(&format!("{base}/invitations?status=accepted"), &alice.token)
+        .await;
+    let accepted_id = accepted.json["invitations"][0]["id"].as_str().unwrap();
+    set_role(&alice.token, accepted_id, "viewer")
+        .await
+        .assert_error(409, "conflict");
+    remove(&alice.token, accepted_id)
+        .await
+        .assert_error(409, "conflict");
+}
+
+/// `members_count` counts what the members list shows: members and live invitations (an
+/// expired one is in neither), wherever an organization is shown.
+async fn members_count_agrees_with_the_members_list(backend: Backend) {
+    let Acme {
+        srv,
+        admin,
+        alice,
+        base,
+    } = acme(backend).await;
+    let org_id = base.trim_start_matches("/v1/organizations/");
+    let dan = a_person(&srv, "dan@example.com").await;
+    add_member(&srv, org_id, &dan.id, Role::Member).await;
+    invite_bob(&srv, &admin, &alice, &base).await;
+    let (expired, _) = invite_carol(&srv, &admin, &alice, &base).await;
+    expire_invitation(&srv, &expired).await;
+
+    let total = srv
+        .get_as(&format!("{base}/members"), &alice.token)
+        .await
+        .json["total"]
+        .clone();
+    assert_eq!(total, 3, "alice, dan and the pending bob");
+    assert_eq!(
+        srv.get_as(&base, &alice.token).await.json["members_count"],
+        total
+    );
+    let mine = srv.get_as("/v1/organizations", &alice.token).await;
+    assert_eq!(mine.json["organizations"][0]["members_count"], total);
+    let all = srv.get_as("/v1/admin/organizations", &admin).await;
+    assert_eq!(all.json["organizations"][0]["members_count"], total);
 }
 
 async fn only_the_invited_person_accepts_an_invitation_once(backend: Backend) {
@@ -808,6 +948,30 @@ async fn projects_are_validated_listed_renamed_and_deleted(backend: Backend) {
     srv.get_as(&format!("{base}/projects/{pid}"), &alice.token)
         .await
         .assert_error(404, "not_found");
+}
+
+async fn configs_and_roles_page_with_limit_and_offset(backend: Backend) {
+    let (srv, alice, _, base, viewer) = acme_with_a_viewer(backend).await;
+    for key in ["a.flag", "b.limit", "c.theme"] {
+        let res = srv
+            .put_as(
+                &format!("{base}/configs/{key}"),
+                &alice.token,
+                &json!({"value": key}),
+            )
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    srv.assert_pages(&format!("{base}/configs"), &viewer.token, "configs", 3)
+        .await;
+    srv.assert_pages("/v1/roles", &viewer.token, "roles", 5)
+        .await;
+    srv.get_as(&format!("{base}/configs?limit=0"), &viewer.token)
+        .await
+        .assert_error(400, "invalid_request");
+    srv.get_as("/v1/roles?offset=-1", &viewer.token)
+        .await
+        .assert_error(400, "invalid_request");
 }
 
 async fn configs_hold_any_json_value_with_validated_keys_and_sizes(backend: Backend) {
@@ -1284,7 +1448,8 @@ async fn assert_nothing_of_a_changed(w: &TwoOrganizations) {
     // Nothing of A changed.
     let org = srv.get_as(base, &alice.token).await;
     assert_eq!(org.json["name"], "Secret A");
-    assert_eq!(org.json["members_count"], 2);
+    // Alice, Bob and the pending invitee.
+    assert_eq!(org.json["members_count"], 3);
     assert_eq!(
         srv.get_as(&format!("{base}/projects/{project_id}"), &alice.token)
             .await

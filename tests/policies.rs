@@ -21,6 +21,7 @@ on_both_databases!(
     block_redact_and_flag_act_on_openai_requests,
     violations_are_recorded_masked_and_linked_to_their_log_entry,
     violations_are_filtered_paged_and_each_is_an_event,
+    a_violations_audit_row_names_the_requests_address_agent_and_id,
     every_provider_format_is_inspected,
     answers_are_checked_whole_or_when_the_stream_ends,
     model_and_max_tokens_rules,
@@ -439,6 +440,60 @@ async fn violations_are_filtered_paged_and_each_is_an_event(backend: Backend) {
         "{}",
         audit.text
     );
+}
+
+/// The `policy.violation` audit row of a gateway request carries that request's address, user
+/// agent and request id, whether the request was refused or forwarded.
+async fn a_violations_audit_row_names_the_requests_address_agent_and_id(backend: Backend) {
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
+    policy(
+        &srv,
+        &o,
+        json!({"name": "Codenames", "type": "keyword", "action": "block", "config": {"keywords": ["blue harbor"]}}),
+    )
+    .await;
+    policy(
+        &srv,
+        &o,
+        json!({"name": "Watch", "type": "keyword", "action": "flag", "config": {"keywords": ["lighthouse"]}}),
+    )
+    .await;
+    let send = |text: &str, agent: &str| {
+        let req = srv
+            .client
+            .post(srv.url("/openai/v1/chat/completions"))
+            .bearer_auth(&gw)
+            .header("user-agent", agent)
+            .json(&chat(text));
+        srv.send(req)
+    };
+    let blocked = send("status of blue harbor", "paper-cuts-block/1.0").await;
+    blocked.assert_error(403, "policy_violation");
+    let flagged = send("the lighthouse is lit", "paper-cuts-flag/1.0").await;
+    assert_eq!(flagged.status, 200, "{}", flagged.text);
+    srv.wait_for_usage_logs(2).await;
+
+    let audit = srv
+        .get_as(
+            &format!("{}/audit?action=policy.violation", o.base),
+            &o.owner,
+        )
+        .await;
+    let rows = audit.json["events"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{}", audit.text);
+    for (res, agent) in [
+        (&blocked, "paper-cuts-block/1.0"),
+        (&flagged, "paper-cuts-flag/1.0"),
+    ] {
+        let request_id = res.header("x-request-id").unwrap();
+        let row = rows
+            .iter()
+            .find(|r| r["request_id"] == request_id)
+            .unwrap_or_else(|| panic!("no row for {request_id}: {}", audit.text));
+        assert_eq!(row["actor_type"], "api_key");
+        assert_eq!(row["ip_address"], "127.0.0.1");
+        assert_eq!(row["user_agent"], agent);
+    }
 }
 
 async fn every_provider_format_is_inspected(backend: Backend) {

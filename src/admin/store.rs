@@ -17,7 +17,7 @@ use crate::{
     events::change::found,
     http::pagination::{List, Page},
     orgs::{
-        organizations::{Organization, ORG_SELECT},
+        organizations::{org_select, Organization},
         projects::{self, Project},
     },
     storage::{self, Db, Sql},
@@ -123,7 +123,7 @@ pub async fn organizations(
     page.fetch(
         db,
         "organizations",
-        ORG_SELECT,
+        &org_select(db.backend()),
         &filter,
         "o.id DESC",
         Organization::from_row,

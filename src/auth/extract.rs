@@ -2,7 +2,8 @@
 //! (`AuthUser`, `PlatformAdmin`) and cannot forget to check.
 //!
 //! A user access token is accepted only while its session is live and its user active, so
-//! logout, a password reset or a suspension take effect on the next request.
+//! logout, a password reset or a suspension take effect on the next request. An API key on a
+//! route that takes only access tokens is told so (401), not that it is an invalid token.
 
 use axum::{
     extract::FromRequestParts,
@@ -55,11 +56,18 @@ impl FromRequestParts<AppState> for AuthUser {
         if let Some(cached) = parts.extensions.get::<AuthUser>() {
             return Ok(cached.clone());
         }
-        let token = bearer(parts).ok_or_else(|| {
-            Error::unauthorized(
-                "Authentication required: send Authorization: Bearer <access token>",
-            )
-        })?;
+        let Some(token) = bearer(parts).filter(|t| !crate::keys::cache::looks_like_key(t)) else {
+            return Err(if crate::orgs::access::presented_key(parts).is_some() {
+                Error::unauthorized(
+                    "This route takes a user access token (Authorization: Bearer <access \
+                         token>, from POST /v1/auth/login), not an API key",
+                )
+            } else {
+                Error::unauthorized(
+                    "Authentication required: send Authorization: Bearer <access token>",
+                )
+            });
+        };
         if token.len() > 4096 {
             return Err(Error::unauthorized(
                 "The access token is invalid or expired",

@@ -10,7 +10,8 @@ use sqlx::{any::AnyRow, Row};
 use super::{
     outbox::{self, Target},
     signing::WebhookSecret,
-    ssrf, ActorContext, NewEvent, Scope, ALL_EVENTS, EVENT_TYPES,
+    ssrf::{self, TargetError},
+    ActorContext, NewEvent, Scope, ALL_EVENTS, EVENT_TYPES,
 };
 use crate::{
     app::AppState,
@@ -117,11 +118,21 @@ pub struct RotatedSecret {
 }
 
 /// Checks a URL's form and, unless the configuration allows private targets, where it resolves.
+/// A non-public target's refusal names the operator's switch.
 async fn check_url(url: &str, allow_private: bool) -> Result<String, FieldError> {
     let parsed = ssrf::parse_url(url).map_err(|e| FieldError::new("url", e.to_string()))?;
     ssrf::vet_url(&parsed, allow_private)
         .await
-        .map_err(|e| FieldError::new("url", e.to_string()))?;
+        .map_err(|e| match e {
+            TargetError::NonPublic(_) => FieldError::new(
+                "url",
+                format!(
+                    "{e}; an operator can allow private webhook targets with \
+                     allow_private_webhook_targets = true (GATEHOUSE_ALLOW_PRIVATE_WEBHOOK_TARGETS)"
+                ),
+            ),
+            e => FieldError::new("url", e.to_string()),
+        })?;
     Ok(parsed.to_string())
 }
 

@@ -452,7 +452,7 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
     if let (true, Some((_, d))) = (model.is_empty(), &deployment) {
         model = d.clone();
     }
-    let entry = UsageRecord {
+    let mut entry = UsageRecord {
         id: crate::ids::LogId::generate().into(),
         organization_id: key.organization_id.clone(),
         key_id: key.id.clone(),
@@ -466,6 +466,12 @@ async fn handle(spec: &Spec, state: AppState, req: Request) -> Result<Response, 
 
     // The organization's policies, compiled once per organization (cached on every node).
     let policies = state.policies.get(&state.db, &key.organization_id).await?;
+    if !policies.is_empty() {
+        // Who sent it, for the audit rows of its violations (only when there can be some).
+        entry.request = Some(std::sync::Arc::new(
+            (&RequestMeta::of(&parts, &state)).into(),
+        ));
+    }
     let mut violations = Vec::new();
     if policies.has_request_rules() {
         let outcome = policies.check_request(spec.format, Some(&model), &body);

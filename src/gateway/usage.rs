@@ -50,6 +50,9 @@ pub struct UsageRecord {
     pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// Policy violations of this request, stored with the entry.
     pub violations: Vec<crate::policies::violations::Found>,
+    /// The request's address, user agent and id, for the audit rows of its violations (kept
+    /// only when the organization has policies).
+    pub request: Option<Arc<crate::events::RequestMeta>>,
 }
 
 /// Prices per million tokens, from `data/prices.json`.
@@ -375,6 +378,7 @@ async fn write(
                 key_id: &r.key_id,
                 log_id: &r.id,
                 model: &r.model,
+                request: r.request.as_deref(),
             };
             crate::policies::violations::record(&mut tx, &ctx, &r.violations).await?;
         }

@@ -299,6 +299,7 @@ pub struct KeyFilter {
     #[serde(rename = "type")]
     key_type: Option<String>,
     environment: Option<String>,
+    project_id: Option<String>,
 }
 
 async fn list(
@@ -321,10 +322,22 @@ async fn list(
             .or(filter.environment),
         key_type: filter.key_type,
         status,
+        project_id: filter.project_id.map(bounded_project_id).transpose()?,
     };
     Ok(axum::Json(
         store::list(&state.db, access.org_id(), filter, &page).await?,
     ))
+}
+
+/// A `?project_id=` as given (an unknown project lists no keys), within an id's length.
+fn bounded_project_id(id: String) -> Result<String, Error> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(Error::invalid_field(
+            "project_id",
+            "must be a project id (proj_…), 1 to 64 characters",
+        ));
+    }
+    Ok(id)
 }
 
 async fn get(

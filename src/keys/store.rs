@@ -123,6 +123,8 @@ pub struct KeyFilter {
     pub environment: Option<String>,
     pub key_type: Option<String>,
     pub status: Option<StatusFilter>,
+    /// Only the keys of this project.
+    pub project_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +161,9 @@ pub async fn list(
     }
     if let Some(t) = filter.key_type {
         sql.and("type = ?", t);
+    }
+    if let Some(project) = filter.project_id {
+        sql.and("project_id = ?", project);
     }
     match filter.status {
         None => {}

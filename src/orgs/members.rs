@@ -173,19 +173,22 @@ pub async fn add(
     Json(body): Json<Invite>,
 ) -> Result<impl IntoResponse, Error> {
     let inv = invite(&state, &access, &body.email, &body.name, &body.role).await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({
-            "id": inv.id,
-            "invitation_id": inv.id,
-            "email": inv.email,
-            "name": body.name.trim(),
-            "role": inv.role,
-            "status": MemberStatus::PendingInvite,
-            "invitation_sent_at": inv.invitation_sent_at,
-            "expires_at": inv.expires_at,
-        })),
-    ))
+    Ok((StatusCode::CREATED, axum::Json(pending_member(&inv))))
+}
+
+/// An invitation shown as the pending member it makes (its id is the member's id).
+fn pending_member(inv: &Invitation) -> Value {
+    json!({
+        "id": inv.id,
+        "invitation_id": inv.id,
+        "organization_id": inv.organization_id,
+        "email": inv.email,
+        "name": inv.name,
+        "role": inv.role,
+        "status": MemberStatus::PendingInvite,
+        "invitation_sent_at": inv.invitation_sent_at,
+        "expires_at": inv.expires_at,
+    })
 }
 
 pub async fn create_invitation(
@@ -219,21 +222,25 @@ pub async fn list_invitations(
     ))
 }
 
+/// Refuses an invitation that was accepted or revoked (a conflict); a pending one, expired or
+/// not, can still be resent or changed.
+fn still_open(inv: &Invitation) -> Result<(), Error> {
+    match inv.status {
+        InvitationStatus::Accepted | InvitationStatus::Revoked => Err(Error::conflict(format!(
+            "This invitation is {}",
+            inv.status
+        ))),
+        InvitationStatus::Pending | InvitationStatus::Expired => Ok(()),
+    }
+}
+
 pub async fn resend_invitation(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, Error> {
     let inv = store::invitation(&state.db, access.org_id(), &id).await?;
-    if matches!(
-        inv.status,
-        InvitationStatus::Accepted | InvitationStatus::Revoked
-    ) {
-        return Err(Error::conflict(format!(
-            "This invitation is {}",
-            inv.status
-        )));
-    }
+    still_open(&inv)?;
     let (token, hash) = new_token();
     let days = ttl_days(&state);
     store::renew_invitation(&state.db, &id, &hash, &expiry(days)).await?;
@@ -249,21 +256,66 @@ pub async fn revoke_invitation(
     access: OrgAccess<perm::MembersManage>,
     Path((_, id)): Path<(String, String)>,
 ) -> Result<StatusCode, Error> {
-    let inv = store::invitation(&state.db, access.org_id(), &id).await?;
+    revoke(&state, &access, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes an invitation of the caller's organization (`DELETE …/invitations/{id}`, and
+/// `DELETE …/members/{id}` for a pending member); one already accepted is a conflict.
+async fn revoke<P>(state: &AppState, access: &OrgAccess<P>, id: &str) -> Result<(), Error> {
+    let inv = store::invitation(&state.db, access.org_id(), id).await?;
     if inv.status == InvitationStatus::Accepted {
         return Err(Error::conflict("This invitation was already accepted"));
     }
     Change::new(
         "invitation.revoked",
         "invitation",
-        &id,
+        id,
         json!({"id": id, "email": inv.email}),
     )
-    .write(&state, &access, async |tx| {
-        store::revoke_invitation(tx, &id).await
+    .write(state, access, async |tx| {
+        store::revoke_invitation(tx, id).await
+    })
+    .await
+}
+
+/// Whether a member id is a pending member's: the id of their invitation (`inv_…`), as
+/// `POST …/members` and the members list show it.
+fn is_pending_member(id: &str) -> bool {
+    crate::ids::has_prefix(id, crate::ids::InvitationId::PREFIX)
+}
+
+/// `PATCH …/members/{inv_…}`: gives a pending member's invitation another role (the caller
+/// must be able to grant it, as when inviting). Accepted and revoked invitations are conflicts.
+async fn change_invitation_role<P>(
+    state: &AppState,
+    access: &OrgAccess<P>,
+    id: &str,
+    role: Role,
+) -> Result<Value, Error> {
+    let org_id = access.org_id();
+    let inv = store::invitation(&state.db, org_id, id).await?;
+    still_open(&inv)?;
+    Change::new(
+        "invitation.updated",
+        "invitation",
+        id,
+        json!({"id": id, "email": inv.email, "role": role, "previous_role": inv.role}),
+    )
+    .metadata(json!({"role": role, "previous_role": inv.role}))
+    .write(state, access, async |tx| {
+        if store::set_invitation_role(tx, org_id, id, role).await? {
+            Ok(())
+        } else {
+            Err(Error::conflict(
+                "This invitation was used or revoked meanwhile",
+            ))
+        }
     })
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(pending_member(
+        &store::invitation(&state.db, org_id, id).await?,
+    ))
 }
 
 /// The live invitation a token names: not found for an unknown token, a conflict for one
@@ -432,6 +484,10 @@ pub async fn change_role(
 ) -> Result<impl IntoResponse, Error> {
     let new_role = parse_role("role", &body.role)?;
     access.may_grant(new_role)?;
+    if is_pending_member(&user_id) {
+        let member = change_invitation_role(&state, &access, &user_id, new_role).await?;
+        return Ok(axum::Json(member));
+    }
     let org_id = access.org_id();
     pause::before_lock(org_id).await;
     membership_change("member.updated", org_id, &user_id)
@@ -468,6 +524,10 @@ pub async fn remove(
     let leaving_self = access.user_id() == Some(user_id.as_str());
     if !leaving_self {
         access.require(Permission::MembersManage)?;
+    }
+    if is_pending_member(&user_id) {
+        revoke(&state, &access, &user_id).await?;
+        return Ok(StatusCode::NO_CONTENT);
     }
     let org_id = access.org_id();
     pause::before_lock(org_id).await;

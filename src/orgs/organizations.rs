@@ -5,7 +5,7 @@ use axum::{extract::State, http::StatusCode, response::IntoResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub use store::{get, Organization, ORG_SELECT};
+pub use store::{get, org_select, Organization};
 use store::{NewOrganization, OrganizationChanges};
 
 use crate::{

@@ -67,6 +67,18 @@ impl Backend {
         }
     }
 
+    /// The clock as SQL, in the text [`super::now`] stores (`YYYY-MM-DDTHH:MM:SS.ffffffZ`, UTC),
+    /// for a column list shared by several queries that compares stored times with the clock
+    /// but cannot bind it (its placeholders would collide with each query's own).
+    pub fn now_text(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')",
+            Backend::Postgres => {
+                "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+            }
+        }
+    }
+
     /// The clause ending a `SELECT … LIMIT n` that picks rows for a claiming `UPDATE`, so that
     /// several nodes never claim the same row: `FOR UPDATE OF <alias> SKIP LOCKED` on PostgreSQL
     /// (rows another transaction is claiming are passed over, not waited for); nothing on SQLite,

@@ -445,6 +445,51 @@ impl TestServer {
             .await
     }
 
+    /// Asserts that the list at `path` (its rows under `key`, `total` of them, named by `id`
+    /// or, for configs, `key`) pages by `limit`/`offset` as SPEC §1 says: `limit=1` gives one
+    /// row with the full `total` and `has_more` until the last, the offsets walk every row once
+    /// in the unpaged list's order, and an offset past the end gives none.
+    pub async fn assert_pages(&self, path: &str, token: &str, key: &str, total: usize) {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let name = |row: &Value| {
+            row.get("id")
+                .or_else(|| row.get("key"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let mut walked = Vec::new();
+        for offset in 0..=total {
+            let page = self
+                .get_as(&format!("{path}{sep}limit=1&offset={offset}"), token)
+                .await;
+            assert_eq!(page.status, 200, "{path}: {}", page.text);
+            let rows = page.json[key].as_array().expect("the list's rows");
+            assert_eq!(
+                rows.len(),
+                usize::from(offset < total),
+                "{path}: {}",
+                page.text
+            );
+            assert_eq!(page.json["total"], total, "{path}: {}", page.text);
+            assert_eq!(page.json["limit"], 1, "{path}: {}", page.text);
+            assert_eq!(page.json["offset"], offset, "{path}: {}", page.text);
+            assert_eq!(
+                page.json["has_more"],
+                offset + 1 < total,
+                "{path}: {}",
+                page.text
+            );
+            walked.extend(rows.iter().map(name));
+        }
+        let all = self.get_as(path, token).await;
+        let unpaged: Vec<Value> = all.json[key].as_array().unwrap().iter().map(name).collect();
+        assert_eq!(
+            walked, unpaged,
+            "{path}: the pages walk the list once, in order"
+        );
+        assert!(walked.iter().all(|n| !n.is_null()), "{path}: {}", all.text);
+    }
+
     /// Creates a platform admin (directly, as `gatehouse admin create` does) and signs it in.
     pub async fn admin_token(&self) -> String {
         let email = format!(

@@ -307,6 +307,7 @@ pub struct Invitation {
     pub id: String,
     pub organization_id: String,
     pub email: String,
+    pub name: String,
     pub role: Role,
     pub status: InvitationStatus,
     pub invited_by: Option<String>,
@@ -324,7 +325,7 @@ impl HasId for Invitation {
 }
 
 const INVITATION_COLUMNS: &str =
-    "id, organization_id, email, role, status, invited_by, created_at, \
+    "id, organization_id, email, name, role, status, invited_by, created_at, \
      sent_at, expires_at, accepted_at, revoked_at";
 
 /// The stored status, `expired` for a pending invitation past `expires_at`.
@@ -350,6 +351,7 @@ impl Invitation {
             id: r.try_get("id")?,
             organization_id: r.try_get("organization_id")?,
             email: r.try_get("email")?,
+            name: r.try_get("name")?,
             role: r.get_parsed("role")?,
             status: status_at(r, &expires_at)?,
             invited_by: r.try_get("invited_by")?,
@@ -470,6 +472,24 @@ pub async fn renew_invitation(
         .execute(db.pool())
         .await?;
     Ok(())
+}
+
+/// Gives a pending invitation of the organization another role; whether it was pending.
+pub async fn set_invitation_role(
+    tx: &mut AnyConnection,
+    org_id: &str,
+    id: &str,
+    role: Role,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE invitations SET role = $1 WHERE id = $2 AND organization_id = $3 AND status = 'pending'",
+    )
+    .bind(role.as_str())
+    .bind(id)
+    .bind(org_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Revokes an invitation if it is still pending.

@@ -10,7 +10,7 @@ use crate::{
     error::{Error, ResultExt},
     events::change::found,
     http::pagination::{HasId, List, Page},
-    storage::{self, Db, RowExt, Sql},
+    storage::{self, Backend, Db, RowExt, Sql},
 };
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -39,10 +39,19 @@ impl HasId for Organization {
     }
 }
 
-pub const ORG_SELECT: &str = "SELECT o.id, o.name, o.slug, o.description, o.website, o.timezone, \
-     o.status, o.plan, o.settings, o.created_at, o.updated_at, \
-     (SELECT COUNT(*) FROM memberships mc WHERE mc.organization_id = o.id) AS members_count, \
-     (SELECT COUNT(*) FROM projects pc WHERE pc.organization_id = o.id) AS projects_count";
+/// The columns of an organization (alias `o`) with its counts. `members_count` counts what the
+/// members list does: the members and the live (pending, unexpired) invitations.
+pub fn org_select(backend: Backend) -> String {
+    format!(
+        "SELECT o.id, o.name, o.slug, o.description, o.website, o.timezone, \
+         o.status, o.plan, o.settings, o.created_at, o.updated_at, \
+         (SELECT COUNT(*) FROM memberships mc WHERE mc.organization_id = o.id) + \
+         (SELECT COUNT(*) FROM invitations ic WHERE ic.organization_id = o.id \
+         AND ic.status = 'pending' AND ic.expires_at > {now}) AS members_count, \
+         (SELECT COUNT(*) FROM projects pc WHERE pc.organization_id = o.id) AS projects_count",
+        now = backend.now_text()
+    )
+}
 
 impl Organization {
     pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
@@ -67,7 +76,8 @@ impl Organization {
 
 pub async fn get(db: &Db, id: &str) -> Result<Organization, Error> {
     let row = sqlx::query(&format!(
-        "{ORG_SELECT} FROM organizations o WHERE o.id = $1"
+        "{} FROM organizations o WHERE o.id = $1",
+        org_select(db.backend())
     ))
     .bind(id)
     .fetch_optional(db.pool())
@@ -95,7 +105,7 @@ pub async fn list_of_member(
         " FROM organizations o JOIN memberships m ON m.organization_id = o.id WHERE m.user_id = ",
     );
     filter.bind(user_id.to_string());
-    let select = format!("{ORG_SELECT}, m.role AS role");
+    let select = format!("{}, m.role AS role", org_select(db.backend()));
     page.fetch(
         db,
         "organizations",

@@ -61,13 +61,15 @@ impl Violation {
     }
 }
 
-/// What a violation belongs to: the log entry and the request's key.
+/// What a violation belongs to: the log entry, the request's key, and who sent the request
+/// (its address, user agent and id, for the audit row).
 pub struct Context<'a> {
     pub organization_id: &'a str,
     pub environment: &'a str,
     pub key_id: &'a str,
     pub log_id: &'a str,
     pub model: &'a str,
+    pub request: Option<&'a crate::events::RequestMeta>,
 }
 
 /// Stores the violations of one log entry and emits `policy.violation` for each, inside the
@@ -79,7 +81,7 @@ pub async fn record(
 ) -> Result<(), Error> {
     let actor = ActorContext::new(
         crate::events::Actor::ApiKey(crate::ids::KeyId(ctx.key_id.to_string())),
-        Default::default(),
+        ctx.request.cloned().unwrap_or_default(),
     )
     .in_environment(crate::environment::Environment::parse(ctx.environment));
     for f in found {
