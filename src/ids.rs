@@ -47,6 +47,10 @@ macro_rules! id_types {
             pub const PREFIX: &'static str = $prefix;
             pub fn generate() -> Self { Self(new_id($prefix)) }
             pub fn as_str(&self) -> &str { &self.0 }
+            /// `s` as this kind of id, if it has this kind's prefix and shape.
+            pub fn parse(s: &str) -> Option<Self> {
+                has_prefix(s, $prefix).then(|| Self(s.to_string()))
+            }
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(&self.0) }

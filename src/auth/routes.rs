@@ -11,6 +11,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::secret::Secret;
 use crate::wire::Standing;
 use crate::{
     app::AppState,
@@ -112,8 +113,21 @@ async fn throttle(
 }
 
 fn required<'a>(value: &'a Option<String>, field: &str, errors: &mut Vec<FieldError>) -> &'a str {
-    match value.as_deref().map(str::trim) {
-        Some(v) if !v.is_empty() => value.as_deref().unwrap_or_default(),
+    present(value.as_deref(), field, errors)
+}
+
+/// A secret field's value, or the field named as required.
+fn required_secret<'a>(
+    value: &'a Option<Secret>,
+    field: &str,
+    errors: &mut Vec<FieldError>,
+) -> &'a str {
+    present(value.as_ref().map(Secret::expose), field, errors)
+}
+
+fn present<'a>(value: Option<&'a str>, field: &str, errors: &mut Vec<FieldError>) -> &'a str {
+    match value {
+        Some(v) if !v.trim().is_empty() => v,
         _ => {
             errors.push(FieldError::new(field, "is required"));
             ""
@@ -139,7 +153,7 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
 #[serde(deny_unknown_fields)]
 struct RegisterRequest {
     email: String,
-    password: String,
+    password: Secret,
     #[serde(default)]
     name: String,
     /// Registers and joins the organization that sent this invitation (the email must match).
@@ -175,7 +189,7 @@ async fn register(
         NewUser {
             email: &body.email,
             name: body.name.trim(),
-            password: &body.password,
+            password: body.password.expose(),
             is_platform_admin: false,
             // The invitation came by email: the address is proven.
             email_verified: body.invitation_token.is_some(),
@@ -273,9 +287,9 @@ struct LoginRequest {
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
-    password: Option<String>,
+    password: Option<Secret>,
     #[serde(default, alias = "refreshToken")]
-    refresh_token: Option<String>,
+    refresh_token: Option<Secret>,
 }
 
 async fn login(
@@ -286,7 +300,7 @@ async fn login(
     let mut errors = Vec::new();
     match body.grant_type.as_deref().unwrap_or("password") {
         "refresh_token" => {
-            let token = required(&body.refresh_token, "refresh_token", &mut errors);
+            let token = required_secret(&body.refresh_token, "refresh_token", &mut errors);
             if !errors.is_empty() {
                 return Err(Error::invalid(errors));
             }
@@ -294,7 +308,7 @@ async fn login(
         }
         "password" => {
             let email = required(&body.email, "email", &mut errors).to_string();
-            let password = required(&body.password, "password", &mut errors);
+            let password = required_secret(&body.password, "password", &mut errors);
             if !errors.is_empty() {
                 return Err(Error::invalid(errors));
             }
@@ -374,8 +388,8 @@ async fn first_factor_passed(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MfaVerify {
-    mfa_token: String,
-    code: String,
+    mfa_token: Secret,
+    code: Secret,
 }
 
 async fn mfa_verify(
@@ -386,11 +400,11 @@ async fn mfa_verify(
     // The attempt is counted on the challenge, then on the user, before the code is checked:
     // at most 5 per token and 10 per user in 15 minutes (across tokens), however many requests
     // race.
-    let user_id = codes::claim_mfa_attempt(&state.db, &body.mfa_token).await?;
-    if !mfa::check_login_second_factor(&state, &user_id, &body.code).await? {
+    let user_id = codes::claim_mfa_attempt(&state.db, body.mfa_token.expose()).await?;
+    if !mfa::check_login_second_factor(&state, &user_id, body.code.expose()).await? {
         return Err(Error::unauthorized("The code is invalid"));
     }
-    if !codes::spend_mfa_challenge(&state.db, &body.mfa_token).await? {
+    if !codes::spend_mfa_challenge(&state.db, body.mfa_token.expose()).await? {
         return Err(Error::unauthorized("The MFA token is invalid or expired"));
     }
     Ok(axum::Json(
@@ -518,8 +532,8 @@ async fn forgot_password(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ResetPassword {
-    token: String,
-    new_password: String,
+    token: Secret,
+    new_password: Secret,
 }
 
 async fn reset_password(
@@ -527,22 +541,22 @@ async fn reset_password(
     meta: RequestMeta,
     Json(body): Json<ResetPassword>,
 ) -> Result<StatusCode, Error> {
-    let user_id = codes::peek_reset_token(&state.db, &body.token).await?;
+    let user_id = codes::peek_reset_token(&state.db, body.token.expose()).await?;
     let user = users::get(&state.db, &crate::ids::UserId(user_id.clone()))
         .await?
         .ok_or_else(|| {
             Error::unauthorized("The reset token is invalid, expired or already used")
         })?;
     // Check the new password before spending the token, so a weak one can be corrected.
-    crate::auth::password::check_password(&body.new_password, Some(&user.email))
+    crate::auth::password::check_password(body.new_password.expose(), Some(&user.email))
         .map_err(|reason| Error::invalid_field("new_password", reason))?;
-    codes::consume_reset_token(&state.db, &body.token).await?;
+    codes::consume_reset_token(&state.db, body.token.expose()).await?;
     // The token came by email: the address is proven (a password set before it was verified
     // is dropped, its sessions end), then the new password is set.
     if users::prove_email(&state.db, &user_id, None).await? {
         proof_event(&state, &meta, &user_id, "password_reset").await;
     }
-    users::set_password(&state.db, &user_id, &user.email, &body.new_password).await?;
+    users::set_password(&state.db, &user_id, &user.email, body.new_password.expose()).await?;
     sessions::revoke_all(&state.db, &user_id, None, "password_reset").await?;
     security_event(
         &state,
@@ -558,8 +572,8 @@ async fn reset_password(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChangePassword {
-    current_password: String,
-    new_password: String,
+    current_password: Secret,
+    new_password: Secret,
 }
 
 async fn change_password(
@@ -571,13 +585,24 @@ async fn change_password(
     let account = users::credentials_by_email(&state.db, &auth.user.email)
         .await?
         .ok_or_else(|| Error::unauthorized("The session has ended"))?;
-    if !users::verify_password(&body.current_password, account.password_hash.as_deref()).await? {
+    if !users::verify_password(
+        body.current_password.expose(),
+        account.password_hash.as_deref(),
+    )
+    .await?
+    {
         return Err(Error::invalid_field(
             "current_password",
             "is not your current password",
         ));
     }
-    users::set_password(&state.db, &account.id, &account.email, &body.new_password).await?;
+    users::set_password(
+        &state.db,
+        &account.id,
+        &account.email,
+        body.new_password.expose(),
+    )
+    .await?;
     sessions::revoke_all(
         &state.db,
         &account.id,

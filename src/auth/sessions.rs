@@ -22,12 +22,23 @@ use crate::{
 /// Lifetime of a session without use of its refresh token.
 pub const REFRESH_TTL_DAYS: i64 = 30;
 
-#[derive(Debug, Serialize)]
+/// A session's tokens as answered once; `Debug` shows neither token.
+#[derive(Serialize)]
 pub struct Tokens {
     pub access_token: String,
     pub refresh_token: String,
     pub token_type: &'static str,
     pub expires_in: u64,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("access_token", &"[redacted]")
+            .field("refresh_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 pub use store::{sole_owner_of, Invitation, InvitationStatus, Member, MemberStatus};
 use store::{MemberFilter, NewInvitation, TokenInvitation};
 
+use crate::ids::InvitationId;
 use crate::{
     app::AppState,
     auth::{extract::AuthUser, users},
@@ -237,7 +238,7 @@ fn still_open(inv: &Invitation) -> Result<(), Error> {
 pub async fn resend_invitation(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, InvitationId)>,
 ) -> Result<impl IntoResponse, Error> {
     let inv = store::invitation(&state.db, access.org_id(), &id).await?;
     still_open(&inv)?;
@@ -254,7 +255,7 @@ pub async fn resend_invitation(
 pub async fn revoke_invitation(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
-    Path((_, id)): Path<(String, String)>,
+    Path((_, id)): Path<(String, InvitationId)>,
 ) -> Result<StatusCode, Error> {
     revoke(&state, &access, &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -262,7 +263,11 @@ pub async fn revoke_invitation(
 
 /// Revokes an invitation of the caller's organization (`DELETE …/invitations/{id}`, and
 /// `DELETE …/members/{id}` for a pending member); one already accepted is a conflict.
-async fn revoke<P>(state: &AppState, access: &OrgAccess<P>, id: &str) -> Result<(), Error> {
+async fn revoke<P>(
+    state: &AppState,
+    access: &OrgAccess<P>,
+    id: &InvitationId,
+) -> Result<(), Error> {
     let inv = store::invitation(&state.db, access.org_id(), id).await?;
     if inv.status == InvitationStatus::Accepted {
         return Err(Error::conflict("This invitation was already accepted"));
@@ -279,18 +284,12 @@ async fn revoke<P>(state: &AppState, access: &OrgAccess<P>, id: &str) -> Result<
     .await
 }
 
-/// Whether a member id is a pending member's: the id of their invitation (`inv_…`), as
-/// `POST …/members` and the members list show it.
-fn is_pending_member(id: &str) -> bool {
-    crate::ids::has_prefix(id, crate::ids::InvitationId::PREFIX)
-}
-
 /// `PATCH …/members/{inv_…}`: gives a pending member's invitation another role (the caller
 /// must be able to grant it, as when inviting). Accepted and revoked invitations are conflicts.
 async fn change_invitation_role<P>(
     state: &AppState,
     access: &OrgAccess<P>,
-    id: &str,
+    id: &InvitationId,
     role: Role,
 ) -> Result<Value, Error> {
     let org_id = access.org_id();
@@ -344,7 +343,7 @@ pub async fn find_invitation(
 ) -> Result<(String, String, String, String), Error> {
     let inv = live_invitation(db, token).await?;
     Ok((
-        inv.id,
+        inv.id.into(),
         inv.organization_id,
         inv.email,
         inv.role.as_str().to_string(),
@@ -419,7 +418,7 @@ pub async fn accept(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptInvitation {
-    token: String,
+    token: crate::secret::Secret,
 }
 
 pub async fn accept_invitation(
@@ -435,7 +434,7 @@ pub async fn accept_invitation(
     let membership = accept(
         &state,
         &ctx,
-        &body.token,
+        body.token.expose(),
         &auth.user.id.0,
         &auth.user.email,
         Some(&auth.session_id),
@@ -484,8 +483,9 @@ pub async fn change_role(
 ) -> Result<impl IntoResponse, Error> {
     let new_role = parse_role("role", &body.role)?;
     access.may_grant(new_role)?;
-    if is_pending_member(&user_id) {
-        let member = change_invitation_role(&state, &access, &user_id, new_role).await?;
+    // A pending member's id is their invitation's (`inv_…`), as the members list shows it.
+    if let Some(id) = InvitationId::parse(&user_id) {
+        let member = change_invitation_role(&state, &access, &id, new_role).await?;
         return Ok(axum::Json(member));
     }
     let org_id = access.org_id();
@@ -525,8 +525,9 @@ pub async fn remove(
     if !leaving_self {
         access.require(Permission::MembersManage)?;
     }
-    if is_pending_member(&user_id) {
-        revoke(&state, &access, &user_id).await?;
+    // A pending member's id is their invitation's (`inv_…`), as the members list shows it.
+    if let Some(id) = InvitationId::parse(&user_id) {
+        revoke(&state, &access, &id).await?;
         return Ok(StatusCode::NO_CONTENT);
     }
     let org_id = access.org_id();

@@ -12,6 +12,7 @@
 
 use sqlx::{AnyConnection, Row};
 
+use crate::ids::SubscriptionId;
 use crate::{
     error::Error,
     storage::{self, Db, RowExt, Sql},
@@ -29,7 +30,7 @@ crate::wire::string_enum! {
 /// A subscription row, times as stored.
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    pub id: String,
+    pub id: SubscriptionId,
     pub organization_id: String,
     pub plan: String,
     pub status: SubscriptionStatus,
@@ -114,7 +115,7 @@ pub async fn status_of(
 /// A new active subscription: its plan's price and the first cycle's bounds.
 #[derive(Debug)]
 pub struct NewSubscription<'a> {
-    pub id: &'a str,
+    pub id: &'a SubscriptionId,
     pub organization_id: &'a str,
     pub plan: &'a str,
     pub amount: i64,
@@ -165,7 +166,7 @@ pub struct SubscriptionPatch<'a> {
 
 pub async fn update(
     tx: &mut AnyConnection,
-    id: &str,
+    id: &SubscriptionId,
     patch: &SubscriptionPatch<'_>,
 ) -> Result<(), Error> {
     let mut sql = Sql::new("UPDATE subscriptions SET updated_at = ");
@@ -191,7 +192,10 @@ pub async fn update(
 }
 
 /// Cancels at the end of the current cycle (the first cancellation's time is kept).
-pub async fn cancel_at_period_end(tx: &mut AnyConnection, id: &str) -> Result<(), Error> {
+pub async fn cancel_at_period_end(
+    tx: &mut AnyConnection,
+    id: &SubscriptionId,
+) -> Result<(), Error> {
     sqlx::query(
         "UPDATE subscriptions SET cancel_at_period_end = TRUE, auto_renew = FALSE, \
          canceled_at = COALESCE(canceled_at, $1), updated_at = $1 WHERE id = $2",
@@ -222,7 +226,7 @@ pub async fn due(db: &Db, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Subs
 /// read (still active, its cycle still ending at `read_end`): another node got there first.
 pub async fn renew(
     tx: &mut AnyConnection,
-    id: &str,
+    id: &SubscriptionId,
     read_end: &str,
     start: chrono::DateTime<chrono::Utc>,
     end: chrono::DateTime<chrono::Utc>,
@@ -243,7 +247,7 @@ pub async fn renew(
 }
 
 /// Ends an active subscription (status `canceled`); `false` if it was no longer active.
-pub async fn end(tx: &mut AnyConnection, id: &str) -> Result<bool, Error> {
+pub async fn end(tx: &mut AnyConnection, id: &SubscriptionId) -> Result<bool, Error> {
     let done = sqlx::query(
         "UPDATE subscriptions SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
     )

@@ -6,6 +6,7 @@
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
+use crate::ids::InvitationId;
 use crate::{
     admin::like_pattern,
     error::Error,
@@ -304,7 +305,7 @@ pub async fn sole_owner_of(
 
 #[derive(Debug, Serialize)]
 pub struct Invitation {
-    pub id: String,
+    pub id: InvitationId,
     pub organization_id: String,
     pub email: String,
     pub name: String,
@@ -364,7 +365,7 @@ impl Invitation {
     }
 }
 
-pub async fn invitation(db: &Db, org_id: &str, id: &str) -> Result<Invitation, Error> {
+pub async fn invitation(db: &Db, org_id: &str, id: &InvitationId) -> Result<Invitation, Error> {
     let row = sqlx::query(&format!(
         "SELECT {INVITATION_COLUMNS} FROM invitations WHERE id = $1 AND organization_id = $2"
     ))
@@ -427,7 +428,7 @@ pub async fn has_live_invitation(db: &Db, org_id: &str, email: &str) -> Result<b
 
 /// An invitation to store (validated; its token only as a hash).
 pub struct NewInvitation<'a> {
-    pub id: &'a str,
+    pub id: &'a InvitationId,
     pub org_id: &'a str,
     pub email: &'a str,
     pub name: &'a str,
@@ -460,7 +461,7 @@ pub async fn insert_invitation(tx: &mut AnyConnection, i: NewInvitation<'_>) -> 
 /// Gives an invitation a new token and expiry, sent now, and makes it pending again.
 pub async fn renew_invitation(
     db: &Db,
-    id: &str,
+    id: &InvitationId,
     token_hash: &str,
     expires_at: &str,
 ) -> Result<(), Error> {
@@ -478,7 +479,7 @@ pub async fn renew_invitation(
 pub async fn set_invitation_role(
     tx: &mut AnyConnection,
     org_id: &str,
-    id: &str,
+    id: &InvitationId,
     role: Role,
 ) -> Result<bool, Error> {
     let done = sqlx::query(
@@ -493,7 +494,7 @@ pub async fn set_invitation_role(
 }
 
 /// Revokes an invitation if it is still pending.
-pub async fn revoke_invitation(tx: &mut AnyConnection, id: &str) -> Result<(), Error> {
+pub async fn revoke_invitation(tx: &mut AnyConnection, id: &InvitationId) -> Result<(), Error> {
     sqlx::query("UPDATE invitations SET status = 'revoked', revoked_at = $1 WHERE id = $2 AND status = 'pending'")
         .bind(storage::now())
         .bind(id)
@@ -503,7 +504,7 @@ pub async fn revoke_invitation(tx: &mut AnyConnection, id: &str) -> Result<(), E
 }
 
 /// Marks a pending invitation accepted; whether this call did (`false`: it was used meanwhile).
-pub async fn claim_invitation(tx: &mut AnyConnection, id: &str) -> Result<bool, Error> {
+pub async fn claim_invitation(tx: &mut AnyConnection, id: &InvitationId) -> Result<bool, Error> {
     let done = sqlx::query("UPDATE invitations SET status = 'accepted', accepted_at = $1 WHERE id = $2 AND status = 'pending'")
         .bind(storage::now())
         .bind(id)
@@ -515,7 +516,7 @@ pub async fn claim_invitation(tx: &mut AnyConnection, id: &str) -> Result<bool, 
 /// An invitation as found by its token.
 #[derive(Debug)]
 pub struct TokenInvitation {
-    pub id: String,
+    pub id: InvitationId,
     pub organization_id: String,
     pub email: String,
     pub role: Role,
