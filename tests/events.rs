@@ -26,6 +26,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use common::{fixtures::an_org_row, Backend, ServerOptions, TestDatabase, TestServer};
 use futures_util::StreamExt;
+use gatehouse::ids::WebhookId;
 use gatehouse::{
     app::AppState,
     error::Error,
@@ -151,7 +152,7 @@ where
 }
 
 /// Waits (bounded) until an attempt to the endpoint is recorded as succeeded.
-async fn recorded_as_succeeded(state: &AppState, scope: &Scope, endpoint_id: &str) {
+async fn recorded_as_succeeded(state: &AppState, scope: &Scope, endpoint_id: &WebhookId) {
     eventually("recorded as succeeded", || async {
         attempts(state, scope, endpoint_id)
             .await
@@ -161,7 +162,7 @@ async fn recorded_as_succeeded(state: &AppState, scope: &Scope, endpoint_id: &st
     .await;
 }
 
-async fn attempts(state: &AppState, scope: &Scope, endpoint_id: &str) -> Vec<Delivery> {
+async fn attempts(state: &AppState, scope: &Scope, endpoint_id: &WebhookId) -> Vec<Delivery> {
     let page = Page {
         limit: 100,
         ..Page::default()
@@ -370,7 +371,7 @@ async fn events_reach_subscribed_endpoints_of_their_organization_and_the_platfor
 
     let emitted = emit_committed(state, &user_ctx("user_1"), member_added(&acme, "mem_1")).await;
     assert_eq!(emitted.deliveries, 3);
-    let mut receivers: Vec<String> = sqlx::query_scalar(
+    let mut receivers: Vec<WebhookId> = sqlx::query_scalar(
         "SELECT endpoint_id FROM webhook_deliveries WHERE event_id = $1 ORDER BY endpoint_id",
     )
     .bind(emitted.event_id.as_deref().unwrap())

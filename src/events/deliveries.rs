@@ -6,6 +6,7 @@ use serde_json::json;
 use sqlx::{any::AnyRow, Row};
 
 use super::{outbox, webhooks, ActorContext, NewEvent, Scope};
+use crate::ids::WebhookId;
 use crate::{
     error::{Error, Result},
     http::pagination::{HasId, List, Page},
@@ -85,7 +86,7 @@ impl Delivery {
 pub async fn list(
     db: &Db,
     scope: &Scope,
-    endpoint_id: &str,
+    endpoint_id: &WebhookId,
     page: &Page,
 ) -> Result<List<Delivery>> {
     webhooks::get(db, scope, endpoint_id).await?;
@@ -108,12 +109,17 @@ pub async fn list(
 }
 
 /// One attempt of one of the scope's endpoints.
-pub async fn get(db: &Db, scope: &Scope, endpoint_id: &str, delivery_id: &str) -> Result<Delivery> {
+pub async fn get(
+    db: &Db,
+    scope: &Scope,
+    endpoint_id: &WebhookId,
+    delivery_id: &str,
+) -> Result<Delivery> {
     webhooks::get(db, scope, endpoint_id).await?;
     fetch(db.pool(), endpoint_id, delivery_id).await
 }
 
-async fn fetch<'c, E>(conn: E, endpoint_id: &str, delivery_id: &str) -> Result<Delivery>
+async fn fetch<'c, E>(conn: E, endpoint_id: &WebhookId, delivery_id: &str) -> Result<Delivery>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
@@ -135,7 +141,7 @@ pub async fn retry(
     db: &Db,
     scope: &Scope,
     ctx: &ActorContext,
-    endpoint_id: &str,
+    endpoint_id: &WebhookId,
     delivery_id: &str,
 ) -> Result<Delivery> {
     let endpoint = webhooks::get(db, scope, endpoint_id).await?;
@@ -188,7 +194,7 @@ pub async fn retry(
             .await?
         }
     };
-    let mut audit = NewEvent::new("webhook.delivery_retried", "webhook", Some(endpoint_id.into()))
+    let mut audit = NewEvent::new("webhook.delivery_retried", "webhook", Some(endpoint_id.to_string()))
         .metadata(json!({ "delivery_id": delivery_id, "event_id": original.event_id, "attempt_id": attempt_id }));
     if let Scope::Organization(org, _) = scope {
         audit = audit.organization(org.clone());

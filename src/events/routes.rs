@@ -15,6 +15,7 @@ use super::{
     audit::{self, AuditFilter, AuditQuery, AuditScope},
     deliveries, webhooks, Actor, ActorContext, RequestMeta, Scope,
 };
+use crate::ids::WebhookId;
 use crate::{
     app::AppState,
     auth::extract::PlatformAdmin,
@@ -122,6 +123,11 @@ fn param(params: &HashMap<String, String>, name: &str) -> String {
     params.get(name).cloned().unwrap_or_default()
 }
 
+/// The endpoint named by the path's `{id}`.
+fn endpoint_id(params: &HashMap<String, String>) -> WebhookId {
+    WebhookId::from(param(params, "id"))
+}
+
 async fn create<C: WebhookCaller>(
     State(state): State<AppState>,
     caller: C,
@@ -147,7 +153,7 @@ async fn get<C: WebhookCaller>(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, Error> {
     Ok(axum::Json(
-        webhooks::get(&state.db, &caller.scope(), &param(&p, "id")).await?,
+        webhooks::get(&state.db, &caller.scope(), &endpoint_id(&p)).await?,
     ))
 }
 
@@ -157,7 +163,7 @@ async fn update<C: WebhookCaller>(
     Path(p): Path<HashMap<String, String>>,
     Json(patch): Json<webhooks::EndpointPatch>,
 ) -> Result<impl IntoResponse, Error> {
-    let id = param(&p, "id");
+    let id = endpoint_id(&p);
     Ok(axum::Json(
         webhooks::update(&state, &caller.scope(), &caller.context(), &id, patch).await?,
     ))
@@ -172,7 +178,7 @@ async fn delete<C: WebhookCaller>(
         &state.db,
         &caller.scope(),
         &caller.context(),
-        &param(&p, "id"),
+        &endpoint_id(&p),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -187,7 +193,7 @@ async fn test<C: WebhookCaller>(
         &state.db,
         &caller.scope(),
         &caller.context(),
-        &param(&p, "id"),
+        &endpoint_id(&p),
     )
     .await?;
     Ok((
@@ -202,7 +208,7 @@ async fn rotate<C: WebhookCaller>(
     Path(p): Path<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, Error> {
     Ok(axum::Json(
-        webhooks::rotate_secret(&state, &caller.scope(), &caller.context(), &param(&p, "id"))
+        webhooks::rotate_secret(&state, &caller.scope(), &caller.context(), &endpoint_id(&p))
             .await?,
     ))
 }
@@ -214,7 +220,7 @@ async fn list_deliveries<C: WebhookCaller>(
     page: Page,
 ) -> Result<impl IntoResponse, Error> {
     Ok(axum::Json(
-        deliveries::list(&state.db, &caller.scope(), &param(&p, "id"), &page).await?,
+        deliveries::list(&state.db, &caller.scope(), &endpoint_id(&p), &page).await?,
     ))
 }
 
@@ -227,7 +233,7 @@ async fn retry<C: WebhookCaller>(
         &state.db,
         &caller.scope(),
         &caller.context(),
-        &param(&p, "id"),
+        &endpoint_id(&p),
         &param(&p, "delivery_id"),
     )
     .await?;

@@ -13,6 +13,7 @@ use super::{
     ssrf::{self, TargetError},
     ActorContext, NewEvent, Scope, ALL_EVENTS, EVENT_TYPES,
 };
+use crate::ids::WebhookId;
 use crate::{
     app::AppState,
     crypto::MasterKey,
@@ -33,7 +34,7 @@ const COLUMNS: &str =
 /// An endpoint as the API shows it (never with its secret).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Endpoint {
-    pub id: String,
+    pub id: WebhookId,
     pub organization_id: Option<String>,
     /// The environment whose events it receives (platform endpoints: every environment's).
     pub environment: Environment,
@@ -280,7 +281,7 @@ fn check_environment(
     }
 }
 
-async fn fetch(conn: &mut sqlx::AnyConnection, scope: &Scope, id: &str) -> Result<Endpoint> {
+async fn fetch(conn: &mut sqlx::AnyConnection, scope: &Scope, id: &WebhookId) -> Result<Endpoint> {
     let mut sql = Sql::new(&format!(
         "SELECT {COLUMNS} FROM webhook_endpoints WHERE id = "
     ));
@@ -295,7 +296,7 @@ async fn fetch(conn: &mut sqlx::AnyConnection, scope: &Scope, id: &str) -> Resul
 }
 
 /// One endpoint of the scope (404 outside it).
-pub async fn get(db: &Db, scope: &Scope, id: &str) -> Result<Endpoint> {
+pub async fn get(db: &Db, scope: &Scope, id: &WebhookId) -> Result<Endpoint> {
     let mut conn = db.pool().acquire().await?;
     fetch(&mut conn, scope, id).await
 }
@@ -323,7 +324,7 @@ pub async fn update(
     state: &AppState,
     scope: &Scope,
     ctx: &ActorContext,
-    id: &str,
+    id: &WebhookId,
     patch: EndpointPatch,
 ) -> Result<Endpoint> {
     let url = match &patch.url {
@@ -394,7 +395,7 @@ pub async fn update(
 }
 
 /// Deletes the endpoint with its delivery log and pending deliveries.
-pub async fn delete(db: &Db, scope: &Scope, ctx: &ActorContext, id: &str) -> Result<()> {
+pub async fn delete(db: &Db, scope: &Scope, ctx: &ActorContext, id: &WebhookId) -> Result<()> {
     let mut tx = super::begin_write(db).await?;
     let before = fetch(&mut tx, scope, id).await?;
     sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1")
@@ -417,7 +418,7 @@ pub async fn rotate_secret(
     state: &AppState,
     scope: &Scope,
     ctx: &ActorContext,
-    id: &str,
+    id: &WebhookId,
 ) -> Result<RotatedSecret> {
     let mut tx = super::begin_write(&state.db).await?;
     fetch(&mut tx, scope, id).await?;
@@ -445,7 +446,12 @@ pub async fn rotate_secret(
 
 /// Sends a `webhook.test` event to this endpoint (whatever it subscribes to). Returns the event
 /// id (the `webhook-id` the receiver gets).
-pub async fn send_test(db: &Db, scope: &Scope, ctx: &ActorContext, id: &str) -> Result<String> {
+pub async fn send_test(
+    db: &Db,
+    scope: &Scope,
+    ctx: &ActorContext,
+    id: &WebhookId,
+) -> Result<String> {
     let mut tx = super::begin_write(db).await?;
     let endpoint = fetch(&mut tx, scope, id).await?;
     if !endpoint.enabled {
