@@ -97,10 +97,8 @@ pub async fn plan(db: &Db, id: &str) -> Result<Plan, Error> {
     Ok(Plan::from_row(&row)?)
 }
 
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
-
 /// Binds a plan's fields in the order both statements name them, then the time of the write.
-fn bind_plan<'q>(q: AnyQuery<'q>, v: &'q PlanFields) -> AnyQuery<'q> {
+fn bind_plan<'q>(q: storage::AnyQuery<'q>, v: &'q PlanFields) -> storage::AnyQuery<'q> {
     q.bind(&v.name)
         .bind(v.amount)
         .bind(&v.currency)

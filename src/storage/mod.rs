@@ -166,6 +166,10 @@ pub async fn lock_for_change(
 }
 
 /// Decoding helpers for the columns whose SQL type differs between the backends.
+/// A statement with its bound values, as `sqlx::query` builds it (for helpers that bind a shared
+/// run of values).
+pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 pub trait RowExt {
     /// A boolean stored as INTEGER 0/1 (SQLite) or BOOLEAN (PostgreSQL).
     fn get_bool(&self, column: &str) -> Result<bool, sqlx::Error>;

@@ -106,26 +106,43 @@ pub struct ProjectFields {
     pub redirect_urls: Option<Vec<String>>,
 }
 
+/// A project's fields, then the time of the write, the id and the organization: the order both
+/// statements below name them in (`None` fields take the default on insert, keep the stored
+/// value on update).
+fn bind_fields<'q>(q: storage::AnyQuery<'q>, p: ProjectFields) -> storage::AnyQuery<'q> {
+    q.bind(p.name)
+        .bind(p.settings.map(|v| v.to_string()))
+        .bind(p.allowed_origins.map(|v| json!(v).to_string()))
+        .bind(p.redirect_urls.map(|v| json!(v).to_string()))
+        .bind(storage::now())
+}
+
+/// Runs `sql` (one of the two below) with a project's binds.
+async fn write(
+    tx: &mut AnyConnection,
+    sql: &str,
+    org_id: &str,
+    id: &ProjectId,
+    p: ProjectFields,
+) -> Result<(), Error> {
+    bind_fields(sqlx::query(sql), p)
+        .bind(id)
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 pub async fn insert(
     tx: &mut AnyConnection,
     org_id: &str,
     id: &ProjectId,
     p: ProjectFields,
 ) -> Result<(), Error> {
-    sqlx::query(
-        "INSERT INTO projects (id, organization_id, name, settings, allowed_origins, redirect_urls, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-    )
-    .bind(id)
-    .bind(org_id)
-    .bind(p.name.unwrap_or_default())
-    .bind(p.settings.unwrap_or_else(|| json!({})).to_string())
-    .bind(json!(p.allowed_origins.unwrap_or_default()).to_string())
-    .bind(json!(p.redirect_urls.unwrap_or_default()).to_string())
-    .bind(storage::now())
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    let sql = "INSERT INTO projects (name, settings, allowed_origins, redirect_urls, created_at, \
+               updated_at, id, organization_id) VALUES (COALESCE($1, ''), COALESCE($2, '{}'), \
+               COALESCE($3, '[]'), COALESCE($4, '[]'), $5, $5, $6, $7)";
+    write(tx, sql, org_id, id, p).await
 }
 
 pub async fn update(
@@ -134,21 +151,11 @@ pub async fn update(
     id: &ProjectId,
     p: ProjectFields,
 ) -> Result<(), Error> {
-    sqlx::query(
-        "UPDATE projects SET updated_at = $1, name = COALESCE($2, name), \
-         settings = COALESCE($3, settings), allowed_origins = COALESCE($4, allowed_origins), \
-         redirect_urls = COALESCE($5, redirect_urls) WHERE id = $6 AND organization_id = $7",
-    )
-    .bind(storage::now())
-    .bind(p.name)
-    .bind(p.settings.map(|v| v.to_string()))
-    .bind(p.allowed_origins.map(|v| json!(v).to_string()))
-    .bind(p.redirect_urls.map(|v| json!(v).to_string()))
-    .bind(id)
-    .bind(org_id)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    let sql = "UPDATE projects SET name = COALESCE($1, name), settings = COALESCE($2, settings), \
+               allowed_origins = COALESCE($3, allowed_origins), \
+               redirect_urls = COALESCE($4, redirect_urls), updated_at = $5 \
+               WHERE id = $6 AND organization_id = $7";
+    write(tx, sql, org_id, id, p).await
 }
 
 pub async fn delete(tx: &mut AnyConnection, org_id: &str, id: &ProjectId) -> Result<(), Error> {
