@@ -64,7 +64,7 @@ impl PlatformAdmin {
 
 impl HasId for User {
     fn id(&self) -> &str {
-        &self.id.0
+        &self.id
     }
 }
 
@@ -88,8 +88,8 @@ async fn list_users(
     Ok(axum::Json(list))
 }
 
-async fn load_user(state: &AppState, id: &str) -> Result<User, Error> {
-    users::get(&state.db, &UserId(id.to_string()))
+async fn load_user(state: &AppState, id: &UserId) -> Result<User, Error> {
+    users::get(&state.db, id)
         .await?
         .ok_or_else(|| Error::not_found("User not found"))
 }
@@ -97,7 +97,7 @@ async fn load_user(state: &AppState, id: &str) -> Result<User, Error> {
 async fn get_user(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
-    Path(id): Path<String>,
+    Path(id): Path<UserId>,
 ) -> Result<impl IntoResponse, Error> {
     let user = load_user(&state, &id).await?;
     let sessions = sessions::list(&state.db, &id, None).await?;
@@ -121,11 +121,11 @@ async fn update_user(
     State(state): State<AppState>,
     PlatformAdmin(admin): PlatformAdmin,
     meta: RequestMeta,
-    Path(id): Path<String>,
+    Path(id): Path<UserId>,
     Json(patch): Json<AdminUserPatch>,
 ) -> Result<impl IntoResponse, Error> {
     load_user(&state, &id).await?;
-    if id == admin.user.id.0
+    if id == admin.user.id
         && (patch.status.as_deref().and_then(Standing::parse) == Some(Standing::Suspended)
             || patch.is_platform_admin == Some(false))
     {
@@ -155,9 +155,9 @@ async fn delete_user(
     State(state): State<AppState>,
     PlatformAdmin(admin): PlatformAdmin,
     meta: RequestMeta,
-    Path(id): Path<String>,
+    Path(id): Path<UserId>,
 ) -> Result<StatusCode, Error> {
-    if id == admin.user.id.0 {
+    if id == admin.user.id {
         return Err(Error::bad_request("You cannot delete your own account"));
     }
     let by = ActorContext::new(Actor::User(admin.user.id.clone()), (&meta).into());

@@ -10,6 +10,7 @@
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
+use crate::ids::UserId;
 use crate::wire::Standing;
 use crate::{
     auth::users::{User, USER_COLUMNS},
@@ -75,7 +76,7 @@ pub struct UserOrganization {
     pub joined_at: String,
 }
 
-pub async fn user_organizations(db: &Db, user_id: &str) -> Result<Vec<UserOrganization>, Error> {
+pub async fn user_organizations(db: &Db, user_id: &UserId) -> Result<Vec<UserOrganization>, Error> {
     let rows = sqlx::query(
         "SELECT o.id, o.name, o.slug, o.status, m.role, m.created_at FROM memberships m \
          JOIN organizations o ON o.id = m.organization_id WHERE m.user_id = $1 ORDER BY o.id",

@@ -5,6 +5,7 @@
 
 use sqlx::Row;
 
+use crate::ids::UserId;
 use crate::{
     app::AppState,
     crypto,
@@ -43,7 +44,7 @@ fn code_key(state: &AppState) -> [u8; 32] {
 /// Issues a new code (earlier unused codes of the same purpose die) and returns it.
 pub async fn issue_code(
     state: &AppState,
-    user_id: &str,
+    user_id: &UserId,
     purpose: Purpose,
 ) -> Result<String, Error> {
     let code = crypto::random_digits(6);
@@ -122,7 +123,7 @@ pub async fn consume_code(
 }
 
 /// A password-reset token for the user (earlier unused ones die).
-pub async fn issue_reset_token(db: &Db, user_id: &str) -> Result<String, Error> {
+pub async fn issue_reset_token(db: &Db, user_id: &UserId) -> Result<String, Error> {
     let token = format!("rst_{}", crypto::random_base62(40));
     let now = storage::now();
     sqlx::query("UPDATE password_resets SET used_at = $1 WHERE user_id = $2 AND used_at IS NULL")
@@ -143,7 +144,7 @@ pub async fn issue_reset_token(db: &Db, user_id: &str) -> Result<String, Error> 
 }
 
 /// The user of a live reset token, without spending it.
-pub async fn peek_reset_token(db: &Db, token: &str) -> Result<String, Error> {
+pub async fn peek_reset_token(db: &Db, token: &str) -> Result<UserId, Error> {
     let row = sqlx::query(
         "SELECT user_id FROM password_resets WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2",
     )
@@ -156,7 +157,7 @@ pub async fn peek_reset_token(db: &Db, token: &str) -> Result<String, Error> {
 }
 
 /// Spends a reset token; returns its user.
-pub async fn consume_reset_token(db: &Db, token: &str) -> Result<String, Error> {
+pub async fn consume_reset_token(db: &Db, token: &str) -> Result<UserId, Error> {
     let invalid = || Error::unauthorized("The reset token is invalid, expired or already used");
     let hash = crypto::sha256_hex(token.trim().as_bytes());
     let now = storage::now();
@@ -184,7 +185,7 @@ pub async fn consume_reset_token(db: &Db, token: &str) -> Result<String, Error> 
 /// The `mfa_token` a password login returns when the account has MFA on.
 pub async fn issue_mfa_challenge(
     db: &Db,
-    user_id: &str,
+    user_id: &UserId,
     device: &str,
     ip: &str,
 ) -> Result<String, Error> {
@@ -207,7 +208,7 @@ pub async fn issue_mfa_challenge(
 /// Claims one attempt on a live MFA challenge and returns its user. One conditional UPDATE
 /// counts the attempt before any code is checked, so however many requests race on one
 /// `mfa_token`, at most [`MAX_ATTEMPTS`] of them ever get to check a code.
-pub async fn claim_mfa_attempt(db: &Db, token: &str) -> Result<String, Error> {
+pub async fn claim_mfa_attempt(db: &Db, token: &str) -> Result<UserId, Error> {
     let row = sqlx::query(
         "UPDATE mfa_challenges SET attempts = attempts + 1 \
          WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 AND attempts < $3 \

@@ -10,6 +10,7 @@ use axum::{
     http::{header, request::Parts},
 };
 
+use crate::ids::UserId;
 use crate::wire::Standing;
 use crate::{
     app::AppState,
@@ -86,7 +87,7 @@ async fn authenticate(
     claims: Claims,
     ip: Option<std::net::IpAddr>,
 ) -> Result<AuthUser, Error> {
-    let session = sessions::with_user(&state.db, &claims.sid, &claims.sub)
+    let session = sessions::with_user(&state.db, &claims.sid, &UserId(claims.sub.clone()))
         .await?
         .ok_or_else(|| Error::unauthorized("The session has ended"))?;
     let now = storage::now();
@@ -98,9 +99,7 @@ async fn authenticate(
         return Err(Error::forbidden("This account is suspended"));
     }
     let tenant = match &claims.tid {
-        Some(org_id) => {
-            Some(tenant_of(state, &user.id.0, org_id, claims.env.as_deref(), ip).await?)
-        }
+        Some(org_id) => Some(tenant_of(state, &user.id, org_id, claims.env.as_deref(), ip).await?),
         None => None,
     };
     // Keep "last seen" within a minute of the truth without a write per request.
@@ -126,7 +125,7 @@ async fn authenticate(
 /// not from the token, so a demotion takes effect at once.
 pub async fn tenant_of(
     state: &AppState,
-    user_id: &str,
+    user_id: &UserId,
     org: &str,
     environment: Option<&str>,
     ip: Option<std::net::IpAddr>,

@@ -13,6 +13,7 @@
 use sqlx::Row;
 use totp_rs::{Algorithm, Secret, TOTP};
 
+use crate::ids::UserId;
 use crate::{
     app::AppState,
     crypto,
@@ -75,7 +76,7 @@ pub struct Enrolment {
 }
 
 /// Starts (or restarts) TOTP enrolment: a new secret, not yet enabled.
-pub async fn enrol(state: &AppState, user_id: &str, email: &str) -> Result<Enrolment, Error> {
+pub async fn enrol(state: &AppState, user_id: &UserId, email: &str) -> Result<Enrolment, Error> {
     let existing = sqlx::query("SELECT enabled FROM mfa_totp WHERE user_id = $1")
         .bind(user_id)
         .fetch_optional(state.db.pool())
@@ -114,7 +115,7 @@ pub async fn enrol(state: &AppState, user_id: &str, email: &str) -> Result<Enrol
 /// a code whose step was already used. `require_enabled` distinguishes login from enrolment.
 async fn check_totp(
     state: &AppState,
-    user_id: &str,
+    user_id: &UserId,
     code: &str,
     require_enabled: bool,
 ) -> Result<bool, Error> {
@@ -164,7 +165,7 @@ async fn check_totp(
 /// Claims one second-factor check for the user under `limit`, or refuses with 429 when the
 /// window's checks are used up. The claim is counted before the code is evaluated: a
 /// conditional `UPDATE … WHERE attempts < max` and its row count, on both backends.
-async fn claim_check(state: &AppState, limit: CheckLimit, user_id: &str) -> Result<(), Error> {
+async fn claim_check(state: &AppState, limit: CheckLimit, user_id: &UserId) -> Result<(), Error> {
     let CheckLimit { table, max } = limit;
     let db = state.db.pool();
     let now = chrono::Utc::now();
@@ -222,7 +223,7 @@ async fn claim_check(state: &AppState, limit: CheckLimit, user_id: &str) -> Resu
 }
 
 /// A right code clears the user's count of wrong ones under `limit`.
-async fn clear_checks(state: &AppState, limit: CheckLimit, user_id: &str) -> Result<(), Error> {
+async fn clear_checks(state: &AppState, limit: CheckLimit, user_id: &UserId) -> Result<(), Error> {
     sqlx::query(&format!(
         "UPDATE {} SET attempts = 0 WHERE user_id = $1",
         limit.table
@@ -234,7 +235,11 @@ async fn clear_checks(state: &AppState, limit: CheckLimit, user_id: &str) -> Res
 }
 
 /// Enables TOTP after a first valid code; returns the recovery codes (shown once).
-pub async fn activate(state: &AppState, user_id: &str, code: &str) -> Result<Vec<String>, Error> {
+pub async fn activate(
+    state: &AppState,
+    user_id: &UserId,
+    code: &str,
+) -> Result<Vec<String>, Error> {
     claim_check(state, SIGNED_IN, user_id).await?;
     if !check_totp(state, user_id, code, false).await? {
         return Err(Error::invalid_field(
@@ -278,7 +283,7 @@ pub async fn activate(state: &AppState, user_id: &str, code: &str) -> Result<Vec
 }
 
 /// Spends a recovery code if it is one of the user's unused codes.
-async fn use_recovery_code(state: &AppState, user_id: &str, code: &str) -> Result<bool, Error> {
+async fn use_recovery_code(state: &AppState, user_id: &UserId, code: &str) -> Result<bool, Error> {
     let digest = crypto::keyed_digest(&recovery_key(state), &code.trim().to_lowercase());
     let done = sqlx::query(
         "UPDATE mfa_recovery_codes SET used_at = $1 WHERE code_hash = $2 AND user_id = $3 AND used_at IS NULL",
@@ -295,7 +300,7 @@ async fn use_recovery_code(state: &AppState, user_id: &str, code: &str) -> Resul
 /// once it is reached).
 pub async fn check_second_factor(
     state: &AppState,
-    user_id: &str,
+    user_id: &UserId,
     code: &str,
 ) -> Result<bool, Error> {
     checked(state, SIGNED_IN, user_id, code).await
@@ -307,7 +312,7 @@ pub async fn check_second_factor(
 /// `mfa_token` carries the code).
 pub async fn check_login_second_factor(
     state: &AppState,
-    user_id: &str,
+    user_id: &UserId,
     code: &str,
 ) -> Result<bool, Error> {
     checked(state, LOGIN, user_id, code).await
@@ -317,7 +322,7 @@ pub async fn check_login_second_factor(
 async fn checked(
     state: &AppState,
     limit: CheckLimit,
-    user_id: &str,
+    user_id: &UserId,
     code: &str,
 ) -> Result<bool, Error> {
     claim_check(state, limit, user_id).await?;
@@ -328,13 +333,13 @@ async fn checked(
     Ok(ok)
 }
 
-async fn totp_or_recovery(state: &AppState, user_id: &str, code: &str) -> Result<bool, Error> {
+async fn totp_or_recovery(state: &AppState, user_id: &UserId, code: &str) -> Result<bool, Error> {
     Ok(check_totp(state, user_id, code, true).await?
         || (code.trim().len() == 11 && use_recovery_code(state, user_id, code).await?))
 }
 
 /// Turns MFA off (after a valid code) and forgets the secret and recovery codes.
-pub async fn disable(state: &AppState, user_id: &str, code: &str) -> Result<(), Error> {
+pub async fn disable(state: &AppState, user_id: &UserId, code: &str) -> Result<(), Error> {
     if !check_second_factor(state, user_id, code).await? {
         return Err(Error::invalid_field("code", "is not a valid code"));
     }

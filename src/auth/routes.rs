@@ -203,14 +203,14 @@ async fn register(
                 (&meta).into(),
             );
             Some(
-                crate::orgs::members::accept(&state, &ctx, token, &user.id.0, &user.email, None)
+                crate::orgs::members::accept(&state, &ctx, token, &user.id, &user.email, None)
                     .await?,
             )
         }
         None => None,
     };
     if !user.email_verified {
-        let code = codes::issue_code(&state, &user.id.0, Purpose::VerifyEmail).await?;
+        let code = codes::issue_code(&state, &user.id, Purpose::VerifyEmail).await?;
         mail::send_later(
             &state.mailer,
             Mail {
@@ -381,7 +381,7 @@ async fn first_factor_passed(
         json!({ "method": method }),
     )
     .await;
-    let body = signed_in(state, &UserId(account.id.clone()), meta).await?;
+    let body = signed_in(state, &account.id, meta).await?;
     Ok(axum::Json(body).into_response())
 }
 
@@ -407,9 +407,7 @@ async fn mfa_verify(
     if !codes::spend_mfa_challenge(&state.db, body.mfa_token.expose()).await? {
         return Err(Error::unauthorized("The MFA token is invalid or expired"));
     }
-    Ok(axum::Json(
-        signed_in(&state, &UserId(user_id), &meta).await?,
-    ))
+    Ok(axum::Json(signed_in(&state, &user_id, &meta).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -542,11 +540,9 @@ async fn reset_password(
     Json(body): Json<ResetPassword>,
 ) -> Result<StatusCode, Error> {
     let user_id = codes::peek_reset_token(&state.db, body.token.expose()).await?;
-    let user = users::get(&state.db, &crate::ids::UserId(user_id.clone()))
-        .await?
-        .ok_or_else(|| {
-            Error::unauthorized("The reset token is invalid, expired or already used")
-        })?;
+    let user = users::get(&state.db, &user_id).await?.ok_or_else(|| {
+        Error::unauthorized("The reset token is invalid, expired or already used")
+    })?;
     // Check the new password before spending the token, so a weak one can be corrected.
     crate::auth::password::check_password(body.new_password.expose(), Some(&user.email))
         .map_err(|reason| Error::invalid_field("new_password", reason))?;
@@ -634,7 +630,7 @@ fn scoped_token(
     auth: &AuthUser,
     tenant: &crate::auth::extract::Tenant,
 ) -> Result<Value, Error> {
-    let mut claims = state.keys.claims(&auth.user.id.0, &auth.session_id);
+    let mut claims = state.keys.claims(&auth.user.id, &auth.session_id);
     claims.tid = Some(tenant.organization_id.clone());
     claims.role = Some(tenant.role.clone());
     claims.env = Some(tenant.environment.clone());
@@ -665,7 +661,7 @@ async fn select_tenant(
     let env = parse_environment(body.environment.as_deref())?;
     let tenant = tenant_of(
         &state,
-        &auth.user.id.0,
+        &auth.user.id,
         &body.organization_id,
         Some(env),
         meta.ip,
@@ -692,7 +688,7 @@ async fn switch_environment(
     })?;
     let tenant = tenant_of(
         &state,
-        &auth.user.id.0,
+        &auth.user.id,
         &current.organization_id,
         Some(env),
         meta.ip,
@@ -717,7 +713,7 @@ async fn update_me(
     Json(patch): Json<ProfilePatch>,
 ) -> Result<impl IntoResponse, Error> {
     let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
-    let user = users::update(&state.db, &ctx, &auth.user.id.0, patch, Default::default()).await?;
+    let user = users::update(&state.db, &ctx, &auth.user.id, patch, Default::default()).await?;
     Ok(axum::Json(user))
 }
 
@@ -726,7 +722,7 @@ async fn my_sessions(
     auth: AuthUser,
     page: Page,
 ) -> Result<impl IntoResponse, Error> {
-    let list = sessions::list(&state.db, &auth.user.id.0, Some(&auth.session_id)).await?;
+    let list = sessions::list(&state.db, &auth.user.id, Some(&auth.session_id)).await?;
     Ok(axum::Json(List::slice("sessions", list, &page)))
 }
 
@@ -735,7 +731,7 @@ async fn end_session(
     auth: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, Error> {
-    let mine = sessions::list(&state.db, &auth.user.id.0, None).await?;
+    let mine = sessions::list(&state.db, &auth.user.id, None).await?;
     if !mine.iter().any(|s| s.id == id) {
         return Err(Error::not_found("Session not found"));
     }
@@ -747,7 +743,7 @@ async fn mfa_enrol(
     State(state): State<AppState>,
     auth: AuthUser,
 ) -> Result<impl IntoResponse, Error> {
-    let e = mfa::enrol(&state, &auth.user.id.0, &auth.user.email).await?;
+    let e = mfa::enrol(&state, &auth.user.id, &auth.user.email).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({ "secret": e.secret, "otpauth_uri": e.otpauth_uri })),
@@ -766,11 +762,11 @@ async fn mfa_activate(
     meta: RequestMeta,
     Json(body): Json<CodeOnly>,
 ) -> Result<impl IntoResponse, Error> {
-    let codes = mfa::activate(&state, &auth.user.id.0, &body.code).await?;
+    let codes = mfa::activate(&state, &auth.user.id, &body.code).await?;
     security_event(
         &state,
         &meta,
-        Some(&auth.user.id.0),
+        Some(&auth.user.id),
         "user.mfa_enabled",
         json!({"method": "totp"}),
     )
@@ -786,11 +782,11 @@ async fn mfa_disable(
     meta: RequestMeta,
     Json(body): Json<CodeOnly>,
 ) -> Result<StatusCode, Error> {
-    mfa::disable(&state, &auth.user.id.0, &body.code).await?;
+    mfa::disable(&state, &auth.user.id, &body.code).await?;
     security_event(
         &state,
         &meta,
-        Some(&auth.user.id.0),
+        Some(&auth.user.id),
         "user.mfa_disabled",
         json!({}),
     )

@@ -5,6 +5,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use crate::ids::UserId;
 use crate::wire::Standing;
 use crate::{
     app::AppState,
@@ -64,7 +65,7 @@ pub struct SessionWithUser {
 pub async fn with_user(
     db: &Db,
     session_id: &str,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<Option<SessionWithUser>, Error> {
     let row = sqlx::query(&format!(
         "SELECT {cols}, s.revoked_at AS s_revoked, s.expires_at AS s_expires, s.last_seen_at AS s_seen \
@@ -116,12 +117,16 @@ async fn new_refresh_token(db: &Db, session_id: &str) -> Result<String, Error> {
     Ok(token)
 }
 
-fn access_token(state: &AppState, user_id: &str, session_id: &str) -> Result<String, Error> {
+fn access_token(state: &AppState, user_id: &UserId, session_id: &str) -> Result<String, Error> {
     state.keys.sign(&state.keys.claims(user_id, session_id))
 }
 
 /// Starts a session for a user who has proven who they are, and records the login.
-pub async fn start(state: &AppState, user_id: &str, meta: &RequestMeta) -> Result<Tokens, Error> {
+pub async fn start(
+    state: &AppState,
+    user_id: &UserId,
+    meta: &RequestMeta,
+) -> Result<Tokens, Error> {
     let id = SessionId::generate();
     let now = storage::now();
     sqlx::query(
@@ -164,7 +169,7 @@ pub async fn refresh(state: &AppState, refresh_token: &str) -> Result<Tokens, Er
     .await?
     .ok_or_else(invalid)?;
     let session_id: String = row.try_get("session_id")?;
-    let user_id: String = row.try_get("user_id")?;
+    let user_id: UserId = row.try_get("user_id")?;
     let now = storage::now();
     if row.try_get::<Option<String>, _>("revoked_at")?.is_some() {
         return Err(invalid());
@@ -227,7 +232,7 @@ pub async fn revoke(db: &Db, session_id: &str, reason: &str) -> Result<(), Error
 /// its second factor (a half-started session: it would otherwise outlive a password change).
 pub async fn revoke_all(
     db: &Db,
-    user_id: &str,
+    user_id: &UserId,
     keep: Option<&str>,
     reason: &str,
 ) -> Result<(), Error> {
@@ -253,7 +258,7 @@ pub async fn revoke_all(
 /// The user's live sessions, newest first.
 pub async fn list(
     db: &Db,
-    user_id: &str,
+    user_id: &UserId,
     current: Option<&str>,
 ) -> Result<Vec<SessionView>, Error> {
     let rows = sqlx::query(

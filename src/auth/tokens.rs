@@ -18,6 +18,7 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use crate::ids::UserId;
 use crate::{
     crypto::MasterKey,
     error::Error,
@@ -273,7 +274,7 @@ impl KeyRing {
     }
 
     /// Claims for a new access token.
-    pub fn claims(&self, user_id: &str, session_id: &str) -> Claims {
+    pub fn claims(&self, user_id: &UserId, session_id: &str) -> Claims {
         let now = chrono::Utc::now().timestamp();
         Claims {
             iss: self.issuer.clone(),

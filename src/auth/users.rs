@@ -325,7 +325,7 @@ pub async fn count(db: &Db) -> Result<i64, Error> {
 
 /// What a login needs to know about an account.
 pub struct Credentials {
-    pub id: String,
+    pub id: UserId,
     pub email: String,
     pub password_hash: Option<String>,
     pub status: Standing,
@@ -372,7 +372,7 @@ pub async fn verify_password(password: &str, hash: Option<&str>) -> Result<bool,
 /// Checks the rules and stores a new password.
 pub async fn set_password(
     db: &Db,
-    user_id: &str,
+    user_id: &UserId,
     email: &str,
     password: &str,
 ) -> Result<(), Error> {
@@ -391,7 +391,7 @@ pub async fn set_password(
     Ok(())
 }
 
-pub async fn mark_email_verified(db: &Db, user_id: &str) -> Result<(), Error> {
+pub async fn mark_email_verified(db: &Db, user_id: &UserId) -> Result<(), Error> {
     sqlx::query("UPDATE users SET email_verified = $1, updated_at = $2 WHERE id = $3")
         .bind(true)
         .bind(storage::now())
@@ -410,7 +410,7 @@ pub async fn mark_email_verified(db: &Db, user_id: &str) -> Result<(), Error> {
 /// so two proofs at once drop things once. Runs in the caller's transaction.
 pub async fn email_proven(
     conn: &mut sqlx::AnyConnection,
-    user_id: &str,
+    user_id: &UserId,
     keep_session: Option<&str>,
 ) -> Result<bool, Error> {
     let now = storage::now();
@@ -458,7 +458,7 @@ pub async fn email_proven(
 /// [`email_proven`] in a transaction of its own.
 pub async fn prove_email(
     db: &Db,
-    user_id: &str,
+    user_id: &UserId,
     keep_session: Option<&str>,
 ) -> Result<bool, Error> {
     let mut tx = crate::events::begin_write(db).await?;
@@ -487,7 +487,7 @@ pub const MAX_METADATA_BYTES: usize = 8 * 1024;
 pub async fn update(
     db: &Db,
     ctx: &ActorContext,
-    user_id: &str,
+    user_id: &UserId,
     profile: ProfilePatch,
     admin: AdminPatch,
 ) -> Result<User, Error> {

@@ -175,8 +175,12 @@ impl RequestLimits {
             }
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let row = crate::orgs::organizations::store::with_membership(&state.db, user_id, org_param)
-            .await?;
+        let row = crate::orgs::organizations::store::with_membership(
+            &state.db,
+            &crate::ids::UserId(user_id.to_string()),
+            org_param,
+        )
+        .await?;
         let org = match row {
             Some((crate::orgs::organizations::store::OrgRow { id, plan, .. }, _)) => {
                 let mut plans = lock(&self.org_plans);

@@ -59,7 +59,7 @@ impl<P> OrgAccess<P> {
     /// The person calling (`None` for an API key).
     pub fn user_id(&self) -> Option<&str> {
         match &self.caller {
-            Caller::User(u) => Some(&u.user.id.0),
+            Caller::User(u) => Some(&u.user.id),
             Caller::Key(_) => None,
         }
     }
@@ -67,7 +67,7 @@ impl<P> OrgAccess<P> {
     /// The person a new resource is attributed to: the caller, or the calling key's creator.
     pub fn creator_id(&self) -> Option<&str> {
         match &self.caller {
-            Caller::User(u) => Some(&u.user.id.0),
+            Caller::User(u) => Some(&u.user.id),
             Caller::Key(k) => k.created_by.as_deref(),
         }
     }
@@ -185,11 +185,11 @@ impl<P: RequiredPermission> OrgAccess<P> {
     /// left the organization meanwhile is refused as the extractor would refuse them.
     pub async fn reread_under_lock(&self, tx: &mut sqlx::AnyConnection) -> Result<Self, Error> {
         let member = match &self.caller {
-            Caller::User(u) => Some(u.user.id.0.as_str()),
-            Caller::Key(k) => k.created_by.as_deref(),
+            Caller::User(u) => Some(u.user.id.clone()),
+            Caller::Key(k) => k.created_by.clone().map(crate::ids::UserId),
         };
         let role = match member {
-            Some(user_id) => members::store::role_of(tx, &self.org.id, user_id).await?,
+            Some(user_id) => members::store::role_of(tx, &self.org.id, &user_id).await?,
             None => None,
         };
         let role = match (&self.caller, role) {
@@ -351,7 +351,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
         }
         let user = AuthUser::from_request_parts(parts, state).await?;
         let (row, role) =
-            organizations::store::with_membership(&state.db, &user.user.id.0, &org_param)
+            organizations::store::with_membership(&state.db, &user.user.id, &org_param)
                 .await?
                 .ok_or_else(|| Error::not_found("Organization not found"))?;
         let status = row.status;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 pub use store::{sole_owner_of, Invitation, InvitationStatus, Member, MemberStatus};
 use store::{MemberFilter, NewInvitation, TokenInvitation};
 
-use crate::ids::InvitationId;
+use crate::ids::{InvitationId, UserId};
 use crate::{
     app::AppState,
     auth::{extract::AuthUser, users},
@@ -358,7 +358,7 @@ pub async fn accept(
     state: &AppState,
     ctx: &ActorContext,
     token: &str,
-    user_id: &str,
+    user_id: &UserId,
     user_email: &str,
     session_id: Option<&str>,
 ) -> Result<serde_json::Value, Error> {
@@ -435,7 +435,7 @@ pub async fn accept_invitation(
         &state,
         &ctx,
         body.token.expose(),
-        &auth.user.id.0,
+        &auth.user.id,
         &auth.user.email,
         Some(&auth.session_id),
     )
@@ -488,6 +488,7 @@ pub async fn change_role(
         let member = change_invitation_role(&state, &access, &id, new_role).await?;
         return Ok(axum::Json(member));
     }
+    let user_id = UserId::from(user_id);
     let org_id = access.org_id();
     pause::before_lock(org_id).await;
     membership_change("member.updated", org_id, &user_id)
@@ -530,6 +531,7 @@ pub async fn remove(
         revoke(&state, &access, &id).await?;
         return Ok(StatusCode::NO_CONTENT);
     }
+    let user_id = UserId::from(user_id);
     let org_id = access.org_id();
     pause::before_lock(org_id).await;
     membership_change("member.removed", org_id, &user_id)

@@ -226,7 +226,7 @@ pub async fn create(
                 crate::crypto::random_base62(4).to_lowercase()
             )
         };
-        let user_id = &auth.user.id.0;
+        let user_id = &auth.user.id;
         let change = Change::new(
             "organization.created",
             "organization",
@@ -274,7 +274,7 @@ pub async fn list_mine(
     auth: AuthUser,
     page: Page,
 ) -> Result<impl IntoResponse, Error> {
-    let list = store::list_of_member(&state.db, &auth.user.id.0, &page).await?;
+    let list = store::list_of_member(&state.db, &auth.user.id, &page).await?;
     Ok(axum::Json(list))
 }
 

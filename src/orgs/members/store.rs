@@ -7,6 +7,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use crate::ids::InvitationId;
+use crate::ids::UserId;
 use crate::{
     admin::like_pattern,
     error::Error,
@@ -156,7 +157,11 @@ pub async fn seats(db: &Db, org_id: &str) -> Result<i64, Error> {
 }
 
 /// Whether the user is a member of the organization (inside a write transaction).
-pub async fn is_member(tx: &mut AnyConnection, org_id: &str, user_id: &str) -> Result<bool, Error> {
+pub async fn is_member(
+    tx: &mut AnyConnection,
+    org_id: &str,
+    user_id: &UserId,
+) -> Result<bool, Error> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND user_id = $2",
     )
@@ -171,7 +176,7 @@ pub async fn is_member(tx: &mut AnyConnection, org_id: &str, user_id: &str) -> R
 pub async fn insert_membership(
     tx: &mut AnyConnection,
     org_id: &str,
-    user_id: &str,
+    user_id: &UserId,
     role: Role,
 ) -> Result<(), Error> {
     sqlx::query("INSERT INTO memberships (id, organization_id, user_id, role, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5)")
@@ -190,7 +195,7 @@ pub async fn insert_membership(
 pub async fn role_of(
     conn: &mut AnyConnection,
     org_id: &str,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<Option<Role>, Error> {
     let role: Option<String> = sqlx::query_scalar(
         "SELECT role FROM memberships WHERE organization_id = $1 AND user_id = $2",
@@ -224,7 +229,7 @@ pub struct Membership {
 pub async fn membership(
     tx: &mut AnyConnection,
     org_id: &str,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<Membership, Error> {
     let role = role_of(tx, org_id, user_id)
         .await?
@@ -239,7 +244,7 @@ pub async fn membership(
 pub async fn set_role(
     tx: &mut AnyConnection,
     org_id: &str,
-    user_id: &str,
+    user_id: &UserId,
     role: Role,
 ) -> Result<(), Error> {
     sqlx::query("UPDATE memberships SET role = $1, updated_at = $2 WHERE organization_id = $3 AND user_id = $4")
@@ -255,7 +260,7 @@ pub async fn set_role(
 pub async fn delete_membership(
     tx: &mut AnyConnection,
     org_id: &str,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<(), Error> {
     sqlx::query("DELETE FROM memberships WHERE organization_id = $1 AND user_id = $2")
         .bind(org_id)
@@ -282,7 +287,7 @@ pub async fn lock_memberships(
 pub async fn sole_owner_of(
     tx: &mut AnyConnection,
     backend: Backend,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<Vec<String>, Error> {
     let owned: Vec<String> = sqlx::query_scalar(
         "SELECT organization_id FROM memberships WHERE user_id = $1 AND role = 'owner' \

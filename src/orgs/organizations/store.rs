@@ -5,6 +5,7 @@
 use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 
+use crate::ids::UserId;
 use crate::wire::Standing;
 use crate::{
     error::{Error, ResultExt},
@@ -98,7 +99,7 @@ pub async fn name(db: &Db, id: &str) -> Result<String, Error> {
 /// One page of the organizations the user belongs to, each with the user's role.
 pub async fn list_of_member(
     db: &Db,
-    user_id: &str,
+    user_id: &UserId,
     page: &Page,
 ) -> Result<List<Organization>, Error> {
     let mut filter = Sql::new(
@@ -241,7 +242,7 @@ pub async fn by_id_or_slug(db: &Db, id_or_slug: &str) -> Result<Option<OrgRow>, 
 /// is a member.
 pub async fn with_membership(
     db: &Db,
-    user_id: &str,
+    user_id: &UserId,
     id_or_slug: &str,
 ) -> Result<Option<(OrgRow, String)>, Error> {
     let row = sqlx::query(
