@@ -251,25 +251,15 @@ async fn roles_are_listed_with_their_permissions(backend: Backend) {
         .contains(&json!("policies:manage")));
 }
 
-/// A server, its platform admin's token, and Alice owning Acme at `base`.
-struct Acme {
-    srv: TestServer,
-    admin: String,
-    alice: Person,
-    base: String,
-}
+/// A server, its platform admin's token, and Alice owning Acme at `base` (in that order).
+struct Acme(TestServer, String, Person, String);
 
 async fn acme(backend: Backend) -> Acme {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
     let alice = a_person(&srv, "alice@example.com").await;
     let base = an_org_of(&srv, &alice, "Acme", "acme").await.base;
-    Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    }
+    Acme(srv, admin, alice, base)
 }
 
 /// Bob, invited by Alice, accepts and becomes a member of Acme.
@@ -308,12 +298,7 @@ async fn invite_bob(srv: &TestServer, admin: &str, alice: &Person, base: &str) -
 }
 
 async fn members_are_invited_once_with_a_known_role(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     invite_bob(&srv, &admin, &alice, &base).await;
     srv.post_as(
         &format!("{base}/members"),
@@ -345,12 +330,7 @@ async fn members_are_invited_once_with_a_known_role(backend: Backend) {
 /// other: `PATCH` changes the invitation's role (with the authority inviting needs), `DELETE`
 /// revokes it.
 async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     let members = format!("{base}/members");
     let res = srv
         .post_as(
@@ -449,12 +429,7 @@ async fn a_pending_members_id_changes_its_role_and_revokes_it(backend: Backend) 
 /// `members_count` counts what the members list shows: members and live invitations (an
 /// expired one is in neither), wherever an organization is shown.
 async fn members_count_agrees_with_the_members_list(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     let org_id = base.trim_start_matches("/v1/organizations/");
     let dan = a_person(&srv, "dan@example.com").await;
     add_member(&srv, org_id, &dan.id, Role::Member).await;
@@ -479,12 +454,7 @@ async fn members_count_agrees_with_the_members_list(backend: Backend) {
 }
 
 async fn only_the_invited_person_accepts_an_invitation_once(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     let token = invite_bob(&srv, &admin, &alice, &base).await;
 
     // Someone else cannot accept Bob's invitation.
@@ -531,12 +501,7 @@ async fn only_the_invited_person_accepts_an_invitation_once(backend: Backend) {
 }
 
 async fn members_are_filtered_by_role_and_searched(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     let bob = bob_joins(&srv, &admin, &alice, &base).await;
 
     let members = srv
@@ -554,12 +519,7 @@ async fn members_are_filtered_by_role_and_searched(backend: Backend) {
 }
 
 async fn admins_change_roles_and_anyone_can_leave(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     let bob = bob_joins(&srv, &admin, &alice, &base).await;
 
     // Members cannot manage members; admins can change roles; anyone can leave.
@@ -703,12 +663,7 @@ async fn expire_invitation(srv: &TestServer, inv_id: &str) {
 }
 
 async fn a_resent_invitation_gets_a_new_token_and_the_old_one_stops_working(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     let (inv_id, first_token) = invite_carol(&srv, &admin, &alice, &base).await;
 
     // Resend: a new token; the old one no longer works.
@@ -745,12 +700,7 @@ async fn a_resent_invitation_gets_a_new_token_and_the_old_one_stops_working(back
 }
 
 async fn an_expired_invitation_is_listed_as_expired_and_cannot_be_accepted(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     let (inv_id, token) = invite_carol(&srv, &admin, &alice, &base).await;
     let carol = a_person(&srv, "carol@example.com").await;
 
@@ -770,12 +720,7 @@ async fn an_expired_invitation_is_listed_as_expired_and_cannot_be_accepted(backe
 }
 
 async fn revoked_invitations_are_listed_by_status(backend: Backend) {
-    let Acme {
-        srv,
-        admin,
-        alice,
-        base,
-    } = acme(backend).await;
+    let Acme(srv, admin, alice, base) = acme(backend).await;
     let (inv_id, _) = invite_carol(&srv, &admin, &alice, &base).await;
     expire_invitation(&srv, &inv_id).await;
 
