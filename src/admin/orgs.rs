@@ -1,8 +1,17 @@
 //! Platform administration of organizations and projects; the queries are in [`super::store`].
+//!
+//! A platform admin acts on any organization's projects, members and invitations through the
+//! organization's own handlers, given an [`OrgAccess`] of the admin
+//! ([`OrgAccess::platform_admin`]: an owner's authority, audited as the admin in the
+//! organization) — one implementation of each rule (quotas, the last owner, who grants owner).
 
-use axum::{extract::State, response::IntoResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::{
+    extract::{FromRequestParts, RawPathParams, State},
+    http::request::Parts,
+    response::IntoResponse,
+};
+use serde::{de::DeserializeOwned, Deserialize};
+use serde_json::{json, Map, Value};
 
 use super::store;
 use crate::wire::Standing;
@@ -12,20 +21,54 @@ use crate::{
     error::{Error, FieldError},
     events::{Change, Invalidation},
     http::{
-        extract::{Json, Path, Query},
+        extract::{parse_json, Json, Path, Query},
         pagination::Page,
+        request_meta::RequestMeta,
         routes::Routes,
     },
-    orgs::organizations,
+    ids::ProjectId,
+    orgs::{
+        access::{OrgAccess, OrgRef},
+        organizations, projects,
+        roles::RequiredPermission,
+    },
 };
 
 pub fn routes() -> Routes {
+    const PROJECT: &str = "/v1/admin/projects/{id}";
     Routes::new()
         .get("/v1/admin/organizations", list)
         .get("/v1/admin/organizations/{id}", detail)
         .patch("/v1/admin/organizations/{id}", update)
         .put("/v1/admin/organizations/{id}/status", set_status)
         .get("/v1/admin/projects", list_projects)
+        .post("/v1/admin/projects", create_project)
+        .get(PROJECT, get_project)
+        .patch(PROJECT, update_project)
+        .delete(PROJECT, delete_project)
+}
+
+/// The [`OrgAccess`] of a platform admin on the organization `{id}` (id or slug) of an admin
+/// route: refused to anyone but a platform admin; any organization, whatever its status.
+pub struct AdminAccess<P>(pub OrgAccess<P>);
+
+impl<P: RequiredPermission> FromRequestParts<AppState> for AdminAccess<P> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let admin = PlatformAdmin::from_request_parts(parts, state).await?;
+        let meta = RequestMeta::from_request_parts(parts, state).await?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Error::not_found("Organization not found"))?;
+        let id = params
+            .iter()
+            .find(|(k, _)| *k == "id")
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| Error::not_found("Organization not found"))?;
+        let org = OrgRef::find(&state.db, &id).await?;
+        Ok(AdminAccess(OrgAccess::platform_admin(admin, org, meta)))
+    }
 }
 
 async fn list(
@@ -65,7 +108,7 @@ async fn detail(
 async fn update(
     State(state): State<AppState>,
     admin: PlatformAdmin,
-    meta: crate::http::request_meta::RequestMeta,
+    meta: RequestMeta,
     Path(id): Path<String>,
     Json(body): Json<organizations::UpdateOrganization>,
 ) -> Result<impl IntoResponse, Error> {
@@ -96,7 +139,7 @@ struct StatusChange {
 async fn set_status(
     State(state): State<AppState>,
     admin: PlatformAdmin,
-    meta: crate::http::request_meta::RequestMeta,
+    meta: RequestMeta,
     Path(id): Path<String>,
     Json(body): Json<StatusChange>,
 ) -> Result<impl IntoResponse, Error> {
@@ -140,4 +183,94 @@ async fn list_projects(
     Ok(axum::Json(
         store::projects(&state.db, filter.organization_id, &page).await?,
     ))
+}
+
+/// Takes the string `field` out of a JSON object body (`None` if absent); the rest of the body
+/// is then read as the organization's own route reads it.
+fn take_string(body: &mut Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
+    match body.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= 320 => Ok(Some(s)),
+        Some(_) => Err(Error::invalid_field(
+            field,
+            "must be a string of at most 320 characters",
+        )),
+    }
+}
+
+/// The rest of a body, once [`take_string`] took the admin route's own fields out of it.
+fn rest<T: DeserializeOwned>(body: Map<String, Value>) -> Result<T, Error> {
+    parse_json(&serde_json::to_vec(&body).map_err(anyhow::Error::from)?)
+}
+
+/// `POST /v1/admin/projects`: the project's fields (as `POST …/projects` takes them) and the
+/// `organization_id` (or slug) it belongs to.
+async fn create_project(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Json(mut body): Json<Map<String, Value>>,
+) -> Result<impl IntoResponse, Error> {
+    let Some(org) = take_string(&mut body, "organization_id")? else {
+        return Err(Error::invalid_field("organization_id", "is required"));
+    };
+    let project = rest(body)?;
+    let org = match OrgRef::find(&state.db, &org).await {
+        Err(e) if e.code() == crate::error::ErrorCode::NotFound => {
+            return Err(Error::invalid_field(
+                "organization_id",
+                "no organization has this id or slug",
+            ))
+        }
+        found => found?,
+    };
+    let access = OrgAccess::platform_admin(admin, org, meta);
+    projects::create(State(state), access, Json(project)).await
+}
+
+/// The admin's access to the organization of the project `id` (not found if there is none),
+/// and the path the organization's own project routes take.
+async fn project_access<P>(
+    state: &AppState,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    id: ProjectId,
+) -> Result<(OrgAccess<P>, Path<(String, ProjectId)>), Error> {
+    let org_id = projects::organization_of(&state.db, &id).await?;
+    let org = OrgRef::find(&state.db, &org_id).await?;
+    Ok((
+        OrgAccess::platform_admin(admin, org, meta),
+        Path((org_id, id)),
+    ))
+}
+
+async fn get_project(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+) -> Result<impl IntoResponse, Error> {
+    let (access, path) = project_access(&state, admin, meta, id).await?;
+    projects::get(State(state), access, path).await
+}
+
+async fn update_project(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+    body: Json<projects::ProjectInput>,
+) -> Result<impl IntoResponse, Error> {
+    let (access, path) = project_access(&state, admin, meta, id).await?;
+    projects::update(State(state), access, path, body).await
+}
+
+async fn delete_project(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+) -> Result<impl IntoResponse, Error> {
+    let (access, path) = project_access(&state, admin, meta, id).await?;
+    projects::delete(State(state), access, path).await
 }

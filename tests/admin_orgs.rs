@@ -1,0 +1,258 @@
+//! Platform admins manage any organization (seed 004, issue 22): its projects
+//! (`/v1/admin/projects` CRUD), the organization itself, its members and invitations — through
+//! the organization's own rules (quotas, the last owner), each change audited as the admin acting
+//! in that organization. (That only platform admins reach these routes is also walked by
+//! tests/route_table.rs.)
+
+mod common;
+
+use common::{
+    fixtures::{a_person, an_org},
+    Backend, TestServer,
+};
+use serde_json::{json, Value};
+
+on_both_databases!(
+    an_admin_creates_reads_changes_and_deletes_any_organizations_project,
+    admin_project_writes_are_the_organizations_events_by_the_admin,
+    admin_project_input_is_validated_like_the_organizations_own,
+    admin_project_routes_refuse_everyone_but_platform_admins,
+);
+
+/// The admin's user id.
+async fn admin_id(srv: &TestServer, admin: &str) -> Value {
+    srv.get_as("/v1/me", admin).await.json["id"].clone()
+}
+
+/// The one audit event of `action`, as the platform's audit log shows it.
+async fn the_event(srv: &TestServer, admin: &str, action: &str) -> Value {
+    let audit = srv
+        .get_as(&format!("/v1/admin/audit?action={action}"), admin)
+        .await;
+    assert_eq!(audit.status, 200, "{}", audit.text);
+    assert_eq!(audit.json["total"], 1, "{}", audit.text);
+    audit.json["events"][0].clone()
+}
+
+async fn an_admin_creates_reads_changes_and_deletes_any_organizations_project(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let acme = an_org(&srv).await;
+
+    // The admin is no member of acme, yet creates its project.
+    let res = srv
+        .post_as(
+            "/v1/admin/projects",
+            &admin,
+            &json!({"organization_id": acme.id, "name": "Storefront", "allowed_origins": ["https://shop.example.com"]}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["organization_id"], acme.id.as_str());
+    assert_eq!(res.json["name"], "Storefront");
+    let id = res.json["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/admin/projects/{id}");
+
+    // The organization sees it as its own.
+    let own = srv
+        .get_as(&format!("{}/projects/{id}", acme.base), &acme.owner)
+        .await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    assert_eq!(
+        own.json["allowed_origins"],
+        json!(["https://shop.example.com"])
+    );
+
+    let got = srv.get_as(&path, &admin).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.json, own.json);
+
+    // A slug names the organization as well as its id.
+    let by_slug = srv
+        .post_as(
+            "/v1/admin/projects",
+            &admin,
+            &json!({"organization_id": "acme", "name": "Backoffice"}),
+        )
+        .await;
+    assert_eq!(by_slug.status, 201, "{}", by_slug.text);
+    assert_eq!(by_slug.json["organization_id"], acme.id.as_str());
+
+    let res = srv
+        .patch_as(
+            &path,
+            &admin,
+            &json!({"name": "Shop", "redirect_urls": ["https://shop.example.com/cb"], "settings": {"theme": "dark"}}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["name"], "Shop");
+    assert_eq!(
+        res.json["allowed_origins"],
+        json!(["https://shop.example.com"])
+    );
+    assert_eq!(
+        res.json["redirect_urls"],
+        json!(["https://shop.example.com/cb"])
+    );
+    assert_eq!(res.json["settings"], json!({"theme": "dark"}));
+
+    let list = srv
+        .get_as(
+            &format!("/v1/admin/projects?organization_id={}", acme.id),
+            &admin,
+        )
+        .await;
+    assert_eq!(list.json["total"], 2, "{}", list.text);
+
+    let res = srv.delete_as(&path, &admin).await;
+    assert_eq!(res.status, 204, "{}", res.text);
+    srv.get_as(&path, &admin)
+        .await
+        .assert_error(404, "not_found");
+    srv.get_as(&format!("{}/projects/{id}", acme.base), &acme.owner)
+        .await
+        .assert_error(404, "not_found");
+    srv.delete_as(&path, &admin)
+        .await
+        .assert_error(404, "not_found");
+    srv.patch_as(&path, &admin, &json!({"name": "x"}))
+        .await
+        .assert_error(404, "not_found");
+}
+
+async fn admin_project_writes_are_the_organizations_events_by_the_admin(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let admin_id = admin_id(&srv, &admin).await;
+    let acme = an_org(&srv).await;
+    let res = srv
+        .post_as(
+            "/v1/admin/projects",
+            &admin,
+            &json!({"organization_id": acme.id, "name": "Storefront"}),
+        )
+        .await;
+    let id = res.json["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/admin/projects/{id}");
+    srv.patch_as(&path, &admin, &json!({"name": "Shop"})).await;
+    srv.delete_as(&path, &admin).await;
+    for action in ["project.created", "project.updated", "project.deleted"] {
+        let e = the_event(&srv, &admin, action).await;
+        assert_eq!(e["resource_id"], id.as_str(), "{action}");
+        assert_eq!(e["actor_id"], admin_id, "{action}");
+        assert_eq!(e["actor_type"], "user", "{action}");
+        assert_eq!(e["organization_id"], acme.id.as_str(), "{action}");
+    }
+    // The organization's own audit log shows the admin's changes.
+    let own = srv
+        .get_as(
+            &format!("{}/audit?action=project.created", acme.base),
+            &acme.owner,
+        )
+        .await;
+    assert_eq!(own.status, 200, "{}", own.text);
+    assert_eq!(own.json["total"], 1, "{}", own.text);
+    assert_eq!(own.json["events"][0]["actor_id"], admin_id);
+}
+
+async fn admin_project_input_is_validated_like_the_organizations_own(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let acme = an_org(&srv).await;
+
+    let err = srv
+        .post_as("/v1/admin/projects", &admin, &json!({"name": "No home"}))
+        .await;
+    err.assert_error(400, "invalid_request");
+    assert!(err.text.contains("organization_id"), "{}", err.text);
+
+    let err = srv
+        .post_as(
+            "/v1/admin/projects",
+            &admin,
+            &json!({"organization_id": "org_nothere", "name": "Lost"}),
+        )
+        .await;
+    let e = err.assert_error(400, "invalid_request");
+    assert_eq!(e["details"][0]["field"], "organization_id", "{}", err.text);
+
+    let err = srv
+        .post_as(
+            "/v1/admin/projects",
+            &admin,
+            &json!({"organization_id": acme.id, "name": " ", "allowed_origins": ["https://a.example.com/path"]}),
+        )
+        .await;
+    let e = err.assert_error(400, "invalid_request");
+    let fields: Vec<&str> = e["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["field"].as_str())
+        .collect();
+    assert!(fields.contains(&"name"), "{}", err.text);
+    assert!(fields.contains(&"allowed_origins[0]"), "{}", err.text);
+
+    let err = srv
+        .post_as(
+            "/v1/admin/projects",
+            &admin,
+            &json!({"organization_id": acme.id, "name": "Shop", "colour": "red"}),
+        )
+        .await;
+    err.assert_error(400, "invalid_request");
+    assert!(err.text.contains("colour"), "{}", err.text);
+
+    let res = srv
+        .post_as(
+            "/v1/admin/projects",
+            &admin,
+            &json!({"organization_id": acme.id, "name": "Shop"}),
+        )
+        .await;
+    let path = format!("/v1/admin/projects/{}", res.json["id"].as_str().unwrap());
+    let err = srv
+        .patch_as(&path, &admin, &json!({"organization_id": "acme"}))
+        .await;
+    err.assert_error(400, "invalid_request");
+    let err = srv
+        .patch_as(&path, &admin, &json!({"redirect_urls": ["ftp://x"]}))
+        .await;
+    err.assert_error(400, "invalid_request");
+    srv.get_as("/v1/admin/projects/not-a-project-id", &admin)
+        .await
+        .assert_error(404, "not_found");
+}
+
+async fn admin_project_routes_refuse_everyone_but_platform_admins(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let acme = an_org(&srv).await;
+    let res = srv
+        .post_as(
+            "/v1/admin/projects",
+            &admin,
+            &json!({"organization_id": acme.id, "name": "Shop"}),
+        )
+        .await;
+    let path = format!("/v1/admin/projects/{}", res.json["id"].as_str().unwrap());
+    let stranger = a_person(&srv, "x@example.com").await;
+    // Not even the organization's own owner goes through the admin routes.
+    for token in [acme.owner.as_str(), stranger.token.as_str()] {
+        srv.get_as(&path, token)
+            .await
+            .assert_error(403, "forbidden");
+        srv.post_as(
+            "/v1/admin/projects",
+            token,
+            &json!({"organization_id": acme.id, "name": "Mine"}),
+        )
+        .await
+        .assert_error(403, "forbidden");
+        srv.delete_as(&path, token)
+            .await
+            .assert_error(403, "forbidden");
+    }
+    assert_eq!(srv.get_as(&path, &admin).await.status, 200);
+}
