@@ -17,6 +17,9 @@ on_both_databases!(
     admin_project_writes_are_the_organizations_events_by_the_admin,
     admin_project_input_is_validated_like_the_organizations_own,
     admin_project_routes_refuse_everyone_but_platform_admins,
+    an_admin_creates_an_organization_for_an_owner_by_id_or_email,
+    admin_organization_creation_names_a_missing_or_unknown_owner,
+    an_admin_deletes_any_organization,
 );
 
 /// The admin's user id.
@@ -255,4 +258,152 @@ async fn admin_project_routes_refuse_everyone_but_platform_admins(backend: Backe
             .assert_error(403, "forbidden");
     }
     assert_eq!(srv.get_as(&path, &admin).await.status, 200);
+}
+
+async fn an_admin_creates_an_organization_for_an_owner_by_id_or_email(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let admin_id = admin_id(&srv, &admin).await;
+    let ann = a_person(&srv, "ann@example.com").await;
+    let res = srv
+        .post_as(
+            "/v1/admin/organizations",
+            &admin,
+            &json!({"owner_email": "Ann@Example.com", "name": "Ann's Shop", "slug": "anns-shop", "timezone": "Europe/Paris"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["slug"], "anns-shop");
+    assert_eq!(res.json["timezone"], "Europe/Paris");
+    let id = res.json["id"].as_str().unwrap().to_string();
+
+    // Ann owns it (the admin is not a member) and sees it among hers.
+    let mine = srv.get_as("/v1/organizations", &ann.token).await;
+    assert_eq!(
+        mine.json["organizations"][0]["id"],
+        id.as_str(),
+        "{}",
+        mine.text
+    );
+    assert_eq!(mine.json["organizations"][0]["role"], "owner");
+    let members = srv
+        .get_as(&format!("/v1/organizations/{id}/members"), &ann.token)
+        .await;
+    assert_eq!(members.json["total"], 1, "{}", members.text);
+    assert_eq!(members.json["members"][0]["id"], ann.id.as_str());
+    srv.get_as(&format!("/v1/organizations/{id}"), &admin)
+        .await
+        .assert_error(404, "not_found");
+
+    // Audited as the admin, in the new organization.
+    for action in ["organization.created", "member.added"] {
+        let e = the_event(&srv, &admin, action).await;
+        assert_eq!(e["actor_id"], admin_id, "{action}");
+        assert_eq!(e["organization_id"], id.as_str(), "{action}");
+    }
+
+    // By id, with a slug made from the name.
+    let res = srv
+        .post_as(
+            "/v1/admin/organizations",
+            &admin,
+            &json!({"owner_id": ann.id, "name": "Second Shop"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["slug"], "second-shop");
+    let mine = srv.get_as("/v1/organizations", &ann.token).await;
+    assert_eq!(mine.json["total"], 2, "{}", mine.text);
+
+    // The slug is the organizations' own rule: taken → 409.
+    srv.post_as(
+        "/v1/admin/organizations",
+        &admin,
+        &json!({"owner_id": ann.id, "name": "Again", "slug": "anns-shop"}),
+    )
+    .await
+    .assert_error(409, "conflict");
+}
+
+async fn admin_organization_creation_names_a_missing_or_unknown_owner(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let ann = a_person(&srv, "ann@example.com").await;
+    let cases = [
+        (json!({"name": "Nobody's"}), "owner_id"),
+        (
+            json!({"name": "Both", "owner_id": ann.id, "owner_email": "ann@example.com"}),
+            "owner_id",
+        ),
+        (
+            json!({"name": "Ghost", "owner_id": "usr_nothere"}),
+            "owner_id",
+        ),
+        (
+            json!({"name": "Ghost", "owner_email": "ghost@example.com"}),
+            "owner_email",
+        ),
+        (json!({"name": "Typed", "owner_email": 7}), "owner_email"),
+        (json!({"owner_id": ann.id, "name": ""}), "name"),
+        (
+            json!({"owner_id": ann.id, "name": "X", "slug": "Bad Slug"}),
+            "slug",
+        ),
+        (
+            json!({"owner_id": ann.id, "name": "X", "plan": "enterprise"}),
+            "plan",
+        ),
+    ];
+    for (body, field) in cases {
+        let res = srv.post_as("/v1/admin/organizations", &admin, &body).await;
+        let e = res.assert_error(400, "invalid_request");
+        assert!(
+            e["details"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["field"] == field)),
+            "{body}: {}",
+            res.text
+        );
+    }
+    let none = srv.get_as("/v1/admin/organizations", &admin).await;
+    assert_eq!(none.json["total"], 0, "{}", none.text);
+    srv.post_as(
+        "/v1/admin/organizations",
+        &ann.token,
+        &json!({"owner_id": ann.id, "name": "Mine"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+}
+
+async fn an_admin_deletes_any_organization(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let admin_id = admin_id(&srv, &admin).await;
+    let acme = an_org(&srv).await;
+    srv.delete_as(&format!("/v1/admin/organizations/{}", acme.id), &acme.owner)
+        .await
+        .assert_error(403, "forbidden");
+    // Suspended, too: the admin is not held back by the organization's status; a slug names it.
+    let res = srv
+        .put_as(
+            &format!("/v1/admin/organizations/{}/status", acme.id),
+            &admin,
+            &json!({"status": "suspended"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let res = srv.delete_as("/v1/admin/organizations/acme", &admin).await;
+    assert_eq!(res.status, 204, "{}", res.text);
+    srv.get_as(&format!("/v1/admin/organizations/{}", acme.id), &admin)
+        .await
+        .assert_error(404, "not_found");
+    srv.delete_as(&format!("/v1/admin/organizations/{}", acme.id), &admin)
+        .await
+        .assert_error(404, "not_found");
+    let mine = srv.get_as("/v1/organizations", &acme.owner).await;
+    assert_eq!(mine.json["total"], 0, "{}", mine.text);
+    let e = the_event(&srv, &admin, "organization.deleted").await;
+    assert_eq!(e["actor_id"], admin_id);
+    assert_eq!(e["resource_id"], acme.id.as_str());
 }

@@ -7,7 +7,7 @@
 
 use axum::{
     extract::{FromRequestParts, RawPathParams, State},
-    http::request::Parts,
+    http::{request::Parts, StatusCode},
     response::IntoResponse,
 };
 use serde::{de::DeserializeOwned, Deserialize};
@@ -17,7 +17,7 @@ use super::store;
 use crate::wire::Standing;
 use crate::{
     app::AppState,
-    auth::extract::PlatformAdmin,
+    auth::{extract::PlatformAdmin, users},
     error::{Error, FieldError},
     events::{Change, Invalidation},
     http::{
@@ -26,11 +26,11 @@ use crate::{
         request_meta::RequestMeta,
         routes::Routes,
     },
-    ids::ProjectId,
+    ids::{ProjectId, UserId},
     orgs::{
         access::{OrgAccess, OrgRef},
         organizations, projects,
-        roles::RequiredPermission,
+        roles::{perm, RequiredPermission},
     },
 };
 
@@ -38,8 +38,10 @@ pub fn routes() -> Routes {
     const PROJECT: &str = "/v1/admin/projects/{id}";
     Routes::new()
         .get("/v1/admin/organizations", list)
+        .post("/v1/admin/organizations", create)
         .get("/v1/admin/organizations/{id}", detail)
         .patch("/v1/admin/organizations/{id}", update)
+        .delete("/v1/admin/organizations/{id}", delete)
         .put("/v1/admin/organizations/{id}/status", set_status)
         .get("/v1/admin/projects", list_projects)
         .post("/v1/admin/projects", create_project)
@@ -85,6 +87,46 @@ async fn list(
         .map_err(|e| Error::invalid(vec![e]))?;
     let list = store::organizations(&state.db, filter.q.as_deref(), status, &page).await?;
     Ok(axum::Json(list))
+}
+
+/// `POST /v1/admin/organizations`: the organization's fields (as `POST /v1/organizations` takes
+/// them) and its owner, an existing user named by `owner_id` or `owner_email` (one of the two).
+async fn create(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Json(mut body): Json<Map<String, Value>>,
+) -> Result<impl IntoResponse, Error> {
+    let owner = match (
+        take_string(&mut body, "owner_id")?,
+        take_string(&mut body, "owner_email")?,
+    ) {
+        (Some(id), None) => users::get(&state.db, &UserId(id))
+            .await?
+            .map(|u| u.id.0)
+            .ok_or_else(|| Error::invalid_field("owner_id", "no user has this id"))?,
+        (None, Some(email)) => users::credentials_by_email(&state.db, &email)
+            .await?
+            .map(|u| u.id)
+            .ok_or_else(|| Error::invalid_field("owner_email", "no user has this email"))?,
+        _ => {
+            return Err(Error::invalid_field(
+                "owner_id",
+                "give the owner as exactly one of owner_id and owner_email (an existing user)",
+            ))
+        }
+    };
+    let org =
+        organizations::create_owned(&state, &admin.context(&meta), &owner, rest(body)?).await?;
+    Ok((StatusCode::CREATED, axum::Json(org)))
+}
+
+/// `DELETE /v1/admin/organizations/{id}`: as its owner would, with everything it holds.
+async fn delete(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::OrganizationsDelete>,
+) -> Result<impl IntoResponse, Error> {
+    organizations::delete(state, access).await
 }
 
 async fn detail(
