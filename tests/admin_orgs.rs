@@ -10,6 +10,7 @@ use common::{
     fixtures::{a_person, an_org},
     Backend, TestServer,
 };
+use gatehouse::orgs::roles::Role;
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -20,6 +21,9 @@ on_both_databases!(
     an_admin_creates_an_organization_for_an_owner_by_id_or_email,
     admin_organization_creation_names_a_missing_or_unknown_owner,
     an_admin_deletes_any_organization,
+    an_admin_manages_any_organizations_members_and_invitations,
+    the_last_owner_stays_an_owner_under_an_admin_too,
+    admin_member_routes_refuse_everyone_but_platform_admins,
 );
 
 /// The admin's user id.
@@ -406,4 +410,178 @@ async fn an_admin_deletes_any_organization(backend: Backend) {
     let e = the_event(&srv, &admin, "organization.deleted").await;
     assert_eq!(e["actor_id"], admin_id);
     assert_eq!(e["resource_id"], acme.id.as_str());
+}
+
+async fn an_admin_manages_any_organizations_members_and_invitations(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let admin_id = admin_id(&srv, &admin).await;
+    let acme = an_org(&srv).await;
+    let (_, bob) = acme.a_member(&srv, "bob@example.com", Role::Member).await;
+    let members = format!("/v1/admin/organizations/{}/members", acme.id);
+    let invitations = format!("/v1/admin/organizations/{}/invitations", acme.id);
+
+    let list = srv.get_as(&members, &admin).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.json["total"], 2, "{}", list.text);
+    let list = srv.get_as(&format!("{members}?role=owner"), &admin).await;
+    assert_eq!(list.json["total"], 1, "{}", list.text);
+    assert_eq!(list.json["members"][0]["id"], acme.owner_id.as_str());
+
+    // Adding by email invites: a pending member.
+    let res = srv
+        .post_as(
+            &members,
+            &admin,
+            &json!({"email": "carol@example.com", "role": "editor"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["status"], "pending_invite");
+    let carol = res.json["id"].as_str().unwrap().to_string();
+    assert!(carol.starts_with("inv_"), "{carol}");
+    let res = srv
+        .patch_as(
+            &format!("{members}/{carol}"),
+            &admin,
+            &json!({"role": "admin"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["role"], "admin");
+
+    let res = srv
+        .patch_as(
+            &format!("{members}/{bob}"),
+            &admin,
+            &json!({"role": "owner"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["role"], "owner");
+    let own = srv
+        .get_as(&format!("{}/members?role=owner", acme.base), &acme.owner)
+        .await;
+    assert_eq!(own.json["total"], 2, "{}", own.text);
+    let e = the_event(&srv, &admin, "member.updated").await;
+    assert_eq!(e["actor_id"], admin_id);
+    assert_eq!(e["organization_id"], acme.id.as_str());
+    assert_eq!(e["resource_id"], bob.as_str());
+
+    let res = srv
+        .post_as(
+            &invitations,
+            &admin,
+            &json!({"email": "dan@example.com", "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let dan = res.json["id"].as_str().unwrap().to_string();
+    srv.post_as(
+        &invitations,
+        &admin,
+        &json!({"email": "dan@example.com", "role": "viewer"}),
+    )
+    .await
+    .assert_error(409, "conflict");
+    srv.post_as(
+        &invitations,
+        &admin,
+        &json!({"email": "eve@example.com", "role": "chief"}),
+    )
+    .await
+    .assert_error(400, "invalid_request");
+    let list = srv
+        .get_as(&format!("{invitations}?status=pending"), &admin)
+        .await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.json["total"], 2, "{}", list.text);
+
+    let res = srv.delete_as(&format!("{invitations}/{dan}"), &admin).await;
+    assert_eq!(res.status, 204, "{}", res.text);
+    let e = the_event(&srv, &admin, "invitation.revoked").await;
+    assert_eq!(e["actor_id"], admin_id);
+    assert_eq!(e["organization_id"], acme.id.as_str());
+    srv.delete_as(&format!("{invitations}/inv_nothere"), &admin)
+        .await
+        .assert_error(404, "not_found");
+    let list = srv
+        .get_as(&format!("{invitations}?status=pending"), &admin)
+        .await;
+    assert_eq!(list.json["total"], 1, "{}", list.text);
+
+    let res = srv.delete_as(&format!("{members}/{bob}"), &admin).await;
+    assert_eq!(res.status, 204, "{}", res.text);
+    let e = the_event(&srv, &admin, "member.removed").await;
+    assert_eq!(e["actor_id"], admin_id);
+    assert_eq!(e["organization_id"], acme.id.as_str());
+    srv.delete_as(&format!("{members}/{bob}"), &admin)
+        .await
+        .assert_error(404, "not_found");
+    // The admin's actions never made them a member.
+    srv.get_as(&acme.base, &admin)
+        .await
+        .assert_error(404, "not_found");
+    srv.get_as("/v1/admin/organizations/org_nothere/members", &admin)
+        .await
+        .assert_error(404, "not_found");
+}
+
+async fn the_last_owner_stays_an_owner_under_an_admin_too(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let acme = an_org(&srv).await;
+    let owner = format!(
+        "/v1/admin/organizations/{}/members/{}",
+        acme.id, acme.owner_id
+    );
+    srv.patch_as(&owner, &admin, &json!({"role": "admin"}))
+        .await
+        .assert_error(400, "invalid_request");
+    srv.delete_as(&owner, &admin)
+        .await
+        .assert_error(400, "invalid_request");
+    let own = srv
+        .get_as(&format!("{}/members?role=owner", acme.base), &acme.owner)
+        .await;
+    assert_eq!(own.json["total"], 1, "{}", own.text);
+
+    // With a second owner, the first may go.
+    let (_, bob) = acme.a_member(&srv, "bob@example.com", Role::Owner).await;
+    let res = srv
+        .patch_as(&owner, &admin, &json!({"role": "viewer"}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let bob = format!("/v1/admin/organizations/{}/members/{bob}", acme.id);
+    srv.delete_as(&bob, &admin)
+        .await
+        .assert_error(400, "invalid_request");
+}
+
+async fn admin_member_routes_refuse_everyone_but_platform_admins(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let acme = an_org(&srv).await;
+    let members = format!("/v1/admin/organizations/{}/members", acme.id);
+    // The organization's own owner is no platform admin.
+    srv.get_as(&members, &acme.owner)
+        .await
+        .assert_error(403, "forbidden");
+    srv.post_as(
+        &members,
+        &acme.owner,
+        &json!({"email": "x@example.com", "role": "owner"}),
+    )
+    .await
+    .assert_error(403, "forbidden");
+    srv.delete_as(&format!("{members}/{}", acme.owner_id), &acme.owner)
+        .await
+        .assert_error(403, "forbidden");
+    srv.get_as(
+        &format!("/v1/admin/organizations/{}/invitations", acme.id),
+        &acme.owner,
+    )
+    .await
+    .assert_error(403, "forbidden");
+    let anonymous = srv.get(&members).await;
+    anonymous.assert_error(401, "unauthorized");
 }

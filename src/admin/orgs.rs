@@ -26,16 +26,19 @@ use crate::{
         request_meta::RequestMeta,
         routes::Routes,
     },
-    ids::{ProjectId, UserId},
+    ids::{InvitationId, ProjectId, UserId},
     orgs::{
         access::{OrgAccess, OrgRef},
-        organizations, projects,
+        members, organizations, projects,
         roles::{perm, RequiredPermission},
     },
 };
 
 pub fn routes() -> Routes {
     const PROJECT: &str = "/v1/admin/projects/{id}";
+    const MEMBERS: &str = "/v1/admin/organizations/{id}/members";
+    const MEMBER: &str = "/v1/admin/organizations/{id}/members/{user_id}";
+    const INVITATIONS: &str = "/v1/admin/organizations/{id}/invitations";
     Routes::new()
         .get("/v1/admin/organizations", list)
         .post("/v1/admin/organizations", create)
@@ -48,6 +51,16 @@ pub fn routes() -> Routes {
         .get(PROJECT, get_project)
         .patch(PROJECT, update_project)
         .delete(PROJECT, delete_project)
+        .get(MEMBERS, list_members)
+        .post(MEMBERS, add_member)
+        .patch(MEMBER, change_role)
+        .delete(MEMBER, remove_member)
+        .get(INVITATIONS, list_invitations)
+        .post(INVITATIONS, create_invitation)
+        .delete(
+            "/v1/admin/organizations/{id}/invitations/{inv_id}",
+            revoke_invitation,
+        )
 }
 
 /// The [`OrgAccess`] of a platform admin on the organization `{id}` (id or slug) of an admin
@@ -315,4 +328,68 @@ async fn delete_project(
 ) -> Result<impl IntoResponse, Error> {
     let (access, path) = project_access(&state, admin, meta, id).await?;
     projects::delete(State(state), access, path).await
+}
+
+// ---- members and invitations: the organization's own handlers, run by the admin -----------
+
+async fn list_members(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersRead>,
+    page: Page,
+    query: Query<members::MemberQuery>,
+) -> Result<impl IntoResponse, Error> {
+    members::list(state, access, page, query).await
+}
+
+/// Invites (a pending member), as `POST …/members` does.
+async fn add_member(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    body: Json<members::Invite>,
+) -> Result<impl IntoResponse, Error> {
+    members::add(state, access, body).await
+}
+
+/// Another role for a member or a pending member (`inv_…`); the last owner stays one.
+async fn change_role(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    path: Path<(String, String)>,
+    body: Json<members::ChangeRole>,
+) -> Result<impl IntoResponse, Error> {
+    members::change_role(state, access, path, body).await
+}
+
+/// Removes a member, or revokes a pending member's invitation; never the last owner.
+async fn remove_member(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersRead>,
+    path: Path<(String, String)>,
+) -> Result<impl IntoResponse, Error> {
+    members::remove(state, access, path).await
+}
+
+async fn list_invitations(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    page: Page,
+    filter: Query<members::InvitationFilter>,
+) -> Result<impl IntoResponse, Error> {
+    members::list_invitations(state, access, page, filter).await
+}
+
+async fn create_invitation(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    body: Json<members::Invite>,
+) -> Result<impl IntoResponse, Error> {
+    members::create_invitation(state, access, body).await
+}
+
+async fn revoke_invitation(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    path: Path<(String, InvitationId)>,
+) -> Result<impl IntoResponse, Error> {
+    members::revoke_invitation(state, access, path).await
 }
