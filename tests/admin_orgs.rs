@@ -24,6 +24,7 @@ on_both_databases!(
     an_admin_manages_any_organizations_members_and_invitations,
     the_last_owner_stays_an_owner_under_an_admin_too,
     admin_member_routes_refuse_everyone_but_platform_admins,
+    an_admin_lists_and_revokes_a_projects_api_keys,
 );
 
 /// The admin's user id.
@@ -584,4 +585,97 @@ async fn admin_member_routes_refuse_everyone_but_platform_admins(backend: Backen
     .assert_error(403, "forbidden");
     let anonymous = srv.get(&members).await;
     anonymous.assert_error(401, "unauthorized");
+}
+
+async fn an_admin_lists_and_revokes_a_projects_api_keys(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let admin_id = admin_id(&srv, &admin).await;
+    let acme = an_org(&srv).await;
+    let mut projects = Vec::new();
+    for name in ["Shop", "Blog"] {
+        let res = srv
+            .post_as(
+                &format!("{}/projects", acme.base),
+                &acme.owner,
+                &json!({"name": name}),
+            )
+            .await;
+        projects.push(res.json["id"].as_str().unwrap().to_string());
+    }
+    let shop = acme
+        .a_key(
+            &srv,
+            &acme.owner,
+            json!({"name": "shop", "project_id": projects[0]}),
+        )
+        .await;
+    let blog = acme
+        .a_key(
+            &srv,
+            &acme.owner,
+            json!({"name": "blog", "project_id": projects[1]}),
+        )
+        .await;
+    let loose = acme
+        .a_key(&srv, &acme.owner, json!({"name": "loose"}))
+        .await;
+    let keys = format!("/v1/admin/projects/{}/api-keys", projects[0]);
+
+    let list = srv.get_as(&keys, &admin).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    assert_eq!(list.json["total"], 1, "{}", list.text);
+    assert_eq!(list.json["api_keys"][0]["id"], shop["id"]);
+    assert!(
+        list.json["api_keys"][0].get("token").is_none(),
+        "{}",
+        list.text
+    );
+    // A `?project_id=` cannot widen it to another project.
+    let list = srv
+        .get_as(&format!("{keys}?project_id={}", projects[1]), &admin)
+        .await;
+    assert_eq!(list.json["total"], 1, "{}", list.text);
+    assert_eq!(list.json["api_keys"][0]["id"], shop["id"]);
+
+    // Another project's key, or one of no project, is not this project's to revoke.
+    for other in [&blog, &loose] {
+        srv.delete_as(&format!("{keys}/{}", other["id"].as_str().unwrap()), &admin)
+            .await
+            .assert_error(404, "not_found");
+    }
+    let res = srv
+        .delete_as(&format!("{keys}/{}", shop["id"].as_str().unwrap()), &admin)
+        .await;
+    assert_eq!(res.status, 204, "{}", res.text);
+    let own = srv
+        .get_as(
+            &format!("{}/api-keys/{}", acme.base, shop["id"].as_str().unwrap()),
+            &acme.owner,
+        )
+        .await;
+    assert_eq!(own.json["status"], "revoked", "{}", own.text);
+    let blog_now = srv
+        .get_as(
+            &format!("{}/api-keys/{}", acme.base, blog["id"].as_str().unwrap()),
+            &acme.owner,
+        )
+        .await;
+    assert_eq!(blog_now.json["status"], "active", "{}", blog_now.text);
+    let e = the_event(&srv, &admin, "api_key.revoked").await;
+    assert_eq!(e["actor_id"], admin_id);
+    assert_eq!(e["organization_id"], acme.id.as_str());
+
+    srv.get_as("/v1/admin/projects/proj_nothere/api-keys", &admin)
+        .await
+        .assert_error(404, "not_found");
+    srv.get_as(&keys, &acme.owner)
+        .await
+        .assert_error(403, "forbidden");
+    srv.delete_as(
+        &format!("{keys}/{}", blog["id"].as_str().unwrap()),
+        &acme.owner,
+    )
+    .await
+    .assert_error(403, "forbidden");
 }

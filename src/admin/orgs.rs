@@ -27,6 +27,7 @@ use crate::{
         routes::Routes,
     },
     ids::{InvitationId, ProjectId, UserId},
+    keys,
     orgs::{
         access::{OrgAccess, OrgRef},
         members, organizations, projects,
@@ -51,6 +52,11 @@ pub fn routes() -> Routes {
         .get(PROJECT, get_project)
         .patch(PROJECT, update_project)
         .delete(PROJECT, delete_project)
+        .get("/v1/admin/projects/{id}/api-keys", list_project_keys)
+        .delete(
+            "/v1/admin/projects/{id}/api-keys/{key_id}",
+            revoke_project_key,
+        )
         .get(MEMBERS, list_members)
         .post(MEMBERS, add_member)
         .patch(MEMBER, change_role)
@@ -283,20 +289,21 @@ async fn create_project(
     projects::create(State(state), access, Json(project)).await
 }
 
-/// The admin's access to the organization of the project `id` (not found if there is none),
-/// and the path the organization's own project routes take.
+/// The admin's access to the organization of the project `id` (not found if there is none).
 async fn project_access<P>(
     state: &AppState,
     admin: PlatformAdmin,
     meta: RequestMeta,
-    id: ProjectId,
-) -> Result<(OrgAccess<P>, Path<(String, ProjectId)>), Error> {
-    let org_id = projects::organization_of(&state.db, &id).await?;
+    id: &ProjectId,
+) -> Result<OrgAccess<P>, Error> {
+    let org_id = projects::organization_of(&state.db, id).await?;
     let org = OrgRef::find(&state.db, &org_id).await?;
-    Ok((
-        OrgAccess::platform_admin(admin, org, meta),
-        Path((org_id, id)),
-    ))
+    Ok(OrgAccess::platform_admin(admin, org, meta))
+}
+
+/// The path the organization's own routes of one of its resources take.
+fn org_path<P, T>(access: &OrgAccess<P>, id: T) -> Path<(String, T)> {
+    Path((access.org_id().to_string(), id))
 }
 
 async fn get_project(
@@ -305,7 +312,8 @@ async fn get_project(
     meta: RequestMeta,
     Path(id): Path<ProjectId>,
 ) -> Result<impl IntoResponse, Error> {
-    let (access, path) = project_access(&state, admin, meta, id).await?;
+    let access = project_access(&state, admin, meta, &id).await?;
+    let path = org_path(&access, id);
     projects::get(State(state), access, path).await
 }
 
@@ -316,7 +324,8 @@ async fn update_project(
     Path(id): Path<ProjectId>,
     body: Json<projects::ProjectInput>,
 ) -> Result<impl IntoResponse, Error> {
-    let (access, path) = project_access(&state, admin, meta, id).await?;
+    let access = project_access(&state, admin, meta, &id).await?;
+    let path = org_path(&access, id);
     projects::update(State(state), access, path, body).await
 }
 
@@ -326,8 +335,40 @@ async fn delete_project(
     meta: RequestMeta,
     Path(id): Path<ProjectId>,
 ) -> Result<impl IntoResponse, Error> {
-    let (access, path) = project_access(&state, admin, meta, id).await?;
+    let access = project_access(&state, admin, meta, &id).await?;
+    let path = org_path(&access, id);
     projects::delete(State(state), access, path).await
+}
+
+/// `GET /v1/admin/projects/{id}/api-keys`: the organization's keys list, confined to the
+/// project (its other filters — `status`, `type`, `environment` — apply).
+async fn list_project_keys(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+    page: Page,
+    Query(filter): Query<keys::routes::KeyFilter>,
+) -> Result<impl IntoResponse, Error> {
+    let access = project_access(&state, admin, meta, &id).await?;
+    keys::routes::list(State(state), access, page, Query(filter.in_project(&id))).await
+}
+
+/// `DELETE /v1/admin/projects/{id}/api-keys/{key_id}`: revokes a key of the project (a key of
+/// another project, or of none, is not found here).
+async fn revoke_project_key(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path((id, key_id)): Path<(ProjectId, String)>,
+) -> Result<impl IntoResponse, Error> {
+    let access = project_access(&state, admin, meta, &id).await?;
+    let key = keys::store::load(&state.db, access.org_id(), &key_id, None).await?;
+    if key.project_id.as_deref() != Some(&*id) {
+        return Err(Error::not_found("API key not found"));
+    }
+    let path = org_path(&access, key_id);
+    keys::routes::revoke(State(state), access, path).await
 }
 
 // ---- members and invitations: the organization's own handlers, run by the admin -----------
