@@ -25,6 +25,7 @@ on_both_databases!(
     the_last_owner_stays_an_owner_under_an_admin_too,
     admin_member_routes_refuse_everyone_but_platform_admins,
     an_admin_lists_and_revokes_a_projects_api_keys,
+    a_projects_signing_keys_are_the_platforms,
 );
 
 /// The admin's user id.
@@ -678,4 +679,43 @@ async fn an_admin_lists_and_revokes_a_projects_api_keys(backend: Backend) {
     )
     .await
     .assert_error(403, "forbidden");
+}
+
+async fn a_projects_signing_keys_are_the_platforms(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let acme = an_org(&srv).await;
+    let res = srv
+        .post_as(
+            &format!("{}/projects", acme.base),
+            &acme.owner,
+            &json!({"name": "Shop"}),
+        )
+        .await;
+    let path = format!(
+        "/v1/admin/projects/{}/signing-keys",
+        res.json["id"].as_str().unwrap()
+    );
+    let res = srv
+        .post_as("/v1/admin/signing-keys/rotate", &admin, &json!({}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let platform = srv.get_as("/v1/admin/signing-keys", &admin).await;
+    let project = srv.get_as(&path, &admin).await;
+    assert_eq!(project.status, 200, "{}", project.text);
+    assert_eq!(project.json, platform.json);
+    assert_eq!(project.json["total"], 2, "{}", project.text);
+    let first = srv.get_as(&format!("{path}?limit=1"), &admin).await;
+    assert_eq!(
+        first.json["signing_keys"].as_array().unwrap().len(),
+        1,
+        "{}",
+        first.text
+    );
+    srv.get_as("/v1/admin/projects/proj_nothere/signing-keys", &admin)
+        .await
+        .assert_error(404, "not_found");
+    srv.get_as(&path, &acme.owner)
+        .await
+        .assert_error(403, "forbidden");
 }
