@@ -33,6 +33,27 @@ async fn admin_id(srv: &TestServer, admin: &str) -> Value {
     srv.get_as("/v1/me", admin).await.json["id"].clone()
 }
 
+/// Creates the project `name` of `org` as the admin; its `/v1/admin/projects/{id}` path.
+async fn a_project(srv: &TestServer, admin: &str, org: &str, name: &str) -> String {
+    let res = srv
+        .post_as(
+            "/v1/admin/projects",
+            admin,
+            &json!({"organization_id": org, "name": name}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    format!("/v1/admin/projects/{}", res.json["id"].as_str().unwrap())
+}
+
+/// Gives the member (or pending member) at `path` the `role` as the admin; the answer.
+async fn set_role(srv: &TestServer, admin: &str, path: &str, role: &str) -> Value {
+    let res = srv.patch_as(path, admin, &json!({ "role": role })).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["role"], role);
+    res.json
+}
+
 /// The one audit event of `action`, as the platform's audit log shows it.
 async fn the_event(srv: &TestServer, admin: &str, action: &str) -> Value {
     let audit = srv
@@ -135,20 +156,13 @@ async fn admin_project_writes_are_the_organizations_events_by_the_admin(backend:
     let admin = srv.admin_token().await;
     let admin_id = admin_id(&srv, &admin).await;
     let acme = an_org(&srv).await;
-    let res = srv
-        .post_as(
-            "/v1/admin/projects",
-            &admin,
-            &json!({"organization_id": acme.id, "name": "Storefront"}),
-        )
-        .await;
-    let id = res.json["id"].as_str().unwrap().to_string();
-    let path = format!("/v1/admin/projects/{id}");
+    let path = a_project(&srv, &admin, &acme.id, "Storefront").await;
+    let id = path.rsplit('/').next().unwrap();
     srv.patch_as(&path, &admin, &json!({"name": "Shop"})).await;
     srv.delete_as(&path, &admin).await;
     for action in ["project.created", "project.updated", "project.deleted"] {
         let e = the_event(&srv, &admin, action).await;
-        assert_eq!(e["resource_id"], id.as_str(), "{action}");
+        assert_eq!(e["resource_id"], id, "{action}");
         assert_eq!(e["actor_id"], admin_id, "{action}");
         assert_eq!(e["actor_type"], "user", "{action}");
         assert_eq!(e["organization_id"], acme.id.as_str(), "{action}");
@@ -213,14 +227,7 @@ async fn admin_project_input_is_validated_like_the_organizations_own(backend: Ba
     err.assert_error(400, "invalid_request");
     assert!(err.text.contains("colour"), "{}", err.text);
 
-    let res = srv
-        .post_as(
-            "/v1/admin/projects",
-            &admin,
-            &json!({"organization_id": acme.id, "name": "Shop"}),
-        )
-        .await;
-    let path = format!("/v1/admin/projects/{}", res.json["id"].as_str().unwrap());
+    let path = a_project(&srv, &admin, &acme.id, "Shop").await;
     let err = srv
         .patch_as(&path, &admin, &json!({"organization_id": "acme"}))
         .await;
@@ -238,14 +245,7 @@ async fn admin_project_routes_refuse_everyone_but_platform_admins(backend: Backe
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
     let acme = an_org(&srv).await;
-    let res = srv
-        .post_as(
-            "/v1/admin/projects",
-            &admin,
-            &json!({"organization_id": acme.id, "name": "Shop"}),
-        )
-        .await;
-    let path = format!("/v1/admin/projects/{}", res.json["id"].as_str().unwrap());
+    let path = a_project(&srv, &admin, &acme.id, "Shop").await;
     let stranger = a_person(&srv, "x@example.com").await;
     // Not even the organization's own owner goes through the admin routes.
     for token in [acme.owner.as_str(), stranger.token.as_str()] {
@@ -442,25 +442,8 @@ async fn an_admin_manages_any_organizations_members_and_invitations(backend: Bac
     assert_eq!(res.json["status"], "pending_invite");
     let carol = res.json["id"].as_str().unwrap().to_string();
     assert!(carol.starts_with("inv_"), "{carol}");
-    let res = srv
-        .patch_as(
-            &format!("{members}/{carol}"),
-            &admin,
-            &json!({"role": "admin"}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
-    assert_eq!(res.json["role"], "admin");
-
-    let res = srv
-        .patch_as(
-            &format!("{members}/{bob}"),
-            &admin,
-            &json!({"role": "owner"}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
-    assert_eq!(res.json["role"], "owner");
+    set_role(&srv, &admin, &format!("{members}/{carol}"), "admin").await;
+    set_role(&srv, &admin, &format!("{members}/{bob}"), "owner").await;
     let own = srv
         .get_as(&format!("{}/members?role=owner", acme.base), &acme.owner)
         .await;
@@ -550,10 +533,7 @@ async fn the_last_owner_stays_an_owner_under_an_admin_too(backend: Backend) {
 
     // With a second owner, the first may go.
     let (_, bob) = acme.a_member(&srv, "bob@example.com", Role::Owner).await;
-    let res = srv
-        .patch_as(&owner, &admin, &json!({"role": "viewer"}))
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    set_role(&srv, &admin, &owner, "viewer").await;
     let bob = format!("/v1/admin/organizations/{}/members/{bob}", acme.id);
     srv.delete_as(&bob, &admin)
         .await

@@ -6,7 +6,7 @@
 //! organization) — one implementation of each rule (quotas, the last owner, who grants owner).
 
 use axum::{
-    extract::{FromRequestParts, RawPathParams, State},
+    extract::{FromRequestParts, State},
     http::{request::Parts, StatusCode},
     response::IntoResponse,
 };
@@ -29,7 +29,7 @@ use crate::{
     ids::{InvitationId, ProjectId, UserId},
     keys,
     orgs::{
-        access::{OrgAccess, OrgRef},
+        access::{org_path_param, OrgAccess, OrgRef},
         members, organizations, projects,
         roles::{perm, RequiredPermission},
     },
@@ -79,14 +79,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for AdminAccess<P> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         let admin = PlatformAdmin::from_request_parts(parts, state).await?;
         let meta = RequestMeta::from_request_parts(parts, state).await?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| Error::not_found("Organization not found"))?;
-        let id = params
-            .iter()
-            .find(|(k, _)| *k == "id")
-            .map(|(_, v)| v.to_string())
-            .ok_or_else(|| Error::not_found("Organization not found"))?;
+        let id = org_path_param(parts, state, "id").await?;
         let org = OrgRef::find(&state.db, &id).await?;
         Ok(AdminAccess(OrgAccess::platform_admin(admin, org, meta)))
     }

@@ -324,19 +324,29 @@ pub fn presented_key_in(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && looks_like_key(token.trim())).then(|| token.trim())
 }
 
+/// The organization id or slug in the path parameter `name` (`org_id` on the organization's
+/// routes, `id` on the admin's); not found without one.
+pub async fn org_path_param(
+    parts: &mut Parts,
+    state: &AppState,
+    name: &str,
+) -> Result<String, Error> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| Error::not_found("Organization not found"))?;
+    params
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .ok_or_else(|| Error::not_found("Organization not found"))
+}
+
 impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         let meta = RequestMeta::from_request_parts(parts, state).await?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| Error::not_found("Organization not found"))?;
-        let org_param = params
-            .iter()
-            .find(|(k, _)| *k == "org_id")
-            .map(|(_, v)| v.to_string())
-            .ok_or_else(|| Error::not_found("Organization not found"))?;
+        let org_param = org_path_param(parts, state, "org_id").await?;
         if let Some(token) = presented_key(parts) {
             let origin = parts.headers.get("origin").and_then(|v| v.to_str().ok());
             let key = match state
