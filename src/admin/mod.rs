@@ -28,7 +28,7 @@ use crate::{
         pagination::{HasId, List, Page},
         routes::Routes,
     },
-    ids::UserId,
+    ids::{ProjectId, UserId},
 };
 
 pub fn routes() -> Routes {
@@ -39,6 +39,10 @@ pub fn routes() -> Routes {
         .patch(USER, update_user)
         .delete(USER, delete_user)
         .get("/v1/admin/signing-keys", list_signing_keys)
+        .get(
+            "/v1/admin/projects/{id}/signing-keys",
+            list_project_signing_keys,
+        )
         .post("/v1/admin/signing-keys/rotate", rotate_signing_key)
         .get("/v1/admin/mailbox", mailbox)
         .get("/v1/admin/stats", stats)
@@ -176,6 +180,18 @@ async fn delete_user(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/admin/projects/{id}/signing-keys`: the platform's token-signing keys, which every
+/// project shares (there are no per-project keys); not found for an unknown project.
+async fn list_project_signing_keys(
+    state: State<AppState>,
+    admin: PlatformAdmin,
+    Path(id): Path<ProjectId>,
+    page: Page,
+) -> Result<impl IntoResponse, Error> {
+    crate::orgs::projects::organization_of(&state.db, &id).await?;
+    list_signing_keys(state, admin, page).await
 }
 
 async fn list_signing_keys(

@@ -1,31 +1,88 @@
 //! Platform administration of organizations and projects; the queries are in [`super::store`].
+//!
+//! A platform admin acts on any organization's projects, members and invitations through the
+//! organization's own handlers, given an [`OrgAccess`] of the admin
+//! ([`OrgAccess::platform_admin`]: an owner's authority, audited as the admin in the
+//! organization) — one implementation of each rule (quotas, the last owner, who grants owner).
 
-use axum::{extract::State, response::IntoResponse};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::{
+    extract::{FromRequestParts, State},
+    http::{request::Parts, StatusCode},
+    response::IntoResponse,
+};
+use serde::{de::DeserializeOwned, Deserialize};
+use serde_json::{json, Map, Value};
 
 use super::store;
 use crate::wire::Standing;
 use crate::{
     app::AppState,
-    auth::extract::PlatformAdmin,
+    auth::{extract::PlatformAdmin, users},
     error::{Error, FieldError},
     events::{Change, Invalidation},
     http::{
-        extract::{Json, Path, Query},
+        extract::{parse_json, Json, Path, Query},
         pagination::Page,
+        request_meta::RequestMeta,
         routes::Routes,
     },
-    orgs::organizations,
+    ids::{InvitationId, ProjectId, UserId},
+    keys,
+    orgs::{
+        access::{org_path_param, OrgAccess, OrgRef},
+        members, organizations, projects,
+        roles::{perm, RequiredPermission},
+    },
 };
 
 pub fn routes() -> Routes {
+    const PROJECT: &str = "/v1/admin/projects/{id}";
+    const MEMBERS: &str = "/v1/admin/organizations/{id}/members";
+    const MEMBER: &str = "/v1/admin/organizations/{id}/members/{user_id}";
+    const INVITATIONS: &str = "/v1/admin/organizations/{id}/invitations";
     Routes::new()
         .get("/v1/admin/organizations", list)
+        .post("/v1/admin/organizations", create)
         .get("/v1/admin/organizations/{id}", detail)
         .patch("/v1/admin/organizations/{id}", update)
+        .delete("/v1/admin/organizations/{id}", delete)
         .put("/v1/admin/organizations/{id}/status", set_status)
         .get("/v1/admin/projects", list_projects)
+        .post("/v1/admin/projects", create_project)
+        .get(PROJECT, get_project)
+        .patch(PROJECT, update_project)
+        .delete(PROJECT, delete_project)
+        .get("/v1/admin/projects/{id}/api-keys", list_project_keys)
+        .delete(
+            "/v1/admin/projects/{id}/api-keys/{key_id}",
+            revoke_project_key,
+        )
+        .get(MEMBERS, list_members)
+        .post(MEMBERS, add_member)
+        .patch(MEMBER, change_role)
+        .delete(MEMBER, remove_member)
+        .get(INVITATIONS, list_invitations)
+        .post(INVITATIONS, create_invitation)
+        .delete(
+            "/v1/admin/organizations/{id}/invitations/{inv_id}",
+            revoke_invitation,
+        )
+}
+
+/// The [`OrgAccess`] of a platform admin on the organization `{id}` (id or slug) of an admin
+/// route: refused to anyone but a platform admin; any organization, whatever its status.
+pub struct AdminAccess<P>(pub OrgAccess<P>);
+
+impl<P: RequiredPermission> FromRequestParts<AppState> for AdminAccess<P> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let admin = PlatformAdmin::from_request_parts(parts, state).await?;
+        let meta = RequestMeta::from_request_parts(parts, state).await?;
+        let id = org_path_param(parts, state, "id").await?;
+        let org = OrgRef::find(&state.db, &id).await?;
+        Ok(AdminAccess(OrgAccess::platform_admin(admin, org, meta)))
+    }
 }
 
 async fn list(
@@ -42,6 +99,46 @@ async fn list(
         .map_err(|e| Error::invalid(vec![e]))?;
     let list = store::organizations(&state.db, filter.q.as_deref(), status, &page).await?;
     Ok(axum::Json(list))
+}
+
+/// `POST /v1/admin/organizations`: the organization's fields (as `POST /v1/organizations` takes
+/// them) and its owner, an existing user named by `owner_id` or `owner_email` (one of the two).
+async fn create(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Json(mut body): Json<Map<String, Value>>,
+) -> Result<impl IntoResponse, Error> {
+    let owner = match (
+        take_string(&mut body, "owner_id")?,
+        take_string(&mut body, "owner_email")?,
+    ) {
+        (Some(id), None) => users::get(&state.db, &UserId(id))
+            .await?
+            .map(|u| u.id)
+            .ok_or_else(|| Error::invalid_field("owner_id", "no user has this id"))?,
+        (None, Some(email)) => users::credentials_by_email(&state.db, &email)
+            .await?
+            .map(|u| u.id)
+            .ok_or_else(|| Error::invalid_field("owner_email", "no user has this email"))?,
+        _ => {
+            return Err(Error::invalid_field(
+                "owner_id",
+                "give the owner as exactly one of owner_id and owner_email (an existing user)",
+            ))
+        }
+    };
+    let org =
+        organizations::create_owned(&state, &admin.context(&meta), &owner, rest(body)?).await?;
+    Ok((StatusCode::CREATED, axum::Json(org)))
+}
+
+/// `DELETE /v1/admin/organizations/{id}`: as its owner would, with everything it holds.
+async fn delete(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::OrganizationsDelete>,
+) -> Result<impl IntoResponse, Error> {
+    organizations::delete(state, access).await
 }
 
 async fn detail(
@@ -65,7 +162,7 @@ async fn detail(
 async fn update(
     State(state): State<AppState>,
     admin: PlatformAdmin,
-    meta: crate::http::request_meta::RequestMeta,
+    meta: RequestMeta,
     Path(id): Path<String>,
     Json(body): Json<organizations::UpdateOrganization>,
 ) -> Result<impl IntoResponse, Error> {
@@ -96,7 +193,7 @@ struct StatusChange {
 async fn set_status(
     State(state): State<AppState>,
     admin: PlatformAdmin,
-    meta: crate::http::request_meta::RequestMeta,
+    meta: RequestMeta,
     Path(id): Path<String>,
     Json(body): Json<StatusChange>,
 ) -> Result<impl IntoResponse, Error> {
@@ -140,4 +237,193 @@ async fn list_projects(
     Ok(axum::Json(
         store::projects(&state.db, filter.organization_id, &page).await?,
     ))
+}
+
+/// Takes the string `field` out of a JSON object body (`None` if absent); the rest of the body
+/// is then read as the organization's own route reads it.
+fn take_string(body: &mut Map<String, Value>, field: &str) -> Result<Option<String>, Error> {
+    match body.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= 320 => Ok(Some(s)),
+        Some(_) => Err(Error::invalid_field(
+            field,
+            "must be a string of at most 320 characters",
+        )),
+    }
+}
+
+/// The rest of a body, once [`take_string`] took the admin route's own fields out of it.
+fn rest<T: DeserializeOwned>(body: Map<String, Value>) -> Result<T, Error> {
+    parse_json(&serde_json::to_vec(&body).map_err(anyhow::Error::from)?)
+}
+
+/// `POST /v1/admin/projects`: the project's fields (as `POST …/projects` takes them) and the
+/// `organization_id` (or slug) it belongs to.
+async fn create_project(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Json(mut body): Json<Map<String, Value>>,
+) -> Result<impl IntoResponse, Error> {
+    let Some(org) = take_string(&mut body, "organization_id")? else {
+        return Err(Error::invalid_field("organization_id", "is required"));
+    };
+    let project = rest(body)?;
+    let org = match OrgRef::find(&state.db, &org).await {
+        Err(e) if e.code() == crate::error::ErrorCode::NotFound => {
+            return Err(Error::invalid_field(
+                "organization_id",
+                "no organization has this id or slug",
+            ))
+        }
+        found => found?,
+    };
+    let access = OrgAccess::platform_admin(admin, org, meta);
+    projects::create(State(state), access, Json(project)).await
+}
+
+/// The admin's access to the organization of the project `id` (not found if there is none).
+async fn project_access<P>(
+    state: &AppState,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    id: &ProjectId,
+) -> Result<OrgAccess<P>, Error> {
+    let org_id = projects::organization_of(&state.db, id).await?;
+    let org = OrgRef::find(&state.db, &org_id).await?;
+    Ok(OrgAccess::platform_admin(admin, org, meta))
+}
+
+/// The path the organization's own routes of one of its resources take.
+fn org_path<P, T>(access: &OrgAccess<P>, id: T) -> Path<(String, T)> {
+    Path((access.org_id().to_string(), id))
+}
+
+async fn get_project(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+) -> Result<impl IntoResponse, Error> {
+    let access = project_access(&state, admin, meta, &id).await?;
+    let path = org_path(&access, id);
+    projects::get(State(state), access, path).await
+}
+
+async fn update_project(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+    body: Json<projects::ProjectInput>,
+) -> Result<impl IntoResponse, Error> {
+    let access = project_access(&state, admin, meta, &id).await?;
+    let path = org_path(&access, id);
+    projects::update(State(state), access, path, body).await
+}
+
+async fn delete_project(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+) -> Result<impl IntoResponse, Error> {
+    let access = project_access(&state, admin, meta, &id).await?;
+    let path = org_path(&access, id);
+    projects::delete(State(state), access, path).await
+}
+
+/// `GET /v1/admin/projects/{id}/api-keys`: the organization's keys list, confined to the
+/// project (its other filters — `status`, `type`, `environment` — apply).
+async fn list_project_keys(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+    page: Page,
+    Query(filter): Query<keys::routes::KeyFilter>,
+) -> Result<impl IntoResponse, Error> {
+    let access = project_access(&state, admin, meta, &id).await?;
+    keys::routes::list(State(state), access, page, Query(filter.in_project(&id))).await
+}
+
+/// `DELETE /v1/admin/projects/{id}/api-keys/{key_id}`: revokes a key of the project (a key of
+/// another project, or of none, is not found here).
+async fn revoke_project_key(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path((id, key_id)): Path<(ProjectId, String)>,
+) -> Result<impl IntoResponse, Error> {
+    let access = project_access(&state, admin, meta, &id).await?;
+    let key = keys::store::load(&state.db, access.org_id(), &key_id, None).await?;
+    if key.project_id.as_deref() != Some(&*id) {
+        return Err(Error::not_found("API key not found"));
+    }
+    let path = org_path(&access, key_id);
+    keys::routes::revoke(State(state), access, path).await
+}
+
+// ---- members and invitations: the organization's own handlers, run by the admin -----------
+
+async fn list_members(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersRead>,
+    page: Page,
+    query: Query<members::MemberQuery>,
+) -> Result<impl IntoResponse, Error> {
+    members::list(state, access, page, query).await
+}
+
+/// Invites (a pending member), as `POST …/members` does.
+async fn add_member(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    body: Json<members::Invite>,
+) -> Result<impl IntoResponse, Error> {
+    members::add(state, access, body).await
+}
+
+/// Another role for a member or a pending member (`inv_…`); the last owner stays one.
+async fn change_role(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    path: Path<(String, String)>,
+    body: Json<members::ChangeRole>,
+) -> Result<impl IntoResponse, Error> {
+    members::change_role(state, access, path, body).await
+}
+
+/// Removes a member, or revokes a pending member's invitation; never the last owner.
+async fn remove_member(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersRead>,
+    path: Path<(String, String)>,
+) -> Result<impl IntoResponse, Error> {
+    members::remove(state, access, path).await
+}
+
+async fn list_invitations(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    page: Page,
+    filter: Query<members::InvitationFilter>,
+) -> Result<impl IntoResponse, Error> {
+    members::list_invitations(state, access, page, filter).await
+}
+
+async fn create_invitation(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    body: Json<members::Invite>,
+) -> Result<impl IntoResponse, Error> {
+    members::create_invitation(state, access, body).await
+}
+
+async fn revoke_invitation(
+    state: State<AppState>,
+    AdminAccess(access): AdminAccess<perm::MembersManage>,
+    path: Path<(String, InvitationId)>,
+) -> Result<impl IntoResponse, Error> {
+    members::revoke_invitation(state, access, path).await
 }

@@ -302,7 +302,17 @@ pub struct KeyFilter {
     project_id: Option<String>,
 }
 
-async fn list(
+impl KeyFilter {
+    /// The filter confined to the project `id` (`/v1/admin/projects/{id}/api-keys`).
+    pub fn in_project(self, id: &str) -> KeyFilter {
+        KeyFilter {
+            project_id: Some(id.to_string()),
+            ..self
+        }
+    }
+}
+
+pub async fn list(
     State(state): State<AppState>,
     access: OrgAccess<perm::ApiKeysRead>,
     page: Page,
@@ -463,7 +473,7 @@ async fn update(
     ))
 }
 
-async fn revoke(
+pub async fn revoke(
     State(state): State<AppState>,
     access: OrgAccess<perm::ApiKeysManage>,
     Path((_, id)): Path<(String, String)>,

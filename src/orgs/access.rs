@@ -14,7 +14,7 @@ use ipnet::IpNet;
 
 use crate::{
     app::AppState,
-    auth::extract::AuthUser,
+    auth::extract::{AuthUser, PlatformAdmin},
     environment::Environment,
     error::{Error, ErrorCode},
     http::request_meta::{client_ip, RequestMeta},
@@ -33,11 +33,27 @@ pub struct OrgRef {
     pub settings: serde_json::Value,
 }
 
-/// Who is calling: a signed-in person, or an API key of the organization.
+impl OrgRef {
+    /// The organization named by `id_or_slug`, whatever its status; not found if there is none.
+    pub async fn find(db: &crate::storage::Db, id_or_slug: &str) -> Result<OrgRef, Error> {
+        let row = organizations::store::by_id_or_slug(db, id_or_slug)
+            .await?
+            .ok_or_else(|| Error::not_found("Organization not found"))?;
+        Ok(OrgRef {
+            id: row.id,
+            slug: row.slug,
+            settings: row.settings,
+        })
+    }
+}
+
+/// Who is calling: a signed-in person, an API key of the organization, or a platform admin
+/// acting on it from `/v1/admin/…` (SPEC §8) with an owner's authority, member or not.
 #[derive(Debug, Clone)]
 pub enum Caller {
     User(Box<AuthUser>),
     Key(Arc<CachedKey>),
+    PlatformAdmin(Box<AuthUser>),
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +68,19 @@ pub struct OrgAccess<P> {
 }
 
 impl<P> OrgAccess<P> {
+    /// A platform admin acting on `org` from `/v1/admin/…`: an owner's authority whether a
+    /// member or not, past suspension and the IP allowlist (an admin repairs both), audited as the
+    /// admin in the organization.
+    pub fn platform_admin(admin: PlatformAdmin, org: OrgRef, meta: RequestMeta) -> Self {
+        OrgAccess {
+            org,
+            caller: Caller::PlatformAdmin(Box::new(admin.0)),
+            role: Role::Owner,
+            meta,
+            _permission: PhantomData,
+        }
+    }
+
     pub fn org_id(&self) -> &str {
         &self.org.id
     }
@@ -59,7 +88,7 @@ impl<P> OrgAccess<P> {
     /// The person calling (`None` for an API key).
     pub fn user_id(&self) -> Option<&str> {
         match &self.caller {
-            Caller::User(u) => Some(&u.user.id),
+            Caller::User(u) | Caller::PlatformAdmin(u) => Some(&u.user.id),
             Caller::Key(_) => None,
         }
     }
@@ -67,7 +96,7 @@ impl<P> OrgAccess<P> {
     /// The person a new resource is attributed to: the caller, or the calling key's creator.
     pub fn creator_id(&self) -> Option<&str> {
         match &self.caller {
-            Caller::User(u) => Some(&u.user.id),
+            Caller::User(u) | Caller::PlatformAdmin(u) => Some(&u.user.id),
             Caller::Key(k) => k.created_by.as_deref(),
         }
     }
@@ -77,6 +106,7 @@ impl<P> OrgAccess<P> {
     pub fn environment(&self) -> Option<&str> {
         match &self.caller {
             Caller::User(u) => u.tenant.as_ref().map(|t| t.environment.as_str()),
+            Caller::PlatformAdmin(_) => None,
             Caller::Key(k) => Some(&k.environment),
         }
     }
@@ -90,7 +120,9 @@ impl<P> OrgAccess<P> {
     /// environment go to that environment's endpoints).
     pub fn actor_context(&self) -> crate::events::ActorContext {
         let actor = match &self.caller {
-            Caller::User(u) => crate::events::Actor::User(u.user.id.clone()),
+            Caller::User(u) | Caller::PlatformAdmin(u) => {
+                crate::events::Actor::User(u.user.id.clone())
+            }
             Caller::Key(k) => crate::events::Actor::ApiKey(crate::ids::KeyId(k.id.to_string())),
         };
         crate::events::ActorContext::new(actor, (&self.meta).into()).in_environment(self.env())
@@ -120,7 +152,7 @@ impl<P> OrgAccess<P> {
     pub fn holds(&self, p: Permission) -> bool {
         self.role.can(p)
             && match &self.caller {
-                Caller::User(_) => true,
+                Caller::User(_) | Caller::PlatformAdmin(_) => true,
                 Caller::Key(k) => p.scope().is_some_and(|s| k.allows(s)),
             }
     }
@@ -170,7 +202,7 @@ impl<P> OrgAccess<P> {
         };
         self.role >= min
             && match &self.caller {
-                Caller::User(_) => true,
+                Caller::User(_) | Caller::PlatformAdmin(_) => true,
                 Caller::Key(k) => k.allows(scope),
             }
     }
@@ -182,25 +214,24 @@ impl<P: RequiredPermission> OrgAccess<P> {
     /// changed before the lock was taken (two owners demoting each other at once). A person's own
     /// membership role; for a key, its creator's role capped at [`KEY_ROLE_CAP`], as the extractor
     /// does. The route's permission `P` is checked again against the fresh role; a caller who
-    /// left the organization meanwhile is refused as the extractor would refuse them.
+    /// left the organization meanwhile is refused as the extractor would refuse them. A platform
+    /// admin's authority is not a membership: it stays an owner's.
     pub async fn reread_under_lock(&self, tx: &mut sqlx::AnyConnection) -> Result<Self, Error> {
-        let member = match &self.caller {
-            Caller::User(u) => Some(u.user.id.clone()),
-            Caller::Key(k) => k.created_by.clone().map(crate::ids::UserId),
-        };
-        let role = match member {
-            Some(user_id) => members::store::role_of(tx, &self.org.id, &user_id).await?,
-            None => None,
-        };
-        let role = match (&self.caller, role) {
-            (Caller::User(_), Some(role)) => role,
-            (Caller::User(_), None) => return Err(Error::not_found("Organization not found")),
-            (Caller::Key(_), Some(role)) => role.min(KEY_ROLE_CAP),
-            (Caller::Key(_), None) => {
-                return Err(Error::forbidden(
-                    "The key's creator is no longer a member of this organization",
-                ))
+        let role = match &self.caller {
+            Caller::User(u) => members::store::role_of(tx, &self.org.id, &u.user.id)
+                .await?
+                .ok_or_else(|| Error::not_found("Organization not found"))?,
+            Caller::Key(k) => {
+                let role = match k.created_by.clone().map(crate::ids::UserId) {
+                    Some(user_id) => members::store::role_of(tx, &self.org.id, &user_id).await?,
+                    None => None,
+                };
+                role.ok_or_else(|| {
+                    Error::forbidden("The key's creator is no longer a member of this organization")
+                })?
+                .min(KEY_ROLE_CAP)
             }
+            Caller::PlatformAdmin(_) => self.role,
         };
         let fresh = OrgAccess {
             org: self.org.clone(),
@@ -293,19 +324,29 @@ pub fn presented_key_in(headers: &axum::http::HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && looks_like_key(token.trim())).then(|| token.trim())
 }
 
+/// The organization id or slug in the path parameter `name` (`org_id` on the organization's
+/// routes, `id` on the admin's); not found without one.
+pub async fn org_path_param(
+    parts: &mut Parts,
+    state: &AppState,
+    name: &str,
+) -> Result<String, Error> {
+    let params = RawPathParams::from_request_parts(parts, state)
+        .await
+        .map_err(|_| Error::not_found("Organization not found"))?;
+    params
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .ok_or_else(|| Error::not_found("Organization not found"))
+}
+
 impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         let meta = RequestMeta::from_request_parts(parts, state).await?;
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(|_| Error::not_found("Organization not found"))?;
-        let org_param = params
-            .iter()
-            .find(|(k, _)| *k == "org_id")
-            .map(|(_, v)| v.to_string())
-            .ok_or_else(|| Error::not_found("Organization not found"))?;
+        let org_param = org_path_param(parts, state, "org_id").await?;
         if let Some(token) = presented_key(parts) {
             let origin = parts.headers.get("origin").and_then(|v| v.to_str().ok());
             let key = match state

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 pub use store::{get, org_select, Organization};
 use store::{NewOrganization, OrganizationChanges};
 
+use crate::ids::UserId;
 use crate::{
     app::AppState,
     auth::extract::AuthUser,
@@ -181,6 +182,21 @@ pub async fn create(
     meta: RequestMeta,
     Json(body): Json<CreateOrganization>,
 ) -> Result<impl IntoResponse, Error> {
+    let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
+    let mut org = create_owned(&state, &ctx, &auth.user.id, body).await?;
+    org.role = Some(Role::Owner.as_str().into());
+    Ok((StatusCode::CREATED, axum::Json(org)))
+}
+
+/// Validates and creates an organization whose first member and owner is `owner_id`, audited as
+/// `ctx` (the owner, or a platform admin creating it for them). Without an explicit slug, one is
+/// made from the name (a short random suffix if taken).
+pub async fn create_owned(
+    state: &AppState,
+    ctx: &ActorContext,
+    owner_id: &UserId,
+    body: CreateOrganization,
+) -> Result<Organization, Error> {
     let mut errors = Vec::new();
     let name = body.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
@@ -226,7 +242,7 @@ pub async fn create(
                 crate::crypto::random_base62(4).to_lowercase()
             )
         };
-        let user_id = &auth.user.id;
+        let user_id = owner_id;
         let change = Change::new(
             "organization.created",
             "organization",
@@ -240,7 +256,6 @@ pub async fn create(
             json!({"organization_id": id, "user_id": user_id, "role": Role::Owner}),
         )
         .organization(&id);
-        let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
         let organization = NewOrganization {
             id: &id,
             name: &name,
@@ -252,7 +267,7 @@ pub async fn create(
             settings: &settings,
         };
         let created = change
-            .write(&state, &ctx, async |tx| {
+            .write(state, ctx, async |tx| {
                 store::insert(tx, organization).await?;
                 members::store::insert_membership(tx, &id, user_id, Role::Owner).await
             })
@@ -262,9 +277,7 @@ pub async fn create(
             Err(e) => return Err(e),
             Ok(()) => {}
         }
-        let mut org = get(&state.db, &id).await?;
-        org.role = Some(Role::Owner.as_str().into());
-        return Ok((StatusCode::CREATED, axum::Json(org)));
+        return get(&state.db, &id).await;
     }
     Err(Error::conflict("Could not find a free slug; choose one"))
 }

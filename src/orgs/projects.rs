@@ -6,7 +6,7 @@ use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub use store::{list_projects, Project};
+pub use store::{list_projects, organization_of, Project};
 use store::{Config, NewStorage, ProjectFields, StorageSettings};
 
 use crate::{

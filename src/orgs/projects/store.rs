@@ -57,6 +57,15 @@ pub async fn load(db: &Db, org_id: &str, id: &ProjectId) -> Result<Project, Erro
     Ok(Project::from_row(&row)?)
 }
 
+/// The organization of the project `id` (any organization's); not found if there is none.
+pub async fn organization_of(db: &Db, id: &ProjectId) -> Result<String, Error> {
+    sqlx::query_scalar("SELECT organization_id FROM projects WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?
+        .ok_or_else(|| Error::not_found("Project not found"))
+}
+
 /// Reads one row of the organization (`$1`) by its key (`$2`); not found if there is none.
 async fn one_row(
     db: &Db,
