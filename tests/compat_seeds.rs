@@ -3,13 +3,17 @@
 
 mod common;
 
-use common::{Backend, TestServer, PASSWORD};
+use common::{
+    fixtures::{a_key, an_org, token},
+    Backend, TestServer, PASSWORD,
+};
 use serde_json::json;
 
 on_both_databases!(
     seed_002_login_answers_camel_case_for_both_grants,
     seed_002_login_errors_keep_the_spec_envelope,
     seed_002_login_with_mfa_asks_for_the_second_factor_camel_cased,
+    seed_003_keys_and_organizations_carry_the_additive_fields,
 );
 
 const LOGIN: &str = "/api/v1/auth/login";
@@ -119,4 +123,96 @@ async fn seed_002_login_with_mfa_asks_for_the_second_factor_camel_cased(backend:
     assert!(res.json["mfaToken"].is_string(), "{}", res.text);
     assert!(res.json.get("accessToken").is_none(), "{}", res.text);
     assert!(res.json.get("mfa_required").is_none(), "{}", res.text);
+}
+
+async fn seed_003_keys_and_organizations_carry_the_additive_fields(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    assert_eq!(o.json["object"], "organization", "{}", o.json);
+    // Seed 003's calls are made with a secret key holding the route's scope.
+    let admin_key = o
+        .key_token(
+            &srv,
+            a_key().scopes(&["api_keys:read", "api_keys:manage", "organizations:read"]),
+        )
+        .await;
+    let org = srv.get_as(&o.base, &admin_key).await;
+    assert_eq!(org.status, 200, "{}", org.text);
+    assert_eq!(org.json["object"], "organization");
+    assert_eq!(org.json["id"], o.id.as_str());
+    let mine = srv.get_as("/v1/organizations", &o.owner).await;
+    assert_eq!(
+        mine.json["organizations"][0]["object"], "organization",
+        "{}",
+        mine.text
+    );
+
+    // Creation: the secret shown once, as `token` and as `revealed_key`.
+    let res = srv
+        .post_as(
+            &format!("{}/api-keys", o.base),
+            &admin_key,
+            &json!({"name": "Backend", "type": "secret", "environment": "live", "scopes": ["api_keys:read"]}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    let created = res.json;
+    assert_eq!(created["object"], "api_key");
+    assert!(created["id"].as_str().unwrap().starts_with("key_"));
+    assert_eq!(created["revealed_key"], created["token"]);
+    assert!(token(&created).starts_with("sk_live_"));
+    assert_eq!(created["display_key"], created["key_preview"]);
+    let id = created["id"].as_str().unwrap();
+
+    // Listed and read: `object` and `display_key`, never the secret.
+    let list = srv
+        .get_as(&format!("{}/api-keys", o.base), &admin_key)
+        .await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let item = list.json["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .expect("the new key listed")
+        .clone();
+    assert_eq!(item["object"], "api_key");
+    assert_eq!(item["display_key"], created["key_preview"]);
+    assert!(item.get("revealed_key").is_none() && item.get("token").is_none());
+    let one = srv
+        .get_as(&format!("{}/api-keys/{id}", o.base), &admin_key)
+        .await;
+    assert_eq!(
+        one.json["display_key"], created["key_preview"],
+        "{}",
+        one.text
+    );
+    assert!(one.json.get("revealed_key").is_none());
+
+    // Key material is immutable, under either name.
+    for field in ["display_key", "revealed_key"] {
+        let res = srv
+            .patch_as(
+                &format!("{}/api-keys/{id}", o.base),
+                &admin_key,
+                &json!({ field: "sk_live_x" }),
+            )
+            .await;
+        let body = res.assert_error(400, "invalid_request");
+        assert!(body["details"].to_string().contains(field), "{}", res.text);
+    }
+
+    // Rotation: the replacement in `revealed_key` (and `token`), a new preview.
+    let res = srv
+        .post_as(
+            &format!("{}/api-keys/{id}/rotations", o.base),
+            &admin_key,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["revealed_key"], res.json["token"]);
+    assert_ne!(res.json["revealed_key"], created["revealed_key"]);
+    assert_eq!(res.json["display_key"], res.json["key_preview"]);
+    assert_ne!(res.json["display_key"], created["display_key"]);
 }

@@ -280,7 +280,8 @@ async fn create(
     created_with_token(&state, access.org_id(), &id, token).await
 }
 
-/// `201` with the key as read back, and its token — the only time it is shown.
+/// `201` with the key as read back, and its token — the only time it is shown — as `token` and
+/// again as `revealed_key` (seed 003's name).
 async fn created_with_token(
     state: &AppState,
     org_id: &str,
@@ -289,6 +290,7 @@ async fn created_with_token(
 ) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let key = store::load(&state.db, org_id, id.as_str(), None).await?;
     let mut body = serde_json::to_value(key).map_err(anyhow::Error::from)?;
+    body["revealed_key"] = token.as_str().into();
     body["token"] = token.into();
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
@@ -363,7 +365,9 @@ pub struct UpdateKey {
     key_type: Option<Value>,
     environment: Option<Value>,
     token: Option<Value>,
+    revealed_key: Option<Value>,
     key_preview: Option<Value>,
+    display_key: Option<Value>,
     id: Option<Value>,
 }
 
@@ -379,7 +383,9 @@ async fn update(
         ("type", body.key_type.is_some()),
         ("environment", body.environment.is_some()),
         ("token", body.token.is_some()),
+        ("revealed_key", body.revealed_key.is_some()),
         ("key_preview", body.key_preview.is_some()),
+        ("display_key", body.display_key.is_some()),
         ("id", body.id.is_some()),
     ] {
         if given {

@@ -16,6 +16,8 @@ use crate::{
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Organization {
     pub id: String,
+    /// Always `organization` (seed 003's resource type, additive).
+    pub object: &'static str,
     pub name: String,
     pub slug: String,
     pub description: String,
@@ -57,6 +59,7 @@ impl Organization {
     pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Organization {
             id: r.try_get("id")?,
+            object: "organization",
             name: r.try_get("name")?,
             slug: r.try_get("slug")?,
             description: r.try_get("description")?,
