@@ -4,9 +4,10 @@
 mod common;
 
 use common::{
-    fixtures::{a_key, an_org, token},
+    fixtures::{a_key, an_org, token, Org},
     Backend, TestServer, PASSWORD,
 };
+use gatehouse::orgs::roles::Role;
 use serde_json::json;
 
 on_both_databases!(
@@ -14,6 +15,8 @@ on_both_databases!(
     seed_002_login_errors_keep_the_spec_envelope,
     seed_002_login_with_mfa_asks_for_the_second_factor_camel_cased,
     seed_003_keys_and_organizations_carry_the_additive_fields,
+    seed_003_a_secret_key_creates_an_organization_owned_by_its_creator,
+    seed_003_status_is_patched_by_owners_and_platform_admins,
 );
 
 const LOGIN: &str = "/api/v1/auth/login";
@@ -83,12 +86,7 @@ async fn seed_002_login_errors_keep_the_spec_envelope(backend: Backend) {
     let err = srv
         .post_json(LOGIN, &json!({"grantType": "password", "email": EMAIL}))
         .await;
-    let body = err.assert_error(400, "invalid_request");
-    assert!(
-        body["details"].to_string().contains("password"),
-        "{}",
-        err.text
-    );
+    names_field(&err, "password");
 
     srv.post_json(LOGIN, &json!({"grantType": "client_credentials"}))
         .await
@@ -169,13 +167,7 @@ async fn seed_003_keys_and_organizations_carry_the_additive_fields(backend: Back
         .get_as(&format!("{}/api-keys", o.base), &admin_key)
         .await;
     assert_eq!(list.status, 200, "{}", list.text);
-    let item = list.json["api_keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == id)
-        .expect("the new key listed")
-        .clone();
+    let item = listed(&list.json, "api_keys", id);
     assert_eq!(item["object"], "api_key");
     assert_eq!(item["display_key"], created["key_preview"]);
     assert!(item.get("revealed_key").is_none() && item.get("token").is_none());
@@ -198,8 +190,7 @@ async fn seed_003_keys_and_organizations_carry_the_additive_fields(backend: Back
                 &json!({ field: "sk_live_x" }),
             )
             .await;
-        let body = res.assert_error(400, "invalid_request");
-        assert!(body["details"].to_string().contains(field), "{}", res.text);
+        names_field(&res, field);
     }
 
     // Rotation: the replacement in `revealed_key` (and `token`), a new preview.
@@ -215,4 +206,184 @@ async fn seed_003_keys_and_organizations_carry_the_additive_fields(backend: Back
     assert_ne!(res.json["revealed_key"], created["revealed_key"]);
     assert_eq!(res.json["display_key"], res.json["key_preview"]);
     assert_ne!(res.json["display_key"], created["display_key"]);
+}
+
+/// `res` is a 400 `invalid_request` whose details name `field`.
+fn names_field(res: &common::Response, field: &str) {
+    let body = res.assert_error(400, "invalid_request");
+    assert!(body["details"].to_string().contains(field), "{}", res.text);
+}
+
+/// The item of `list[plural]` with `id`.
+fn listed(list: &serde_json::Value, plural: &str, id: &str) -> serde_json::Value {
+    list[plural]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {list}"))
+        .clone()
+}
+
+/// The audit events of the organization at `base`, newest first, as `token` reads them.
+async fn audited(srv: &TestServer, base: &str, token: &str) -> Vec<serde_json::Value> {
+    let audit = srv.get_as(&format!("{base}/audit?limit=100"), token).await;
+    assert_eq!(audit.status, 200, "{}", audit.text);
+    audit.json["events"].as_array().unwrap().clone()
+}
+
+/// Seed 003's example creation body.
+fn tripwire() -> serde_json::Value {
+    json!({"name": "Tripwire Production", "slug": "tripwire-production"})
+}
+
+/// A secret key of `o` with `organizations:create`, created by `creator`.
+async fn a_creating_key(srv: &TestServer, o: &Org, creator: &str) -> String {
+    token(
+        &o.a_key(
+            srv,
+            creator,
+            a_key().scopes(&["organizations:create"]).body(),
+        )
+        .await,
+    )
+}
+
+async fn seed_003_a_secret_key_creates_an_organization_owned_by_its_creator(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (admin, admin_id) = o.a_member(&srv, "admin@example.com", Role::Admin).await;
+    let key = a_creating_key(&srv, &o, &admin).await;
+
+    // A key without the scope is told which one it lacks.
+    let other = o
+        .key_token(&srv, a_key().scopes(&["organizations:read"]))
+        .await;
+    let err = srv.post_as("/v1/organizations", &other, &tripwire()).await;
+    let body = err.assert_error(403, "forbidden");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("organizations:create"),
+        "{}",
+        err.text
+    );
+
+    let res = srv.post_as("/v1/organizations", &key, &tripwire()).await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["object"], "organization");
+    assert_eq!(res.json["slug"], "tripwire-production");
+    assert_eq!(res.json["status"], "active");
+    let new_id = res.json["id"].as_str().unwrap();
+    // Owned by the key's creator, who sees it among their organizations as its owner.
+    let mine = srv.get_as("/v1/organizations", &admin).await;
+    assert_eq!(listed(&mine.json, "organizations", new_id)["role"], "owner");
+    let members = srv
+        .get_as(&format!("/v1/organizations/{new_id}/members"), &admin)
+        .await;
+    assert_eq!(members.json["total"], 1, "{}", members.text);
+    assert_eq!(members.json["members"][0]["id"], admin_id.as_str());
+    assert_eq!(members.json["members"][0]["role"], "owner");
+    // Audited as the key acting.
+    let events = audited(&srv, &format!("/v1/organizations/{new_id}"), &admin).await;
+    let created = events
+        .iter()
+        .find(|e| e["action"] == "organization.created")
+        .expect("organization.created audited");
+    assert_eq!(created["actor_type"], "api_key", "{created}");
+    // The key still works only in its own organization.
+    srv.get_as(&format!("/v1/organizations/{new_id}"), &key)
+        .await
+        .assert_error(404, "not_found");
+    // A taken slug is a conflict, as for a user.
+    srv.post_as("/v1/organizations", &key, &tripwire())
+        .await
+        .assert_error(409, "conflict");
+
+    // The creator demoted below admin: the key can no longer create organizations.
+    let res = srv
+        .patch_as(
+            &format!("{}/members/{admin_id}", o.base),
+            &o.owner,
+            &json!({"role": "member"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let err = srv
+        .post_as("/v1/organizations", &key, &json!({"name": "Another"}))
+        .await;
+    err.assert_error(403, "forbidden");
+}
+
+async fn seed_003_status_is_patched_by_owners_and_platform_admins(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let (admin, _) = o.a_member(&srv, "admin@example.com", Role::Admin).await;
+    let key = o
+        .key_token(&srv, a_key().scopes(&["organizations:update"]))
+        .await;
+    // The seed's name change, with a secret key holding organizations:update.
+    let res = srv
+        .patch_as(&o.base, &key, &json!({"name": "Tripwire Staging"}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["name"], "Tripwire Staging");
+    // Status: not for a key, nor for an admin of the organization.
+    for caller in [&key, &admin] {
+        let err = srv
+            .patch_as(&o.base, caller, &json!({"status": "suspended"}))
+            .await;
+        let body = err.assert_error(403, "forbidden");
+        assert!(
+            body["message"].as_str().unwrap().contains("owner"),
+            "{}",
+            err.text
+        );
+    }
+    // A value outside the set is named.
+    let err = srv
+        .patch_as(&o.base, &o.owner, &json!({"status": "paused"}))
+        .await;
+    names_field(&err, "status");
+
+    // The owner suspends: the organization's tokens and keys are refused from then on.
+    let res = srv
+        .patch_as(&o.base, &o.owner, &json!({"status": "suspended"}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["status"], "suspended");
+    srv.get_as(&o.base, &o.owner)
+        .await
+        .assert_error(403, "organization_suspended");
+    srv.patch_as(&o.base, &o.owner, &json!({"status": "active"}))
+        .await
+        .assert_error(403, "organization_suspended");
+
+    // A platform admin (not a member) sets it active again on the same path.
+    let platform = srv.admin_token().await;
+    let res = srv
+        .patch_as(&o.base, &platform, &json!({"status": "active"}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["status"], "active");
+    assert_eq!(srv.get_as(&o.base, &o.owner).await.status, 200);
+    // Both changes audited, the suspension under its own action.
+    let events = audited(&srv, &o.base, &o.owner).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["action"] == "organization.suspended"),
+        "{events:?}"
+    );
+
+    // Anyone else still gets 404 for an organization they do not belong to.
+    let stranger = srv.register("stranger@example.com").await;
+    srv.patch_as(
+        &o.base,
+        stranger["access_token"].as_str().unwrap(),
+        &json!({"status": "suspended"}),
+    )
+    .await
+    .assert_error(404, "not_found");
 }

@@ -170,6 +170,7 @@ pub struct OrganizationChanges {
     pub website: Option<String>,
     pub timezone: Option<String>,
     pub settings: Option<Value>,
+    pub status: Option<Standing>,
 }
 
 /// Applies an update; not found if there is no such organization.
@@ -190,6 +191,9 @@ pub async fn update(tx: &mut AnyConnection, id: &str, c: OrganizationChanges) ->
     }
     if let Some(v) = c.settings {
         sql.push(", settings = ").bind(v.to_string());
+    }
+    if let Some(v) = c.status {
+        sql.push(", status = ").bind(v.as_str().to_string());
     }
     sql.push(" WHERE id = ").bind(id.to_string());
     let done = sql.query().execute(&mut *tx).await?;
