@@ -17,6 +17,7 @@ on_both_databases!(
     seed_003_keys_and_organizations_carry_the_additive_fields,
     seed_003_a_secret_key_creates_an_organization_owned_by_its_creator,
     seed_003_status_is_patched_by_owners_and_platform_admins,
+    seed_003_scope_list_is_enforced_or_refused_by_name,
 );
 
 const LOGIN: &str = "/api/v1/auth/login";
@@ -386,4 +387,112 @@ async fn seed_003_status_is_patched_by_owners_and_platform_admins(backend: Backe
     )
     .await
     .assert_error(404, "not_found");
+}
+
+/// Seed 003's "supported secret-key scopes", in its order.
+const SEED_003_SCOPES: [&str; 14] = [
+    "sessions:list",
+    "sessions:read",
+    "fingerprints:list",
+    "fingerprints:read",
+    "organizations:create",
+    "organizations:read",
+    "organizations:update",
+    "api_keys:read",
+    "api_keys:manage",
+    "gate:agent_tokens:verify",
+    "gate:agent_tokens:revoke",
+    "gate:login_sessions:consume",
+    "gate:services:read",
+    "gate:services:manage",
+];
+
+/// The seed scopes whose capability Gatehouse has.
+const SERVED: [&str; 5] = [
+    "organizations:create",
+    "organizations:read",
+    "organizations:update",
+    "api_keys:read",
+    "api_keys:manage",
+];
+
+async fn seed_003_scope_list_is_enforced_or_refused_by_name(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let keys = format!("{}/api-keys", o.base);
+    // The whole list: each scope without a capability refused by name, nothing created.
+    let err = srv
+        .post_as(
+            &keys,
+            &o.owner,
+            &json!({"name": "all", "type": "secret", "scopes": SEED_003_SCOPES}),
+        )
+        .await;
+    let body = err.assert_error(400, "invalid_request");
+    let details = body["details"].as_array().unwrap();
+    assert_eq!(
+        details.len(),
+        SEED_003_SCOPES.len() - SERVED.len(),
+        "{}",
+        err.text
+    );
+    for (i, scope) in SEED_003_SCOPES.iter().enumerate() {
+        let refusal = details
+            .iter()
+            .find(|d| d["field"] == format!("scopes[{i}]"));
+        if SERVED.contains(scope) {
+            assert!(refusal.is_none(), "{scope} refused: {}", err.text);
+        } else {
+            let message = refusal.expect("refused")["message"].as_str().unwrap();
+            assert!(
+                message.contains(scope) && message.contains("not supported"),
+                "{message}"
+            );
+        }
+    }
+    // The removed scope is named with its replacement; a made-up one is unknown.
+    let err = srv
+        .post_as(
+            &keys,
+            &o.owner,
+            &json!({"name": "old", "scopes": ["organizations:manage", "x:y"]}),
+        )
+        .await;
+    let body = err.assert_error(400, "invalid_request");
+    assert!(
+        body["details"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("organizations:update"),
+        "{}",
+        err.text
+    );
+    assert_eq!(body["details"][1]["message"], "is not a known scope");
+    let listed = srv.get_as(&keys, &o.owner).await;
+    assert_eq!(listed.json["total"], 0, "{}", listed.text);
+
+    // The served ones are accepted and enforced: api_keys:read reads keys but does not create.
+    let reader = o.key_token(&srv, a_key().scopes(&["api_keys:read"])).await;
+    assert_eq!(srv.get_as(&keys, &reader).await.status, 200);
+    srv.post_as(&keys, &reader, &json!({"name": "x"}))
+        .await
+        .assert_error(403, "forbidden");
+    srv.get_as(&o.base, &reader)
+        .await
+        .assert_error(403, "forbidden");
+    // And on PATCH, as on creation.
+    let id = srv.get_as(&keys, &o.owner).await.json["api_keys"][0]["id"].clone();
+    let err = srv
+        .patch_as(
+            &format!("{keys}/{}", id.as_str().unwrap()),
+            &o.owner,
+            &json!({"scopes": ["gate:services:read"]}),
+        )
+        .await;
+    names_field(&err, "scopes[0]");
+    assert!(
+        err.text.contains("gate:services:read is not supported"),
+        "{}",
+        err.text
+    );
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    scope_bit, scope_min_role,
+    scope_bit, scope_min_role, scope_refusal,
     store::{self, ApiKey, KeyPatch, NewKey, Secret, StatusFilter},
     KeyStatus, KeyType, SCOPES,
 };
@@ -87,10 +87,7 @@ fn check_rate_limit(r: &RateLimitInput, errors: &mut Vec<FieldError>) -> Value {
 fn check_scopes<P>(access: &OrgAccess<P>, scopes: &[String], errors: &mut Vec<FieldError>) {
     for (i, s) in scopes.iter().enumerate() {
         match scope_min_role(s) {
-            None => errors.push(FieldError::new(
-                format!("scopes[{i}]"),
-                "is not a known scope",
-            )),
+            None => errors.push(FieldError::new(format!("scopes[{i}]"), scope_refusal(s))),
             Some(min) if access.role < min => errors.push(FieldError::new(
                 format!("scopes[{i}]"),
                 format!("needs the {} role, which you do not have", min.as_str()),
