@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod billing;
+pub mod compat;
 pub mod config;
 pub mod crypto;
 pub mod environment;

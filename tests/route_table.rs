@@ -30,6 +30,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("POST", "/v1/auth/register"),
     ("POST", "/v1/auth/verify-email"),
     ("POST", "/v1/auth/login"),
+    ("POST", "/api/v1/auth/login"),
     ("POST", "/v1/auth/mfa/verify"),
     ("POST", "/v1/auth/otp/request"),
     ("POST", "/v1/auth/otp/verify"),

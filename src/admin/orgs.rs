@@ -166,17 +166,8 @@ async fn update(
     Path(id): Path<String>,
     Json(body): Json<organizations::UpdateOrganization>,
 ) -> Result<impl IntoResponse, Error> {
-    let org = organizations::get(&state.db, &id).await?;
     Ok(axum::Json(
-        organizations::apply_update(
-            &state,
-            &org.id,
-            &org.settings,
-            body,
-            &admin.context(&meta),
-            organizations::Lockout::Allow,
-        )
-        .await?,
+        organizations::update_as_platform_admin(&state, &admin, &meta, &id, body).await?,
     ))
 }
 

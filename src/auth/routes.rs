@@ -279,9 +279,11 @@ async fn verify_email(
     ))
 }
 
+/// The login body of `/v1/auth/login` and of the seed adapters (`grantType`/`refreshToken`
+/// are accepted beside the snake_case names).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LoginRequest {
+pub(crate) struct LoginRequest {
     #[serde(default, alias = "grantType")]
     grant_type: Option<String>,
     #[serde(default)]
@@ -296,7 +298,17 @@ async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<LoginRequest>,
-) -> Result<axum::response::Response, Error> {
+) -> Result<impl IntoResponse, Error> {
+    Ok(axum::Json(login_answer(&state, &meta, &body).await?))
+}
+
+/// What a login answers (SPEC §2): a refreshed session's tokens, a new session's tokens and the
+/// user, or `{mfa_required, mfa_token}`. Shared by `/v1/auth/login` and the seed adapters.
+pub(crate) async fn login_answer(
+    state: &AppState,
+    meta: &RequestMeta,
+    body: &LoginRequest,
+) -> Result<Value, Error> {
     let mut errors = Vec::new();
     match body.grant_type.as_deref().unwrap_or("password") {
         "refresh_token" => {
@@ -304,7 +316,8 @@ async fn login(
             if !errors.is_empty() {
                 return Err(Error::invalid(errors));
             }
-            Ok(axum::Json(sessions::refresh(&state, token).await?).into_response())
+            let tokens = sessions::refresh(state, token).await?;
+            Ok(serde_json::to_value(&tokens).map_err(anyhow::Error::from)?)
         }
         "password" => {
             let email = required(&body.email, "email", &mut errors).to_string();
@@ -314,12 +327,12 @@ async fn login(
             }
             let email = users::normalize_email(&email)?;
             throttle(
-                &state,
+                state,
                 format!("login:{}:{email}", meta.ip_string()),
-                login_limit(&state),
+                login_limit(state),
             )
             .await?;
-            password_login(&state, &meta, &email, password).await
+            password_login(state, meta, &email, password).await
         }
         _ => Err(Error::invalid_field(
             "grant_type",
@@ -333,7 +346,7 @@ async fn password_login(
     meta: &RequestMeta,
     email: &str,
     password: &str,
-) -> Result<axum::response::Response, Error> {
+) -> Result<Value, Error> {
     let account = users::credentials_by_email(&state.db, email).await?;
     let hash = account.as_ref().and_then(|a| a.password_hash.as_deref());
     // Unknown email and wrong password: the same work, the same answer.
@@ -364,14 +377,12 @@ async fn first_factor_passed(
     meta: &RequestMeta,
     account: &users::Credentials,
     method: &str,
-) -> Result<axum::response::Response, Error> {
+) -> Result<Value, Error> {
     if account.mfa_enabled {
         let mfa_token =
             codes::issue_mfa_challenge(&state.db, &account.id, &meta.user_agent, &meta.ip_string())
                 .await?;
-        return Ok(
-            axum::Json(json!({ "mfa_required": true, "mfa_token": mfa_token })).into_response(),
-        );
+        return Ok(json!({ "mfa_required": true, "mfa_token": mfa_token }));
     }
     security_event(
         state,
@@ -381,8 +392,7 @@ async fn first_factor_passed(
         json!({ "method": method }),
     )
     .await;
-    let body = signed_in(state, &account.id, meta).await?;
-    Ok(axum::Json(body).into_response())
+    signed_in(state, &account.id, meta).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -482,7 +492,7 @@ async fn otp_verify(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<EmailCode>,
-) -> Result<axum::response::Response, Error> {
+) -> Result<impl IntoResponse, Error> {
     let mut user = spend_code(&state, &body, Purpose::Login).await?;
     if user.status != Standing::Active {
         return Err(Error::forbidden("This account is suspended"));
@@ -494,7 +504,9 @@ async fn otp_verify(
         user.mfa_enabled = false;
     }
     // MFA applies to this login route as to the password.
-    first_factor_passed(&state, &meta, &user, "email_code").await
+    Ok(axum::Json(
+        first_factor_passed(&state, &meta, &user, "email_code").await?,
+    ))
 }
 
 async fn forgot_password(

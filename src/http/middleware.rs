@@ -186,13 +186,14 @@ impl App {
 }
 
 /// What still answers while the platform's `maintenance_mode` is on: health and metrics, the
-/// platform admin's routes, and signing in (a password login and its MFA step, the JWKS), so
-/// that an admin can sign in and turn maintenance off.
+/// platform admin's routes, and signing in (a password login — seed 002's path too — and its MFA
+/// step, the JWKS), so that an admin can sign in and turn maintenance off.
 fn open_in_maintenance(path: &str) -> bool {
     const OPEN: &[&str] = &[
         "/metrics",
         "/health",
         "/v1/auth/login",
+        "/api/v1/auth/login",
         "/v1/auth/mfa/verify",
         "/.well-known/jwks.json",
         "/v1/admin",
@@ -376,6 +377,7 @@ mod tests {
             "/v1/admin",
             "/v1/admin/configs/maintenance_mode",
             "/v1/auth/login",
+            "/api/v1/auth/login",
             "/v1/auth/mfa/verify",
             "/.well-known/jwks.json",
         ] {

@@ -35,6 +35,7 @@ pub fn api_routes() -> routes::Routes {
         .merge(crate::gateway::routes())
         .merge(crate::policies::routes())
         .merge(crate::billing::routes())
+        .merge(crate::compat::routes())
 }
 
 /// A `start`/`end` query bound: an RFC 3339 timestamp, in the stored format.

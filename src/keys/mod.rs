@@ -33,6 +33,41 @@ pub const SCOPES: [&str; 18] = [
     "gateway:proxy",
 ];
 
+/// Scopes of seed 003's secret-key list that name a capability Gatehouse does not have, with
+/// what is missing: a key asking for one is refused naming it, not as an unknown string. (The
+/// seed's other scopes — `organizations:create|read|update`, `api_keys:read|manage` — are in
+/// [`SCOPES`] and enforced.)
+const UNSERVED_SCOPES: [(&str, &str); 10] = [
+    ("sessions:list", NO_SESSIONS),
+    ("sessions:read", NO_SESSIONS),
+    ("fingerprints:list", NO_FINGERPRINTS),
+    ("fingerprints:read", NO_FINGERPRINTS),
+    ("gate:agent_tokens:verify", "there are no agent tokens"),
+    ("gate:agent_tokens:revoke", "there are no agent tokens"),
+    (
+        "gate:login_sessions:consume",
+        "there is no login-session hand-off",
+    ),
+    ("gate:services:read", "there are no gate services"),
+    ("gate:services:manage", "there are no gate services"),
+    (
+        "organizations:manage",
+        "it was replaced by organizations:read and organizations:update",
+    ),
+];
+
+const NO_SESSIONS: &str = "there is no organization-wide sessions API (a user lists their own \
+     sessions at GET /v1/me/sessions with an access token)";
+const NO_FINGERPRINTS: &str = "there are no device fingerprints";
+
+/// Why a scope is refused: not served (with the reason, naming the scope), or unknown.
+pub fn scope_refusal(scope: &str) -> String {
+    match UNSERVED_SCOPES.iter().find(|(name, _)| *name == scope) {
+        Some((name, why)) => format!("{name} is not supported by this server: {why}"),
+        None => "is not a known scope".to_string(),
+    }
+}
+
 pub fn scope_bit(scope: &str) -> Option<u32> {
     SCOPES.iter().position(|s| *s == scope).map(|i| 1u32 << i)
 }

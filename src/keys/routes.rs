@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{
-    scope_bit, scope_min_role,
+    scope_bit, scope_min_role, scope_refusal,
     store::{self, ApiKey, KeyPatch, NewKey, Secret, StatusFilter},
     KeyStatus, KeyType, SCOPES,
 };
@@ -87,10 +87,7 @@ fn check_rate_limit(r: &RateLimitInput, errors: &mut Vec<FieldError>) -> Value {
 fn check_scopes<P>(access: &OrgAccess<P>, scopes: &[String], errors: &mut Vec<FieldError>) {
     for (i, s) in scopes.iter().enumerate() {
         match scope_min_role(s) {
-            None => errors.push(FieldError::new(
-                format!("scopes[{i}]"),
-                "is not a known scope",
-            )),
+            None => errors.push(FieldError::new(format!("scopes[{i}]"), scope_refusal(s))),
             Some(min) if access.role < min => errors.push(FieldError::new(
                 format!("scopes[{i}]"),
                 format!("needs the {} role, which you do not have", min.as_str()),
@@ -280,7 +277,8 @@ async fn create(
     created_with_token(&state, access.org_id(), &id, token).await
 }
 
-/// `201` with the key as read back, and its token — the only time it is shown.
+/// `201` with the key as read back, and its token — the only time it is shown — as `token` and
+/// again as `revealed_key` (seed 003's name).
 async fn created_with_token(
     state: &AppState,
     org_id: &str,
@@ -289,6 +287,7 @@ async fn created_with_token(
 ) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let key = store::load(&state.db, org_id, id.as_str(), None).await?;
     let mut body = serde_json::to_value(key).map_err(anyhow::Error::from)?;
+    body["revealed_key"] = token.as_str().into();
     body["token"] = token.into();
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
@@ -373,7 +372,9 @@ pub struct UpdateKey {
     key_type: Option<Value>,
     environment: Option<Value>,
     token: Option<Value>,
+    revealed_key: Option<Value>,
     key_preview: Option<Value>,
+    display_key: Option<Value>,
     id: Option<Value>,
 }
 
@@ -389,7 +390,9 @@ async fn update(
         ("type", body.key_type.is_some()),
         ("environment", body.environment.is_some()),
         ("token", body.token.is_some()),
+        ("revealed_key", body.revealed_key.is_some()),
         ("key_preview", body.key_preview.is_some()),
+        ("display_key", body.display_key.is_some()),
         ("id", body.id.is_some()),
     ] {
         if given {

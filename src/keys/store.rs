@@ -18,12 +18,16 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct ApiKey {
     pub id: KeyId,
+    /// Always `api_key` (seed 003's resource type, additive).
+    pub object: &'static str,
     pub organization_id: String,
     pub name: String,
     #[serde(rename = "type")]
     pub key_type: KeyType,
     pub environment: Environment,
     pub key_preview: String,
+    /// The preview again, under seed 003's name (additive).
+    pub display_key: String,
     pub scopes: Value,
     pub allowed_origins: Value,
     pub rate_limit: Option<Value>,
@@ -64,13 +68,16 @@ impl ApiKey {
         {
             status = KeyStatus::Expired;
         }
+        let key_preview: String = r.try_get("key_preview")?;
         Ok(ApiKey {
             id: KeyId(r.try_get("id")?),
+            object: "api_key",
             organization_id: r.try_get("organization_id")?,
             name: r.try_get("name")?,
             key_type: r.get_parsed("type")?,
             environment: r.get_parsed("environment")?,
-            key_preview: r.try_get("key_preview")?,
+            display_key: key_preview.clone(),
+            key_preview,
             scopes: r.get_json("scopes")?,
             allowed_origins: r.get_json("allowed_origins")?,
             rate_limit: r

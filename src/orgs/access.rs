@@ -17,7 +17,9 @@ use crate::{
     auth::extract::{AuthUser, PlatformAdmin},
     environment::Environment,
     error::{Error, ErrorCode},
+    events::Actor,
     http::request_meta::{client_ip, RequestMeta},
+    ids::{KeyId, UserId},
     keys::cache::{looks_like_key, CachedKey},
     orgs::{
         members, organizations,
@@ -341,6 +343,102 @@ pub async fn org_path_param(
         .ok_or_else(|| Error::not_found("Organization not found"))
 }
 
+/// The API key a request presents, verified (a refusal is recorded as a security event).
+async fn authenticated_key(
+    parts: &Parts,
+    state: &AppState,
+    meta: &RequestMeta,
+    token: &str,
+) -> Result<Arc<CachedKey>, Error> {
+    let origin = parts.headers.get("origin").and_then(|v| v.to_str().ok());
+    state
+        .api_keys
+        .authenticate(&state.db, token, origin, meta.ip)
+        .await
+        .inspect_err(|e| crate::keys::routes::record_refusal(state, meta, token, e))
+}
+
+/// Who creates an organization (`POST /v1/organizations`): a signed-in user, who becomes its
+/// owner; or a secret key holding `organizations:create` (seed 003), whose creator becomes the
+/// owner — if that creator is still an active admin or owner of the key's organization.
+#[derive(Debug, Clone)]
+pub struct OrgCreator {
+    /// The new organization's owner.
+    pub owner: UserId,
+    /// Who acts, for the audit log: the user, or the key.
+    pub actor: Actor,
+}
+
+const CREATE_SCOPE: &str = "organizations:create";
+
+impl FromRequestParts<AppState> for OrgCreator {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let meta = RequestMeta::from_request_parts(parts, state).await?;
+        let Some(token) = presented_key(parts) else {
+            let user = AuthUser::from_request_parts(parts, state).await?;
+            return Ok(OrgCreator {
+                owner: user.user.id.clone(),
+                actor: Actor::User(user.user.id),
+            });
+        };
+        let key = authenticated_key(parts, state, &meta, token).await?;
+        if !key.allows(CREATE_SCOPE) {
+            return Err(Error::forbidden(format!(
+                "This API key lacks the scope this route needs ({CREATE_SCOPE})"
+            )));
+        }
+        let no_longer = || {
+            Error::forbidden(
+                "The key's creator is no longer an admin or owner of the key's organization; \
+                 an organization needs an owner",
+            )
+        };
+        let least = crate::keys::scope_min_role(CREATE_SCOPE).unwrap_or(KEY_ROLE_CAP);
+        let (Some(owner), Some(role)) = (key.created_by.as_deref(), key.creator_role) else {
+            return Err(no_longer());
+        };
+        if role < least {
+            return Err(no_longer());
+        }
+        let owner = UserId(owner.to_string());
+        let active = crate::auth::users::get(&state.db, &owner)
+            .await?
+            .is_some_and(|u| u.status == crate::wire::Standing::Active);
+        if !active {
+            return Err(Error::forbidden("The key's creator is suspended"));
+        }
+        Ok(OrgCreator {
+            owner,
+            actor: Actor::ApiKey(KeyId(key.id.to_string())),
+        })
+    }
+}
+
+/// A member holding `P` ([`OrgAccess`]), or else a platform admin — a member or not, the
+/// organization suspended or not. Anyone else gets the member check's refusal, before the body
+/// is read.
+#[derive(Debug, Clone)]
+pub enum MemberOrPlatformAdmin<P> {
+    Member(Box<OrgAccess<P>>),
+    PlatformAdmin(Box<PlatformAdmin>),
+}
+
+impl<P: RequiredPermission + Send + Sync> FromRequestParts<AppState> for MemberOrPlatformAdmin<P> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        match OrgAccess::<P>::from_request_parts(parts, state).await {
+            Ok(access) => Ok(MemberOrPlatformAdmin::Member(Box::new(access))),
+            Err(refused) => PlatformAdmin::from_request_parts(parts, state)
+                .await
+                .map(|admin| MemberOrPlatformAdmin::PlatformAdmin(Box::new(admin)))
+                .map_err(|_| refused),
+        }
+    }
+}
+
 impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
     type Rejection = Error;
 
@@ -348,18 +446,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
         let meta = RequestMeta::from_request_parts(parts, state).await?;
         let org_param = org_path_param(parts, state, "org_id").await?;
         if let Some(token) = presented_key(parts) {
-            let origin = parts.headers.get("origin").and_then(|v| v.to_str().ok());
-            let key = match state
-                .api_keys
-                .authenticate(&state.db, token, origin, meta.ip)
-                .await
-            {
-                Ok(k) => k,
-                Err(e) => {
-                    crate::keys::routes::record_refusal(state, &meta, token, &e);
-                    return Err(e);
-                }
-            };
+            let key = authenticated_key(parts, state, &meta, token).await?;
             let row = organizations::store::by_id_or_slug(&state.db, &org_param)
                 .await?
                 .filter(|r| *r.id == *key.organization_id)

@@ -11,19 +11,20 @@ use store::{NewOrganization, OrganizationChanges};
 use crate::ids::UserId;
 use crate::{
     app::AppState,
-    auth::extract::AuthUser,
+    auth::extract::{AuthUser, PlatformAdmin},
     error::{Error, FieldError},
-    events::{Actor, ActorContext, Change, Invalidation},
+    events::{ActorContext, Change, Invalidation},
     http::request_meta::RequestMeta,
     http::{
-        extract::{Json, Query},
+        extract::{Json, Path, Query},
         pagination::Page,
     },
     orgs::{
-        access::{parse_cidr, OrgAccess},
+        access::{parse_cidr, Caller, MemberOrPlatformAdmin, OrgAccess, OrgCreator},
         members,
         roles::{perm, Role},
     },
+    wire::Standing,
 };
 
 pub(crate) mod store;
@@ -178,12 +179,12 @@ pub struct CreateOrganization {
 
 pub async fn create(
     State(state): State<AppState>,
-    auth: AuthUser,
+    creator: OrgCreator,
     meta: RequestMeta,
     Json(body): Json<CreateOrganization>,
 ) -> Result<impl IntoResponse, Error> {
-    let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
-    let mut org = create_owned(&state, &ctx, &auth.user.id, body).await?;
+    let ctx = ActorContext::new(creator.actor, (&meta).into());
+    let mut org = create_owned(&state, &ctx, &creator.owner, body).await?;
     org.role = Some(Role::Owner.as_str().into());
     Ok((StatusCode::CREATED, axum::Json(org)))
 }
@@ -331,6 +332,8 @@ pub struct UpdateOrganization {
     website: Option<String>,
     timezone: Option<String>,
     settings: Option<Value>,
+    /// `active` or `suspended` (seed 003): signed-in owners and platform admins only.
+    status: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -340,12 +343,29 @@ pub struct UpdateOptions {
     force: bool,
 }
 
+/// `PATCH /v1/organizations/{org_id}`: a member with `organizations:update` (a key with the
+/// scope); a platform admin also when not a member, or when the organization is suspended (to
+/// set it `active` again).
 pub async fn update(
     State(state): State<AppState>,
-    access: OrgAccess<perm::OrganizationsUpdate>,
+    caller: MemberOrPlatformAdmin<perm::OrganizationsUpdate>,
+    meta: RequestMeta,
+    Path(org_id): Path<String>,
     Query(options): Query<UpdateOptions>,
     Json(body): Json<UpdateOrganization>,
 ) -> Result<impl IntoResponse, Error> {
+    let access = match caller {
+        MemberOrPlatformAdmin::Member(access) => *access,
+        MemberOrPlatformAdmin::PlatformAdmin(admin) => {
+            let org = update_as_platform_admin(&state, &admin, &meta, &org_id, body).await?;
+            return Ok(axum::Json(org));
+        }
+    };
+    if body.status.is_some() && !may_change_status(&access) {
+        return Err(Error::forbidden(
+            "Changing an organization's status needs a signed-in owner or a platform admin",
+        ));
+    }
     let guard = if options.force {
         Lockout::Allow
     } else {
@@ -362,6 +382,39 @@ pub async fn update(
     .await?;
     org.role = Some(access.role.as_str().into());
     Ok(axum::Json(org))
+}
+
+/// A platform admin's update of any organization (by id or slug), audited as the admin; an IP
+/// allowlist is applied as given (the admin repairs from outside).
+pub async fn update_as_platform_admin(
+    state: &AppState,
+    admin: &PlatformAdmin,
+    meta: &RequestMeta,
+    id_or_slug: &str,
+    body: UpdateOrganization,
+) -> Result<Organization, Error> {
+    let org = store::by_id_or_slug(&state.db, id_or_slug)
+        .await?
+        .ok_or_else(|| Error::not_found("Organization not found"))?;
+    apply_update(
+        state,
+        &org.id,
+        &org.settings,
+        body,
+        &admin.context(meta),
+        Lockout::Allow,
+    )
+    .await
+}
+
+/// A status change is for a signed-in owner or a platform admin: never for an API key (capped
+/// at admin), an admin or a lesser role.
+fn may_change_status(access: &OrgAccess<perm::OrganizationsUpdate>) -> bool {
+    match &access.caller {
+        Caller::User(u) => access.role == Role::Owner || u.user.is_platform_admin,
+        Caller::PlatformAdmin(_) => true,
+        Caller::Key(_) => false,
+    }
 }
 
 /// Whether an update may set an IP allowlist that excludes the address it comes from.
@@ -418,6 +471,10 @@ pub async fn apply_update(
             check_lockout(&settings, lockout, &mut errors);
         }
     }
+    let status = body
+        .status
+        .as_deref()
+        .and_then(|v| Standing::input(v).map_err(|e| errors.push(e)).ok());
     if !errors.is_empty() {
         return Err(Error::invalid(errors));
     }
@@ -427,6 +484,7 @@ pub async fn apply_update(
         ("website", body.website.is_some()),
         ("timezone", body.timezone.is_some()),
         ("settings", body.settings.is_some()),
+        ("status", status.is_some()),
     ]
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))
@@ -437,21 +495,26 @@ pub async fn apply_update(
         website: body.website.map(|v| v.trim().to_string()),
         timezone: body.timezone,
         settings: body.settings.is_some().then_some(settings),
+        status,
     };
-    // Cached keys carry the IP allowlist.
-    Change::new(
-        "organization.updated",
-        "organization",
-        org_id,
-        json!({"id": org_id}),
-    )
-    .organization(org_id)
-    .metadata(json!({"changed": changed}))
-    .invalidates(Invalidation::organization(org_id))
-    .write(state, ctx, async |tx| {
-        store::update(tx, org_id, changes).await
-    })
-    .await?;
+    let action = if status == Some(Standing::Suspended) {
+        "organization.suspended"
+    } else {
+        "organization.updated"
+    };
+    let mut data = json!({"id": org_id});
+    if let Some(status) = status {
+        data["status"] = status.as_str().into();
+    }
+    // Cached keys carry the IP allowlist and the status.
+    Change::new(action, "organization", org_id, data)
+        .organization(org_id)
+        .metadata(json!({"changed": changed}))
+        .invalidates(Invalidation::organization(org_id))
+        .write(state, ctx, async |tx| {
+            store::update(tx, org_id, changes).await
+        })
+        .await?;
     get(&state.db, org_id).await
 }
 

@@ -17,6 +17,8 @@ use crate::{
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Organization {
     pub id: String,
+    /// Always `organization` (seed 003's resource type, additive).
+    pub object: &'static str,
     pub name: String,
     pub slug: String,
     pub description: String,
@@ -58,6 +60,7 @@ impl Organization {
     pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
         Ok(Organization {
             id: r.try_get("id")?,
+            object: "organization",
             name: r.try_get("name")?,
             slug: r.try_get("slug")?,
             description: r.try_get("description")?,
@@ -168,6 +171,7 @@ pub struct OrganizationChanges {
     pub website: Option<String>,
     pub timezone: Option<String>,
     pub settings: Option<Value>,
+    pub status: Option<Standing>,
 }
 
 /// Applies an update; not found if there is no such organization.
@@ -188,6 +192,9 @@ pub async fn update(tx: &mut AnyConnection, id: &str, c: OrganizationChanges) ->
     }
     if let Some(v) = c.settings {
         sql.push(", settings = ").bind(v.to_string());
+    }
+    if let Some(v) = c.status {
+        sql.push(", status = ").bind(v.as_str().to_string());
     }
     sql.push(" WHERE id = ").bind(id.to_string());
     let done = sql.query().execute(&mut *tx).await?;
