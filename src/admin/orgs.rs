@@ -85,6 +85,49 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for AdminAccess<P> {
     }
 }
 
+/// The [`OrgAccess`] of a platform admin on the organization of the project `{id}` of an admin
+/// route, and the path the organization's own project routes take: refused to anyone but a
+/// platform admin; not found if there is no such project.
+pub struct ProjectAccess<P>(pub OrgAccess<P>, pub Path<(String, ProjectId)>);
+
+impl<P: RequiredPermission> FromRequestParts<AppState> for ProjectAccess<P> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let admin = PlatformAdmin::from_request_parts(parts, state).await?;
+        let meta = RequestMeta::from_request_parts(parts, state).await?;
+        let id = ProjectId::from(org_path_param(parts, state, "id").await?);
+        let access = project_access(state, admin, meta, &id).await?;
+        let path = org_path(&access, id);
+        Ok(ProjectAccess(access, path))
+    }
+}
+
+/// An admin route that runs the organization's own handler `$target` with the admin's access to
+/// the organization (`AdminAccess<perm::$perm>`, or `ProjectAccess` for a project's routes,
+/// which also hands over the project's path), passing the other extractors through.
+macro_rules! as_admin {
+    ($(#[$doc:meta])* $name:ident, $perm:ident, $target:path, ($($arg:ident: $ty:ty),*)) => {
+        $(#[$doc])*
+        async fn $name(
+            state: State<AppState>,
+            AdminAccess(access): AdminAccess<perm::$perm>,
+            $($arg: $ty),*
+        ) -> Result<impl IntoResponse, Error> {
+            $target(state, access, $($arg),*).await
+        }
+    };
+    (project $name:ident, $perm:ident, $target:path, ($($arg:ident: $ty:ty),*)) => {
+        async fn $name(
+            state: State<AppState>,
+            ProjectAccess(access, path): ProjectAccess<perm::$perm>,
+            $($arg: $ty),*
+        ) -> Result<impl IntoResponse, Error> {
+            $target(state, access, path, $($arg),*).await
+        }
+    };
+}
+
 async fn list(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
@@ -290,39 +333,9 @@ fn org_path<P, T>(access: &OrgAccess<P>, id: T) -> Path<(String, T)> {
     Path((access.org_id().to_string(), id))
 }
 
-async fn get_project(
-    State(state): State<AppState>,
-    admin: PlatformAdmin,
-    meta: RequestMeta,
-    Path(id): Path<ProjectId>,
-) -> Result<impl IntoResponse, Error> {
-    let access = project_access(&state, admin, meta, &id).await?;
-    let path = org_path(&access, id);
-    projects::get(State(state), access, path).await
-}
-
-async fn update_project(
-    State(state): State<AppState>,
-    admin: PlatformAdmin,
-    meta: RequestMeta,
-    Path(id): Path<ProjectId>,
-    body: Json<projects::ProjectInput>,
-) -> Result<impl IntoResponse, Error> {
-    let access = project_access(&state, admin, meta, &id).await?;
-    let path = org_path(&access, id);
-    projects::update(State(state), access, path, body).await
-}
-
-async fn delete_project(
-    State(state): State<AppState>,
-    admin: PlatformAdmin,
-    meta: RequestMeta,
-    Path(id): Path<ProjectId>,
-) -> Result<impl IntoResponse, Error> {
-    let access = project_access(&state, admin, meta, &id).await?;
-    let path = org_path(&access, id);
-    projects::delete(State(state), access, path).await
-}
+as_admin!(project get_project, OrganizationsRead, projects::get, ());
+as_admin!(project update_project, OrganizationsUpdate, projects::update, (body: Json<projects::ProjectInput>));
+as_admin!(project delete_project, OrganizationsUpdate, projects::delete, ());
 
 /// `GET /v1/admin/projects/{id}/api-keys`: the organization's keys list, confined to the
 /// project (its other filters — `status`, `type`, `environment` — apply).
@@ -357,64 +370,26 @@ async fn revoke_project_key(
 
 // ---- members and invitations: the organization's own handlers, run by the admin -----------
 
-async fn list_members(
-    state: State<AppState>,
-    AdminAccess(access): AdminAccess<perm::MembersRead>,
-    page: Page,
-    query: Query<members::MemberQuery>,
-) -> Result<impl IntoResponse, Error> {
-    members::list(state, access, page, query).await
-}
-
-/// Invites (a pending member), as `POST …/members` does.
-async fn add_member(
-    state: State<AppState>,
-    AdminAccess(access): AdminAccess<perm::MembersManage>,
-    body: Json<members::Invite>,
-) -> Result<impl IntoResponse, Error> {
-    members::add(state, access, body).await
-}
-
-/// Another role for a member or a pending member (`inv_…`); the last owner stays one.
-async fn change_role(
-    state: State<AppState>,
-    AdminAccess(access): AdminAccess<perm::MembersManage>,
-    path: Path<(String, String)>,
-    body: Json<members::ChangeRole>,
-) -> Result<impl IntoResponse, Error> {
-    members::change_role(state, access, path, body).await
-}
-
-/// Removes a member, or revokes a pending member's invitation; never the last owner.
-async fn remove_member(
-    state: State<AppState>,
-    AdminAccess(access): AdminAccess<perm::MembersRead>,
-    path: Path<(String, String)>,
-) -> Result<impl IntoResponse, Error> {
-    members::remove(state, access, path).await
-}
-
-async fn list_invitations(
-    state: State<AppState>,
-    AdminAccess(access): AdminAccess<perm::MembersManage>,
-    page: Page,
-    filter: Query<members::InvitationFilter>,
-) -> Result<impl IntoResponse, Error> {
-    members::list_invitations(state, access, page, filter).await
-}
-
-async fn create_invitation(
-    state: State<AppState>,
-    AdminAccess(access): AdminAccess<perm::MembersManage>,
-    body: Json<members::Invite>,
-) -> Result<impl IntoResponse, Error> {
-    members::create_invitation(state, access, body).await
-}
-
-async fn revoke_invitation(
-    state: State<AppState>,
-    AdminAccess(access): AdminAccess<perm::MembersManage>,
-    path: Path<(String, InvitationId)>,
-) -> Result<impl IntoResponse, Error> {
-    members::revoke_invitation(state, access, path).await
-}
+as_admin!(list_members, MembersRead, members::list, (page: Page, query: Query<members::MemberQuery>));
+as_admin!(
+    /// Invites (a pending member), as `POST …/members` does.
+    add_member, MembersManage, members::add, (body: Json<members::Invite>)
+);
+as_admin!(
+    /// Another role for a member or a pending member (`inv_…`); the last owner stays one.
+    change_role, MembersManage, members::change_role,
+    (path: Path<(String, String)>, body: Json<members::ChangeRole>)
+);
+as_admin!(
+    /// Removes a member, or revokes a pending member's invitation; never the last owner.
+    remove_member, MembersRead, members::remove, (path: Path<(String, String)>)
+);
+as_admin!(
+    list_invitations, MembersManage, members::list_invitations,
+    (page: Page, filter: Query<members::InvitationFilter>)
+);
+as_admin!(create_invitation, MembersManage, members::create_invitation, (body: Json<members::Invite>));
+as_admin!(
+    revoke_invitation, MembersManage, members::revoke_invitation,
+    (path: Path<(String, InvitationId)>)
+);
