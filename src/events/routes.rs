@@ -88,10 +88,7 @@ impl WebhookCaller for AdminCaller {
         AuditScope::All
     }
     fn context(&self) -> ActorContext {
-        ActorContext::new(
-            Actor::User(UserId(self.0 .0.user.id.0.clone())),
-            self.1.clone(),
-        )
+        ActorContext::new(Actor::User(self.0 .0.user.id.clone()), self.1.clone())
     }
 }
 
