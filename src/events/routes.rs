@@ -26,7 +26,7 @@ use crate::{
         request_meta,
         routes::Routes,
     },
-    ids::{OrgId, UserId},
+    ids::OrgId,
     orgs::{
         access::OrgAccess,
         roles::{perm, RequiredPermission},
