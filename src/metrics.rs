@@ -172,40 +172,18 @@ impl Default for Metrics {
     }
 }
 
+/// Registers each metric of `$metrics` (a field path) under its name and help text, and yields
+/// `$metrics`: one table of every metric the server exposes.
+macro_rules! register_all {
+    ($metrics:ident; $($name:literal => $($field:ident).+, $help:literal;)*) => {{
+        let mut m = $metrics;
+        $( m.registry.register($name, $help, m.$($field).+.clone()); )*
+        m
+    }};
+}
+
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("gatehouse");
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests answered, by method, route template and status",
-            http_requests.clone(),
-        );
-        let http_latency: HistogramFamily<RouteLabels> =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register(
-            "http_request_duration_seconds",
-            "Time to answer an HTTP request (until the response head), by route template",
-            http_latency.clone(),
-        );
-        let webhook_deliveries = Family::<WebhookOutcomeLabels, Counter>::default();
-        registry.register(
-            "webhook_deliveries",
-            "Webhook delivery attempts made, by outcome (succeeded, retrying, failed)",
-            webhook_deliveries.clone(),
-        );
-        let webhook_pending = Gauge::default();
-        registry.register(
-            "webhook_deliveries_pending",
-            "Webhook delivery attempts queued or in flight (the delivery queue depth)",
-            webhook_pending.clone(),
-        );
-        let webhook_endpoints_disabled = Counter::default();
-        registry.register(
-            "webhook_endpoints_disabled",
-            "Webhook endpoints disabled after failing continuously",
-            webhook_endpoints_disabled.clone(),
-        );
         let gateway = GatewayMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
@@ -218,52 +196,42 @@ impl Metrics {
                 .map(|_| std::sync::OnceLock::new())
                 .collect(),
         };
-        registry.register(
-            "gateway_requests",
-            "Gateway requests answered, by provider and status",
-            gateway.requests.clone(),
-        );
-        registry.register(
-            "gateway_request_duration_seconds",
-            "Gateway request duration until the last byte, by provider",
-            gateway.latency.clone(),
-        );
-        registry.register(
-            "gateway_tokens",
-            "Tokens through the gateway, by provider and kind (prompt|completion)",
-            gateway.tokens.clone(),
-        );
-        registry.register(
-            "gateway_upstream_errors",
-            "Provider connection failures and timeouts, by provider",
-            gateway.upstream_errors.clone(),
-        );
-        registry.register(
-            "gateway_usage_queue_depth",
-            "Usage-log records waiting to be written",
-            gateway.usage_queue_depth.clone(),
-        );
-        registry.register(
-            "gateway_usage_dropped",
-            "Usage-log records dropped because the queue was full",
-            gateway.usage_dropped.clone(),
-        );
-        let rate_limit_refusals = Family::<RefusalLabels, Counter>::default();
-        registry.register(
-            "rate_limit_refusals",
-            "Requests refused with 429, by reason (key, user, organization, endpoint, ip, quota)",
-            rate_limit_refusals.clone(),
-        );
-        Metrics {
+        let metrics = Metrics {
             gateway,
-            registry,
-            rate_limit_refusals,
-            http_requests,
-            http_latency,
-            webhook_deliveries,
-            webhook_pending,
-            webhook_endpoints_disabled,
-        }
+            registry: Registry::with_prefix("gatehouse"),
+            rate_limit_refusals: Family::default(),
+            http_requests: Family::default(),
+            http_latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            webhook_deliveries: Family::default(),
+            webhook_pending: Gauge::default(),
+            webhook_endpoints_disabled: Counter::default(),
+        };
+        register_all!(metrics;
+            "http_requests" => http_requests,
+                "HTTP requests answered, by method, route template and status";
+            "http_request_duration_seconds" => http_latency,
+                "Time to answer an HTTP request (until the response head), by route template";
+            "webhook_deliveries" => webhook_deliveries,
+                "Webhook delivery attempts made, by outcome (succeeded, retrying, failed)";
+            "webhook_deliveries_pending" => webhook_pending,
+                "Webhook delivery attempts queued or in flight (the delivery queue depth)";
+            "webhook_endpoints_disabled" => webhook_endpoints_disabled,
+                "Webhook endpoints disabled after failing continuously";
+            "gateway_requests" => gateway.requests,
+                "Gateway requests answered, by provider and status";
+            "gateway_request_duration_seconds" => gateway.latency,
+                "Gateway request duration until the last byte, by provider";
+            "gateway_tokens" => gateway.tokens,
+                "Tokens through the gateway, by provider and kind (prompt|completion)";
+            "gateway_upstream_errors" => gateway.upstream_errors,
+                "Provider connection failures and timeouts, by provider";
+            "gateway_usage_queue_depth" => gateway.usage_queue_depth,
+                "Usage-log records waiting to be written";
+            "gateway_usage_dropped" => gateway.usage_dropped,
+                "Usage-log records dropped because the queue was full";
+            "rate_limit_refusals" => rate_limit_refusals,
+                "Requests refused with 429, by reason (key, user, organization, endpoint, ip, quota)";
+        )
     }
 
     /// The registry for capabilities to register their own metrics at start.

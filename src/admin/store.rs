@@ -21,7 +21,7 @@ use crate::{
         organizations::{org_select, Organization},
         projects::{self, Project},
     },
-    storage::{self, Db, Sql},
+    storage::{self, Db, RowExt, Sql},
 };
 
 /// `%term%` for LIKE (lower-cased), with the pattern characters of the term escaped.
@@ -93,7 +93,7 @@ pub async fn user_organizations(db: &Db, user_id: &UserId) -> Result<Vec<UserOrg
                 slug: r.try_get("slug")?,
                 status: r.try_get("status")?,
                 role: r.try_get("role")?,
-                joined_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+                joined_at: r.get_time("created_at")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -159,7 +159,7 @@ pub async fn organization_members(db: &Db, org_id: &str) -> Result<Vec<Organizat
                 email: r.try_get("email")?,
                 name: r.try_get("name")?,
                 role: r.try_get("role")?,
-                joined_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+                joined_at: r.get_time("created_at")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

@@ -141,7 +141,7 @@ pub async fn tenant_of(
     }
     crate::orgs::access::check_ip_allowlist(&org.settings, ip)?;
     Ok(Tenant {
-        organization_id: org.id,
+        organization_id: org.id.0,
         role,
         environment: environment.unwrap_or("live").to_string(),
     })

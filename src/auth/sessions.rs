@@ -17,7 +17,7 @@ use crate::{
     error::Error,
     http::request_meta::RequestMeta,
     ids::SessionId,
-    storage::{self, Db},
+    storage::{self, Db, RowExt},
 };
 
 /// Lifetime of a session without use of its refresh token.
@@ -277,9 +277,9 @@ pub async fn list(
                 id,
                 device: r.try_get("device")?,
                 ip_address: r.try_get("ip_address")?,
-                created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-                last_seen_at: storage::api_time(&r.try_get::<String, _>("last_seen_at")?),
-                expires_at: storage::api_time(&r.try_get::<String, _>("expires_at")?),
+                created_at: r.get_time("created_at")?,
+                last_seen_at: r.get_time("last_seen_at")?,
+                expires_at: r.get_time("expires_at")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -22,7 +22,7 @@ use crate::ids::UserId;
 use crate::{
     crypto::MasterKey,
     error::Error,
-    storage::{self, Db},
+    storage::{self, Db, RowExt},
 };
 
 /// Lifetime of an access token.
@@ -260,13 +260,9 @@ impl KeyRing {
                     status: r.try_get("status")?,
                     public_jwk: serde_json::from_str(&r.try_get::<String, _>("public_jwk")?)
                         .unwrap_or_default(),
-                    created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-                    retired_at: r
-                        .try_get::<Option<String>, _>("retired_at")?
-                        .map(|t| storage::api_time(&t)),
-                    published_until: r
-                        .try_get::<Option<String>, _>("publish_until")?
-                        .map(|t| storage::api_time(&t)),
+                    created_at: r.get_time("created_at")?,
+                    retired_at: r.get_time_opt("retired_at")?,
+                    published_until: r.get_time_opt("publish_until")?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()

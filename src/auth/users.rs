@@ -40,10 +40,8 @@ impl User {
             mfa_enabled: row.get_bool("mfa_enabled")?,
             is_platform_admin: row.get_bool("is_platform_admin")?,
             metadata: row.get_json("metadata")?,
-            created_at: storage::api_time(&row.try_get::<String, _>("created_at")?),
-            last_login: row
-                .try_get::<Option<String>, _>("last_login")?
-                .map(|t| storage::api_time(&t)),
+            created_at: row.get_time("created_at")?,
+            last_login: row.get_time_opt("last_login")?,
         })
     }
 }

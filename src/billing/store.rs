@@ -61,8 +61,8 @@ impl Plan {
                 limits: r.get_json("limits")?,
                 features: r.get_json("features")?,
             },
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+            created_at: r.get_time("created_at")?,
+            updated_at: r.get_time("updated_at")?,
         })
     }
 }

@@ -58,7 +58,7 @@ impl AuditEvent {
             user_agent: row.try_get("user_agent")?,
             request_id: row.try_get("request_id")?,
             metadata: row.get_json("metadata")?,
-            created_at: storage::api_time(&row.try_get::<String, _>("created_at")?),
+            created_at: row.get_time("created_at")?,
         })
     }
 }

@@ -58,11 +58,6 @@ impl HasId for Delivery {
 
 impl Delivery {
     pub(crate) fn from_row(row: &AnyRow) -> Result<Delivery, sqlx::Error> {
-        let time = |c: &str| -> Result<Option<String>, sqlx::Error> {
-            Ok(row
-                .try_get::<Option<String>, _>(c)?
-                .map(|t| storage::api_time(&t)))
-        };
         Ok(Delivery {
             id: row.try_get("id")?,
             endpoint_id: row.try_get("endpoint_id")?,
@@ -75,9 +70,9 @@ impl Delivery {
             response_body: row.try_get("response_body")?,
             error: row.try_get("error")?,
             latency_ms: row.try_get("latency_ms")?,
-            next_attempt_at: time("next_attempt_at")?,
-            created_at: time("created_at")?.unwrap_or_default(),
-            completed_at: time("completed_at")?,
+            next_attempt_at: row.get_time_opt("next_attempt_at")?,
+            created_at: row.get_time_opt("created_at")?.unwrap_or_default(),
+            completed_at: row.get_time_opt("completed_at")?,
         })
     }
 }

@@ -26,7 +26,6 @@ use crate::{
         request_meta,
         routes::Routes,
     },
-    ids::OrgId,
     orgs::{
         access::OrgAccess,
         roles::{perm, RequiredPermission},
@@ -58,10 +57,10 @@ pub type OrgAuditor = OrgAccess<perm::AuditRead>;
 
 impl<P: RequiredPermission> WebhookCaller for OrgAccess<P> {
     fn scope(&self) -> Scope {
-        Scope::Organization(OrgId(self.org_id().to_string()), self.env())
+        Scope::Organization(self.org_id().clone(), self.env())
     }
     fn audit_scope(&self) -> AuditScope {
-        AuditScope::Organization(OrgId(self.org_id().to_string()))
+        AuditScope::Organization(self.org_id().clone())
     }
     fn context(&self) -> ActorContext {
         self.actor_context()

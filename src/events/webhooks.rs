@@ -68,8 +68,8 @@ impl Endpoint {
             events: serde_json::from_str(&events).unwrap_or_default(),
             enabled: row.get_bool("enabled")?,
             disabled_reason: row.try_get("disabled_reason")?,
-            created_at: storage::api_time(&row.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&row.try_get::<String, _>("updated_at")?),
+            created_at: row.get_time("created_at")?,
+            updated_at: row.get_time("updated_at")?,
         })
     }
 }

@@ -60,7 +60,7 @@ impl LogEntry {
             cost_usd: r.try_get("cost_usd")?,
             streamed: r.get_bool("streamed")?,
             violation_ids: r.get_json("violation_ids")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            created_at: r.get_time("created_at")?,
         })
     }
 }

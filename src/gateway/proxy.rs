@@ -138,49 +138,47 @@ pub struct Spec {
     azure: bool,
 }
 
-pub const OPENAI: Spec = Spec {
-    route: "/openai/v1/{*path}",
-    format: Format::OpenAi,
-    prefix: "/openai/v1",
-    kinds: &[
-        ProviderKind::Openai,
-        ProviderKind::OpenaiCompatible,
-        ProviderKind::Mock,
-    ],
-    default_base: "https://api.openai.com/v1",
-    azure: false,
-};
-pub const ANTHROPIC: Spec = Spec {
-    route: "/anthropic/v1/{*path}",
-    format: Format::Anthropic,
-    prefix: "/anthropic/v1",
-    kinds: &[ProviderKind::Anthropic, ProviderKind::Mock],
-    default_base: "https://api.anthropic.com/v1",
-    azure: false,
-};
-pub const GOOGLE: Spec = Spec {
-    route: "/google/v1beta/{*path}",
-    format: Format::Google,
-    prefix: "/google/v1beta",
-    kinds: &[ProviderKind::Google, ProviderKind::Mock],
-    default_base: "https://generativelanguage.googleapis.com/v1beta",
-    azure: false,
-};
+/// A format's [`Spec`] served under `prefix` (the route is `{prefix}/{*path}`).
+macro_rules! spec {
+    ($prefix:literal, $format:ident, [$($kind:ident),+], $base:literal $(, azure: $azure:literal)?) => {
+        Spec {
+            route: concat!($prefix, "/{*path}"),
+            format: Format::$format,
+            prefix: $prefix,
+            kinds: &[$(ProviderKind::$kind),+],
+            default_base: $base,
+            azure: false $(|| $azure)?,
+        }
+    };
+}
+
+pub const OPENAI: Spec = spec!(
+    "/openai/v1",
+    OpenAi,
+    [Openai, OpenaiCompatible, Mock],
+    "https://api.openai.com/v1"
+);
+pub const ANTHROPIC: Spec = spec!(
+    "/anthropic/v1",
+    Anthropic,
+    [Anthropic, Mock],
+    "https://api.anthropic.com/v1"
+);
+pub const GOOGLE: Spec = spec!(
+    "/google/v1beta",
+    Google,
+    [Google, Mock],
+    "https://generativelanguage.googleapis.com/v1beta"
+);
 /// Gemini's stable version, the google-genai SDK's default: the same protocol as `v1beta`.
-pub const GOOGLE_V1: Spec = Spec {
-    route: "/google/v1/{*path}",
-    prefix: "/google/v1",
-    default_base: "https://generativelanguage.googleapis.com/v1",
-    ..GOOGLE
-};
-pub const AZURE: Spec = Spec {
-    route: "/azure/{*path}",
-    format: Format::OpenAi,
-    prefix: "/azure",
-    kinds: &[ProviderKind::Azure, ProviderKind::Mock],
-    default_base: "",
-    azure: true,
-};
+pub const GOOGLE_V1: Spec = spec!(
+    "/google/v1",
+    Google,
+    [Google, Mock],
+    "https://generativelanguage.googleapis.com/v1"
+);
+/// Azure OpenAI: the deployment's base is built from the path (`default_base` unused).
+pub const AZURE: Spec = spec!("/azure", OpenAi, [Azure, Mock], "", azure: true);
 
 macro_rules! route {
     ($name:ident, $spec:expr) => {

@@ -55,10 +55,6 @@ const COLUMNS: &str =
 
 impl ApiKey {
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
-        let time = |c: &str| -> Result<Option<String>, sqlx::Error> {
-            Ok(r.try_get::<Option<String>, _>(c)?
-                .map(|t| storage::api_time(&t)))
-        };
         let expires_at: Option<String> = r.try_get("expires_at")?;
         let mut status: KeyStatus = r.get_parsed("status")?;
         if status == KeyStatus::Active
@@ -85,13 +81,13 @@ impl ApiKey {
                 .and_then(|s| serde_json::from_str(&s).ok()),
             project_id: r.try_get("project_id")?,
             status,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            created_at: r.get_time("created_at")?,
             created_by: r.try_get("created_by")?,
-            last_used_at: time("last_used_at")?,
+            last_used_at: r.get_time_opt("last_used_at")?,
             expires_at: expires_at.map(|t| storage::api_time(&t)),
-            rotated_at: time("rotated_at")?,
-            revoked_at: time("revoked_at")?,
-            grace_expires_at: time("grace_expires_at")?,
+            rotated_at: r.get_time_opt("rotated_at")?,
+            revoked_at: r.get_time_opt("revoked_at")?,
+            grace_expires_at: r.get_time_opt("grace_expires_at")?,
         })
     }
 

@@ -19,11 +19,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::future::BoxFuture;
-
-use super::{
-    Clock, LimitSpec, LimiterError, MemoryLimiter, RateLimiter, RedisLimiter, SystemClock, Verdict,
-};
+use super::{Clock, LimitSpec, LimiterError, MemoryLimiter, RedisLimiter, SystemClock, Verdict};
 
 /// While degraded, how often one request may try Redis again.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -158,23 +154,10 @@ impl FailoverLimiter {
     }
 }
 
-impl RateLimiter for FailoverLimiter {
-    fn check<'a>(
-        &'a self,
-        limits: &'a [LimitSpec],
-    ) -> BoxFuture<'a, Result<Verdict, LimiterError>> {
-        Box::pin(self.check_limits(limits))
-    }
-
-    fn charge<'a>(&'a self, limit: &'a LimitSpec) -> BoxFuture<'a, Result<(), LimiterError>> {
-        Box::pin(self.charge_limit(limit))
-    }
-
+super::async_limiter!(
+    FailoverLimiter,
+    "redis+memory",
     fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Acquire)
     }
-
-    fn backend(&self) -> &'static str {
-        "redis+memory"
-    }
-}
+);

@@ -188,9 +188,9 @@ impl RequestLimits {
                     if plans.len() >= MAX_ENTRIES {
                         plans.clear();
                     }
-                    plans.insert(id.clone(), (OrgLimits::new(&id, plan), Instant::now()));
+                    plans.insert(id.0.clone(), (OrgLimits::new(&id, plan), Instant::now()));
                 }
-                Some(id)
+                Some(id.0)
             }
             None => None,
         };

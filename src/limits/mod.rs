@@ -190,6 +190,35 @@ pub trait RateLimiter: Send + Sync + Debug {
     fn backend(&self) -> &'static str;
 }
 
+/// Implements [`RateLimiter`] for a limiter whose inherent `async fn check_limits` and
+/// `async fn charge_limit` do the work (Redis, Redis with failover), plus any further trait items.
+macro_rules! async_limiter {
+    ($ty:ty, $backend:literal $(, $extra:item)*) => {
+        impl $crate::limits::RateLimiter for $ty {
+            fn check<'a>(
+                &'a self,
+                limits: &'a [$crate::limits::LimitSpec],
+            ) -> futures_util::future::BoxFuture<'a, Result<$crate::limits::Verdict, $crate::limits::LimiterError>> {
+                Box::pin(self.check_limits(limits))
+            }
+
+            fn charge<'a>(
+                &'a self,
+                limit: &'a $crate::limits::LimitSpec,
+            ) -> futures_util::future::BoxFuture<'a, Result<(), $crate::limits::LimiterError>> {
+                Box::pin(self.charge_limit(limit))
+            }
+
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            $($extra)*
+        }
+    };
+}
+pub(crate) use async_limiter;
+
 /// The limiter from the configuration: Redis with in-memory failover when `redis_url` is set,
 /// else memory only.
 pub fn from_config(redis: Option<&crate::redis::Redis>) -> Arc<dyn RateLimiter> {

@@ -11,9 +11,7 @@
 
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-
-use super::{evaluate, periods_in, LimitSpec, LimiterError, RateLimiter, Source, Verdict};
+use super::{evaluate, periods_in, LimitSpec, LimiterError, Source, Verdict};
 
 pub const KEY_PREFIX: &str = "gh:rl:";
 /// Per call (connection included) unless set otherwise.
@@ -126,6 +124,11 @@ impl RedisLimiter {
         self.run(limits, Some(now), false).await.map(|(v, _)| v)
     }
 
+    /// Adds the limit's cost now (see [`RateLimiter::charge`]).
+    pub async fn charge_limit(&self, limit: &LimitSpec) -> Result<(), LimiterError> {
+        self.charge_at(limit, None).await
+    }
+
     pub async fn charge_at(
         &self,
         limit: &LimitSpec,
@@ -206,19 +209,4 @@ impl RedisLimiter {
     }
 }
 
-impl RateLimiter for RedisLimiter {
-    fn check<'a>(
-        &'a self,
-        limits: &'a [LimitSpec],
-    ) -> BoxFuture<'a, Result<Verdict, LimiterError>> {
-        Box::pin(self.check_limits(limits))
-    }
-
-    fn charge<'a>(&'a self, limit: &'a LimitSpec) -> BoxFuture<'a, Result<(), LimiterError>> {
-        Box::pin(self.charge_at(limit, None))
-    }
-
-    fn backend(&self) -> &'static str {
-        "redis"
-    }
-}
+super::async_limiter!(RedisLimiter, "redis");

@@ -13,7 +13,7 @@ use sqlx::Row;
 use crate::{
     error::Error,
     http::pagination::{HasId, List, Page},
-    storage::{self, Db, Sql},
+    storage::{self, Db, RowExt, Sql},
 };
 
 #[derive(Debug, Clone)]
@@ -161,7 +161,7 @@ pub async fn list_mailbox(
                 to: r.try_get("to_address")?,
                 subject: r.try_get("subject")?,
                 body: r.try_get("body")?,
-                created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+                created_at: r.get_time("created_at")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;

@@ -19,7 +19,7 @@ use crate::{
     error::{Error, ErrorCode},
     events::Actor,
     http::request_meta::{client_ip, RequestMeta},
-    ids::{KeyId, UserId},
+    ids::{KeyId, OrgId, UserId},
     keys::cache::{looks_like_key, CachedKey},
     orgs::{
         members, organizations,
@@ -30,7 +30,7 @@ use crate::{
 /// The organization a request acts on, as far as access decisions need it.
 #[derive(Debug, Clone)]
 pub struct OrgRef {
-    pub id: String,
+    pub id: OrgId,
     pub slug: String,
     pub settings: serde_json::Value,
 }
@@ -83,7 +83,7 @@ impl<P> OrgAccess<P> {
         }
     }
 
-    pub fn org_id(&self) -> &str {
+    pub fn org_id(&self) -> &OrgId {
         &self.org.id
     }
 
@@ -489,7 +489,7 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
             settings: row.settings,
         };
         if let Some(tenant) = &user.tenant {
-            if tenant.organization_id != org.id {
+            if *tenant.organization_id != *org.id {
                 return Err(Error::forbidden(
                     "This token is scoped to another organization",
                 ));

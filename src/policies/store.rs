@@ -64,8 +64,8 @@ impl Policy {
             },
             organization_id: r.try_get("organization_id")?,
             description: r.try_get("description")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+            created_at: r.get_time("created_at")?,
+            updated_at: r.get_time("updated_at")?,
         })
     }
 

@@ -181,9 +181,29 @@ pub trait RowExt {
     where
         T: std::str::FromStr,
         T::Err: std::fmt::Display;
+    /// A time stored as text, as the API shows it (RFC 3339, UTC, whole seconds, `Z`).
+    fn get_time(&self, column: &str) -> Result<String, sqlx::Error> {
+        Ok(api_time(&self.get_text(column)?))
+    }
+    /// A nullable time column, as the API shows it.
+    fn get_time_opt(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        Ok(self.get_text_opt(column)?.map(|t| api_time(&t)))
+    }
+    /// A TEXT column.
+    fn get_text(&self, column: &str) -> Result<String, sqlx::Error>;
+    /// A nullable TEXT column.
+    fn get_text_opt(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
 }
 
 impl RowExt for sqlx::any::AnyRow {
+    fn get_text(&self, column: &str) -> Result<String, sqlx::Error> {
+        sqlx::Row::try_get(self, column)
+    }
+
+    fn get_text_opt(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::Row::try_get(self, column)
+    }
+
     fn get_bool(&self, column: &str) -> Result<bool, sqlx::Error> {
         use sqlx::Row;
         match self.try_get::<bool, _>(column) {

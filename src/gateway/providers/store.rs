@@ -56,8 +56,8 @@ impl Provider {
             priority: r.try_get("priority")?,
             enabled: r.get_bool("enabled")?,
             environment: r.try_get("environment")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+            created_at: r.get_time("created_at")?,
+            updated_at: r.get_time("updated_at")?,
         })
     }
 }

@@ -60,20 +60,16 @@ impl HasId for Member {
 
 impl Member {
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
-        let time = |c: &str| -> Result<Option<String>, sqlx::Error> {
-            Ok(r.try_get::<Option<String>, _>(c)?
-                .map(|t| storage::api_time(&t)))
-        };
         Ok(Member {
             id: r.try_get("id")?,
             email: r.try_get("email")?,
             name: r.try_get("name")?,
             role: r.get_parsed("role")?,
             status: r.get_parsed("status")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            last_login: time("last_login")?,
+            created_at: r.get_time("created_at")?,
+            last_login: r.get_time_opt("last_login")?,
             mfa_enabled: r.get_bool("mfa_enabled")?,
-            invitation_sent_at: time("sent_at")?,
+            invitation_sent_at: r.get_time_opt("sent_at")?,
         })
     }
 }
@@ -349,10 +345,6 @@ fn status_at(r: &sqlx::any::AnyRow, expires_at: &str) -> Result<InvitationStatus
 impl Invitation {
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
         let expires_at: String = r.try_get("expires_at")?;
-        let opt = |c: &str| -> Result<Option<String>, sqlx::Error> {
-            Ok(r.try_get::<Option<String>, _>(c)?
-                .map(|t| storage::api_time(&t)))
-        };
         Ok(Invitation {
             id: r.try_get("id")?,
             organization_id: r.try_get("organization_id")?,
@@ -361,11 +353,11 @@ impl Invitation {
             role: r.get_parsed("role")?,
             status: status_at(r, &expires_at)?,
             invited_by: r.try_get("invited_by")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            invitation_sent_at: storage::api_time(&r.try_get::<String, _>("sent_at")?),
+            created_at: r.get_time("created_at")?,
+            invitation_sent_at: r.get_time("sent_at")?,
             expires_at: storage::api_time(&expires_at),
-            accepted_at: opt("accepted_at")?,
-            revoked_at: opt("revoked_at")?,
+            accepted_at: r.get_time_opt("accepted_at")?,
+            revoked_at: r.get_time_opt("revoked_at")?,
         })
     }
 }

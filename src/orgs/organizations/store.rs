@@ -5,7 +5,7 @@
 use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 
-use crate::ids::UserId;
+use crate::ids::{OrgId, UserId};
 use crate::wire::Standing;
 use crate::{
     error::{Error, ResultExt},
@@ -16,7 +16,7 @@ use crate::{
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Organization {
-    pub id: String,
+    pub id: OrgId,
     /// Always `organization` (seed 003's resource type, additive).
     pub object: &'static str,
     pub name: String,
@@ -71,8 +71,8 @@ impl Organization {
             settings: r.get_json("settings")?,
             members_count: r.try_get("members_count")?,
             projects_count: r.try_get("projects_count")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+            created_at: r.get_time("created_at")?,
+            updated_at: r.get_time("updated_at")?,
             role: r.try_get::<Option<String>, _>("role").ok().flatten(),
         })
     }
@@ -215,7 +215,7 @@ pub async fn delete(tx: &mut AnyConnection, id: &str) -> Result<(), Error> {
 /// An organization as access decisions need it.
 #[derive(Debug, Clone)]
 pub struct OrgRow {
-    pub id: String,
+    pub id: OrgId,
     pub slug: String,
     pub status: Standing,
     pub settings: Value,

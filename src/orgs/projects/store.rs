@@ -44,8 +44,8 @@ impl Project {
             settings: r.get_json("settings")?,
             allowed_origins: r.get_json("allowed_origins")?,
             redirect_urls: r.get_json("redirect_urls")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+            created_at: r.get_time("created_at")?,
+            updated_at: r.get_time("updated_at")?,
         })
     }
 }
@@ -203,7 +203,7 @@ impl Config {
         Ok(Config {
             key: r.try_get("key")?,
             value: r.get_json("value")?,
-            updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+            updated_at: r.get_time("updated_at")?,
         })
     }
 }
@@ -299,7 +299,7 @@ pub async fn storage_settings(db: &Db, org_id: &str) -> Result<StorageSettings, 
         prefix: r.try_get("prefix")?,
         retention_days: r.try_get("retention_days")?,
         credentials_set: r.try_get::<Option<String>, _>("credentials")?.is_some(),
-        updated_at: storage::api_time(&r.try_get::<String, _>("updated_at")?),
+        updated_at: r.get_time("updated_at")?,
     })
 }
 

@@ -56,7 +56,7 @@ impl Violation {
             log_id: r.try_get("log_id")?,
             model: r.try_get("model")?,
             matches: r.get_json("matches")?,
-            created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            created_at: r.get_time("created_at")?,
         })
     }
 }
