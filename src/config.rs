@@ -40,6 +40,7 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("gateway_first_byte_timeout_secs", "60", "gateway: time for a provider to start answering (504 upstream_timeout after it)"),
     ("gateway_idle_timeout_secs", "120", "gateway: a streamed answer with no byte for this long ends"),
     ("gateway_max_body_bytes", "10485760", "gateway: largest request body (413 above it; a larger declared Content-Length is refused before the body is read)"),
+    ("secret_key_prefix", "sk", "first part of new secret API keys, `<prefix>_live_…` / `<prefix>_test_…`: 2 to 8 lowercase letters or digits, starting with a letter, not `pk` (e.g. `tv` for seed 002's `tv_live_` keys); keys made under an earlier prefix keep working, publishable keys keep `pk`"),
     ("bootstrap_admin", "true", "create a platform admin (and print its password once) when the database has no users"),
     ("rate_limits.gateway_key_per_minute", "60", "requests per minute per API key on the gateway routes (a key's rate_limit.requests_per_minute wins); the platform setting of the same name (/v1/admin/configs) wins"),
     ("rate_limits.api_key_per_minute", "100", "requests per minute per API key on platform routes (a key's rate_limit.requests_per_minute wins); the platform setting of the same name (/v1/admin/configs) wins"),
@@ -98,6 +99,7 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     pub usage_flush_ms: u64,
     pub bootstrap_admin: bool,
+    pub secret_key_prefix: String,
     pub gateway_connect_timeout_secs: u64,
     pub gateway_first_byte_timeout_secs: u64,
     pub gateway_idle_timeout_secs: u64,
@@ -174,6 +176,7 @@ impl Default for Config {
             allow_private_webhook_targets: false,
             allow_private_provider_targets: false,
             webhook_timeout_secs: 15,
+            secret_key_prefix: "sk".into(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
             request_timeout_secs: 30,
@@ -271,6 +274,12 @@ impl Config {
             anyhow::bail!(
                 "request_timeout_secs, max_body_bytes, webhook_timeout_secs and \
                  header_read_timeout_secs must be positive"
+            );
+        }
+        if !crate::keys::valid_secret_prefix(&self.secret_key_prefix) {
+            anyhow::bail!(
+                "secret_key_prefix must be 2 to 8 lowercase letters or digits starting with a \
+                 letter, and not pk (publishable keys use it)"
             );
         }
         if self.rate_limits.login_window_secs == 0 {
@@ -410,6 +419,11 @@ mod tests {
         std::fs::write(&path, "serve_threads = 100000\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("serve_threads"), "{err}");
+        std::fs::write(&path, "secret_key_prefix = \"tv\"\n").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().secret_key_prefix, "tv");
+        std::fs::write(&path, "secret_key_prefix = \"pk\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("secret_key_prefix"), "{err}");
     }
 
     #[test]

@@ -91,6 +91,16 @@ macro_rules! id_types {
         impl From<&$name> for crate::storage::Arg {
             fn from(id: &$name) -> Self { crate::storage::Arg::Text(id.0.clone()) }
         }
+        /// Compares with an id as the client sent it (a path segment, a query value).
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool { self.0 == other }
+        }
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool { self.0 == *other }
+        }
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool { self.0 == *other }
+        }
         /// Reads as the `&str` it is, for the places that take one (SQL binds, messages).
         impl std::ops::Deref for $name {
             type Target = str;

@@ -7,6 +7,7 @@ use common::{
     fixtures::{a_key, an_org, token, Org},
     Backend, TestServer, PASSWORD,
 };
+use gatehouse::environment::Environment;
 use gatehouse::orgs::roles::Role;
 use serde_json::json;
 
@@ -18,6 +19,7 @@ on_both_databases!(
     seed_003_a_secret_key_creates_an_organization_owned_by_its_creator,
     seed_003_status_is_patched_by_owners_and_platform_admins,
     seed_003_scope_list_is_enforced_or_refused_by_name,
+    seed_002_keys_carry_the_operators_prefix_and_older_keys_keep_working,
 );
 
 const LOGIN: &str = "/api/v1/auth/login";
@@ -495,4 +497,66 @@ async fn seed_003_scope_list_is_enforced_or_refused_by_name(backend: Backend) {
         "{}",
         err.text
     );
+}
+
+/// Seed 002's `tv_live_…`/`tv_test_…` keys: an operator who sets `secret_key_prefix = "tv"` mints
+/// them, and they authenticate as the seed shows (Bearer and `X-API-Key`); a key minted under
+/// the earlier `sk` prefix keeps working, and publishable keys keep `pk`.
+async fn seed_002_keys_carry_the_operators_prefix_and_older_keys_keep_working(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let older = o
+        .a_key_token(&srv, Environment::Live, &["organizations:read"])
+        .await;
+    assert!(older.starts_with("sk_live_"), "{older}");
+
+    // The same deployment restarted with the seed's prefix.
+    let (tv, node) = srv
+        .second_node_with(|c| c.secret_key_prefix = "tv".into())
+        .await;
+    let keys = format!("{tv}{}/api-keys", o.base);
+    let mint = |body: serde_json::Value| {
+        let req = srv.client.post(&keys).bearer_auth(&o.owner).json(&body);
+        async { srv.send(req).await }
+    };
+    let mut minted = Vec::new();
+    for body in [
+        json!({"name": "live", "scopes": ["organizations:read"]}),
+        json!({"name": "test", "environment": "test", "scopes": ["organizations:read"]}),
+        json!({"name": "browser", "type": "publishable"}),
+    ] {
+        let res = mint(body).await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        minted.push(token(&res.json));
+    }
+    let [live, test, publishable] = &minted[..] else {
+        unreachable!()
+    };
+    assert!(
+        live.starts_with("tv_live_") && live.len() == 8 + 40,
+        "{live}"
+    );
+    assert!(test.starts_with("tv_test_"), "{test}");
+    assert!(publishable.starts_with("pk_live_"), "{publishable}");
+
+    let org = format!("{tv}/v1/organizations/{}", o.id);
+    for key in [live, &older] {
+        let bearer = srv.send(srv.client.get(&org).bearer_auth(key)).await;
+        assert_eq!(bearer.status, 200, "{key}: {}", bearer.text);
+        let header = srv
+            .send(srv.client.get(&org).header("X-API-Key", key))
+            .await;
+        assert_eq!(header.status, 200, "{key}: {}", header.text);
+    }
+    // A key-shaped token that is no key is refused as an API key, not as an access token.
+    let bogus = srv
+        .send(srv.client.get(&org).bearer_auth("tv_live_notakeyatall"))
+        .await;
+    let err = bogus.assert_error(401, "unauthorized");
+    assert!(
+        err["message"].as_str().unwrap().contains("API key"),
+        "{}",
+        bogus.text
+    );
+    node.abort();
 }

@@ -566,7 +566,7 @@ async fn the_audit_log_pages_by_offset_and_by_cursor(backend: Backend) {
             None => break,
         }
     }
-    let expected: Vec<String> = all_acme.items.iter().map(|e| e.id.clone()).collect();
+    let expected: Vec<String> = all_acme.items.iter().map(|e| e.id.to_string()).collect();
     assert_eq!(seen, expected);
 }
 

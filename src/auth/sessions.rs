@@ -44,7 +44,7 @@ impl std::fmt::Debug for Tokens {
 
 #[derive(Debug, Serialize)]
 pub struct SessionView {
-    pub id: String,
+    pub id: crate::ids::SessionId,
     pub device: String,
     pub ip_address: String,
     pub created_at: String,
@@ -271,9 +271,9 @@ pub async fn list(
     .await?;
     rows.iter()
         .map(|r| {
-            let id: String = r.try_get("id")?;
+            let id: crate::ids::SessionId = r.try_get("id")?;
             Ok(SessionView {
-                current: current == Some(id.as_str()),
+                current: current == Some(&*id),
                 id,
                 device: r.try_get("device")?,
                 ip_address: r.try_get("ip_address")?,

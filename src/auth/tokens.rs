@@ -73,7 +73,7 @@ impl std::fmt::Debug for KeyRing {
 
 #[derive(Debug, Serialize)]
 pub struct SigningKeyInfo {
-    pub id: String,
+    pub id: crate::ids::SigningKeyId,
     pub algorithm: String,
     pub status: String,
     pub public_jwk: serde_json::Value,

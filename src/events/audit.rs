@@ -24,13 +24,13 @@ const COLUMNS: &str = "id, actor_type, actor_id, action, resource_type, resource
 /// One audit event, in the seed-004 shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AuditEvent {
-    pub id: String,
+    pub id: crate::ids::AuditId,
     pub actor_type: String,
     pub actor_id: Option<String>,
     pub action: String,
     pub resource_type: String,
     pub resource_id: Option<String>,
-    pub organization_id: Option<String>,
+    pub organization_id: Option<OrgId>,
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
@@ -282,7 +282,7 @@ pub fn export_in_batches(
             for row in &rows {
                 let event = AuditEvent::from_row(row)?;
                 write_row(&mut out, format, &event)?;
-                last = Some(event.id);
+                last = Some(event.id.0);
             }
             if out.is_empty() {
                 return Ok(None);

@@ -31,9 +31,9 @@ pub mod status {
 /// One delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Delivery {
-    pub id: String,
-    pub endpoint_id: String,
-    pub event_id: String,
+    pub id: crate::ids::DeliveryId,
+    pub endpoint_id: WebhookId,
+    pub event_id: crate::ids::EventId,
     pub event_type: String,
     pub status: String,
     pub attempt: i64,

@@ -18,9 +18,9 @@ use crate::{
 
 #[derive(Debug, Serialize)]
 pub struct LogEntry {
-    pub id: String,
-    pub key_id: String,
-    pub environment: String,
+    pub id: crate::ids::LogId,
+    pub key_id: crate::ids::KeyId,
+    pub environment: crate::environment::Environment,
     pub provider: String,
     pub model: String,
     pub path: String,
@@ -47,7 +47,7 @@ impl LogEntry {
         Ok(LogEntry {
             id: r.try_get("id")?,
             key_id: r.try_get("key_id")?,
-            environment: r.try_get("environment")?,
+            environment: r.get_parsed("environment")?,
             provider: r.try_get("provider")?,
             model: r.try_get("model")?,
             path: r.try_get("path")?,

@@ -131,11 +131,7 @@ fn unauthorized(why: &str) -> Error {
     Error::unauthorized(format!("The API key is {why}"))
 }
 
-pub fn looks_like_key(token: &str) -> bool {
-    ["sk_live_", "sk_test_", "pk_live_", "pk_test_"]
-        .iter()
-        .any(|p| token.starts_with(p))
-}
+pub use super::looks_like_key;
 
 impl KeyCache {
     pub fn new() -> Self {

@@ -97,13 +97,41 @@ crate::wire::string_enum! {
 }
 
 impl KeyType {
-    /// The token's first part: `sk` or `pk`.
-    pub fn prefix(self) -> &'static str {
+    /// The token's first part: the operator's `secret_key_prefix` (default `sk`) or `pk`.
+    pub fn prefix(self, secret_prefix: &str) -> &str {
         match self {
-            KeyType::Secret => "sk",
-            KeyType::Publishable => "pk",
+            KeyType::Secret => secret_prefix,
+            KeyType::Publishable => PUBLISHABLE_PREFIX,
         }
     }
+}
+
+/// Publishable keys' first part, whatever the secret keys' is.
+pub const PUBLISHABLE_PREFIX: &str = "pk";
+
+/// A usable `secret_key_prefix`: 2 to 8 lowercase ASCII letters or digits, a letter first, and
+/// not the publishable keys' `pk`.
+pub fn valid_secret_prefix(p: &str) -> bool {
+    (2..=8).contains(&p.len())
+        && p.starts_with(|c: char| c.is_ascii_lowercase())
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && p != PUBLISHABLE_PREFIX
+}
+
+/// The shape of every key Gatehouse mints, whatever prefix it was minted under:
+/// `<prefix>_<live|test>_…` with a prefix of 2 to 8 lowercase letters or digits. A bearer token
+/// of this shape is taken for a key (and looked up as one), anything else for an access token.
+pub fn looks_like_key(token: &str) -> bool {
+    let Some((prefix, rest)) = token.split_once('_') else {
+        return false;
+    };
+    (2..=8).contains(&prefix.len())
+        && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && (rest.starts_with("live_") || rest.starts_with("test_"))
 }
 
 crate::wire::string_enum! {
@@ -114,5 +142,47 @@ crate::wire::string_enum! {
         Disabled => "disabled",
         Revoked => "revoked",
         Expired => "expired",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_recognised_by_shape_under_any_prefix() {
+        for key in [
+            "sk_live_abc",
+            "sk_test_abc",
+            "pk_live_x",
+            "tv_live_x",
+            "ab12_test_x",
+        ] {
+            assert!(looks_like_key(key), "{key}");
+        }
+        for not in [
+            "eyJhbGciOiJIUzI1NiJ9.e30.x",
+            "sk_prod_abc",
+            "s_live_abc",
+            "Sk_live_abc",
+            "toolongpf_live_x",
+            "1a_live_x",
+            "sk-live-abc",
+            "",
+        ] {
+            assert!(!looks_like_key(not), "{not}");
+        }
+    }
+
+    #[test]
+    fn secret_prefixes_are_short_lowercase_and_never_pk() {
+        for ok in ["sk", "tv", "acme", "ab12cd34"] {
+            assert!(valid_secret_prefix(ok), "{ok}");
+            assert_eq!(KeyType::Secret.prefix(ok), ok);
+        }
+        for bad in ["pk", "s", "Tv", "1tv", "tv_", "abcdefghi", ""] {
+            assert!(!valid_secret_prefix(bad), "{bad}");
+        }
+        assert_eq!(KeyType::Publishable.prefix("tv"), "pk");
     }
 }

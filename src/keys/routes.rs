@@ -44,9 +44,9 @@ pub const DEFAULT_GRACE_SECONDS: i64 = 86_400;
 pub const MAX_GRACE_SECONDS: i64 = 604_800;
 
 /// A new key value: `<sk|pk>_<live|test>_` + 40 random base62 characters (≈ 238 bits), and
-/// what is stored of it.
-fn new_secret(key_type: KeyType, env: Environment) -> (String, Secret) {
-    let prefix = format!("{}_{env}_", key_type.prefix());
+/// what is stored of it; `sk` is the operator's `secret_key_prefix`.
+fn new_secret(secret_prefix: &str, key_type: KeyType, env: Environment) -> (String, Secret) {
+    let prefix = format!("{}_{env}_", key_type.prefix(secret_prefix));
     let token = format!("{prefix}{}", crypto::random_base62(40));
     let preview = format!(
         "{prefix}{}…{}",
@@ -254,7 +254,7 @@ async fn create(
         return Err(Error::invalid(errors));
     }
     let id = KeyId::generate();
-    let (token, secret) = new_secret(key_type, env);
+    let (token, secret) = new_secret(&state.config.secret_key_prefix, key_type, env);
     let new = NewKey {
         id: &id,
         organization_id: access.org_id(),
@@ -526,7 +526,11 @@ async fn rotate(
         return Err(Error::conflict("A revoked key cannot be rotated"));
     }
     check_within_authority(&access, &key)?;
-    let (token, secret) = new_secret(key.key_type, key.environment);
+    let (token, secret) = new_secret(
+        &state.config.secret_key_prefix,
+        key.key_type,
+        key.environment,
+    );
     let now = chrono::Utc::now();
     let now_s = storage::format_time(now);
     let grace_until = storage::format_time(now + chrono::Duration::seconds(grace));

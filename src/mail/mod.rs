@@ -120,7 +120,7 @@ pub fn send_later(mailer: &Arc<dyn Mailer>, mail: Mail) {
 
 #[derive(Debug, Serialize)]
 pub struct StoredMail {
-    pub id: String,
+    pub id: crate::ids::MailId,
     pub to: String,
     pub subject: String,
     pub body: String,

@@ -344,7 +344,7 @@ pub async fn find_invitation(
     let inv = live_invitation(db, token).await?;
     Ok((
         inv.id.into(),
-        inv.organization_id,
+        inv.organization_id.0,
         inv.email,
         inv.role.as_str().to_string(),
     ))

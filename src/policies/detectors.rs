@@ -117,10 +117,12 @@ pub const SECRETS: &[Detector] = &[
         validate: keep,
     },
     Detector {
-        // Gatehouse's own secret keys: `sk_live_`/`sk_test_` + exactly 40 base62 characters.
+        // Gatehouse's own secret keys: `<prefix>_live_`/`<prefix>_test_` + exactly 40 base62
+        // characters, whatever `secret_key_prefix` they were minted under (`sk`, `tv`, …);
+        // publishable `pk_` keys are public by design.
         name: "gatehouse_key",
-        pattern: r"(?-u:\b)sk_(?:live|test)_[A-Za-z0-9]{40}(?-u:\b)",
-        validate: bounded,
+        pattern: r"(?-u:\b)[a-z][a-z0-9]{1,7}_(?:live|test)_[A-Za-z0-9]{40}(?-u:\b)",
+        validate: secret_key,
     },
     Detector {
         name: "jwt",
@@ -159,6 +161,14 @@ fn bounded(hay: &str, s: usize, e: usize) -> Option<(usize, usize)> {
 fn bounded_dash(hay: &str, s: usize, e: usize) -> Option<(usize, usize)> {
     bounded(hay, s, e)?;
     next_char(hay, e).is_none_or(|c| c != '-').then_some((s, e))
+}
+
+/// A Gatehouse key that is secret: bounded, and not a publishable (`pk_`) one.
+fn secret_key(hay: &str, s: usize, e: usize) -> Option<(usize, usize)> {
+    if hay[s..e].starts_with("pk_") {
+        return None;
+    }
+    bounded(hay, s, e)
 }
 
 fn keep(_: &str, s: usize, e: usize) -> Option<(usize, usize)> {
@@ -791,6 +801,7 @@ mod tests {
             ("anthropic_key", format!("sk-ant-api03-{}{}", B62, B62), "sk-ant-api03-short".into()),
             ("gatehouse_key", format!("sk_live_{}", B62), format!("sk_live_{}x", B62)),
             ("gatehouse_key", format!("sk_test_{}", B62), format!("pk_test_{}", B62)),
+            ("gatehouse_key", format!("tv_live_{}", B62), format!("tv_live_{}", &B62[..39])),
             ("jwt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U".into(), "eyJhbGciOiJIUzI1NiJ9.notjwt".into()),
         ];
         for (kind, good, near) in cases {

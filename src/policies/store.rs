@@ -34,7 +34,7 @@ pub const MAX_RULES: i64 = 200;
 pub struct Policy {
     #[serde(flatten)]
     pub rule: Rule,
-    pub organization_id: String,
+    pub organization_id: crate::ids::OrgId,
     pub description: String,
     pub created_at: String,
     pub updated_at: String,

@@ -288,7 +288,18 @@ impl TestServer {
     /// A second node of the same deployment (same configuration, database and Redis) on its
     /// own port: its base URL and its task (abort it to stop the node).
     pub async fn second_node(&self) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
-        let state = gatehouse::server::build_state(self.state.config.clone())
+        self.second_node_with(|_| {}).await
+    }
+
+    /// A second node whose configuration differs from this one's by `change` (the same
+    /// database: an operator changing a setting and restarting).
+    pub async fn second_node_with(
+        &self,
+        change: impl FnOnce(&mut Config),
+    ) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let mut config = self.state.config.clone();
+        change(&mut config);
+        let state = gatehouse::server::build_state(config)
             .await
             .expect("second node");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

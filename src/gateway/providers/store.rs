@@ -20,7 +20,7 @@ use crate::{
 #[derive(Debug, Clone, Serialize)]
 pub struct Provider {
     pub id: ProviderId,
-    pub organization_id: String,
+    pub organization_id: crate::ids::OrgId,
     pub provider: ProviderKind,
     pub name: String,
     pub base_url: Option<String>,

@@ -307,7 +307,7 @@ pub async fn sole_owner_of(
 #[derive(Debug, Serialize)]
 pub struct Invitation {
     pub id: InvitationId,
-    pub organization_id: String,
+    pub organization_id: crate::ids::OrgId,
     pub email: String,
     pub name: String,
     pub role: Role,
@@ -514,7 +514,7 @@ pub async fn claim_invitation(tx: &mut AnyConnection, id: &InvitationId) -> Resu
 #[derive(Debug)]
 pub struct TokenInvitation {
     pub id: InvitationId,
-    pub organization_id: String,
+    pub organization_id: crate::ids::OrgId,
     pub email: String,
     pub role: Role,
     /// As stored (`pending`, `accepted` or `revoked`; never `expired`).

@@ -17,7 +17,7 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Project {
     pub id: ProjectId,
-    pub organization_id: String,
+    pub organization_id: crate::ids::OrgId,
     pub name: String,
     pub settings: Value,
     pub allowed_origins: Value,

@@ -15,8 +15,8 @@ use crate::{
 
 #[derive(Debug, Serialize)]
 pub struct Violation {
-    pub id: String,
-    pub policy_id: String,
+    pub id: crate::ids::ViolationId,
+    pub policy_id: crate::ids::PolicyId,
     pub policy_name: String,
     #[serde(rename = "type")]
     pub kind: String,
@@ -24,9 +24,9 @@ pub struct Violation {
     pub severity: String,
     /// `request` or `response`.
     pub stage: String,
-    pub key_id: String,
-    pub environment: String,
-    pub log_id: String,
+    pub key_id: crate::ids::KeyId,
+    pub environment: crate::environment::Environment,
+    pub log_id: crate::ids::LogId,
     pub model: String,
     pub matches: Value,
     pub created_at: String,
@@ -52,7 +52,7 @@ impl Violation {
             severity: r.try_get("severity")?,
             stage: r.try_get("stage")?,
             key_id: r.try_get("key_id")?,
-            environment: r.try_get("environment")?,
+            environment: r.get_parsed("environment")?,
             log_id: r.try_get("log_id")?,
             model: r.try_get("model")?,
             matches: r.get_json("matches")?,
