@@ -523,7 +523,7 @@ async fn seed_002_keys_carry_the_operators_prefix_and_older_keys_keep_working(ba
     for body in [
         json!({"name": "live", "scopes": ["organizations:read"]}),
         json!({"name": "test", "environment": "test", "scopes": ["organizations:read"]}),
-        json!({"name": "browser", "type": "publishable"}),
+        json!({"name": "browser", "type": "publishable", "allowed_origins": ["https://app.example.com"]}),
     ] {
         let res = mint(body).await;
         assert_eq!(res.status, 201, "{}", res.text);
