@@ -33,7 +33,8 @@ fn line(description: &str, kind: &str, quantity: i64, unit: i64, period: PdfPeri
 }
 
 /// A month with an upgrade on Jan 15 at noon: base price, proration credit and charge, overage.
-/// `scale` turns cents into the currency's minor units (1 for USD, 100/100 for JPY amounts).
+/// `amounts`: base, credit (positive here), charge, and the two overage unit prices, in minor
+/// units of `currency`.
 fn sample(currency: &str, amounts: [i64; 5]) -> PdfInvoice {
     let before = PdfPeriod {
         start: at("2026-01-15T12:00:00Z"),

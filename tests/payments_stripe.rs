@@ -445,3 +445,21 @@ async fn payments_are_off_unless_both_stripe_secrets_are_configured() {
     };
     assert!(bad_url.validate().is_err());
 }
+
+#[tokio::test]
+async fn the_webhook_route_function_checks_against_the_clock() {
+    let mock = StripeMock::start(KEY).await;
+    let provider = stripe(&mock.base_url(), KEY).await;
+    let body = succeeded("in_NOW");
+    let now = chrono::Utc::now().timestamp();
+    let event = payments::verify_webhook(&provider, &signed(&body, now), &body).unwrap();
+    assert_eq!(
+        event.outcome,
+        Some(PaymentOutcome::Paid {
+            invoice_id: "in_NOW".into()
+        })
+    );
+    let err = payments::verify_webhook(&provider, &signed(&body, now - 600), &body).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidRequest);
+    assert!(err.to_string().contains("timestamp"), "{err}");
+}

@@ -96,14 +96,7 @@ pub fn format_money(amount: i64, currency: &str) -> String {
     let scale = 10u128.pow(exponent);
     let abs = amount.unsigned_abs() as u128;
     let (whole, fraction) = (abs / scale, abs % scale);
-    let digits = whole.to_string();
-    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            grouped.push(',');
-        }
-        grouped.push(d);
-    }
+    let mut grouped = group_thousands(&whole.to_string());
     if exponent > 0 {
         grouped.push('.');
         grouped.push_str(&format!("{fraction:0width$}", width = exponent as usize));
@@ -123,13 +116,9 @@ pub fn format_money(amount: i64, currency: &str) -> String {
     }
 }
 
-/// A whole number with thousands separators.
-fn format_quantity(q: i64) -> String {
-    let digits = q.unsigned_abs().to_string();
-    let mut out = String::new();
-    if q < 0 {
-        out.push('-');
-    }
+/// `1234567` → `1,234,567` (ASCII digits in, commas between each group of three).
+fn group_thousands(digits: &str) -> String {
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, d) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {
             out.push(',');
@@ -137,6 +126,12 @@ fn format_quantity(q: i64) -> String {
         out.push(d);
     }
     out
+}
+
+/// A whole number with thousands separators.
+fn format_quantity(q: i64) -> String {
+    let sign = if q < 0 { "-" } else { "" };
+    format!("{sign}{}", group_thousands(&q.unsigned_abs().to_string()))
 }
 
 fn format_date(d: NaiveDate) -> String {
@@ -778,6 +773,8 @@ mod tests {
         assert_eq!(format_money(9990, "chf"), "CHF 99.90");
         assert_eq!(format_money(100, "gbp"), "£1.00");
         assert_eq!(format_money(i64::MIN, "usd"), "-$92,233,720,368,547,758.08");
+        assert_eq!(format_quantity(-1_234_567), "-1,234,567");
+        assert_eq!(format_quantity(999), "999");
     }
 
     #[test]
@@ -845,5 +842,11 @@ mod tests {
         inv.total = 100;
         let pdf = render(&inv).unwrap();
         assert!(pdf.starts_with(b"%PDF-"));
+        // No lines: an invoice of nothing is still a document.
+        inv.lines.clear();
+        inv.total = 0;
+        assert!(render(&inv).unwrap().starts_with(b"%PDF-"));
+        inv.currency = "dollars".into();
+        assert!(render(&inv).is_err());
     }
 }

@@ -190,6 +190,21 @@ pub trait PaymentProvider: Send + Sync + Debug {
     ) -> Result<PaymentEvent, PaymentError>;
 }
 
+/// What `POST /v1/billing/stripe/webhook` calls with the raw body: the verified event at the
+/// current time, or the error to answer (400 `invalid_request` for a refused signature or
+/// payload).
+pub fn verify_webhook(
+    provider: &dyn PaymentProvider,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<PaymentEvent, Error> {
+    let now = chrono::Utc::now().timestamp();
+    provider.parse_webhook(headers, body, now).map_err(|e| {
+        tracing::warn!(provider = provider.name(), error = %e, "payment webhook refused");
+        Error::from(e)
+    })
+}
+
 /// The provider the configuration asks for: Stripe when `stripe_secret_key` and
 /// `stripe_webhook_secret` are set, none otherwise. A `stripe_base_url` other than the default
 /// must resolve to public addresses unless `allow_private_stripe_target` is set (checked here and
