@@ -243,55 +243,63 @@ fn encode(s: &str) -> Vec<u8> {
     s.chars().take(MAX_TEXT).map(win_ansi).collect()
 }
 
-/// The width of `s` in points at `size`.
-fn text_width(s: &str, font: Font, size: f32) -> f32 {
-    let widths = font.widths();
-    let units: u32 = encode(s)
-        .iter()
-        .map(|&b| match widths[(b.max(32) - 32) as usize] {
-            0 => 556,
-            w => u32::from(w),
-        })
-        .sum();
-    units as f32 * size / 1000.0
+/// A character's advance in thousandths of the font size.
+fn units(c: char, font: Font) -> u32 {
+    match font.widths()[usize::from(win_ansi(c).max(32) - 32)] {
+        0 => 556,
+        w => u32::from(w),
+    }
 }
 
-/// Greedy word wrap to `max` points; a word longer than a line is cut.
+/// The width of `s` in points at `size`.
+fn text_width(s: &str, font: Font, size: f32) -> f32 {
+    let total: u32 = s.chars().take(MAX_TEXT).map(|c| units(c, font)).sum();
+    total as f32 * size / 1000.0
+}
+
+/// Greedy word wrap to `max` points (the first [`MAX_TEXT`] characters); a word longer than a
+/// line is cut. Linear in the text's length.
 fn wrap(s: &str, font: Font, size: f32, max: f32) -> Vec<String> {
+    let limit = (max * 1000.0 / size).floor() as u32;
+    let space = units(' ', font);
+    let text: String = s.chars().take(MAX_TEXT).collect();
     let mut lines = Vec::new();
-    for paragraph in s.split('\n') {
-        let mut line = String::new();
+    let mut line = String::new();
+    let mut width = 0u32;
+    for (i, paragraph) in text.split('\n').enumerate() {
+        if i > 0 {
+            lines.push(std::mem::take(&mut line));
+            width = 0;
+        }
         for word in paragraph.split_whitespace() {
-            let candidate = if line.is_empty() {
-                word.to_string()
-            } else {
-                format!("{line} {word}")
-            };
-            if text_width(&candidate, font, size) <= max {
-                line = candidate;
+            let w: u32 = word.chars().map(|c| units(c, font)).sum();
+            let gap = if line.is_empty() { 0 } else { space };
+            if width + gap + w <= limit {
+                if gap > 0 {
+                    line.push(' ');
+                }
+                line.push_str(word);
+                width += gap + w;
                 continue;
             }
             if !line.is_empty() {
                 lines.push(std::mem::take(&mut line));
+                width = 0;
             }
-            // The word alone: cut it while it is too long.
-            let mut rest = word.to_string();
-            while text_width(&rest, font, size) > max {
-                let mut cut = String::new();
-                for c in rest.chars() {
-                    if text_width(&format!("{cut}{c}"), font, size) > max && !cut.is_empty() {
-                        break;
-                    }
-                    cut.push(c);
+            // The word alone on the line, cut wherever it reaches the edge.
+            for c in word.chars() {
+                let cw = units(c, font);
+                if width + cw > limit && !line.is_empty() {
+                    lines.push(std::mem::take(&mut line));
+                    width = 0;
                 }
-                rest = rest[cut.len()..].to_string();
-                lines.push(cut);
+                line.push(c);
+                width += cw;
             }
-            line = rest;
         }
-        if !line.is_empty() || lines.is_empty() {
-            lines.push(line);
-        }
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
     }
     lines
 }
@@ -400,6 +408,11 @@ fn layout_row(line: &PdfLine) -> Row<'_> {
     if description.len() > MAX_DESCRIPTION_LINES {
         description.truncate(MAX_DESCRIPTION_LINES);
         if let Some(last) = description.last_mut() {
+            while !last.is_empty()
+                && text_width(&format!("{last} ..."), Font::Regular, BODY) > DESC_W
+            {
+                last.pop();
+            }
             last.push_str(" ...");
         }
     }
@@ -803,6 +816,28 @@ mod tests {
         }
         assert_eq!(lines.join(" ").replace(' ', ""), text.replace(' ', ""));
         assert_eq!(encode("a€é中"), vec![b'a', 0x80, 0xe9, b'?']);
+        assert_eq!(wrap("one\ntwo", Font::Regular, 9.0, 100.0), ["one", "two"]);
+        assert_eq!(wrap("", Font::Regular, 9.0, 100.0), [""]);
+        // A huge description costs a bounded amount and stays within its rows.
+        let huge = "x".repeat(1_000_000);
+        let lines = wrap(&huge, Font::Regular, 9.0, 100.0);
+        assert_eq!(lines.concat().len(), MAX_TEXT);
+        let line = PdfLine {
+            description: format!("{huge} {huge}"),
+            kind: "base".into(),
+            quantity: 1,
+            unit_amount: 1,
+            amount: 1,
+            period: PdfPeriod {
+                start: Utc::now(),
+                end: Utc::now(),
+            },
+        };
+        let row = layout_row(&line);
+        assert_eq!(row.description.len(), MAX_DESCRIPTION_LINES);
+        let last = row.description.last().unwrap();
+        assert!(last.ends_with(" ..."));
+        assert!(text_width(last, Font::Regular, BODY) <= DESC_W);
     }
 
     #[test]
