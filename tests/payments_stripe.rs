@@ -51,6 +51,7 @@ fn invoice_payment(customer_id: &str) -> PaymentRequest {
         amount: 12_619,
         currency: "USD".into(),
         description: "Gatehouse invoice in_01JH6Q2W8Z4XK3M5N7P9R0ST (January 2026)".into(),
+        payment_method: None,
     }
 }
 
@@ -462,4 +463,81 @@ async fn the_webhook_route_function_checks_against_the_clock() {
     let err = payments::verify_webhook(&provider, &signed(&body, now - 600), &body).unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidRequest);
     assert!(err.to_string().contains("timestamp"), "{err}");
+}
+
+#[tokio::test]
+async fn a_saved_payment_method_is_charged_at_once_off_session() {
+    let mock = StripeMock::start(KEY).await;
+    let provider = stripe(&mock.base_url(), KEY).await;
+    let request = PaymentRequest {
+        payment_method: Some("pm_card_visa".into()),
+        ..invoice_payment("cus_1")
+    };
+    let intent = provider.create_payment_intent(&request).await.unwrap();
+    assert_eq!(intent.status, "succeeded");
+    let sent = mock.requests().pop().unwrap();
+    assert_eq!(sent.field("payment_method"), Some("pm_card_visa"));
+    assert_eq!(sent.field("confirm"), Some("true"));
+    assert_eq!(sent.field("off_session"), Some("true"));
+    assert_eq!(sent.field("automatic_payment_methods[enabled]"), None);
+
+    let declined = PaymentRequest {
+        invoice_id: "in_DECLINED".into(),
+        payment_method: Some("pm_card_chargeDeclined".into()),
+        ..invoice_payment("cus_1")
+    };
+    let err = provider.create_payment_intent(&declined).await.unwrap_err();
+    assert!(
+        matches!(&err, PaymentError::Provider { status: 402, code: Some(c), .. } if c == "card_declined"),
+        "{err:?}"
+    );
+}
+
+/// The webhook route as the invoice code will add it: the raw body and headers to
+/// `verify_webhook`, 400 on a refusal. Stripe's delivery goes over real HTTP.
+#[tokio::test]
+async fn a_delivered_stripe_event_is_verified_from_the_raw_body() {
+    use axum::{body::Bytes, extract::State, http::StatusCode, routing::post, Router};
+    use std::sync::{Arc, Mutex};
+
+    type Seen = Arc<Mutex<Vec<PaymentOutcome>>>;
+    let mock = StripeMock::start(KEY).await;
+    let provider: Arc<dyn PaymentProvider> = Arc::new(stripe(&mock.base_url(), KEY).await);
+    let seen: Seen = Arc::default();
+    async fn route(
+        State((provider, seen)): State<(Arc<dyn PaymentProvider>, Seen)>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> StatusCode {
+        match payments::verify_webhook(provider.as_ref(), &headers, &body) {
+            Ok(event) => {
+                seen.lock().unwrap().extend(event.outcome);
+                StatusCode::OK
+            }
+            Err(e) => StatusCode::from_u16(e.code().status().as_u16()).unwrap(),
+        }
+    }
+    let app = Router::new()
+        .route("/v1/billing/stripe/webhook", post(route))
+        .with_state((provider, seen.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/v1/billing/stripe/webhook",
+        listener.local_addr().unwrap()
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let now = chrono::Utc::now().timestamp();
+    let res = stripe_mock::deliver(&url, WHSEC, now, succeeded("in_HTTP")).await;
+    assert_eq!(res.status(), 200);
+    let res = stripe_mock::deliver(&url, "whsec_other", now, succeeded("in_FORGED")).await;
+    assert_eq!(res.status(), 400);
+    let res = stripe_mock::deliver(&url, WHSEC, now - 301, succeeded("in_OLD")).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [PaymentOutcome::Paid {
+            invoice_id: "in_HTTP".into()
+        }]
+    );
 }

@@ -273,6 +273,16 @@ async fn payment_intents(State(mock): State<Mock>, headers: HeaderMap, body: Byt
             "Missing required param: currency.",
         );
     };
+    if field(&form, "confirm") == Some("true")
+        && field(&form, "payment_method") == Some("pm_card_chargeDeclined")
+    {
+        return stripe_error(
+            StatusCode::PAYMENT_REQUIRED,
+            "card_error",
+            Some("card_declined"),
+            "Your card was declined.",
+        );
+    }
     let id = {
         let mut inner = mock.inner.lock().unwrap();
         inner.next_id += 1;
@@ -287,7 +297,12 @@ async fn payment_intents(State(mock): State<Mock>, headers: HeaderMap, body: Byt
         "customer": field(&form, "customer"),
         "description": field(&form, "description"),
         "metadata": metadata(&form),
-        "status": "requires_payment_method",
+        // Confirmed off-session with a saved payment method: charged at once (the mock's
+        // cards always succeed, `pm_card_chargeDeclined` excepted, as in Stripe's test mode).
+        "status": match (field(&form, "confirm"), field(&form, "payment_method")) {
+            (Some("true"), Some(_)) => "succeeded",
+            _ => "requires_payment_method",
+        },
         "client_secret": format!("{id}_secret_mock"),
         "livemode": false,
     });
@@ -314,4 +329,21 @@ pub fn payment_intent_event(event_id: &str, event_type: &str, payment_intent: Va
         "data": { "object": payment_intent },
     }))
     .unwrap()
+}
+
+/// Posts `body` to a webhook endpoint as Stripe does: JSON, signed with `secret` at `t`.
+pub async fn deliver(url: &str, secret: &str, t: i64, body: Vec<u8>) -> reqwest::Response {
+    let signature = gatehouse::billing::payments::stripe::signature_header(secret, t, &body);
+    reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("stripe-signature", signature)
+        .header(
+            "user-agent",
+            "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
 }

@@ -51,6 +51,9 @@ pub struct PaymentRequest {
     /// ISO 4217, either case (sent lowercase).
     pub currency: String,
     pub description: String,
+    /// A saved payment method of the customer (`pm_…`) to charge at once, off-session; without
+    /// it the payment waits for the customer to confirm it (its `client_secret`).
+    pub payment_method: Option<String>,
 }
 
 /// The provider's payment for an invoice.

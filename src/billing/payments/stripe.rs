@@ -251,15 +251,25 @@ impl PaymentProvider for Stripe {
                     "currency must be an ISO 4217 code".into(),
                 ));
             }
-            let form = vec![
+            let mut form = vec![
                 ("amount", request.amount.to_string()),
                 ("currency", currency),
                 ("customer", request.customer_id.clone()),
                 ("description", request.description.clone()),
                 ("metadata[invoice_id]", request.invoice_id.clone()),
                 ("metadata[organization_id]", request.organization_id.clone()),
-                ("automatic_payment_methods[enabled]", "true".into()),
             ];
+            match &request.payment_method {
+                Some(pm) => {
+                    bounded("payment_method", pm, MAX_KEY)?;
+                    form.extend([
+                        ("payment_method", pm.clone()),
+                        ("confirm", "true".into()),
+                        ("off_session", "true".into()),
+                    ]);
+                }
+                None => form.push(("automatic_payment_methods[enabled]", "true".into())),
+            }
             let answer = self
                 .post("/v1/payment_intents", &request.invoice_id, &form)
                 .await?;
