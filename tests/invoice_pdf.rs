@@ -274,6 +274,42 @@ fn a_paid_invoice_says_so_and_leaves_nothing_due() {
 }
 
 #[test]
+fn long_names_wrap_within_their_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut invoice = usd();
+    invoice.seller.name = "Gatehouse Cloud Infrastructure and Platform Services Europe GmbH".into();
+    invoice.customer.organization_name =
+        "The Very Long Named Acme Corporation International Holdings of North America".into();
+    invoice.customer.billing_email =
+        Some("accounts-payable-department-invoices@acme-corporation-international.example".into());
+    let text = rendered_text(&invoice, dir.path(), "invoice-long-names");
+    assert_amounts(&invoice, &text);
+    // Every word is there, and the billing period beside the name is not overwritten.
+    for word in [
+        "Gatehouse",
+        "GmbH",
+        "Holdings",
+        "America",
+        "accounts-payable",
+    ] {
+        assert!(text.contains(word), "{word}:\n{text}");
+    }
+    assert!(
+        row(&text, "The Very Long Named Acme").contains("Jan 1, 2026 - Jan 31, 2026"),
+        "{text}"
+    );
+    if let Some(keep) = sample_dir() {
+        let out = tool("pdftoppm")
+            .args(["-png", "-r", "80", "-f", "1", "-l", "1", "-singlefile"])
+            .arg(dir.path().join("invoice-long-names.pdf"))
+            .arg(keep.join("invoice-long-names"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+}
+
+#[test]
 fn the_first_page_renders_to_an_image() {
     let dir = tempfile::tempdir().unwrap();
     let pdf = render(&usd()).unwrap();

@@ -371,11 +371,30 @@ impl Page {
 
     /// Right-aligned in a column `width` wide: smaller type when it would not fit.
     fn number(&mut self, right: f32, y: f32, font: Font, width: f32, s: &str) {
-        let mut size = BODY;
-        while size > 5.0 && text_width(s, font, size) > width {
-            size -= 0.5;
-        }
+        let size = fit(s, font, BODY, width);
         self.text_right(right, y, font, size, INK, s);
+    }
+
+    /// `s` wrapped to `width`, at most `max_lines` lines (the last one cut); returns the
+    /// baseline below it.
+    #[allow(clippy::too_many_arguments)]
+    fn paragraph(
+        &mut self,
+        x: f32,
+        mut y: f32,
+        font: Font,
+        size: f32,
+        color: (f32, f32, f32),
+        s: &str,
+        width: f32,
+        max_lines: usize,
+    ) -> f32 {
+        let leading = size * 1.28;
+        for line in wrap(s, font, size, width).iter().take(max_lines) {
+            self.text(x, y, font, size, color, line);
+            y -= leading;
+        }
+        y
     }
 
     fn rule(&mut self, x1: f32, x2: f32, y: f32, width: f32, color: (f32, f32, f32)) {
@@ -490,40 +509,49 @@ pub fn render(invoice: &PdfInvoice) -> Result<Vec<u8>, Error> {
     Ok(write_document(invoice, pages))
 }
 
+/// Width of the seller's and the customer's blocks (left of the invoice's facts).
+const BLOCK_W: f32 = 250.0;
+
 fn first_page_header(page: &mut Page, inv: &PdfInvoice, money: &dyn Fn(i64) -> String) -> f32 {
-    // The seller, top left.
+    // The seller, top left: every text wrapped to its block (at most a few lines each).
     let mut y = TOP - 14.0;
-    page.text(LEFT, y, Font::Bold, 15.0, INK, &inv.seller.name);
-    y -= 16.0;
+    y = page.paragraph(LEFT, y, Font::Bold, 15.0, INK, &inv.seller.name, BLOCK_W, 3) - 2.0;
     for line in inv.seller.address_lines.iter().take(6) {
-        page.text(LEFT, y, Font::Regular, BODY, MUTED, line);
-        y -= LEADING;
+        y = page.paragraph(LEFT, y, Font::Regular, BODY, MUTED, line, BLOCK_W, 2);
     }
     if !inv.seller.email.is_empty() {
-        page.text(LEFT, y, Font::Regular, BODY, MUTED, &inv.seller.email);
-        y -= LEADING;
+        y = page.paragraph(
+            LEFT,
+            y,
+            Font::Regular,
+            BODY,
+            MUTED,
+            &inv.seller.email,
+            BLOCK_W,
+            2,
+        );
     }
-    let seller_bottom = y;
+    let seller_bottom = y + LEADING;
 
     // The title and the invoice's facts, top right.
     page.text_right(RIGHT, TOP - 20.0, Font::Bold, 26.0, ACCENT, "Invoice");
     let status = inv.status.to_ascii_uppercase();
     let facts = [
-        ("Invoice number", inv.number.as_str()),
-        ("Date of issue", &format_date(inv.issued)),
-        ("Date due", &format_date(inv.due)),
-        ("Status", status.as_str()),
-    ]
-    .map(|(k, v)| (k, v.to_string()));
+        ("Invoice number", inv.number.clone()),
+        ("Date of issue", format_date(inv.issued)),
+        ("Date due", format_date(inv.due)),
+        ("Status", status.clone()),
+    ];
     let mut fy = TOP - 44.0;
     for (label, value) in &facts {
-        page.text(RIGHT - 265.0, fy, Font::Regular, BODY, MUTED, label);
+        page.text(RIGHT - 235.0, fy, Font::Regular, BODY, MUTED, label);
         let color = match (*label, status.as_str()) {
             ("Status", "PAID") => (0.10, 0.50, 0.25),
             ("Status", "VOID") => (0.70, 0.15, 0.15),
             _ => INK,
         };
-        page.text_right(RIGHT, fy, Font::Bold, BODY, color, value);
+        let size = fit(value, Font::Bold, BODY, 165.0);
+        page.text_right(RIGHT, fy, Font::Bold, size, color, value);
         fy -= LEADING + 1.0;
     }
 
@@ -535,14 +563,6 @@ fn first_page_header(page: &mut Page, inv: &PdfInvoice, money: &dyn Fn(i64) -> S
     page.text(330.0, y, Font::Bold, 7.5, MUTED, "BILLING PERIOD");
     y -= 14.0;
     page.text(
-        LEFT,
-        y,
-        Font::Bold,
-        11.0,
-        INK,
-        &inv.customer.organization_name,
-    );
-    page.text(
         330.0,
         y,
         Font::Regular,
@@ -550,11 +570,12 @@ fn first_page_header(page: &mut Page, inv: &PdfInvoice, money: &dyn Fn(i64) -> S
         INK,
         &format_period(&inv.period),
     );
-    y -= 13.0;
+    let name = &inv.customer.organization_name;
+    y = page.paragraph(LEFT, y, Font::Bold, 11.0, INK, name, BLOCK_W, 3) - 1.5;
     if let Some(email) = &inv.customer.billing_email {
-        page.text(LEFT, y, Font::Regular, BODY, MUTED, email);
+        y = page.paragraph(LEFT, y, Font::Regular, BODY, MUTED, email, BLOCK_W, 2);
     }
-    y -= 22.0;
+    y -= 20.0;
     let (due_label, due) = amount_due(inv);
     let headline = format!("{} due {}", money(due), format_date(inv.due));
     if due_label == "Amount due" {
@@ -563,6 +584,16 @@ fn first_page_header(page: &mut Page, inv: &PdfInvoice, money: &dyn Fn(i64) -> S
         page.text(LEFT, y, Font::Bold, 14.0, INK, due_label);
     }
     y - 22.0
+}
+
+/// The size (at most `size`, at least 5 pt) at which `s` fits in `width`.
+fn fit(s: &str, font: Font, size: f32, width: f32) -> f32 {
+    let natural = text_width(s, font, size);
+    if natural <= width {
+        size
+    } else {
+        (size * width / natural).max(5.0)
+    }
 }
 
 /// What is left to pay, and how the total line calls it.
@@ -679,14 +710,9 @@ fn totals(page: &mut Page, inv: &PdfInvoice, top: f32, money: &dyn Fn(i64) -> St
 
 fn footer(page: &mut Page, inv: &PdfInvoice, number: usize, count: usize) {
     page.rule(LEFT, RIGHT, 50.0, 0.4, RULE);
-    page.text(
-        LEFT,
-        38.0,
-        Font::Regular,
-        7.5,
-        MUTED,
-        &format!("{} - Invoice {}", inv.seller.name, inv.number),
-    );
+    let left = format!("{} - Invoice {}", inv.seller.name, inv.number);
+    let size = fit(&left, Font::Regular, 7.5, RIGHT - LEFT - 80.0);
+    page.text(LEFT, 38.0, Font::Regular, size, MUTED, &left);
     page.text_right(
         RIGHT,
         38.0,
