@@ -109,12 +109,26 @@ fn jpy() -> PdfInvoice {
 }
 
 fn tool(name: &str) -> Command {
-    let found = Command::new(name).arg("-v").output().is_ok();
-    assert!(
-        found,
-        "{name} is not installed: apt-get install poppler-utils (.ci/run does)"
-    );
     Command::new(name)
+}
+
+/// True when pdftotext and pdftoppm are installed. In CI their absence fails the test (`.ci/run`
+/// installs poppler-utils); elsewhere the test is skipped, loudly (as PostgreSQL's is).
+fn poppler(test: &str) -> bool {
+    let found = ["pdftotext", "pdftoppm"]
+        .iter()
+        .all(|t| Command::new(t).arg("-v").output().is_ok());
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        found || !in_ci,
+        "pdftotext/pdftoppm are not installed: apt-get install poppler-utils"
+    );
+    if !found {
+        eprintln!(
+            "SKIPPED {test}: pdftotext/pdftoppm not installed (apt-get install poppler-utils)"
+        );
+    }
+    found
 }
 
 fn sample_dir() -> Option<std::path::PathBuf> {
@@ -183,6 +197,9 @@ fn assert_amounts(invoice: &PdfInvoice, text: &str) {
 
 #[test]
 fn the_usd_invoice_text_carries_every_amount_and_the_total() {
+    if !poppler("the_usd_invoice_text_carries_every_amount_and_the_total") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let invoice = usd();
     let text = rendered_text(&invoice, dir.path(), "invoice-usd");
@@ -219,6 +236,9 @@ fn the_usd_invoice_text_carries_every_amount_and_the_total() {
 
 #[test]
 fn the_jpy_invoice_has_no_decimals() {
+    if !poppler("the_jpy_invoice_has_no_decimals") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let invoice = jpy();
     let text = rendered_text(&invoice, dir.path(), "invoice-jpy");
@@ -231,6 +251,9 @@ fn the_jpy_invoice_has_no_decimals() {
 
 #[test]
 fn a_long_invoice_goes_on_over_further_pages_with_every_line() {
+    if !poppler("a_long_invoice_goes_on_over_further_pages_with_every_line") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut invoice = usd();
     invoice.number = "in_LONG".into();
@@ -259,6 +282,9 @@ fn a_long_invoice_goes_on_over_further_pages_with_every_line() {
 
 #[test]
 fn a_paid_invoice_says_so_and_leaves_nothing_due() {
+    if !poppler("a_paid_invoice_says_so_and_leaves_nothing_due") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut invoice = usd();
     invoice.status = "paid".into();
@@ -275,6 +301,9 @@ fn a_paid_invoice_says_so_and_leaves_nothing_due() {
 
 #[test]
 fn long_names_wrap_within_their_blocks() {
+    if !poppler("long_names_wrap_within_their_blocks") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut invoice = usd();
     invoice.seller.name = "Gatehouse Cloud Infrastructure and Platform Services Europe GmbH".into();
@@ -311,6 +340,9 @@ fn long_names_wrap_within_their_blocks() {
 
 #[test]
 fn the_first_page_renders_to_an_image() {
+    if !poppler("the_first_page_renders_to_an_image") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let pdf = render(&usd()).unwrap();
     let path = dir.path().join("invoice.pdf");
