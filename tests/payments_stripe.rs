@@ -541,3 +541,72 @@ async fn a_delivered_stripe_event_is_verified_from_the_raw_body() {
         }]
     );
 }
+
+/// The venv's Python (`.venv`, as `.ci/run` makes it, or `GATEHOUSE_TEST_PYTHON`).
+fn python() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("GATEHOUSE_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+    path.exists().then_some(path)
+}
+
+/// Our signatures checked by Stripe's own library (`stripe` from PyPI, tests/stripe_verify.py),
+/// and its signatures by our verifier. Skipped, loudly, without the venv or the package —
+/// unless CI=true, where that fails.
+#[tokio::test]
+async fn signatures_agree_with_stripes_own_library() {
+    let skip = |why: &str| {
+        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!in_ci, "{why} and CI=true");
+        eprintln!("\n!!! SKIPPED the check against stripe-python: {why} !!!\n");
+    };
+    let Some(python) = python() else {
+        return skip("no Python venv at .venv (or GATEHOUSE_TEST_PYTHON)");
+    };
+    let now = chrono::Utc::now().timestamp();
+    let bodies = [
+        String::from_utf8(succeeded("in_PY")).unwrap(),
+        // Non-ASCII text is signed as its UTF-8 bytes.
+        String::from_utf8(payment_intent_event(
+            "evt_ü",
+            "payment_intent.payment_failed",
+            json!({"object": "payment_intent", "metadata": {"invoice_id": "in_é"},
+                   "last_payment_error": {"message": "Karte abgelehnt – 残高不足 💳"}}),
+        ))
+        .unwrap(),
+    ];
+    let cases: Vec<_> = bodies
+        .iter()
+        .map(|body| {
+            json!({"secret": WHSEC, "body": body, "t": now,
+                   "header": signature_header(WHSEC, now, body.as_bytes())})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.json");
+    std::fs::write(&file, serde_json::to_vec(&cases).unwrap()).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stripe_verify.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => return skip("the stripe package is not installed"),
+        _ => panic!("stripe-python refused our signatures: {stderr}"),
+    }
+    let theirs: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(theirs.len(), bodies.len());
+    let mock = StripeMock::start(KEY).await;
+    let provider = stripe(&mock.base_url(), KEY).await;
+    for (header, body) in theirs.iter().zip(&bodies) {
+        let mut h = HeaderMap::new();
+        h.insert("stripe-signature", HeaderValue::from_str(header).unwrap());
+        let event = provider.parse_webhook(&h, body.as_bytes(), now).unwrap();
+        assert!(event.outcome.is_some(), "{event:?}");
+    }
+}
