@@ -136,10 +136,9 @@ impl From<PaymentError> for Error {
     fn from(e: PaymentError) -> Error {
         let message = e.to_string();
         match e {
-            PaymentError::Signature(_) | PaymentError::Payload(_) => {
+            PaymentError::Signature(_) | PaymentError::Payload(_) | PaymentError::Invalid(_) => {
                 Error::new(ErrorCode::InvalidRequest, message)
             }
-            PaymentError::Invalid(_) => Error::new(ErrorCode::InvalidRequest, message),
             PaymentError::Provider {
                 provider,
                 status,
