@@ -27,6 +27,10 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("trusted_proxies", "[]", "CIDRs of reverse proxies whose X-Forwarded-For is believed"),
     ("allow_private_webhook_targets", "false", "allow webhook URLs that resolve to private/loopback addresses"),
     ("allow_private_provider_targets", "false", "allow gateway provider base URLs that resolve to private/loopback addresses (a local vLLM or Ollama)"),
+    ("stripe_secret_key", "(none)", "Stripe secret key (sk_live_… / sk_test_…): with stripe_webhook_secret, invoices are collected through Stripe (docs/billing-payments.md); payments are off without it"),
+    ("stripe_webhook_secret", "(none)", "the signing secret (whsec_…) of the Stripe webhook endpoint; set together with stripe_secret_key"),
+    ("stripe_base_url", "https://api.stripe.com", "the Stripe API's address (a local stand-in for tests); any other than the default must resolve to public addresses unless allow_private_stripe_target"),
+    ("allow_private_stripe_target", "false", "allow a stripe_base_url that resolves to a private/loopback address (stripe-mock, a test server)"),
     ("webhook_timeout_secs", "15", "time limit for one webhook delivery attempt (connect, send, read the capped answer)"),
     ("log_format", "text", "text | json"),
     ("log_level", "info", "tracing filter, e.g. info or gatehouse=debug,tower_http=info"),
@@ -90,6 +94,12 @@ pub struct Config {
     pub allow_private_webhook_targets: bool,
     pub allow_private_provider_targets: bool,
     pub webhook_timeout_secs: u64,
+    #[serde(serialize_with = "redacted_option")]
+    pub stripe_secret_key: Option<Secret>,
+    #[serde(serialize_with = "redacted_option")]
+    pub stripe_webhook_secret: Option<Secret>,
+    pub stripe_base_url: String,
+    pub allow_private_stripe_target: bool,
     pub log_format: LogFormat,
     pub log_level: String,
     pub request_timeout_secs: u64,
@@ -177,6 +187,10 @@ impl Default for Config {
             allow_private_provider_targets: false,
             webhook_timeout_secs: 15,
             secret_key_prefix: "sk".into(),
+            stripe_secret_key: None,
+            stripe_webhook_secret: None,
+            stripe_base_url: crate::billing::payments::stripe::DEFAULT_BASE_URL.into(),
+            allow_private_stripe_target: false,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             request_timeout_secs: 30,
@@ -266,6 +280,13 @@ impl Config {
             url::Url::parse(public_url)
                 .map_err(|e| anyhow::anyhow!("public_url is not a URL: {e}"))?;
         }
+        if self.stripe_secret_key.is_some() != self.stripe_webhook_secret.is_some() {
+            anyhow::bail!(
+                "stripe_secret_key and stripe_webhook_secret are set together (payments need both)"
+            );
+        }
+        crate::events::ssrf::parse_url(&self.stripe_base_url)
+            .map_err(|e| anyhow::anyhow!("stripe_base_url {e}"))?;
         if self.request_timeout_secs == 0
             || self.max_body_bytes == 0
             || self.webhook_timeout_secs == 0
@@ -360,12 +381,21 @@ mod tests {
             redis_url: Some("redis://:redis-pass-2@cache.internal:6379".into()),
             master_key: Some("ab".repeat(32).into()),
             smtp_url: Some("smtp://mailer:smtp-pass-3@mail.internal:587".into()),
+            stripe_secret_key: Some("sk_test_stripe-pass-4".into()),
+            stripe_webhook_secret: Some("whsec_stripe-pass-5".into()),
             ..Config::default()
         };
         let debug = format!("{config:?}");
         let json = serde_json::to_string(&config).unwrap();
         for shown in [&debug, &json] {
-            for secret in ["db-pass-1", "redis-pass-2", &"ab".repeat(32), "smtp-pass-3"] {
+            for secret in [
+                "db-pass-1",
+                "redis-pass-2",
+                &"ab".repeat(32),
+                "smtp-pass-3",
+                "stripe-pass-4",
+                "stripe-pass-5",
+            ] {
                 assert!(!shown.contains(secret), "{secret} in {shown}");
             }
             assert!(shown.contains("[redacted]"), "{shown}");

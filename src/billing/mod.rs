@@ -7,6 +7,8 @@
 //! [`Change`](crate::events::Change) (audited as the admin, then every
 //! node reloads its catalogue).
 
+pub mod payments;
+pub mod pdf;
 pub mod store;
 pub mod subscriptions;
 
