@@ -197,8 +197,13 @@ fn open_in_maintenance(path: &str) -> bool {
         "/v1/auth/mfa/verify",
         "/.well-known/jwks.json",
         "/v1/admin",
+        "/platform/api/global/auth/login",
+        "/trueportai-services/health",
     ];
-    OPEN.contains(&path) || path.starts_with("/health/") || path.starts_with("/v1/admin/")
+    OPEN.contains(&path)
+        || path.starts_with("/health/")
+        || path.starts_with("/v1/admin/")
+        || path.starts_with("/platform/api/admin/")
 }
 
 /// What the edge refuses before anything else runs (no credentials checked, no body read):

@@ -16,7 +16,7 @@
 //!   tenant-scoped tokens and for users on `/v1/organizations/{org_id}/…` routes of an
 //!   organization they belong to;
 //! - per endpoint: `rate_limits.management_per_minute` for a user's mutating
-//!   `/v1/organizations/…` requests (`mgmt:user:<id>:min`), `rate_limits.analytics_per_minute`
+//!   `/v1/organizations/…` requests (and seed 001's tenant routes) (`mgmt:user:<id>:min`), `rate_limits.analytics_per_minute`
 //!   for `…/analytics…` routes (`analytics:<caller>:min`);
 //! - unauthenticated requests: `rate_limits.unauthenticated_per_minute` per client IP
 //!   (`ip:<addr>:min`); `/health*` and `/metrics` are never limited.
@@ -226,11 +226,20 @@ enum Who {
     Anonymous,
 }
 
-/// The AI gateway's proxy routes (their own per-key default and monthly quotas).
+/// The AI gateway's proxy routes (their own per-key default and monthly quotas), also where
+/// seed 001 mounts them (`/trueportai-services/openai/…`, `src/compat/seed001`).
 pub fn is_gateway_path(path: &str) -> bool {
-    ["/openai/", "/anthropic/", "/google/", "/azure/"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    const PROXIES: [&str; 4] = ["/openai/", "/anthropic/", "/google/", "/azure/"];
+    PROXIES.iter().any(|p| path.starts_with(p))
+        || path
+            .strip_prefix("/trueportai-services")
+            .is_some_and(|rest| PROXIES.iter().any(|p| rest.starts_with(p)))
+}
+
+/// Seed 001's routes acting in one tenant (`src/compat/seed001`): management requests as
+/// `/v1/organizations/{org_id}/…` are.
+fn is_seed_tenant_path(path: &str) -> bool {
+    path.starts_with("/platform/api/service/") || path.starts_with("/trueportai-services/api/")
 }
 
 /// The key a token-per-minute limit is kept under (charged when a gateway response ends).
@@ -246,7 +255,10 @@ fn org_param(path: &str) -> Option<&str> {
 }
 
 fn exempt(path: &str) -> bool {
-    path == "/metrics" || path == "/health" || path.starts_with("/health/")
+    path == "/metrics"
+        || path == "/health"
+        || path.starts_with("/health/")
+        || path == "/trueportai-services/health"
 }
 
 /// Decides every limit of a request in one check; a request that passes goes on to `next`.
@@ -417,6 +429,13 @@ async fn decide(
             }
             if org.is_none() {
                 org = tenant_org.as_deref().map(Into::into);
+                // Seed 001's tenant routes name the organization in the token or a header.
+                if mutating && is_seed_tenant_path(path) {
+                    specs.push(LimitSpec::per_minute(
+                        format!("mgmt:user:{id}:min"),
+                        cfg.management_per_minute,
+                    ));
+                }
             }
             if analytics {
                 specs.push(LimitSpec::per_minute(
