@@ -25,6 +25,7 @@ on_both_databases!(
     seed_001_admin_routes_serve_platform_admins_only,
     seed_001_another_tenants_slug_is_refused_on_every_tenant_route,
     seed_001_tenant_writes_count_against_the_management_limit,
+    seed_001_an_idempotency_key_is_one_request_in_one_tenant,
 );
 
 const AUTH: &str = "/platform/api/global/auth";
@@ -763,4 +764,39 @@ async fn seed_001_tenant_writes_count_against_the_management_limit(backend: Back
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
     put(3).await.assert_error(429, "rate_limit_exceeded");
+}
+
+/// `Idempotency-Key` on a seed POST: replayed in the same tenant; the same key naming another
+/// tenant in `X-Tenant-Slug` is another request (409), never tenant A's answer for tenant B.
+async fn seed_001_an_idempotency_key_is_one_request_in_one_tenant(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let a = an_org(&srv).await;
+    let b = an_org_called(&srv, "beta").await;
+    let owner = a_person(&srv, "both@example.com").await;
+    a.add(&srv, &owner, Role::Admin).await;
+    b.add(&srv, &owner, Role::Admin).await;
+    let invite = |tenant: &'static str| {
+        let (srv, token) = (&srv, owner.token.clone());
+        async move {
+            srv.send(
+                srv.client
+                    .post(srv.url(&format!("{SERVICE}/invites")))
+                    .bearer_auth(token)
+                    .header("X-Tenant-Slug", tenant)
+                    .header("Idempotency-Key", "invite-carol-1")
+                    .json(&json!({"email": "carol@example.com", "role": "member"})),
+            )
+            .await
+        }
+    };
+    let first = invite("acme").await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let again = invite("acme").await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json, first.json);
+    invite("beta").await.assert_error(409, "conflict");
+    let pending = srv
+        .get_as(&format!("{}/invitations", b.base), &b.owner)
+        .await;
+    assert_eq!(pending.json["total"], 0, "{}", pending.text);
 }
