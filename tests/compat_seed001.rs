@@ -26,6 +26,7 @@ on_both_databases!(
     seed_001_another_tenants_slug_is_refused_on_every_tenant_route,
     seed_001_tenant_writes_count_against_the_management_limit,
     seed_001_an_idempotency_key_is_one_request_in_one_tenant,
+    seed_001_tenant_requests_count_against_the_plan_limit,
 );
 
 const AUTH: &str = "/platform/api/global/auth";
@@ -764,6 +765,42 @@ async fn seed_001_tenant_writes_count_against_the_management_limit(backend: Back
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
     put(3).await.assert_error(429, "rate_limit_exceeded");
+}
+
+/// The organization's hourly plan limit counts the seed's tenant requests however the tenant is
+/// named (`X-Tenant-Slug` with a global token, or a scoped token), with `/v1`'s.
+async fn seed_001_tenant_requests_count_against_the_plan_limit(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let res = srv
+        .patch_as(
+            "/v1/admin/plans/smb",
+            &admin,
+            &json!({"limits": {"requests_per_hour": 3}}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let org = an_org(&srv).await;
+    let info = format!("{SERVICE}/info");
+    let res = call_in(&srv, Method::GET, &info, &org.owner, "acme", None).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        res.header("x-ratelimit-limit"),
+        Some("3"),
+        "{:?}",
+        res.headers
+    );
+    assert_eq!(srv.get_as(&org.base, &org.owner).await.status, 200);
+    let res = call_in(&srv, Method::GET, &info, &org.owner, "acme", None).await;
+    assert_eq!(
+        res.header("x-ratelimit-remaining"),
+        Some("0"),
+        "{:?}",
+        res.headers
+    );
+    call_in(&srv, Method::GET, &info, &org.owner, "acme", None)
+        .await
+        .assert_error(429, "rate_limit_exceeded");
 }
 
 /// `Idempotency-Key` on a seed POST: replayed in the same tenant; the same key naming another

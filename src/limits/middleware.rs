@@ -13,8 +13,8 @@
 //!   (`key:<id>:min`); authenticated from the key cache (no database round trip);
 //! - user: `rate_limits.user_per_minute` (`user:<id>:min`), from the access token's claims;
 //! - organization, per hour, from its plan in the catalogue (`org:<id>:hour`): for keys, for
-//!   tenant-scoped tokens and for users on `/v1/organizations/{org_id}/…` routes of an
-//!   organization they belong to;
+//!   tenant-scoped tokens and for users on `/v1/organizations/{org_id}/…` routes (or seed 001's
+//!   tenant routes with `X-Tenant-Slug`) of an organization they belong to;
 //! - per endpoint: `rate_limits.management_per_minute` for a user's mutating
 //!   `/v1/organizations/…` requests (and seed 001's tenant routes) (`mgmt:user:<id>:min`), `rate_limits.analytics_per_minute`
 //!   for `…/analytics…` routes (`analytics:<caller>:min`);
@@ -242,6 +242,15 @@ fn is_seed_tenant_path(path: &str) -> bool {
     path.starts_with("/platform/api/service/") || path.starts_with("/trueportai-services/api/")
 }
 
+/// The organization `X-Tenant-Slug` names on seed 001's tenant routes.
+fn seed_tenant<'a>(path: &str, headers: &'a axum::http::HeaderMap) -> Option<&'a str> {
+    if !is_seed_tenant_path(path) {
+        return None;
+    }
+    let named = headers.get("x-tenant-slug")?.to_str().ok()?.trim();
+    (!named.is_empty() && named.len() <= 100).then_some(named)
+}
+
 /// The key a token-per-minute limit is kept under (charged when a gateway response ends).
 pub fn tokens_key(key_id: &str) -> String {
     format!("tpm:{key_id}:min")
@@ -293,7 +302,7 @@ where
             Who::Anonymous => None,
         };
     }
-    match decide(state, parts.uri.path(), &parts.method, ip, &who).await {
+    match decide(state, &parts, ip, &who).await {
         Ok(Decision::Pass { headers }) => {
             let mut res = next(Request::from_parts(parts, body)).await;
             add_headers(&mut res, headers);
@@ -370,11 +379,11 @@ enum Decision {
 
 async fn decide(
     state: &AppState,
-    path: &str,
-    method: &Method,
+    parts: &axum::http::request::Parts,
     ip: Option<std::net::IpAddr>,
     who: &Who,
 ) -> Result<Decision, Error> {
+    let (path, method) = (parts.uri.path(), &parts.method);
     // The server's `[rate_limits]` with what an admin has set (`/v1/admin/configs`), in memory.
     let settings = state.platform.current();
     let cfg = &settings.rate_limits;
@@ -414,13 +423,16 @@ async fn decide(
                 format!("user:{id}:min"),
                 cfg.user_per_minute,
             ));
-            if let Some(param) = org_param(path) {
-                if mutating {
-                    specs.push(LimitSpec::per_minute(
-                        format!("mgmt:user:{id}:min"),
-                        cfg.management_per_minute,
-                    ));
-                }
+            // The organization the request names: in the path, or on seed 001's tenant routes
+            // in `X-Tenant-Slug` (else the scoped token's tenant, below).
+            let named = org_param(path).or_else(|| seed_tenant(path, &parts.headers));
+            if mutating && (named.is_some() || is_seed_tenant_path(path)) {
+                specs.push(LimitSpec::per_minute(
+                    format!("mgmt:user:{id}:min"),
+                    cfg.management_per_minute,
+                ));
+            }
+            if let Some(param) = named {
                 org = state
                     .request_limits
                     .membership(state, id, param)
@@ -429,13 +441,6 @@ async fn decide(
             }
             if org.is_none() {
                 org = tenant_org.as_deref().map(Into::into);
-                // Seed 001's tenant routes name the organization in the token or a header.
-                if mutating && is_seed_tenant_path(path) {
-                    specs.push(LimitSpec::per_minute(
-                        format!("mgmt:user:{id}:min"),
-                        cfg.management_per_minute,
-                    ));
-                }
             }
             if analytics {
                 specs.push(LimitSpec::per_minute(
