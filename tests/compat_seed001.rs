@@ -27,6 +27,7 @@ on_both_databases!(
     seed_001_tenant_writes_count_against_the_management_limit,
     seed_001_an_idempotency_key_is_one_request_in_one_tenant,
     seed_001_tenant_requests_count_against_the_plan_limit,
+    seed_001_maintenance_leaves_the_seeds_sign_in_admin_and_health_open,
 );
 
 const AUTH: &str = "/platform/api/global/auth";
@@ -836,4 +837,51 @@ async fn seed_001_an_idempotency_key_is_one_request_in_one_tenant(backend: Backe
         .get_as(&format!("{}/invitations", b.base), &b.owner)
         .await;
     assert_eq!(pending.json["total"], 0, "{}", pending.text);
+}
+
+/// In maintenance, the seed's tenant and gateway routes answer 503 like `/v1`'s; its health,
+/// its login and its admin routes stay open, so an admin signs in there and ends maintenance.
+async fn seed_001_maintenance_leaves_the_seeds_sign_in_admin_and_health_open(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let org = an_org(&srv).await;
+    let admin = srv.admin_token().await;
+    let email = srv.get_as("/v1/me", &admin).await.json["email"].clone();
+    let config = "/platform/api/admin/configs/maintenance_mode";
+    let res = srv.put_as(config, &admin, &json!({"value": true})).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+
+    let info = call_in(
+        &srv,
+        Method::GET,
+        &format!("{SERVICE}/info"),
+        &org.owner,
+        "acme",
+        None,
+    )
+    .await;
+    info.assert_error(503, "service_unavailable");
+    srv.get_as(&format!("{GATEWAY}/api/v1/keys"), &org.owner)
+        .await
+        .assert_error(503, "service_unavailable");
+    assert_eq!(srv.get(&format!("{GATEWAY}/health")).await.status, 200);
+    let login = srv
+        .post_json(
+            &format!("{AUTH}/login"),
+            &json!({"email": email, "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(login.status, 200, "{}", login.text);
+    let global = login.json["global_access_token"].as_str().unwrap();
+    let res = srv.put_as(config, global, &json!({"value": false})).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let info = call_in(
+        &srv,
+        Method::GET,
+        &format!("{SERVICE}/info"),
+        &org.owner,
+        "acme",
+        None,
+    )
+    .await;
+    assert_eq!(info.status, 200, "{}", info.text);
 }
