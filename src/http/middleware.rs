@@ -186,8 +186,9 @@ impl App {
 }
 
 /// What still answers while the platform's `maintenance_mode` is on: health and metrics, the
-/// platform admin's routes (seed 001's too), and signing in (a password login — seeds 001 and 002's paths too — and its MFA
-/// step, the JWKS), so that an admin can sign in and turn maintenance off.
+/// platform admin's routes (seed 001's too), and signing in (a password login — seeds 001 and
+/// 002's paths too — and its MFA step, the JWKS), so that an admin can sign in and turn
+/// maintenance off.
 fn open_in_maintenance(path: &str) -> bool {
     const OPEN: &[&str] = &[
         "/metrics",
