@@ -8,7 +8,7 @@ mod common;
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use common::{
-    fixtures::{a_person, an_org, an_org_called, Org},
+    fixtures::{a_person, an_org, an_org_called, Org, Person},
     Backend, Response, ServerOptions, TestServer, PASSWORD,
 };
 use gatehouse::orgs::roles::Role;
@@ -52,6 +52,20 @@ async fn call_in(
         req = req.json(b);
     }
     srv.send(req).await
+}
+
+/// The tenants `acme` and `beta`, and `email` a member of both with these roles.
+async fn tenants_and_a_member_of_both(
+    srv: &TestServer,
+    email: &str,
+    in_acme: Role,
+    in_beta: Role,
+) -> (Org, Org, Person) {
+    let (a, b) = (an_org(srv).await, an_org_called(srv, "beta").await);
+    let person = a_person(srv, email).await;
+    a.add(srv, &person, in_acme).await;
+    b.add(srv, &person, in_beta).await;
+    (a, b, person)
 }
 
 /// The claims of an access token (its middle part).
@@ -675,12 +689,9 @@ async fn seed_001_admin_routes_serve_platform_admins_only(backend: Backend) {
 /// elsewhere, a member of A naming B, and A's all-scopes key naming B.
 async fn seed_001_another_tenants_slug_is_refused_on_every_tenant_route(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let a = an_org(&srv).await;
-    let b = an_org_called(&srv, "beta").await;
-    // The owner of A is also a member of B: a token scoped to A still cannot act in B.
-    let owner_a = a_person(&srv, "owner2@example.com").await;
-    a.add(&srv, &owner_a, Role::Owner).await;
-    b.add(&srv, &owner_a, Role::Viewer).await;
+    // An owner of A is also a member of B: a token scoped to A still cannot act in B.
+    let (a, b, _) =
+        tenants_and_a_member_of_both(&srv, "owner2@example.com", Role::Owner, Role::Viewer).await;
     let scoped_a = scoped_token(&srv, "owner2@example.com", &a, "live").await;
     let key_a = common::fixtures::token(&a.a_key(&srv, &a.owner, json!({"name": "all"})).await);
     let b_before = srv.get_as(&b.base, &b.owner).await.json;
@@ -808,11 +819,8 @@ async fn seed_001_tenant_requests_count_against_the_plan_limit(backend: Backend)
 /// tenant in `X-Tenant-Slug` is another request (409), never tenant A's answer for tenant B.
 async fn seed_001_an_idempotency_key_is_one_request_in_one_tenant(backend: Backend) {
     let srv = TestServer::start(backend).await;
-    let a = an_org(&srv).await;
-    let b = an_org_called(&srv, "beta").await;
-    let owner = a_person(&srv, "both@example.com").await;
-    a.add(&srv, &owner, Role::Admin).await;
-    b.add(&srv, &owner, Role::Admin).await;
+    let (_, b, owner) =
+        tenants_and_a_member_of_both(&srv, "both@example.com", Role::Admin, Role::Admin).await;
     let invite = |tenant: &'static str| {
         let (srv, token) = (&srv, owner.token.clone());
         async move {

@@ -82,11 +82,6 @@ pub fn proxy_routes() -> Routes {
         })
 }
 
-/// The `(org_id, id)` path the `/v1` handler reads.
-fn in_tenant<P, I>(access: &TenantAccess<P>, id: I) -> Path<(String, I)> {
-    Path((access.0.org_id().to_string(), id))
-}
-
 /// `enabled` beside a key's `status`: only an active key is enabled.
 fn enabled(key: &mut Value) {
     if let Some(status) = key.get("status").and_then(Value::as_str) {
@@ -143,7 +138,7 @@ async fn update_key(
     }
     let bytes = Bytes::from(serde_json::to_vec(&body).map_err(anyhow::Error::from)?);
     let body = Json(parse_json(&bytes)?);
-    let path = in_tenant(&access, id);
+    let path = access.path(id);
     Ok(reshape(keys::update(state, access.0, path, body).await, enabled).await)
 }
 
@@ -153,7 +148,7 @@ async fn delete_key(
     access: TenantAccess<perm::ApiKeysManage>,
     Path(id): Path<String>,
 ) -> impl IntoResponse {
-    let path = in_tenant(&access, id);
+    let path = access.path(id);
     keys::revoke(state, access.0, path).await
 }
 
@@ -196,7 +191,7 @@ async fn violation(
     access: TenantAccess<perm::AnalyticsRead>,
     Path(id): Path<String>,
 ) -> impl IntoResponse {
-    let path = in_tenant(&access, id);
+    let path = access.path(id);
     violations::get(state, access.0, path).await
 }
 
@@ -226,7 +221,7 @@ async fn replace_policy(
     Path(id): Path<crate::ids::PolicyId>,
     body: Json<PolicyInput>,
 ) -> impl IntoResponse {
-    let path = in_tenant(&access, id);
+    let path = access.path(id);
     policies::routes::replace(state, access.0, path, body).await
 }
 
@@ -235,7 +230,7 @@ async fn delete_policy(
     access: TenantAccess<perm::PoliciesManage>,
     Path(id): Path<crate::ids::PolicyId>,
 ) -> impl IntoResponse {
-    let path = in_tenant(&access, id);
+    let path = access.path(id);
     policies::routes::delete(state, access.0, path).await
 }
 

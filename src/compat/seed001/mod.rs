@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::{
     app::AppState,
     error::Error,
-    http::routes::Routes,
+    http::{extract::Path, routes::Routes},
     orgs::{access::OrgAccess, roles::RequiredPermission},
 };
 
@@ -51,6 +51,13 @@ const MAX_TENANT: usize = 100;
 /// API key's organization — with every check of [`OrgAccess`] (membership, a scoped token
 /// only in its own tenant, suspension, IP allowlist, role, a key's scopes).
 pub struct TenantAccess<P>(pub OrgAccess<P>);
+
+impl<P> TenantAccess<P> {
+    /// The `(org_id, id)` path a `/v1` handler of the tenant's resources reads.
+    fn path<I>(&self, id: I) -> Path<(String, I)> {
+        Path((self.0.org_id().to_string(), id))
+    }
+}
 
 impl<P: RequiredPermission + Send + Sync> FromRequestParts<AppState> for TenantAccess<P> {
     type Rejection = Error;

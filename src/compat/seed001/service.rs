@@ -36,11 +36,6 @@ pub fn routes() -> Routes {
         .put(&format!("{S}/storage"), put_storage)
 }
 
-/// The `(org_id, id)` path the `/v1` handler reads.
-fn in_tenant<P, T>(access: &TenantAccess<P>, id: T) -> Path<(String, T)> {
-    Path((access.0.org_id().to_string(), id))
-}
-
 async fn info(
     state: State<AppState>,
     access: TenantAccess<perm::OrganizationsRead>,
@@ -66,7 +61,7 @@ async fn remove_member(
     access: TenantAccess<perm::MembersRead>,
     Path(user_id): Path<String>,
 ) -> impl IntoResponse {
-    let path = in_tenant(&access, user_id);
+    let path = access.path(user_id);
     members::remove(state, access.0, path).await
 }
 
@@ -109,7 +104,7 @@ async fn put_config(
     Path(key): Path<String>,
     body: Json<projects::ConfigValue>,
 ) -> impl IntoResponse {
-    let path = in_tenant(&access, key);
+    let path = access.path(key);
     projects::put_config(state, access.0, path, body).await
 }
 
