@@ -125,6 +125,18 @@ async fn seed_001_global_auth_answers_global_and_scoped_tokens(backend: Backend)
     assert!(c.get("tid").is_none(), "{c}");
     let me = srv.get_as(&format!("{AUTH}/me"), global).await;
     assert_eq!(me.json["email"], "ada@example.com", "{}", me.text);
+    // The refresh grant of the same route renews the global token.
+    let renewed = srv
+        .post_json(
+            &format!("{AUTH}/login"),
+            &json!({"grant_type": "refresh_token", "refresh_token": login.json["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(renewed.status, 200, "{}", renewed.text);
+    let again = renewed.json["global_access_token"]
+        .as_str()
+        .expect("global_access_token");
+    assert_eq!(claims(again)["sub"], reg.json["user"]["id"]);
 
     let org = srv
         .post_as(
