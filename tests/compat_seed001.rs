@@ -481,6 +481,34 @@ async fn seed_001_keys_are_created_disabled_and_deleted_and_proxy_at_the_seed_pa
         )
         .await;
     assert_eq!(anthropic.status, 200, "{}", anthropic.text);
+    assert_eq!(anthropic.json["type"], "message", "{}", anthropic.text);
+    let gemini = srv
+        .send(
+            srv.client
+                .post(srv.url(&format!(
+                    "{GATEWAY}/google/v1beta/models/gemini-2.0-flash:generateContent"
+                )))
+                .header("x-api-key", &key)
+                .json(&json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]})),
+        )
+        .await;
+    assert_eq!(gemini.status, 200, "{}", gemini.text);
+    assert!(gemini.json["usageMetadata"].is_object(), "{}", gemini.text);
+    let azure = srv
+        .send(
+            srv.client
+                .post(srv.url(&format!(
+                    "{GATEWAY}/azure/my-resource/my-deployment/chat/completions?api-version=2024-06-01"
+                )))
+                .header("x-api-key", &key)
+                .json(&json!({"messages": [{"role": "user", "content": "hello azure"}]})),
+        )
+        .await;
+    assert_eq!(
+        azure.json["choices"][0]["message"]["content"], "Mock reply to: hello azure",
+        "{}",
+        azure.text
+    );
 
     let list = srv.get_as(&keys, t).await;
     assert_eq!(list.status, 200, "{}", list.text);
