@@ -460,8 +460,7 @@ impl<P: RequiredPermission> OrgAccess<P> {
         let meta = RequestMeta::from_request_parts(parts, state).await?;
         if let Some(token) = presented_key(parts) {
             let key = authenticated_key(parts, state, &meta, token).await?;
-            let own = key.organization_id.to_string();
-            let org_param = org.unwrap_or(&own);
+            let org_param = org.unwrap_or(&key.organization_id);
             let row = organizations::store::by_id_or_slug(&state.db, org_param)
                 .await?
                 .filter(|r| *r.id == *key.organization_id)
