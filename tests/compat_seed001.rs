@@ -466,9 +466,10 @@ async fn seed_001_keys_are_created_disabled_and_deleted_and_proxy_at_the_seed_pa
         res.json["choices"][0]["message"]["content"],
         "Mock reply to: hello there gateway"
     );
-    // The gateway's rate-limit headers, as on /openai/v1/….
-    assert!(
-        res.header("x-ratelimit-limit").is_some(),
+    // The gateway's per-key default (the seed's 60 a minute), as on /openai/v1/….
+    assert_eq!(
+        res.header("x-ratelimit-limit"),
+        Some("60"),
         "{:?}",
         res.headers
     );
