@@ -4,7 +4,7 @@
 //! tests/organizations.rs.)
 //!
 //! - Every route asks for credentials, except the few listed in `PUBLIC` on purpose.
-//! - Every `/v1/admin/…` route refuses everyone but platform admins: a signed-in user, an
+//! - Every `/v1/admin/…` (and seed 001's `/platform/api/admin/…`) route refuses everyone but platform admins: a signed-in user, an
 //!   organization owner, an organization-scoped token and an all-scopes API key.
 
 mod common;
@@ -36,6 +36,15 @@ const PUBLIC: &[(&str, &str)] = &[
     ("POST", "/v1/auth/otp/verify"),
     ("POST", "/v1/auth/forgot-password"),
     ("POST", "/v1/auth/reset-password"),
+    // Seed 001's public routes (`src/compat/seed001`).
+    ("POST", "/platform/api/global/auth/register"),
+    ("POST", "/platform/api/global/auth/login"),
+    ("POST", "/platform/api/global/auth/otp/request"),
+    ("POST", "/platform/api/global/auth/otp/verify"),
+    ("POST", "/platform/api/global/auth/forgot-password"),
+    ("POST", "/platform/api/global/auth/reset-password"),
+    ("GET", "/platform/api/global/tenants/check-availability"),
+    ("GET", "/trueportai-services/health"),
 ];
 
 /// A path of the table with every parameter filled with a well-formed id that exists nowhere.
@@ -157,7 +166,7 @@ async fn admin_routes_refuse_everyone_but_platform_admins(backend: Backend) {
     let table = gatehouse::http::route_table();
     let admin_routes: Vec<_> = table
         .iter()
-        .filter(|r| r.path.starts_with("/v1/admin/"))
+        .filter(|r| r.path.starts_with("/v1/admin/") || r.path.starts_with("/platform/api/admin/"))
         .collect();
     assert!(
         admin_routes.len() >= 15,

@@ -52,7 +52,7 @@ pub fn routes() -> Routes {
 }
 
 /// Counts of organizations, users and keys, and the last 24 hours of gateway traffic.
-async fn stats(
+pub(crate) async fn stats(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
 ) -> Result<impl IntoResponse, Error> {
@@ -82,7 +82,7 @@ pub(crate) struct ListFilter {
     pub to: Option<String>,
 }
 
-async fn list_users(
+pub(crate) async fn list_users(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,

@@ -128,7 +128,7 @@ macro_rules! as_admin {
     };
 }
 
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
@@ -184,7 +184,7 @@ async fn delete(
     organizations::delete(state, access).await
 }
 
-async fn detail(
+pub(crate) async fn detail(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(id): Path<String>,
@@ -216,7 +216,7 @@ async fn update(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StatusChange {
+pub(crate) struct StatusChange {
     status: String,
     #[serde(default)]
     reason: String,
@@ -224,7 +224,7 @@ struct StatusChange {
 
 /// Suspension refuses the organization's tokens (and keys) from the next request: every
 /// organization-scoped request reads the status.
-async fn set_status(
+pub(crate) async fn set_status(
     State(state): State<AppState>,
     admin: PlatformAdmin,
     meta: RequestMeta,

@@ -151,7 +151,7 @@ async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RegisterRequest {
+pub(crate) struct RegisterRequest {
     email: String,
     password: Secret,
     #[serde(default)]
@@ -161,7 +161,7 @@ struct RegisterRequest {
     invitation_token: Option<String>,
 }
 
-async fn register(
+pub(crate) async fn register(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<RegisterRequest>,
@@ -244,7 +244,7 @@ async fn signed_in(state: &AppState, user_id: &UserId, meta: &RequestMeta) -> Re
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmailCode {
+pub(crate) struct EmailCode {
     email: String,
     code: String,
 }
@@ -422,7 +422,7 @@ async fn mfa_verify(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EmailOnly {
+pub(crate) struct EmailOnly {
     email: String,
 }
 
@@ -444,7 +444,7 @@ where
 }
 
 /// Passwordless login, step 1: always 202, whether or not the account exists.
-async fn otp_request(
+pub(crate) async fn otp_request(
     State(state): State<AppState>,
     Json(body): Json<EmailOnly>,
 ) -> Result<impl IntoResponse, Error> {
@@ -488,7 +488,7 @@ async fn proof_event(state: &AppState, meta: &RequestMeta, user_id: &str, proof:
     .await;
 }
 
-async fn otp_verify(
+pub(crate) async fn otp_verify(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<EmailCode>,
@@ -509,7 +509,7 @@ async fn otp_verify(
     ))
 }
 
-async fn forgot_password(
+pub(crate) async fn forgot_password(
     State(state): State<AppState>,
     Json(body): Json<EmailOnly>,
 ) -> Result<impl IntoResponse, Error> {
@@ -541,12 +541,12 @@ async fn forgot_password(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ResetPassword {
+pub(crate) struct ResetPassword {
     token: Secret,
     new_password: Secret,
 }
 
-async fn reset_password(
+pub(crate) async fn reset_password(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<ResetPassword>,
@@ -579,12 +579,12 @@ async fn reset_password(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChangePassword {
+pub(crate) struct ChangePassword {
     current_password: Secret,
     new_password: Secret,
 }
 
-async fn change_password(
+pub(crate) async fn change_password(
     State(state): State<AppState>,
     auth: AuthUser,
     meta: RequestMeta,
@@ -658,13 +658,13 @@ fn scoped_token(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SelectTenant {
+pub(crate) struct SelectTenant {
     organization_id: String,
     #[serde(default)]
     environment: Option<String>,
 }
 
-async fn select_tenant(
+pub(crate) async fn select_tenant(
     State(state): State<AppState>,
     auth: AuthUser,
     meta: RequestMeta,
@@ -684,11 +684,11 @@ async fn select_tenant(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SwitchEnvironment {
+pub(crate) struct SwitchEnvironment {
     environment: String,
 }
 
-async fn switch_environment(
+pub(crate) async fn switch_environment(
     State(state): State<AppState>,
     auth: AuthUser,
     meta: RequestMeta,
@@ -714,7 +714,7 @@ async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn me(auth: AuthUser) -> impl IntoResponse {
+pub(crate) async fn me(auth: AuthUser) -> impl IntoResponse {
     axum::Json(auth.user)
 }
 

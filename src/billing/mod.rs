@@ -169,7 +169,7 @@ fn list_body(plans: Vec<Arc<Plan>>, page: &Page) -> Value {
     })
 }
 
-async fn list_plans(
+pub(crate) async fn list_plans(
     State(state): State<AppState>,
     _user: AuthUser,
     page: Page,

@@ -1,15 +1,18 @@
 //! Seed adapters (issue 22): the paths and answer shapes of the systems in the seeds, served as
-//! thin adapters over the `/v1` domain code (no second implementation). One file per seed;
+//! thin adapters over the `/v1` domain code (no second implementation). One file (or folder) per seed;
 //! `docs/compatibility.md` lists, seed by seed, what is served where.
 
 use serde_json::{Map, Value};
 
 use crate::http::routes::Routes;
 
+pub mod seed001;
 pub mod seed002;
 
 pub fn routes() -> Routes {
-    Routes::new().merge(seed002::routes())
+    Routes::new()
+        .merge(seed001::routes())
+        .merge(seed002::routes())
 }
 
 /// `access_token` → `accessToken`.

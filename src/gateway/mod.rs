@@ -48,7 +48,7 @@ pub fn proxy_routes() -> Routes {
 }
 
 /// `GET …/analytics/logs`: newest first, filters, cursor (or offset) paging.
-async fn logs(
+pub(crate) async fn logs(
     State(state): State<AppState>,
     access: OrgAccess<perm::AnalyticsRead>,
     page: Page,

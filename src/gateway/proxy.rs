@@ -180,14 +180,31 @@ pub const GOOGLE_V1: Spec = spec!(
 /// Azure OpenAI: the deployment's base is built from the path (`default_base` unused).
 pub const AZURE: Spec = spec!("/azure", OpenAi, [Azure, Mock], "", azure: true);
 
+impl Spec {
+    /// The same provider format served at another route whose `prefix` precedes the provider's
+    /// path (seed 001's `/trueportai-services/openai/v1/{*path}`, `src/compat/`).
+    pub const fn mounted_at(self, route: &'static str, prefix: &'static str) -> Spec {
+        Spec {
+            route,
+            prefix,
+            ..self
+        }
+    }
+}
+
+/// A proxy route's answer for `spec`.
+pub async fn serve(spec: &'static Spec, state: AppState, req: Request) -> Response {
+    let mut res = handle(spec, state, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    res.extensions_mut().insert(RouteLabel(spec.route));
+    res
+}
+
 macro_rules! route {
     ($name:ident, $spec:expr) => {
         pub async fn $name(State(state): State<AppState>, req: Request) -> Response {
-            let mut res = handle(&$spec, state, req)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
-            res.extensions_mut().insert(RouteLabel($spec.route));
-            res
+            serve(&$spec, state, req).await
         }
     };
 }

@@ -101,7 +101,7 @@ fn limits_check(state: &AppState) -> Check {
     }
 }
 
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let database = database_check(&state).await;
     let mut checks = serde_json::Map::new();
     let mut overall = database.status;

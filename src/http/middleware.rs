@@ -186,8 +186,9 @@ impl App {
 }
 
 /// What still answers while the platform's `maintenance_mode` is on: health and metrics, the
-/// platform admin's routes, and signing in (a password login — seed 002's path too — and its MFA
-/// step, the JWKS), so that an admin can sign in and turn maintenance off.
+/// platform admin's routes (seed 001's too), and signing in (a password login — seeds 001 and
+/// 002's paths too — and its MFA step, the JWKS), so that an admin can sign in and turn
+/// maintenance off.
 fn open_in_maintenance(path: &str) -> bool {
     const OPEN: &[&str] = &[
         "/metrics",
@@ -197,8 +198,13 @@ fn open_in_maintenance(path: &str) -> bool {
         "/v1/auth/mfa/verify",
         "/.well-known/jwks.json",
         "/v1/admin",
+        "/platform/api/global/auth/login",
+        "/trueportai-services/health",
     ];
-    OPEN.contains(&path) || path.starts_with("/health/") || path.starts_with("/v1/admin/")
+    OPEN.contains(&path)
+        || path.starts_with("/health/")
+        || path.starts_with("/v1/admin/")
+        || path.starts_with("/platform/api/admin/")
 }
 
 /// What the edge refuses before anything else runs (no credentials checked, no body read):

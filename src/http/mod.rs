@@ -102,8 +102,13 @@ pub fn number_header(n: u64) -> axum::http::HeaderValue {
 /// gateway's proxy routes (recorded once per method).
 pub fn route_table() -> Vec<routes::RouteInfo> {
     let mut table = api_routes().table().to_vec();
-    table.extend_from_slice(crate::gateway::proxy_routes().table());
+    table.extend_from_slice(data_plane_routes().table());
     table
+}
+
+/// The gateway's proxy routes, at the root and at seed 001's `/trueportai-services/…`.
+fn data_plane_routes() -> routes::Routes {
+    crate::gateway::proxy_routes().merge(crate::compat::seed001::proxy_routes())
 }
 
 /// The API with `extra` routes merged into the control plane, under the same layers (the test
@@ -124,7 +129,7 @@ pub fn router_with(state: AppState, extra: Router<AppState>) -> middleware::App 
     let router = control_plane
         // The data plane: no per-route layers at all (no control-plane timeout, as streams
         // last; the proxy enforces its own body limit).
-        .merge(crate::gateway::proxy_routes().into_router())
+        .merge(data_plane_routes().into_router())
         .fallback(middleware::not_found)
         .with_state(state.clone());
     // Request ids, trace spans, panics, CORS, rate limits and quotas, the error envelope and

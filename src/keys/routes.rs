@@ -148,7 +148,7 @@ pub struct CreateKey {
     project_id: Option<String>,
 }
 
-async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     access: OrgAccess<perm::ApiKeysManage>,
     Json(body): Json<CreateKey>,
@@ -378,7 +378,7 @@ pub struct UpdateKey {
     id: Option<Value>,
 }
 
-async fn update(
+pub(crate) async fn update(
     State(state): State<AppState>,
     access: OrgAccess<perm::ApiKeysManage>,
     Path((_, id)): Path<(String, String)>,

@@ -13,10 +13,10 @@
 //!   (`key:<id>:min`); authenticated from the key cache (no database round trip);
 //! - user: `rate_limits.user_per_minute` (`user:<id>:min`), from the access token's claims;
 //! - organization, per hour, from its plan in the catalogue (`org:<id>:hour`): for keys, for
-//!   tenant-scoped tokens and for users on `/v1/organizations/{org_id}/…` routes of an
-//!   organization they belong to;
+//!   tenant-scoped tokens and for users on `/v1/organizations/{org_id}/…` routes (or seed 001's
+//!   tenant routes with `X-Tenant-Slug`) of an organization they belong to;
 //! - per endpoint: `rate_limits.management_per_minute` for a user's mutating
-//!   `/v1/organizations/…` requests (`mgmt:user:<id>:min`), `rate_limits.analytics_per_minute`
+//!   `/v1/organizations/…` requests (and seed 001's tenant routes) (`mgmt:user:<id>:min`), `rate_limits.analytics_per_minute`
 //!   for `…/analytics…` routes (`analytics:<caller>:min`);
 //! - unauthenticated requests: `rate_limits.unauthenticated_per_minute` per client IP
 //!   (`ip:<addr>:min`); `/health*` and `/metrics` are never limited.
@@ -226,11 +226,29 @@ enum Who {
     Anonymous,
 }
 
-/// The AI gateway's proxy routes (their own per-key default and monthly quotas).
+/// The AI gateway's proxy routes (their own per-key default and monthly quotas), also where
+/// seed 001 mounts them (`/trueportai-services/openai/…`, `src/compat/seed001`).
 pub fn is_gateway_path(path: &str) -> bool {
-    ["/openai/", "/anthropic/", "/google/", "/azure/"]
-        .iter()
-        .any(|p| path.starts_with(p))
+    const PROXIES: [&str; 4] = ["/openai/", "/anthropic/", "/google/", "/azure/"];
+    PROXIES.iter().any(|p| path.starts_with(p))
+        || path
+            .strip_prefix("/trueportai-services")
+            .is_some_and(|rest| PROXIES.iter().any(|p| rest.starts_with(p)))
+}
+
+/// Seed 001's routes acting in one tenant (`src/compat/seed001`): management requests as
+/// `/v1/organizations/{org_id}/…` are.
+fn is_seed_tenant_path(path: &str) -> bool {
+    path.starts_with("/platform/api/service/") || path.starts_with("/trueportai-services/api/")
+}
+
+/// The organization `X-Tenant-Slug` names on seed 001's tenant routes.
+fn seed_tenant<'a>(path: &str, headers: &'a axum::http::HeaderMap) -> Option<&'a str> {
+    if !is_seed_tenant_path(path) {
+        return None;
+    }
+    let named = headers.get("x-tenant-slug")?.to_str().ok()?.trim();
+    (!named.is_empty() && named.len() <= 100).then_some(named)
 }
 
 /// The key a token-per-minute limit is kept under (charged when a gateway response ends).
@@ -246,7 +264,10 @@ fn org_param(path: &str) -> Option<&str> {
 }
 
 fn exempt(path: &str) -> bool {
-    path == "/metrics" || path == "/health" || path.starts_with("/health/")
+    path == "/metrics"
+        || path == "/health"
+        || path.starts_with("/health/")
+        || path == "/trueportai-services/health"
 }
 
 /// Decides every limit of a request in one check; a request that passes goes on to `next`.
@@ -281,7 +302,7 @@ where
             Who::Anonymous => None,
         };
     }
-    match decide(state, parts.uri.path(), &parts.method, ip, &who).await {
+    match decide(state, &parts, ip, &who).await {
         Ok(Decision::Pass { headers }) => {
             let mut res = next(Request::from_parts(parts, body)).await;
             add_headers(&mut res, headers);
@@ -358,11 +379,11 @@ enum Decision {
 
 async fn decide(
     state: &AppState,
-    path: &str,
-    method: &Method,
+    parts: &axum::http::request::Parts,
     ip: Option<std::net::IpAddr>,
     who: &Who,
 ) -> Result<Decision, Error> {
+    let (path, method) = (parts.uri.path(), &parts.method);
     // The server's `[rate_limits]` with what an admin has set (`/v1/admin/configs`), in memory.
     let settings = state.platform.current();
     let cfg = &settings.rate_limits;
@@ -402,13 +423,16 @@ async fn decide(
                 format!("user:{id}:min"),
                 cfg.user_per_minute,
             ));
-            if let Some(param) = org_param(path) {
-                if mutating {
-                    specs.push(LimitSpec::per_minute(
-                        format!("mgmt:user:{id}:min"),
-                        cfg.management_per_minute,
-                    ));
-                }
+            // The organization the request names: in the path, or on seed 001's tenant routes
+            // in `X-Tenant-Slug` (else the scoped token's tenant, below).
+            let named = org_param(path).or_else(|| seed_tenant(path, &parts.headers));
+            if mutating && (named.is_some() || is_seed_tenant_path(path)) {
+                specs.push(LimitSpec::per_minute(
+                    format!("mgmt:user:{id}:min"),
+                    cfg.management_per_minute,
+                ));
+            }
+            if let Some(param) = named {
                 org = state
                     .request_limits
                     .membership(state, id, param)

@@ -443,11 +443,25 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let meta = RequestMeta::from_request_parts(parts, state).await?;
         let org_param = org_path_param(parts, state, "org_id").await?;
+        Self::resolve(parts, state, Some(&org_param)).await
+    }
+}
+
+impl<P: RequiredPermission> OrgAccess<P> {
+    /// The caller's access to the organization `org` names (id or slug), with every check of
+    /// the extractor; with `None`, to the organization of the caller's credential — an API
+    /// key's own, or a tenant-scoped token's tenant (seed 001's service routes, `src/compat/`).
+    pub async fn resolve(
+        parts: &mut Parts,
+        state: &AppState,
+        org: Option<&str>,
+    ) -> Result<Self, Error> {
+        let meta = RequestMeta::from_request_parts(parts, state).await?;
         if let Some(token) = presented_key(parts) {
             let key = authenticated_key(parts, state, &meta, token).await?;
-            let row = organizations::store::by_id_or_slug(&state.db, &org_param)
+            let org_param = org.unwrap_or(&key.organization_id);
+            let row = organizations::store::by_id_or_slug(&state.db, org_param)
                 .await?
                 .filter(|r| *r.id == *key.organization_id)
                 .ok_or_else(|| Error::not_found("Organization not found"))?;
@@ -478,6 +492,16 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for OrgAccess<P> {
             });
         }
         let user = AuthUser::from_request_parts(parts, state).await?;
+        let org_param = match (org, &user.tenant) {
+            (Some(org), _) => org.to_string(),
+            (None, Some(tenant)) => tenant.organization_id.clone(),
+            (None, None) => {
+                return Err(Error::bad_request(
+                    "This route acts in one tenant: send a tenant-scoped access token (from \
+                     select-tenant) or name the tenant in X-Tenant-Slug",
+                ))
+            }
+        };
         let (row, role) =
             organizations::store::with_membership(&state.db, &user.user.id, &org_param)
                 .await?

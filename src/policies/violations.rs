@@ -4,7 +4,7 @@
 //! [`record`]), each with a `policy.violation` event; excerpts are masked before they get here.
 //! The queries are in `violations/store.rs`.
 
-mod store;
+pub(crate) mod store;
 
 use axum::{extract::State, response::IntoResponse};
 

@@ -10,7 +10,7 @@
 //!   runs to its end even if the client goes away, and keeps its answer: status, the
 //!   resource's headers (not `Set-Cookie`, rate-limit, `Retry-After` or hop-by-hop ones) and
 //!   the body sealed with the master key, up to [`MAX_KEPT_BODY`].
-//! - A retry with the same method, path and body replays that answer with
+//! - A retry with the same method, path (and `X-Tenant-Slug`, seed 001's tenant) and body replays that answer with
 //!   `Idempotent-Replayed: true` (an access token's session and account are checked first, as
 //!   a route would); another method, path or body is 409 `conflict`; a duplicate
 //!   while the first is running is 409 `conflict` too (retry it).
@@ -104,7 +104,8 @@ async fn handle(state: AppState, req: Request, next: Next) -> Result<Response, E
     };
     let (mut parts, body) = req.into_parts();
     let body = super::read_body(body, state.config.max_body_bytes).await?;
-    let fingerprint = fingerprint(&parts.method, &parts.uri, &body);
+    let tenant = parts.headers.get(TENANT_HEADER).map(|v| v.as_bytes());
+    let fingerprint = fingerprint(&parts.method, &parts.uri, tenant, &body);
     let slot = Slot {
         caller: &caller.0,
         key: &key,
@@ -170,13 +171,27 @@ fn parse_key(value: &HeaderValue) -> Result<String, Error> {
     Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
-/// SHA-256 of the method, the path with its query, and the body.
-fn fingerprint(method: &Method, uri: &axum::http::Uri, body: &[u8]) -> String {
+/// The header that names the tenant of seed 001's routes (`src/compat/seed001`) instead of the
+/// path: part of the request, so the same key sent to another tenant is another request.
+const TENANT_HEADER: &str = "x-tenant-slug";
+
+/// SHA-256 of the method, the path with its query, the tenant header if any, and the body.
+fn fingerprint(
+    method: &Method,
+    uri: &axum::http::Uri,
+    tenant: Option<&[u8]>,
+    body: &[u8],
+) -> String {
     let mut h = Sha256::new();
     h.update(method.as_str().as_bytes());
     h.update(b"\n");
     h.update(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     h.update(b"\n");
+    if let Some(tenant) = tenant {
+        h.update(b"tenant:");
+        h.update(tenant);
+        h.update(b"\n");
+    }
     h.update(body);
     hex::encode(h.finalize())
 }
@@ -422,13 +437,16 @@ mod tests {
     }
 
     #[test]
-    fn the_fingerprint_covers_method_path_and_body() {
+    fn the_fingerprint_covers_method_path_tenant_and_body() {
         let uri: axum::http::Uri = "/v1/a?x=1".parse().unwrap();
         let other: axum::http::Uri = "/v1/a?x=2".parse().unwrap();
-        let a = fingerprint(&Method::POST, &uri, b"{}");
-        assert_eq!(a, fingerprint(&Method::POST, &uri, b"{}"));
-        assert_ne!(a, fingerprint(&Method::POST, &uri, b"{ }"));
-        assert_ne!(a, fingerprint(&Method::POST, &other, b"{}"));
-        assert_ne!(a, fingerprint(&Method::PUT, &uri, b"{}"));
+        let a = fingerprint(&Method::POST, &uri, None, b"{}");
+        assert_eq!(a, fingerprint(&Method::POST, &uri, None, b"{}"));
+        assert_ne!(a, fingerprint(&Method::POST, &uri, None, b"{ }"));
+        assert_ne!(a, fingerprint(&Method::POST, &other, None, b"{}"));
+        assert_ne!(a, fingerprint(&Method::PUT, &uri, None, b"{}"));
+        let acme = fingerprint(&Method::POST, &uri, Some(b"acme"), b"{}");
+        assert_ne!(a, acme);
+        assert_ne!(acme, fingerprint(&Method::POST, &uri, Some(b"beta"), b"{}"));
     }
 }
