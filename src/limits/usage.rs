@@ -1,4 +1,11 @@
-//! Usage metering for monthly quotas (SPEC §5): per (organization, metric, `YYYY-MM`) counters.
+//! Usage metering for quotas and invoices (SPEC §5, §6): per (organization, metric, period)
+//! counters. An organization's period is its subscription's billing cycle (`period` =
+//! the cycle's start, `2026-01-15T10:00:00Z`), rolled forward whole cycles from the stored one;
+//! one that never had a subscription counts per calendar month (`period` = `YYYY-MM`, UTC). So the
+//! invoice of a closed cycle reads exactly that cycle's counter, and `GET …/usage` the same one.
+//! The meter keeps each organization's cycle in memory ([`UsageMeter::period`] reads it,
+//! `org:<id>` on the bus drops it); a count recorded for an organization whose cycle is not in
+//! memory keeps its time and is put in its period by the next flush.
 //!
 //! Recording is a map update in memory (no I/O on the request path). A flusher adds the pending
 //! deltas to `usage_counters` every `usage_flush_ms` (1 s by default) and at shutdown, in one
@@ -19,9 +26,102 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Months, Utc};
 
 use crate::storage::{self, Db};
+
+/// How long an organization's billing cycle is trusted without a re-read (a new subscription
+/// also drops it at once on every node, through `org:<id>`).
+pub const CYCLE_AGE: Duration = Duration::from_secs(30);
+
+/// `t` plus whole calendar months (clamped to the month's last day: Jan 31 + 1 = Feb 28).
+pub fn add_months(t: DateTime<Utc>, months: u32) -> DateTime<Utc> {
+    t.checked_add_months(Months::new(months)).unwrap_or(t)
+}
+
+/// The span one usage counter covers: `start..end` (end excluded) and its `period` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsagePeriod {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub key: String,
+    /// A calendar month (an organization without a subscription), not a billing cycle.
+    pub calendar: bool,
+}
+
+impl UsagePeriod {
+    /// The calendar month (UTC) that `at` falls in.
+    pub fn month_of(at: DateTime<Utc>) -> UsagePeriod {
+        use chrono::{Datelike, TimeZone};
+        let start = Utc
+            .with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0)
+            .single()
+            .unwrap_or(at);
+        UsagePeriod {
+            start,
+            end: add_months(start, 1),
+            key: period_of(at),
+            calendar: true,
+        }
+    }
+
+    /// A billing cycle `start..end`.
+    pub fn cycle(start: DateTime<Utc>, end: DateTime<Utc>) -> UsagePeriod {
+        UsagePeriod {
+            start,
+            end,
+            key: cycle_key(start),
+            calendar: false,
+        }
+    }
+
+    /// Whole seconds until the period ends (at least 1): when a quota is available again.
+    pub fn secs_to_end(&self, now: DateTime<Utc>) -> u64 {
+        (self.end - now).num_seconds().max(1) as u64
+    }
+}
+
+/// The `period` key of the billing cycle starting at `start`.
+pub fn cycle_key(start: DateTime<Utc>) -> String {
+    start.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// A subscription's billing cycle as stored (`start..end`), and how many months one lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cycle {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub months: u32,
+}
+
+impl Cycle {
+    /// The period of a count made at `at`: the cycle containing it, rolled forward whole cycles
+    /// from the stored one (as the cycle job renews it); before the stored cycle, the calendar
+    /// month (a late count of a cycle already invoiced is never put in another cycle).
+    pub fn period_at(&self, at: DateTime<Utc>) -> UsagePeriod {
+        if at < self.start {
+            return UsagePeriod::month_of(at);
+        }
+        let (mut start, mut end) = (self.start, self.end);
+        // Bounded: 10,000 cycles is over 800 years of monthly cycles.
+        for _ in 0..10_000 {
+            if at < end {
+                break;
+            }
+            start = end;
+            end = add_months(start, self.months.max(1));
+        }
+        UsagePeriod::cycle(start, end)
+    }
+}
+
+/// The period of an organization with this cycle (or none) at `at`.
+fn period_with(cycle: Option<Cycle>, at: DateTime<Utc>) -> UsagePeriod {
+    match cycle {
+        Some(c) => c.period_at(at),
+        None => UsagePeriod::month_of(at),
+    }
+}
 
 /// How long [`UsageMeter::used`] trusts a stored value read from the database by default.
 pub const STORED_VALUE_AGE: Duration = Duration::from_secs(5);
@@ -37,12 +137,12 @@ enum Held {
     Missing,
 }
 
-/// One counter: an organization's usage of one metric in one calendar month (UTC).
+/// One counter: an organization's usage of one metric in one period ([`UsagePeriod::key`]).
 #[derive(Debug, Clone)]
 pub struct Counter {
     pub organization_id: String,
     pub metric: String,
-    /// `YYYY-MM`.
+    /// `YYYY-MM` (a calendar month) or a billing cycle's start (`2026-01-15T10:00:00Z`).
     pub period: String,
 }
 
@@ -165,6 +265,11 @@ struct State {
     /// Stored values as last read, plus what this node flushed since; when read; and whether
     /// a background re-read is under way.
     stored: HashMap<Counter, (u64, Instant, bool)>,
+    /// Each organization's billing cycle (`None`: it never had a subscription), and when read.
+    cycles: HashMap<String, (Option<Cycle>, Instant)>,
+    /// Counts of organizations whose cycle was not in memory: (organization, metric, unix
+    /// second) → amount, put in their period by the next flush.
+    unresolved: HashMap<(String, String, i64), u64>,
 }
 
 impl State {
@@ -204,21 +309,162 @@ impl UsageMeter {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts `amount` of `metric` for the organization in the current month.
+    /// Counts `amount` of `metric` for the organization now, in its current period.
     pub fn record(&self, organization_id: &str, metric: &str, amount: u64) {
         if amount == 0 {
             return;
         }
-        let period = Period::of(Utc::now());
-        let key = (organization_id, metric, period.as_str());
+        let now = Utc::now();
         let mut state = self.state();
+        let Some((cycle, _)) = state.cycles.get(organization_id) else {
+            let v = state
+                .unresolved
+                .entry((
+                    organization_id.to_string(),
+                    metric.to_string(),
+                    now.timestamp(),
+                ))
+                .or_insert(0);
+            *v = v.saturating_add(amount);
+            return;
+        };
+        let period = period_with(*cycle, now);
+        Self::add_pending(&mut state, organization_id, metric, &period.key, amount);
+    }
+
+    /// Counts `amount` of `metric` for the organization in `period` (the request path, which
+    /// read the period first with [`UsageMeter::period`]).
+    pub fn record_at(&self, organization_id: &str, metric: &str, period: &str, amount: u64) {
+        if amount == 0 {
+            return;
+        }
+        Self::add_pending(&mut self.state(), organization_id, metric, period, amount);
+    }
+
+    fn add_pending(
+        state: &mut State,
+        organization_id: &str,
+        metric: &str,
+        period: &str,
+        amount: u64,
+    ) {
+        let key = (organization_id, metric, period);
         match state.pending.get_mut(&key as &dyn CounterKey) {
             Some(v) => *v = v.saturating_add(amount),
             None => {
-                state.pending.insert(
-                    Counter::new(organization_id, metric, period.as_str()),
-                    amount,
-                );
+                state
+                    .pending
+                    .insert(Counter::new(organization_id, metric, period), amount);
+            }
+        }
+    }
+
+    /// The organization's current period: its subscription's billing cycle containing now, or
+    /// the calendar month if it never had a subscription. The cycle is read from the database
+    /// when not in memory or older than [`CYCLE_AGE`].
+    pub async fn period(&self, organization_id: &str) -> Result<UsagePeriod, sqlx::Error> {
+        self.period_at(organization_id, Utc::now()).await
+    }
+
+    /// The organization's period at `at` (see [`UsageMeter::period`]).
+    pub async fn period_at(
+        &self,
+        organization_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<UsagePeriod, sqlx::Error> {
+        if let Some((cycle, read)) = self.state().cycles.get(organization_id) {
+            if read.elapsed() < CYCLE_AGE {
+                return Ok(period_with(*cycle, at));
+            }
+        }
+        let cycle = self.read_cycle(organization_id).await?;
+        Ok(period_with(cycle, at))
+    }
+
+    /// Reads the organization's billing cycle and keeps it in memory.
+    async fn read_cycle(&self, organization_id: &str) -> Result<Option<Cycle>, sqlx::Error> {
+        let row: Option<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT s.billing_cycle_start, s.billing_cycle_end, p.billing_interval \
+             FROM subscriptions s LEFT JOIN plans p ON p.id = s.plan \
+             WHERE s.organization_id = $1",
+        )
+        .bind(organization_id)
+        .fetch_optional(self.inner.db.pool())
+        .await?;
+        let cycle = row.and_then(|(start, end, interval)| {
+            Some(Cycle {
+                start: storage::parse_time(&start)?,
+                end: storage::parse_time(&end)?,
+                months: interval
+                    .as_deref()
+                    .and_then(crate::billing::BillingInterval::parse)
+                    .map_or(1, |i| i.months()),
+            })
+        });
+        let mut state = self.state();
+        if state.cycles.len() >= 100_000 {
+            state.cycles.clear();
+        }
+        state
+            .cycles
+            .insert(organization_id.to_string(), (cycle, Instant::now()));
+        Ok(cycle)
+    }
+
+    /// Forgets the organization's billing cycle (its subscription started or changed), or every
+    /// organization's (`None`).
+    pub fn forget_cycle(&self, organization_id: Option<&str>) {
+        let mut state = self.state();
+        match organization_id {
+            Some(id) => {
+                state.cycles.remove(id);
+            }
+            None => state.cycles.clear(),
+        }
+    }
+
+    /// The current value of `metric` for the organization in `period` (see
+    /// [`UsageMeter::used`]).
+    pub async fn used_in(
+        &self,
+        organization_id: &str,
+        metric: &str,
+        period: &str,
+    ) -> Result<u64, sqlx::Error> {
+        self.used_by(&(organization_id, metric, period), || {
+            Counter::new(organization_id, metric, period)
+        })
+        .await
+    }
+
+    /// Puts the counts recorded without a cycle in memory into their periods (reading the
+    /// cycles); what cannot be read stays for the next flush.
+    async fn resolve(&self) {
+        let unresolved = std::mem::take(&mut self.state().unresolved);
+        let mut failed = HashMap::new();
+        for ((org, metric, second), amount) in unresolved {
+            let at = DateTime::from_timestamp(second, 0).unwrap_or_else(Utc::now);
+            let cached = self.state().cycles.get(&org).map(|(c, _)| *c);
+            let cycle = match cached {
+                Some(c) => Ok(c),
+                None => self.read_cycle(&org).await,
+            };
+            match cycle {
+                Ok(c) => {
+                    let period = period_with(c, at);
+                    Self::add_pending(&mut self.state(), &org, &metric, &period.key, amount);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a billing cycle failed; will retry");
+                    failed.insert((org, metric, second), amount);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let mut state = self.state();
+            for (k, v) in failed {
+                let e = state.unresolved.entry(k).or_insert(0);
+                *e = e.saturating_add(v);
             }
         }
     }
@@ -346,6 +592,7 @@ impl UsageMeter {
     /// Adds every pending delta to the database in one transaction; returns how many counters
     /// were written. On failure nothing is lost: the deltas wait for the next flush.
     pub async fn flush(&self) -> Result<usize, sqlx::Error> {
+        self.resolve().await;
         let _flush = self.inner.flushing.lock().await;
         let batch: Vec<(Counter, u64)> = {
             let mut state = self.state();
