@@ -28,6 +28,7 @@ on_both_databases!(
     an_organization_sees_only_its_own_invoices,
     overage_prices_are_validated_against_the_plan_limits,
     the_worked_month_of_docs_billing_md,
+    close_period_through_the_binary_issues_each_invoice_once,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -762,4 +763,84 @@ async fn the_worked_month_of_docs_billing_md(backend: Backend) {
         .json;
     assert_eq!(s["billing_cycle_end"], "2026-03-01T00:00:00Z");
     assert_eq!(s["plan"], "midmarket");
+}
+
+async fn close_period_through_the_binary_issues_each_invoice_once(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let a = an_org(&srv).await;
+    let b = an_org_called(&srv, "beta").await;
+    for o in [&a, &b] {
+        subscribe(&srv, o, "smb").await;
+        set_cycle(
+            &srv,
+            o,
+            t("2026-01-01T00:00:00Z"),
+            t("2026-02-01T00:00:00Z"),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let master_key = srv
+        .state
+        .config
+        .master_key
+        .as_ref()
+        .unwrap()
+        .expose()
+        .to_string();
+    let run = |args: &[&str]| {
+        let out = common::process::gatehouse(dir.path())
+            .env("GATEHOUSE_DATABASE_URL", &srv.db.url)
+            .env("GATEHOUSE_MASTER_KEY", &master_key)
+            .args(["billing", "close-period"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // One organization (by slug), at a time.
+    let (status, stdout, stderr) = run(&["--org", "acme", "--at", "2026-02-01T00:00:00Z"]);
+    assert!(status.success(), "{stderr}");
+    let issued: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("issued in_"))
+        .collect();
+    assert_eq!(issued.len(), 1, "{stdout}");
+    assert!(issued[0].contains(&a.id), "{stdout}");
+    assert!(
+        issued[0].ends_with("(2026-01-01T00:00:00Z to 2026-02-01T00:00:00Z): 4900 usd"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 invoice(s) issued for periods ended by 2026-02-01T00:00:00Z"),
+        "{stdout}"
+    );
+    let list = invoices(&srv, &a).await;
+    assert_eq!(list.len(), 1);
+    assert!(issued[0].contains(list[0]["id"].as_str().unwrap()));
+    assert!(invoices(&srv, &b).await.is_empty());
+
+    // Again: nothing new. Then every organization: only beta's period is left.
+    let (status, stdout, _) = run(&["--org", "acme", "--at", "2026-02-01T00:00:00Z"]);
+    assert!(status.success());
+    assert!(stdout.contains("0 invoice(s) issued"), "{stdout}");
+    let (status, stdout, _) = run(&["--at", "2026-02-01T00:00:00Z"]);
+    assert!(status.success());
+    assert!(stdout.contains("1 invoice(s) issued"), "{stdout}");
+    assert!(stdout.contains(&b.id), "{stdout}");
+    assert_eq!(invoices(&srv, &b).await.len(), 1);
+    assert_eq!(invoices(&srv, &a).await.len(), 1);
+
+    // Bad input is refused before anything runs.
+    let (status, _, stderr) = run(&["--at", "yesterday"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("RFC 3339"), "{stderr}");
+    let (status, _, stderr) = run(&["--org", "nobody"]);
+    assert!(!status.success());
+    assert!(stderr.contains("nobody"), "{stderr}");
 }
