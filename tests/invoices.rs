@@ -29,6 +29,8 @@ on_both_databases!(
     overage_prices_are_validated_against_the_plan_limits,
     the_worked_month_of_docs_billing_md,
     close_period_through_the_binary_issues_each_invoice_once,
+    projects_beyond_a_priced_limit_are_allowed_and_billed,
+    usage_is_counted_in_the_billing_cycle_it_happened_in,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -843,4 +845,137 @@ async fn close_period_through_the_binary_issues_each_invoice_once(backend: Backe
     let (status, _, stderr) = run(&["--org", "nobody"]);
     assert!(!status.success());
     assert!(stderr.contains("nobody"), "{stderr}");
+}
+
+async fn projects_beyond_a_priced_limit_are_allowed_and_billed(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let res = srv
+        .patch_as(
+            "/v1/admin/plans/smb",
+            &admin,
+            &json!({"limits": {"projects": 1},
+                    "overage_prices": {"projects": {"per": 1, "amount": 500}}}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let o = an_org(&srv).await;
+    subscribe(&srv, &o, "smb").await;
+    for name in ["Web", "Mobile", "Batch"] {
+        let res = srv
+            .post_as(
+                &format!("{}/projects", o.base),
+                &o.owner,
+                &json!({ "name": name }),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+    }
+    set_cycle(
+        &srv,
+        &o,
+        t("2026-01-01T00:00:00Z"),
+        t("2026-02-01T00:00:00Z"),
+    )
+    .await;
+    close(&srv, t("2026-02-01T00:00:00Z")).await;
+    let inv = &invoices(&srv, &o).await[0];
+    let overage = &inv["lines"][1];
+    assert_eq!(overage["kind"], "overage", "{inv:#}");
+    assert_eq!(
+        overage["description"],
+        "Projects beyond the 1 included: 2 (2 × 1)"
+    );
+    assert_eq!(
+        (
+            &overage["quantity"],
+            &overage["unit_amount"],
+            &overage["amount"]
+        ),
+        (&json!(2), &json!(500), &json!(1000))
+    );
+    assert_eq!(inv["amount"], 4900 + 1000);
+
+    // Without the price, the limit refuses again.
+    let res = srv
+        .patch_as(
+            "/v1/admin/plans/smb",
+            &admin,
+            &json!({"overage_prices": {"projects": null}}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    srv.post_as(
+        &format!("{}/projects", o.base),
+        &o.owner,
+        &json!({"name": "More"}),
+    )
+    .await
+    .assert_error(429, "quota_exceeded");
+}
+
+async fn usage_is_counted_in_the_billing_cycle_it_happened_in(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    // Without a subscription: the calendar month, as dates.
+    let usage = srv
+        .get_as(&format!("{}/usage", o.base), &o.owner)
+        .await
+        .json;
+    let month = Utc::now().format("%Y-%m-01").to_string();
+    assert_eq!(usage["period"]["start"], month);
+
+    subscribe(&srv, &o, "smb").await;
+    let now = Utc::now().timestamp();
+    let start = Utc.timestamp_opt(now - 86_400, 0).unwrap();
+    let end = Utc.timestamp_opt(now + 29 * 86_400, 0).unwrap();
+    set_cycle(&srv, &o, start, end).await;
+    // Tokens recorded while the organization's cycle is not in memory keep their time and land
+    // in that cycle's counter at the flush.
+    srv.state.usage.forget_cycle(Some(&o.id));
+    srv.state.usage.record(&o.id, "gateway_tokens", 1234);
+    srv.state.usage.flush().await.unwrap();
+    let key = gatehouse::limits::usage::cycle_key(start);
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT value FROM usage_counters WHERE organization_id = $1 AND metric = $2 AND period = $3",
+    )
+    .bind(&o.id)
+    .bind("gateway_tokens")
+    .bind(&key)
+    .fetch_one(srv.state.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, 1234);
+    let usage = srv
+        .get_as(&format!("{}/usage", o.base), &o.owner)
+        .await
+        .json;
+    assert_eq!(usage["gateway_tokens"]["used"], 1234);
+    assert_eq!(
+        usage["period"]["start"],
+        start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    // With the cycle in memory, a count is in `…/usage` at once (before any flush).
+    srv.state.usage.record(&o.id, "gateway_tokens", 66);
+    let usage = srv
+        .get_as(&format!("{}/usage", o.base), &o.owner)
+        .await
+        .json;
+    assert_eq!(usage["gateway_tokens"]["used"], 1300);
+
+    // The cycle's invoice reads the same counter: beyond a priced limit of 1,000 tokens, 300.
+    let admin = srv.admin_token().await;
+    let res = srv
+        .patch_as(
+            "/v1/admin/plans/smb",
+            &admin,
+            &json!({"limits": {"gateway_tokens_per_month": 1000},
+                    "overage_prices": {"gateway_tokens_per_month": {"per": 100, "amount": 3}}}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    close(&srv, end).await;
+    let inv = &invoices(&srv, &o).await[0];
+    assert_eq!(inv["lines"][1]["quantity"], 3, "{inv:#}");
+    assert_eq!(inv["lines"][1]["amount"], 9);
 }
