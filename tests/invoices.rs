@@ -44,6 +44,15 @@ fn prorated(amount: i64, part: i64, whole: i64) -> i64 {
     (if n < 0 { -q } else { q }) as i64
 }
 
+/// A platform admin's `PATCH /v1/admin/plans/{plan}`, which must succeed; the plan.
+async fn patch_plan(srv: &TestServer, admin: &str, plan: &str, body: &Value) -> Value {
+    let res = srv
+        .patch_as(&format!("/v1/admin/plans/{plan}"), admin, body)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    res.json
+}
+
 /// Subscribes the organization to `plan`; the subscription's id.
 async fn subscribe(srv: &TestServer, o: &Org, plan: &str) -> String {
     let res = srv
@@ -218,17 +227,16 @@ async fn usage_beyond_a_priced_limit_is_billed_not_refused(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
     // SMB: 3 API requests a period, then 150 per started block of 2.
-    let res = srv
-        .patch_as(
-            "/v1/admin/plans/smb",
-            &admin,
-            &json!({"limits": {"api_requests_per_month": 3},
+    let res = patch_plan(
+        &srv,
+        &admin,
+        "smb",
+        &json!({"limits": {"api_requests_per_month": 3},
                     "overage_prices": {"api_requests_per_month": {"per": 2, "amount": 150}}}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    )
+    .await;
     assert_eq!(
-        res.json["overage_prices"],
+        res["overage_prices"],
         json!({"api_requests_per_month": {"per": 2, "amount": 150}})
     );
     let plans = srv.get_as("/v1/plans", &admin).await.json;
@@ -268,26 +276,24 @@ async fn usage_beyond_a_priced_limit_is_billed_not_refused(backend: Backend) {
     assert_eq!(used, 7, "{}", usage.text);
 
     // Without its price the same limit refuses (and a refused request is not counted).
-    let res = srv
-        .patch_as(
-            "/v1/admin/plans/smb",
-            &admin,
-            &json!({"overage_prices": {"api_requests_per_month": null}}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    patch_plan(
+        &srv,
+        &admin,
+        "smb",
+        &json!({"overage_prices": {"api_requests_per_month": null}}),
+    )
+    .await;
     let res = srv.get_as(&o.base, &o.owner).await;
     res.assert_error(429, "quota_exceeded");
 
     // The invoice prices overage from the catalogue when the period closes.
-    let res = srv
-        .patch_as(
-            "/v1/admin/plans/smb",
-            &admin,
-            &json!({"overage_prices": {"api_requests_per_month": {"per": 2, "amount": 150}}}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    patch_plan(
+        &srv,
+        &admin,
+        "smb",
+        &json!({"overage_prices": {"api_requests_per_month": {"per": 2, "amount": 150}}}),
+    )
+    .await;
     assert_eq!(close(&srv, end).await.len(), 1);
     let inv = &invoices(&srv, &o).await[0];
     assert_sum_of_lines(inv);
@@ -638,16 +644,19 @@ async fn overage_prices_are_validated_against_the_plan_limits(backend: Backend) 
         ]
     );
     // A limit that is unlimited has nothing to bill beyond.
+    let metered = |prices: Value| {
+        json!({"id": "metered", "name": "Metered", "amount": 0, "currency": "usd",
+               "interval": "month",
+               "limits": {"requests_per_hour": null, "api_requests_per_month": null,
+                          "gateway_requests_per_month": 100, "gateway_tokens_per_month": 1000,
+                          "members": null, "projects": null},
+               "overage_prices": prices})
+    };
     let res = srv
         .post_as(
             "/v1/admin/plans",
             &admin,
-            &json!({"id": "metered", "name": "Metered", "amount": 0, "currency": "usd",
-                    "interval": "month",
-                    "limits": {"requests_per_hour": null, "api_requests_per_month": null,
-                               "gateway_requests_per_month": 100, "gateway_tokens_per_month": 1000,
-                               "members": null, "projects": null},
-                    "overage_prices": {"api_requests_per_month": {"per": 1000, "amount": 5}}}),
+            &metered(json!({"api_requests_per_month": {"per": 1000, "amount": 5}})),
         )
         .await;
     assert_eq!(fields(&res), ["overage_prices.api_requests_per_month"]);
@@ -655,12 +664,7 @@ async fn overage_prices_are_validated_against_the_plan_limits(backend: Backend) 
         .post_as(
             "/v1/admin/plans",
             &admin,
-            &json!({"id": "metered", "name": "Metered", "amount": 0, "currency": "usd",
-                    "interval": "month",
-                    "limits": {"requests_per_hour": null, "api_requests_per_month": null,
-                               "gateway_requests_per_month": 100, "gateway_tokens_per_month": 1000,
-                               "members": null, "projects": null},
-                    "overage_prices": {"gateway_tokens_per_month": {"per": 1000, "amount": 2}}}),
+            &metered(json!({"gateway_tokens_per_month": {"per": 1000, "amount": 2}})),
         )
         .await;
     assert_eq!(res.status, 201, "{}", res.text);
@@ -673,14 +677,13 @@ async fn overage_prices_are_validated_against_the_plan_limits(backend: Backend) 
 async fn the_worked_month_of_docs_billing_md(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
-    let res = srv
-        .patch_as(
-            "/v1/admin/plans/midmarket",
-            &admin,
-            &json!({"overage_prices": {"gateway_tokens_per_month": {"per": 1000, "amount": 2}}}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    patch_plan(
+        &srv,
+        &admin,
+        "midmarket",
+        &json!({"overage_prices": {"gateway_tokens_per_month": {"per": 1000, "amount": 2}}}),
+    )
+    .await;
     let o = an_org(&srv).await;
     let sub = subscribe(&srv, &o, "smb").await;
     let res = srv
@@ -850,15 +853,14 @@ async fn close_period_through_the_binary_issues_each_invoice_once(backend: Backe
 async fn projects_beyond_a_priced_limit_are_allowed_and_billed(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
-    let res = srv
-        .patch_as(
-            "/v1/admin/plans/smb",
-            &admin,
-            &json!({"limits": {"projects": 1},
+    patch_plan(
+        &srv,
+        &admin,
+        "smb",
+        &json!({"limits": {"projects": 1},
                     "overage_prices": {"projects": {"per": 1, "amount": 500}}}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    )
+    .await;
     let o = an_org(&srv).await;
     subscribe(&srv, &o, "smb").await;
     for name in ["Web", "Mobile", "Batch"] {
@@ -897,14 +899,13 @@ async fn projects_beyond_a_priced_limit_are_allowed_and_billed(backend: Backend)
     assert_eq!(inv["amount"], 4900 + 1000);
 
     // Without the price, the limit refuses again.
-    let res = srv
-        .patch_as(
-            "/v1/admin/plans/smb",
-            &admin,
-            &json!({"overage_prices": {"projects": null}}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    patch_plan(
+        &srv,
+        &admin,
+        "smb",
+        &json!({"overage_prices": {"projects": null}}),
+    )
+    .await;
     srv.post_as(
         &format!("{}/projects", o.base),
         &o.owner,
@@ -965,15 +966,14 @@ async fn usage_is_counted_in_the_billing_cycle_it_happened_in(backend: Backend) 
 
     // The cycle's invoice reads the same counter: beyond a priced limit of 1,000 tokens, 300.
     let admin = srv.admin_token().await;
-    let res = srv
-        .patch_as(
-            "/v1/admin/plans/smb",
-            &admin,
-            &json!({"limits": {"gateway_tokens_per_month": 1000},
+    patch_plan(
+        &srv,
+        &admin,
+        "smb",
+        &json!({"limits": {"gateway_tokens_per_month": 1000},
                     "overage_prices": {"gateway_tokens_per_month": {"per": 100, "amount": 3}}}),
-        )
-        .await;
-    assert_eq!(res.status, 200, "{}", res.text);
+    )
+    .await;
     close(&srv, end).await;
     let inv = &invoices(&srv, &o).await[0];
     assert_eq!(inv["lines"][1]["quantity"], 3, "{inv:#}");

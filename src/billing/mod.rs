@@ -365,6 +365,21 @@ fn validate_overage_prices(prices: &Map<String, Value>, limits: &Value) -> Resul
     }
 }
 
+/// `current` (an object) with `patch`'s keys set, and those `patch` sets to null removed.
+fn merge_removing_nulls(current: &Value, patch: Option<&Value>) -> Map<String, Value> {
+    let mut merged = current.as_object().cloned().unwrap_or_default();
+    if let Some(Value::Object(m)) = patch {
+        for (k, v) in m {
+            if v.is_null() {
+                merged.remove(k);
+            } else {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    merged
+}
+
 /// A change of the catalogue: audited as the admin, then every node reloads its catalogue (this
 /// one at once, before it answers).
 fn plan_change(
@@ -442,37 +457,12 @@ async fn admin_update(
     if let Some(Value::Object(m)) = &input.limits {
         limits.extend(m.clone());
     }
-    let mut features: Map<String, Value> = current
-        .fields
-        .features
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    if let Some(Value::Object(m)) = &input.features {
-        for (k, v) in m {
-            if v.is_null() {
-                features.remove(k);
-            } else {
-                features.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    // `overage_prices` is merged like `features` (null removes a price).
-    let mut prices: Map<String, Value> = current
-        .fields
-        .overage_prices
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    if let Some(Value::Object(m)) = &input.overage_prices {
-        for (k, v) in m {
-            if v.is_null() {
-                prices.remove(k);
-            } else {
-                prices.insert(k.clone(), v.clone());
-            }
-        }
-    }
+    // `features` and `overage_prices` are merged key by key (null removes one).
+    let features = merge_removing_nulls(&current.fields.features, input.features.as_ref());
+    let prices = merge_removing_nulls(
+        &current.fields.overage_prices,
+        input.overage_prices.as_ref(),
+    );
     let limits = Value::Object(limits);
     validate_overage_prices(&prices, &limits)?;
     let fields = store::PlanFields {

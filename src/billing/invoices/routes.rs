@@ -46,15 +46,19 @@ pub async fn get(
     Ok(axum::Json(with_pdf_url(&state, invoice)))
 }
 
-/// Moves an open invoice to `to`, emitting `action` as its organization's event.
+/// Moves an open invoice to `to` (paid or void), emitting `invoice.paid|voided` as its
+/// organization's event.
 async fn settle(
     state: &AppState,
     admin: &PlatformAdmin,
     meta: &RequestMeta,
     id: &InvoiceId,
     to: InvoiceStatus,
-    action: &str,
-) -> Result<Invoice, Error> {
+) -> Result<axum::Json<Invoice>, Error> {
+    let action = match to {
+        InvoiceStatus::Paid => "invoice.paid",
+        _ => "invoice.voided",
+    };
     // The organization names the event; read first (an unknown id is not found).
     let current = store::get(&state.db, None, id).await?;
     let data = json!({"id": id, "amount": current.amount, "currency": current.currency,
@@ -66,7 +70,7 @@ async fn settle(
         })
         .await?;
     let invoice = store::get(&state.db, None, id).await?;
-    Ok(with_pdf_url(state, invoice))
+    Ok(axum::Json(with_pdf_url(state, invoice)))
 }
 
 /// `POST /v1/admin/invoices/{id}/pay`: paid outside Gatehouse (a bank transfer).
@@ -75,17 +79,8 @@ pub async fn pay(
     admin: PlatformAdmin,
     meta: RequestMeta,
     Path(id): Path<InvoiceId>,
-) -> Result<impl IntoResponse, Error> {
-    let invoice = settle(
-        &state,
-        &admin,
-        &meta,
-        &id,
-        InvoiceStatus::Paid,
-        "invoice.paid",
-    )
-    .await?;
-    Ok(axum::Json(invoice))
+) -> Result<axum::Json<Invoice>, Error> {
+    settle(&state, &admin, &meta, &id, InvoiceStatus::Paid).await
 }
 
 /// `POST /v1/admin/invoices/{id}/void`: canceled, never to be paid.
@@ -94,15 +89,6 @@ pub async fn void(
     admin: PlatformAdmin,
     meta: RequestMeta,
     Path(id): Path<InvoiceId>,
-) -> Result<impl IntoResponse, Error> {
-    let invoice = settle(
-        &state,
-        &admin,
-        &meta,
-        &id,
-        InvoiceStatus::Void,
-        "invoice.voided",
-    )
-    .await?;
-    Ok(axum::Json(invoice))
+) -> Result<axum::Json<Invoice>, Error> {
+    settle(&state, &admin, &meta, &id, InvoiceStatus::Void).await
 }
