@@ -270,12 +270,33 @@ struct State {
     /// Counts of organizations whose cycle was not in memory: (organization, metric, unix
     /// second) → amount, put in their period by the next flush.
     unresolved: HashMap<(String, String, i64), u64>,
+    /// Bumped by every [`UsageMeter::forget_cycle`]: a cycle read before one is not kept.
+    cycle_generation: u64,
 }
 
 impl State {
     fn local(&self, c: &dyn CounterKey) -> u64 {
         let p = self.pending.get(c).copied().unwrap_or(0);
         p.saturating_add(self.in_flight.get(c).copied().unwrap_or(0))
+            .saturating_add(self.unresolved_in(c))
+    }
+
+    /// The counts not yet put in a period (normally none) that fall in this counter's period,
+    /// as far as this node knows the organization's cycle (none known: the calendar month).
+    fn unresolved_in(&self, c: &dyn CounterKey) -> u64 {
+        if self.unresolved.is_empty() {
+            return 0;
+        }
+        let (org, metric, period) = c.parts();
+        let cycle = self.cycles.get(org).and_then(|(c, _)| *c);
+        self.unresolved
+            .iter()
+            .filter(|((o, m, _), _)| o == org && m == metric)
+            .filter(|((_, _, second), _)| {
+                DateTime::from_timestamp(*second, 0)
+                    .is_some_and(|at| period_with(cycle, at).key == period)
+            })
+            .fold(0u64, |sum, (_, v)| sum.saturating_add(*v))
     }
 }
 
@@ -383,6 +404,7 @@ impl UsageMeter {
 
     /// Reads the organization's billing cycle and keeps it in memory.
     async fn read_cycle(&self, organization_id: &str) -> Result<Option<Cycle>, sqlx::Error> {
+        let generation = self.state().cycle_generation;
         let row: Option<(String, String, Option<String>)> = sqlx::query_as(
             "SELECT s.billing_cycle_start, s.billing_cycle_end, p.billing_interval \
              FROM subscriptions s LEFT JOIN plans p ON p.id = s.plan \
@@ -402,6 +424,9 @@ impl UsageMeter {
             })
         });
         let mut state = self.state();
+        if state.cycle_generation != generation {
+            return Ok(cycle);
+        }
         if state.cycles.len() >= 100_000 {
             state.cycles.clear();
         }
@@ -415,6 +440,7 @@ impl UsageMeter {
     /// organization's (`None`).
     pub fn forget_cycle(&self, organization_id: Option<&str>) {
         let mut state = self.state();
+        state.cycle_generation = state.cycle_generation.wrapping_add(1);
         match organization_id {
             Some(id) => {
                 state.cycles.remove(id);
@@ -592,8 +618,9 @@ impl UsageMeter {
     /// Adds every pending delta to the database in one transaction; returns how many counters
     /// were written. On failure nothing is lost: the deltas wait for the next flush.
     pub async fn flush(&self) -> Result<usize, sqlx::Error> {
-        self.resolve().await;
         let _flush = self.inner.flushing.lock().await;
+        // Under the flush lock: a reader never sees a count in neither place.
+        self.resolve().await;
         let batch: Vec<(Counter, u64)> = {
             let mut state = self.state();
             state.in_flight = std::mem::take(&mut state.pending);
@@ -684,5 +711,39 @@ mod tests {
             .with_timezone(&Utc);
         assert_eq!(period_of(t), "0987-11");
         assert_eq!(period_of(t), t.format("%Y-%m").to_string());
+    }
+
+    #[test]
+    fn a_cycle_rolls_forward_as_the_cycle_job_renews_it() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let c = Cycle {
+            start: t("2026-01-31T10:00:00Z"),
+            end: t("2026-02-28T10:00:00Z"),
+            months: 1,
+        };
+        let p = c.period_at(t("2026-02-01T00:00:00Z"));
+        assert_eq!(p.key, "2026-01-31T10:00:00Z");
+        assert!(!p.calendar);
+        // From the stored end, month by month (Feb 28 → Mar 28), not from the first start.
+        let p = c.period_at(t("2026-03-28T10:00:00Z"));
+        assert_eq!(
+            (p.start, p.end),
+            (t("2026-03-28T10:00:00Z"), t("2026-04-28T10:00:00Z"))
+        );
+        assert_eq!(c.period_at(t("2026-02-28T09:59:59Z")).end, c.end);
+        // Before the stored cycle (a late count of an invoiced one): the calendar month.
+        let p = c.period_at(t("2026-01-20T00:00:00Z"));
+        assert_eq!((p.key.as_str(), p.calendar), ("2026-01", true));
+        let yearly = Cycle { months: 12, ..c };
+        assert_eq!(
+            yearly.period_at(t("2026-05-01T00:00:00Z")).end,
+            t("2027-02-28T10:00:00Z")
+        );
+        let m = UsagePeriod::month_of(t("2026-12-31T23:59:59Z"));
+        assert_eq!(
+            (m.start, m.end),
+            (t("2026-12-01T00:00:00Z"), t("2027-01-01T00:00:00Z"))
+        );
+        assert_eq!(m.secs_to_end(t("2026-12-31T23:59:00Z")), 60);
     }
 }
