@@ -31,6 +31,7 @@ on_both_databases!(
     close_period_through_the_binary_issues_each_invoice_once,
     projects_beyond_a_priced_limit_are_allowed_and_billed,
     usage_is_counted_in_the_billing_cycle_it_happened_in,
+    the_cycle_job_issues_the_invoice_of_a_period_that_ended,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -978,4 +979,33 @@ async fn usage_is_counted_in_the_billing_cycle_it_happened_in(backend: Backend) 
     let inv = &invoices(&srv, &o).await[0];
     assert_eq!(inv["lines"][1]["quantity"], 3, "{inv:#}");
     assert_eq!(inv["lines"][1]["amount"], 9);
+}
+
+async fn the_cycle_job_issues_the_invoice_of_a_period_that_ended(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    subscribe(&srv, &o, "smb").await;
+    set_cycle(
+        &srv,
+        &o,
+        t("2026-01-01T00:00:00Z"),
+        t("2026-02-01T00:00:00Z"),
+    )
+    .await;
+    // The job as `gatehouse serve` runs it (its first run is at once, then every minute).
+    gatehouse::billing::subscriptions::spawn_cycle_job(srv.state.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let list = loop {
+        let list = invoices(&srv, &o).await;
+        if !list.is_empty() || std::time::Instant::now() > deadline {
+            break list;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Every period up to now: January's first.
+    let first = list
+        .last()
+        .unwrap_or_else(|| panic!("no invoice issued by the job"));
+    assert_eq!(first["period"]["start"], "2026-01-01T00:00:00Z");
+    assert_sum_of_lines(first);
 }
