@@ -11,7 +11,7 @@
 //! other node did).
 //!
 //! A plan change is logged (`subscription_changes`) for its proration on the period's invoice;
-//! invoices are [`crate::billing::invoices`]'.
+//! invoices are in [`crate::billing::invoices`].
 
 pub mod store;
 
