@@ -32,6 +32,7 @@ on_both_databases!(
     projects_beyond_a_priced_limit_are_allowed_and_billed,
     usage_is_counted_in_the_billing_cycle_it_happened_in,
     the_cycle_job_issues_the_invoice_of_a_period_that_ended,
+    a_close_killed_midway_leaves_whole_periods_and_the_rerun_finishes_them,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -1008,4 +1009,102 @@ async fn the_cycle_job_issues_the_invoice_of_a_period_that_ended(backend: Backen
         .unwrap_or_else(|| panic!("no invoice issued by the job"));
     assert_eq!(first["period"]["start"], "2026-01-01T00:00:00Z");
     assert_sum_of_lines(first);
+}
+
+async fn a_close_killed_midway_leaves_whole_periods_and_the_rerun_finishes_them(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    // 20 organizations a year behind: 240 periods to close, one transaction each.
+    let mut orgs = Vec::new();
+    for i in 0..20 {
+        let o = an_org_called(&srv, &format!("org-{i}")).await;
+        subscribe(&srv, &o, "smb").await;
+        set_cycle(
+            &srv,
+            &o,
+            t("2026-01-01T00:00:00Z"),
+            t("2026-02-01T00:00:00Z"),
+        )
+        .await;
+        orgs.push(o);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let master_key = srv
+        .state
+        .config
+        .master_key
+        .as_ref()
+        .unwrap()
+        .expose()
+        .to_string();
+    let command = || {
+        let mut cmd = common::process::gatehouse(dir.path());
+        cmd.env("GATEHOUSE_DATABASE_URL", &srv.db.url)
+            .env("GATEHOUSE_MASTER_KEY", &master_key)
+            .args(["billing", "close-period", "--at", "2027-01-01T00:00:00Z"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    };
+    let count = |sql: &'static str| {
+        let pool = srv.state.db.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // SIGKILL as soon as the first invoices are committed.
+    let mut child = command().spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count("SELECT COUNT(*) FROM invoices").await == 0 && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Whatever was committed is whole: every invoice has its lines and their sum, and every
+    // subscription stands right after its last invoiced period.
+    let check = || async {
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM invoices i WHERE amount <> \
+                 (SELECT COALESCE(SUM(l.amount), -1) FROM invoice_lines l WHERE l.invoice_id = i.id) \
+                 OR status <> 'open'"
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            count(
+                "SELECT COUNT(*) FROM subscriptions s WHERE billing_cycle_start <> \
+                 COALESCE((SELECT MAX(period_end) FROM invoices i WHERE i.subscription_id = s.id), \
+                 '2026-01-01T00:00:00.000000Z')"
+            )
+            .await,
+            0
+        );
+    };
+    check().await;
+    let after_kill = count("SELECT COUNT(*) FROM invoices").await;
+    assert!(after_kill >= 1);
+    eprintln!("invoices committed before the kill: {after_kill} of 240");
+
+    // The rerun closes what is left, once.
+    let status = command().status().unwrap();
+    assert!(status.success());
+    check().await;
+    assert_eq!(count("SELECT COUNT(*) FROM invoices").await, 240);
+    assert_eq!(
+        count("SELECT COUNT(DISTINCT subscription_id || period_start) FROM invoices").await,
+        240
+    );
+    for o in &orgs {
+        let s = srv
+            .get_as(&format!("{}/subscription", o.base), &o.owner)
+            .await
+            .json;
+        assert_eq!(s["billing_cycle_start"], "2027-01-01T00:00:00Z");
+    }
 }
