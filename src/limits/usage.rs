@@ -115,6 +115,33 @@ impl Cycle {
     }
 }
 
+/// An organization's billing cycle as the meter holds it (`None`: it never had a
+/// subscription), when it was read, and the last period found with it, reused while it holds
+/// (the request path asks for the period of every request).
+#[derive(Debug, Clone)]
+struct HeldCycle {
+    cycle: Option<Cycle>,
+    read: Instant,
+    last: Option<UsagePeriod>,
+}
+
+impl HeldCycle {
+    fn period_at(&mut self, at: DateTime<Utc>) -> UsagePeriod {
+        // A calendar month of an organization with a cycle stands for times before the cycle
+        // only: found again each time.
+        if let Some(p) = self
+            .last
+            .as_ref()
+            .filter(|p| p.start <= at && at < p.end && !(p.calendar && self.cycle.is_some()))
+        {
+            return p.clone();
+        }
+        let p = period_with(self.cycle, at);
+        self.last = Some(p.clone());
+        p
+    }
+}
+
 /// The period of an organization with this cycle (or none) at `at`.
 fn period_with(cycle: Option<Cycle>, at: DateTime<Utc>) -> UsagePeriod {
     match cycle {
@@ -266,7 +293,7 @@ struct State {
     /// a background re-read is under way.
     stored: HashMap<Counter, (u64, Instant, bool)>,
     /// Each organization's billing cycle (`None`: it never had a subscription), and when read.
-    cycles: HashMap<String, (Option<Cycle>, Instant)>,
+    cycles: HashMap<String, HeldCycle>,
     /// Counts of organizations whose cycle was not in memory: (organization, metric, unix
     /// second) → amount, put in their period by the next flush.
     unresolved: HashMap<(String, String, i64), u64>,
@@ -288,7 +315,7 @@ impl State {
             return 0;
         }
         let (org, metric, period) = c.parts();
-        let cycle = self.cycles.get(org).and_then(|(c, _)| *c);
+        let cycle = self.cycles.get(org).and_then(|h| h.cycle);
         self.unresolved
             .iter()
             .filter(|((o, m, _), _)| o == org && m == metric)
@@ -337,7 +364,7 @@ impl UsageMeter {
         }
         let now = Utc::now();
         let mut state = self.state();
-        let Some((cycle, _)) = state.cycles.get(organization_id) else {
+        let Some(held) = state.cycles.get_mut(organization_id) else {
             let v = state
                 .unresolved
                 .entry((
@@ -349,7 +376,7 @@ impl UsageMeter {
             *v = v.saturating_add(amount);
             return;
         };
-        let period = period_with(*cycle, now);
+        let period = held.period_at(now);
         Self::add_pending(&mut state, organization_id, metric, &period.key, amount);
     }
 
@@ -393,9 +420,9 @@ impl UsageMeter {
         organization_id: &str,
         at: DateTime<Utc>,
     ) -> Result<UsagePeriod, sqlx::Error> {
-        if let Some((cycle, read)) = self.state().cycles.get(organization_id) {
-            if read.elapsed() < CYCLE_AGE {
-                return Ok(period_with(*cycle, at));
+        if let Some(held) = self.state().cycles.get_mut(organization_id) {
+            if held.read.elapsed() < CYCLE_AGE {
+                return Ok(held.period_at(at));
             }
         }
         let cycle = self.read_cycle(organization_id).await?;
@@ -430,9 +457,14 @@ impl UsageMeter {
         if state.cycles.len() >= 100_000 {
             state.cycles.clear();
         }
-        state
-            .cycles
-            .insert(organization_id.to_string(), (cycle, Instant::now()));
+        state.cycles.insert(
+            organization_id.to_string(),
+            HeldCycle {
+                cycle,
+                read: Instant::now(),
+                last: None,
+            },
+        );
         Ok(cycle)
     }
 
@@ -470,7 +502,7 @@ impl UsageMeter {
         let mut failed = HashMap::new();
         for ((org, metric, second), amount) in unresolved {
             let at = DateTime::from_timestamp(second, 0).unwrap_or_else(Utc::now);
-            let cached = self.state().cycles.get(&org).map(|(c, _)| *c);
+            let cached = self.state().cycles.get(&org).map(|h| h.cycle);
             let cycle = match cached {
                 Some(c) => Ok(c),
                 None => self.read_cycle(&org).await,
