@@ -27,6 +27,31 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Billing tasks
+    Billing {
+        #[command(subcommand)]
+        command: BillingCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BillingCommand {
+    /// Close every subscription period that ended at or before TIME and issue its invoice
+    /// (running it again issues nothing new)
+    ClosePeriod {
+        /// Only this organization (id or slug)
+        #[arg(long)]
+        org: Option<String>,
+        /// RFC 3339 time, e.g. 2026-02-01T00:00:00Z (default: now)
+        #[arg(long, value_parser = parse_time)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+}
+
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-02-01T00:00:00Z"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +95,46 @@ fn main() -> std::process::ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
+        Command::Billing {
+            command: BillingCommand::ClosePeriod { org, at },
+        } => {
+            // The server's state, without a listener or the first-start admin.
+            let state = server::build_state(Config {
+                bootstrap_admin: false,
+                ..config
+            })
+            .await?;
+            let org_id = match org {
+                Some(o) => Some(
+                    gatehouse::orgs::access::OrgRef::find(&state.db, &o)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("organization {o:?}: {e}"))?
+                        .id,
+                ),
+                None => None,
+            };
+            let at = at.unwrap_or_else(chrono::Utc::now);
+            let closed = gatehouse::billing::invoices::close_periods(&state, at, org_id.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            for i in &closed.issued {
+                println!(
+                    "issued {} for {} ({} to {}): {} {}",
+                    i.invoice_id,
+                    i.organization_id,
+                    i.period_start,
+                    i.period_end,
+                    i.amount,
+                    i.currency
+                );
+            }
+            println!(
+                "{} invoice(s) issued for periods ended by {}",
+                closed.issued.len(),
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            Ok(())
+        }
         Command::Serve => server::run(config).await,
         Command::Migrate => {
             let db = server::open_database(&config).await?;

@@ -125,6 +125,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let request_limits = Arc::new(crate::limits::middleware::RequestLimits::new());
     bus.attach_plans(plans.clone());
     bus.attach_request_limits(request_limits.clone());
+    bus.attach_usage(usage.clone());
     let policies = Arc::new(crate::policies::store::MatcherCache::default());
     bus.attach_policies(policies.clone());
     let platform = Arc::new(

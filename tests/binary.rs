@@ -151,7 +151,7 @@ fn migrate_and_admin_create_script_the_set_up() {
 fn help_documents_every_command_and_configuration_key() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for word in ["serve", "migrate", "admin", "--config"] {
+    for word in ["serve", "migrate", "admin", "billing", "--config"] {
         assert!(help.contains(word), "help lacks {word}:\n{help}");
     }
     for (key, _, _) in gatehouse::config::REFERENCE {
@@ -163,6 +163,12 @@ fn help_documents_every_command_and_configuration_key() {
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--email") && help.contains("--password"));
+    let out = Command::new(BIN)
+        .args(["billing", "close-period", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--org") && help.contains("--at") && help.contains("RFC 3339"));
 }
 
 #[test]

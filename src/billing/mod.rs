@@ -1,12 +1,14 @@
 //! Plans and usage (SPEC §6): the plan catalogue (`GET /v1/plans`, `/v1/admin/plans`), kept in
 //! memory so that the request path never queries it, and an organization's usage against its
 //! plan (`GET /v1/organizations/{org_id}/usage`); [`subscriptions`]: an organization's
-//! subscription, which sets its plan. The queries are in [`store`] (plans, an organization's
+//! subscription, which sets its plan; [`invoices`]: the invoice of each closed subscription
+//! period. The queries are in [`store`] (plans, an organization's
 //! plan and counts) and [`subscriptions::store`]; the handlers here extract, validate, call a
 //! store and respond, and every change of the catalogue is written through
 //! [`Change`](crate::events::Change) (audited as the admin, then every
 //! node reloads its catalogue).
 
+pub mod invoices;
 pub mod payments;
 pub mod pdf;
 pub mod store;
@@ -21,7 +23,7 @@ use std::{
 };
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use chrono::{Datelike, NaiveDate, Utc};
+use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -49,7 +51,17 @@ pub const LIMIT_NAMES: &[&str] = &[
     "projects",
 ];
 
-/// The metered monthly quantities: (usage name, plan limit, meter metric).
+/// The limits whose usage beyond them may be billed (`overage_prices` keys): every quantity,
+/// not the hourly rate limit.
+pub const BILLABLE_LIMITS: &[&str] = &[
+    "api_requests_per_month",
+    "gateway_requests_per_month",
+    "gateway_tokens_per_month",
+    "members",
+    "projects",
+];
+
+/// The metered quantities of a period: (usage name, plan limit, meter metric).
 pub const METERED: &[(&str, &str, &str)] = &[
     ("api_requests", "api_requests_per_month", "api_requests"),
     (
@@ -149,6 +161,7 @@ pub fn routes() -> Routes {
         .get(PLAN, admin_get)
         .patch(PLAN, admin_update)
         .delete(PLAN, admin_delete)
+        .merge(invoices::routes())
 }
 
 fn list_body(plans: Vec<Arc<Plan>>, page: &Page) -> Value {
@@ -203,6 +216,7 @@ struct PlanInput {
     interval: Option<String>,
     limits: Option<Value>,
     features: Option<Value>,
+    overage_prices: Option<Value>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -295,11 +309,77 @@ fn validate(input: &PlanInput, creating: bool) -> Result<(), Error> {
             errors.push(FieldError::new("features", "must be an object"));
         }
     }
+    if let Some(prices) = &input.overage_prices {
+        if !prices.is_object() {
+            errors.push(FieldError::new("overage_prices", "must be an object"));
+        }
+    }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(Error::invalid(errors))
     }
+}
+
+/// Checks a plan's whole `overage_prices` against its whole `limits`: each key a billable
+/// limit the plan sets to a number, each price `{"per": units ≥ 1, "amount": minor units ≥ 0}`.
+fn validate_overage_prices(prices: &Map<String, Value>, limits: &Value) -> Result<(), Error> {
+    let mut errors = Vec::new();
+    for (k, v) in prices {
+        let field = format!("overage_prices.{k}");
+        if !BILLABLE_LIMITS.contains(&k.as_str()) {
+            errors.push(FieldError::new(
+                field,
+                format!(
+                    "not a billable limit; one of {}",
+                    BILLABLE_LIMITS.join(", ")
+                ),
+            ));
+            continue;
+        }
+        if limits.get(k).and_then(Value::as_u64).is_none() {
+            errors.push(FieldError::new(
+                field,
+                "the plan's limits set no number for this key (unlimited usage has no overage)",
+            ));
+            continue;
+        }
+        let ok = v.as_object().is_some_and(|o| {
+            o.len() == 2
+                && o.get("per")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|n| (1..=1_000_000_000_000).contains(&n))
+                && o.get("amount")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|n| n <= 1_000_000_000)
+        });
+        if !ok {
+            errors.push(FieldError::new(
+                field,
+                "must be {\"per\": units (1 to 10^12), \"amount\": minor units (0 to 10^9)}",
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::invalid(errors))
+    }
+}
+
+/// `current` (an object) with `patch`'s keys set, and those `patch` sets to null removed.
+fn merge_removing_nulls(current: &Value, patch: Option<&Value>) -> Map<String, Value> {
+    let mut merged = current.as_object().cloned().unwrap_or_default();
+    if let Some(Value::Object(m)) = patch {
+        for (k, v) in m {
+            if v.is_null() {
+                merged.remove(k);
+            } else {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    merged
 }
 
 /// A change of the catalogue: audited as the admin, then every node reloads its catalogue (this
@@ -337,8 +417,13 @@ async fn admin_create(
             .unwrap_or(BillingInterval::Month),
         limits: input.limits.clone().unwrap_or_else(|| json!({})),
         features: input.features.clone().unwrap_or_else(|| json!({})),
+        overage_prices: input.overage_prices.clone().unwrap_or_else(|| json!({})),
     };
-    let data = json!({"id": id, "limits": input.limits, "amount": input.amount});
+    if let Some(prices) = fields.overage_prices.as_object() {
+        validate_overage_prices(prices, &fields.limits)?;
+    }
+    let data = json!({"id": id, "limits": input.limits, "amount": input.amount,
+                      "overage_prices": fields.overage_prices});
     let (change, by) = plan_change(&admin, &meta, "plan.created", &id, data);
     change
         .write(&state, &by, async |tx| {
@@ -374,21 +459,14 @@ async fn admin_update(
     if let Some(Value::Object(m)) = &input.limits {
         limits.extend(m.clone());
     }
-    let mut features: Map<String, Value> = current
-        .fields
-        .features
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    if let Some(Value::Object(m)) = &input.features {
-        for (k, v) in m {
-            if v.is_null() {
-                features.remove(k);
-            } else {
-                features.insert(k.clone(), v.clone());
-            }
-        }
-    }
+    // `features` and `overage_prices` are merged key by key (null removes one).
+    let features = merge_removing_nulls(&current.fields.features, input.features.as_ref());
+    let prices = merge_removing_nulls(
+        &current.fields.overage_prices,
+        input.overage_prices.as_ref(),
+    );
+    let limits = Value::Object(limits);
+    validate_overage_prices(&prices, &limits)?;
     let fields = store::PlanFields {
         name: input
             .name
@@ -403,10 +481,12 @@ async fn admin_update(
             .as_deref()
             .and_then(BillingInterval::parse)
             .unwrap_or(current.fields.interval),
-        limits: Value::Object(limits),
+        limits,
         features: Value::Object(features),
+        overage_prices: Value::Object(prices),
     };
-    let data = json!({"id": id, "previous_limits": current.fields.limits, "limits": fields.limits});
+    let data = json!({"id": id, "previous_limits": current.fields.limits, "limits": fields.limits,
+                      "overage_prices": fields.overage_prices});
     let (change, by) = plan_change(&admin, &meta, "plan.updated", &id, data);
     change
         .write(&state, &by, async |tx| {
@@ -441,17 +521,16 @@ async fn admin_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The current period: the calendar month (UTC), as dates, end inclusive (seed 000).
-pub fn current_period() -> (String, String) {
-    let today = Utc::now().date_naive();
-    let start = NaiveDate::from_ymd_opt(today.year(), today.month(), 1).unwrap_or(today);
-    let next = if today.month() == 12 {
-        NaiveDate::from_ymd_opt(today.year() + 1, 1, 1)
+/// How `GET …/usage` shows a period: a calendar month as dates, end inclusive (seed 000); a
+/// billing cycle as its start and end times (RFC 3339, end excluded: the next cycle's start).
+fn period_document(p: &crate::limits::usage::UsagePeriod) -> Value {
+    if p.calendar {
+        let last = p.end - chrono::Duration::days(1);
+        json!({"start": p.start.date_naive().to_string(), "end": last.date_naive().to_string()})
     } else {
-        NaiveDate::from_ymd_opt(today.year(), today.month() + 1, 1)
-    };
-    let end = next.and_then(|n| n.pred_opt()).unwrap_or(today);
-    (start.to_string(), end.to_string())
+        let t = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        json!({"start": t(p.start), "end": t(p.end)})
+    }
 }
 
 async fn usage(
@@ -468,18 +547,19 @@ pub async fn usage_document(state: &AppState, org_id: &str) -> Result<Value, Err
     let plan_id = store::organization_plan(&state.db, &org_id).await?;
     let plan = state.plans.get(&plan_id);
     let limit = |name: &str| plan.as_ref().and_then(|p| p.limit(name));
-    let (start, end) = current_period();
+    // The same counters the invoice of this period will read (limits::usage).
+    let period = state.usage.period(&org_id).await?;
     let mut body = Map::new();
     body.insert("organization_id".into(), json!(org_id));
     body.insert("plan".into(), json!(plan_id));
-    body.insert("period".into(), json!({"start": start, "end": end}));
+    body.insert("period".into(), period_document(&period));
     for (name, limit_name, metric) in METERED {
         let used = state
             .usage
             .current(&crate::limits::usage::Counter::new(
                 &org_id,
                 *metric,
-                crate::limits::usage::period_of(Utc::now()),
+                period.key.as_str(),
             ))
             .await?;
         body.insert(
@@ -509,7 +589,12 @@ pub async fn check_count_quota(
     current: i64,
 ) -> Result<(), Error> {
     let plan_id = store::organization_plan(&state.db, org_id).await?;
-    let Some(limit) = state.plans.get(&plan_id).and_then(|p| p.limit(limit_name)) else {
+    // A limit with an overage price is billed beyond (on the period's invoice), not refused.
+    let Some(limit) = state
+        .plans
+        .get(&plan_id)
+        .and_then(|p| p.hard_limit(limit_name))
+    else {
         return Ok(());
     };
     if current as u64 >= limit {

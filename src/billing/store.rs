@@ -2,10 +2,8 @@
 //! organization's plan (`organizations.plan`), and the counts its usage is measured by. Reads
 //! take the pool; writes take the caller's transaction (see [`crate::events::change`]).
 //!
-//! Subscriptions are in [`super::subscriptions::store`]. Invoices (issue #23) belong beside
-//! them, in `billing/invoices/store.rs`: an `invoices` row per closed subscription period and
-//! `invoice_lines` (base, overage, proration) joined on the invoice id, priced from the
-//! [`Plan`] read here.
+//! Subscriptions are in [`super::subscriptions::store`], invoices in
+//! [`super::invoices::store`] (priced from the [`Plan`] read here).
 
 use serde::Serialize;
 use serde_json::Value;
@@ -50,6 +48,22 @@ impl Plan {
         self.fields.limits.get(name).and_then(Value::as_u64)
     }
 
+    /// The price of usage beyond the limit `name`, if the plan bills it: (units per block,
+    /// minor units per block).
+    pub fn overage_price(&self, name: &str) -> Option<(u64, i64)> {
+        let p = self.fields.overage_prices.get(name)?;
+        let per = p.get("per").and_then(Value::as_u64).filter(|n| *n > 0)?;
+        let amount = p.get("amount").and_then(Value::as_i64)?;
+        Some((per, amount))
+    }
+
+    /// The limit `name` where usage beyond it is refused: a limit without an overage price
+    /// (`None`: unlimited, or billed beyond the limit).
+    pub fn hard_limit(&self, name: &str) -> Option<u64> {
+        self.limit(name)
+            .filter(|_| self.overage_price(name).is_none())
+    }
+
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Plan, sqlx::Error> {
         Ok(Plan {
             id: r.try_get("id")?,
@@ -60,6 +74,7 @@ impl Plan {
                 interval: r.get_parsed("billing_interval")?,
                 limits: r.get_json("limits")?,
                 features: r.get_json("features")?,
+                overage_prices: r.get_json("overage_prices")?,
             },
             created_at: r.get_time("created_at")?,
             updated_at: r.get_time("updated_at")?,
@@ -76,10 +91,13 @@ pub struct PlanFields {
     pub interval: BillingInterval,
     pub limits: Value,
     pub features: Value,
+    /// `{"<limit key>": {"per": units, "amount": minor units}}`: usage beyond that limit is
+    /// billed (per started block of `per` units) instead of refused.
+    pub overage_prices: Value,
 }
 
 const PLAN_SELECT: &str = "SELECT id, name, amount, currency, billing_interval, limits, features, \
-     created_at, updated_at FROM plans";
+     overage_prices, created_at, updated_at FROM plans";
 
 /// Every plan (the catalogue's source).
 pub async fn plans(db: &Db) -> Result<Vec<Plan>, sqlx::Error> {
@@ -105,6 +123,7 @@ fn bind_plan<'q>(q: storage::AnyQuery<'q>, v: &'q PlanFields) -> storage::AnyQue
         .bind(v.interval.as_str())
         .bind(v.limits.to_string())
         .bind(v.features.to_string())
+        .bind(v.overage_prices.to_string())
         .bind(storage::now())
 }
 
@@ -113,7 +132,8 @@ pub async fn insert_plan(tx: &mut AnyConnection, id: &str, v: &PlanFields) -> Re
     let result = bind_plan(
         sqlx::query(
             "INSERT INTO plans (name, amount, currency, billing_interval, limits, features, \
-             created_at, updated_at, id) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+             overage_prices, created_at, updated_at, id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
         ),
         v,
     )
@@ -134,7 +154,7 @@ pub async fn update_plan(tx: &mut AnyConnection, id: &str, v: &PlanFields) -> Re
     bind_plan(
         sqlx::query(
             "UPDATE plans SET name = $1, amount = $2, currency = $3, billing_interval = $4, \
-             limits = $5, features = $6, updated_at = $7 WHERE id = $8",
+             limits = $5, features = $6, overage_prices = $7, updated_at = $8 WHERE id = $9",
         ),
         v,
     )

@@ -10,25 +10,22 @@
 //! cycle job's too (the system's, changing a subscription only if no
 //! other node did).
 //!
-//! Not built here: invoices (and with them the proration of a mid-cycle plan change), which
-//! belong to the billing work still to come (issue #23; where they join: [`store`]).
+//! A plan change is logged (`subscription_changes`) for its proration on the period's invoice;
+//! invoices are in [`crate::billing::invoices`].
 
 pub mod store;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
-use chrono::{DateTime, Months, SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use self::store::{NewSubscription, Subscription, SubscriptionPatch, SubscriptionStatus};
-use super::{
-    store::{set_organization_plan, BillingInterval},
-    DEFAULT_PLAN,
-};
+use super::store::{set_organization_plan, BillingInterval};
 use crate::{
     app::AppState,
     error::{Error, ErrorCode, FieldError},
-    events::{ActorContext, Change, Invalidation},
+    events::{Change, Invalidation},
     http::extract::Json,
     orgs::{access::OrgAccess, roles::perm},
     storage,
@@ -76,9 +73,7 @@ pub async fn find(state: &AppState, org_id: &str) -> Result<Option<Value>, Error
 }
 
 fn cycle_end(start: DateTime<Utc>, interval: BillingInterval) -> DateTime<Utc> {
-    start
-        .checked_add_months(Months::new(interval.months()))
-        .unwrap_or(start)
+    crate::limits::usage::add_months(start, interval.months())
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +186,19 @@ pub async fn update(
     let (plan, email) = body.validate(&state, false)?;
     let org_id = access.org_id().to_string();
     let current = active(&state, &org_id).await?;
+    // A change is prorated on the period's invoice, in the subscription's one currency.
+    if let Some(p) = plan
+        .as_ref()
+        .filter(|p| p.fields.currency != current.currency)
+    {
+        return Err(Error::invalid_field(
+            "plan",
+            format!(
+                "the {} plan is billed in {}, this subscription in {}; cancel it and start a new one",
+                p.id, p.fields.currency, current.currency
+            ),
+        ));
+    }
     let (id, previous) = (current.id, current.plan);
     let patch = SubscriptionPatch {
         plan: plan
@@ -204,7 +212,7 @@ pub async fn update(
     Change::new("subscription.updated", "subscription", &id, data)
         .invalidates(Invalidation::organization(&org_id))
         .write(&state, &access, async |tx| {
-            store::update(tx, &id, &patch).await?;
+            store::update(tx, state.db.backend(), &id, &patch).await?;
             match &plan {
                 Some(p) => set_organization_plan(tx, &org_id, &p.id).await,
                 None => Ok(()),
@@ -230,61 +238,15 @@ pub async fn cancel(
     Ok(axum::Json(find(&state, &org_id).await?.unwrap_or_default()))
 }
 
-/// The cycle job: every subscription whose cycle ended by `now` either rolls into its next
-/// cycle (auto-renewing, not canceled) or ends — status `canceled`, the organization back on
-/// the default plan, `subscription.updated` emitted. Returns how many it changed.
+/// The cycle job: every subscription whose cycle ended by `now` gets the invoice of each
+/// period that ended, and rolls into its next cycle (auto-renewing, not canceled) or ends —
+/// status `canceled`, the organization back on the default plan — emitting `invoice.created`
+/// and `subscription.updated` ([`crate::billing::invoices::close`]). Returns how many
+/// subscriptions it changed.
 pub async fn close_due(state: &AppState, now: DateTime<Utc>) -> Result<usize, Error> {
-    let mut changed = 0;
-    for s in store::due(&state.db, now).await? {
-        let (id, org_id, plan_id) = (&s.id, &s.organization_id, &s.plan);
-        let renewal = (s.auto_renew && !s.cancel_at_period_end).then(|| {
-            // Whole cycles from the last end, however long the job was away.
-            let interval = state
-                .plans
-                .get(plan_id)
-                .map(|p| p.fields.interval)
-                .unwrap_or(BillingInterval::Month);
-            let mut start = storage::parse_time(&s.billing_cycle_end).unwrap_or(now);
-            let mut end = cycle_end(start, interval);
-            while end <= now {
-                start = end;
-                end = cycle_end(start, interval);
-            }
-            (start, end)
-        });
-        let data = match renewal {
-            Some((_, end)) => {
-                json!({"id": id, "plan": plan_id, "status": SubscriptionStatus::Active, "renewed": true,
-                       "billing_cycle_end": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)})
-            }
-            None => {
-                json!({"id": id, "plan": plan_id, "status": SubscriptionStatus::Canceled,
-                       "previous_plan": plan_id, "organization_plan": DEFAULT_PLAN})
-            }
-        };
-        let done = Change::new("subscription.updated", "subscription", id, data)
-            .organization(org_id)
-            .invalidates(Invalidation::organization(org_id))
-            .write_if(state, &ActorContext::system(), async |tx| {
-                // Each update changes the subscription only if it is still as read: else
-                // another node got there first, and this one changes nothing.
-                Ok(match renewal {
-                    Some((start, end)) => store::renew(tx, id, &s.billing_cycle_end, start, end)
-                        .await?
-                        .then_some(()),
-                    None if store::end(tx, id).await? => {
-                        set_organization_plan(tx, org_id, DEFAULT_PLAN).await?;
-                        Some(())
-                    }
-                    None => None,
-                })
-            })
-            .await?;
-        if done.is_some() {
-            changed += 1;
-        }
-    }
-    Ok(changed)
+    Ok(crate::billing::invoices::close_periods(state, now, None)
+        .await?
+        .subscriptions)
 }
 
 /// Runs [`close_due`] every minute (every node; a subscription is changed once, by whichever

@@ -55,6 +55,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "subscription.canceled",
     "invoice.created",
     "invoice.paid",
+    "invoice.voided",
     "quota.exceeded",
     "policy.violation",
     "webhook.test",

@@ -68,6 +68,7 @@ struct Others {
     request_limits: std::sync::OnceLock<Arc<RequestLimits>>,
     policies: std::sync::OnceLock<Arc<MatcherCache>>,
     platform: std::sync::OnceLock<Arc<PlatformConfigs>>,
+    usage: std::sync::OnceLock<crate::limits::usage::UsageMeter>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -85,6 +86,7 @@ impl Bus {
     fn apply(&self, message: &Invalidation) {
         let limits = self.others.request_limits.get();
         let policies = self.others.policies.get();
+        let usage = self.others.usage.get();
         match message {
             Invalidation::Key(id) => self.cache.invalidate_key(id.as_str()),
             Invalidation::Organization(id) => {
@@ -96,6 +98,9 @@ impl Bus {
                 if let Some(p) = policies {
                     p.invalidate_org(id);
                 }
+                if let Some(u) = usage {
+                    u.forget_cycle(Some(id));
+                }
             }
             Invalidation::Plans => self.reload(self.others.plans.get()),
             Invalidation::PlatformConfigs => self.reload(self.others.platform.get()),
@@ -106,6 +111,9 @@ impl Bus {
                 }
                 if let Some(p) = policies {
                     p.clear();
+                }
+                if let Some(u) = usage {
+                    u.forget_cycle(None);
                 }
                 self.reload(self.others.plans.get());
                 self.reload(self.others.platform.get());
@@ -139,6 +147,11 @@ impl Bus {
     /// Lets `org:<id>` messages drop the organization's compiled policy matcher.
     pub fn attach_policies(&self, policies: Arc<MatcherCache>) {
         let _ = self.others.policies.set(policies);
+    }
+
+    /// Lets `org:<id>` messages drop the organization's billing cycle kept by the usage meter.
+    pub fn attach_usage(&self, usage: crate::limits::usage::UsageMeter) {
+        let _ = self.others.usage.set(usage);
     }
 
     /// Lets `org:<id>` messages reach the request path's organization cache.

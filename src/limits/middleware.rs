@@ -520,11 +520,17 @@ async fn decide(
         (API_REQUESTS, &[(API_REQUESTS, "api_requests_per_month")])
     };
     if let Some(org_id) = org {
+        // The organization's period: its billing cycle, or the calendar month (limits::usage).
+        let period = state.usage.period(org_id).await?;
         for (quota_metric, limit_name) in quotas {
-            let Some(quota) = plan.as_ref().and_then(|p| p.limit(limit_name)) else {
+            // A limit with an overage price is billed beyond, not refused (SPEC §6).
+            let Some(quota) = plan.as_ref().and_then(|p| p.hard_limit(limit_name)) else {
                 continue;
             };
-            let used = state.usage.used_this_month(org_id, quota_metric).await?;
+            let used = state
+                .usage
+                .used_in(org_id, quota_metric, &period.key)
+                .await?;
             if used >= quota {
                 state
                     .metrics
@@ -536,16 +542,16 @@ async fn decide(
                     error: Error::new(
                         ErrorCode::QuotaExceeded,
                         format!(
-                            "The organization has used its {quota} {} for this month",
+                            "The organization has used its {quota} {} for this period",
                             quota_metric.replace('_', " ")
                         ),
                     )
-                    .with_retry_after(secs_to_next_period(chrono::Utc::now())),
+                    .with_retry_after(period.secs_to_end(chrono::Utc::now())),
                     headers,
                 });
             }
         }
-        state.usage.record(org_id, metric, 1);
+        state.usage.record_at(org_id, metric, &period.key, 1);
     }
     Ok(Decision::Pass { headers })
 }
@@ -582,7 +588,11 @@ pub async fn notify_quota_exceeded(
     limit: u64,
     used: u64,
 ) {
-    let period = super::usage::period_of(chrono::Utc::now());
+    // The organization's period: its billing cycle, or the calendar month.
+    let period = match state.usage.period(org_id).await {
+        Ok(p) => p.key,
+        Err(_) => super::usage::period_of(chrono::Utc::now()),
+    };
     let k = (org_id.to_string(), metric.to_string());
     if lock(&state.request_limits.notified).get(&k) == Some(&period) {
         return;

@@ -46,6 +46,7 @@ migrations!(
     (16, "integer_widths"),
     (17, "idempotency"),
     (18, "platform_configs"),
+    (19, "invoices"),
 );
 
 /// Data steps: changes to stored rows that SQL cannot make, run after the SQL migrations, each

@@ -3,12 +3,11 @@
 //! as stored (the handlers show them with [`storage::api_time`]); the cycle job compares the
 //! stored end to change a subscription once across nodes.
 //!
-//! Issue #23 (invoices, proration, usage, Stripe) joins here: an invoice belongs to one
-//! subscription period (`invoices.subscription_id` + the period's `billing_cycle_start/end` as
-//! read from [`Subscription`]), its lines in `invoice_lines`; closing a period
-//! ([`renew`]/[`end`]) is where an invoice would be issued, in the same transaction, and a
-//! mid-cycle plan change ([`update`]) where a proration line would be recorded. Further
-//! statuses (`past_due` for an unpaid invoice, `trialing`) are added to [`SubscriptionStatus`].
+//! An invoice belongs to one subscription period (`billing_cycle_start..end` as read from
+//! [`Subscription`]); closing a period ([`renew`]/[`end`]) happens in the transaction that
+//! issues its invoice (`billing::invoices`), and a mid-cycle plan change ([`update`]) is logged
+//! in `subscription_changes` for its proration. Further statuses (`past_due` for an unpaid
+//! invoice, `trialing`) are added to [`SubscriptionStatus`].
 
 use sqlx::{AnyConnection, Row};
 
@@ -164,13 +163,41 @@ pub struct SubscriptionPatch<'a> {
     pub auto_renew: Option<bool>,
 }
 
+/// Applies a `PATCH`. A plan change is also written to `subscription_changes` (the previous
+/// plan read under the change lock), for the proration on the period's invoice.
 pub async fn update(
     tx: &mut AnyConnection,
+    backend: storage::Backend,
     id: &SubscriptionId,
     patch: &SubscriptionPatch<'_>,
 ) -> Result<(), Error> {
+    let now = chrono::Utc::now();
+    if let Some((plan, amount, currency)) = patch.plan {
+        storage::lock_for_change(tx, backend, "subscriptions", id).await?;
+        let (from_plan, from_amount): (String, i64) =
+            sqlx::query_as("SELECT plan, amount FROM subscriptions WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if from_plan != plan || from_amount != amount {
+            sqlx::query(
+                "INSERT INTO subscription_changes (id, subscription_id, changed_at, from_plan, \
+                 from_amount, to_plan, to_amount, currency) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(crate::ids::SubscriptionChangeId::generate())
+            .bind(id)
+            .bind(storage::format_time(now))
+            .bind(from_plan)
+            .bind(from_amount)
+            .bind(plan)
+            .bind(amount)
+            .bind(currency)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
     let mut sql = Sql::new("UPDATE subscriptions SET updated_at = ");
-    sql.bind(storage::now());
+    sql.bind(storage::format_time(now));
     if let Some((plan, amount, currency)) = patch.plan {
         sql.push(", plan = ").bind(plan.to_string());
         sql.push(", amount = ").bind(amount);
@@ -207,15 +234,23 @@ pub async fn cancel_at_period_end(
     Ok(())
 }
 
-/// Every active subscription whose cycle ended by `now`.
-pub async fn due(db: &Db, now: chrono::DateTime<chrono::Utc>) -> Result<Vec<Subscription>, Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM subscriptions WHERE status = $1 AND billing_cycle_end <= $2"
-    ))
-    .bind(SubscriptionStatus::Active.as_str())
-    .bind(storage::format_time(now))
-    .fetch_all(db.pool())
-    .await?;
+/// Every active subscription whose cycle ended by `now` (of one organization, if given).
+pub async fn due(
+    db: &Db,
+    now: chrono::DateTime<chrono::Utc>,
+    org_id: Option<&str>,
+) -> Result<Vec<Subscription>, Error> {
+    let mut sql = Sql::new(&format!(
+        "SELECT {COLUMNS} FROM subscriptions WHERE status = "
+    ));
+    sql.bind(SubscriptionStatus::Active.as_str());
+    sql.push(" AND billing_cycle_end <= ")
+        .bind(storage::format_time(now));
+    if let Some(org) = org_id {
+        sql.push(" AND organization_id = ").bind(org.to_string());
+    }
+    sql.push(" ORDER BY billing_cycle_end, id");
+    let rows = sql.query().fetch_all(db.pool()).await?;
     Ok(rows
         .iter()
         .map(Subscription::from_row)

@@ -1,0 +1,299 @@
+//! Closing subscription periods: every active subscription whose cycle ended by a time gets
+//! the invoice of that cycle, and rolls into its next cycle (auto-renewing, not canceled) or
+//! ends (the organization back on the default plan) — both in **one transaction** per period,
+//! whose first write is the claim of the period (`invoices` UNIQUE (subscription_id,
+//! period_start)) and whose second changes the subscription only if it is still as read. A
+//! second node, a retry or a second run of `gatehouse billing close-period` finds the claim
+//! taken and changes nothing; a crash before the commit leaves the period unclosed, to be closed
+//! again whole.
+//!
+//! The invoice is priced ([`super::lines`]) from the plan catalogue, the subscription's plan
+//! changes within the period (`subscription_changes`) and the usage counters of exactly that
+//! period (`limits::usage`: an organization with a subscription counts per billing cycle, keyed
+//! by the cycle's start), read before the transaction: the period has ended, so what it holds
+//! does not change.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::{
+    lines::{self, NewLine, Overage, PlanChange, PricedPlan},
+    store::{self, NewInvoice},
+};
+use crate::{
+    app::AppState,
+    billing::{
+        store::{set_organization_plan, BillingInterval},
+        subscriptions::store::{self as subscriptions, Subscription, SubscriptionStatus},
+        BILLABLE_LIMITS, DEFAULT_PLAN, METERED,
+    },
+    error::Error,
+    events::{ActorContext, Change, Invalidation},
+    ids::InvoiceId,
+    limits::usage::{add_months, cycle_key, Counter},
+    storage,
+};
+
+/// Days from an invoice's date to its due date.
+pub const DUE_AFTER_DAYS: i64 = 30;
+/// Periods of one subscription closed in one run at most (a job away for ten years of
+/// monthly cycles catches up over several runs).
+const MAX_PERIODS_PER_RUN: usize = 120;
+
+/// An invoice issued by a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub invoice_id: InvoiceId,
+    pub organization_id: String,
+    pub subscription_id: String,
+    pub period_start: String,
+    pub period_end: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+/// What a run did: the invoices it issued, and how many subscriptions it changed.
+#[derive(Debug, Default)]
+pub struct Closed {
+    pub issued: Vec<Issued>,
+    pub subscriptions: usize,
+}
+
+/// Closes every period (of one organization's subscription, if given) that ended at or before
+/// `at`, period by period, each with its invoice. Periods another node closed are skipped.
+pub async fn close_periods(
+    state: &AppState,
+    at: DateTime<Utc>,
+    org_id: Option<&str>,
+) -> Result<Closed, Error> {
+    // This node's own counts are in the counters the invoices read.
+    if let Err(e) = state.usage.flush().await {
+        tracing::warn!(error = %e, "flushing usage before closing periods failed");
+    }
+    let mut closed = Closed::default();
+    for s in subscriptions::due(&state.db, at, org_id).await? {
+        let mut current = Some(s);
+        let mut changed = false;
+        for _ in 0..MAX_PERIODS_PER_RUN {
+            let Some(s) = current.take() else { break };
+            let Some((issued, next)) = close_one(state, &s).await? else {
+                break;
+            };
+            closed.issued.push(issued);
+            changed = true;
+            current = next
+                .filter(|n| storage::parse_time(&n.billing_cycle_end).is_some_and(|end| end <= at));
+        }
+        if changed {
+            closed.subscriptions += 1;
+        }
+    }
+    Ok(closed)
+}
+
+/// A plan as the invoice names it, at the price it had then.
+fn priced(state: &AppState, id: &str, amount: i64) -> PricedPlan {
+    let name = state
+        .plans
+        .get(id)
+        .filter(|p| p.id == id)
+        .map(|p| p.fields.name.clone())
+        .unwrap_or_else(|| id.to_string());
+    PricedPlan {
+        id: id.to_string(),
+        name,
+        amount,
+    }
+}
+
+/// The label of a billable limit on an invoice line.
+fn label(limit_name: &str) -> &'static str {
+    match limit_name {
+        "api_requests_per_month" => "API requests",
+        "gateway_requests_per_month" => "Gateway requests",
+        "gateway_tokens_per_month" => "Gateway tokens",
+        "members" => "Members",
+        _ => "Projects",
+    }
+}
+
+/// The lines of the period `start..end` of `s`.
+async fn price(
+    state: &AppState,
+    s: &Subscription,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<(Vec<NewLine>, String), Error> {
+    let logged = store::changes_since(&state.db, &s.id, &s.billing_cycle_start).await?;
+    let (within, after): (Vec<_>, Vec<_>) = logged.into_iter().partition(|c| c.at < end);
+    // The plan at the start is the first change's old plan; at the end, the last change's new
+    // one (a change made after the end, before this run, is the next period's).
+    let at_start = within
+        .first()
+        .or(after.first())
+        .map(|c| priced(state, &c.from_plan, c.from_amount))
+        .unwrap_or_else(|| priced(state, &s.plan, s.amount));
+    let at_end = within
+        .last()
+        .map(|c| c.to_plan.clone())
+        .or_else(|| after.first().map(|c| c.from_plan.clone()))
+        .unwrap_or_else(|| s.plan.clone());
+    let changes: Vec<PlanChange> = within
+        .iter()
+        .map(|c| PlanChange {
+            at: c.at,
+            from: priced(state, &c.from_plan, c.from_amount),
+            to: priced(state, &c.to_plan, c.to_amount),
+        })
+        .collect();
+    let mut lines = lines::base_and_proration(start, end, &at_start, &changes);
+    // Overage: the plan in force at the end of the period prices usage beyond its limits.
+    if let Some(plan) = state.plans.get(&at_end).filter(|p| p.id == at_end) {
+        let key = cycle_key(start);
+        for limit_name in BILLABLE_LIMITS {
+            let (Some(limit), Some((per, block_amount))) =
+                (plan.limit(limit_name), plan.overage_price(limit_name))
+            else {
+                continue;
+            };
+            let used = match METERED.iter().find(|(_, l, _)| l == limit_name) {
+                Some((_, _, metric)) => {
+                    state
+                        .usage
+                        .current(&Counter::new(&s.organization_id, *metric, key.as_str()))
+                        .await?
+                }
+                // Members and projects: the count when the period is closed.
+                None => {
+                    let (members, projects) = crate::billing::store::member_and_project_counts(
+                        &state.db,
+                        &s.organization_id,
+                    )
+                    .await?;
+                    let n = if *limit_name == "members" {
+                        members
+                    } else {
+                        projects
+                    };
+                    n.max(0) as u64
+                }
+            };
+            let o = Overage {
+                label: label(limit_name).to_string(),
+                used,
+                limit,
+                per,
+                block_amount,
+            };
+            lines.extend(lines::overage_line(&o, start, end));
+        }
+    }
+    Ok((lines, at_end))
+}
+
+/// Closes the current period of `s` (which has ended): issues its invoice and renews or ends
+/// the subscription, in one transaction. `None` if another node (or run) closed it first;
+/// else the invoice and, when renewed, the subscription in its next period.
+async fn close_one(
+    state: &AppState,
+    s: &Subscription,
+) -> Result<Option<(Issued, Option<Subscription>)>, Error> {
+    let bad = || {
+        Error::from(anyhow::anyhow!(
+            "a subscription's billing cycle is not a time"
+        ))
+    };
+    let start = storage::parse_time(&s.billing_cycle_start).ok_or_else(bad)?;
+    let end = storage::parse_time(&s.billing_cycle_end).ok_or_else(bad)?;
+    let (lines, plan_at_end) = price(state, s, start, end).await?;
+    let id = InvoiceId::generate();
+    let date = end.date_naive();
+    let new = NewInvoice {
+        id: &id,
+        organization_id: &s.organization_id,
+        subscription_id: &s.id,
+        plan: &plan_at_end,
+        period_start: &s.billing_cycle_start,
+        period_end: &s.billing_cycle_end,
+        currency: &s.currency,
+        date: date.to_string(),
+        due_date: (date + chrono::Duration::days(DUE_AFTER_DAYS)).to_string(),
+        lines: &lines,
+    };
+    let issued = Issued {
+        invoice_id: id.clone(),
+        organization_id: s.organization_id.clone(),
+        subscription_id: s.id.to_string(),
+        period_start: storage::api_time(&s.billing_cycle_start),
+        period_end: storage::api_time(&s.billing_cycle_end),
+        amount: new.amount(),
+        currency: s.currency.clone(),
+    };
+    // One cycle on (the next run closes the next period if it has ended too).
+    let renewal = (s.auto_renew && !s.cancel_at_period_end).then(|| {
+        let interval = state
+            .plans
+            .get(&s.plan)
+            .map(|p| p.fields.interval)
+            .unwrap_or(BillingInterval::Month);
+        (end, add_months(end, interval.months()))
+    });
+    let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let invoice_data = json!({
+        "id": id, "organization_id": s.organization_id, "subscription_id": s.id,
+        "status": store::InvoiceStatus::Open, "amount": issued.amount, "currency": s.currency,
+        "period": {"start": issued.period_start, "end": issued.period_end},
+        "lines": lines.len(),
+    });
+    let subscription_data = match renewal {
+        Some((_, next_end)) => json!({
+            "id": s.id, "plan": s.plan, "status": SubscriptionStatus::Active, "renewed": true,
+            "billing_cycle_end": time(next_end), "invoice_id": id,
+        }),
+        None => json!({
+            "id": s.id, "plan": s.plan, "status": SubscriptionStatus::Canceled,
+            "previous_plan": s.plan, "organization_plan": DEFAULT_PLAN, "invoice_id": id,
+        }),
+    };
+    let org_id = s.organization_id.as_str();
+    let done = Change::new("invoice.created", "invoice", &id, invoice_data)
+        .and(
+            "subscription.updated",
+            "subscription",
+            &s.id,
+            subscription_data,
+        )
+        .organization(org_id)
+        .invalidates(Invalidation::organization(org_id))
+        .write_if(state, &ActorContext::system(), async |tx| {
+            // The claim: a period is invoiced once.
+            if !store::issue(tx, &new).await? {
+                return Ok(None);
+            }
+            // The subscription changes only if it is still as read.
+            let moved = match renewal {
+                Some((next_start, next_end)) => {
+                    subscriptions::renew(tx, &s.id, &s.billing_cycle_end, next_start, next_end)
+                        .await?
+                }
+                None => {
+                    let ended = subscriptions::end(tx, &s.id).await?;
+                    if ended {
+                        set_organization_plan(tx, org_id, DEFAULT_PLAN).await?;
+                    }
+                    ended
+                }
+            };
+            Ok(moved.then_some(()))
+        })
+        .await?;
+    if done.is_none() {
+        return Ok(None);
+    }
+    let next = renewal.map(|(next_start, next_end)| Subscription {
+        billing_cycle_start: storage::format_time(next_start),
+        billing_cycle_end: storage::format_time(next_end),
+        ..s.clone()
+    });
+    Ok(Some((issued, next)))
+}
