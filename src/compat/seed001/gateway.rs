@@ -9,7 +9,7 @@ use axum::{
 };
 use serde_json::{Map, Value};
 
-use super::{alias, items, reshape, TenantAccess};
+use super::{alias, in_tenant, items, reshape, TenantAccess};
 use crate::{
     app::AppState,
     error::Error,
@@ -49,22 +49,20 @@ pub fn routes() -> Routes {
         .get(&format!("{T}/health"), health)
 }
 
-static OPENAI: proxy::Spec = proxy::OPENAI.mounted_at(
-    "/trueportai-services/openai/v1/{*path}",
-    "/trueportai-services/openai/v1",
-);
-static ANTHROPIC: proxy::Spec = proxy::ANTHROPIC.mounted_at(
-    "/trueportai-services/anthropic/v1/{*path}",
-    "/trueportai-services/anthropic/v1",
-);
-static GOOGLE: proxy::Spec = proxy::GOOGLE.mounted_at(
-    "/trueportai-services/google/v1beta/{*path}",
-    "/trueportai-services/google/v1beta",
-);
-static AZURE: proxy::Spec = proxy::AZURE.mounted_at(
-    "/trueportai-services/azure/{*path}",
-    "/trueportai-services/azure",
-);
+/// Each format's proxy [`proxy::Spec`] mounted under the seed's prefix too
+/// (`{prefix}/{*path}`).
+macro_rules! mounted {
+    ($($name:ident = $spec:path => $prefix:literal;)*) => {
+        $(static $name: proxy::Spec = $spec.mounted_at(concat!($prefix, "/{*path}"), $prefix);)*
+    };
+}
+
+mounted! {
+    OPENAI = proxy::OPENAI => "/trueportai-services/openai/v1";
+    ANTHROPIC = proxy::ANTHROPIC => "/trueportai-services/anthropic/v1";
+    GOOGLE = proxy::GOOGLE => "/trueportai-services/google/v1beta";
+    AZURE = proxy::AZURE => "/trueportai-services/azure";
+}
 
 pub fn proxy_routes() -> Routes {
     Routes::new()
@@ -142,99 +140,21 @@ async fn update_key(
     Ok(reshape(keys::update(state, access.0, path, body).await, enabled).await)
 }
 
-/// Revokes the key (as `DELETE /v1/…/api-keys/{key_id}`).
-async fn delete_key(
-    state: State<AppState>,
-    access: TenantAccess<perm::ApiKeysManage>,
-    Path(id): Path<String>,
-) -> impl IntoResponse {
-    let path = access.path(id);
-    keys::revoke(state, access.0, path).await
-}
-
-async fn logs(
-    state: State<AppState>,
-    access: TenantAccess<perm::AnalyticsRead>,
-    page: Page,
-    filter: Query<analytics::LogFilter>,
-) -> Response {
-    reshape(
-        gateway::logs(state, access.0, page, filter).await,
-        items("logs"),
-    )
-    .await
-}
-
-async fn usage_stats(
-    state: State<AppState>,
-    access: TenantAccess<perm::AnalyticsRead>,
-    query: Query<stats::StatsQuery>,
-) -> impl IntoResponse {
-    stats::stats(state, access.0, query).await
-}
-
-async fn list_violations(
-    state: State<AppState>,
-    access: TenantAccess<perm::AnalyticsRead>,
-    page: Page,
-    filter: Query<violations::store::Filter>,
-) -> Response {
-    reshape(
-        violations::list(state, access.0, page, filter).await,
-        items("violations"),
-    )
-    .await
-}
-
-async fn violation(
-    state: State<AppState>,
-    access: TenantAccess<perm::AnalyticsRead>,
-    Path(id): Path<String>,
-) -> impl IntoResponse {
-    let path = access.path(id);
-    violations::get(state, access.0, path).await
-}
-
-async fn list_policies(
-    state: State<AppState>,
-    access: TenantAccess<perm::PoliciesRead>,
-    page: Page,
-) -> Response {
-    reshape(
-        policies::routes::list(state, access.0, page).await,
-        items("policies"),
-    )
-    .await
-}
-
-async fn create_policy(
-    state: State<AppState>,
-    access: TenantAccess<perm::PoliciesManage>,
-    body: Json<PolicyInput>,
-) -> impl IntoResponse {
-    policies::routes::create(state, access.0, body).await
-}
-
-async fn replace_policy(
-    state: State<AppState>,
-    access: TenantAccess<perm::PoliciesManage>,
-    Path(id): Path<crate::ids::PolicyId>,
-    body: Json<PolicyInput>,
-) -> impl IntoResponse {
-    let path = access.path(id);
-    policies::routes::replace(state, access.0, path, body).await
-}
-
-async fn delete_policy(
-    state: State<AppState>,
-    access: TenantAccess<perm::PoliciesManage>,
-    Path(id): Path<crate::ids::PolicyId>,
-) -> impl IntoResponse {
-    let path = access.path(id);
-    policies::routes::delete(state, access.0, path).await
-}
-
 /// The gateway's health: one process serves both planes, so this is `/health`'s answer.
 async fn health(state: State<AppState>) -> impl IntoResponse {
     health::health(state).await
 }
+
+// Revokes the key (as `DELETE /v1/…/api-keys/{key_id}`).
+in_tenant!(delete_key, ApiKeysManage, keys::revoke, path String, ());
+in_tenant!(logs, AnalyticsRead, gateway::logs, items "logs",
+    (page: Page, filter: Query<analytics::LogFilter>));
+in_tenant!(usage_stats, AnalyticsRead, stats::stats, (query: Query<stats::StatsQuery>));
+in_tenant!(list_violations, AnalyticsRead, violations::list, items "violations",
+    (page: Page, filter: Query<violations::store::Filter>));
+in_tenant!(violation, AnalyticsRead, violations::get, path String, ());
+in_tenant!(list_policies, PoliciesRead, policies::routes::list, items "policies", (page: Page));
+in_tenant!(create_policy, PoliciesManage, policies::routes::create, (body: Json<PolicyInput>));
+in_tenant!(replace_policy, PoliciesManage, policies::routes::replace, path crate::ids::PolicyId,
+    (body: Json<PolicyInput>));
+in_tenant!(delete_policy, PoliciesManage, policies::routes::delete, path crate::ids::PolicyId, ());

@@ -85,6 +85,57 @@ impl<P: RequiredPermission + Send + Sync> FromRequestParts<AppState> for TenantA
     }
 }
 
+/// A seed route that runs the `/v1` handler `$target` in the request's tenant: `$name` takes
+/// `TenantAccess<perm::$perm>` (the `/v1` route's permission and checks) and the extractors
+/// listed, and calls `$target` with the tenant's `OrgAccess`. After the handler, `items
+/// "plural"` answers its list under `items`; `path Id` hands the seed path's id over as the `/v1`
+/// route's `(org_id, id)` path.
+macro_rules! in_tenant {
+    ($name:ident, $perm:ident, $target:path, ($($arg:ident: $ty:ty),*)) => {
+        async fn $name(
+            state: State<AppState>,
+            access: TenantAccess<perm::$perm>,
+            $($arg: $ty),*
+        ) -> axum::response::Response {
+            axum::response::IntoResponse::into_response($target(state, access.0, $($arg),*).await)
+        }
+    };
+    ($name:ident, $perm:ident, $target:path, items $plural:literal, ($($arg:ident: $ty:ty),*)) => {
+        async fn $name(
+            state: State<AppState>,
+            access: TenantAccess<perm::$perm>,
+            $($arg: $ty),*
+        ) -> axum::response::Response {
+            super::reshape($target(state, access.0, $($arg),*).await, super::items($plural)).await
+        }
+    };
+    ($name:ident, $perm:ident, $target:path, path $id:ty, ($($arg:ident: $ty:ty),*)) => {
+        async fn $name(
+            state: State<AppState>,
+            access: TenantAccess<perm::$perm>,
+            Path(id): Path<$id>,
+            $($arg: $ty),*
+        ) -> axum::response::Response {
+            let path = access.path(id);
+            axum::response::IntoResponse::into_response(
+                $target(state, access.0, path, $($arg),*).await,
+            )
+        }
+    };
+}
+pub(crate) use in_tenant;
+
+/// The `/v1` handler `$target`'s list answered under `items` instead of `$plural`, with the
+/// same extractors (a platform admin's or a signed-in user's lists).
+macro_rules! listed {
+    ($name:ident, $target:path, items $plural:literal, ($($arg:ident: $ty:ty),*)) => {
+        async fn $name($($arg: $ty),*) -> axum::response::Response {
+            super::reshape($target($($arg),*).await, super::items($plural)).await
+        }
+    };
+}
+pub(crate) use listed;
+
 /// A `/v1` handler's answer with its JSON body changed by `f`; refusals and empty answers pass
 /// unchanged.
 pub(crate) async fn reshape(answer: impl IntoResponse, f: impl FnOnce(&mut Value)) -> Response {

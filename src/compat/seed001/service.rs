@@ -3,12 +3,9 @@
 //! the `/v1` route's (`TenantAccess<perm::X>` wraps the `OrgAccess<perm::X>` the `/v1` handler
 //! takes).
 
-use axum::{
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::extract::State;
 
-use super::{items, reshape, TenantAccess};
+use super::{in_tenant, listed, TenantAccess};
 use crate::{
     app::AppState,
     auth::extract::AuthUser,
@@ -36,89 +33,19 @@ pub fn routes() -> Routes {
         .put(&format!("{S}/storage"), put_storage)
 }
 
-async fn info(
-    state: State<AppState>,
-    access: TenantAccess<perm::OrganizationsRead>,
-) -> impl IntoResponse {
-    organizations::get_one(state, access.0).await
-}
-
-async fn list_members(
-    state: State<AppState>,
-    access: TenantAccess<perm::MembersRead>,
-    page: Page,
-    query: Query<members::MemberQuery>,
-) -> Response {
-    reshape(
-        members::list(state, access.0, page, query).await,
-        items("members"),
-    )
-    .await
-}
-
-async fn remove_member(
-    state: State<AppState>,
-    access: TenantAccess<perm::MembersRead>,
-    Path(user_id): Path<String>,
-) -> impl IntoResponse {
-    let path = access.path(user_id);
-    members::remove(state, access.0, path).await
-}
-
-async fn invite(
-    state: State<AppState>,
-    access: TenantAccess<perm::MembersManage>,
-    body: Json<members::Invite>,
-) -> impl IntoResponse {
-    members::create_invitation(state, access.0, body).await
-}
-
-/// The plan catalogue (any signed-in user, as `GET /v1/plans`).
-async fn plans(state: State<AppState>, user: AuthUser, page: Page) -> Response {
-    reshape(billing::list_plans(state, user, page).await, items("plans")).await
-}
-
-async fn subscribe(
-    state: State<AppState>,
-    access: TenantAccess<perm::BillingManage>,
-    body: Json<subscriptions::SubscriptionInput>,
-) -> impl IntoResponse {
-    subscriptions::create(state, access.0, body).await
-}
-
-async fn list_configs(
-    state: State<AppState>,
-    access: TenantAccess<perm::ConfigsRead>,
-    page: Page,
-) -> Response {
-    reshape(
-        projects::list_configs(state, access.0, page).await,
-        items("configs"),
-    )
-    .await
-}
-
-async fn put_config(
-    state: State<AppState>,
-    access: TenantAccess<perm::ConfigsManage>,
-    Path(key): Path<String>,
-    body: Json<projects::ConfigValue>,
-) -> impl IntoResponse {
-    let path = access.path(key);
-    projects::put_config(state, access.0, path, body).await
-}
-
-async fn get_storage(
-    state: State<AppState>,
-    access: TenantAccess<perm::StorageManage>,
-) -> impl IntoResponse {
-    projects::get_storage(state, access.0).await
-}
-
-async fn put_storage(
-    state: State<AppState>,
-    access: TenantAccess<perm::StorageManage>,
-    body: Json<projects::StorageInput>,
-) -> impl IntoResponse {
-    projects::put_storage(state, access.0, body).await
-}
+in_tenant!(info, OrganizationsRead, organizations::get_one, ());
+in_tenant!(list_members, MembersRead, members::list, items "members",
+    (page: Page, query: Query<members::MemberQuery>));
+in_tenant!(remove_member, MembersRead, members::remove, path String, ());
+in_tenant!(invite, MembersManage, members::create_invitation, (body: Json<members::Invite>));
+// The plan catalogue (any signed-in user, as `GET /v1/plans`).
+listed!(plans, billing::list_plans, items "plans",
+    (state: State<AppState>, user: AuthUser, page: Page));
+in_tenant!(subscribe, BillingManage, subscriptions::create,
+    (body: Json<subscriptions::SubscriptionInput>));
+in_tenant!(list_configs, ConfigsRead, projects::list_configs, items "configs", (page: Page));
+in_tenant!(put_config, ConfigsManage, projects::put_config, path String,
+    (body: Json<projects::ConfigValue>));
+in_tenant!(get_storage, StorageManage, projects::get_storage, ());
+in_tenant!(put_storage, StorageManage, projects::put_storage,
+    (body: Json<projects::StorageInput>));
