@@ -318,6 +318,9 @@ pub struct Invitation {
     pub status: InvitationStatus,
     pub invited_by: Option<String>,
     pub created_at: String,
+    /// When it was last sent (seed 000's invitations list names it `sent_at`)…
+    pub sent_at: String,
+    /// … and the same time under the name the pending member carries (SPEC §3).
     pub invitation_sent_at: String,
     pub expires_at: String,
     pub accepted_at: Option<String>,
@@ -362,6 +365,7 @@ impl Invitation {
             status: status_at(r, &expires_at)?,
             invited_by: r.try_get("invited_by")?,
             created_at: storage::api_time(&r.try_get::<String, _>("created_at")?),
+            sent_at: storage::api_time(&r.try_get::<String, _>("sent_at")?),
             invitation_sent_at: storage::api_time(&r.try_get::<String, _>("sent_at")?),
             expires_at: storage::api_time(&expires_at),
             accepted_at: opt("accepted_at")?,
