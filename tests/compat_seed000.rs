@@ -8,7 +8,9 @@ mod common;
 
 use common::{
     fixtures::{a_person, an_org, Org},
-    shape::{a_list, has_shape, is_time, names_field, Kind},
+    shape::{
+        a_list, has_shape, is_time, names_field, Kind, INVITATION_STATUS, MEMBER_STATUS, ROLE,
+    },
     Backend, Response, TestServer,
 };
 use gatehouse::orgs::roles::Role;
@@ -130,8 +132,8 @@ async fn seed_000_the_user_invite_flow_answers_in_the_seed_shape(backend: Backen
             ("id", Kind::Str),
             ("email", Kind::Str),
             ("name", Kind::Str),
-            ("role", Kind::Str),
-            ("status", Kind::Str),
+            ("role", ROLE),
+            ("status", MEMBER_STATUS),
             ("invitation_sent_at", Kind::Str),
         ],
     );
@@ -196,8 +198,8 @@ const MEMBER: [(&str, Kind); 8] = [
     ("id", Kind::Str),
     ("email", Kind::Str),
     ("name", Kind::Str),
-    ("role", Kind::Str),
-    ("status", Kind::Str),
+    ("role", ROLE),
+    ("status", MEMBER_STATUS),
     ("created_at", Kind::Str),
     ("last_login", Kind::OptStr),
     ("mfa_enabled", Kind::Bool),
@@ -291,10 +293,10 @@ async fn seed_000_invitations_are_listed_resent_and_revoked(backend: Backend) {
         &[
             ("id", Kind::Str),
             ("email", Kind::Str),
-            ("role", Kind::Str),
+            ("role", ROLE),
             ("sent_at", Kind::Str),
             ("expires_at", Kind::Str),
-            ("status", Kind::Str),
+            ("status", INVITATION_STATUS),
         ],
     );
     assert_eq!(inv["id"], id.as_str());
@@ -392,7 +394,7 @@ async fn seed_000_the_subscription_answers_in_the_seed_shape(backend: Backend) {
             ("id", Kind::Str),
             ("organization_id", Kind::Str),
             ("plan", Kind::Str),
-            ("status", Kind::Str),
+            ("status", Kind::OneOf(&["active", "canceled"])),
             ("billing_cycle_start", Kind::Str),
             ("billing_cycle_end", Kind::Str),
             ("amount", Kind::Num),

@@ -15,7 +15,18 @@ pub enum Kind {
     Obj,
     /// A string or null (a time not reached yet, an unset setting).
     OptStr,
+    /// A string from a closed set (a role, a status).
+    OneOf(&'static [&'static str]),
 }
+
+/// The five roles (seed 000's table, SPEC §3).
+pub const ROLE: Kind = Kind::OneOf(&["owner", "admin", "editor", "member", "viewer"]);
+/// A member: joined, or invited and not joined yet.
+pub const MEMBER_STATUS: Kind = Kind::OneOf(&["active", "pending_invite"]);
+/// An invitation's status (SPEC §3's `?status=` values).
+pub const INVITATION_STATUS: Kind = Kind::OneOf(&["pending", "accepted", "revoked", "expired"]);
+/// An organization's or a user's standing.
+pub const STANDING: Kind = Kind::OneOf(&["active", "suspended"]);
 
 /// Asserts that `value` has each of `fields` with the kind the seed shows.
 #[track_caller]
@@ -31,6 +42,7 @@ pub fn has_shape(value: &Value, fields: &[(&str, Kind)]) {
             Kind::Arr => v.is_array(),
             Kind::Obj => v.is_object(),
             Kind::OptStr => v.is_string() || v.is_null(),
+            Kind::OneOf(set) => v.as_str().is_some_and(|s| set.contains(&s)),
         };
         assert!(ok, "`{name}` is not {kind:?} in {value}");
     }
