@@ -113,18 +113,19 @@ async fn seed_000_organizations_are_listed_read_and_updated_in_the_seed_shape(ba
     names_field(&err, "timezone");
 }
 
+/// Add Organization Member as `o`'s owner: the seed's body `{email, name, role}`.
+async fn add_member(srv: &TestServer, o: &Org, email: &str, name: &str, role: &str) -> Response {
+    let body = json!({"email": email, "name": name, "role": role});
+    srv.post_as(&format!("{}/members", o.base), &o.owner, &body)
+        .await
+}
+
 /// The seed's "Complete User Invite Flow": invite, list pending invitations, count members.
 async fn seed_000_the_user_invite_flow_answers_in_the_seed_shape(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
     // Add Organization Member, the seed's body.
-    let res = srv
-        .post_as(
-            &format!("{}/members", o.base),
-            &o.owner,
-            &json!({"email": "bob@acme.com", "name": "Bob Smith", "role": "member"}),
-        )
-        .await;
+    let res = add_member(&srv, &o, "bob@acme.com", "Bob Smith", "member").await;
     assert_eq!(res.status, 201, "{}", res.text);
     has_shape(
         &res.json,
@@ -149,13 +150,7 @@ async fn seed_000_the_user_invite_flow_answers_in_the_seed_shape(backend: Backen
     is_time(&res.json["invitation_sent_at"]);
 
     // The flow's step 1: invite as editor.
-    let res = srv
-        .post_as(
-            &format!("{}/members", o.base),
-            &o.owner,
-            &json!({"email": "newuser@company.com", "name": "New User", "role": "editor"}),
-        )
-        .await;
+    let res = add_member(&srv, &o, "newuser@company.com", "New User", "editor").await;
     assert_eq!(res.status, 201, "{}", res.text);
     let invited = res.json["id"].as_str().unwrap().to_string();
     // Step 2: the pending invitations, filtered as the seed's client does.
@@ -176,13 +171,7 @@ async fn seed_000_the_user_invite_flow_answers_in_the_seed_shape(backend: Backen
     assert_eq!(members.json["total"], org.json["members_count"]);
 
     // Bad input is named; a viewer may not invite.
-    let err = srv
-        .post_as(
-            &format!("{}/members", o.base),
-            &o.owner,
-            &json!({"email": "eve@acme.com", "role": "superuser"}),
-        )
-        .await;
+    let err = add_member(&srv, &o, "eve@acme.com", "", "superuser").await;
     names_field(&err, "role");
     let (viewer, _) = o.a_member(&srv, "viewer@acme.com", Role::Viewer).await;
     srv.post_as(
@@ -217,13 +206,7 @@ async fn seed_000_members_change_role_and_leave_by_the_id_the_list_shows(backend
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
     let (_, alice) = o.a_member(&srv, "alice@acme.com", Role::Admin).await;
-    let res = srv
-        .post_as(
-            &format!("{}/members", o.base),
-            &o.owner,
-            &json!({"email": "bob@acme.com", "name": "Bob Smith", "role": "member"}),
-        )
-        .await;
+    let res = add_member(&srv, &o, "bob@acme.com", "Bob Smith", "member").await;
     let bob = res.json["id"].as_str().unwrap().to_string();
 
     // List Organization Members: every seed field, a joined member and a pending invitee.
@@ -274,13 +257,7 @@ async fn seed_000_invitations_are_listed_resent_and_revoked(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
     let invitations = format!("{}/invitations", o.base);
-    let res = srv
-        .post_as(
-            &format!("{}/members", o.base),
-            &o.owner,
-            &json!({"email": "charlie@acme.com", "name": "Charlie", "role": "editor"}),
-        )
-        .await;
+    let res = add_member(&srv, &o, "charlie@acme.com", "Charlie", "editor").await;
     let id = res.json["id"].as_str().unwrap().to_string();
 
     // List Pending Invitations: the seed's fields, `sent_at` included.
