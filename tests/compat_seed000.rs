@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    fixtures::{a_person, an_org, Org},
+    fixtures::{a_key, a_person, an_org, Org},
     shape::{
         a_list, has_shape, is_time, names_field, Kind, INVITATION_STATUS, MEMBER_STATUS, ROLE,
     },
@@ -113,19 +113,25 @@ async fn seed_000_organizations_are_listed_read_and_updated_in_the_seed_shape(ba
     names_field(&err, "timezone");
 }
 
-/// Add Organization Member as `o`'s owner: the seed's body `{email, name, role}`.
-async fn add_member(srv: &TestServer, o: &Org, email: &str, name: &str, role: &str) -> Response {
+/// Add Organization Member as `caller`: the seed's body `{email, name, role}`.
+async fn add_member(srv: &TestServer, o: &Org, caller: &str, who: [&str; 3]) -> Response {
+    let [email, name, role] = who;
     let body = json!({"email": email, "name": name, "role": role});
-    srv.post_as(&format!("{}/members", o.base), &o.owner, &body)
+    srv.post_as(&format!("{}/members", o.base), caller, &body)
         .await
 }
 
-/// The seed's "Complete User Invite Flow": invite, list pending invitations, count members.
+/// The seed's "Complete User Invite Flow", made as the seed makes it: with an API key (created
+/// in the organization's settings) as the Bearer token.
 async fn seed_000_the_user_invite_flow_answers_in_the_seed_shape(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
+    let api_key = o.key_token(&srv, a_key().named("Production API Key")).await;
     // Add Organization Member, the seed's body.
-    let res = add_member(&srv, &o, "bob@acme.com", "Bob Smith", "member").await;
+    let body = json!({"email": "bob@acme.com", "name": "Bob Smith", "role": "member"});
+    let res = srv
+        .post_as(&format!("{}/members", o.base), &api_key, &body)
+        .await;
     assert_eq!(res.status, 201, "{}", res.text);
     has_shape(
         &res.json,
@@ -150,12 +156,18 @@ async fn seed_000_the_user_invite_flow_answers_in_the_seed_shape(backend: Backen
     is_time(&res.json["invitation_sent_at"]);
 
     // The flow's step 1: invite as editor.
-    let res = add_member(&srv, &o, "newuser@company.com", "New User", "editor").await;
+    let res = add_member(
+        &srv,
+        &o,
+        &api_key,
+        ["newuser@company.com", "New User", "editor"],
+    )
+    .await;
     assert_eq!(res.status, 201, "{}", res.text);
     let invited = res.json["id"].as_str().unwrap().to_string();
     // Step 2: the pending invitations, filtered as the seed's client does.
     let list = srv
-        .get_as(&format!("{}/invitations", o.base), &o.owner)
+        .get_as(&format!("{}/invitations", o.base), &api_key)
         .await;
     let pending: Vec<Value> = a_list(&list, "invitations")
         .into_iter()
@@ -164,23 +176,32 @@ async fn seed_000_the_user_invite_flow_answers_in_the_seed_shape(backend: Backen
     assert_eq!(pending.len(), 2, "{}", list.text);
     assert!(pending.iter().any(|i| i["id"] == invited.as_str()));
     // Step 3: the member count, which counts what the members list does (pending invitees too).
-    let org = srv.get_as(&o.base, &o.owner).await;
+    let org = srv.get_as(&o.base, &api_key).await;
     assert_eq!(org.json["members_count"], 3, "{}", org.text);
-    let members = srv.get_as(&format!("{}/members", o.base), &o.owner).await;
+    let members = srv.get_as(&format!("{}/members", o.base), &api_key).await;
     assert_eq!(a_list(&members, "members").len(), 3);
     assert_eq!(members.json["total"], org.json["members_count"]);
 
     // Bad input is named; a viewer may not invite.
-    let err = add_member(&srv, &o, "eve@acme.com", "", "superuser").await;
+    let err = srv
+        .post_as(
+            &format!("{}/members", o.base),
+            &api_key,
+            &json!({"email": "eve@acme.com", "role": "superuser"}),
+        )
+        .await;
     names_field(&err, "role");
     let (viewer, _) = o.a_member(&srv, "viewer@acme.com", Role::Viewer).await;
-    srv.post_as(
-        &format!("{}/members", o.base),
-        &viewer,
-        &json!({"email": "eve@acme.com", "name": "Eve", "role": "member"}),
-    )
-    .await
-    .assert_error(403, "forbidden");
+    add_member(&srv, &o, &viewer, ["eve@acme.com", "Eve", "member"])
+        .await
+        .assert_error(403, "forbidden");
+    // A key without members:manage is told so.
+    let reader = o
+        .key_token(&srv, a_key().scopes(&["organizations:read"]))
+        .await;
+    add_member(&srv, &o, &reader, ["eve@acme.com", "Eve", "member"])
+        .await
+        .assert_error(403, "forbidden");
 }
 
 const MEMBER: [(&str, Kind); 8] = [
@@ -206,7 +227,7 @@ async fn seed_000_members_change_role_and_leave_by_the_id_the_list_shows(backend
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
     let (_, alice) = o.a_member(&srv, "alice@acme.com", Role::Admin).await;
-    let res = add_member(&srv, &o, "bob@acme.com", "Bob Smith", "member").await;
+    let res = add_member(&srv, &o, &o.owner, ["bob@acme.com", "Bob Smith", "member"]).await;
     let bob = res.json["id"].as_str().unwrap().to_string();
 
     // List Organization Members: every seed field, a joined member and a pending invitee.
@@ -257,7 +278,13 @@ async fn seed_000_invitations_are_listed_resent_and_revoked(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
     let invitations = format!("{}/invitations", o.base);
-    let res = add_member(&srv, &o, "charlie@acme.com", "Charlie", "editor").await;
+    let res = add_member(
+        &srv,
+        &o,
+        &o.owner,
+        ["charlie@acme.com", "Charlie", "editor"],
+    )
+    .await;
     let id = res.json["id"].as_str().unwrap().to_string();
 
     // List Pending Invitations: the seed's fields, `sent_at` included.
@@ -523,9 +550,7 @@ async fn seed_000_errors_and_rate_limits_follow_the_documented_conventions(backe
     );
 
     // X-RateLimit-* on an API key's answer: 100 a minute, counting down, reset in the future.
-    let key = o
-        .key_token(&srv, common::fixtures::a_key().named("Production API Key"))
-        .await;
+    let key = o.key_token(&srv, a_key().named("Production API Key")).await;
     let first = srv.get_as(&o.base, &key).await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("x-ratelimit-limit"), Some("100"));
