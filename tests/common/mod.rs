@@ -9,6 +9,7 @@
 
 pub mod fixtures;
 pub mod process;
+pub mod shape;
 
 use std::{net::SocketAddr, time::Duration};
 

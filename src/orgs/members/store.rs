@@ -314,6 +314,9 @@ pub struct Invitation {
     pub status: InvitationStatus,
     pub invited_by: Option<String>,
     pub created_at: String,
+    /// When it was last sent (seed 000's invitations list names it `sent_at`)…
+    pub sent_at: String,
+    /// … and the same time under the name the pending member carries (SPEC §3).
     pub invitation_sent_at: String,
     pub expires_at: String,
     pub accepted_at: Option<String>,
@@ -354,6 +357,7 @@ impl Invitation {
             status: status_at(r, &expires_at)?,
             invited_by: r.try_get("invited_by")?,
             created_at: r.get_time("created_at")?,
+            sent_at: r.get_time("sent_at")?,
             invitation_sent_at: r.get_time("sent_at")?,
             expires_at: storage::api_time(&expires_at),
             accepted_at: r.get_time_opt("accepted_at")?,
