@@ -36,6 +36,17 @@ const PUBLIC: &[(&str, &str)] = &[
     ("POST", "/v1/auth/otp/verify"),
     ("POST", "/v1/auth/forgot-password"),
     ("POST", "/v1/auth/reset-password"),
+    // The web console's page (every path it answers) and its files: no data, no credentials.
+    ("GET", "/"),
+    ("GET", "/login"),
+    ("GET", "/register"),
+    ("GET", "/verify-email"),
+    ("GET", "/forgot-password"),
+    ("GET", "/reset-password"),
+    ("GET", "/accept-invitation"),
+    ("GET", "/orgs"),
+    ("GET", "/orgs/{*page}"),
+    ("GET", "/console/{*path}"),
 ];
 
 /// A path of the table with every parameter filled with a well-formed id that exists nowhere.

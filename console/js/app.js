@@ -1,0 +1,40 @@
+// The console's router: one page per path (the server answers index.html on each of them).
+
+import { signedIn } from './api.js';
+import { h, mount, setRouter, go, errorBox, link } from './ui.js';
+import * as auth from './auth.js';
+import { orgList, orgPage } from './org.js';
+
+const root = document.getElementById('app');
+
+const PUBLIC = {
+  '/login': auth.login,
+  '/register': auth.register,
+  '/verify-email': auth.verifyEmail,
+  '/forgot-password': auth.forgotPassword,
+  '/reset-password': auth.resetPassword,
+  '/accept-invitation': auth.acceptInvitation,
+};
+
+async function route() {
+  const path = location.pathname.replace(/\/+$/, '') || '/';
+  try {
+    if (PUBLIC[path]) return await PUBLIC[path](root);
+    if (!signedIn()) {
+      const here = location.pathname + location.search;
+      return go(here === '/' ? '/login' : `/login?next=${encodeURIComponent(here)}`, true);
+    }
+    if (path === '/' || path === '/orgs' || path === '/account') return await orgList(root);
+    const m = path.match(/^\/orgs\/([^/]+)(?:\/([^/]+))?$/);
+    if (m) return await orgPage(root, decodeURIComponent(m[1]), m[2] || 'members');
+    mount(root, h('main', { id: 'main', class: 'auth' }, h('h1', {}, 'Page not found'), link('/orgs', 'Your organizations')));
+  } catch (err) {
+    if (err && err.status === 401) return go('/login', true);
+    mount(root, h('main', { id: 'main', class: 'auth' },
+      h('h1', {}, 'Something went wrong'), errorBox(err), h('p', {}, link('/orgs', 'Your organizations'))));
+  }
+}
+
+setRouter(route);
+window.addEventListener('popstate', route);
+route();

@@ -1,0 +1,326 @@
+// The signed-in pages: the organizations list (and creating one), the shell of an organization
+// (organization and environment switchers, tabs) and its pages: members and invitations, API keys.
+
+import { api, download, selectTenant, tenant, currentUser, signOut } from './api.js';
+import { h, mount, go, link, form, field, notice, errorBox, actionButton, badge, when, table, copy } from './ui.js';
+
+const ROLES = ['viewer', 'member', 'editor', 'admin', 'owner'];
+const ENV_KEY = 'gatehouse.environment';
+
+/** Every scope a key can carry (src/keys/mod.rs SCOPES), in the API's order. */
+const SCOPES = [
+  'organizations:create', 'organizations:read', 'organizations:update', 'members:read',
+  'members:manage', 'api_keys:read', 'api_keys:manage', 'billing:read', 'billing:manage',
+  'usage:read', 'webhooks:manage', 'audit:read', 'configs:read', 'configs:manage',
+  'policies:read', 'policies:manage', 'analytics:read', 'gateway:proxy',
+];
+
+export function environment() { return sessionStorage.getItem(ENV_KEY) || 'live'; }
+
+function topbar(orgs, current, page) {
+  const orgSelect = h('select', { id: 'org-switcher', onchange: (e) => {
+    const v = e.target.value;
+    go(v ? `/orgs/${v}/${page}` : '/orgs');
+  } },
+  orgs.map((o) => h('option', { value: o.id, selected: current && o.id === current.id }, o.name)),
+  h('option', { value: '' }, 'All organizations…'));
+  const envSelect = h('select', { id: 'env-switcher', onchange: (e) => {
+    sessionStorage.setItem(ENV_KEY, e.target.value);
+    go(location.pathname, true);
+  } }, ['live', 'test'].map((e) => h('option', { value: e, selected: e === environment() }, e)));
+  const user = currentUser();
+  return h('header', { class: 'topbar' },
+    h('div', { class: 'brand' }, 'Gatehouse'),
+    current ? h('label', { for: 'org-switcher' }, 'Organization', orgSelect) : null,
+    current ? h('label', { for: 'env-switcher' }, 'Environment', envSelect) : null,
+    current && environment() === 'test' ? h('span', { class: 'env-test' }, 'TEST DATA') : null,
+    h('span', { class: 'spacer' }),
+    user ? h('span', { class: 'muted', style: undefined }, user.email) : null,
+    h('button', { type: 'button', onclick: async () => { await signOut(); go('/login', true); } }, 'Sign out'));
+}
+
+const TABS = [['members', 'Members'], ['keys', 'API keys'], ['audit', 'Audit log']];
+
+function tabs(org, page) {
+  return h('nav', { class: 'tabs', 'aria-label': 'Organization' },
+    TABS.map(([p, label]) => link(`/orgs/${org.id}/${p}`, label, { 'aria-current': p === page ? 'page' : undefined })));
+}
+
+async function myOrgs() {
+  const list = await api('GET', '/v1/organizations?limit=100');
+  return list.organizations || [];
+}
+
+export async function orgList(root) {
+  const orgs = await myOrgs();
+  const status = h('div', {});
+  mount(root,
+    topbar(orgs, null, 'members'),
+    h('main', { id: 'main' },
+      h('h1', {}, 'Your organizations'),
+      h('section', { class: 'panel' },
+        orgs.length
+          ? h('ul', { class: 'orglist' }, orgs.map((o) => h('li', {}, link(`/orgs/${o.id}/members`, `${o.name}`), ' ')))
+          : h('p', { class: 'empty' }, 'You do not belong to an organization yet. Create one, or accept an invitation from your email.')),
+      h('section', { class: 'panel' },
+        h('h2', {}, 'Create an organization'),
+        form([
+          h('div', { class: 'row' },
+            field('Name', 'name', { attrs: { required: true, maxlength: 100 } }),
+            field('Slug', 'slug', { hint: 'Optional: lowercase letters, digits and hyphens (derived from the name otherwise).', attrs: { pattern: '[a-z0-9\\-]*', maxlength: 64 } })),
+        ], 'Create organization', async (v) => {
+          const body = { name: v.name };
+          if (v.slug) body.slug = v.slug;
+          const org = await api('POST', '/v1/organizations', body);
+          go(`/orgs/${org.id}/members`);
+        }, { busyText: 'Creating…' }),
+        status)));
+}
+
+/** The shell of an organization's page: scoped token for (org, environment), bar, tabs, page. */
+export async function orgPage(root, orgRef, page) {
+  const env = environment();
+  let t = tenant();
+  if (!t || (t.org !== orgRef && t.id !== orgRef) || t.env !== env) t = await selectTenant(orgRef, env);
+  const [orgs, org] = await Promise.all([myOrgs(), api('GET', `/v1/organizations/${t.id}`, undefined, 'tenant')]);
+  const main = h('main', { id: 'main' });
+  mount(root, topbar(orgs, org, page), tabs(org, page), main);
+  const render = { members, keys, audit }[page];
+  if (!render) return go(`/orgs/${org.id}/members`, true);
+  try {
+    await render(main, org, t);
+  } catch (err) {
+    main.replaceChildren(errorBox(err));
+  }
+}
+
+// ---- Members and invitations -------------------------------------------------------------
+
+async function members(main, org, t, message = null) {
+  const base = `/v1/organizations/${org.id}`;
+  const errors = h('div', {}, message ? notice(message) : null);
+  const canManage = ['admin', 'owner'].includes(t.role);
+  const [list, invitations] = await Promise.all([
+    api('GET', `${base}/members?limit=100`, undefined, 'tenant'),
+    canManage ? api('GET', `${base}/invitations?status=pending&limit=100`, undefined, 'tenant') : null,
+  ]);
+  const reload = (msg) => members(main, org, t, msg);
+  const people = (list.members || []).filter((m) => m.status !== 'pending_invite');
+  const roleCell = (m) => {
+    if (!canManage) return m.role;
+    const sel = h('select', { 'aria-label': `Role of ${m.email}` }, ROLES.map((r) => h('option', { value: r, selected: r === m.role }, r)));
+    sel.addEventListener('change', async () => {
+      sel.disabled = true;
+      try {
+        await api('PATCH', `${base}/members/${m.id}`, { role: sel.value }, 'tenant');
+        errors.replaceChildren(notice(`${m.email} is now ${sel.value}.`));
+      } catch (err) {
+        sel.value = m.role;
+        errors.replaceChildren(errorBox(err));
+      } finally {
+        sel.disabled = false;
+      }
+    });
+    return sel;
+  };
+  main.replaceChildren(
+    h('h1', {}, `Members of ${org.name}`),
+    errors,
+    canManage ? h('section', { class: 'panel' },
+      h('h2', {}, 'Invite someone'),
+      form([
+        h('div', { class: 'row' },
+          field('Email', 'email', { type: 'email', attrs: { required: true, autocomplete: 'off' } }),
+          field('Role', 'role', { tag: 'select', options: ROLES, value: 'member' })),
+      ], 'Send invitation', async (v) => {
+        await api('POST', `${base}/invitations`, { email: v.email, role: v.role }, 'tenant');
+        await reload(`Invitation sent to ${v.email}.`);
+      }, { busyText: 'Sending…' })) : null,
+    h('section', { class: 'panel' },
+      h('h2', {}, `Members (${people.length})`),
+      table([
+        { label: 'Name', cell: (m) => m.name || '—' },
+        { label: 'Email', cell: (m) => m.email },
+        { label: 'Role', cell: roleCell },
+        { label: 'MFA', cell: (m) => (m.mfa_enabled ? 'on' : 'off') },
+        { label: 'Last sign-in', cell: (m) => when(m.last_login) },
+        { label: '', cls: 'actions', cell: (m) => canManage ? actionButton('Remove', async () => {
+          if (!confirm(`Remove ${m.email} from ${org.name}?`)) return;
+          await api('DELETE', `${base}/members/${m.id}`, undefined, 'tenant');
+          await reload();
+        }, { cls: 'danger small', errorTarget: errors, label: `Remove ${m.email}` }) : null },
+      ], people)),
+    invitations ? h('section', { class: 'panel' },
+      h('h2', {}, `Pending invitations (${(invitations.invitations || []).length})`),
+      table([
+        { label: 'Email', cell: (i) => i.email },
+        { label: 'Role', cell: (i) => i.role },
+        { label: 'Status', cell: (i) => badge(i.status) },
+        { label: 'Expires', cell: (i) => when(i.expires_at) },
+        { label: '', cls: 'actions', cell: (i) => [
+          actionButton('Resend', async () => {
+            await api('POST', `${base}/invitations/${i.id}/resend`, undefined, 'tenant');
+            errors.replaceChildren(notice(`Invitation sent to ${i.email} again.`));
+          }, { errorTarget: errors, label: `Resend the invitation to ${i.email}` }),
+          actionButton('Revoke', async () => {
+            if (!confirm(`Revoke the invitation to ${i.email}?`)) return;
+            await api('DELETE', `${base}/invitations/${i.id}`, undefined, 'tenant');
+            await reload();
+          }, { cls: 'danger small', errorTarget: errors, label: `Revoke the invitation to ${i.email}` }),
+        ] },
+      ], invitations.invitations || [], 'No pending invitations.')) : null);
+}
+
+// ---- API keys ----------------------------------------------------------------------------
+
+let rolesDoc = null;
+async function scopesOfRole(role) {
+  if (!rolesDoc) rolesDoc = await api('GET', '/v1/roles?limit=100', undefined, 'none');
+  const r = (rolesDoc.roles || []).find((x) => x.id === role);
+  return new Set(r ? r.permissions : []);
+}
+
+function secretPanel(title, token, onDone) {
+  const code = h('code', { id: 'new-secret' }, token);
+  const copied = h('span', { class: 'muted', role: 'status' });
+  const panel = h('div', { class: 'secret', role: 'region', 'aria-label': 'New key' },
+    h('strong', {}, title),
+    h('span', {}, 'Copy it now: it is shown only this once and cannot be read again.'),
+    code,
+    h('div', { class: 'row' },
+      h('button', { type: 'button', onclick: async () => {
+        copied.textContent = (await copy(token, code)) ? 'Copied.' : 'Selected: press Ctrl+C to copy.';
+      } }, 'Copy key'),
+      h('button', { type: 'button', class: 'secondary', onclick: onDone }, 'I have saved it'),
+      copied));
+  return panel;
+}
+
+async function keys(main, org, t) {
+  const base = `/v1/organizations/${org.id}/api-keys`;
+  const errors = h('div', {});
+  const shown = h('div', {});
+  const held = await scopesOfRole(t.role);
+  const canManage = held.has('api_keys:manage');
+  const list = await api('GET', `${base}?limit=100`, undefined, 'tenant');
+  const reload = async (keep) => {
+    await keys(main, org, t);
+    if (keep) main.querySelector('#key-secret').replaceChildren(keep);
+  };
+
+  const scopeBoxes = h('fieldset', {},
+    h('legend', {}, 'Scopes'),
+    h('p', { class: 'muted' }, 'Leave every box empty for all the scopes your role holds. Scopes beyond your role are greyed out.'),
+    h('div', { class: 'scopes' }, SCOPES.map((s) => h('label', { class: 'check' },
+      h('input', { type: 'checkbox', name: 'scope', value: s, disabled: !held.has(s) }), h('span', { class: 'mono' }, s)))));
+
+  const createForm = form([
+    h('div', { class: 'row' },
+      field('Name', 'name', { attrs: { required: true, maxlength: 100 } }),
+      field('Type', 'type', { tag: 'select', options: [{ value: 'secret', label: 'secret (server side)' }, { value: 'publishable', label: 'publishable (browser)' }], value: 'secret' }),
+      field('Expires after (days)', 'expires_in_days', { type: 'number', hint: 'Empty: never.', attrs: { min: 1, max: 3650 } })),
+    scopeBoxes,
+    field('Allowed origins (publishable keys)', 'allowed_origins', { tag: 'textarea', hint: 'One per line, e.g. https://app.example.com' }),
+  ], `Create ${t.env} key`, async (v, f) => {
+    const body = { name: v.name, type: v.type, environment: t.env };
+    const scopes = [...f.querySelectorAll('input[name=scope]:checked')].map((i) => i.value);
+    if (v.type === 'secret' && scopes.length) body.scopes = scopes;
+    if (v.expires_in_days) body.expires_in_days = Number(v.expires_in_days);
+    const origins = (v.allowed_origins || '').split('\n').map((s) => s.trim()).filter(Boolean);
+    if (origins.length) body.allowed_origins = origins;
+    const key = await api('POST', base, body, 'tenant');
+    await reload(secretPanel(`Your new key “${key.name}”`, key.token, () => main.querySelector('#key-secret').replaceChildren()));
+    main.querySelector('#key-secret button').focus();
+  }, { busyText: 'Creating…' });
+
+  const rotate = (k) => {
+    const grace = field('The old value keeps working for', 'grace_period_seconds', {
+      tag: 'select', value: '86400',
+      options: [{ value: '0', label: 'no time: it stops now' }, { value: '3600', label: '1 hour' }, { value: '86400', label: '24 hours' }, { value: '604800', label: '7 days' }],
+    });
+    shown.replaceChildren(h('section', { class: 'panel', 'aria-label': `Rotate ${k.name}` },
+      h('h2', {}, `Rotate “${k.name}”`),
+      h('p', {}, 'Rotation issues a new value for this key; the old value stops after the grace period.'),
+      form([grace], 'Rotate key', async (v) => {
+        const r = await api('POST', `${base}/${k.id}/rotations`, { grace_period_seconds: Number(v.grace_period_seconds) }, 'tenant');
+        shown.replaceChildren();
+        await reload(secretPanel(`New value of “${k.name}”`, r.token, () => main.querySelector('#key-secret').replaceChildren()));
+        main.querySelector('#key-secret button').focus();
+      }, { busyText: 'Rotating…', secondary: h('button', { type: 'button', class: 'secondary', onclick: () => shown.replaceChildren() }, 'Cancel') })));
+    shown.querySelector('select').focus();
+  };
+
+  const actions = (k) => {
+    if (!canManage || k.status === 'revoked' || k.status === 'expired') return null;
+    return [
+      actionButton('Rotate', async () => rotate(k), { label: `Rotate ${k.name}` }),
+      k.status === 'disabled'
+        ? actionButton('Enable', async () => { await api('PATCH', `${base}/${k.id}`, { status: 'active' }, 'tenant'); await reload(); }, { errorTarget: errors, label: `Enable ${k.name}` })
+        : actionButton('Disable', async () => { await api('PATCH', `${base}/${k.id}`, { status: 'disabled' }, 'tenant'); await reload(); }, { errorTarget: errors, label: `Disable ${k.name}` }),
+      actionButton('Revoke', async () => {
+        if (!confirm(`Revoke “${k.name}”? Every request with it will be refused, for good.`)) return;
+        await api('DELETE', `${base}/${k.id}`, undefined, 'tenant');
+        await reload();
+      }, { cls: 'danger small', errorTarget: errors, label: `Revoke ${k.name}` }),
+    ];
+  };
+
+  const rows = list.api_keys || [];
+  main.replaceChildren(
+    h('h1', {}, `API keys — ${t.env}`),
+    h('div', { id: 'key-secret' }),
+    errors,
+    shown,
+    h('section', { class: 'panel' },
+      h('h2', {}, `Keys (${rows.length})`),
+      table([
+        { label: 'Name', cell: (k) => k.name },
+        { label: 'Key', cell: (k) => h('span', { class: 'mono' }, k.key_preview) },
+        { label: 'Type', cell: (k) => k.type },
+        { label: 'Scopes', cell: (k) => (Array.isArray(k.scopes) ? k.scopes.join(', ') : '') || '—' },
+        { label: 'Status', cell: (k) => [badge(k.status), k.grace_expires_at ? h('div', { class: 'muted' }, `old value until ${when(k.grace_expires_at)}`) : null] },
+        { label: 'Last used', cell: (k) => when(k.last_used_at) },
+        { label: '', cls: 'actions', cell: actions },
+      ], rows, `No ${t.env} keys yet.`)),
+    canManage ? h('section', { class: 'panel' }, h('h2', {}, 'Create a key'), createForm) : null);
+}
+
+// ---- Audit log ---------------------------------------------------------------------------
+
+async function audit(main, org) {
+  const base = `/v1/organizations/${org.id}/audit`;
+  const out = h('div', {});
+  let query = {};
+  const exportCsv = actionButton('Export CSV', async () => {
+    const q = new URLSearchParams({ format: 'csv' });
+    for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
+    await download(`${base}?${q}`, `audit-${org.slug}.csv`);
+  }, { errorTarget: out });
+  const load = async (query, cursor) => {
+    const q = new URLSearchParams({ limit: '50' });
+    for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
+    if (cursor) q.set('cursor', cursor);
+    const page = await api('GET', `${base}?${q}`, undefined, 'tenant');
+    const entries = page.events || [];
+    const more = page.next_cursor ? actionButton('Older entries', () => load(query, page.next_cursor)) : null;
+    out.replaceChildren(table([
+      { label: 'When', cell: (e) => when(e.created_at) },
+      { label: 'Action', cell: (e) => h('span', { class: 'mono' }, e.action) },
+      { label: 'Actor', cell: (e) => h('span', { class: 'mono' }, [e.actor_type, e.actor_id].filter(Boolean).join(' ')) },
+      { label: 'Resource', cell: (e) => h('span', { class: 'mono' }, [e.resource_type, e.resource_id].filter(Boolean).join(' ')) },
+    ], entries, 'No entries match.'), more);
+  };
+  main.replaceChildren(
+    h('h1', {}, 'Audit log'),
+    h('section', { class: 'panel' }, form([
+      h('div', { class: 'row' },
+        field('Action', 'action', { hint: 'e.g. api_key.created' }),
+        field('From', 'start_date', { type: 'datetime-local' }),
+        field('To', 'end_date', { type: 'datetime-local' })),
+    ], 'Filter', async (v) => {
+      const iso = (s) => (s ? new Date(s).toISOString() : '');
+      query = { action: v.action, start_date: iso(v.start_date), end_date: iso(v.end_date) };
+      await load(query);
+    }, { secondary: exportCsv }), out));
+  await load(query);
+}

@@ -1,0 +1,243 @@
+"""The web console's newcomer journey in a real browser (Debian's chromium, driven by Playwright).
+
+Usage: console_e2e.py <base_url> <admin_token> <screenshot_dir>
+
+The admin token reads the development mailbox (GET /v1/admin/mailbox), where the server writes the
+mails a person would receive: the verification link and the invitation link are opened from there.
+Journey: a wrong password shows the API's message → register → verify from the mail's link →
+create an organization → invite a member → the invitee accepts from the mail's link (a second
+browser context) → create an API key (shown once, copy button) → listed → rotate, disable,
+revoke → the test environment has its own keys → the pages at a phone's width.
+Prints a JSON summary on stdout for tests/console.rs to check against the API.
+"""
+
+import json
+import pathlib
+import re
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+from playwright.sync_api import expect, sync_playwright
+
+BASE, ADMIN, SHOTS = sys.argv[1].rstrip("/"), sys.argv[2], pathlib.Path(sys.argv[3])
+SHOTS.mkdir(parents=True, exist_ok=True)
+OWNER = "owner@example.com"
+INVITEE = "invitee@example.com"
+PASSWORD = "a-long-console-passphrase-42"
+
+
+def mail(to, subject):
+    """The newest mail to `to` whose subject contains `subject` (waits for the background send)."""
+    deadline = time.time() + 15
+    while True:
+        req = urllib.request.Request(
+            f"{BASE}/v1/admin/mailbox?to={urllib.parse.quote(to)}",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
+        with urllib.request.urlopen(req) as res:
+            messages = json.load(res)["messages"]
+        for m in messages:
+            if subject in m["subject"]:
+                return m["body"]
+        if time.time() > deadline:
+            raise AssertionError(f"no mail {subject!r} to {to}")
+        time.sleep(0.2)
+
+
+def link_in(body, path):
+    """The mail's link to `path`, opened on this server (its path and query)."""
+    m = re.search(r"https?://\S+?(" + re.escape(path) + r"\?\S+)", body)
+    assert m, f"no {path} link in:\n{body}"
+    return BASE + m.group(1)
+
+
+def shot(page, name):
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def main():
+    summary = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        owner_ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+        owner_ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=BASE)
+        page = owner_ctx.new_page()
+        page.on("dialog", lambda d: d.accept())
+        console_errors = []
+        # Refusals the journey provokes (401 wrong password, 400 bad origin) are logged by the
+        # browser as failed loads; anything else is an error of the page.
+        expected = re.compile(r"status of 40[01] ")
+        page.on(
+            "console",
+            lambda m: m.type == "error" and not expected.search(m.text) and console_errors.append(m.text),
+        )
+        page.on("pageerror", lambda e: console_errors.append(str(e)))
+
+        # The root sends a stranger to sign in; a wrong password shows the API's message.
+        page.goto(BASE + "/")
+        expect(page).to_have_url(BASE + "/login")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        page.get_by_label("Email").fill(OWNER)
+        page.get_by_label("Password").fill("wrong-password-123")
+        page.get_by_label("Password").press("Enter")  # the keyboard submits
+        expect(page.get_by_role("alert")).to_have_text("Invalid email or password")
+        shot(page, "01-login-error")
+
+        # Register.
+        page.get_by_role("link", name="Create an account").click()
+        expect(page).to_have_url(BASE + "/register")
+        page.get_by_label("Name").fill("Olive Owner")
+        page.get_by_label("Email").fill(OWNER)
+        page.get_by_label("Password").fill(PASSWORD)
+        shot(page, "02-register")
+        page.get_by_role("button", name="Create account").click()
+        expect(page.get_by_role("heading", name="Verify your email")).to_be_visible()
+
+        # Verify from the mail's link: the page opens with email and code filled in.
+        link = link_in(mail(OWNER, "Verify"), "/verify-email")
+        page.goto(link)
+        expect(page.get_by_label("Email")).to_have_value(OWNER)
+        expect(page.get_by_label("Code")).to_have_value(re.compile(r"^\d{6}$"))
+        shot(page, "03-verify-email")
+        page.get_by_role("button", name="Verify email").click()
+        expect(page.get_by_role("status")).to_contain_text("is verified")
+        page.get_by_role("link", name="Continue to your organizations").click()
+
+        # Create an organization.
+        expect(page.get_by_role("heading", name="Your organizations")).to_be_visible()
+        page.get_by_label("Name").fill("Acme Console")
+        page.get_by_label("Slug").fill("acme-console")
+        shot(page, "04-organizations")
+        page.get_by_role("button", name="Create organization").click()
+        expect(page.get_by_role("heading", name="Members of Acme Console")).to_be_visible()
+        org_id = re.search(r"/orgs/([^/]+)/members", page.url).group(1)
+        summary["organization_id"] = org_id
+
+        # Invite a member.
+        page.get_by_label("Email", exact=True).fill(INVITEE)
+        page.get_by_label("Role", exact=True).select_option("editor")
+        page.get_by_role("button", name="Send invitation").click()
+        expect(page.get_by_role("status")).to_contain_text(f"Invitation sent to {INVITEE}")
+        pending = page.get_by_role("row").filter(has_text=INVITEE)
+        expect(pending).to_contain_text("pending")
+        shot(page, "05-members-invited")
+
+        # The invitee opens the mail's link in another browser and registers with it.
+        link = link_in(mail(INVITEE, "invited"), "/accept-invitation")
+        invitee_ctx = browser.new_context(viewport={"width": 1100, "height": 800})
+        other = invitee_ctx.new_page()
+        other.goto(link)
+        expect(other.get_by_role("heading", name="Join the organization")).to_be_visible()
+        other.get_by_label("Name").fill("Ivy Invitee")
+        other.get_by_label("Email").fill(INVITEE)
+        other.get_by_label("Password").fill(PASSWORD + "-ivy")
+        shot(other, "06-accept-invitation")
+        other.get_by_role("button", name="Create account").click()
+        expect(other.get_by_role("heading", name="Members of Acme Console")).to_be_visible()
+        expect(other.get_by_role("row").filter(has_text=INVITEE)).to_contain_text("editor")
+        shot(other, "07-invitee-members")
+        invitee_ctx.close()
+
+        # The owner sees the new member (no longer pending).
+        page.reload()
+        row = page.get_by_role("row").filter(has_text=INVITEE)
+        expect(row.first).to_be_visible()
+        expect(page.get_by_text("No pending invitations.")).to_be_visible()
+
+        # Create an API key: shown once, with a copy button, then listed.
+        page.get_by_role("link", name="API keys").click()
+        expect(page.get_by_role("heading", name="API keys — live")).to_be_visible()
+        page.get_by_label("Name", exact=True).fill("backend")
+        page.get_by_label("gateway:proxy").check()
+        page.get_by_label("members:read").check()
+        page.get_by_role("button", name="Create live key").click()
+        secret = page.locator("#new-secret")
+        expect(secret).to_have_text(re.compile(r"^sk_live_[A-Za-z0-9]{40}$"))
+        token = secret.inner_text()
+        page.get_by_role("button", name="Copy key").click()
+        expect(page.get_by_text(re.compile(r"^(Copied\.|Selected: press Ctrl\+C to copy\.)$"))).to_be_visible()
+        shot(page, "08-key-created")
+        page.get_by_role("button", name="I have saved it").click()
+        expect(secret).to_have_count(0)
+        row = page.get_by_role("row").filter(has_text="backend")
+        expect(row).to_contain_text(token[:11])
+        expect(row).to_contain_text("gateway:proxy, members:read")
+        expect(row).to_contain_text("active")
+        summary["key_token"] = token
+
+        # Rotate with a grace period: a new value, shown once.
+        page.get_by_role("button", name="Rotate backend").click()
+        page.get_by_label("The old value keeps working for").select_option("3600")
+        page.get_by_role("button", name="Rotate key").click()
+        expect(secret).to_have_text(re.compile(r"^sk_live_[A-Za-z0-9]{40}$"))
+        rotated = secret.inner_text()
+        assert rotated != token
+        summary["rotated_token"] = rotated
+        expect(page.get_by_role("row").filter(has_text="backend")).to_contain_text("old value until")
+        # The preview is of the new value.
+        preview = page.get_by_role("row").filter(has_text="backend").locator("td").nth(1)
+        expect(preview).to_contain_text(rotated[:11])
+        summary["key_preview"] = preview.inner_text()
+        page.get_by_role("button", name="I have saved it").click()
+
+        # A second key, disabled then revoked.
+        page.get_by_label("Name", exact=True).fill("temporary")
+        page.get_by_role("button", name="Create live key").click()
+        expect(secret).to_be_visible()
+        page.get_by_role("button", name="I have saved it").click()
+        page.get_by_role("button", name="Disable temporary").click()
+        temp = page.get_by_role("row").filter(has_text="temporary")
+        expect(temp).to_contain_text("disabled")
+        page.get_by_role("button", name="Revoke temporary").click()
+        expect(temp).to_contain_text("revoked")
+        shot(page, "09-keys")
+
+        # What the API refuses shows its message and the field it names.
+        page.get_by_label("Name", exact=True).fill("x" * 100)
+        page.get_by_label("Type").select_option("publishable")
+        page.get_by_label("Allowed origins (publishable keys)").fill("not an origin")
+        page.get_by_role("button", name="Create live key").click()
+        expect(page.get_by_role("alert")).to_contain_text("allowed_origins[0]")
+        shot(page, "10-key-error")
+
+        # The test environment has its own keys.
+        page.get_by_label("Environment").select_option("test")
+        expect(page.get_by_role("heading", name="API keys — test")).to_be_visible()
+        expect(page.get_by_text("No test keys yet.")).to_be_visible()
+        page.get_by_label("Environment").select_option("live")
+        expect(page.get_by_role("heading", name="API keys — live")).to_be_visible()
+
+        # The audit log lists what was done.
+        page.get_by_role("link", name="Audit log").click()
+        expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+        expect(page.get_by_text("api_key.created").first).to_be_visible()
+        shot(page, "11-audit")
+
+        # At a phone's width: the pages still fit (no horizontal scrolling).
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.get_by_role("link", name="API keys").click()
+        expect(page.get_by_role("heading", name="API keys — live")).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the keys page scrolls sideways at 390px: {width}px"
+        shot(page, "12-keys-phone")
+        page.get_by_role("link", name="Members").click()
+        expect(page.get_by_role("heading", name="Members of Acme Console")).to_be_visible()
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the members page scrolls sideways at 390px: {width}px"
+        shot(page, "13-members-phone")
+
+        # Signing out ends the session: the pages ask to sign in again.
+        page.get_by_role("button", name="Sign out").click()
+        expect(page).to_have_url(BASE + "/login")
+        page.goto(f"{BASE}/orgs/{org_id}/keys")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+
+        assert not console_errors, f"errors in the browser console: {console_errors}"
+        browser.close()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
