@@ -7,12 +7,17 @@ mails a person would receive: the verification link and the invitation link are 
 Journey: a wrong password shows the API's message → register → verify from the mail's link →
 create an organization → invite a member → the invitee accepts from the mail's link (a second
 browser context) → create an API key (shown once, copy button) → listed → rotate, disable,
-revoke → the test environment has its own keys → the pages at a phone's width.
+revoke → the test environment has its own keys → the pages at a phone's width; then the
+invitee's reset password (mail link), sign-in code and MFA step.
 Prints a JSON summary on stdout for tests/console.rs to check against the API.
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import pathlib
+import struct
 import re
 import sys
 import time
@@ -51,6 +56,27 @@ def link_in(body, path):
     m = re.search(r"https?://\S+?(" + re.escape(path) + r"\?\S+)", body)
     assert m, f"no {path} link in:\n{body}"
     return BASE + m.group(1)
+
+
+def call(method, path, body=None, token=None):
+    """The API, for what the console does not do yet (enrolling MFA)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(BASE + path, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(req) as res:
+        return json.load(res)
+
+
+def totp(secret_b32, at=None):
+    """RFC 6238 (SHA-1, 6 digits, 30 s): an independent implementation."""
+    key = base64.b32decode(secret_b32.upper() + "=" * (-len(secret_b32) % 8))
+    counter = int((at or time.time()) // 30)
+    digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+    offset = digest[-1] & 0x0F
+    value = struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF
+    return f"{value % 1_000_000:06d}"
 
 
 def shot(page, name):
@@ -234,9 +260,68 @@ def main():
         page.goto(f"{BASE}/orgs/{org_id}/keys")
         expect(page).to_have_url(re.compile(r"/login\?next="))
 
+        account_flows(browser, console_errors)
         assert not console_errors, f"errors in the browser console: {console_errors}"
         browser.close()
     print(json.dumps(summary))
+
+
+def account_flows(browser, console_errors):
+    """The invitee's other ways in: a forgotten password reset from the mail's link, a sign-in
+    code by email, and the MFA step (with a recovery code) once MFA is on."""
+    ctx = browser.new_context(viewport={"width": 1000, "height": 800})
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: console_errors.append(str(e)))
+    new_password = PASSWORD + "-reset"
+
+    # Forgot → the mail's link → a new password → sign in with it.
+    page.goto(BASE + "/login")
+    page.get_by_role("link", name="Forgot password?").click()
+    page.get_by_label("Email").fill(INVITEE)
+    page.get_by_role("button", name="Email me a reset link").click()
+    expect(page.get_by_role("status")).to_contain_text("If an account exists")
+    page.goto(link_in(mail(INVITEE, "Reset"), "/reset-password"))
+    expect(page.get_by_label("Reset token")).to_have_value(re.compile(r"^rst_"))
+    page.get_by_label("New password").fill(new_password)
+    shot(page, "14-reset-password")
+    page.get_by_role("button", name="Set password").click()
+    expect(page.get_by_role("status")).to_contain_text("Your password is changed")
+    page.get_by_role("link", name="Sign in").click()
+    page.get_by_label("Email").fill(INVITEE)
+    page.get_by_label("Password").fill(new_password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Your organizations")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+
+    # A sign-in code by email.
+    page.get_by_role("link", name="Email me a sign-in code").click()
+    page.get_by_label("Email").fill(INVITEE)
+    page.get_by_role("button", name="Email me a code").click()
+    body = mail(INVITEE, "sign-in code")
+    code = re.search(r"\b(\d{6})\b", body).group(1)
+    page.get_by_label("Code").fill(code)
+    shot(page, "15-sign-in-code")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Your organizations")).to_be_visible()
+    page.get_by_role("button", name="Sign out").click()
+
+    # MFA on (through the API: the console has no account page yet); the sign-in asks for it.
+    token = call("POST", "/v1/auth/login", {"email": INVITEE, "password": new_password})["access_token"]
+    secret = call("POST", "/v1/me/mfa/totp", {}, token)["secret"]
+    recovery = call("POST", "/v1/me/mfa/totp/verify", {"code": totp(secret)}, token)["recovery_codes"]
+    page.get_by_label("Email").fill(INVITEE)
+    page.get_by_label("Password").fill(new_password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Two-step verification")).to_be_visible()
+    page.get_by_label("Code").fill("000000")
+    page.get_by_role("button", name="Verify").click()
+    expect(page.get_by_role("alert")).to_have_text("The code is invalid")
+    page.get_by_label("Code").fill(recovery[0])
+    shot(page, "16-mfa-step")
+    page.get_by_role("button", name="Verify").click()
+    expect(page.get_by_role("heading", name="Your organizations")).to_be_visible()
+    expect(page.get_by_role("link", name="Acme Console")).to_be_visible()
+    ctx.close()
 
 
 if __name__ == "__main__":

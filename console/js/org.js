@@ -187,7 +187,7 @@ function secretPanel(title, token, onDone) {
     h('strong', {}, title),
     h('span', {}, 'Copy it now: it is shown only this once and cannot be read again.'),
     code,
-    h('div', { class: 'row' },
+    h('div', { class: 'row buttons' },
       h('button', { type: 'button', onclick: async () => {
         copied.textContent = (await copy(token, code)) ? 'Copied.' : 'Selected: press Ctrl+C to copy.';
       } }, 'Copy key'),
@@ -275,14 +275,22 @@ async function keys(main, org, t) {
       h('h2', {}, `Keys (${rows.length})`),
       table([
         { label: 'Name', cell: (k) => k.name },
-        { label: 'Key', cell: (k) => h('span', { class: 'mono' }, k.key_preview) },
+        { label: 'Key', cell: (k) => h('span', { class: 'mono nowrap' }, k.key_preview) },
         { label: 'Type', cell: (k) => k.type },
-        { label: 'Scopes', cell: (k) => (Array.isArray(k.scopes) ? k.scopes.join(', ') : '') || '—' },
+        { label: 'Scopes', cell: scopesCell },
         { label: 'Status', cell: (k) => [badge(k.status), k.grace_expires_at ? h('div', { class: 'muted' }, `old value until ${when(k.grace_expires_at)}`) : null] },
         { label: 'Last used', cell: (k) => when(k.last_used_at) },
         { label: '', cls: 'actions', cell: actions },
       ], rows, `No ${t.env} keys yet.`)),
     canManage ? h('section', { class: 'panel' }, h('h2', {}, 'Create a key'), createForm) : null);
+}
+
+/** A key's scopes: listed when few, else a count that opens to the list. */
+function scopesCell(k) {
+  const scopes = Array.isArray(k.scopes) ? k.scopes : [];
+  if (!scopes.length) return '—';
+  if (scopes.length <= 4) return scopes.join(', ');
+  return h('details', {}, h('summary', {}, `${scopes.length} scopes`), scopes.join(', '));
 }
 
 // ---- Audit log ---------------------------------------------------------------------------
@@ -291,6 +299,12 @@ async function audit(main, org) {
   const base = `/v1/organizations/${org.id}/audit`;
   const out = h('div', {});
   let query = {};
+  // Actors by email where they are members (a caller who may not list members sees ids).
+  const people = new Map();
+  try {
+    const list = await api('GET', `/v1/organizations/${org.id}/members?limit=100`, undefined, 'tenant');
+    for (const m of list.members || []) people.set(m.id, m.email);
+  } catch { /* ids then */ }
   const exportCsv = actionButton('Export CSV', async () => {
     const q = new URLSearchParams({ format: 'csv' });
     for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
@@ -303,12 +317,12 @@ async function audit(main, org) {
     const page = await api('GET', `${base}?${q}`, undefined, 'tenant');
     const entries = page.events || [];
     const more = page.next_cursor ? actionButton('Older entries', () => load(query, page.next_cursor)) : null;
-    out.replaceChildren(table([
+    out.replaceChildren(...[table([
       { label: 'When', cell: (e) => when(e.created_at) },
       { label: 'Action', cell: (e) => h('span', { class: 'mono' }, e.action) },
-      { label: 'Actor', cell: (e) => h('span', { class: 'mono' }, [e.actor_type, e.actor_id].filter(Boolean).join(' ')) },
+      { label: 'Actor', cell: (e) => people.get(e.actor_id) || h('span', { class: 'mono' }, [e.actor_type, e.actor_id].filter(Boolean).join(' ')) },
       { label: 'Resource', cell: (e) => h('span', { class: 'mono' }, [e.resource_type, e.resource_id].filter(Boolean).join(' ')) },
-    ], entries, 'No entries match.'), more);
+    ], entries, 'No entries match.'), more].filter(Boolean));
   };
   main.replaceChildren(
     h('h1', {}, 'Audit log'),

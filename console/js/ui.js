@@ -44,9 +44,12 @@ export function link(href, text, attrs = {}) {
 
 /** The box that shows an error: the API's `error.message`, and each field detail. */
 export function errorBox(err) {
-  const details = Array.isArray(err && err.details) ? err.details : [];
+  const message = (err && err.message) || String(err);
+  // Field details, unless the message already says the one there is.
+  const details = (Array.isArray(err && err.details) ? err.details : [])
+    .filter((d, _, all) => !(all.length === 1 && d.message && message.includes(d.message)));
   return h('div', { class: 'error', role: 'alert' },
-    (err && err.message) || String(err),
+    message,
     details.length ? h('ul', {}, details.map((d) => h('li', {}, d.field ? `${d.field}: ${d.message || d.reason || ''}` : JSON.stringify(d)))) : null);
 }
 
@@ -73,7 +76,7 @@ export function field(label, name, opts = {}) {
 export function form(children, submitText, action, { busyText = 'Working…', secondary = null } = {}) {
   const status = h('div', {});
   const button = h('button', { type: 'submit' }, submitText);
-  const f = h('form', { novalidate: false }, children, status, h('div', { class: 'row' }, button, secondary));
+  const f = h('form', { novalidate: false }, children, status, h('div', { class: 'row buttons' }, button, secondary));
   f.addEventListener('submit', async (e) => {
     e.preventDefault();
     status.replaceChildren();
@@ -128,7 +131,7 @@ export function table(columns, rows, empty = 'Nothing yet.') {
     h('thead', {}, h('tr', {}, columns.map((c) => h('th', { scope: 'col' }, c.label)))),
     h('tbody', {}, rows.map((r) => h('tr', {}, columns.map((c) => {
       const cell = c.cell(r);
-      return h('td', { 'data-label': c.label || undefined, class: c.cls }, cell);
+      return h('td', { 'data-label': c.label || undefined }, c.cls === 'actions' ? h('div', { class: 'actions' }, cell) : cell);
     })))));
 }
 
