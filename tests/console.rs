@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Backend, TestServer};
+use common::{Backend, ServerOptions, TestServer};
 use serde_json::{json, Value};
 
 on_both_databases!(the_page_and_its_files_are_served_with_their_headers);
@@ -117,7 +117,16 @@ async fn a_newcomer_signs_up_invites_and_creates_a_key_in_the_browser() {
         eprintln!("\n!!! SKIPPED the browser test: apt-get install chromium; .venv/bin/pip install -r tests/requirements.txt !!!\n");
         return;
     }
-    let srv = TestServer::start(Backend::Sqlite).await;
+    // The journey's webhook receiver listens on this machine; deliveries run as in `serve`.
+    let srv = TestServer::start_with(
+        Backend::Sqlite,
+        ServerOptions {
+            configure: Box::new(|c| c.allow_private_webhook_targets = true),
+            delivery_worker: true,
+            ..Default::default()
+        },
+    )
+    .await;
     let admin = srv.admin_token().await;
     let script = root.join("tests/console_e2e.py");
     let shots = root.join("target/console-screenshots");

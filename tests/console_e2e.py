@@ -18,6 +18,9 @@ import hmac
 import json
 import pathlib
 import struct
+import threading
+import http.server
+import urllib.error
 import re
 import sys
 import time
@@ -67,6 +70,36 @@ def call(method, path, body=None, token=None):
     req = urllib.request.Request(BASE + path, data=data, headers=headers, method=method)
     with urllib.request.urlopen(req) as res:
         return json.load(res)
+
+
+def gateway_call(key, prompt):
+    """An application's chat completion through the gateway (a test key: the mock answers)."""
+    req = urllib.request.Request(
+        BASE + "/openai/v1/chat/completions",
+        data=json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req) as res:
+            return res.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver on this machine: records each event type, answers 204."""
+
+    received = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Receiver.received.append(body.get("type"))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
 
 
 def totp(secret_b32, at=None):
@@ -234,6 +267,91 @@ def main():
         expect(page.get_by_text("No test keys yet.")).to_be_visible()
         page.get_by_label("Environment").select_option("live")
         expect(page.get_by_role("heading", name="API keys — live")).to_be_visible()
+
+        # Test data: a gateway key of the test environment; an application calls the gateway.
+        page.get_by_label("Environment").select_option("test")
+        expect(page.get_by_role("heading", name="API keys — test")).to_be_visible()
+        page.get_by_label("Name", exact=True).fill("app")
+        page.get_by_label("gateway:proxy").check()
+        page.get_by_role("button", name="Create test key").click()
+        expect(secret).to_have_text(re.compile(r"^sk_test_"))
+        test_key = secret.inner_text()
+        page.get_by_role("button", name="I have saved it").click()
+
+        # Providers: add one (the mock), disable it, delete it.
+        page.get_by_role("link", name="Providers").click()
+        expect(page.get_by_role("heading", name="Providers — test")).to_be_visible()
+        expect(page.get_by_text("No test providers yet.")).to_be_visible()
+        page.get_by_label("Provider", exact=True).select_option("mock")
+        page.get_by_label("Provider name").fill("house mock")
+        page.get_by_role("button", name="Add test provider").click()
+        expect(page.get_by_role("status")).to_have_text("house mock is added.")
+        provider = page.get_by_role("row").filter(has_text="house mock")
+        expect(provider).to_contain_text("active")
+        page.get_by_role("button", name="Disable house mock").click()
+        expect(provider).to_contain_text("disabled")
+        shot(page, "17-providers")
+        page.get_by_role("button", name="Delete house mock").click()
+        expect(page.get_by_text("No test providers yet.")).to_be_visible()
+
+        # Policies: a bad pattern shows the API's message; a keyword rule that blocks.
+        page.get_by_role("link", name="Policies").click()
+        expect(page.get_by_role("heading", name="Policies")).to_be_visible()
+        page.get_by_label("Rule name").fill("bad pattern")
+        page.get_by_label("Type").select_option("regex")
+        page.get_by_label("Configuration (JSON)").fill('{"pattern": "(", "label": "x"}')
+        page.get_by_role("button", name="Add rule").click()
+        expect(page.get_by_role("alert")).to_contain_text("config.pattern")
+        page.get_by_label("Rule name").fill("No falcon")
+        page.get_by_label("Type").select_option("keyword")
+        expect(page.get_by_label("Configuration (JSON)")).to_have_value(re.compile("project falcon"))
+        page.get_by_label("Action").select_option("block")
+        page.get_by_role("button", name="Add rule").click()
+        rule = page.get_by_role("row").filter(has_text="No falcon")
+        expect(rule).to_contain_text("block")
+        expect(rule).to_contain_text("project falcon")
+        shot(page, "18-policies")
+
+        assert gateway_call(test_key, "hello there") == 200
+        blocked = gateway_call(test_key, "tell me about project falcon")
+        assert 400 <= blocked < 500, blocked
+
+        # The calls in the usage log, the refusal among the violations.
+        page.get_by_role("link", name="Requests").click()
+        expect(page.get_by_role("heading", name="Requests — test")).to_be_visible()
+        deadline = time.time() + 10
+        while page.get_by_role("cell", name="gpt-4o-mini").count() == 0 and time.time() < deadline:
+            time.sleep(0.2)
+            page.reload()
+            expect(page.get_by_role("heading", name="Requests — test")).to_be_visible()
+        expect(page.get_by_role("cell", name="gpt-4o-mini").first).to_be_visible()
+        expect(page.get_by_role("row").filter(has_text="No falcon")).to_contain_text("block")
+        shot(page, "19-requests")
+
+        # Webhooks: an endpoint on this machine, its secret shown once, a test event delivered.
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        hook_url = f"http://127.0.0.1:{server.server_address[1]}/hooks"
+        page.get_by_role("link", name="Webhooks").click()
+        expect(page.get_by_role("heading", name="Webhooks — test")).to_be_visible()
+        page.get_by_label("Endpoint URL").fill(hook_url)
+        page.get_by_label("Events").fill("webhook.test, api_key.created")
+        page.get_by_role("button", name="Add test endpoint").click()
+        expect(page.locator("#new-secret")).to_have_text(re.compile(r"^whsec_"))
+        page.get_by_role("button", name="I have saved it").click()
+        page.get_by_role("button", name=f"Send a test event to {hook_url}").click()
+        expect(page.get_by_role("status")).to_contain_text("webhook.test event is on its way")
+        page.get_by_role("button", name=f"Deliveries to {hook_url}").click()
+        deliveries = page.get_by_role("region", name=f"Deliveries to {hook_url}")
+        deadline = time.time() + 15
+        while deliveries.get_by_text("HTTP 204").count() == 0 and time.time() < deadline:
+            time.sleep(0.3)
+            deliveries.get_by_role("button", name="Refresh").click()
+        expect(deliveries.get_by_role("row").filter(has_text="webhook.test")).to_contain_text("HTTP 204")
+        assert "webhook.test" in Receiver.received, Receiver.received
+        shot(page, "20-webhooks")
+        server.shutdown()
+        page.get_by_label("Environment").select_option("live")
 
         # The audit log lists what was done.
         page.get_by_role("link", name="Audit log").click()

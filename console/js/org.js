@@ -3,6 +3,8 @@
 
 import { api, download, selectTenant, tenant, currentUser, signOut } from './api.js';
 import { h, mount, go, link, form, field, notice, errorBox, actionButton, badge, when, table, copy } from './ui.js';
+import { providers, policies, logs } from './gateway.js';
+import { webhooks } from './webhooks.js';
 
 const ROLES = ['viewer', 'member', 'editor', 'admin', 'owner'];
 const ENV_KEY = 'gatehouse.environment';
@@ -39,7 +41,10 @@ function topbar(orgs, current, page) {
     h('button', { type: 'button', onclick: async () => { await signOut(); go('/login', true); } }, 'Sign out'));
 }
 
-const TABS = [['members', 'Members'], ['keys', 'API keys'], ['audit', 'Audit log']];
+const TABS = [
+  ['members', 'Members'], ['keys', 'API keys'], ['providers', 'Providers'], ['policies', 'Policies'],
+  ['webhooks', 'Webhooks'], ['logs', 'Requests'], ['audit', 'Audit log'],
+];
 
 function tabs(org, page) {
   return h('nav', { class: 'tabs', 'aria-label': 'Organization' },
@@ -85,7 +90,7 @@ export async function orgPage(root, orgRef, page) {
   const [orgs, org] = await Promise.all([myOrgs(), api('GET', `/v1/organizations/${t.id}`, undefined, 'tenant')]);
   const main = h('main', { id: 'main' });
   mount(root, topbar(orgs, org, page), tabs(org, page), main);
-  const render = { members, keys, audit }[page];
+  const render = { members, keys, providers, policies, webhooks, logs, audit }[page];
   if (!render) return go(`/orgs/${org.id}/members`, true);
   try {
     await render(main, org, t);
