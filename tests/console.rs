@@ -19,6 +19,7 @@ const PAGES: &[&str] = &[
     "/forgot-password",
     "/reset-password?token=rst_x",
     "/accept-invitation?token=invt_x",
+    "/account",
     "/orgs",
     "/orgs/acme/keys",
 ];

@@ -44,6 +44,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/forgot-password"),
     ("GET", "/reset-password"),
     ("GET", "/accept-invitation"),
+    ("GET", "/account"),
     ("GET", "/orgs"),
     ("GET", "/orgs/{*page}"),
     ("GET", "/console/{*path}"),

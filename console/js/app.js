@@ -3,7 +3,7 @@
 import { signedIn } from './api.js';
 import { h, mount, setRouter, go, errorBox, link } from './ui.js';
 import * as auth from './auth.js';
-import { orgList, orgPage } from './org.js';
+import { orgList, orgPage, accountPage } from './org.js';
 
 const root = document.getElementById('app');
 
@@ -24,7 +24,8 @@ async function route() {
       const here = location.pathname + location.search;
       return go(here === '/' ? '/login' : `/login?next=${encodeURIComponent(here)}`, true);
     }
-    if (path === '/' || path === '/orgs' || path === '/account') return await orgList(root);
+    if (path === '/account') return await accountPage(root);
+    if (path === '/' || path === '/orgs') return await orgList(root);
     const m = path.match(/^\/orgs\/([^/]+)(?:\/([^/]+))?$/);
     if (m) return await orgPage(root, decodeURIComponent(m[1]), m[2] || 'members');
     mount(root, h('main', { id: 'main', class: 'auth' }, h('h1', {}, 'Page not found'), link('/orgs', 'Your organizations')));

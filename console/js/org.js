@@ -5,6 +5,7 @@ import { api, download, selectTenant, tenant, currentUser, signOut } from './api
 import { h, mount, go, link, form, field, notice, errorBox, actionButton, badge, when, table, copy } from './ui.js';
 import { providers, policies, logs } from './gateway.js';
 import { webhooks } from './webhooks.js';
+import { account } from './account.js';
 
 const ROLES = ['viewer', 'member', 'editor', 'admin', 'owner'];
 const ENV_KEY = 'gatehouse.environment';
@@ -37,7 +38,7 @@ function topbar(orgs, current, page) {
     current ? h('label', { for: 'env-switcher' }, 'Environment', envSelect) : null,
     current && environment() === 'test' ? h('span', { class: 'env-test' }, 'TEST DATA') : null,
     h('span', { class: 'spacer' }),
-    user ? h('span', { class: 'muted', style: undefined }, user.email) : null,
+    user ? link('/account', user.email, { class: 'account-link', 'aria-label': `Your account (${user.email})` }) : null,
     h('button', { type: 'button', onclick: async () => { await signOut(); go('/login', true); } }, 'Sign out'));
 }
 
@@ -80,6 +81,16 @@ export async function orgList(root) {
           go(`/orgs/${org.id}/members`);
         }, { busyText: 'Creating…' }),
         status)));
+}
+
+/** The account page, in the shell without an organization. */
+export async function accountPage(root) {
+  const orgs = await myOrgs();
+  const main = h('main', { id: 'main' });
+  mount(root, topbar(orgs, null, 'members'),
+    h('nav', { class: 'tabs', 'aria-label': 'Account' }, link('/orgs', 'Organizations'), link('/account', 'Account', { 'aria-current': 'page' })),
+    main);
+  await account(main);
 }
 
 /** The shell of an organization's page: scoped token for (org, environment), bar, tabs, page. */

@@ -19,7 +19,7 @@ static FILES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/console");
 
 /// The paths the application answers with its page: the sign-in pages the emails link to
 /// (`/verify-email?email=&code=`, `/reset-password?token=`, `/accept-invitation?token=`) and the
-/// signed-in pages (`/orgs`, `/orgs/{org}/{page}`).
+/// signed-in pages (`/account`, `/orgs`, `/orgs/{org}/{page}`).
 pub const PAGES: &[&str] = &[
     "/",
     "/login",
@@ -28,6 +28,7 @@ pub const PAGES: &[&str] = &[
     "/forgot-password",
     "/reset-password",
     "/accept-invitation",
+    "/account",
     "/orgs",
     "/orgs/{*page}",
 ];
