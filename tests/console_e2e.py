@@ -317,6 +317,22 @@ def main():
         expect(page.get_by_role("row").filter(has_text="No falcon")).to_contain_text("block")
         shot(page, "23-requests")
 
+        # The same calls in the usage totals, the charts and the breakdowns.
+        page.get_by_role("link", name="Usage").click()
+        expect(page.get_by_role("heading", name="Usage — test")).to_be_visible()
+        requests = page.locator(".stat").filter(has_text="Requests").locator("strong")
+        expect(requests).to_have_text("2")
+        expect(page.locator(".stat").filter(has_text="Errors").locator("strong")).to_have_text("1")
+        expect(page.locator("figure.chart canvas")).to_have_count(4)
+        by_model = page.locator("section").filter(has=page.get_by_role("heading", name="By model"))
+        expect(by_model.get_by_role("row").filter(has_text="gpt-4o-mini")).to_contain_text("2")
+        by_key = page.locator("section").filter(has=page.get_by_role("heading", name="By key"))
+        expect(by_key.get_by_role("row").filter(has_text="app")).to_contain_text("2")
+        page.get_by_label("Period").select_option("30d")
+        expect(page.locator("figure.chart canvas")).to_have_count(4)
+        expect(requests).to_have_text("2")
+        shot(page, "23b-usage")
+
         # Webhooks: an endpoint on this machine, its secret shown once, a test event delivered.
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -360,6 +376,11 @@ def main():
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the members page scrolls sideways at 390px: {width}px"
         shot(page, "13-members-phone")
+        page.get_by_role("link", name="Usage").click()
+        expect(page.locator("figure.chart canvas")).to_have_count(4)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the usage page scrolls sideways at 390px: {width}px"
+        shot(page, "13b-usage-phone")
 
         # Signing out ends the session: the pages ask to sign in again.
         page.get_by_role("button", name="Sign out").click()
