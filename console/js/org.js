@@ -7,6 +7,7 @@ import { providers, policies, logs } from './gateway.js';
 import { webhooks } from './webhooks.js';
 import { account } from './account.js';
 import { usage } from './usage.js';
+import { settings, billing } from './settings.js';
 
 const ROLES = ['viewer', 'member', 'editor', 'admin', 'owner'];
 const ENV_KEY = 'gatehouse.environment';
@@ -46,6 +47,7 @@ function topbar(orgs, current, page) {
 const TABS = [
   ['members', 'Members'], ['keys', 'API keys'], ['providers', 'Providers'], ['policies', 'Policies'],
   ['webhooks', 'Webhooks'], ['usage', 'Usage'], ['logs', 'Requests'], ['audit', 'Audit log'],
+  ['billing', 'Billing'], ['settings', 'Settings'],
 ];
 
 function tabs(org, page) {
@@ -102,7 +104,7 @@ export async function orgPage(root, orgRef, page) {
   const [orgs, org] = await Promise.all([myOrgs(), api('GET', `/v1/organizations/${t.id}`, undefined, 'tenant')]);
   const main = h('main', { id: 'main' });
   mount(root, topbar(orgs, org, page), tabs(org, page), main);
-  const render = { members, keys, providers, policies, webhooks, usage, logs, audit }[page];
+  const render = { members, keys, providers, policies, webhooks, usage, logs, audit, billing, settings }[page];
   if (!render) return go(`/orgs/${org.id}/members`, true);
   try {
     await render(main, org, t);
