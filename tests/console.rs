@@ -8,7 +8,10 @@ mod common;
 use common::{Backend, ServerOptions, TestServer};
 use serde_json::{json, Value};
 
-on_both_databases!(the_page_and_its_files_are_served_with_their_headers);
+on_both_databases!(
+    the_page_and_its_files_are_served_with_their_headers,
+    the_console_loads_in_maintenance_for_an_admin_to_end_it,
+);
 
 /// The page the application answers on each of its paths, links from the emails included.
 const PAGES: &[&str] = &[
@@ -22,6 +25,8 @@ const PAGES: &[&str] = &[
     "/account",
     "/orgs",
     "/orgs/acme/keys",
+    "/admin",
+    "/admin/organizations",
 ];
 
 async fn the_page_and_its_files_are_served_with_their_headers(backend: Backend) {
@@ -98,6 +103,38 @@ async fn the_page_and_its_files_are_served_with_their_headers(backend: Backend) 
     res.assert_error(405, "method_not_allowed");
 }
 
+/// In maintenance the API answers 503 but the console's page and files still load, so that a
+/// platform admin can sign in there and turn maintenance off (login and /v1/admin stay open).
+async fn the_console_loads_in_maintenance_for_an_admin_to_end_it(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let res = srv
+        .put_as(
+            "/v1/admin/configs/maintenance_mode",
+            &admin,
+            &json!({"value": true}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    srv.get("/v1/plans")
+        .await
+        .assert_error(503, "service_unavailable");
+    for path in [
+        "/",
+        "/login",
+        "/admin/configs",
+        "/console/js/app.js",
+        "/console/app.css",
+    ] {
+        let res = srv.get(path).await;
+        assert_eq!(res.status, 200, "{path}: {}", res.text);
+    }
+    // Still no wider: what is not the console stays closed.
+    srv.get("/no-such-page")
+        .await
+        .assert_error(503, "service_unavailable");
+}
+
 /// The newcomer's journey in the browser; afterwards the API shows what the pages did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_signs_up_invites_and_creates_a_key_in_the_browser() {
@@ -128,7 +165,22 @@ async fn a_newcomer_signs_up_invites_and_creates_a_key_in_the_browser() {
         },
     )
     .await;
-    let admin = srv.admin_token().await;
+    // A platform admin who signs in to the console (and whose token reads the mailbox).
+    let admin_email = "root@example.com";
+    gatehouse::auth::users::create(
+        &srv.state.db,
+        &gatehouse::events::ActorContext::system(),
+        gatehouse::auth::users::NewUser {
+            email: admin_email,
+            name: "Root",
+            password: common::PASSWORD,
+            is_platform_admin: true,
+            email_verified: true,
+        },
+    )
+    .await
+    .unwrap();
+    let admin = srv.login(admin_email, common::PASSWORD).await;
     let script = root.join("tests/console_e2e.py");
     let shots = root.join("target/console-screenshots");
     let base = srv.base.clone();
@@ -138,6 +190,7 @@ async fn a_newcomer_signs_up_invites_and_creates_a_key_in_the_browser() {
             .arg(&base)
             .arg(&admin)
             .arg(&shots)
+            .args([admin_email, common::PASSWORD])
             .output()
             .unwrap()
     })

@@ -1,6 +1,6 @@
 """The web console's newcomer journey in a real browser (Debian's chromium, driven by Playwright).
 
-Usage: console_e2e.py <base_url> <admin_token> <screenshot_dir>
+Usage: console_e2e.py <base_url> <admin_token> <screenshot_dir> <admin_email> <admin_password>
 
 The admin token reads the development mailbox (GET /v1/admin/mailbox), where the server writes the
 mails a person would receive: the verification link and the invitation link are opened from there.
@@ -30,6 +30,7 @@ import urllib.request
 from playwright.sync_api import expect, sync_playwright
 
 BASE, ADMIN, SHOTS = sys.argv[1].rstrip("/"), sys.argv[2], pathlib.Path(sys.argv[3])
+ADMIN_EMAIL, ADMIN_PASSWORD = sys.argv[4], sys.argv[5]
 SHOTS.mkdir(parents=True, exist_ok=True)
 OWNER = "owner@example.com"
 INVITEE = "invitee@example.com"
@@ -425,6 +426,7 @@ def main():
         expect(page).to_have_url(re.compile(r"/login\?next="))
 
         account_flows(browser, console_errors)
+        admin_flows(browser, console_errors)
         assert not console_errors, f"errors in the browser console: {console_errors}"
         browser.close()
     print(json.dumps(summary))
@@ -505,6 +507,66 @@ def account_flows(browser, console_errors):
     page.get_by_role("button", name="Verify").click()
     expect(page.get_by_role("heading", name="Your organizations")).to_be_visible()
     expect(page.get_by_role("link", name="Acme Console")).to_be_visible()
+    ctx.close()
+
+
+def admin_flows(browser, console_errors):
+    """A platform admin: the overview, suspending and reactivating an organization, finding a
+    user, a platform setting changed and restored, a signing-key rotation, the mailbox."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: console_errors.append(str(e)))
+    page.on("dialog", lambda d: d.accept("console test") if d.type == "prompt" else d.accept())
+    page.goto(BASE + "/login")
+    page.get_by_label("Email").fill(ADMIN_EMAIL)
+    page.get_by_label("Password").fill(ADMIN_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="Platform admin").click()
+    expect(page.get_by_role("heading", name="Platform")).to_be_visible()
+    orgs = page.locator(".stat").filter(has_text="Organizations").locator("strong")
+    expect(orgs).to_have_text("1")
+    shot(page, "27-admin-overview")
+
+    page.get_by_role("link", name="Organizations", exact=True).click()
+    expect(page.get_by_role("heading", name="Organizations")).to_be_visible()
+    row = page.get_by_role("row").filter(has_text="acme-console")
+    page.get_by_role("button", name="Suspend Acme Console").click()
+    expect(page.get_by_role("status")).to_have_text("Acme Console is suspended.")
+    expect(row).to_contain_text("suspended")
+    page.get_by_role("button", name="Reactivate Acme Console").click()
+    expect(row).to_contain_text("active")
+    shot(page, "28-admin-organizations")
+
+    page.get_by_role("link", name="Users").click()
+    page.get_by_label("Search").fill("invitee")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("1 in all")).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text=INVITEE)).to_contain_text("on")
+
+    page.get_by_role("link", name="Configuration").click()
+    signup = page.get_by_role("row").filter(has_text="signup_open")
+    signup.get_by_label("signup_open").select_option("false")
+    signup.get_by_role("button", name="Set").click()
+    expect(page.get_by_role("status")).to_have_text("signup_open is false on every node.")
+    shot(page, "29-admin-configuration")
+    signup = page.get_by_role("row").filter(has_text="signup_open")
+    signup.get_by_label("signup_open").select_option("true")
+    signup.get_by_role("button", name="Set").click()
+    expect(page.get_by_role("status")).to_have_text("signup_open is true on every node.")
+
+    page.get_by_role("link", name="Signing keys").click()
+    expect(page.get_by_role("row").filter(has_text="active")).to_have_count(1)
+    page.get_by_role("button", name="Rotate now").click()
+    expect(page.get_by_role("status")).to_have_text("A new signing key is active.")
+    expect(page.get_by_role("row").filter(has_text="retired")).to_have_count(1)
+
+    page.get_by_role("link", name="Mailbox").click()
+    page.get_by_label("To").fill(OWNER)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("Verify your email address")).to_be_visible()
+    page.get_by_text("Verify your email address").click()
+    expect(page.get_by_text(re.compile(r"/verify-email\?email="))).to_be_visible()
+    shot(page, "30-admin-mailbox")
     ctx.close()
 
 

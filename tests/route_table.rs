@@ -47,6 +47,8 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/account"),
     ("GET", "/orgs"),
     ("GET", "/orgs/{*page}"),
+    ("GET", "/admin"),
+    ("GET", "/admin/{*page}"),
     ("GET", "/console/{*path}"),
 ];
 

@@ -1,9 +1,9 @@
 // The console's router: one page per path (the server answers index.html on each of them).
 
-import { signedIn } from './api.js';
+import { signedIn, currentUser } from './api.js';
 import { h, mount, setRouter, go, errorBox, link } from './ui.js';
 import * as auth from './auth.js';
-import { orgList, orgPage, accountPage } from './org.js';
+import { orgList, orgPage, accountPage, adminPage } from './org.js';
 
 const root = document.getElementById('app');
 
@@ -25,14 +25,19 @@ async function route() {
       return go(here === '/' ? '/login' : `/login?next=${encodeURIComponent(here)}`, true);
     }
     if (path === '/account') return await accountPage(root);
+    const admin = path.match(/^\/admin(?:\/([^/]+))?$/);
+    if (admin) return await adminPage(root, admin[1] || 'stats');
     if (path === '/' || path === '/orgs') return await orgList(root);
     const m = path.match(/^\/orgs\/([^/]+)(?:\/([^/]+))?$/);
     if (m) return await orgPage(root, decodeURIComponent(m[1]), m[2] || 'members');
     mount(root, h('main', { id: 'main', class: 'auth' }, h('h1', {}, 'Page not found'), link('/orgs', 'Your organizations')));
   } catch (err) {
     if (err && err.status === 401) return go('/login', true);
+    const user = currentUser();
     mount(root, h('main', { id: 'main', class: 'auth' },
-      h('h1', {}, 'Something went wrong'), errorBox(err), h('p', {}, link('/orgs', 'Your organizations'))));
+      h('h1', {}, 'Something went wrong'), errorBox(err),
+      h('p', { class: 'links' }, link('/orgs', 'Your organizations'),
+        user && user.is_platform_admin ? link('/admin/configs', 'Platform configuration') : null)));
   }
 }
 

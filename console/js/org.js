@@ -8,6 +8,7 @@ import { webhooks } from './webhooks.js';
 import { account } from './account.js';
 import { usage } from './usage.js';
 import { settings, billing } from './settings.js';
+import { ADMIN_PAGES, adminTabs } from './admin.js';
 
 const ROLES = ['viewer', 'member', 'editor', 'admin', 'owner'];
 const ENV_KEY = 'gatehouse.environment';
@@ -40,6 +41,7 @@ function topbar(orgs, current, page) {
     current ? h('label', { for: 'env-switcher' }, 'Environment', envSelect) : null,
     current && environment() === 'test' ? h('span', { class: 'env-test' }, 'TEST DATA') : null,
     h('span', { class: 'spacer' }),
+    user && user.is_platform_admin ? link('/admin/stats', 'Platform admin', { class: 'account-link' }) : null,
     user ? link('/account', user.email, { class: 'account-link', 'aria-label': `Your account (${user.email})` }) : null,
     h('button', { type: 'button', onclick: async () => { await signOut(); go('/login', true); } }, 'Sign out'));
 }
@@ -94,6 +96,23 @@ export async function accountPage(root) {
     h('nav', { class: 'tabs', 'aria-label': 'Account' }, link('/orgs', 'Organizations'), link('/account', 'Account', { 'aria-current': 'page' })),
     main);
   await account(main);
+}
+
+/** A platform admin's page, in the shell without an organization. */
+export async function adminPage(root, page) {
+  const user = currentUser();
+  if (!user || !user.is_platform_admin) return go('/orgs', true);
+  const render = ADMIN_PAGES[page];
+  if (!render) return go('/admin/stats', true);
+  // The admin pages work in maintenance, when the organization routes answer 503.
+  const orgs = await myOrgs().catch(() => []);
+  const main = h('main', { id: 'main' });
+  mount(root, topbar(orgs, null, 'members'), adminTabs(page), main);
+  try {
+    await render(main);
+  } catch (err) {
+    main.replaceChildren(errorBox(err));
+  }
 }
 
 /** The shell of an organization's page: scoped token for (org, environment), bar, tabs, page. */

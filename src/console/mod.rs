@@ -19,7 +19,7 @@ static FILES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/console");
 
 /// The paths the application answers with its page: the sign-in pages the emails link to
 /// (`/verify-email?email=&code=`, `/reset-password?token=`, `/accept-invitation?token=`) and the
-/// signed-in pages (`/account`, `/orgs`, `/orgs/{org}/{page}`).
+/// signed-in pages (`/account`, `/orgs`, `/orgs/{org}/{page}`, a platform admin's `/admin/{page}`).
 pub const PAGES: &[&str] = &[
     "/",
     "/login",
@@ -31,6 +31,8 @@ pub const PAGES: &[&str] = &[
     "/account",
     "/orgs",
     "/orgs/{*page}",
+    "/admin",
+    "/admin/{*page}",
 ];
 
 /// Scripts and styles only from this origin (no inline script, no `eval`), API calls only to it,
@@ -38,6 +40,19 @@ pub const PAGES: &[&str] = &[
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
                    form-action 'self'; frame-ancestors 'none'";
+
+/// Whether `path` is the console's page or one of its files (what [`routes`] answers).
+pub fn is_console_path(path: &str) -> bool {
+    path.starts_with("/console/")
+        || PAGES
+            .iter()
+            .any(|page| match page.strip_suffix("/{*page}") {
+                Some(prefix) => path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')),
+                None => path == *page,
+            })
+}
 
 pub fn routes() -> Routes {
     PAGES
@@ -145,6 +160,25 @@ fn serve(path: &str, headers: &HeaderMap) -> Result<Response, Error> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn console_paths_are_its_pages_and_files() {
+        for yes in [
+            "/",
+            "/login",
+            "/orgs",
+            "/orgs/acme/keys",
+            "/admin/users",
+            "/console/app.css",
+        ] {
+            assert!(super::is_console_path(yes), "{yes}");
+        }
+        for no in [
+            "/orgs/", "/v1/orgs", "/loginx", "/adminx", "/health", "/orgsx/a",
+        ] {
+            assert!(!super::is_console_path(no), "{no}");
+        }
+    }
+
     #[test]
     fn every_file_has_a_known_type() {
         for (path, asset) in super::ASSETS.iter() {

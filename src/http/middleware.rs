@@ -187,7 +187,8 @@ impl App {
 
 /// What still answers while the platform's `maintenance_mode` is on: health and metrics, the
 /// platform admin's routes, and signing in (a password login — seed 002's path too — and its MFA
-/// step, the JWKS), so that an admin can sign in and turn maintenance off.
+/// step, the JWKS), so that an admin can sign in and turn maintenance off — from the console too,
+/// whose page and files (no data) still load.
 fn open_in_maintenance(path: &str) -> bool {
     const OPEN: &[&str] = &[
         "/metrics",
@@ -198,7 +199,10 @@ fn open_in_maintenance(path: &str) -> bool {
         "/.well-known/jwks.json",
         "/v1/admin",
     ];
-    OPEN.contains(&path) || path.starts_with("/health/") || path.starts_with("/v1/admin/")
+    OPEN.contains(&path)
+        || path.starts_with("/health/")
+        || path.starts_with("/v1/admin/")
+        || crate::console::is_console_path(path)
 }
 
 /// What the edge refuses before anything else runs (no credentials checked, no body read):
@@ -380,6 +384,10 @@ mod tests {
             "/api/v1/auth/login",
             "/v1/auth/mfa/verify",
             "/.well-known/jwks.json",
+            "/",
+            "/login",
+            "/admin/configs",
+            "/console/js/app.js",
         ] {
             assert!(open_in_maintenance(open), "{open}");
         }
@@ -390,6 +398,8 @@ mod tests {
             "/v1/organizations",
             "/openai/v1/chat/completions",
             "/metrics/extra",
+            "/loginx",
+            "/administrator",
         ] {
             assert!(!open_in_maintenance(closed), "{closed}");
         }
