@@ -166,6 +166,21 @@ def main():
         org_id = re.search(r"/orgs/([^/]+)/members", page.url).group(1)
         summary["organization_id"] = org_id
 
+        # An expired access token (and scoped token): the console refreshes them with the
+        # refresh token, once for calls made together, and carries on.
+        page.evaluate(
+            """() => {
+                const s = JSON.parse(sessionStorage.getItem('gatehouse.session'));
+                s.access = 'expired';
+                if (s.tenant) s.tenant.token = 'expired';
+                sessionStorage.setItem('gatehouse.session', JSON.stringify(s));
+            }"""
+        )
+        page.reload()
+        expect(page.get_by_role("heading", name="Members of Acme Console")).to_be_visible()
+        session = page.evaluate("JSON.parse(sessionStorage.getItem('gatehouse.session'))")
+        assert session["access"] != "expired" and session["tenant"]["token"] != "expired", session
+
         # Invite a member.
         page.get_by_label("Email", exact=True).fill(INVITEE)
         page.get_by_label("Role", exact=True).select_option("editor")

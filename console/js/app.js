@@ -41,6 +41,17 @@ async function route() {
   }
 }
 
-setRouter(route);
-window.addEventListener('popstate', route);
+/** After a navigation inside the application, focus goes to the new page's heading. */
+async function navigate() {
+  await route();
+  const heading = document.querySelector('#main h1');
+  const active = document.activeElement;
+  if (heading && (!active || active === document.body || !document.contains(active))) {
+    heading.setAttribute('tabindex', '-1');
+    heading.focus();
+  }
+}
+
+setRouter(navigate);
+window.addEventListener('popstate', navigate);
 route();

@@ -70,6 +70,20 @@ export function field(label, name, opts = {}) {
 }
 
 /**
+ * Keeps keyboard focus somewhere useful when an action re-rendered the page under it (the
+ * focused button or form is gone): the page's message if there is one, else its heading.
+ */
+export function refocus(was) {
+  if (was && document.contains(was)) return;
+  const main = document.getElementById('main');
+  if (!main) return;
+  const target = main.querySelector('[role=alert], [role=status]:not(:empty), h1');
+  if (!target) return;
+  if (!target.hasAttribute('tabindex')) target.setAttribute('tabindex', '-1');
+  target.focus();
+}
+
+/**
  * A form whose submit runs `action(values, form)`: the button is disabled while it runs (with
  * `busyText`), a thrown error shows above the button. `children` are the fields.
  */
@@ -94,6 +108,7 @@ export function form(children, submitText, action, { busyText = 'Working…', se
     } finally {
       button.disabled = false;
       button.textContent = label;
+      refocus(f);
     }
   });
   return f;
@@ -111,6 +126,7 @@ export function actionButton(text, action, { cls = 'secondary small', errorTarge
       else alert(err.message || String(err));
     } finally {
       b.disabled = false;
+      refocus(b);
     }
   });
   return b;
