@@ -39,7 +39,7 @@ PASSWORD = "a-long-console-passphrase-42"
 
 def mail(to, subject):
     """The newest mail to `to` whose subject contains `subject` (waits for the background send)."""
-    deadline = time.time() + 15
+    deadline = time.time() + 30
     while True:
         req = urllib.request.Request(
             f"{BASE}/v1/admin/mailbox?to={urllib.parse.quote(to)}",
@@ -107,6 +107,9 @@ def shot(page, name):
 
 
 def main():
+    # The whole test suite runs beside this browser on a small machine: generous waits (each
+    # only as long as the page needs).
+    expect.set_options(timeout=20_000)
     summary = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
@@ -326,7 +329,7 @@ def main():
         # The calls in the usage log, the refusal among the violations.
         page.get_by_role("link", name="Requests").click()
         expect(page.get_by_role("heading", name="Requests — test")).to_be_visible()
-        deadline = time.time() + 10
+        deadline = time.time() + 30
         while page.get_by_role("cell", name="gpt-4o-mini").count() == 0 and time.time() < deadline:
             time.sleep(0.2)
             page.reload()
@@ -366,7 +369,7 @@ def main():
         expect(page.get_by_role("status")).to_contain_text("webhook.test event is on its way")
         page.get_by_role("button", name=f"Deliveries to {hook_url}").click()
         deliveries = page.get_by_role("region", name=f"Deliveries to {hook_url}")
-        deadline = time.time() + 15
+        deadline = time.time() + 30
         while deliveries.get_by_text("HTTP 204").count() == 0 and time.time() < deadline:
             time.sleep(0.3)
             deliveries.get_by_role("button", name="Refresh").click()

@@ -61,8 +61,15 @@ function refresh() {
       session.refresh = json.refresh_token;
       session.tenant = null;
       save();
-      // A refresh answers an unscoped token: scope it again to the same organization.
-      if (t) await selectTenant(t.org, t.env);
+      // A refresh answers an unscoped token: scope it again to the same organization (sent
+      // directly: a refusal here must not start another refresh; the page then selects again).
+      if (t) {
+        const r = await send('POST', '/v1/auth/select-tenant', { organization_id: t.org, environment: t.env }, session.access);
+        if (r.res.ok) {
+          session.tenant = { ...t, token: r.json.access_token, role: r.json.role, id: r.json.organization_id };
+          save();
+        }
+      }
     })().finally(() => { refreshing = null; });
   }
   return refreshing;
@@ -77,6 +84,11 @@ export async function api(method, path, body, as = 'user') {
   let { res, json } = await send(method, path, body, token());
   if (res.status === 401 && as !== 'none' && session && session.refresh) {
     await refresh();
+    if (as === 'tenant' && !session.tenant) {
+      // Not scoped again after the refresh (membership or environment changed): never fall
+      // back to the unscoped token, which sees every environment.
+      throw new ApiError(403, { error: { message: 'Your access to this organization has changed; reload the page.' } });
+    }
     ({ res, json } = await send(method, path, body, token()));
   }
   if (!res.ok) {

@@ -146,11 +146,13 @@ export async function policies(main, org, t, message = null) {
 /** A cursor-paged list: each "Older" press appends the next page's rows. */
 async function pagedTable(out, path, key, columns, empty) {
   const rows = [];
-  const load = async (cursor) => {
+  // The next page by cursor, or by offset for a list without one.
+  const load = async (next) => {
     const sep = path.includes('?') ? '&' : '?';
-    const page = await api('GET', cursor ? `${path}${sep}cursor=${encodeURIComponent(cursor)}` : path, undefined, 'tenant');
+    const page = await api('GET', next ? `${path}${sep}${next}` : path, undefined, 'tenant');
     rows.push(...(page[key] || []));
-    const more = page.next_cursor ? actionButton('Older entries', () => load(page.next_cursor)) : null;
+    const after = page.next_cursor ? `cursor=${encodeURIComponent(page.next_cursor)}` : page.has_more ? `offset=${rows.length}` : null;
+    const more = after ? actionButton('Older entries', () => load(after)) : null;
     out.replaceChildren(...[table(columns, rows, empty), more].filter(Boolean));
   };
   await load(null);

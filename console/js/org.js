@@ -348,13 +348,15 @@ async function audit(main, org) {
     for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
     await download(`${base}?${q}`, `audit-${org.slug}.csv`);
   }, { errorTarget: out });
-  const load = async (query, cursor) => {
+  const load = async (query, next) => {
     const q = new URLSearchParams({ limit: '50' });
     for (const [k, v] of Object.entries(query)) if (v) q.set(k, v);
-    if (cursor) q.set('cursor', cursor);
+    if (next) q.set(next[0], next[1]);
     const page = await api('GET', `${base}?${q}`, undefined, 'tenant');
     const entries = page.events || [];
-    const more = page.next_cursor ? actionButton('Older entries', () => load(query, page.next_cursor)) : null;
+    const shown = (next && next[0] === 'offset' ? Number(next[1]) : 0) + entries.length;
+    const after = page.next_cursor ? ['cursor', page.next_cursor] : page.has_more ? ['offset', String(shown)] : null;
+    const more = after ? actionButton('Older entries', () => load(query, after)) : null;
     out.replaceChildren(...[table([
       { label: 'When', cell: (e) => when(e.created_at) },
       { label: 'Action', cell: (e) => h('span', { class: 'mono' }, e.action) },
