@@ -134,3 +134,11 @@ export async function download(path, filename) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
+
+/** A chat completion through the gateway with an API key (the console's "Try it"). */
+export async function gatewayChat(key, model, prompt) {
+  const { res, json } = await send('POST', '/openai/v1/chat/completions',
+    { model, messages: [{ role: 'user', content: prompt }] }, key);
+  if (!res.ok) throw new ApiError(res.status, json);
+  return json;
+}

@@ -1,7 +1,7 @@
 // The signed-in pages: the organizations list (and creating one), the shell of an organization
 // (organization and environment switchers, tabs) and its pages: members and invitations, API keys.
 
-import { api, download, selectTenant, tenant, currentUser, signOut } from './api.js';
+import { api, download, selectTenant, tenant, currentUser, signOut, gatewayChat } from './api.js';
 import { h, mount, go, link, form, field, notice, errorBox, actionButton, badge, when, table, copy } from './ui.js';
 import { providers, policies, logs } from './gateway.js';
 import { webhooks } from './webhooks.js';
@@ -218,7 +218,33 @@ async function scopesOfRole(role) {
   return new Set(r ? r.permissions : []);
 }
 
-function secretPanel(title, token, onDone) {
+/**
+ * "Try it": a chat completion through the gateway with the key just shown (the secret is in the
+ * page only now), so the answer — or the policy that refuses it — and then the call in the
+ * Requests and Usage pages can be seen. Test keys are answered by the mock provider.
+ */
+function tryIt(token) {
+  const out = h('div', { role: 'status' });
+  return h('section', { class: 'try', 'aria-label': 'Try the key' },
+    h('strong', {}, 'Try it: send a prompt through the gateway with this key'),
+    form([
+      h('div', { class: 'row' },
+        field('Model', 'model', { value: 'gpt-4o-mini', attrs: { required: true } }),
+        field('Prompt', 'prompt', { value: 'Say hello', attrs: { required: true } })),
+    ], 'Send', async (v) => {
+      out.replaceChildren();
+      const started = performance.now();
+      const r = await gatewayChat(token, v.model, v.prompt);
+      const text = r.choices && r.choices[0] && r.choices[0].message ? r.choices[0].message.content : JSON.stringify(r);
+      const u = r.usage || {};
+      out.replaceChildren(
+        h('div', { class: 'notice' }, h('div', {}, h('strong', {}, 'Answer: '), text),
+          h('div', { class: 'muted' }, `${r.model || v.model} · ${u.prompt_tokens ?? '?'} + ${u.completion_tokens ?? '?'} tokens · ${Math.round(performance.now() - started)} ms`)));
+    }, { busyText: 'Sending…' }),
+    out);
+}
+
+function secretPanel(title, token, onDone, withTry = false) {
   const code = h('code', { id: 'new-secret' }, token);
   const copied = h('span', { class: 'muted', role: 'status' });
   const panel = h('div', { class: 'secret', role: 'region', 'aria-label': 'New key' },
@@ -230,7 +256,8 @@ function secretPanel(title, token, onDone) {
         copied.textContent = (await copy(token, code)) ? 'Copied.' : 'Selected: press Ctrl+C to copy.';
       } }, 'Copy key'),
       h('button', { type: 'button', class: 'secondary', onclick: onDone }, 'I have saved it'),
-      copied));
+      copied),
+    withTry ? tryIt(token) : null);
   return panel;
 }
 
@@ -267,7 +294,8 @@ async function keys(main, org, t) {
     const origins = (v.allowed_origins || '').split('\n').map((s) => s.trim()).filter(Boolean);
     if (origins.length) body.allowed_origins = origins;
     const key = await api('POST', base, body, 'tenant');
-    await reload(secretPanel(`Your new key “${key.name}”`, key.token, () => main.querySelector('#key-secret').replaceChildren()));
+    const proxy = key.type === 'secret' && Array.isArray(key.scopes) && key.scopes.includes('gateway:proxy');
+    await reload(secretPanel(`Your new key “${key.name}”`, key.token, () => main.querySelector('#key-secret').replaceChildren(), proxy));
     main.querySelector('#key-secret button').focus();
   }, { busyText: 'Creating…' });
 
