@@ -238,11 +238,17 @@ def main():
         summary["key_preview"] = preview.inner_text()
         page.get_by_role("button", name="I have saved it").click()
 
-        # A second key, disabled then revoked.
+        # A second key, by keyboard only (focus lands on the shown key's buttons, and back on the
+        # page after it is dismissed), then disabled and revoked.
         page.get_by_label("Name", exact=True).fill("temporary")
-        page.get_by_role("button", name="Create live key").click()
+        page.get_by_label("Name", exact=True).press("Enter")
         expect(secret).to_be_visible()
-        page.get_by_role("button", name="I have saved it").click()
+        expect(page.get_by_role("button", name="Copy key")).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(page.get_by_role("button", name="I have saved it")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(secret).to_have_count(0)
+        expect(page.get_by_role("heading", name="API keys — live")).to_be_focused()
         page.get_by_role("button", name="Disable temporary").click()
         temp = page.get_by_role("row").filter(has_text="temporary")
         expect(temp).to_contain_text("disabled")
@@ -457,6 +463,7 @@ def account_flows(browser, console_errors):
     # Forgot → the mail's link → a new password → sign in with it.
     page.goto(BASE + "/login")
     page.get_by_role("link", name="Forgot password?").click()
+    expect(page.get_by_role("heading", name="Reset your password")).to_be_visible()
     page.get_by_label("Email").fill(INVITEE)
     page.get_by_role("button", name="Email me a reset link").click()
     expect(page.get_by_role("status")).to_contain_text("If an account exists")
@@ -475,6 +482,7 @@ def account_flows(browser, console_errors):
 
     # A sign-in code by email.
     page.get_by_role("link", name="Email me a sign-in code").click()
+    expect(page.get_by_role("heading", name="Sign in with a code")).to_be_visible()
     page.get_by_label("Email").fill(INVITEE)
     page.get_by_role("button", name="Email me a code").click()
     body = mail(INVITEE, "sign-in code")
@@ -552,12 +560,14 @@ def admin_flows(browser, console_errors):
     shot(page, "28-admin-organizations")
 
     page.get_by_role("link", name="Users").click()
+    expect(page.get_by_role("heading", name="Users")).to_be_visible()
     page.get_by_label("Search").fill("invitee")
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_text("1 in all")).to_be_visible()
     expect(page.get_by_role("row").filter(has_text=INVITEE)).to_contain_text("on")
 
     page.get_by_role("link", name="Configuration").click()
+    expect(page.get_by_role("heading", name="Platform configuration")).to_be_visible()
     signup = page.get_by_role("row").filter(has_text="signup_open")
     signup.get_by_label("signup_open").select_option("false")
     signup.get_by_role("button", name="Set").click()
@@ -569,12 +579,14 @@ def admin_flows(browser, console_errors):
     expect(page.get_by_role("status")).to_have_text("signup_open is true on every node.")
 
     page.get_by_role("link", name="Signing keys").click()
+    expect(page.get_by_role("heading", name="Token signing keys")).to_be_visible()
     expect(page.get_by_role("row").filter(has_text="active")).to_have_count(1)
     page.get_by_role("button", name="Rotate now").click()
     expect(page.get_by_role("status")).to_have_text("A new signing key is active.")
     expect(page.get_by_role("row").filter(has_text="retired")).to_have_count(1)
 
     page.get_by_role("link", name="Mailbox").click()
+    expect(page.get_by_role("heading", name="Development mailbox")).to_be_visible()
     page.get_by_label("To").fill(OWNER)
     page.get_by_role("button", name="Filter").click()
     expect(page.get_by_text("Verify your email address")).to_be_visible()

@@ -2,7 +2,7 @@
 // (organization and environment switchers, tabs) and its pages: members and invitations, API keys.
 
 import { api, download, selectTenant, tenant, currentUser, signOut, gatewayChat } from './api.js';
-import { h, mount, go, link, form, field, notice, errorBox, actionButton, badge, when, table, copy } from './ui.js';
+import { h, mount, go, link, form, field, notice, errorBox, actionButton, badge, when, table, copy , refocus } from './ui.js';
 import { providers, policies, logs } from './gateway.js';
 import { webhooks } from './webhooks.js';
 import { account } from './account.js';
@@ -255,7 +255,7 @@ function secretPanel(title, token, onDone, withTry = false) {
       h('button', { type: 'button', onclick: async () => {
         copied.textContent = (await copy(token, code)) ? 'Copied.' : 'Selected: press Ctrl+C to copy.';
       } }, 'Copy key'),
-      h('button', { type: 'button', class: 'secondary', onclick: onDone }, 'I have saved it'),
+      h('button', { type: 'button', class: 'secondary', onclick: () => { onDone(); refocus(); } }, 'I have saved it'),
       copied),
     withTry ? tryIt(token) : null);
   return panel;

@@ -75,6 +75,9 @@ export function field(label, name, opts = {}) {
  */
 export function refocus(was) {
   if (was && document.contains(was)) return;
+  // The action put focus somewhere itself (e.g. on a shown secret's buttons): leave it there.
+  const active = document.activeElement;
+  if (active && active !== document.body && document.contains(active)) return;
   const main = document.getElementById('main');
   if (!main) return;
   const target = main.querySelector('[role=alert], [role=status]:not(:empty), h1');

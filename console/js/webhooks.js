@@ -3,7 +3,7 @@
 // endpoint's delivery log with a retry button.
 
 import { api } from './api.js';
-import { h, form, field, notice, actionButton, badge, when, table, copy } from './ui.js';
+import { h, form, field, notice, actionButton, badge, when, table, copy , refocus } from './ui.js';
 
 function secretPanel(title, secret, onDone) {
   const code = h('code', { id: 'new-secret' }, secret);
@@ -16,7 +16,7 @@ function secretPanel(title, secret, onDone) {
       h('button', { type: 'button', onclick: async () => {
         copied.textContent = (await copy(secret, code)) ? 'Copied.' : 'Selected: press Ctrl+C to copy.';
       } }, 'Copy secret'),
-      h('button', { type: 'button', class: 'secondary', onclick: onDone }, 'I have saved it'),
+      h('button', { type: 'button', class: 'secondary', onclick: () => { onDone(); refocus(); } }, 'I have saved it'),
       copied));
 }
 
