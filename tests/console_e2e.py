@@ -438,6 +438,21 @@ def main():
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the usage page scrolls sideways at 390px: {width}px"
         shot(page, "13b-usage-phone")
+        for tab, heading in [
+            ("Providers", "Providers — live"),
+            ("Policies", "Policies"),
+            ("Webhooks", "Webhooks — live"),
+            ("Requests", "Requests — live"),
+            ("Audit log", "Audit log"),
+            ("Billing", "Billing"),
+            ("Settings", "Settings"),
+        ]:
+            page.get_by_role("link", name=tab, exact=True).click()
+            expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"the {tab} page scrolls sideways at 390px: {width}px"
+        shot(page, "13c-settings-phone")
 
         # Signing out ends the session: the pages ask to sign in again.
         page.get_by_role("button", name="Sign out").click()

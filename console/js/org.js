@@ -123,6 +123,9 @@ export async function orgPage(root, orgRef, page) {
   const [orgs, org] = await Promise.all([myOrgs(), api('GET', `/v1/organizations/${t.id}`, undefined, 'tenant')]);
   const main = h('main', { id: 'main' });
   mount(root, topbar(orgs, org, page), tabs(org, page), main);
+  // On a phone the tabs scroll sideways: keep the current one in view.
+  const current = root.querySelector('nav.tabs [aria-current=page]');
+  if (current) current.scrollIntoView({ block: 'nearest', inline: 'nearest' });
   const render = { members, keys, providers, policies, webhooks, usage, logs, audit, billing, settings }[page];
   if (!render) return go(`/orgs/${org.id}/members`, true);
   try {
