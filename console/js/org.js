@@ -2,7 +2,7 @@
 // (organization and environment switchers, tabs) and its pages: members and invitations, API keys.
 
 import { api, download, selectTenant, tenant, currentUser, signOut, gatewayChat } from './api.js';
-import { h, mount, go, link, form, field, notice, errorBox, actionButton, badge, when, table, copy , refocus } from './ui.js';
+import { h, mount, go, link, form, field, notice, errorBox, actionButton, badge, when, table, secretPanel } from './ui.js';
 import { providers, policies, logs } from './gateway.js';
 import { webhooks } from './webhooks.js';
 import { account } from './account.js';
@@ -247,21 +247,13 @@ function tryIt(token) {
     out);
 }
 
-function secretPanel(title, token, onDone, withTry = false) {
-  const code = h('code', { id: 'new-secret' }, token);
-  const copied = h('span', { class: 'muted', role: 'status' });
-  const panel = h('div', { class: 'secret', role: 'region', 'aria-label': 'New key' },
-    h('strong', {}, title),
-    h('span', {}, 'Copy it now: it is shown only this once and cannot be read again.'),
-    code,
-    h('div', { class: 'row buttons' },
-      h('button', { type: 'button', onclick: async () => {
-        copied.textContent = (await copy(token, code)) ? 'Copied.' : 'Selected: press Ctrl+C to copy.';
-      } }, 'Copy key'),
-      h('button', { type: 'button', class: 'secondary', onclick: () => { onDone(); refocus(); } }, 'I have saved it'),
-      copied),
-    withTry ? tryIt(token) : null);
-  return panel;
+/** A key's secret, shown once (with "Try it" for a gateway key). */
+function keySecret(title, token, onDone, withTry = false) {
+  return secretPanel({
+    title, secret: token, region: 'New key', copyText: 'Copy key', onDone,
+    note: 'Copy it now: it is shown only this once and cannot be read again.',
+    extra: withTry ? tryIt(token) : null,
+  });
 }
 
 async function keys(main, org, t) {
@@ -298,7 +290,7 @@ async function keys(main, org, t) {
     if (origins.length) body.allowed_origins = origins;
     const key = await api('POST', base, body, 'tenant');
     const proxy = key.type === 'secret' && Array.isArray(key.scopes) && key.scopes.includes('gateway:proxy');
-    await reload(secretPanel(`Your new key “${key.name}”`, key.token, () => main.querySelector('#key-secret').replaceChildren(), proxy));
+    await reload(keySecret(`Your new key “${key.name}”`, key.token, () => main.querySelector('#key-secret').replaceChildren(), proxy));
     main.querySelector('#key-secret button').focus();
   }, { busyText: 'Creating…' });
 
@@ -313,7 +305,7 @@ async function keys(main, org, t) {
       form([grace], 'Rotate key', async (v) => {
         const r = await api('POST', `${base}/${k.id}/rotations`, { grace_period_seconds: Number(v.grace_period_seconds) }, 'tenant');
         shown.replaceChildren();
-        await reload(secretPanel(`New value of “${k.name}”`, r.token, () => main.querySelector('#key-secret').replaceChildren()));
+        await reload(keySecret(`New value of “${k.name}”`, r.token, () => main.querySelector('#key-secret').replaceChildren()));
         main.querySelector('#key-secret button').focus();
       }, { busyText: 'Rotating…', secondary: h('button', { type: 'button', class: 'secondary', onclick: () => shown.replaceChildren() }, 'Cancel') })));
     shown.querySelector('select').focus();

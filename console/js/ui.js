@@ -172,3 +172,23 @@ export async function copy(text, selectable) {
 }
 
 export function params() { return new URLSearchParams(location.search); }
+
+/**
+ * A secret shown once (an API key, a webhook signing secret): its value, a copy button and
+ * "I have saved it" (which runs `onDone`); `extra` goes below.
+ */
+export function secretPanel({ title, secret, region, note, copyText, onDone, extra = null }) {
+  const code = h('code', { id: 'new-secret' }, secret);
+  const copied = h('span', { class: 'muted', role: 'status' });
+  return h('div', { class: 'secret', role: 'region', 'aria-label': region },
+    h('strong', {}, title),
+    h('span', {}, note),
+    code,
+    h('div', { class: 'row buttons' },
+      h('button', { type: 'button', onclick: async () => {
+        copied.textContent = (await copy(secret, code)) ? 'Copied.' : 'Selected: press Ctrl+C to copy.';
+      } }, copyText),
+      h('button', { type: 'button', class: 'secondary', onclick: () => { onDone(); refocus(); } }, 'I have saved it'),
+      copied),
+    extra);
+}

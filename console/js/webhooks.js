@@ -3,21 +3,14 @@
 // endpoint's delivery log with a retry button.
 
 import { api } from './api.js';
-import { h, form, field, notice, actionButton, badge, when, table, copy , refocus } from './ui.js';
+import { h, form, field, notice, actionButton, badge, when, table, secretPanel } from './ui.js';
 
-function secretPanel(title, secret, onDone) {
-  const code = h('code', { id: 'new-secret' }, secret);
-  const copied = h('span', { class: 'muted', role: 'status' });
-  return h('div', { class: 'secret', role: 'region', 'aria-label': 'New signing secret' },
-    h('strong', {}, title),
-    h('span', {}, 'Copy it now: it is shown only this once. Receivers verify signatures with it (Standard Webhooks).'),
-    code,
-    h('div', { class: 'row buttons' },
-      h('button', { type: 'button', onclick: async () => {
-        copied.textContent = (await copy(secret, code)) ? 'Copied.' : 'Selected: press Ctrl+C to copy.';
-      } }, 'Copy secret'),
-      h('button', { type: 'button', class: 'secondary', onclick: () => { onDone(); refocus(); } }, 'I have saved it'),
-      copied));
+/** An endpoint's signing secret, shown once. */
+function hookSecret(title, secret, onDone) {
+  return secretPanel({
+    title, secret, region: 'New signing secret', copyText: 'Copy secret', onDone,
+    note: 'Copy it now: it is shown only this once. Receivers verify signatures with it (Standard Webhooks).',
+  });
 }
 
 export async function webhooks(main, org, t, top = null) {
@@ -75,7 +68,7 @@ export async function webhooks(main, org, t, top = null) {
           actionButton('Rotate secret', async () => {
             if (!confirm('Rotate the signing secret? The previous one keeps signing for 24 hours.')) return;
             const r = await api('POST', `${base}/${w.id}/rotate-secret`, undefined, 'tenant');
-            await reload(secretPanel(`New secret of ${w.url}`, r.secret, done));
+            await reload(hookSecret(`New secret of ${w.url}`, r.secret, done));
           }, { errorTarget: errors, label: `Rotate the secret of ${w.url}` }),
           actionButton(w.enabled ? 'Disable' : 'Enable', async () => {
             await api('PATCH', `${base}/${w.id}`, { enabled: !w.enabled }, 'tenant');
@@ -98,7 +91,7 @@ export async function webhooks(main, org, t, top = null) {
       ], `Add ${t.env} endpoint`, async (v) => {
         const events = (v.events || '').split(',').map((s) => s.trim()).filter(Boolean);
         const created = await api('POST', base, { url: v.url, events, description: v.description, environment: t.env }, 'tenant');
-        await reload(secretPanel(`Signing secret of ${created.url}`, created.secret, done));
+        await reload(hookSecret(`Signing secret of ${created.url}`, created.secret, done));
         main.querySelector('#new-secret').scrollIntoView();
       }, { busyText: 'Adding…' })));
 }
