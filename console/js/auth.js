@@ -14,7 +14,8 @@ function card(title, ...body) {
 /** Where to go once signed in: `?next=` when it is a path of this application. */
 function next() {
   const n = params().get('next');
-  return n && n.startsWith('/') && !n.startsWith('//') ? n : '/orgs';
+  // Only a path of this application: not `//host` nor `/\host` (which browsers read as `//host`).
+  return n && n.startsWith('/') && !n.startsWith('//') && !n.includes('\\') ? n : '/orgs';
 }
 
 /** Finishes a sign-in answer: a session, or the MFA step. */
