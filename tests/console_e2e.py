@@ -420,6 +420,11 @@ def main():
         expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
         expect(page.get_by_text("api_key.created").first).to_be_visible()
         shot(page, "11-audit")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Export CSV").click()
+        csv_text = pathlib.Path(download.value.path()).read_text()
+        assert download.value.suggested_filename == "audit-acme-console.csv", download.value.suggested_filename
+        assert "api_key.created" in csv_text and csv_text.splitlines()[0].count(",") >= 3, csv_text[:300]
 
         # At a phone's width: the pages still fit (no horizontal scrolling).
         page.set_viewport_size({"width": 390, "height": 844})
