@@ -10,6 +10,7 @@ pub mod auth;
 pub mod billing;
 pub mod compat;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod environment;
 pub mod error;

@@ -45,6 +45,20 @@ const PUBLIC: &[(&str, &str)] = &[
     ("POST", "/platform/api/global/auth/reset-password"),
     ("GET", "/platform/api/global/tenants/check-availability"),
     ("GET", "/trueportai-services/health"),
+    // The web console's page (every path it answers) and its files: no data, no credentials.
+    ("GET", "/"),
+    ("GET", "/login"),
+    ("GET", "/register"),
+    ("GET", "/verify-email"),
+    ("GET", "/forgot-password"),
+    ("GET", "/reset-password"),
+    ("GET", "/accept-invitation"),
+    ("GET", "/account"),
+    ("GET", "/orgs"),
+    ("GET", "/orgs/{*page}"),
+    ("GET", "/admin"),
+    ("GET", "/admin/{*page}"),
+    ("GET", "/console/{*path}"),
 ];
 
 /// A path of the table with every parameter filled with a well-formed id that exists nowhere.

@@ -211,13 +211,18 @@ pub(crate) async fn register(
     };
     if !user.email_verified {
         let code = codes::issue_code(&state, &user.id, Purpose::VerifyEmail).await?;
+        // The console's page that sends the code (`/verify-email`, console/js/auth.js).
+        let email: String = url::form_urlencoded::byte_serialize(user.email.as_bytes()).collect();
+        let link = state
+            .config
+            .link(&format!("/verify-email?email={email}&code={code}"));
         mail::send_later(
             &state.mailer,
             Mail {
                 to: user.email.clone(),
                 subject: "Verify your email address".into(),
                 body: format!(
-                    "Your Gatehouse verification code is {code}.\nIt expires in {} minutes. If you did not create this account, ignore this email.\n",
+                    "Your Gatehouse verification code is {code}.\nIt expires in {} minutes. Verify in the console: {link}\nIf you did not create this account, ignore this email.\n",
                     codes::CODE_TTL_MINUTES
                 ),
             },

@@ -188,7 +188,7 @@ impl App {
 /// What still answers while the platform's `maintenance_mode` is on: health and metrics, the
 /// platform admin's routes (seed 001's too), and signing in (a password login — seeds 001 and
 /// 002's paths too — and its MFA step, the JWKS), so that an admin can sign in and turn
-/// maintenance off.
+/// maintenance off — from the console too, whose page and files (no data) still load.
 fn open_in_maintenance(path: &str) -> bool {
     const OPEN: &[&str] = &[
         "/metrics",
@@ -205,6 +205,7 @@ fn open_in_maintenance(path: &str) -> bool {
         || path.starts_with("/health/")
         || path.starts_with("/v1/admin/")
         || path.starts_with("/platform/api/admin/")
+        || crate::console::is_console_path(path)
 }
 
 /// What the edge refuses before anything else runs (no credentials checked, no body read):
@@ -386,6 +387,10 @@ mod tests {
             "/api/v1/auth/login",
             "/v1/auth/mfa/verify",
             "/.well-known/jwks.json",
+            "/",
+            "/login",
+            "/admin/configs",
+            "/console/js/app.js",
         ] {
             assert!(open_in_maintenance(open), "{open}");
         }
@@ -396,6 +401,8 @@ mod tests {
             "/v1/organizations",
             "/openai/v1/chat/completions",
             "/metrics/extra",
+            "/loginx",
+            "/administrator",
         ] {
             assert!(!open_in_maintenance(closed), "{closed}");
         }

@@ -36,6 +36,7 @@ pub fn api_routes() -> routes::Routes {
         .merge(crate::policies::routes())
         .merge(crate::billing::routes())
         .merge(crate::compat::routes())
+        .merge(crate::console::routes())
 }
 
 /// A `start`/`end` query bound: an RFC 3339 timestamp, in the stored format.

@@ -19,7 +19,8 @@
 //!   `/v1/organizations/…` requests (and seed 001's tenant routes) (`mgmt:user:<id>:min`), `rate_limits.analytics_per_minute`
 //!   for `…/analytics…` routes (`analytics:<caller>:min`);
 //! - unauthenticated requests: `rate_limits.unauthenticated_per_minute` per client IP
-//!   (`ip:<addr>:min`); `/health*` and `/metrics` are never limited.
+//!   (`ip:<addr>:min`); `/health*`, `/metrics` and the console's files (`/console/…`) are
+//!   never limited.
 
 use std::{
     collections::HashMap,
@@ -263,11 +264,14 @@ fn org_param(path: &str) -> Option<&str> {
     (!seg.is_empty()).then_some(seg)
 }
 
+/// Never limited: health, metrics and the console's static files (`/console/…`, served from
+/// memory; a page load fetches a dozen of them).
 fn exempt(path: &str) -> bool {
     path == "/metrics"
         || path == "/health"
         || path.starts_with("/health/")
         || path == "/trueportai-services/health"
+        || path.starts_with("/console/")
 }
 
 /// Decides every limit of a request in one check; a request that passes goes on to `next`.
@@ -642,6 +646,7 @@ mod tests {
         assert_eq!(org_param("/v1/organizations"), None);
         assert_eq!(org_param("/v1/organizations/"), None);
         assert!(exempt("/health") && exempt("/health/ready") && exempt("/metrics"));
+        assert!(exempt("/console/js/app.js") && !exempt("/login") && !exempt("/"));
         assert!(!exempt("/healthz") && !exempt("/v1/plans"));
     }
 
