@@ -1372,6 +1372,17 @@ async fn stripe_collects_an_issued_invoice_and_its_webhook_marks_it_paid(backend
     let id = issued[0].clone();
     assert_eq!(invoice(&srv, &o, &id).await["status"], "open");
     assert_eq!(mock.created(), (0, 0));
+    // Not again within the minute after a failure; once it has passed, it is.
+    assert!(close(&srv, end).await.is_empty());
+    assert_eq!(mock.created(), (0, 0));
+    sqlx::query("UPDATE invoice_payments SET updated_at = $1 WHERE invoice_id = $2")
+        .bind(gatehouse::storage::format_time(
+            Utc::now() - chrono::Duration::seconds(61),
+        ))
+        .bind(&id)
+        .execute(srv.state.db.pool())
+        .await
+        .unwrap();
     assert!(close(&srv, end).await.is_empty());
     assert_eq!(mock.created(), (1, 1));
     // A later run creates nothing more.

@@ -4,13 +4,15 @@
 //! - [`collect_open`] — after every close run (the cycle job each minute, `gatehouse billing
 //!   close-period`): each open invoice without a PaymentIntent gets its organization's customer
 //!   (made once, its id kept) and a PaymentIntent for its amount, idempotent by the invoice id at
-//!   the provider. A failure is logged and recorded; the invoice stays open and the next run
-//!   tries again — the invoice itself is never touched.
+//!   the provider. A failure is logged and recorded; the invoice stays open and a later run
+//!   tries again (after 1, 2, 4, … minutes, at most 6 h apart) — the invoice itself is never
+//!   touched.
 //! - [`apply_event`] — a verified webhook event: `Paid` settles the open invoice `paid`
 //!   (`invoice.paid`, actor `system`), `Failed` records the failure (`invoice.payment_failed`) and
 //!   leaves it open. Each provider event is applied once (claimed in the change's transaction);
 //!   an invoice that is not open, or not ours, is left as it is.
 
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{payment_store, store};
@@ -28,6 +30,20 @@ use crate::{
 
 /// Invoices tried per run at most (the rest wait for the next run).
 const MAX_PER_RUN: i64 = 100;
+/// The longest wait between two failed attempts at an invoice's payment.
+const MAX_BACKOFF_SECS: i64 = 6 * 3600;
+
+/// Whether an invoice whose payment failed `attempts` times, the last at `last`, is tried again
+/// at `now`: after 1, 2, 4, … minutes, at most [`MAX_BACKOFF_SECS`] apart.
+pub fn due_again(attempts: i64, last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    let Some(last) = last.filter(|_| attempts > 0) else {
+        return true;
+    };
+    let wait = 60i64
+        .saturating_mul(1i64 << (attempts - 1).clamp(0, 20))
+        .min(MAX_BACKOFF_SECS);
+    now >= last + chrono::Duration::seconds(wait)
+}
 
 /// Creates the provider's payment of every open invoice that has none (of one organization when
 /// given). Returns how many were created; failures are logged, recorded and retried next run.
@@ -43,8 +59,13 @@ pub async fn collect_open(state: &AppState, org_id: Option<&str>) -> usize {
                 return 0;
             }
         };
+    let now = Utc::now();
     let mut created = 0;
-    for id in pending {
+    for p in pending {
+        if !due_again(p.attempts, p.last_attempt, now) {
+            continue;
+        }
+        let id = p.invoice_id;
         match collect(state, provider, &id).await {
             Ok(()) => created += 1,
             Err(e) => {
@@ -172,4 +193,21 @@ pub async fn apply_event(
         })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_payments_are_retried_less_and_less_often() {
+        let t = |s: i64| DateTime::from_timestamp(1_767_225_600 + s, 0).unwrap();
+        assert!(due_again(0, None, t(0)));
+        assert!(!due_again(1, Some(t(0)), t(59)));
+        assert!(due_again(1, Some(t(0)), t(60)));
+        assert!(!due_again(3, Some(t(0)), t(239)));
+        assert!(due_again(3, Some(t(0)), t(240)));
+        assert!(!due_again(40, Some(t(0)), t(6 * 3600 - 1)));
+        assert!(due_again(40, Some(t(0)), t(6 * 3600)));
+    }
 }

@@ -7,7 +7,8 @@
 //! transaction, retried by the next run); an event's claim is written in the transaction of the
 //! change it causes, so a replay finds it only if that change committed.
 
-use sqlx::AnyConnection;
+use chrono::{DateTime, Utc};
+use sqlx::{AnyConnection, Row};
 
 use super::store::InvoiceStatus;
 use crate::{
@@ -48,17 +49,28 @@ pub async fn save_customer(
     Ok(())
 }
 
+/// An open invoice still to be collected, with its failed attempts so far.
+#[derive(Debug, Clone)]
+pub struct Uncollected {
+    pub invoice_id: InvoiceId,
+    /// Failed attempts to create its payment (0: never tried).
+    pub attempts: i64,
+    /// When the last attempt failed.
+    pub last_attempt: Option<DateTime<Utc>>,
+}
+
 /// Open invoices with something to pay and no payment at `provider` yet (never tried, or every
-/// try failed), oldest first, at most `limit` (of one organization when given).
+/// try failed), never-tried first, then by fewest attempts, at most `limit` (of one organization
+/// when given).
 pub async fn uncollected(
     db: &Db,
     provider: &str,
     org_id: Option<&str>,
     limit: i64,
-) -> Result<Vec<InvoiceId>, Error> {
+) -> Result<Vec<Uncollected>, Error> {
     let mut sql = storage::Sql::new(
-        "SELECT i.id FROM invoices i LEFT JOIN invoice_payments p ON p.invoice_id = i.id \
-         AND p.provider = ",
+        "SELECT i.id, p.attempts, p.updated_at FROM invoices i LEFT JOIN invoice_payments p \
+         ON p.invoice_id = i.id AND p.provider = ",
     );
     sql.bind(provider.to_string());
     sql.push(" WHERE i.status = ")
@@ -67,15 +79,26 @@ pub async fn uncollected(
     if let Some(org) = org_id {
         sql.push(" AND i.organization_id = ").bind(org.to_string());
     }
-    sql.push(" ORDER BY i.id LIMIT ").bind(limit);
-    let rows: Vec<String> = sql
-        .query()
+    sql.push(" ORDER BY COALESCE(p.attempts, 0), i.id LIMIT ")
+        .bind(limit);
+    sql.query()
         .fetch_all(db.pool())
         .await?
         .iter()
-        .map(|r| sqlx::Row::try_get(r, 0))
-        .collect::<Result<_, sqlx::Error>>()?;
-    Ok(rows.iter().filter_map(|id| InvoiceId::parse(id)).collect())
+        .filter_map(|r| {
+            let id: String = match r.try_get("id") {
+                Ok(id) => id,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let attempts: Option<i64> = r.try_get("attempts").ok().flatten();
+            let last: Option<String> = r.try_get("updated_at").ok().flatten();
+            Some(Ok(Uncollected {
+                invoice_id: InvoiceId::parse(&id)?,
+                attempts: attempts.unwrap_or(0),
+                last_attempt: last.as_deref().and_then(storage::parse_time),
+            }))
+        })
+        .collect()
 }
 
 /// Records an attempt to create the invoice's payment: its PaymentIntent id, or why it failed
