@@ -1485,6 +1485,17 @@ async fn a_failed_stripe_payment_is_recorded_and_leaves_the_invoice_open(backend
     // The payment is not made again by the next run: the customer retries the same one.
     close(&srv, end).await;
     assert_eq!(mock.created(), (1, 1));
+    // A success for another amount than the invoice's does not settle it.
+    let short = stripe_mock::payment_intent_event(
+        "evt_short",
+        "payment_intent.succeeded",
+        json!({"id": "pi_1", "object": "payment_intent", "amount": 100,
+               "amount_received": 100, "currency": "usd", "metadata": {"invoice_id": id}}),
+    );
+    let res = stripe_mock::deliver(&url, STRIPE_WHSEC, now, short).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "open");
+    assert!(webhook_events(&srv, "invoice.paid").await.is_empty());
     // An event about an invoice that is not here is acknowledged and ignored.
     let stranger = stripe_mock::payment_intent_event(
         "evt_other",

@@ -8,7 +8,8 @@
 //!   tries again (after 1, 2, 4, … minutes, at most 6 h apart) — the invoice itself is never
 //!   touched.
 //! - [`apply_event`] — a verified webhook event: `Paid` settles the open invoice `paid`
-//!   (`invoice.paid`, actor `system`), `Failed` records the failure (`invoice.payment_failed`) and
+//!   (`invoice.paid`, actor `system`) when the payment's amount and currency are the invoice's
+//!   (otherwise it is logged as an error and the invoice stays open), `Failed` records the failure (`invoice.payment_failed`) and
 //!   leaves it open. Each provider event is applied once (claimed in the change's transaction);
 //!   an invoice that is not open, or not ours, is left as it is.
 
@@ -156,6 +157,19 @@ pub async fn apply_event(
         return Ok(());
     };
     if invoice.status != store::InvoiceStatus::Open {
+        return Ok(());
+    }
+    // A payment of another amount or currency than the invoice's does not settle it.
+    let mismatch = event.amount.is_some_and(|a| a != invoice.amount)
+        || event
+            .currency
+            .as_deref()
+            .is_some_and(|c| !c.eq_ignore_ascii_case(&invoice.currency));
+    if matches!(outcome, PaymentOutcome::Paid { .. }) && mismatch {
+        tracing::error!(provider, event_id = %event.event_id, invoice_id = %id,
+                        paid = ?event.amount, paid_currency = ?event.currency,
+                        amount = invoice.amount, currency = %invoice.currency,
+                        "a payment does not match its invoice; the invoice stays open");
         return Ok(());
     }
     let mut data = json!({"id": id, "amount": invoice.amount, "currency": invoice.currency,
