@@ -45,6 +45,8 @@ pub struct Inner {
     pub policies: Arc<crate::policies::store::MatcherCache>,
     /// The platform configuration (SPEC §8) in effect on this node, kept fresh over the bus.
     pub platform: Arc<crate::platform::PlatformConfigs>,
+    /// The payment provider (Stripe) when configured: invoices are collected through it.
+    pub payments: Option<Arc<dyn crate::billing::payments::PaymentProvider>>,
     pub started_at: Instant,
 }
 

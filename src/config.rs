@@ -27,10 +27,13 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("trusted_proxies", "[]", "CIDRs of reverse proxies whose X-Forwarded-For is believed"),
     ("allow_private_webhook_targets", "false", "allow webhook URLs that resolve to private/loopback addresses"),
     ("allow_private_provider_targets", "false", "allow gateway provider base URLs that resolve to private/loopback addresses (a local vLLM or Ollama)"),
-    ("stripe_secret_key", "(none)", "Stripe secret key (sk_live_… / sk_test_…): with stripe_webhook_secret, invoices are collected through Stripe (docs/billing-payments.md); payments are off without it"),
+    ("stripe_secret_key", "(none)", "Stripe secret key (sk_live_… / sk_test_…): with stripe_webhook_secret, invoices are collected through Stripe (docs/billing.md, Payments); payments are off without it"),
     ("stripe_webhook_secret", "(none)", "the signing secret (whsec_…) of the Stripe webhook endpoint; set together with stripe_secret_key"),
     ("stripe_base_url", "https://api.stripe.com", "the Stripe API's address (a local stand-in for tests); any other than the default must resolve to public addresses unless allow_private_stripe_target"),
     ("allow_private_stripe_target", "false", "allow a stripe_base_url that resolves to a private/loopback address (stripe-mock, a test server)"),
+    ("billing_seller_name", "Gatehouse", "the seller named on invoice PDFs (docs/billing.md)"),
+    ("billing_seller_address", "[]", "the seller's address on invoice PDFs, a list of lines (at most 8), e.g. [\"1 Main Street\", \"Springfield\"]"),
+    ("billing_seller_email", "billing@gatehouse.local", "the seller's billing email on invoice PDFs"),
     ("webhook_timeout_secs", "15", "time limit for one webhook delivery attempt (connect, send, read the capped answer)"),
     ("log_format", "text", "text | json"),
     ("log_level", "info", "tracing filter, e.g. info or gatehouse=debug,tower_http=info"),
@@ -100,6 +103,9 @@ pub struct Config {
     pub stripe_webhook_secret: Option<Secret>,
     pub stripe_base_url: String,
     pub allow_private_stripe_target: bool,
+    pub billing_seller_name: String,
+    pub billing_seller_address: Vec<String>,
+    pub billing_seller_email: String,
     pub log_format: LogFormat,
     pub log_level: String,
     pub request_timeout_secs: u64,
@@ -191,6 +197,9 @@ impl Default for Config {
             stripe_webhook_secret: None,
             stripe_base_url: crate::billing::payments::stripe::DEFAULT_BASE_URL.into(),
             allow_private_stripe_target: false,
+            billing_seller_name: "Gatehouse".into(),
+            billing_seller_address: Vec::new(),
+            billing_seller_email: "billing@gatehouse.local".into(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
             request_timeout_secs: 30,
@@ -287,6 +296,17 @@ impl Config {
         }
         crate::events::ssrf::parse_url(&self.stripe_base_url)
             .map_err(|e| anyhow::anyhow!("stripe_base_url {e}"))?;
+        let seller_text = |s: &str| !s.trim().is_empty() && s.chars().count() <= 200;
+        if !seller_text(&self.billing_seller_name)
+            || !seller_text(&self.billing_seller_email)
+            || self.billing_seller_address.len() > 8
+            || !self.billing_seller_address.iter().all(|l| seller_text(l))
+        {
+            anyhow::bail!(
+                "billing_seller_name, billing_seller_email and each billing_seller_address line \
+                 (at most 8) must be 1 to 200 characters"
+            );
+        }
         if self.request_timeout_secs == 0
             || self.max_body_bytes == 0
             || self.webhook_timeout_secs == 0

@@ -135,6 +135,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     );
     platform.spawn_refresher(db.clone(), crate::platform::REFRESH_EVERY);
     bus.attach_platform(platform.clone());
+    let payments = crate::billing::payments::from_config(&config).await?;
     Ok(AppState::new(Inner {
         config,
         db,
@@ -153,6 +154,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         request_limits,
         policies,
         platform,
+        payments,
         started_at: Instant::now(),
     }))
 }

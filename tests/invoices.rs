@@ -9,6 +9,7 @@
 //! once that time has come.
 
 mod common;
+mod stripe_mock;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::{
@@ -33,6 +34,9 @@ on_both_databases!(
     usage_is_counted_in_the_billing_cycle_it_happened_in,
     the_cycle_job_issues_the_invoice_of_a_period_that_ended,
     a_close_killed_midway_leaves_whole_periods_and_the_rerun_finishes_them,
+    the_pdf_shows_every_amount_of_the_invoice,
+    stripe_collects_an_issued_invoice_and_its_webhook_marks_it_paid,
+    a_failed_stripe_payment_is_recorded_and_leaves_the_invoice_open,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -1107,4 +1111,398 @@ async fn a_close_killed_midway_leaves_whole_periods_and_the_rerun_finishes_them(
             .json;
         assert_eq!(s["billing_cycle_start"], "2027-01-01T00:00:00Z");
     }
+}
+
+/// An organization on SMB (3 API requests included, then 150 per started block of 2) after a
+/// downgrade from MidMarket a third into a cycle that holds now, 6 requests made: its closed
+/// period's invoice has a base line, a proration credit and charge, and an overage line.
+async fn an_invoice_of_every_line_kind(srv: &TestServer, o: &Org) -> Value {
+    let admin = srv.admin_token().await;
+    patch_plan(
+        srv,
+        &admin,
+        "smb",
+        &json!({"limits": {"api_requests_per_month": 3},
+                "overage_prices": {"api_requests_per_month": {"per": 2, "amount": 150}}}),
+    )
+    .await;
+    subscribe(srv, o, "midmarket").await;
+    let res = srv
+        .patch_as(
+            &format!("{}/subscription", o.base),
+            &o.owner,
+            &json!({"plan": "smb", "billing_email": "accounts@acme.example"}),
+        )
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let now = Utc::now().timestamp();
+    let start = Utc.timestamp_opt(now - 10 * 86_400, 0).unwrap();
+    let end = Utc.timestamp_opt(now + 20 * 86_400, 0).unwrap();
+    set_cycle(srv, o, start, end).await;
+    sqlx::query(
+        "UPDATE subscription_changes SET changed_at = $1 WHERE subscription_id = \
+         (SELECT id FROM subscriptions WHERE organization_id = $2)",
+    )
+    .bind(gatehouse::storage::format_time(
+        start + chrono::Duration::days(10),
+    ))
+    .bind(&o.id)
+    .execute(srv.state.db.pool())
+    .await
+    .unwrap();
+    for _ in 0..6 {
+        let res = srv.get_as(&o.base, &o.owner).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    assert_eq!(close(srv, end).await.len(), 1);
+    let inv = invoices(srv, o).await[0].clone();
+    let kinds: Vec<String> = amounts(&inv).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        kinds,
+        ["base", "proration_credit", "proration_charge", "overage"],
+        "{inv:#}"
+    );
+    assert_sum_of_lines(&inv);
+    inv
+}
+
+/// The raw answer to a GET with a bearer token.
+async fn fetch_raw(srv: &TestServer, path: &str, token: &str) -> reqwest::Response {
+    srv.client
+        .get(srv.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `pdftotext -layout` of a PDF (None, reported, when poppler-utils is missing outside CI).
+fn pdf_text(pdf: &[u8], test: &str) -> Option<String> {
+    let found = std::process::Command::new("pdftotext")
+        .arg("-v")
+        .output()
+        .is_ok();
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        found || !in_ci,
+        "pdftotext is not installed (poppler-utils)"
+    );
+    if !found {
+        eprintln!("SKIPPED {test}: pdftotext not installed (apt-get install poppler-utils)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("invoice.pdf");
+    std::fs::write(&path, pdf).unwrap();
+    let out = std::process::Command::new("pdftotext")
+        .args(["-layout", path.to_str().unwrap(), "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+async fn the_pdf_shows_every_amount_of_the_invoice(backend: Backend) {
+    let srv = TestServer::start_with(
+        backend,
+        common::ServerOptions {
+            configure: Box::new(|c| {
+                c.billing_seller_name = "Gatehouse Billing Ltd".into();
+                c.billing_seller_address = vec!["1 Harbour Street".into(), "Leith".into()];
+                c.billing_seller_email = "invoices@gatehouse.example".into();
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let o = an_org(&srv).await;
+    let inv = an_invoice_of_every_line_kind(&srv, &o).await;
+    let id = inv["id"].as_str().unwrap();
+    let path = format!("{}/invoices/{id}/pdf", o.base);
+    assert!(inv["pdf_url"].as_str().unwrap().ends_with(&path));
+
+    let res = fetch_raw(&srv, &path, &o.owner).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/pdf");
+    assert_eq!(
+        res.headers()["content-disposition"],
+        format!("inline; filename=\"{id}.pdf\"").as_str()
+    );
+    let pdf = res.bytes().await.unwrap();
+    assert!(pdf.starts_with(b"%PDF-1."));
+
+    // Another organization's invoice is not found; a viewer (no billing:read) is refused.
+    let other = an_org_called(&srv, "other").await;
+    let res = srv
+        .get_as(&format!("{}/invoices/{id}/pdf", other.base), &other.owner)
+        .await;
+    res.assert_error(404, "not_found");
+    let (viewer, _) = o
+        .a_member(
+            &srv,
+            "viewer@example.com",
+            gatehouse::orgs::roles::Role::Viewer,
+        )
+        .await;
+    let res = srv.get_as(&path, &viewer).await;
+    assert_eq!(res.status, 403, "{}", res.text);
+
+    let Some(text) = pdf_text(&pdf, "the_pdf_shows_every_amount_of_the_invoice") else {
+        return;
+    };
+    let money = |a: i64| gatehouse::billing::pdf::format_money(a, "usd");
+    for needle in [
+        "Gatehouse Billing Ltd",
+        "1 Harbour Street",
+        "invoices@gatehouse.example",
+        id,
+        "accounts@acme.example",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+    let org_name = srv.get_as(&o.base, &o.owner).await.json["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains(&org_name), "{org_name:?} missing:\n{text}");
+    // Each line's amount and unit price on one row of the table, in the JSON's order.
+    let mut from = 0;
+    for line in inv["lines"].as_array().unwrap() {
+        let amount = money(line["amount"].as_i64().unwrap());
+        let unit = money(line["unit_amount"].as_i64().unwrap());
+        let (at, row) = text
+            .lines()
+            .enumerate()
+            .skip(from)
+            .find(|(_, r)| r.trim_end().ends_with(&format!(" {amount}")))
+            .unwrap_or_else(|| panic!("no row ends with {amount} after row {from}:\n{text}"));
+        assert!(
+            row.contains(&unit),
+            "row {row:?} lacks the unit price {unit}"
+        );
+        from = at + 1;
+    }
+    let total = money(inv["amount"].as_i64().unwrap());
+    for label in ["Subtotal", "Total"] {
+        let row = text
+            .lines()
+            .find(|r| r.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row:\n{text}"));
+        assert!(row.trim_end().ends_with(&total), "{row:?} is not {total}");
+    }
+}
+
+const STRIPE_KEY: &str = "sk_test_51GatehouseInvoiceKey";
+const STRIPE_WHSEC: &str = "whsec_gatehouse_invoice_signing";
+
+async fn with_stripe(backend: Backend, mock: &stripe_mock::StripeMock) -> TestServer {
+    let base_url = mock.base_url();
+    TestServer::start_with(
+        backend,
+        common::ServerOptions {
+            configure: Box::new(move |c| {
+                c.stripe_secret_key = Some(STRIPE_KEY.into());
+                c.stripe_webhook_secret = Some(STRIPE_WHSEC.into());
+                c.stripe_base_url = base_url;
+                c.allow_private_stripe_target = true;
+                c.allow_private_webhook_targets = true;
+            }),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Subscribes a webhook endpoint of the organization to every event (nothing delivers to it: the
+/// tests read the outbox).
+async fn a_webhook_endpoint(srv: &TestServer, o: &Org) {
+    let res = srv
+        .post_as(
+            &format!("{}/webhooks", o.base),
+            &o.owner,
+            &json!({"url": "http://127.0.0.1:9/hooks", "events": ["*"]}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+}
+
+/// The organization's webhook events of a type in the outbox.
+async fn webhook_events(srv: &TestServer, event_type: &str) -> Vec<Value> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT payload FROM webhook_events WHERE event_type = $1 ORDER BY created_at",
+    )
+    .bind(event_type)
+    .fetch_all(srv.state.db.pool())
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|p| serde_json::from_str(p).unwrap())
+        .collect()
+}
+
+async fn invoice(srv: &TestServer, o: &Org, id: &str) -> Value {
+    let res = srv
+        .get_as(&format!("{}/invoices/{id}", o.base), &o.owner)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    res.json
+}
+
+async fn stripe_collects_an_issued_invoice_and_its_webhook_marks_it_paid(backend: Backend) {
+    let mock = stripe_mock::StripeMock::start(STRIPE_KEY).await;
+    let srv = with_stripe(backend, &mock).await;
+    let o = an_org(&srv).await;
+    a_webhook_endpoint(&srv, &o).await;
+    subscribe(&srv, &o, "midmarket").await;
+    let (start, end) = (t("2026-01-15T10:00:00Z"), t("2026-02-15T10:00:00Z"));
+    set_cycle(&srv, &o, start, end).await;
+
+    // The first try fails at Stripe: the invoice is issued all the same, and the next run
+    // creates its payment.
+    mock.fail_next(
+        500,
+        r#"{"error": {"type": "api_error", "message": "try again"}}"#,
+    );
+    let issued = close(&srv, end).await;
+    assert_eq!(issued.len(), 1);
+    let id = issued[0].clone();
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "open");
+    assert_eq!(mock.created(), (0, 0));
+    // Not again within the minute after a failure; once it has passed, it is.
+    assert!(close(&srv, end).await.is_empty());
+    assert_eq!(mock.created(), (0, 0));
+    sqlx::query("UPDATE invoice_payments SET updated_at = $1 WHERE invoice_id = $2")
+        .bind(gatehouse::storage::format_time(
+            Utc::now() - chrono::Duration::seconds(61),
+        ))
+        .bind(&id)
+        .execute(srv.state.db.pool())
+        .await
+        .unwrap();
+    assert!(close(&srv, end).await.is_empty());
+    assert_eq!(mock.created(), (1, 1));
+    // A later run creates nothing more.
+    close(&srv, end).await;
+    assert_eq!(mock.created(), (1, 1));
+    let intent = mock
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/v1/payment_intents")
+        .unwrap();
+    assert_eq!(intent.field("amount"), Some("49900"));
+    assert_eq!(intent.field("currency"), Some("usd"));
+    assert_eq!(intent.field("metadata[invoice_id]"), Some(id.as_str()));
+    assert_eq!(
+        intent.field("metadata[organization_id]"),
+        Some(o.id.as_str())
+    );
+    assert_eq!(intent.idempotency_key.as_deref(), Some(id.as_str()));
+    let customer = intent.field("customer").unwrap().to_string();
+    assert!(customer.starts_with("cus_"), "{customer}");
+
+    // Stripe delivers the payment's success, signed: the invoice is paid.
+    let url = srv.url("/v1/billing/stripe/webhook");
+    let body = stripe_mock::payment_intent_event(
+        "evt_paid_1",
+        "payment_intent.succeeded",
+        json!({"id": "pi_1", "object": "payment_intent", "amount": 49900, "currency": "usd",
+               "status": "succeeded", "metadata": {"invoice_id": id, "organization_id": o.id}}),
+    );
+    let now = Utc::now().timestamp();
+    // A bad signature first: refused, nothing changes.
+    let res = stripe_mock::deliver(&url, "whsec_someone_else", now, body.clone()).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "open");
+
+    let res = stripe_mock::deliver(&url, STRIPE_WHSEC, now, body.clone()).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let paid = invoice(&srv, &o, &id).await;
+    assert_eq!(paid["status"], "paid");
+    assert!(paid["paid_at"].is_string());
+    let events = webhook_events(&srv, "invoice.paid").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["id"], id);
+    assert_eq!(events[0]["data"]["amount"], 49900);
+    let audit = srv
+        .get_as(&format!("{}/audit?action=invoice.paid", o.base), &o.owner)
+        .await;
+    assert_eq!(
+        audit.json["events"][0]["actor_type"], "system",
+        "{}",
+        audit.text
+    );
+
+    // A replay, and another event about the paid invoice, change nothing.
+    let res = stripe_mock::deliver(&url, STRIPE_WHSEC, now, body).await;
+    assert_eq!(res.status(), 200);
+    let failed = stripe_mock::payment_intent_event(
+        "evt_failed_late",
+        "payment_intent.payment_failed",
+        json!({"id": "pi_1", "object": "payment_intent", "metadata": {"invoice_id": id},
+               "last_payment_error": {"message": "Your card was declined."}}),
+    );
+    let res = stripe_mock::deliver(&url, STRIPE_WHSEC, now, failed).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(invoice(&srv, &o, &id).await, paid);
+    assert_eq!(webhook_events(&srv, "invoice.paid").await.len(), 1);
+    assert!(webhook_events(&srv, "invoice.payment_failed")
+        .await
+        .is_empty());
+}
+
+async fn a_failed_stripe_payment_is_recorded_and_leaves_the_invoice_open(backend: Backend) {
+    let mock = stripe_mock::StripeMock::start(STRIPE_KEY).await;
+    let srv = with_stripe(backend, &mock).await;
+    let o = an_org(&srv).await;
+    a_webhook_endpoint(&srv, &o).await;
+    subscribe(&srv, &o, "smb").await;
+    let (start, end) = (t("2026-01-15T10:00:00Z"), t("2026-02-15T10:00:00Z"));
+    set_cycle(&srv, &o, start, end).await;
+    let id = close(&srv, end).await.remove(0);
+    assert_eq!(mock.created(), (1, 1));
+
+    let url = srv.url("/v1/billing/stripe/webhook");
+    let failed = stripe_mock::payment_intent_event(
+        "evt_failed_1",
+        "payment_intent.payment_failed",
+        json!({"id": "pi_1", "object": "payment_intent", "metadata": {"invoice_id": id},
+               "last_payment_error": {"message": "Your card was declined."}}),
+    );
+    let now = Utc::now().timestamp();
+    for _ in 0..2 {
+        let res = stripe_mock::deliver(&url, STRIPE_WHSEC, now, failed.clone()).await;
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "open");
+    let events = webhook_events(&srv, "invoice.payment_failed").await;
+    assert_eq!(events.len(), 1, "a replay is applied once");
+    assert_eq!(events[0]["data"]["reason"], "Your card was declined.");
+    assert_eq!(events[0]["data"]["status"], "open");
+    // The payment is not made again by the next run: the customer retries the same one.
+    close(&srv, end).await;
+    assert_eq!(mock.created(), (1, 1));
+    // A success for another amount than the invoice's does not settle it.
+    let short = stripe_mock::payment_intent_event(
+        "evt_short",
+        "payment_intent.succeeded",
+        json!({"id": "pi_1", "object": "payment_intent", "amount": 100,
+               "amount_received": 100, "currency": "usd", "metadata": {"invoice_id": id}}),
+    );
+    let res = stripe_mock::deliver(&url, STRIPE_WHSEC, now, short).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "open");
+    assert!(webhook_events(&srv, "invoice.paid").await.is_empty());
+    // An event about an invoice that is not here is acknowledged and ignored.
+    let stranger = stripe_mock::payment_intent_event(
+        "evt_other",
+        "payment_intent.succeeded",
+        json!({"id": "pi_2", "object": "payment_intent",
+               "metadata": {"invoice_id": "in_01JH6Q2W8Z4XK3M5N7P9R0ST"}}),
+    );
+    let res = stripe_mock::deliver(&url, STRIPE_WHSEC, now, stranger).await;
+    assert_eq!(res.status(), 200);
 }

@@ -36,6 +36,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("POST", "/v1/auth/otp/verify"),
     ("POST", "/v1/auth/forgot-password"),
     ("POST", "/v1/auth/reset-password"),
+    ("POST", "/v1/billing/stripe/webhook"),
     // Seed 001's public routes (`src/compat/seed001`).
     ("POST", "/platform/api/global/auth/register"),
     ("POST", "/platform/api/global/auth/login"),

@@ -56,6 +56,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "invoice.created",
     "invoice.paid",
     "invoice.voided",
+    "invoice.payment_failed",
     "quota.exceeded",
     "policy.violation",
     "webhook.test",

@@ -47,6 +47,7 @@ migrations!(
     (17, "idempotency"),
     (18, "platform_configs"),
     (19, "invoices"),
+    (20, "payments"),
 );
 
 /// Data steps: changes to stored rows that SQL cannot make, run after the SQL migrations, each

@@ -88,6 +88,9 @@ pub async fn close_periods(
             closed.subscriptions += 1;
         }
     }
+    // With a payment provider: a payment for each new invoice, and another try for those whose
+    // payment could not be made before (failures are logged; the invoices stay open).
+    super::collect::collect_open(state, org_id).await;
     Ok(closed)
 }
 

@@ -4,13 +4,19 @@
 //! stored by [`store`], read and settled through [`routes`]:
 //!
 //! - `GET /v1/organizations/{org_id}/invoices[/{id}]` (admin / `billing:read`);
-//! - `POST /v1/admin/invoices/{id}/pay` and `…/void` (platform admin; from `open` only).
+//! - `GET …/invoices/{id}/pdf` (the same permission): the PDF ([`document`] over `billing/pdf.rs`);
+//! - `POST /v1/admin/invoices/{id}/pay` and `…/void` (platform admin; from `open` only);
+//! - `POST /v1/billing/stripe/webhook` (public, Stripe's signature): payments through the
+//!   provider ([`collect`], `billing/payments/`), which also collects open invoices after each
+//!   close run.
 //!
-//! The PDF (`…/invoices/{id}/pdf`, `pdf_url`) and payment providers are built elsewhere
-//! (`billing/pdf.rs`, `billing/payments/`). The rules are in `docs/billing.md`.
+//! The rules are in `docs/billing.md`.
 
 pub mod close;
+pub mod collect;
+pub mod document;
 pub mod lines;
+pub mod payment_store;
 pub mod routes;
 pub mod store;
 
@@ -23,6 +29,8 @@ pub fn routes() -> Routes {
     Routes::new()
         .get("/v1/organizations/{org_id}/invoices", routes::list)
         .get("/v1/organizations/{org_id}/invoices/{id}", routes::get)
+        .get("/v1/organizations/{org_id}/invoices/{id}/pdf", routes::pdf)
         .post("/v1/admin/invoices/{id}/pay", routes::pay)
         .post("/v1/admin/invoices/{id}/void", routes::void)
+        .post("/v1/billing/stripe/webhook", routes::stripe_webhook)
 }

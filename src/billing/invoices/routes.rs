@@ -1,18 +1,29 @@
 //! The invoice handlers: extract, call the store, answer. Settling an invoice (paid, void) is
-//! a platform admin's change, written through [`Change`] as the organization's event.
+//! a platform admin's change, written through [`Change`] as the organization's event; a payment
+//! provider's webhook settles it through [`collect::apply_event`].
 
-use axum::{extract::State, response::IntoResponse};
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{header, HeaderMap},
+    response::IntoResponse,
+};
 use serde_json::json;
 
-use super::store::{self, Invoice, InvoiceStatus};
+use super::{
+    collect,
+    document::{self, Customer},
+    store::{self, Invoice, InvoiceStatus},
+};
 use crate::{
     app::AppState,
     auth::extract::PlatformAdmin,
+    billing::{payments, subscriptions::store as subscriptions},
     error::Error,
     events::Change,
     http::{extract::Path, pagination::Page, request_meta::RequestMeta},
     ids::InvoiceId,
-    orgs::{access::OrgAccess, roles::perm},
+    orgs::{access::OrgAccess, organizations::store as organizations, roles::perm},
 };
 
 /// Where the invoice's PDF is served (the PDF itself is `billing/pdf.rs`'s).
@@ -44,6 +55,50 @@ pub async fn get(
 ) -> Result<impl IntoResponse, Error> {
     let invoice = store::get(&state.db, Some(access.org_id()), &id).await?;
     Ok(axum::Json(with_pdf_url(&state, invoice)))
+}
+
+/// `GET …/invoices/{id}/pdf`: the invoice as a PDF (seller from the configuration, the
+/// organization and its billing email as the customer).
+pub async fn pdf(
+    State(state): State<AppState>,
+    access: OrgAccess<perm::BillingRead>,
+    Path((_, id)): Path<(String, InvoiceId)>,
+) -> Result<impl IntoResponse, Error> {
+    let org = access.org_id();
+    let invoice = store::get(&state.db, Some(org), &id).await?;
+    let customer = Customer {
+        name: organizations::name(&state.db, org).await?,
+        billing_email: subscriptions::find(&state.db, org)
+            .await?
+            .and_then(|s| s.billing_email),
+    };
+    let bytes = document::render(&invoice, &state.config, customer)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/pdf".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{id}.pdf\""),
+            ),
+        ],
+        bytes,
+    ))
+}
+
+/// `POST /v1/billing/stripe/webhook`: public, believed only with Stripe's signature over the
+/// raw body. 404 when no provider is configured; 400 for a refused signature; 200 otherwise
+/// (an event applied, seen before, about an invoice not open or not here, or of no concern).
+pub async fn stripe_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, Error> {
+    let Some(provider) = state.payments.as_deref().filter(|p| p.name() == "stripe") else {
+        return Err(Error::not_found("Stripe payments are not configured"));
+    };
+    let event = payments::verify_webhook(provider, &headers, &body)?;
+    collect::apply_event(&state, provider.name(), &event).await?;
+    Ok(axum::Json(json!({"received": true})))
 }
 
 /// Moves an open invoice to `to` (paid or void), emitting `invoice.paid|voided` as its

@@ -83,6 +83,11 @@ pub struct PaymentEvent {
     pub event_type: String,
     /// `None` for an event that concerns no invoice of ours (another type, no `invoice_id`).
     pub outcome: Option<PaymentOutcome>,
+    /// The payment's amount (minor units; what was received when the provider says so) and
+    /// currency (lowercase), when the event carries them: the caller checks them against the
+    /// invoice before believing a `Paid`.
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
 }
 
 /// Why a webhook was refused. The route answers 400 with this message; nothing is changed.

@@ -391,9 +391,15 @@ fn event(body: &[u8]) -> Result<PaymentEvent, PaymentError> {
         }
         _ => None,
     });
+    let amount = ["amount_received", "amount"]
+        .iter()
+        .find_map(|k| object.get(*k).and_then(Value::as_i64).filter(|a| *a > 0));
+    let currency = text(&object, "currency").map(|c| c.to_ascii_lowercase());
     Ok(PaymentEvent {
         event_id,
         event_type,
         outcome,
+        amount,
+        currency,
     })
 }
