@@ -57,6 +57,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "invoice.paid",
     "invoice.voided",
     "quota.exceeded",
+    "usage.threshold_reached",
     "policy.violation",
     "webhook.test",
     "webhook.disabled",
