@@ -19,6 +19,7 @@ on_both_databases!(
     an_older_organization_gets_one_at_start_up,
     usage_counts_gateway_requests_tokens_and_cost,
     thresholds_warn_once_at_80_and_100_percent_and_again_next_period,
+    projects_warn_at_80_and_100_percent_of_the_plan,
 );
 
 /// A gateway key of the test environment (answered by the mock provider).
@@ -381,4 +382,38 @@ async fn thresholds_warn_once_at_80_and_100_percent_and_again_next_period(backen
     assert_eq!(w.len(), 3, "{w:?}");
     assert_eq!((w[2].0.as_str(), w[2].1), ("gateway_requests", 80));
     assert_eq!(w[2].2["period"]["start"], secs(start));
+}
+
+async fn projects_warn_at_80_and_100_percent_of_the_plan(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let o = an_org(&srv).await;
+    // SMB allows 5 projects: the 4th is 80 %, the 5th 100 %.
+    for i in 0..5 {
+        let res = srv
+            .post_as(
+                &format!("{}/projects", o.base),
+                &o.owner,
+                &json!({"name": format!("P{i}")}),
+            )
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+        check_thresholds(&srv, &o).await;
+        let got: Vec<u64> = warnings(&srv, &o)
+            .await
+            .iter()
+            .filter(|(q, _, _)| q == "projects")
+            .map(|(_, p, _)| *p)
+            .collect();
+        let want: &[u64] = match i {
+            0..=2 => &[],
+            3 => &[80],
+            _ => &[80, 100],
+        };
+        assert_eq!(got, want, "after project {}", i + 1);
+    }
+    let mail = srv
+        .mail(&admin, "owner@example.com", "100% of its projects")
+        .await;
+    assert!(mail.contains("5 of the 5 projects"), "{mail}");
 }

@@ -246,6 +246,7 @@ pub async fn create_owned(
         let user_id = owner_id;
         // Its subscription from its creation: the default plan (SPEC §6).
         let sub_id = crate::ids::SubscriptionId::generate();
+        let default_plan = state.plans.get(DEFAULT_PLAN);
         let change = Change::new(
             "organization.created",
             "organization",
@@ -262,7 +263,9 @@ pub async fn create_owned(
             "subscription.created",
             "subscription",
             &sub_id,
-            json!({"id": sub_id, "organization_id": id, "plan": DEFAULT_PLAN}),
+            json!({"id": sub_id, "organization_id": id, "plan": DEFAULT_PLAN,
+                   "amount": default_plan.as_ref().map(|p| p.fields.amount),
+                   "currency": default_plan.as_ref().map(|p| &p.fields.currency)}),
         )
         .organization(&id);
         let organization = NewOrganization {
