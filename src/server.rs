@@ -176,6 +176,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     );
     let worker = crate::events::delivery::spawn(state.clone())?;
     crate::billing::subscriptions::spawn_cycle_job(state.clone());
+    crate::billing::thresholds::spawn_threshold_job(state.clone(), Duration::from_secs(1));
     let idempotency_cleanup = crate::http::idempotency::spawn_cleanup(state.clone());
     let flusher = {
         let state = state.clone();

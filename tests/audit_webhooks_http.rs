@@ -357,8 +357,9 @@ async fn audit_exports_stream_csv_and_ndjson(backend: Backend) {
         .contains("audit.csv"));
     let lines: Vec<&str> = csv.text.lines().collect();
     assert!(lines[0].starts_with("id,"), "{}", lines[0]);
-    // Header, organization.created, member.added, 5 × config.updated, 5 × organization.updated.
-    assert_eq!(lines.len(), 1 + 2 + 5 + 5, "{}", csv.text);
+    // Header, organization.created, member.added, subscription.created, 5 × config.updated,
+    // 5 × organization.updated.
+    assert_eq!(lines.len(), 1 + 3 + 5 + 5, "{}", csv.text);
     let nd = srv
         .get_as(
             &format!("{base}/audit?format=ndjson&action=organization.updated"),

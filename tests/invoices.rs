@@ -924,13 +924,16 @@ async fn projects_beyond_a_priced_limit_are_allowed_and_billed(backend: Backend)
 async fn usage_is_counted_in_the_billing_cycle_it_happened_in(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let o = an_org(&srv).await;
-    // Without a subscription: the calendar month, as dates.
+    // From its creation: the implicit subscription's cycle, as times.
     let usage = srv
         .get_as(&format!("{}/usage", o.base), &o.owner)
         .await
         .json;
-    let month = Utc::now().format("%Y-%m-01").to_string();
-    assert_eq!(usage["period"]["start"], month);
+    let sub = srv
+        .get_as(&format!("{}/subscription", o.base), &o.owner)
+        .await
+        .json;
+    assert_eq!(usage["period"]["start"], sub["billing_cycle_start"]);
 
     subscribe(&srv, &o, "smb").await;
     let now = Utc::now().timestamp();

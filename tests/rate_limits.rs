@@ -439,9 +439,12 @@ async fn usage_reports_the_plan_and_what_was_used(backend: Backend) {
     assert_eq!(res.status, 200, "{}", res.text);
     let u = &res.json;
     assert_eq!(u["plan"], "smb");
-    let today = chrono::Utc::now().date_naive();
-    assert_eq!(u["period"]["start"], today.format("%Y-%m-01").to_string());
-    assert!(u["period"]["end"].as_str().unwrap() >= today.to_string().as_str());
+    // The period is the billing cycle of the subscription every organization has (SPEC §6).
+    let sub = srv
+        .get_as(&format!("{}/subscription", o.base), &o.owner)
+        .await;
+    assert_eq!(u["period"]["start"], sub.json["billing_cycle_start"]);
+    assert_eq!(u["period"]["end"], sub.json["billing_cycle_end"]);
     // The project creation and this request itself.
     assert_eq!(u["api_requests"], json!({"limit": 100000, "used": 2}));
     assert_eq!(u["gateway_requests"]["used"], 0);

@@ -2,7 +2,7 @@
 //! memory so that the request path never queries it, and an organization's usage against its
 //! plan (`GET /v1/organizations/{org_id}/usage`); [`subscriptions`]: an organization's
 //! subscription, which sets its plan; [`invoices`]: the invoice of each closed subscription
-//! period. The queries are in [`store`] (plans, an organization's
+//! period; [`thresholds`]: the 80 % / 100 % usage warnings. The queries are in [`store`] (plans, an organization's
 //! plan and counts) and [`subscriptions::store`]; the handlers here extract, validate, call a
 //! store and respond, and every change of the catalogue is written through
 //! [`Change`](crate::events::Change) (audited as the admin, then every
@@ -13,6 +13,7 @@ pub mod payments;
 pub mod pdf;
 pub mod store;
 pub mod subscriptions;
+pub mod thresholds;
 
 pub use store::{BillingInterval, Plan};
 
@@ -523,7 +524,7 @@ async fn admin_delete(
 
 /// How `GET …/usage` shows a period: a calendar month as dates, end inclusive (seed 000); a
 /// billing cycle as its start and end times (RFC 3339, end excluded: the next cycle's start).
-fn period_document(p: &crate::limits::usage::UsagePeriod) -> Value {
+pub fn period_document(p: &crate::limits::usage::UsagePeriod) -> Value {
     if p.calendar {
         let last = p.end - chrono::Duration::days(1);
         json!({"start": p.start.date_naive().to_string(), "end": last.date_naive().to_string()})
@@ -540,42 +541,86 @@ async fn usage(
     Ok(axum::Json(usage_document(&state, access.org_id()).await?))
 }
 
-/// An organization's usage this period against its plan's limits (the `…/usage` body; also in
-/// the platform admin's organization detail).
-pub async fn usage_document(state: &AppState, org_id: &str) -> Result<Value, Error> {
-    let org_id = org_id.to_string();
-    let plan_id = store::organization_plan(&state.db, &org_id).await?;
+/// One metered quantity of an organization's current period: its name in `GET …/usage`, the
+/// plan's limit (`None`: unlimited) and what was used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quantity {
+    pub name: &'static str,
+    pub limit: Option<u64>,
+    pub used: u64,
+}
+
+/// An organization's usage in its current period: what `GET …/usage` shows and the threshold
+/// warnings ([`thresholds`]) compare, read from the counters the period's invoice reads.
+#[derive(Debug, Clone)]
+pub struct PeriodUsage {
+    pub plan: String,
+    pub period: crate::limits::usage::UsagePeriod,
+    pub quantities: Vec<Quantity>,
+}
+
+/// Millionths of a USD (the gateway's cost counter) in cents, rounded half up.
+pub fn micros_to_cents(micros: u64) -> u64 {
+    micros.saturating_add(5_000) / 10_000
+}
+
+/// The organization's usage this period against its plan's limits.
+pub async fn period_usage(state: &AppState, org_id: &str) -> Result<PeriodUsage, Error> {
+    use crate::limits::usage::Counter;
+    let plan_id = store::organization_plan(&state.db, org_id).await?;
     let plan = state.plans.get(&plan_id);
     let limit = |name: &str| plan.as_ref().and_then(|p| p.limit(name));
     // The same counters the invoice of this period will read (limits::usage).
-    let period = state.usage.period(&org_id).await?;
+    let period = state.usage.period(org_id).await?;
+    let counter = |metric: &str| Counter::new(org_id, metric, period.key.as_str());
+    let mut quantities = Vec::with_capacity(METERED.len() + 3);
+    for (name, limit_name, metric) in METERED {
+        quantities.push(Quantity {
+            name,
+            limit: limit(limit_name),
+            used: state.usage.current(&counter(metric)).await?,
+        });
+    }
+    // Gateway cost: the price table is in USD; shown in its minor units (cents). No plan
+    // limits it.
+    let micros = state
+        .usage
+        .current(&counter(crate::limits::middleware::GATEWAY_COST_MICROS))
+        .await?;
+    quantities.push(Quantity {
+        name: "gateway_cost",
+        limit: None,
+        used: micros_to_cents(micros),
+    });
+    let (members, projects) = store::member_and_project_counts(&state.db, org_id).await?;
+    quantities.push(Quantity {
+        name: "members",
+        limit: limit("members"),
+        used: members.max(0) as u64,
+    });
+    quantities.push(Quantity {
+        name: "projects",
+        limit: limit("projects"),
+        used: projects.max(0) as u64,
+    });
+    Ok(PeriodUsage {
+        plan: plan_id,
+        period,
+        quantities,
+    })
+}
+
+/// An organization's usage this period against its plan's limits (the `…/usage` body; also in
+/// the platform admin's organization detail).
+pub async fn usage_document(state: &AppState, org_id: &str) -> Result<Value, Error> {
+    let usage = period_usage(state, org_id).await?;
     let mut body = Map::new();
     body.insert("organization_id".into(), json!(org_id));
-    body.insert("plan".into(), json!(plan_id));
-    body.insert("period".into(), period_document(&period));
-    for (name, limit_name, metric) in METERED {
-        let used = state
-            .usage
-            .current(&crate::limits::usage::Counter::new(
-                &org_id,
-                *metric,
-                period.key.as_str(),
-            ))
-            .await?;
-        body.insert(
-            (*name).into(),
-            json!({"limit": limit(limit_name), "used": used}),
-        );
+    body.insert("plan".into(), json!(usage.plan));
+    body.insert("period".into(), period_document(&usage.period));
+    for q in &usage.quantities {
+        body.insert(q.name.into(), json!({"limit": q.limit, "used": q.used}));
     }
-    let (members, projects) = store::member_and_project_counts(&state.db, &org_id).await?;
-    body.insert(
-        "members".into(),
-        json!({"limit": limit("members"), "used": members}),
-    );
-    body.insert(
-        "projects".into(),
-        json!({"limit": limit("projects"), "used": projects}),
-    );
     Ok(Value::Object(body))
 }
 

@@ -222,3 +222,59 @@ pub async fn member_and_project_counts(db: &Db, org_id: &str) -> Result<(i64, i6
             .await?;
     Ok((members, projects))
 }
+
+/// A usage threshold warning: its organization, quantity, period (the counters' key),
+/// threshold and the numbers it was sent with.
+#[derive(Debug)]
+pub struct ThresholdNotice<'a> {
+    pub organization_id: &'a str,
+    pub quantity: &'a str,
+    pub period: &'a str,
+    pub threshold_percent: u64,
+    pub used: u64,
+    pub limit: u64,
+}
+
+/// The (quantity, threshold) warnings already sent for the organization's period.
+pub async fn threshold_notices(
+    db: &Db,
+    org_id: &str,
+    period: &str,
+) -> Result<Vec<(String, u64)>, Error> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT quantity, threshold_percent FROM usage_threshold_notices \
+         WHERE organization_id = $1 AND period = $2",
+    )
+    .bind(org_id)
+    .bind(period)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(q, p)| (q, p.max(0) as u64))
+        .collect())
+}
+
+/// Records a warning; false when it was recorded already (by this node or another).
+pub async fn record_threshold_notice(
+    tx: &mut sqlx::AnyConnection,
+    n: &ThresholdNotice<'_>,
+) -> Result<bool, Error> {
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let inserted = sqlx::query(
+        "INSERT INTO usage_threshold_notices (organization_id, quantity, period, \
+         threshold_percent, used, limit_value, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(n.organization_id)
+    .bind(n.quantity)
+    .bind(n.period)
+    .bind(clamp(n.threshold_percent))
+    .bind(clamp(n.used))
+    .bind(clamp(n.limit))
+    .bind(crate::storage::now())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}

@@ -132,10 +132,73 @@ pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingRead>,
 ) -> Result<impl IntoResponse, Error> {
-    let doc = find(&state, access.org_id()).await?.ok_or_else(|| {
-        Error::not_found("This organization has no subscription; POST one to activate a plan")
-    })?;
+    // Every organization has one from its creation ([`start_implicit`], [`backfill`]).
+    let doc = find(&state, access.org_id())
+        .await?
+        .ok_or_else(|| Error::not_found("Organization not found"))?;
     Ok(axum::Json(doc))
+}
+
+/// The subscription every organization has from its creation: the default plan from `now`,
+/// renewing, billed to its first owner's email. Started in the organization's creating
+/// transaction (`orgs::organizations::create_owned`), and by [`backfill`] for organizations
+/// created before.
+pub async fn start_implicit(
+    tx: &mut sqlx::AnyConnection,
+    plans: &super::PlanCatalogue,
+    id: &crate::ids::SubscriptionId,
+    org_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let plan = plans.get(super::DEFAULT_PLAN).ok_or_else(|| {
+        Error::new(
+            ErrorCode::InternalError,
+            "the default plan is missing from the catalogue",
+        )
+    })?;
+    start_default(tx, &plan, id, org_id, now).await
+}
+
+async fn start_default(
+    tx: &mut sqlx::AnyConnection,
+    plan: &super::Plan,
+    id: &crate::ids::SubscriptionId,
+    org_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let now = now.trunc_subsecs(0);
+    let billing_email = store::first_owner_email(tx, org_id).await?;
+    let new = NewSubscription {
+        id,
+        organization_id: org_id,
+        plan: &plan.id,
+        amount: plan.fields.amount,
+        currency: &plan.fields.currency,
+        billing_cycle_start: now,
+        billing_cycle_end: cycle_end(now, plan.fields.interval),
+        billing_email,
+        auto_renew: true,
+    };
+    store::start(tx, &new).await
+}
+
+/// Gives every organization without a subscription (created before they were implicit) its
+/// default-plan subscription, its first cycle starting now (a data step run at start-up:
+/// `storage::migrations::run_data_steps`). Returns how many it started.
+pub async fn backfill(db: &storage::Db) -> Result<usize, Error> {
+    let plan = super::store::plan(db, super::DEFAULT_PLAN).await?;
+    let mut started = 0;
+    for org_id in store::organizations_without(db).await? {
+        let mut tx = db.begin_write().await?;
+        // Checked again in the transaction: another node's backfill or a POST may have won.
+        if store::status_of(&mut tx, &org_id).await?.is_none() {
+            let id = crate::ids::SubscriptionId::generate();
+            start_default(&mut tx, &plan, &id, &org_id, Utc::now()).await?;
+            started += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(started)
 }
 
 pub async fn create(
@@ -149,6 +212,13 @@ pub async fn create(
     // Whole seconds: the cycle's bounds read back exactly as the API shows them.
     let now = Utc::now().trunc_subsecs(0);
     let id = crate::ids::SubscriptionId::generate();
+    // Without a billing email, the one of the subscription it replaces is kept.
+    let email = match email {
+        Some(e) => Some(e),
+        None => store::find(&state.db, &org_id)
+            .await?
+            .and_then(|s| s.billing_email),
+    };
     let new = NewSubscription {
         id: &id,
         organization_id: &org_id,
@@ -164,7 +234,12 @@ pub async fn create(
     Change::new("subscription.created", "subscription", &id, data)
         .invalidates(Invalidation::organization(&org_id))
         .write(&state, &access, async |tx| {
-            if store::status_of(tx, &org_id).await? == Some(SubscriptionStatus::Active) {
+            // The implicit default-plan subscription is replaced by the plan activated; a
+            // subscription on another plan is changed with PATCH.
+            let current = store::find_in(tx, &org_id).await?;
+            if current.as_ref().is_some_and(|(status, plan)| {
+                *status == SubscriptionStatus::Active && plan != super::DEFAULT_PLAN
+            }) {
                 return Err(Error::new(
                     ErrorCode::Conflict,
                     "This organization already has an active subscription; PATCH it to change plans",

@@ -58,6 +58,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "invoice.voided",
     "invoice.payment_failed",
     "quota.exceeded",
+    "usage.threshold_reached",
     "policy.violation",
     "webhook.test",
     "webhook.disabled",

@@ -136,6 +136,19 @@ impl UsageWriter {
                 r.completion_tokens.max(0) as u64,
             ),
         );
+        // The organization's gateway cost this period, in millionths of a USD (the price
+        // table's currency): `GET …/usage` shows it in minor units.
+        let cost = self
+            .prices
+            .cost(&r.model, r.prompt_tokens, r.completion_tokens);
+        let micros = (cost * 1_000_000.0).round();
+        if micros >= 1.0 {
+            self.meter.record(
+                &r.organization_id,
+                crate::limits::middleware::GATEWAY_COST_MICROS,
+                micros as u64,
+            );
+        }
         // Monthly token quota and the key's tokens-per-minute limit.
         let tokens = (r.prompt_tokens + r.completion_tokens).max(0) as u64;
         if tokens > 0 {

@@ -55,6 +55,8 @@ const MAX_ENTRIES: usize = 100_000;
 pub const API_REQUESTS: &str = "api_requests";
 pub const GATEWAY_REQUESTS: &str = "gateway_requests";
 pub const GATEWAY_TOKENS: &str = "gateway_tokens";
+/// The gateway's cost (from the price table), in millionths of a USD.
+pub const GATEWAY_COST_MICROS: &str = "gateway_cost_micros";
 
 /// An organization as the request path needs it: its plan, and its hourly limit's key.
 #[derive(Debug)]

@@ -21,7 +21,7 @@
 //! database.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -151,6 +151,10 @@ fn period_with(cycle: Option<Cycle>, at: DateTime<Utc>) -> UsagePeriod {
 }
 
 /// How long [`UsageMeter::used`] trusts a stored value read from the database by default.
+/// At most this many organizations wait for a threshold check (beyond, the next flush of each
+/// brings it back).
+const MAX_TOUCHED: usize = 100_000;
+
 pub const STORED_VALUE_AGE: Duration = Duration::from_secs(5);
 /// A stored value up to this many times `refresh_after` old is still served, while it is
 /// re-read in the background; an older one is re-read before the request goes on.
@@ -299,6 +303,9 @@ struct State {
     unresolved: HashMap<(String, String, i64), u64>,
     /// Bumped by every [`UsageMeter::forget_cycle`]: a cycle read before one is not kept.
     cycle_generation: u64,
+    /// Organizations whose counts this node flushed (or [`UsageMeter::touch`]ed) since the
+    /// last [`UsageMeter::take_touched`]: the threshold warnings check these.
+    touched: HashSet<String>,
 }
 
 impl State {
@@ -670,6 +677,11 @@ impl UsageMeter {
         let in_flight = std::mem::take(&mut state.in_flight);
         match result {
             Ok(()) => {
+                if state.touched.len() < MAX_TOUCHED {
+                    for c in in_flight.keys() {
+                        state.touched.insert(c.organization_id.clone());
+                    }
+                }
                 for (c, d) in in_flight {
                     if let Some((stored, _, _)) = state.stored.get_mut(&c) {
                         *stored = stored.saturating_add(d);
@@ -709,6 +721,23 @@ impl UsageMeter {
             .await?;
         }
         tx.commit().await
+    }
+
+    /// Marks the organization's usage as changed (members, projects) for the next
+    /// [`UsageMeter::take_touched`].
+    pub fn touch(&self, organization_id: &str) {
+        let mut state = self.state();
+        if state.touched.len() < MAX_TOUCHED {
+            state.touched.insert(organization_id.to_string());
+        }
+    }
+
+    /// The organizations whose usage changed since the last call (flushed by this node, or
+    /// touched), emptied.
+    pub fn take_touched(&self) -> Vec<String> {
+        std::mem::take(&mut self.state().touched)
+            .into_iter()
+            .collect()
     }
 
     /// Flushes every `every` until the runtime stops; call [`UsageMeter::flush`] once more at

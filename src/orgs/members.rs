@@ -401,6 +401,8 @@ pub async fn accept(
             users::email_proven(tx, user_id, session_id).await
         })
         .await?;
+    // Its members count changed: checked against the usage thresholds.
+    state.usage.touch(&org_id);
     if taken_back {
         crate::events::record_security_event(
             &state.db,

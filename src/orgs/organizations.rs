@@ -244,6 +244,9 @@ pub async fn create_owned(
             )
         };
         let user_id = owner_id;
+        // Its subscription from its creation: the default plan (SPEC §6).
+        let sub_id = crate::ids::SubscriptionId::generate();
+        let default_plan = state.plans.get(DEFAULT_PLAN);
         let change = Change::new(
             "organization.created",
             "organization",
@@ -255,6 +258,14 @@ pub async fn create_owned(
             "member",
             user_id,
             json!({"organization_id": id, "user_id": user_id, "role": Role::Owner}),
+        )
+        .and(
+            "subscription.created",
+            "subscription",
+            &sub_id,
+            json!({"id": sub_id, "organization_id": id, "plan": DEFAULT_PLAN,
+                   "amount": default_plan.as_ref().map(|p| p.fields.amount),
+                   "currency": default_plan.as_ref().map(|p| &p.fields.currency)}),
         )
         .organization(&id);
         let organization = NewOrganization {
@@ -270,7 +281,15 @@ pub async fn create_owned(
         let created = change
             .write(state, ctx, async |tx| {
                 store::insert(tx, organization).await?;
-                members::store::insert_membership(tx, &id, user_id, Role::Owner).await
+                members::store::insert_membership(tx, &id, user_id, Role::Owner).await?;
+                crate::billing::subscriptions::start_implicit(
+                    tx,
+                    &state.plans,
+                    &sub_id,
+                    &id,
+                    chrono::Utc::now(),
+                )
+                .await
             })
             .await;
         match created {

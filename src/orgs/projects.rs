@@ -149,6 +149,8 @@ pub async fn create(
             store::insert(tx, access.org_id(), &id, fields).await
         })
         .await?;
+    // Its projects count changed: checked against the usage thresholds.
+    state.usage.touch(access.org_id());
     Ok((
         StatusCode::CREATED,
         axum::Json(store::load(&state.db, access.org_id(), &id).await?),

@@ -48,17 +48,58 @@ migrations!(
     (18, "platform_configs"),
     (19, "invoices"),
     (20, "payments"),
+    (21, "usage_thresholds"),
 );
 
 /// Data steps: changes to stored rows that SQL cannot make, run after the SQL migrations, each
 /// until it completes; then it is recorded in `data_steps` (migration 15) and never runs again.
 ///
+/// - `implicit_subscriptions`: organizations created before every organization had a
+///   subscription get their default-plan one ([`crate::billing::subscriptions::backfill`]).
 /// - `fold_stored_emails`: addresses stored before emails were folded (NFKC, case folding) are
 ///   folded ([`crate::auth::users::fold_stored_emails`]). Addresses of several users that fold
 ///   to one are left unchanged and reported with a warning naming the users; startup goes on.
 ///   While such collisions remain, the step is not recorded: it runs again (rewriting nothing
 ///   already folded) and warns again at each start, until an operator has resolved them.
 pub async fn run_data_steps(db: &super::Db) -> anyhow::Result<()> {
+    implicit_subscriptions(db).await?;
+    fold_stored_emails(db).await
+}
+
+/// `implicit_subscriptions`: every organization created before subscriptions were implicit
+/// gets its default-plan subscription, its first cycle starting when this runs
+/// ([`crate::billing::subscriptions::backfill`]).
+async fn implicit_subscriptions(db: &super::Db) -> anyhow::Result<()> {
+    const STEP: &str = "implicit_subscriptions";
+    let done: Option<String> = sqlx::query_scalar("SELECT name FROM data_steps WHERE name = $1")
+        .bind(STEP)
+        .fetch_optional(db.pool())
+        .await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    let started = crate::billing::subscriptions::backfill(db)
+        .await
+        .map_err(|e| anyhow::anyhow!("data step {STEP} failed: {e}"))?;
+    if started > 0 {
+        tracing::info!(
+            started,
+            "started the default-plan subscription of older organizations"
+        );
+    }
+    sqlx::query(
+        "INSERT INTO data_steps (name, completed_at, report) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(STEP)
+    .bind(super::now())
+    .bind(serde_json::json!({ "started": started }).to_string())
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+async fn fold_stored_emails(db: &super::Db) -> anyhow::Result<()> {
     const FOLD_EMAILS: &str = "fold_stored_emails";
     let done: Option<String> = sqlx::query_scalar("SELECT name FROM data_steps WHERE name = $1")
         .bind(FOLD_EMAILS)

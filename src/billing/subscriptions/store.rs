@@ -111,6 +111,21 @@ pub async fn status_of(
     Ok(stored.as_deref().map(parse_status).transpose()?)
 }
 
+/// The status and plan of the organization's subscription, read in the change's transaction.
+pub async fn find_in(
+    tx: &mut AnyConnection,
+    org_id: &str,
+) -> Result<Option<(SubscriptionStatus, String)>, Error> {
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT status, plan FROM subscriptions WHERE organization_id = $1")
+            .bind(org_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(row
+        .map(|(status, plan)| Ok::<_, sqlx::Error>((parse_status(&status)?, plan)))
+        .transpose()?)
+}
+
 /// A new active subscription: its plan's price and the first cycle's bounds.
 #[derive(Debug)]
 pub struct NewSubscription<'a> {
@@ -293,4 +308,28 @@ pub async fn end(tx: &mut AnyConnection, id: &SubscriptionId) -> Result<bool, Er
     .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// The email of the organization's first owner (the implicit subscription's billing email).
+pub async fn first_owner_email(
+    tx: &mut AnyConnection,
+    org_id: &str,
+) -> Result<Option<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT u.email FROM memberships m JOIN users u ON u.id = m.user_id \
+         WHERE m.organization_id = $1 AND m.role = 'owner' ORDER BY m.created_at, m.id LIMIT 1",
+    )
+    .bind(org_id)
+    .fetch_optional(&mut *tx)
+    .await?)
+}
+
+/// Organizations that have no subscription row (created before subscriptions were implicit).
+pub async fn organizations_without(db: &Db) -> Result<Vec<String>, Error> {
+    Ok(sqlx::query_scalar(
+        "SELECT o.id FROM organizations o WHERE NOT EXISTS \
+         (SELECT 1 FROM subscriptions s WHERE s.organization_id = o.id) ORDER BY o.id",
+    )
+    .fetch_all(db.pool())
+    .await?)
 }
