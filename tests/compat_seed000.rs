@@ -559,7 +559,11 @@ async fn seed_000_errors_and_rate_limits_follow_the_documented_conventions(backe
     let reset: i64 = first.header("x-ratelimit-reset").unwrap().parse().unwrap();
     assert!(reset >= chrono::Utc::now().timestamp(), "reset {reset}");
     let second = srv.get_as(&o.base, &key).await;
-    assert!((97..=99).contains(&remaining(&second)), "{:?}", second.headers);
+    assert!(
+        (97..=99).contains(&remaining(&second)),
+        "{:?}",
+        second.headers
+    );
     // The allowance refills continuously (100 a minute), so a slow machine may get a few more
     // than 100 in before the refusal; never fewer, and never unboundedly many.
     let mut answered = 2;
