@@ -1,7 +1,7 @@
 // An organization's settings (profile, IP allowlist with a lock-out warning), the roles table,
 // and billing: usage against the plan's limits, the subscription, the plan catalogue.
 
-import { api } from './api.js';
+import { api, download } from './api.js';
 import { h, form, field, notice, errorBox, actionButton, badge, when, table } from './ui.js';
 
 export async function settings(main, org, t, message = null) {
@@ -87,6 +87,9 @@ export async function billing(main, org, t, message = null) {
     }),
   ]);
   const canManage = ['admin', 'owner'].includes(t.role);
+  // Invoices need admin (`billing:read`); a member below sees usage and the plan only.
+  const invoices = canManage ? await api('GET', `${base}/invoices?limit=24`, undefined, 'tenant') : null;
+  const money = (amount, currency) => `${(amount / 100).toFixed(2)} ${String(currency).toUpperCase()}`;
   const quantities = Object.entries(usage).filter(([, v]) => v && typeof v === 'object' && 'used' in v);
   const current = sub ? sub.plan : usage.plan;
   const choose = (p) => actionButton(sub ? 'Switch to this plan' : 'Subscribe', async () => {
@@ -119,7 +122,16 @@ export async function billing(main, org, t, message = null) {
           await reload('The subscription ends at the end of this cycle.');
         }, { cls: 'danger', errorTarget: top }) : null,
       ] : h('p', {}, `No subscription: the organization is on the default plan (${usage.plan}).`),
-      h('p', { class: 'muted' }, 'Invoices are not issued yet.')),
+      invoices ? h('h3', {}, 'Invoices') : null,
+      invoices && invoices.invoices.length ? table([
+        { label: 'Invoice', cell: (i) => h('code', {}, i.id) },
+        { label: 'Date', cell: (i) => when(i.date) },
+        { label: 'Due', cell: (i) => when(i.due_date) },
+        { label: 'Amount', cell: (i) => money(i.amount, i.currency) },
+        { label: 'Status', cell: (i) => badge(i.status) },
+        { label: '', cls: 'actions', cell: (i) => actionButton('PDF', () => download(`${base}/invoices/${i.id}/pdf`, `${i.id}.pdf`), { errorTarget: top, label: `Download ${i.id} as PDF` }) },
+      ], invoices.invoices) : null,
+      invoices && !invoices.invoices.length ? h('p', { class: 'muted' }, 'No invoices yet: the first is issued when this billing period closes.') : null),
     h('section', { class: 'panel' },
       h('h2', {}, 'Plans'),
       table([
