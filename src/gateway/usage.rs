@@ -119,7 +119,7 @@ impl UsageWriter {
             stop: stop.clone(),
             prices: prices.clone(),
         });
-        let handle = tokio::spawn(run(db, rx, stop, prices, metrics));
+        let handle = tokio::spawn(run(db, rx, stop, prices, writer.meter.clone(), metrics));
         (writer, handle)
     }
 
@@ -136,19 +136,6 @@ impl UsageWriter {
                 r.completion_tokens.max(0) as u64,
             ),
         );
-        // The organization's gateway cost this period, in millionths of a USD (the price
-        // table's currency): `GET …/usage` shows it in minor units.
-        let cost = self
-            .prices
-            .cost(&r.model, r.prompt_tokens, r.completion_tokens);
-        let micros = (cost * 1_000_000.0).round();
-        if micros >= 1.0 {
-            self.meter.record(
-                &r.organization_id,
-                crate::limits::middleware::GATEWAY_COST_MICROS,
-                micros as u64,
-            );
-        }
         // Monthly token quota and the key's tokens-per-minute limit.
         let tokens = (r.prompt_tokens + r.completion_tokens).max(0) as u64;
         if tokens > 0 {
@@ -198,6 +185,7 @@ async fn run(
     mut rx: mpsc::Receiver<UsageRecord>,
     stop: Arc<Notify>,
     prices: Prices,
+    meter: crate::limits::usage::UsageMeter,
     metrics: crate::metrics::GatewayMetrics,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -228,7 +216,7 @@ async fn run(
             while let Ok(r) = rx.try_recv() {
                 batch.push(r);
                 if batch.len() == BATCH {
-                    write(&db, &mut conn, &prices, &mut batch).await;
+                    write(&db, &mut conn, (&prices, &meter), &mut batch).await;
                 }
             }
         }
@@ -237,7 +225,7 @@ async fn run(
         metrics
             .usage_queue_depth
             .set((rx.len() + batch.len()) as i64);
-        write(&db, &mut conn, &prices, &mut batch).await;
+        write(&db, &mut conn, (&prices, &meter), &mut batch).await;
         metrics.usage_queue_depth.set(rx.len() as i64);
     }
 }
@@ -303,7 +291,7 @@ fn multi_row_insert(backend: storage::Backend, rows: usize) -> String {
 async fn write(
     db: &Db,
     conn: &mut Option<sqlx::pool::PoolConnection<sqlx::Any>>,
-    prices: &Prices,
+    (prices, meter): (&Prices, &crate::limits::usage::UsageMeter),
     batch: &mut Vec<UsageRecord>,
 ) {
     if batch.is_empty() {
@@ -325,9 +313,21 @@ async fn write(
                         *text = text.replace('\0', "\u{FFFD}");
                     }
                 }
+                let cost_usd = prices.cost(&r.model, r.prompt_tokens, r.completion_tokens);
+                // The organization's gateway cost this period, in millionths of a USD (the
+                // price table's currency; `GET …/usage` shows it in minor units): counted here,
+                // off the request path, where the record is priced anyway.
+                let micros = (cost_usd * 1_000_000.0).round();
+                if micros >= 1.0 {
+                    meter.record(
+                        &r.organization_id,
+                        crate::limits::middleware::GATEWAY_COST_MICROS,
+                        micros as u64,
+                    );
+                }
                 Stored {
                     created_at: storage::format_time(r.at.unwrap_or_else(chrono::Utc::now)),
-                    cost_usd: prices.cost(&r.model, r.prompt_tokens, r.completion_tokens),
+                    cost_usd,
                     record: r,
                 }
             })

@@ -287,17 +287,22 @@ struct Inner {
     refresh_after: Duration,
 }
 
+/// The maps the request path touches on every counted request (an organization's cycle, its
+/// pending counts): keyed by ids this server made, so hashed with the fast, non-keyed FxHash
+/// instead of SipHash (BENCHMARKS.md, run 14).
+type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
+
 #[derive(Default)]
 struct State {
     /// Recorded, not yet flushed.
-    pending: HashMap<Counter, u64>,
+    pending: FastMap<Counter, u64>,
     /// Being written by the flush in progress.
-    in_flight: HashMap<Counter, u64>,
+    in_flight: FastMap<Counter, u64>,
     /// Stored values as last read, plus what this node flushed since; when read; and whether
     /// a background re-read is under way.
     stored: HashMap<Counter, (u64, Instant, bool)>,
     /// Each organization's billing cycle (`None`: it never had a subscription), and when read.
-    cycles: HashMap<String, HeldCycle>,
+    cycles: FastMap<String, HeldCycle>,
     /// Counts of organizations whose cycle was not in memory: (organization, metric, unix
     /// second) → amount, put in their period by the next flush.
     unresolved: HashMap<(String, String, i64), u64>,
