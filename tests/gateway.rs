@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::{http::HeaderMap, response::IntoResponse, routing::post, Router};
 use common::{
-    fixtures::{a_key, an_org, Org},
+    fixtures::{a_key, a_test_key, an_org, Org},
     Backend, ServerOptions, TestServer,
 };
 use gatehouse::environment::Environment;
@@ -81,18 +81,6 @@ async fn three_mock_calls(srv: &TestServer, test_key: &str, chat: &Value) {
         common::openai_stream_text(&res.text),
         "Mock reply to: hello there gateway"
     );
-}
-
-/// A gateway key of the test environment, answered by the mock provider.
-async fn a_test_key(srv: &TestServer, s: &Org) -> String {
-    s.key_token(
-        srv,
-        a_key()
-            .named("t")
-            .environment(Environment::Test)
-            .scopes(&["gateway:proxy"]),
-    )
-    .await
 }
 
 /// The mock provider's chat: a system prompt and a user message.

@@ -537,33 +537,31 @@ async fn platform_admins_pay_or_void_open_invoices_only(backend: Backend) {
     let ids = close(&srv, t("2026-03-01T00:00:00Z")).await;
     assert_eq!(ids.len(), 2);
     let (first, second) = (&ids[0], &ids[1]);
-    let pay = |id: &str| format!("/v1/admin/invoices/{id}/pay");
-    let void = |id: &str| format!("/v1/admin/invoices/{id}/void");
+    let server = &srv;
+    let act = move |action: &'static str, id: &str, token: &str| {
+        let path = format!("/v1/admin/invoices/{id}/{action}");
+        let token = token.to_string();
+        async move { server.post_as(&path, &token, &json!({})).await }
+    };
 
     // Only a platform admin.
-    srv.post_as(&pay(first), &o.owner, &json!({}))
+    act("pay", first, &o.owner)
         .await
         .assert_error(403, "forbidden");
-
-    let res = srv.post_as(&pay(first), &admin, &json!({})).await;
-    assert_eq!(res.status, 200, "{}", res.text);
-    assert_eq!(res.json["status"], "paid");
-    assert!(res.json["paid_at"].is_string());
-    srv.post_as(&pay(first), &admin, &json!({}))
-        .await
-        .assert_error(409, "conflict");
-    srv.post_as(&void(first), &admin, &json!({}))
-        .await
-        .assert_error(409, "conflict");
-
-    let res = srv.post_as(&void(second), &admin, &json!({})).await;
-    assert_eq!(res.status, 200, "{}", res.text);
-    assert_eq!(res.json["status"], "void");
-    assert!(res.json["voided_at"].is_string());
-    srv.post_as(&pay(second), &admin, &json!({}))
-        .await
-        .assert_error(409, "conflict");
-    srv.post_as(&pay("in_01aaaaaaaaaaaaaaaaaaaaaaaa"), &admin, &json!({}))
+    // From `open` only: each settles once, then both actions conflict.
+    for (id, action, status, at) in [
+        (first, "pay", "paid", "paid_at"),
+        (second, "void", "void", "voided_at"),
+    ] {
+        let res = act(action, id, &admin).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        assert_eq!(res.json["status"], status);
+        assert!(res.json[at].is_string(), "{}", res.text);
+        for again in ["pay", "void"] {
+            act(again, id, &admin).await.assert_error(409, "conflict");
+        }
+    }
+    act("pay", "in_01aaaaaaaaaaaaaaaaaaaaaaaa", &admin)
         .await
         .assert_error(404, "not_found");
 

@@ -8,10 +8,9 @@ mod common;
 
 use chrono::{DateTime, Utc};
 use common::{
-    fixtures::{a_key, an_org, an_org_called, Org},
+    fixtures::{a_test_key, an_org, an_org_called, Org},
     Backend, ServerOptions, TestServer,
 };
-use gatehouse::environment::Environment;
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -21,18 +20,6 @@ on_both_databases!(
     thresholds_warn_once_at_80_and_100_percent_and_again_next_period,
     projects_warn_at_80_and_100_percent_of_the_plan,
 );
-
-/// A gateway key of the test environment (answered by the mock provider).
-async fn a_test_key(srv: &TestServer, o: &Org) -> String {
-    o.key_token(
-        srv,
-        a_key()
-            .named("t")
-            .environment(Environment::Test)
-            .scopes(&["gateway:proxy"]),
-    )
-    .await
-}
 
 /// A chat whose user message is `words` words long (the mock counts a token per word).
 fn chat(model: &str, words: usize) -> Value {

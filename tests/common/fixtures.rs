@@ -147,6 +147,19 @@ impl Org {
     }
 }
 
+/// The token of a gateway key of the test environment (answered by the built-in mock
+/// provider), created by `o`'s owner.
+pub async fn a_test_key(srv: &TestServer, o: &Org) -> String {
+    o.key_token(
+        srv,
+        a_key()
+            .named("t")
+            .environment(gatehouse::environment::Environment::Test)
+            .scopes(&["gateway:proxy"]),
+    )
+    .await
+}
+
 /// A key to create: named `k`, everything else the API's default until set.
 pub fn a_key() -> KeySpec {
     KeySpec(Map::new()).named("k")
