@@ -184,25 +184,18 @@ async fn a_newcomer_signs_up_invites_and_creates_a_key_in_the_browser() {
     let script = root.join("tests/console_e2e.py");
     let shots = root.join("target/console-screenshots");
     let base = srv.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&python)
-            .arg(&script)
-            .arg(&base)
-            .arg(&admin)
-            .arg(&shots)
-            .args([admin_email, common::PASSWORD])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "the browser journey failed (screenshots in target/console-screenshots/):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut journey = std::process::Command::new(&python);
+    journey
+        .arg(&script)
+        .arg(&base)
+        .arg(&admin)
+        .arg(&shots)
+        .args([admin_email, common::PASSWORD]);
+    let summary = common::run_json_script(
+        journey,
+        "the browser journey failed (screenshots in target/console-screenshots/)",
+    )
+    .await;
 
     // The owner's account, verified; the organization with both members.
     let owner = srv

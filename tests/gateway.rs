@@ -700,22 +700,9 @@ async fn official_python_sdks_work_through_the_gateway() {
         .await;
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_clients.py");
     let base = srv.base.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(&python)
-            .arg(&script)
-            .args([&base, &test_key])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "SDK script failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut sdks = std::process::Command::new(&python);
+    sdks.arg(&script).args([&base, &test_key]);
+    let summary = common::run_json_script(sdks, "SDK script failed").await;
     assert_eq!(summary.as_object().unwrap().len(), 6, "{summary}");
 
     let logs = logs(&srv, &s, 6).await;

@@ -638,3 +638,19 @@ pub fn find_code(text: &str, digits: usize) -> String {
         })
         .expect("a code in the mail")
 }
+
+/// Runs `cmd` (a Python script of the suite) off the async runtime, fails the test with its
+/// output (`what` failed, and where to look) unless it succeeds, and returns its standard output
+/// read as the JSON summary the script prints.
+pub async fn run_json_script(mut cmd: std::process::Command, what: &str) -> Value {
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
