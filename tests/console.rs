@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Backend, ServerOptions, TestServer};
-use serde_json::{json, Value};
+use serde_json::json;
 
 on_both_databases!(
     the_page_and_its_files_are_served_with_their_headers,
