@@ -75,6 +75,14 @@ macro_rules! string_enum {
             }
         }
 
+        impl ::schemars::JsonSchema for $name {
+            fn inline_schema() -> bool { true }
+            fn schema_name() -> ::std::borrow::Cow<'static, str> { stringify!($name).into() }
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                ::schemars::json_schema!({ "type": "string", "enum": Self::NAMES })
+            }
+        }
+
         impl ::std::str::FromStr for $name {
             type Err = $crate::wire::UnknownValue;
             fn from_str(s: &str) -> Result<Self, $crate::wire::UnknownValue> {

@@ -227,7 +227,7 @@ async fn the_gateway_refuses_missing_keys_scopes_providers_and_bad_json(backend:
     let res = srv
         .post_as("/openai/v1/chat/completions", &live, &chat)
         .await;
-    let err = res.assert_error(502, "upstream_error");
+    let err = res.assert_error(400, "invalid_request");
     let path = format!("/v1/organizations/{}/providers", s.id);
     let message = err["message"].as_str().unwrap();
     assert!(

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 on_both_databases!(
     every_route_asks_for_credentials_unless_public,
     admin_routes_refuse_everyone_but_platform_admins,
+    the_openapi_document_names_the_same_public_routes,
 );
 
 /// The routes anyone may call, by method and path template.
@@ -60,6 +61,9 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/admin"),
     ("GET", "/admin/{*page}"),
     ("GET", "/console/{*path}"),
+    // The API's own description and its reference page.
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
 ];
 
 /// A path of the table with every parameter filled with a well-formed id that exists nowhere.
@@ -86,22 +90,7 @@ fn concrete(template: &str) -> String {
 
 /// A server whose rate limits stay out of the way: every route is called several times.
 async fn server(backend: Backend) -> TestServer {
-    TestServer::start_with(
-        backend,
-        ServerOptions {
-            configure: Box::new(|c| {
-                let l = &mut c.rate_limits;
-                l.unauthenticated_per_minute = 100_000;
-                l.analytics_per_minute = 100_000;
-                l.management_per_minute = 100_000;
-                l.api_key_per_minute = 100_000;
-                l.gateway_key_per_minute = 100_000;
-                l.user_per_minute = 100_000;
-            }),
-            ..Default::default()
-        },
-    )
-    .await
+    TestServer::start_with(backend, ServerOptions::without_rate_limits()).await
 }
 
 /// A body every write route can parse far enough to reach its credential check.
@@ -224,4 +213,39 @@ async fn admin_routes_refuse_everyone_but_platform_admins(backend: Backend) {
     let res = srv.get_as(&org.base, &org.owner).await;
     assert_eq!(res.status, 200);
     assert_eq!(res.json["name"], "Acme");
+}
+
+/// The OpenAPI document (`GET /openapi.json`) derives each operation's `security` from its
+/// handler's extractors; the routes it lists without any are exactly the public ones here.
+async fn the_openapi_document_names_the_same_public_routes(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let doc = srv.get("/openapi.json").await.json;
+    let mut open_in_document = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op["security"].is_null() {
+                open_in_document.push((method.to_uppercase(), path.replace('{', "{*")));
+            }
+        }
+    }
+    let is_public = |m: &str, p: &str| {
+        PUBLIC
+            .iter()
+            .any(|(pm, pp)| *pm == m && (pp.replace("{*", "{") == p.replace("{*", "{")))
+    };
+    for (method, path) in &open_in_document {
+        assert!(
+            is_public(method, path),
+            "{method} {path} needs no credentials in the document, but is not a public route"
+        );
+    }
+    for (method, path) in PUBLIC {
+        let documented_open = open_in_document
+            .iter()
+            .any(|(m, p)| m == method && p.replace("{*", "{") == path.replace("{*", "{"));
+        assert!(
+            documented_open,
+            "{method} {path} is public, but the document asks for credentials"
+        );
+    }
 }

@@ -3,7 +3,8 @@
 //! [`Change`] (`platform_config.updated`, audited as the admin) and announces itself on the bus,
 //! so every node reads the settings again at once.
 
-use axum::{extract::State, response::IntoResponse};
+use crate::platform::ConfigEntry;
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -37,7 +38,7 @@ pub async fn list(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<ConfigEntry>>, Error> {
     let entries = state.platform.current().entries();
     Ok(axum::Json(List::slice("configs", entries, &page)))
 }
@@ -46,12 +47,12 @@ pub async fn get(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(name): Path<String>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<ConfigEntry>, Error> {
     let key = known(&name)?;
     Ok(axum::Json(state.platform.current().entry(key)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetConfig {
     value: Value,
@@ -63,7 +64,7 @@ pub async fn set(
     meta: RequestMeta,
     Path(name): Path<String>,
     Json(body): Json<SetConfig>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<ConfigEntry>, Error> {
     let key = known(&name)?;
     let value = key.validate(&body.value)?;
     let previous = state.platform.current().entry(key).value;

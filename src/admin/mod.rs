@@ -6,9 +6,13 @@ pub mod configs;
 pub mod orgs;
 pub mod store;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use crate::auth::tokens::SigningKeyInfo;
+use crate::mail::StoredMail;
+use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::Value;
+use store::PlatformStats;
 
 pub use store::{escape_like, like_pattern};
 
@@ -55,7 +59,7 @@ pub fn routes() -> Routes {
 pub(crate) async fn stats(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<PlatformStats>, Error> {
     Ok(axum::Json(store::platform_stats(&state.db).await?))
 }
 
@@ -74,7 +78,7 @@ impl HasId for User {
 
 /// The filters of the admin lists; each list reads the ones it documents (`q` and `status`
 /// for users and organizations, `organization_id` for projects, `to` for the mailbox).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub(crate) struct ListFilter {
     pub q: Option<String>,
     pub status: Option<String>,
@@ -87,7 +91,7 @@ pub(crate) async fn list_users(
     _admin: PlatformAdmin,
     page: Page,
     Query(filter): Query<ListFilter>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<User>>, Error> {
     let list = store::users(&state.db, filter.q.as_deref(), filter.status, &page).await?;
     Ok(axum::Json(list))
 }
@@ -102,7 +106,7 @@ async fn get_user(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(id): Path<UserId>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let user = load_user(&state, &id).await?;
     let sessions = sessions::list(&state.db, &id, None).await?;
     let organizations = store::user_organizations(&state.db, &id).await?;
@@ -112,7 +116,7 @@ async fn get_user(
     Ok(axum::Json(body))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AdminUserPatch {
     name: Option<String>,
@@ -127,7 +131,7 @@ async fn update_user(
     meta: RequestMeta,
     Path(id): Path<UserId>,
     Json(patch): Json<AdminUserPatch>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<User>, Error> {
     load_user(&state, &id).await?;
     if id == admin.user.id
         && (patch.status.as_deref().and_then(Standing::parse) == Some(Standing::Suspended)
@@ -189,7 +193,7 @@ async fn list_project_signing_keys(
     admin: PlatformAdmin,
     Path(id): Path<ProjectId>,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<SigningKeyInfo>>, Error> {
     crate::orgs::projects::organization_of(&state.db, &id).await?;
     list_signing_keys(state, admin, page).await
 }
@@ -198,7 +202,7 @@ async fn list_signing_keys(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<SigningKeyInfo>>, Error> {
     let keys = state.keys.list().await?;
     Ok(axum::Json(List::slice("signing_keys", keys, &page)))
 }
@@ -206,7 +210,7 @@ async fn list_signing_keys(
 async fn rotate_signing_key(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Option<SigningKeyInfo>>), Error> {
     let kid = state.keys.rotate().await?;
     let keys = state.keys.list().await?;
     let key = keys.into_iter().find(|k| k.id == kid);
@@ -218,7 +222,7 @@ async fn mailbox(
     _admin: PlatformAdmin,
     page: Page,
     Query(filter): Query<ListFilter>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<StoredMail>>, Error> {
     Ok(axum::Json(
         crate::mail::list_mailbox(&state.db, filter.to.as_deref(), &page).await?,
     ))

@@ -5,10 +5,13 @@
 //! ([`OrgAccess::platform_admin`]: an owner's authority, audited as the admin in the
 //! organization) — one implementation of each rule (quotas, the last owner, who grants owner).
 
+use crate::http::pagination::List;
+use crate::keys::store::ApiKey;
+use crate::orgs::organizations::Organization;
+use crate::orgs::projects::Project;
 use axum::{
     extract::{FromRequestParts, State},
     http::{request::Parts, StatusCode},
-    response::IntoResponse,
 };
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{json, Map, Value};
@@ -107,22 +110,22 @@ impl<P: RequiredPermission> FromRequestParts<AppState> for ProjectAccess<P> {
 /// the organization (`AdminAccess<perm::$perm>`, or `ProjectAccess` for a project's routes,
 /// which also hands over the project's path), passing the other extractors through.
 macro_rules! as_admin {
-    ($(#[$doc:meta])* $name:ident, $perm:ident, $target:path, ($($arg:ident: $ty:ty),*)) => {
+    ($(#[$doc:meta])* $name:ident, $perm:ident, $target:path, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         $(#[$doc])*
         async fn $name(
             state: State<AppState>,
             AdminAccess(access): AdminAccess<perm::$perm>,
             $($arg: $ty),*
-        ) -> Result<impl IntoResponse, Error> {
+        ) -> Result<$ret, Error> {
             $target(state, access, $($arg),*).await
         }
     };
-    (project $name:ident, $perm:ident, $target:path, ($($arg:ident: $ty:ty),*)) => {
+    (project $name:ident, $perm:ident, $target:path, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         async fn $name(
             state: State<AppState>,
             ProjectAccess(access, path): ProjectAccess<perm::$perm>,
             $($arg: $ty),*
-        ) -> Result<impl IntoResponse, Error> {
+        ) -> Result<$ret, Error> {
             $target(state, access, path, $($arg),*).await
         }
     };
@@ -133,7 +136,7 @@ pub(crate) async fn list(
     _admin: PlatformAdmin,
     page: Page,
     Query(filter): Query<super::ListFilter>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Organization>>, Error> {
     let status = filter
         .status
         .as_deref()
@@ -151,7 +154,7 @@ async fn create(
     admin: PlatformAdmin,
     meta: RequestMeta,
     Json(mut body): Json<Map<String, Value>>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Organization>), Error> {
     let owner = match (
         take_string(&mut body, "owner_id")?,
         take_string(&mut body, "owner_email")?,
@@ -180,7 +183,7 @@ async fn create(
 async fn delete(
     state: State<AppState>,
     AdminAccess(access): AdminAccess<perm::OrganizationsDelete>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<StatusCode, Error> {
     organizations::delete(state, access).await
 }
 
@@ -188,7 +191,7 @@ pub(crate) async fn detail(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let org = organizations::get(&state.db, &id).await?;
     let members = store::organization_members(&state.db, &id).await?;
     let mut body = serde_json::to_value(org).map_err(anyhow::Error::from)?;
@@ -208,13 +211,13 @@ async fn update(
     meta: RequestMeta,
     Path(id): Path<String>,
     Json(body): Json<organizations::UpdateOrganization>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Organization>, Error> {
     Ok(axum::Json(
         organizations::update_as_platform_admin(&state, &admin, &meta, &id, body).await?,
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StatusChange {
     status: String,
@@ -230,7 +233,7 @@ pub(crate) async fn set_status(
     meta: RequestMeta,
     Path(id): Path<String>,
     Json(body): Json<StatusChange>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Organization>, Error> {
     let mut errors = Vec::new();
     let status = Standing::input(&body.status).map_err(|e| errors.push(e));
     if body.reason.chars().count() > 1000 {
@@ -267,7 +270,7 @@ async fn list_projects(
     _admin: PlatformAdmin,
     page: Page,
     Query(filter): Query<super::ListFilter>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Project>>, Error> {
     Ok(axum::Json(
         store::projects(&state.db, filter.organization_id, &page).await?,
     ))
@@ -298,7 +301,7 @@ async fn create_project(
     admin: PlatformAdmin,
     meta: RequestMeta,
     Json(mut body): Json<Map<String, Value>>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Project>), Error> {
     let Some(org) = take_string(&mut body, "organization_id")? else {
         return Err(Error::invalid_field("organization_id", "is required"));
     };
@@ -333,9 +336,9 @@ fn org_path<P, T>(access: &OrgAccess<P>, id: T) -> Path<(String, T)> {
     Path((access.org_id().to_string(), id))
 }
 
-as_admin!(project get_project, OrganizationsRead, projects::get, ());
-as_admin!(project update_project, OrganizationsUpdate, projects::update, (body: Json<projects::ProjectInput>));
-as_admin!(project delete_project, OrganizationsUpdate, projects::delete, ());
+as_admin!(project get_project, OrganizationsRead, projects::get, () -> axum::Json<Project>);
+as_admin!(project update_project, OrganizationsUpdate, projects::update, (body: Json<projects::ProjectInput>) -> axum::Json<Project>);
+as_admin!(project delete_project, OrganizationsUpdate, projects::delete, () -> StatusCode);
 
 /// `GET /v1/admin/projects/{id}/api-keys`: the organization's keys list, confined to the
 /// project (its other filters — `status`, `type`, `environment` — apply).
@@ -346,7 +349,7 @@ async fn list_project_keys(
     Path(id): Path<ProjectId>,
     page: Page,
     Query(filter): Query<keys::routes::KeyFilter>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<ApiKey>>, Error> {
     let access = project_access(&state, admin, meta, &id).await?;
     keys::routes::list(State(state), access, page, Query(filter.in_project(&id))).await
 }
@@ -358,7 +361,7 @@ async fn revoke_project_key(
     admin: PlatformAdmin,
     meta: RequestMeta,
     Path((id, key_id)): Path<(ProjectId, String)>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<StatusCode, Error> {
     let access = project_access(&state, admin, meta, &id).await?;
     let key = keys::store::load(&state.db, access.org_id(), &key_id, None).await?;
     if key.project_id.as_deref() != Some(&*id) {
@@ -370,26 +373,41 @@ async fn revoke_project_key(
 
 // ---- members and invitations: the organization's own handlers, run by the admin -----------
 
-as_admin!(list_members, MembersRead, members::list, (page: Page, query: Query<members::MemberQuery>));
+as_admin!(list_members, MembersRead, members::list, (page: Page, query: Query<members::MemberQuery>) -> axum::Json<List<members::Member>>);
 as_admin!(
     /// Invites (a pending member), as `POST …/members` does.
-    add_member, MembersManage, members::add, (body: Json<members::Invite>)
+    add_member, MembersManage, members::add, (body: Json<members::Invite>) -> (StatusCode, axum::Json<Value>)
 );
 as_admin!(
     /// Another role for a member or a pending member (`inv_…`); the last owner stays one.
     change_role, MembersManage, members::change_role,
-    (path: Path<(String, String)>, body: Json<members::ChangeRole>)
+    (path: Path<(String, String)>, body: Json<members::ChangeRole>) -> axum::Json<Value>
 );
 as_admin!(
     /// Removes a member, or revokes a pending member's invitation; never the last owner.
-    remove_member, MembersRead, members::remove, (path: Path<(String, String)>)
+    remove_member, MembersRead, members::remove, (path: Path<(String, String)>) -> StatusCode
 );
 as_admin!(
     list_invitations, MembersManage, members::list_invitations,
-    (page: Page, filter: Query<members::InvitationFilter>)
+    (page: Page, filter: Query<members::InvitationFilter>) -> axum::Json<List<members::Invitation>>
 );
-as_admin!(create_invitation, MembersManage, members::create_invitation, (body: Json<members::Invite>));
+as_admin!(create_invitation, MembersManage, members::create_invitation, (body: Json<members::Invite>) -> (StatusCode, axum::Json<members::Invitation>));
 as_admin!(
     revoke_invitation, MembersManage, members::revoke_invitation,
-    (path: Path<(String, InvitationId)>)
+    (path: Path<(String, InvitationId)>) -> StatusCode
 );
+
+impl<P: RequiredPermission> crate::http::openapi::Input for AdminAccess<P> {
+    fn describe(d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        <PlatformAdmin as crate::http::openapi::Input>::describe(d, op);
+        op.note("Acts on any organization with an owner's authority, audited as the admin.");
+        op.error(404, "Not found: no such organization");
+    }
+}
+
+impl<P: RequiredPermission> crate::http::openapi::Input for ProjectAccess<P> {
+    fn describe(d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        <PlatformAdmin as crate::http::openapi::Input>::describe(d, op);
+        op.error(404, "Not found: no such project");
+    }
+}

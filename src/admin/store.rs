@@ -195,7 +195,7 @@ pub async fn projects(
 }
 
 /// The platform at a glance (`GET /v1/admin/stats`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PlatformStats {
     pub organizations: OrganizationCounts,
     pub users: UserCounts,
@@ -203,19 +203,19 @@ pub struct PlatformStats {
     pub gateway: GatewayTotals,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct OrganizationCounts {
     pub total: i64,
     pub active: i64,
     pub suspended: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct UserCounts {
     pub total: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct KeyCounts {
     /// Keys that authenticate now: `active` and not past their expiry.
     pub active: i64,
@@ -223,7 +223,7 @@ pub struct KeyCounts {
 
 /// Every organization's gateway traffic since `since` (both environments), summed from the
 /// hourly rollups.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct GatewayTotals {
     /// The start of the oldest hour counted: the current hour and the 23 before it.
     pub since: String,

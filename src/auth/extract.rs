@@ -158,3 +158,19 @@ impl FromRequestParts<AppState> for PlatformAdmin {
         Ok(PlatformAdmin(user))
     }
 }
+
+impl crate::http::openapi::Input for AuthUser {
+    fn describe(_d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        op.accepts(&["accessToken"]);
+        op.error(401, "Unauthorized: no valid access token");
+    }
+}
+
+impl crate::http::openapi::Input for PlatformAdmin {
+    fn describe(_d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        op.accepts(&["adminToken"]);
+        op.note("Platform administrators only.");
+        op.error(401, "Unauthorized: no valid access token");
+        op.error(403, "Forbidden: not a platform administrator");
+    }
+}

@@ -1,12 +1,14 @@
 //! `/v1/auth/*`, `/v1/me*` and `/.well-known/jwks.json` (SPEC §2). Handlers are thin: extract,
 //! call the domain functions, answer.
 
+use crate::auth::sessions::SessionView;
+use crate::auth::users::User;
+use axum::http::HeaderName;
 use std::time::Duration;
 
 use axum::{
     extract::State,
     http::{header, StatusCode},
-    response::IntoResponse,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -135,21 +137,23 @@ fn present<'a>(value: Option<&'a str>, field: &str, errors: &mut Vec<FieldError>
     }
 }
 
-fn accepted(message: &str) -> impl IntoResponse {
+fn accepted(message: &str) -> (StatusCode, axum::Json<Value>) {
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({ "message": message })),
     )
 }
 
-async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
+async fn jwks(
+    State(state): State<AppState>,
+) -> ([(HeaderName, &'static str); 1], axum::Json<Value>) {
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],
         axum::Json(state.keys.jwks()),
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegisterRequest {
     email: String,
@@ -165,7 +169,7 @@ pub(crate) async fn register(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<RegisterRequest>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     // With signups closed (the platform's `signup_open`), only an invitation opens an account:
     // an organization asked for this person.
     if body.invitation_token.is_none() && !state.platform.current().signup_open {
@@ -247,7 +251,7 @@ async fn signed_in(state: &AppState, user_id: &UserId, meta: &RequestMeta) -> Re
     Ok(body)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EmailCode {
     email: String,
@@ -276,7 +280,7 @@ async fn spend_code(
 async fn verify_email(
     State(state): State<AppState>,
     Json(body): Json<EmailCode>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let user = spend_code(&state, &body, Purpose::VerifyEmail).await?;
     users::mark_email_verified(&state.db, &user.id).await?;
     Ok(axum::Json(
@@ -286,7 +290,7 @@ async fn verify_email(
 
 /// The login body of `/v1/auth/login` and of the seed adapters (`grantType`/`refreshToken`
 /// are accepted beside the snake_case names).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginRequest {
     #[serde(default, alias = "grantType")]
@@ -303,7 +307,7 @@ async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<LoginRequest>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     Ok(axum::Json(login_answer(&state, &meta, &body).await?))
 }
 
@@ -400,7 +404,7 @@ async fn first_factor_passed(
     signed_in(state, &account.id, meta).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct MfaVerify {
     mfa_token: Secret,
@@ -411,7 +415,7 @@ async fn mfa_verify(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<MfaVerify>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     // The attempt is counted on the challenge, then on the user, before the code is checked:
     // at most 5 per token and 10 per user in 15 minutes (across tokens), however many requests
     // race.
@@ -425,7 +429,7 @@ async fn mfa_verify(
     Ok(axum::Json(signed_in(&state, &user_id, &meta).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EmailOnly {
     email: String,
@@ -452,7 +456,7 @@ where
 pub(crate) async fn otp_request(
     State(state): State<AppState>,
     Json(body): Json<EmailOnly>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let email = users::normalize_email(&body.email)?;
     throttle(&state, format!("otp:{email}"), mail_limit(&state)).await?;
     after_the_answer("sign-in code", async move {
@@ -497,7 +501,7 @@ pub(crate) async fn otp_verify(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<EmailCode>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let mut user = spend_code(&state, &body, Purpose::Login).await?;
     if user.status != Standing::Active {
         return Err(Error::forbidden("This account is suspended"));
@@ -517,7 +521,7 @@ pub(crate) async fn otp_verify(
 pub(crate) async fn forgot_password(
     State(state): State<AppState>,
     Json(body): Json<EmailOnly>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let email = users::normalize_email(&body.email)?;
     throttle(&state, format!("reset:{email}"), mail_limit(&state)).await?;
     after_the_answer("password reset", async move {
@@ -544,7 +548,7 @@ pub(crate) async fn forgot_password(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ResetPassword {
     token: Secret,
@@ -582,7 +586,7 @@ pub(crate) async fn reset_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChangePassword {
     current_password: Secret,
@@ -661,7 +665,7 @@ fn scoped_token(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SelectTenant {
     organization_id: String,
@@ -674,7 +678,7 @@ pub(crate) async fn select_tenant(
     auth: AuthUser,
     meta: RequestMeta,
     Json(body): Json<SelectTenant>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let env = parse_environment(body.environment.as_deref())?;
     let tenant = tenant_of(
         &state,
@@ -687,7 +691,7 @@ pub(crate) async fn select_tenant(
     Ok(axum::Json(scoped_token(&state, &auth, &tenant)?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SwitchEnvironment {
     environment: String,
@@ -698,7 +702,7 @@ pub(crate) async fn switch_environment(
     auth: AuthUser,
     meta: RequestMeta,
     Json(body): Json<SwitchEnvironment>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let env = parse_environment(Some(&body.environment))?;
     let current = auth.tenant.as_ref().ok_or_else(|| {
         Error::bad_request("switch-environment needs a tenant-scoped token (see select-tenant)")
@@ -719,7 +723,7 @@ async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(crate) async fn me(auth: AuthUser) -> impl IntoResponse {
+pub(crate) async fn me(auth: AuthUser) -> axum::Json<User> {
     axum::Json(auth.user)
 }
 
@@ -728,7 +732,7 @@ async fn update_me(
     auth: AuthUser,
     meta: RequestMeta,
     Json(patch): Json<ProfilePatch>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<User>, Error> {
     let ctx = ActorContext::new(Actor::User(auth.user.id.clone()), (&meta).into());
     let user = users::update(&state.db, &ctx, &auth.user.id, patch, Default::default()).await?;
     Ok(axum::Json(user))
@@ -738,7 +742,7 @@ async fn my_sessions(
     State(state): State<AppState>,
     auth: AuthUser,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<SessionView>>, Error> {
     let list = sessions::list(&state.db, &auth.user.id, Some(&auth.session_id)).await?;
     Ok(axum::Json(List::slice("sessions", list, &page)))
 }
@@ -759,7 +763,7 @@ async fn end_session(
 async fn mfa_enrol(
     State(state): State<AppState>,
     auth: AuthUser,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let e = mfa::enrol(&state, &auth.user.id, &auth.user.email).await?;
     Ok((
         StatusCode::CREATED,
@@ -767,7 +771,7 @@ async fn mfa_enrol(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeOnly {
     code: String,
@@ -778,7 +782,7 @@ async fn mfa_activate(
     auth: AuthUser,
     meta: RequestMeta,
     Json(body): Json<CodeOnly>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let codes = mfa::activate(&state, &auth.user.id, &body.code).await?;
     security_event(
         &state,

@@ -42,7 +42,7 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct SessionView {
     pub id: crate::ids::SessionId,
     pub device: String,

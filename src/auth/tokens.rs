@@ -71,7 +71,7 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct SigningKeyInfo {
     pub id: crate::ids::SigningKeyId,
     pub algorithm: String,

@@ -12,7 +12,7 @@ use crate::{
     storage::{self, Db, RowExt},
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct User {
     pub id: UserId,
     pub email: String,
@@ -466,7 +466,7 @@ pub async fn prove_email(
 }
 
 /// A profile change: each field only if given.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilePatch {
     pub name: Option<String>,

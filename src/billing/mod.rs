@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{extract::State, http::StatusCode};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -187,7 +187,7 @@ pub(crate) async fn list_plans(
     State(state): State<AppState>,
     _user: AuthUser,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     Ok(axum::Json(list_body(state.plans.all(), &page)))
 }
 
@@ -195,7 +195,7 @@ async fn admin_list(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     Ok(axum::Json(list_body(state.plans.all(), &page)))
 }
 
@@ -203,11 +203,11 @@ async fn admin_get(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Plan>, Error> {
     Ok(axum::Json(store::plan(&state.db, &id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PlanInput {
     id: Option<String>,
@@ -404,7 +404,7 @@ async fn admin_create(
     admin: PlatformAdmin,
     meta: RequestMeta,
     Json(input): Json<PlanInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Plan>), Error> {
     validate(&input, true)?;
     let id = input.id.clone().unwrap_or_default();
     let fields = store::PlanFields {
@@ -444,7 +444,7 @@ async fn admin_update(
     meta: RequestMeta,
     Path(id): Path<String>,
     Json(input): Json<PlanInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Plan>, Error> {
     if input.id.as_deref().is_some_and(|new| new != id) {
         return Err(Error::invalid_field("id", "cannot be changed"));
     }
@@ -503,7 +503,7 @@ async fn admin_delete(
     admin: PlatformAdmin,
     meta: RequestMeta,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<StatusCode, Error> {
     store::plan(&state.db, &id).await?;
     if id == DEFAULT_PLAN {
         return Err(Error::conflict("The default plan (smb) cannot be deleted"));
@@ -537,7 +537,7 @@ pub fn period_document(p: &crate::limits::usage::UsagePeriod) -> Value {
 async fn usage(
     State(state): State<AppState>,
     access: OrgAccess<perm::UsageRead>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     Ok(axum::Json(usage_document(&state, access.org_id()).await?))
 }
 

@@ -33,7 +33,7 @@ impl BillingInterval {
 }
 
 /// A plan of the catalogue as stored and shown.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Plan {
     pub id: String,
     #[serde(flatten)]
@@ -83,7 +83,7 @@ impl Plan {
 }
 
 /// A plan's own fields, validated (an update writes the merged whole).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct PlanFields {
     pub name: String,
     pub amount: i64,

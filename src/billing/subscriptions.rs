@@ -15,7 +15,7 @@
 
 pub mod store;
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -76,7 +76,7 @@ fn cycle_end(start: DateTime<Utc>, interval: BillingInterval) -> DateTime<Utc> {
     crate::limits::usage::add_months(start, interval.months())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
     plan: Option<String>,
@@ -131,7 +131,7 @@ impl SubscriptionInput {
 pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingRead>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     // Every organization has one from its creation ([`start_implicit`], [`backfill`]).
     let doc = find(&state, access.org_id())
         .await?
@@ -205,7 +205,7 @@ pub async fn create(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingManage>,
     Json(body): Json<SubscriptionInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let (plan, email) = body.validate(&state, true)?;
     let plan = plan.ok_or_else(|| Error::invalid_field("plan", "is required"))?;
     let org_id = access.org_id().to_string();
@@ -257,7 +257,7 @@ pub async fn update(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingManage>,
     Json(body): Json<SubscriptionInput>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let (plan, email) = body.validate(&state, false)?;
     let org_id = access.org_id().to_string();
     let current = active(&state, &org_id).await?;
@@ -300,7 +300,7 @@ pub async fn update(
 pub async fn cancel(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingCancel>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let org_id = access.org_id().to_string();
     let current = active(&state, &org_id).await?;
     let id = current.id;

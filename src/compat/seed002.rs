@@ -4,7 +4,8 @@
 //! `refreshToken`, `tokenType`, `expiresIn`, `user`; with MFA on, `mfaRequired`, `mfaToken`).
 //! Errors keep SPEC's envelope.
 
-use axum::{extract::State, response::IntoResponse};
+use axum::extract::State;
+use serde_json::Value;
 
 use crate::{
     app::AppState,
@@ -21,7 +22,7 @@ async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<LoginRequest>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let answer = login_answer(&state, &meta, &body).await?;
     Ok(axum::Json(super::camel_cased(answer)))
 }

@@ -54,11 +54,20 @@ pub fn is_console_path(path: &str) -> bool {
             })
 }
 
+/// The API reference page (Redoc over `/openapi.json`): Redoc styles itself with inline
+/// `<style>` elements and runs its search in a worker made from a `blob:` URL, so this one page
+/// allows both; scripts still come only from this origin.
+const DOCS_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                        img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; \
+                        connect-src 'self'; object-src 'none'; base-uri 'none'; \
+                        form-action 'self'; frame-ancestors 'none'";
+
 pub fn routes() -> Routes {
     PAGES
         .iter()
         .fold(Routes::new(), |r, path| r.get(path, page))
         .get("/console/{*path}", asset)
+        .get("/docs", docs)
 }
 
 /// A file and its validator (a hash of its bytes: the same across nodes of one build).
@@ -114,6 +123,11 @@ async fn page(headers: HeaderMap) -> Result<Response, Error> {
     serve("index.html", &headers)
 }
 
+/// The API reference.
+async fn docs(headers: HeaderMap) -> Result<Response, Error> {
+    serve_with("docs.html", &headers, DOCS_CSP)
+}
+
 async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
     serve(&path, &headers)
 }
@@ -121,6 +135,10 @@ async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Result<Response,
 /// Answers a file with its type and validator; revalidated on every use (`no-cache`), so a new
 /// build is picked up at once and an unchanged file costs a 304.
 fn serve(path: &str, headers: &HeaderMap) -> Result<Response, Error> {
+    serve_with(path, headers, CSP)
+}
+
+fn serve_with(path: &str, headers: &HeaderMap, csp: &'static str) -> Result<Response, Error> {
     let asset = ASSETS
         .get(path)
         .ok_or_else(|| Error::not_found("No such console file"))?;
@@ -132,7 +150,7 @@ fn serve(path: &str, headers: &HeaderMap) -> Result<Response, Error> {
         (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         (
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(CSP),
+            HeaderValue::from_static(csp),
         ),
         (
             header::X_CONTENT_TYPE_OPTIONS,

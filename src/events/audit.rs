@@ -72,7 +72,7 @@ pub enum AuditScope {
 
 /// The query string of the audit routes (paging is read by [`Page`]; `format` chooses an
 /// export). Unknown parameters are refused by the handler's `Query` extractor.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     pub start_date: Option<String>,
@@ -92,7 +92,7 @@ pub struct AuditQuery {
     _cursor: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     Csv,

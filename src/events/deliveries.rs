@@ -29,7 +29,7 @@ pub mod status {
 }
 
 /// One delivery attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Delivery {
     pub id: crate::ids::DeliveryId,
     pub endpoint_id: WebhookId,

@@ -2,6 +2,12 @@
 //! (`/v1/organizations/{org_id}/…`, admins) and the platform routes (`/v1/admin/…`, platform
 //! admins) share one set of handlers, generic over who is calling ([`WebhookCaller`]).
 
+use crate::events::deliveries::Delivery;
+use crate::events::webhooks::CreatedEndpoint;
+use crate::events::webhooks::Endpoint;
+use crate::events::webhooks::RotatedSecret;
+use crate::http::pagination::List;
+use serde_json::Value;
 use std::collections::HashMap;
 
 use axum::{
@@ -98,7 +104,10 @@ pub fn routes() -> Routes {
         .get("/v1/admin/audit", audit_log::<AdminCaller>)
 }
 
-fn webhook_routes<C: WebhookCaller + 'static>(routes: Routes, base: &str) -> Routes {
+fn webhook_routes<C: WebhookCaller + crate::http::openapi::Input + 'static>(
+    routes: Routes,
+    base: &str,
+) -> Routes {
     let one = format!("{base}/{{id}}");
     routes
         .post(base, create::<C>)
@@ -128,7 +137,7 @@ async fn create<C: WebhookCaller>(
     State(state): State<AppState>,
     caller: C,
     Json(body): Json<webhooks::NewEndpoint>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<CreatedEndpoint>), Error> {
     let created = webhooks::create(&state, &caller.scope(), &caller.context(), body).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
@@ -137,7 +146,7 @@ async fn list<C: WebhookCaller>(
     State(state): State<AppState>,
     caller: C,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Endpoint>>, Error> {
     Ok(axum::Json(
         webhooks::list(&state.db, &caller.scope(), &page).await?,
     ))
@@ -147,7 +156,7 @@ async fn get<C: WebhookCaller>(
     State(state): State<AppState>,
     caller: C,
     Path(p): Path<HashMap<String, String>>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Endpoint>, Error> {
     Ok(axum::Json(
         webhooks::get(&state.db, &caller.scope(), &endpoint_id(&p)).await?,
     ))
@@ -158,7 +167,7 @@ async fn update<C: WebhookCaller>(
     caller: C,
     Path(p): Path<HashMap<String, String>>,
     Json(patch): Json<webhooks::EndpointPatch>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Endpoint>, Error> {
     let id = endpoint_id(&p);
     Ok(axum::Json(
         webhooks::update(&state, &caller.scope(), &caller.context(), &id, patch).await?,
@@ -184,7 +193,7 @@ async fn test<C: WebhookCaller>(
     State(state): State<AppState>,
     caller: C,
     Path(p): Path<HashMap<String, String>>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let event_id = webhooks::send_test(
         &state.db,
         &caller.scope(),
@@ -202,7 +211,7 @@ async fn rotate<C: WebhookCaller>(
     State(state): State<AppState>,
     caller: C,
     Path(p): Path<HashMap<String, String>>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<RotatedSecret>, Error> {
     Ok(axum::Json(
         webhooks::rotate_secret(&state, &caller.scope(), &caller.context(), &endpoint_id(&p))
             .await?,
@@ -214,7 +223,7 @@ async fn list_deliveries<C: WebhookCaller>(
     caller: C,
     Path(p): Path<HashMap<String, String>>,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Delivery>>, Error> {
     Ok(axum::Json(
         deliveries::list(&state.db, &caller.scope(), &endpoint_id(&p), &page).await?,
     ))
@@ -224,7 +233,7 @@ async fn retry<C: WebhookCaller>(
     State(state): State<AppState>,
     caller: C,
     Path(p): Path<HashMap<String, String>>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Delivery>), Error> {
     let delivery = deliveries::retry(
         &state.db,
         &caller.scope(),
@@ -261,4 +270,10 @@ async fn audit_log<C: WebhookCaller>(
             .into_response());
     }
     Ok(axum::Json(audit::list(&state.db, &scope, &filter, &page).await?).into_response())
+}
+
+impl crate::http::openapi::Input for AdminCaller {
+    fn describe(d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        <PlatformAdmin as crate::http::openapi::Input>::describe(d, op);
+    }
 }

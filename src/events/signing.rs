@@ -87,6 +87,19 @@ pub fn signature_header(
         .join(" ")
 }
 
+/// Written once, in the answer that creates or rotates it.
+impl schemars::JsonSchema for WebhookSecret {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "WebhookSecret".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "pattern": "^whsec_" })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ const COLUMNS: &str =
      created_at, updated_at";
 
 /// An endpoint as the API shows it (never with its secret).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Endpoint {
     pub id: WebhookId,
     pub organization_id: Option<String>,
@@ -79,7 +79,7 @@ fn default_enabled() -> bool {
 }
 
 /// `POST …/webhooks`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
     pub url: String,
@@ -93,7 +93,7 @@ pub struct NewEndpoint {
 }
 
 /// `PATCH …/webhooks/{id}`: the fields given are changed.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
     pub url: Option<String>,
@@ -103,7 +103,7 @@ pub struct EndpointPatch {
 }
 
 /// The creation response: the endpoint and, this once, its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CreatedEndpoint {
     #[serde(flatten)]
     pub endpoint: Endpoint,
@@ -112,7 +112,7 @@ pub struct CreatedEndpoint {
 
 /// The rotation response: the new secret, shown once. The previous one keeps signing (as a
 /// second signature) until `previous_secret_expires_at`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RotatedSecret {
     pub secret: WebhookSecret,
     pub previous_secret_expires_at: String,

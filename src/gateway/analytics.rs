@@ -16,7 +16,7 @@ use crate::{
     storage::{self, Db, RowExt, Sql},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct LogEntry {
     pub id: crate::ids::LogId,
     pub key_id: crate::ids::KeyId,
@@ -68,7 +68,7 @@ impl LogEntry {
 /// Which log entries to list (the query string of `GET …/analytics/logs`): every field set
 /// narrows the list. `start`/`end` (`[start, end)`) are read as given, then made stored
 /// timestamps by [`crate::http::time_range`]; the environment is the caller's, never the query's.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 pub struct LogFilter {
     #[serde(skip)]
     pub environment: Option<String>,

@@ -11,7 +11,8 @@ pub mod rollup;
 pub mod stats;
 pub mod usage;
 
-use axum::{extract::State, response::IntoResponse};
+use crate::http::pagination::List;
+use axum::extract::State;
 
 pub use analytics::LogEntry;
 
@@ -53,7 +54,7 @@ pub(crate) async fn logs(
     access: OrgAccess<perm::AnalyticsRead>,
     page: Page,
     Query(mut filter): Query<analytics::LogFilter>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<LogEntry>>, Error> {
     filter.environment = access.environment().map(str::to_string);
     (filter.start, filter.end) = crate::http::time_range(filter.start, filter.end)?;
     let list = analytics::logs(&state.db, access.org_id(), filter, &page).await?;

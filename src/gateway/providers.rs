@@ -48,7 +48,7 @@ mod store;
 
 /// The kinds of upstream provider (SPEC §12): each its own API format, or the OpenAI format
 /// (`openai_compatible`: vLLM, Ollama, any server speaking it) or the built-in `mock`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     Openai,
@@ -218,7 +218,7 @@ async fn load_upstreams(state: &AppState, org_id: &str, env: &str) -> Result<Vec
         .collect()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderInput {
     provider: Option<String>,

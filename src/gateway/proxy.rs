@@ -770,8 +770,10 @@ fn no_provider(spec: &Spec, org_id: &str, environment: &str, model: &str) -> Err
     } else {
         format!(" (or whose `models` include {model})")
     };
+    // 400, not a 5xx: the request cannot succeed until an admin adds a provider, and the
+    // providers' SDKs retry a 5xx (openai and anthropic: twice) but never a 400.
     Error::new(
-        ErrorCode::UpstreamError,
+        ErrorCode::InvalidRequest,
         format!(
             "This organization has no enabled {kind} provider for {environment} keys{model_note}. \
              Add one with POST {path} and a body such as {body} (an organization admin's token), \

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{extract::State, response::IntoResponse};
+use axum::extract::State;
 use chrono::{DateTime, DurationRound, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -26,7 +26,7 @@ use crate::{
     storage,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     start: Option<String>,
@@ -57,7 +57,7 @@ pub async fn stats(
     State(state): State<AppState>,
     access: OrgAccess<perm::AnalyticsRead>,
     Query(q): Query<StatsQuery>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let now = chrono::Utc::now();
     let parse = |field: &str, v: &Option<String>, default: chrono::DateTime<chrono::Utc>| match v {
         Some(s) => storage::parse_time(s)

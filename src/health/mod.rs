@@ -1,11 +1,12 @@
 //! Health and operations (SPEC §9): `/health`, `/health/ready`, `/health/live`, `/metrics`.
 
+use axum::http::HeaderName;
+use serde_json::Value;
 use std::time::Duration;
 
 use axum::{
     extract::State,
     http::{header, HeaderMap, StatusCode},
-    response::IntoResponse,
     Json,
 };
 use serde::Serialize;
@@ -101,7 +102,7 @@ fn limits_check(state: &AppState) -> Check {
     }
 }
 
-pub(crate) async fn health(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
     let database = database_check(&state).await;
     let mut checks = serde_json::Map::new();
     let mut overall = database.status;
@@ -150,7 +151,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
     let database = database_check(&state).await;
     let migrated =
         database.status == Status::Ok && state.db.migrations_applied().await.unwrap_or(false);
@@ -169,12 +170,15 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn live() -> impl IntoResponse {
+async fn live() -> axum::Json<Value> {
     Json(serde_json::json!({ "status": Status::Ok }))
 }
 
 /// The Prometheus text format, or OpenMetrics when `Accept` asks for it.
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> ([(HeaderName, &'static str); 2], String) {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = ExpositionFormat::negotiate(accept);
     (

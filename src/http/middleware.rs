@@ -200,6 +200,8 @@ fn open_in_maintenance(path: &str) -> bool {
         "/v1/admin",
         "/platform/api/global/auth/login",
         "/trueportai-services/health",
+        "/openapi.json",
+        "/docs",
     ];
     OPEN.contains(&path)
         || path.starts_with("/health/")
@@ -367,7 +369,7 @@ fn framework_report(status: StatusCode, method: &Method, path: &str) -> ErrorRep
 }
 
 /// Fallback for paths no route matches.
-pub async fn not_found() -> impl IntoResponse {
+pub async fn not_found() -> StatusCode {
     StatusCode::NOT_FOUND
 }
 

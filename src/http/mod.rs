@@ -4,6 +4,7 @@
 pub mod extract;
 pub mod idempotency;
 pub mod middleware;
+pub mod openapi;
 pub mod pagination;
 pub mod request_meta;
 pub mod routes;
@@ -37,6 +38,14 @@ pub fn api_routes() -> routes::Routes {
         .merge(crate::billing::routes())
         .merge(crate::compat::routes())
         .merge(crate::console::routes())
+        .merge(openapi::routes())
+}
+
+/// Every route as the OpenAPI document describes it: the control plane's, then the gateway's.
+pub fn documented_routes() -> Vec<openapi::DocumentedRoute> {
+    let mut all = api_routes().documented().to_vec();
+    all.extend_from_slice(data_plane_routes().documented());
+    all
 }
 
 /// A `start`/`end` query bound: an RFC 3339 timestamp, in the stored format.

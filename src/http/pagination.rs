@@ -188,6 +188,32 @@ impl<T> List<T> {
     }
 }
 
+/// A page's schema: its one array property is named after the resource (`api_keys`, `members`),
+/// beside `total`, `limit`, `offset`, `has_more` and, on cursor pages, `next_cursor`.
+impl<T: schemars::JsonSchema> schemars::JsonSchema for List<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("ListOf{}", T::schema_name()).into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let items = g.subschema_for::<T>();
+        schemars::json_schema!({
+            "type": "object",
+            "description": "One page of a list: the items under the resource's plural name",
+            "required": ["total", "limit", "offset", "has_more"],
+            "properties": {
+                "total": { "type": "integer", "minimum": 0 },
+                "limit": { "type": "integer", "minimum": 1 },
+                "offset": { "type": "integer", "minimum": 0 },
+                "has_more": { "type": "boolean" },
+                "next_cursor": { "type": "string" },
+            },
+            "additionalProperties": { "type": "array", "items": items },
+            "minProperties": 5,
+            "maxProperties": 6,
+        })
+    }
+}
+
 impl<T: Serialize> Serialize for List<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;

@@ -5,6 +5,7 @@
 
 use axum::{handler::Handler, http::Method, routing, Router};
 
+use super::openapi::{Documented, DocumentedRoute};
 use crate::app::AppState;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,23 +14,23 @@ pub struct RouteInfo {
     pub path: String,
 }
 
+/// The router, its route table, and how each route is described in the OpenAPI document
+/// (`http::openapi`: the handler's argument and answer types describe it).
 #[derive(Default)]
 pub struct Routes {
     router: Router<AppState>,
     table: Vec<RouteInfo>,
+    docs: Vec<DocumentedRoute>,
 }
 
 macro_rules! method {
     ($name:ident, $method:ident) => {
-        pub fn $name<H, T>(mut self, path: &str, handler: H) -> Self
+        pub fn $name<H, T, D>(mut self, path: &str, handler: H) -> Self
         where
-            H: Handler<T, AppState>,
+            H: Handler<T, AppState> + Documented<D>,
             T: 'static,
         {
-            self.table.push(RouteInfo {
-                method: Method::$method,
-                path: path.to_string(),
-            });
+            self.record(Method::$method, path, <H as Documented<D>>::describe);
             self.router = self.router.route(path, routing::$name(handler));
             self
         }
@@ -47,10 +48,11 @@ impl Routes {
     method!(patch, PATCH);
     method!(delete, DELETE);
 
-    /// A route for every method (the gateway's proxy routes): recorded once per standard method.
-    pub fn any<H, T>(mut self, path: &str, handler: H) -> Self
+    /// A route for the five methods an API uses (the gateway's proxy routes), recorded once per
+    /// method; any other (`TRACE`, `CONNECT`, …) answers 405.
+    pub fn any<H, T, D>(mut self, path: &str, handler: H) -> Self
     where
-        H: Handler<T, AppState>,
+        H: Handler<T, AppState> + Documented<D>,
         T: 'static,
     {
         for method in [
@@ -60,19 +62,39 @@ impl Routes {
             Method::PATCH,
             Method::DELETE,
         ] {
-            self.table.push(RouteInfo {
-                method,
-                path: path.to_string(),
-            });
+            self.record(method, path, <H as Documented<D>>::describe);
         }
-        self.router = self.router.route(path, routing::any(handler));
+        let methods = routing::MethodFilter::GET
+            .or(routing::MethodFilter::POST)
+            .or(routing::MethodFilter::PUT)
+            .or(routing::MethodFilter::PATCH)
+            .or(routing::MethodFilter::DELETE);
+        self.router = self.router.route(path, routing::on(methods, handler));
         self
+    }
+
+    fn record(&mut self, method: Method, path: &str, describe: super::openapi::Describe) {
+        self.table.push(RouteInfo {
+            method: method.clone(),
+            path: path.to_string(),
+        });
+        self.docs.push(DocumentedRoute {
+            method,
+            path: path.to_string(),
+            describe,
+        });
     }
 
     pub fn merge(mut self, other: Routes) -> Self {
         self.router = self.router.merge(other.router);
         self.table.extend(other.table);
+        self.docs.extend(other.docs);
         self
+    }
+
+    /// How each route is described in the OpenAPI document.
+    pub fn documented(&self) -> &[DocumentedRoute] {
+        &self.docs
     }
 
     pub fn table(&self) -> &[RouteInfo] {

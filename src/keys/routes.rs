@@ -57,7 +57,7 @@ fn new_secret(secret_prefix: &str, key_type: KeyType, env: Environment) -> (Stri
     (token, Secret { preview, hash })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitInput {
     requests_per_minute: i64,
@@ -134,7 +134,7 @@ fn check_origins(origins: &[String], errors: &mut Vec<FieldError>) {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     name: String,
@@ -152,7 +152,7 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     access: OrgAccess<perm::ApiKeysManage>,
     Json(body): Json<CreateKey>,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<CreatedKey>), Error> {
     let mut errors = Vec::new();
     let name = body.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
@@ -277,22 +277,35 @@ pub(crate) async fn create(
     created_with_token(&state, access.org_id(), &id, token).await
 }
 
-/// `201` with the key as read back, and its token — the only time it is shown — as `token` and
-/// again as `revealed_key` (seed 003's name).
+/// A key as it is created or rotated: the key, and its token — the only time it is shown — as
+/// `token` and again as `revealed_key` (seed 003's name).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    pub token: String,
+    pub revealed_key: String,
+}
+
+/// `201` with the key as read back and its token.
 async fn created_with_token(
     state: &AppState,
     org_id: &str,
     id: &KeyId,
     token: String,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<CreatedKey>), Error> {
     let key = store::load(&state.db, org_id, id.as_str(), None).await?;
-    let mut body = serde_json::to_value(key).map_err(anyhow::Error::from)?;
-    body["revealed_key"] = token.as_str().into();
-    body["token"] = token.into();
-    Ok((StatusCode::CREATED, axum::Json(body)))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedKey {
+            key,
+            revealed_key: token.clone(),
+            token,
+        }),
+    ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct KeyFilter {
     status: Option<String>,
     #[serde(rename = "type")]
@@ -359,7 +372,7 @@ async fn get(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateKey {
     name: Option<String>,
@@ -507,7 +520,7 @@ async fn rotate(
     access: OrgAccess<perm::ApiKeysManage>,
     Path((_, id)): Path<(String, String)>,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<CreatedKey>), Error> {
     // The body is optional: an empty one means the default grace period.
     let body: RotateKey = if body.iter().all(u8::is_ascii_whitespace) {
         RotateKey::default()

@@ -15,7 +15,7 @@ use crate::{
     storage::{self, Db, RowExt, Sql},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ApiKey {
     pub id: KeyId,
     /// Always `api_key` (seed 003's resource type, additive).
@@ -28,8 +28,11 @@ pub struct ApiKey {
     pub key_preview: String,
     /// The preview again, under seed 003's name (additive).
     pub display_key: String,
+    #[schemars(with = "Vec<String>")]
     pub scopes: Value,
+    #[schemars(with = "Vec<String>")]
     pub allowed_origins: Value,
+    #[schemars(with = "Option<RateLimitSchema>")]
     pub rate_limit: Option<Value>,
     pub project_id: Option<String>,
     pub status: KeyStatus,
@@ -40,6 +43,14 @@ pub struct ApiKey {
     pub rotated_at: Option<String>,
     pub revoked_at: Option<String>,
     pub grace_expires_at: Option<String>,
+}
+
+/// How a key's `rate_limit` is written (its schema in the API's document).
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct RateLimitSchema {
+    requests_per_minute: i64,
+    tokens_per_minute: Option<i64>,
 }
 
 impl HasId for ApiKey {
@@ -121,7 +132,7 @@ pub async fn load(db: &Db, org_id: &str, id: &str, env: Option<&str>) -> Result<
 
 /// Which keys a list shows. `status` is the derived one: `expired` is an active key past its
 /// expiry, and `active` excludes those.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, schemars::JsonSchema)]
 pub struct KeyFilter {
     pub environment: Option<String>,
     pub key_type: Option<String>,
@@ -130,7 +141,7 @@ pub struct KeyFilter {
     pub project_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 pub enum StatusFilter {
     Active,
     Expired,

@@ -118,7 +118,7 @@ pub fn send_later(mailer: &Arc<dyn Mailer>, mail: Mail) {
     });
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct StoredMail {
     pub id: crate::ids::MailId,
     pub to: String,

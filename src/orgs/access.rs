@@ -543,3 +543,34 @@ impl<P: RequiredPermission> OrgAccess<P> {
         })
     }
 }
+
+impl<P: RequiredPermission> crate::http::openapi::Input for OrgAccess<P> {
+    fn describe(_d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        op.accepts(&["accessToken", "apiKey"]);
+        op.requires(P::PERMISSION.name());
+        op.note(format!(
+            "A member whose role is at least `{}`, or an API key of the organization with this scope.",
+            P::PERMISSION.min_role().as_str()
+        ));
+        op.error(401, "Unauthorized: no valid access token or API key");
+        op.error(403, "Forbidden: the role or the key's scopes do not allow it, or the organization is suspended");
+        op.error(404, "Not found: no such organization for this caller");
+    }
+}
+
+impl<P: RequiredPermission + Send + Sync> crate::http::openapi::Input for MemberOrPlatformAdmin<P> {
+    fn describe(d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        <OrgAccess<P> as crate::http::openapi::Input>::describe(d, op);
+        op.accepts(&["adminToken"]);
+        op.note("A platform administrator may also call it, member or not.");
+    }
+}
+
+impl crate::http::openapi::Input for OrgCreator {
+    fn describe(_d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        op.accepts(&["accessToken", "apiKey"]);
+        op.note("A signed-in user, who becomes the owner; or a secret key holding `organizations:create`, whose creator becomes the owner.");
+        op.error(401, "Unauthorized: no valid access token or API key");
+        op.error(403, "Forbidden: the key lacks organizations:create");
+    }
+}

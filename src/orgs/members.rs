@@ -3,7 +3,8 @@
 //! removed. Invitations expire after the platform's `invitation_ttl_days` (default 30; set by
 //! the time they are sent or resent) and carry a single-use token by email.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use crate::http::pagination::List;
+use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -38,7 +39,7 @@ fn parse_role(field: &str, role: &str) -> Result<Role, Error> {
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct MemberQuery {
     role: Option<String>,
     q: Option<String>,
@@ -49,7 +50,7 @@ pub async fn list(
     access: OrgAccess<perm::MembersRead>,
     page: Page,
     Query(query): Query<MemberQuery>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Member>>, Error> {
     let filter = MemberFilter {
         role: query
             .role
@@ -158,7 +159,7 @@ pub async fn invite<P>(
 }
 
 /// Who to invite: `POST …/members` and `POST …/invitations` take the same body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Invite {
     email: String,
@@ -172,7 +173,7 @@ pub async fn add(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
     Json(body): Json<Invite>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Value>), Error> {
     let inv = invite(&state, &access, &body.email, &body.name, &body.role).await?;
     Ok((StatusCode::CREATED, axum::Json(pending_member(&inv))))
 }
@@ -196,12 +197,12 @@ pub async fn create_invitation(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
     Json(body): Json<Invite>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Invitation>), Error> {
     let inv = invite(&state, &access, &body.email, &body.name, &body.role).await?;
     Ok((StatusCode::CREATED, axum::Json(inv)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct InvitationFilter {
     status: Option<String>,
 }
@@ -211,7 +212,7 @@ pub async fn list_invitations(
     access: OrgAccess<perm::MembersManage>,
     page: Page,
     Query(filter): Query<InvitationFilter>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Invitation>>, Error> {
     let status = match filter.status.as_deref() {
         None => None,
         Some(s) => Some(InvitationStatus::parse(s).ok_or_else(|| {
@@ -239,7 +240,7 @@ pub async fn resend_invitation(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
     Path((_, id)): Path<(String, InvitationId)>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Invitation>, Error> {
     let inv = store::invitation(&state.db, access.org_id(), &id).await?;
     still_open(&inv)?;
     let (token, hash) = new_token();
@@ -417,7 +418,7 @@ pub async fn accept(
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AcceptInvitation {
     token: crate::secret::Secret,
@@ -428,7 +429,7 @@ pub async fn accept_invitation(
     auth: AuthUser,
     meta: crate::http::request_meta::RequestMeta,
     Json(body): Json<AcceptInvitation>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let ctx = ActorContext::new(
         crate::events::Actor::User(auth.user.id.clone()),
         (&meta).into(),
@@ -471,7 +472,7 @@ fn membership_change(action: &str, access_org: &str, user_id: &str) -> Change {
         .invalidates(Invalidation::organization(access_org))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeRole {
     role: String,
@@ -482,7 +483,7 @@ pub async fn change_role(
     access: OrgAccess<perm::MembersManage>,
     Path((_, user_id)): Path<(String, String)>,
     Json(body): Json<ChangeRole>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let new_role = parse_role("role", &body.role)?;
     access.may_grant(new_role)?;
     // A pending member's id is their invitation's (`inv_…`), as the members list shows it.

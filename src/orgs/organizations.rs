@@ -1,7 +1,8 @@
 //! Organizations (tenants): create, list mine, slug availability, get, update (settings
 //! deep-merged and validated), delete.
 
-use axum::{extract::State, http::StatusCode, response::IntoResponse};
+use crate::http::pagination::List;
+use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -164,7 +165,7 @@ fn default_settings() -> Value {
 
 // ---- handlers -----------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganization {
     name: String,
@@ -182,7 +183,7 @@ pub async fn create(
     creator: OrgCreator,
     meta: RequestMeta,
     Json(body): Json<CreateOrganization>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<(StatusCode, axum::Json<Organization>), Error> {
     let ctx = ActorContext::new(creator.actor, (&meta).into());
     let mut org = create_owned(&state, &ctx, &creator.owner, body).await?;
     org.role = Some(Role::Owner.as_str().into());
@@ -306,12 +307,12 @@ pub async fn list_mine(
     State(state): State<AppState>,
     auth: AuthUser,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Organization>>, Error> {
     let list = store::list_of_member(&state.db, &auth.user.id, &page).await?;
     Ok(axum::Json(list))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct SlugQuery {
     slug: Option<String>,
 }
@@ -319,7 +320,7 @@ pub struct SlugQuery {
 pub async fn check_availability(
     State(state): State<AppState>,
     Query(q): Query<SlugQuery>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let slug = q
         .slug
         .ok_or_else(|| Error::invalid_field("slug", "is required"))?
@@ -337,13 +338,13 @@ pub async fn check_availability(
 pub async fn get_one(
     State(state): State<AppState>,
     access: OrgAccess<perm::OrganizationsRead>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Organization>, Error> {
     let mut org = get(&state.db, access.org_id()).await?;
     org.role = Some(access.role.as_str().into());
     Ok(axum::Json(org))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrganization {
     name: Option<String>,
@@ -355,7 +356,7 @@ pub struct UpdateOrganization {
     status: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 pub struct UpdateOptions {
     /// Apply an IP allowlist that excludes the caller's own address (locking the caller out).
     #[serde(default)]
@@ -372,7 +373,7 @@ pub async fn update(
     Path(org_id): Path<String>,
     Query(options): Query<UpdateOptions>,
     Json(body): Json<UpdateOrganization>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Organization>, Error> {
     let access = match caller {
         MemberOrPlatformAdmin::Member(access) => *access,
         MemberOrPlatformAdmin::PlatformAdmin(admin) => {

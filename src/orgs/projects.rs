@@ -63,7 +63,7 @@ fn is_redirect_url(s: &str) -> bool {
     url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectInput {
     name: Option<String>,
@@ -246,8 +246,9 @@ pub async fn get_config(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ProjectConfigValue")]
 pub struct ConfigValue {
     value: Value,
 }
@@ -290,7 +291,7 @@ pub async fn delete_config(
 
 const STORAGE_PROVIDERS: &[&str] = &["s3", "gcs", "azure_blob", "r2", "minio"];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StorageInput {
     provider: String,

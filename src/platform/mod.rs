@@ -64,7 +64,7 @@ const PER_MINUTE: Kind = Kind::Integer {
 };
 
 /// A key's value, typed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum ConfigValue {
     Boolean(bool),
@@ -190,7 +190,7 @@ pub struct StoredConfig {
 }
 
 /// One key as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ConfigEntry {
     pub key: &'static str,
     pub value: ConfigValue,

@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// The body of `POST` and `PUT` (a `PUT` replaces the whole rule, so both require the same).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyInput {
     name: Option<String>,

@@ -95,7 +95,7 @@ string_enum! {
 }
 
 /// One stored policy rule, as the engine consumes it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rule {
     /// Stable identifier (reported in hits).
     pub id: String,

@@ -30,7 +30,7 @@ pub const MAX_RULES: i64 = 200;
 
 /// A stored policy as the API shows it: its rule (what the engine consumes) and what only
 /// people read.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Policy {
     #[serde(flatten)]
     pub rule: Rule,

@@ -6,7 +6,8 @@
 
 pub(crate) mod store;
 
-use axum::{extract::State, response::IntoResponse};
+use crate::http::pagination::List;
+use axum::extract::State;
 
 pub use store::{record, Context, Violation};
 
@@ -44,7 +45,7 @@ pub async fn list(
     access: OrgAccess<perm::AnalyticsRead>,
     page: Page,
     Query(mut filter): Query<store::Filter>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Violation>>, Error> {
     filter.environment = access.environment().map(str::to_string);
     (filter.start, filter.end) = crate::http::time_range(filter.start, filter.end)?;
     let list = store::list(&state.db, access.org_id(), filter, &page).await?;
@@ -55,7 +56,7 @@ pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::AnalyticsRead>,
     Path((_, id)): Path<(String, String)>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Violation>, Error> {
     let violation = store::get(&state.db, access.org_id(), access.environment(), &id)
         .await?
         .ok_or_else(|| Error::not_found("Violation not found"))?;

@@ -183,6 +183,26 @@ pub struct ServerOptions {
     pub delivery_worker: bool,
 }
 
+impl ServerOptions {
+    /// Rate limits out of the way (every per-minute limit at 100,000): for tests that call many
+    /// routes many times (the route table's walk, the API fuzzing).
+    pub fn without_rate_limits() -> ServerOptions {
+        ServerOptions {
+            configure: Box::new(|c| {
+                let l = &mut c.rate_limits;
+                l.unauthenticated_per_minute = 100_000;
+                l.analytics_per_minute = 100_000;
+                l.management_per_minute = 100_000;
+                l.api_key_per_minute = 100_000;
+                l.gateway_key_per_minute = 100_000;
+                l.user_per_minute = 100_000;
+                l.login_attempts = 100_000;
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
@@ -504,6 +524,11 @@ impl TestServer {
 
     /// Creates a platform admin (directly, as `gatehouse admin create` does) and signs it in.
     pub async fn admin_token(&self) -> String {
+        self.admin_account().await.1
+    }
+
+    /// A new platform admin's email (its password is [`PASSWORD`]) and access token.
+    pub async fn admin_account(&self) -> (String, String) {
         let email = format!(
             "admin-{}@example.com",
             gatehouse::crypto::random_base62(6).to_lowercase()
@@ -521,7 +546,8 @@ impl TestServer {
         )
         .await
         .expect("admin user");
-        self.login(&email, PASSWORD).await
+        let token = self.login(&email, PASSWORD).await;
+        (email, token)
     }
 
     /// Registers a user with [`PASSWORD`]; returns the registration body (user + tokens).
@@ -653,4 +679,26 @@ pub async fn run_json_script(mut cmd: std::process::Command, what: &str) -> Valu
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The project's `.venv` Python when `module` imports there (`tests/requirements.txt`, installed by
+/// `.ci/run`); otherwise `None` after a loud skip notice — and under `CI=true`, a failure.
+pub fn venv_python_with(module: &str) -> Option<std::path::PathBuf> {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let ready = python.exists()
+        && std::process::Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ready {
+        return Some(python);
+    }
+    assert!(
+        !in_ci(),
+        "CI=true but .venv lacks {module} (.ci/run installs tests/requirements.txt)"
+    );
+    eprintln!(
+        "\n!!! SKIPPED: .venv lacks {module}: python3 -m venv .venv && .venv/bin/pip install -r tests/requirements.txt !!!\n"
+    );
+    None
 }

@@ -2,13 +2,10 @@
 //! a platform admin's change, written through [`Change`] as the organization's event; a payment
 //! provider's webhook settles it through [`collect::apply_event`].
 
-use axum::{
-    body::Bytes,
-    extract::State,
-    http::{header, HeaderMap},
-    response::IntoResponse,
-};
+use crate::http::pagination::List;
+use axum::{body::Bytes, extract::State, http::HeaderMap};
 use serde_json::json;
+use serde_json::Value;
 
 use super::{
     collect,
@@ -39,7 +36,7 @@ pub async fn list(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingRead>,
     page: Page,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<List<Invoice>>, Error> {
     let mut list = store::list(&state.db, access.org_id(), &page).await?;
     list.items = std::mem::take(&mut list.items)
         .into_iter()
@@ -52,7 +49,7 @@ pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingRead>,
     Path((_, id)): Path<(String, InvoiceId)>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Invoice>, Error> {
     let invoice = store::get(&state.db, Some(access.org_id()), &id).await?;
     Ok(axum::Json(with_pdf_url(&state, invoice)))
 }
@@ -63,7 +60,7 @@ pub async fn pdf(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingRead>,
     Path((_, id)): Path<(String, InvoiceId)>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<crate::http::openapi::Pdf, Error> {
     let org = access.org_id();
     let invoice = store::get(&state.db, Some(org), &id).await?;
     let customer = Customer {
@@ -73,16 +70,10 @@ pub async fn pdf(
             .and_then(|s| s.billing_email),
     };
     let bytes = document::render(&invoice, &state.config, customer)?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/pdf".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("inline; filename=\"{id}.pdf\""),
-            ),
-        ],
+    Ok(crate::http::openapi::Pdf {
+        filename: format!("{id}.pdf"),
         bytes,
-    ))
+    })
 }
 
 /// `POST /v1/billing/stripe/webhook`: public, believed only with Stripe's signature over the
@@ -92,7 +83,7 @@ pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let Some(provider) = state.payments.as_deref().filter(|p| p.name() == "stripe") else {
         return Err(Error::not_found("Stripe payments are not configured"));
     };

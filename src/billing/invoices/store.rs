@@ -28,7 +28,7 @@ crate::wire::string_enum! {
 }
 
 /// A span of time as the API shows it (RFC 3339, whole seconds; `end` excluded).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Span {
     pub start: String,
     pub end: String,
@@ -44,7 +44,7 @@ impl Span {
 }
 
 /// An invoice line as shown.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Line {
     pub id: InvoiceLineId,
     pub kind: LineKind,
@@ -56,7 +56,7 @@ pub struct Line {
 }
 
 /// An invoice as shown (`pdf_url` is filled by the handler, which knows the public URL).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Invoice {
     pub id: InvoiceId,
     pub organization_id: String,

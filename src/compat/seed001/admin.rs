@@ -1,7 +1,8 @@
 //! `/platform/api/admin/…`: the platform admin's routes (`PlatformAdmin` in each `/v1`
 //! handler's type): tenants (= organizations), users, statistics, global configs.
 
-use axum::{extract::State, response::IntoResponse};
+use crate::error::Error;
+use axum::extract::State;
 
 use super::listed;
 use crate::{
@@ -34,7 +35,7 @@ async fn set_config(
     meta: RequestMeta,
     key: Path<String>,
     body: Json<configs::SetConfig>,
-) -> impl IntoResponse {
+) -> Result<axum::Json<crate::platform::ConfigEntry>, Error> {
     configs::set(state, admin, meta, key, body).await
 }
 

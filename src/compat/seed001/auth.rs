@@ -3,10 +3,9 @@
 //! `scoped_access_token` (a token whose claims carry the tenant, role and environment), and the
 //! tenants (= organizations) of the caller. Bodies are the `/v1` routes' bodies.
 
-use axum::{
-    extract::State,
-    response::{IntoResponse, Response},
-};
+use axum::http::StatusCode;
+use axum::{extract::State, response::Response};
+use serde_json::Value;
 
 use super::{alias, items, reshape};
 use crate::{
@@ -64,13 +63,16 @@ async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<LoginRequest>,
-) -> Result<impl IntoResponse, Error> {
+) -> Result<axum::Json<Value>, Error> {
     let mut answer = v1::login_answer(&state, &meta, &body).await?;
     GLOBAL(&mut answer);
     Ok(axum::Json(answer))
 }
 
-async fn otp_request(state: State<AppState>, body: Json<v1::EmailOnly>) -> impl IntoResponse {
+async fn otp_request(
+    state: State<AppState>,
+    body: Json<v1::EmailOnly>,
+) -> Result<(axum::http::StatusCode, axum::Json<Value>), Error> {
     v1::otp_request(state, body).await
 }
 
@@ -82,7 +84,10 @@ async fn otp_verify(
     reshape(v1::otp_verify(state, meta, body).await, GLOBAL).await
 }
 
-async fn forgot_password(state: State<AppState>, body: Json<v1::EmailOnly>) -> impl IntoResponse {
+async fn forgot_password(
+    state: State<AppState>,
+    body: Json<v1::EmailOnly>,
+) -> Result<(axum::http::StatusCode, axum::Json<Value>), Error> {
     v1::forgot_password(state, body).await
 }
 
@@ -90,7 +95,7 @@ async fn reset_password(
     state: State<AppState>,
     meta: RequestMeta,
     body: Json<v1::ResetPassword>,
-) -> impl IntoResponse {
+) -> Result<StatusCode, Error> {
     v1::reset_password(state, meta, body).await
 }
 
@@ -99,7 +104,7 @@ async fn change_password(
     auth: AuthUser,
     meta: RequestMeta,
     body: Json<v1::ChangePassword>,
-) -> impl IntoResponse {
+) -> Result<StatusCode, Error> {
     v1::change_password(state, auth, meta, body).await
 }
 
@@ -125,7 +130,7 @@ async fn switch_environment(
     .await
 }
 
-async fn me(auth: AuthUser) -> impl IntoResponse {
+async fn me(auth: AuthUser) -> axum::Json<crate::auth::users::User> {
     v1::me(auth).await
 }
 
@@ -134,7 +139,13 @@ async fn create_tenant(
     creator: OrgCreator,
     meta: RequestMeta,
     body: Json<organizations::CreateOrganization>,
-) -> impl IntoResponse {
+) -> Result<
+    (
+        StatusCode,
+        axum::Json<crate::orgs::organizations::Organization>,
+    ),
+    Error,
+> {
     organizations::create(state, creator, meta, body).await
 }
 
@@ -149,6 +160,6 @@ async fn list_tenants(state: State<AppState>, auth: AuthUser, page: Page) -> Res
 async fn check_availability(
     state: State<AppState>,
     query: Query<organizations::SlugQuery>,
-) -> impl IntoResponse {
+) -> Result<axum::Json<Value>, Error> {
     organizations::check_availability(state, query).await
 }

@@ -5,7 +5,7 @@
 use axum::{
     body::Bytes,
     extract::{Request, State},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use serde_json::{Map, Value};
 
@@ -141,7 +141,7 @@ async fn update_key(
 }
 
 /// The gateway's health: one process serves both planes, so this is `/health`'s answer.
-async fn health(state: State<AppState>) -> impl IntoResponse {
+async fn health(state: State<AppState>) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
     health::health(state).await
 }
 

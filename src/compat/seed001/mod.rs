@@ -176,6 +176,19 @@ pub(crate) fn alias(field: &'static str, alias: &'static str) -> impl FnOnce(&mu
     }
 }
 
+impl<P: RequiredPermission + Send + Sync> crate::http::openapi::Input for TenantAccess<P> {
+    fn describe(d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        <OrgAccess<P> as crate::http::openapi::Input>::describe(d, op);
+        op.param_described(
+            "X-Tenant-Slug",
+            "header",
+            false,
+            serde_json::json!({"type": "string", "maxLength": MAX_TENANT}),
+            Some("The tenant (organization id or slug); else the scoped token's tenant, else the API key's organization"),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -17,7 +17,7 @@ use crate::{
     storage::{self, Db, RowExt, Sql},
 };
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Provider {
     pub id: ProviderId,
     pub organization_id: crate::ids::OrgId,

@@ -37,7 +37,7 @@ crate::wire::string_enum! {
 
 // ---- members ------------------------------------------------------------------------------
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Member {
     /// The user's id; for a pending invitee, the invitation's id.
     pub id: String,
@@ -304,7 +304,7 @@ pub async fn sole_owner_of(
 
 // ---- invitations --------------------------------------------------------------------------
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Invitation {
     pub id: InvitationId,
     pub organization_id: crate::ids::OrgId,

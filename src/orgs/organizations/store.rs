@@ -14,7 +14,7 @@ use crate::{
     storage::{self, Backend, Db, RowExt, Sql},
 };
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Organization {
     pub id: OrgId,
     /// Always `organization` (seed 003's resource type, additive).

@@ -14,7 +14,7 @@ use crate::{
     storage::{self, Db, RowExt, Sql},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Project {
     pub id: ProjectId,
     pub organization_id: crate::ids::OrgId,
@@ -191,7 +191,7 @@ async fn delete_one(
 
 // ---- configs ------------------------------------------------------------------------------
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Config {
     pub key: String,
     pub value: Value,
@@ -263,7 +263,7 @@ pub async fn delete_config(tx: &mut AnyConnection, org_id: &str, key: &str) -> R
 // ---- storage settings ----------------------------------------------------------------------
 
 /// The log-storage settings as shown: the credentials only as whether they are set.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum StorageSettings {
     NotConfigured {

@@ -13,7 +13,7 @@ use crate::{
     storage::{self, Db, RowExt, Sql},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Violation {
     pub id: crate::ids::ViolationId,
     pub policy_id: crate::ids::PolicyId,
@@ -138,7 +138,7 @@ pub async fn record(
 /// Which violations to list (the query string of `GET …/analytics/violations`): every field set
 /// narrows the list. `start`/`end` (`[start, end)`) are read as given, then made stored
 /// timestamps by [`crate::http::time_range`]; the environment is the caller's, never the query's.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 pub struct Filter {
     #[serde(skip)]
     pub environment: Option<String>,
