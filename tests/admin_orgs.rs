@@ -839,7 +839,12 @@ async fn an_admin_made_key_is_refused_field_by_field(backend: Backend) {
         "{}",
         res.text
     );
-    assert!(res.text.contains("needs the admin role"), "{}", res.text);
+    assert!(
+        res.text
+            .contains("needs the admin role, which the member named by on_behalf_of does not have"),
+        "{}",
+        res.text
+    );
     // As the organization's route refuses them: an unknown scope, a bad name.
     let res = post(json!({"name": " ", "scopes": ["organizations:read", "sessions:list"]})).await;
     assert_eq!(refused_fields(&res), ["name", "scopes[1]"], "{}", res.text);

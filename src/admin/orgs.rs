@@ -389,7 +389,8 @@ async fn create_project_key(
                 .await?
                 .ok_or_else(|| {
                     Error::conflict(
-                        "The project's organization has no owner for the key to answer to;                          name a member who may manage API keys in on_behalf_of",
+                        "The project's organization has no owner for the key to answer to; \
+                         name a member who may manage API keys in on_behalf_of",
                     )
                 })?;
             (owner, Role::Owner)
@@ -400,7 +401,8 @@ async fn create_project_key(
         refusals.push(FieldError::new(
             "on_behalf_of",
             format!(
-                "is a member with the {} role; a key answers to a member who may manage API                  keys (admin or owner)",
+                "is a member with the {} role; a key answers to a member who may manage API \
+                 keys (admin or owner)",
                 role.as_str()
             ),
         ));

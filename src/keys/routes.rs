@@ -264,7 +264,7 @@ pub async fn create_key<P>(
     if publishable && !access.holds_scope("gateway:proxy") {
         errors.push(FieldError::new(
             "type",
-            "a publishable key carries gateway:proxy, which you do not hold",
+            format!("a publishable key carries gateway:proxy, which {holder}"),
         ));
     }
     let origins = body.allowed_origins.unwrap_or_default();
