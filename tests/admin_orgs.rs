@@ -7,7 +7,7 @@
 mod common;
 
 use common::{
-    fixtures::{a_person, an_org},
+    fixtures::{a_person, an_org, token},
     Backend, TestServer,
 };
 use gatehouse::orgs::roles::Role;
@@ -25,7 +25,11 @@ on_both_databases!(
     the_last_owner_stays_an_owner_under_an_admin_too,
     admin_member_routes_refuse_everyone_but_platform_admins,
     an_admin_lists_and_revokes_a_projects_api_keys,
+    an_admin_makes_a_projects_key_that_answers_to_its_longest_standing_owner,
+    a_key_an_admin_makes_carries_the_named_members_authority_and_follows_it,
+    an_admin_made_key_is_refused_field_by_field,
     a_projects_signing_keys_are_the_platforms,
+    rotating_a_projects_signing_key_rotates_the_platforms,
 );
 
 /// The admin's user id.
@@ -661,6 +665,233 @@ async fn an_admin_lists_and_revokes_a_projects_api_keys(backend: Backend) {
     .assert_error(403, "forbidden");
 }
 
+/// Creates a key at the admin path `keys` with `body`; the answer, which must be `201`.
+async fn an_admin_key(srv: &TestServer, admin: &str, keys: &str, body: Value) -> Value {
+    let res = srv.post_as(keys, admin, &body).await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    res.json
+}
+
+/// The fields a refusal names, in order.
+fn refused_fields(res: &common::Response) -> Vec<String> {
+    let e = res.assert_error(400, "invalid_request");
+    e["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["field"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn an_admin_makes_a_projects_key_that_answers_to_its_longest_standing_owner(
+    backend: Backend,
+) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let admin_id = admin_id(&srv, &admin).await;
+    let acme = an_org(&srv).await;
+    // A second owner, made later: the first stays the longest-standing one.
+    acme.a_member(&srv, "second-owner@example.com", Role::Owner)
+        .await;
+    let path = a_project(&srv, &admin, &acme.id, "Shop").await;
+    let project = path.rsplit('/').next().unwrap();
+    let keys = format!("{path}/api-keys");
+
+    let key = an_admin_key(
+        &srv,
+        &admin,
+        &keys,
+        json!({"name": "shop", "environment": "test", "scopes": ["gateway:proxy", "organizations:read"]}),
+    )
+    .await;
+    let secret = token(&key);
+    assert!(secret.starts_with("sk_test_"), "{key}");
+    assert_eq!(key["revealed_key"], key["token"]);
+    assert_eq!(key["project_id"], project);
+    assert_eq!(key["organization_id"], acme.id.as_str());
+    assert_eq!(key["created_by"], acme.owner_id.as_str(), "{key}");
+    assert_eq!(
+        key["scopes"],
+        json!(["gateway:proxy", "organizations:read"])
+    );
+
+    // Listed at the project's admin path, the token not shown again.
+    let list = srv.get_as(&keys, &admin).await;
+    assert_eq!(list.json["total"], 1, "{}", list.text);
+    assert!(!list.text.contains(&secret), "{}", list.text);
+
+    // It works at the gateway (a test key: the built-in mock answers)…
+    let chat = json!({"model": "mock-model", "messages": [{"role": "user", "content": "hello there gateway"}]});
+    let res = srv
+        .post_as("/openai/v1/chat/completions", &secret, &chat)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["object"], "chat.completion");
+    // …and on the organization's API, within its scopes only.
+    let res = srv.get_as(&acme.base, &secret).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    srv.get_as(&format!("{}/members", acme.base), &secret)
+        .await
+        .assert_error(403, "forbidden");
+
+    // The organization's event, by the admin, naming whom the key answers to.
+    let e = the_event(&srv, &admin, "api_key.created").await;
+    assert_eq!(e["actor_type"], "user");
+    assert_eq!(e["actor_id"], admin_id);
+    assert_eq!(e["organization_id"], acme.id.as_str());
+    assert_eq!(e["resource_id"], key["id"]);
+    assert_eq!(e["metadata"]["on_behalf_of"], acme.owner_id.as_str(), "{e}");
+    let own = srv
+        .get_as(
+            &format!("{}/audit?action=api_key.created", acme.base),
+            &acme.owner,
+        )
+        .await;
+    assert_eq!(own.json["total"], 1, "{}", own.text);
+    assert_eq!(own.json["events"][0]["actor_id"], admin_id);
+}
+
+async fn a_key_an_admin_makes_carries_the_named_members_authority_and_follows_it(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let acme = an_org(&srv).await;
+    let (_, alice) = acme.a_member(&srv, "alice@example.com", Role::Admin).await;
+    let path = a_project(&srv, &admin, &acme.id, "Shop").await;
+    let key = an_admin_key(
+        &srv,
+        &admin,
+        &format!("{path}/api-keys"),
+        json!({"name": "ops", "on_behalf_of": alice, "scopes": ["members:read", "audit:read"]}),
+    )
+    .await;
+    assert_eq!(key["created_by"], alice.as_str(), "{key}");
+    assert_eq!(key["environment"], "live");
+    let secret = token(&key);
+    let members = format!("{}/members", acme.base);
+    let audit = format!("{}/audit", acme.base);
+    for route in [&members, &audit] {
+        let res = srv.get_as(route, &secret).await;
+        assert_eq!(res.status, 200, "{route}: {}", res.text);
+    }
+    let e = the_event(&srv, &admin, "api_key.created").await;
+    assert_eq!(e["metadata"]["on_behalf_of"], alice.as_str(), "{e}");
+
+    // Alice demoted to member: the key keeps only what a member holds.
+    let alice_path = format!("{members}/{alice}");
+    let res = srv
+        .patch_as(&alice_path, &acme.owner, &json!({"role": "member"}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(srv.get_as(&members, &secret).await.status, 200);
+    srv.get_as(&audit, &secret)
+        .await
+        .assert_error(403, "forbidden");
+
+    // Alice removed: the key is refused.
+    let res = srv.delete_as(&alice_path, &acme.owner).await;
+    assert_eq!(res.status, 204, "{}", res.text);
+    let refused = srv.get_as(&members, &secret).await;
+    refused.assert_error(403, "forbidden");
+    assert!(
+        refused.text.contains("no longer a member"),
+        "{}",
+        refused.text
+    );
+}
+
+async fn an_admin_made_key_is_refused_field_by_field(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let acme = an_org(&srv).await;
+    let (_, viewer) = acme
+        .a_member(&srv, "viewer@example.com", Role::Viewer)
+        .await;
+    let (_, editor) = acme
+        .a_member(&srv, "editor@example.com", Role::Editor)
+        .await;
+    let (_, alice) = acme.a_member(&srv, "alice@example.com", Role::Admin).await;
+    let stranger = a_person(&srv, "stranger@example.com").await;
+    let path = a_project(&srv, &admin, &acme.id, "Shop").await;
+    let other = a_project(&srv, &admin, &acme.id, "Blog").await;
+    let keys = format!("{path}/api-keys");
+    let post = |body: Value| {
+        let (srv, admin, keys) = (&srv, &admin, &keys);
+        async move { srv.post_as(keys, admin, &body).await }
+    };
+
+    // A member who may not manage API keys, a stranger, no user at all.
+    let res = post(json!({"name": "k", "on_behalf_of": viewer})).await;
+    assert_eq!(refused_fields(&res), ["on_behalf_of"], "{}", res.text);
+    assert!(res.text.contains("viewer"), "{}", res.text);
+    for nobody in [stranger.id.as_str(), "user_nothere"] {
+        let res = post(json!({"name": "k", "on_behalf_of": nobody})).await;
+        assert_eq!(refused_fields(&res), ["on_behalf_of"], "{}", res.text);
+        assert!(res.text.contains("not a member"), "{}", res.text);
+    }
+    // Scopes are checked against the named member's role, field by field: an editor holds
+    // policies:manage but not webhooks:manage.
+    let res = post(json!({"name": "k", "on_behalf_of": editor,
+                          "scopes": ["policies:manage", "webhooks:manage"]}))
+    .await;
+    assert_eq!(
+        refused_fields(&res),
+        ["on_behalf_of", "scopes[1]"],
+        "{}",
+        res.text
+    );
+    assert!(
+        res.text
+            .contains("needs the admin role, which the member named by on_behalf_of does not have"),
+        "{}",
+        res.text
+    );
+    // As the organization's route refuses them: an unknown scope, a bad name.
+    let res = post(json!({"name": " ", "scopes": ["organizations:read", "sessions:list"]})).await;
+    assert_eq!(refused_fields(&res), ["name", "scopes[1]"], "{}", res.text);
+    // The project is the path's; the body's fields are the organization route's.
+    let other_id = other.rsplit('/').next().unwrap();
+    let res = post(json!({"name": "k", "project_id": other_id})).await;
+    assert_eq!(refused_fields(&res), ["project_id"], "{}", res.text);
+    post(json!({"name": "k", "colour": "red"}))
+        .await
+        .assert_error(400, "invalid_request");
+    srv.post_as(
+        "/v1/admin/projects/proj_nothere/api-keys",
+        &admin,
+        &json!({"name": "k"}),
+    )
+    .await
+    .assert_error(404, "not_found");
+    // Only platform admins: not even the organization's owner, nor anyone anonymous.
+    srv.post_as(&keys, &acme.owner, &json!({"name": "k"}))
+        .await
+        .assert_error(403, "forbidden");
+    srv.post_json(&keys, &json!({"name": "k"}))
+        .await
+        .assert_error(401, "unauthorized");
+    // Nothing was made by a refused call.
+    let list = srv.get_as(&keys, &admin).await;
+    assert_eq!(list.json["total"], 0, "{}", list.text);
+
+    // An organization left with no owner (not reachable through the API): no default member.
+    sqlx::query("DELETE FROM memberships WHERE organization_id = $1 AND role = 'owner'")
+        .bind(&acme.id)
+        .execute(srv.state.db.pool())
+        .await
+        .unwrap();
+    let res = post(json!({"name": "k"})).await;
+    res.assert_error(409, "conflict");
+    assert!(res.text.contains("on_behalf_of"), "{}", res.text);
+    let key = an_admin_key(
+        &srv,
+        &admin,
+        &keys,
+        json!({"name": "k", "on_behalf_of": alice, "project_id": path.rsplit('/').next().unwrap()}),
+    )
+    .await;
+    assert_eq!(key["created_by"], alice.as_str());
+}
+
 async fn a_projects_signing_keys_are_the_platforms(backend: Backend) {
     let srv = TestServer::start(backend).await;
     let admin = srv.admin_token().await;
@@ -698,4 +929,108 @@ async fn a_projects_signing_keys_are_the_platforms(backend: Backend) {
     srv.get_as(&path, &acme.owner)
         .await
         .assert_error(403, "forbidden");
+}
+
+/// The `kid` in an access token's header.
+fn kid_of(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    header["kid"].as_str().unwrap().to_string()
+}
+
+/// The `kid`s `/.well-known/jwks.json` publishes.
+async fn published_kids(srv: &TestServer) -> Vec<String> {
+    let jwks = srv.get("/.well-known/jwks.json").await;
+    assert_eq!(jwks.status, 200, "{}", jwks.text);
+    jwks.json["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn rotating_a_projects_signing_key_rotates_the_platforms(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    let admin_id = admin_id(&srv, &admin).await;
+    let acme = an_org(&srv).await;
+    let path = a_project(&srv, &admin, &acme.id, "Shop").await;
+    let project = path.rsplit('/').next().unwrap();
+    let rotate = format!("{path}/signing-keys/rotate");
+    let before = published_kids(&srv).await;
+    assert_eq!(before.len(), 1);
+    assert_eq!(kid_of(&acme.owner), before[0]);
+
+    let res = srv.post_as(&rotate, &admin, &json!({})).await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.json["scope"], "platform", "{}", res.text);
+    assert_eq!(res.json["status"], "active");
+    let kid = res.json["id"].as_str().unwrap().to_string();
+    assert_ne!(kid, before[0]);
+    assert!(res.json["public_jwk"].get("d").is_none(), "{}", res.text);
+    // The new key is published beside the old one, and signs from now on.
+    let after = published_kids(&srv).await;
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(
+        after.contains(&kid) && after.contains(&before[0]),
+        "{after:?}"
+    );
+    let fresh = a_person(&srv, "fresh@example.com").await;
+    assert_eq!(kid_of(&fresh.token), kid);
+    // Tokens signed before still verify.
+    for old in [&acme.owner, &admin] {
+        let res = srv.get_as("/v1/me", old).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    assert_eq!(srv.get_as(&acme.base, &acme.owner).await.status, 200);
+    // The same list at the platform's path and the project's.
+    let listed = srv.get_as("/v1/admin/signing-keys", &admin).await;
+    assert_eq!(listed.json["signing_keys"][0]["id"], kid.as_str());
+    assert_eq!(listed.json["signing_keys"][1]["status"], "retired");
+
+    // Audited as the platform's rotation, by the admin, naming the project.
+    let e = the_event(&srv, &admin, "signing_key.rotated").await;
+    assert_eq!(e["actor_id"], admin_id);
+    assert_eq!(e["resource_type"], "signing_key");
+    assert_eq!(e["resource_id"], kid.as_str());
+    assert_eq!(e["metadata"]["project_id"], project, "{e}");
+    assert_eq!(e["metadata"]["organization_id"], acme.id.as_str(), "{e}");
+    assert_eq!(e["organization_id"], Value::Null, "{e}");
+    // The platform path's rotation is audited the same way, without a project.
+    let res = srv
+        .post_as("/v1/admin/signing-keys/rotate", &admin, &json!({}))
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert!(res.json.get("scope").is_none(), "{}", res.text);
+    let audit = srv
+        .get_as("/v1/admin/audit?action=signing_key.rotated", &admin)
+        .await;
+    assert_eq!(audit.json["total"], 2, "{}", audit.text);
+    assert_eq!(
+        audit.json["events"][0]["metadata"],
+        json!({}),
+        "{}",
+        audit.text
+    );
+
+    // An unknown project rotates nothing; only platform admins rotate.
+    srv.post_as(
+        "/v1/admin/projects/proj_nothere/signing-keys/rotate",
+        &admin,
+        &json!({}),
+    )
+    .await
+    .assert_error(404, "not_found");
+    srv.post_as(&rotate, &acme.owner, &json!({}))
+        .await
+        .assert_error(403, "forbidden");
+    srv.post_json(&rotate, &json!({}))
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(published_kids(&srv).await.len(), 3);
 }

@@ -1,8 +1,7 @@
 //! Seed 004 (the admin control plane) replayed against a fresh server: each endpoint
 //! `docs/compatibility.md`'s seed 004 table marks served is called at the seed's own path with a
-//! platform admin's token, and its answer is checked field by field. Rows 5 (an admin creating a
-//! project's key) and 9 (rotating a project's signing key) are planned, not served, and are not
-//! replayed.
+//! platform admin's token, and its answer is checked field by field; a signed-in non-admin is
+//! refused (403) and an anonymous caller asked for credentials (401).
 
 mod common;
 
@@ -41,6 +40,18 @@ async fn admins_only(srv: &TestServer, stranger: &Person, paths: &[&str]) {
             .await
             .assert_error(403, "forbidden");
         srv.get(path).await.assert_error(401, "unauthorized");
+    }
+}
+
+/// Every path in `paths` refuses a non-admin (403) and the anonymous (401) on POST with `body`.
+async fn admins_only_post(srv: &TestServer, stranger: &Person, paths: &[&str], body: &Value) {
+    for path in paths {
+        srv.post_as(path, &stranger.token, body)
+            .await
+            .assert_error(403, "forbidden");
+        srv.post_json(path, body)
+            .await
+            .assert_error(401, "unauthorized");
     }
 }
 
@@ -107,11 +118,51 @@ async fn seed_004_an_admin_manages_any_organizations_projects_and_their_keys(bac
         "allowed_origins",
     );
 
-    // The project's API keys (rows 6, 7): listed without their secret, revoked by the admin.
-    let key = acme
-        .a_key(&srv, &acme.owner, json!({"name": "shop", "project_id": id}))
-        .await;
+    // Create an API key (row 5): the token shown once; it answers to the organization's
+    // owner (or the member `on_behalf_of` names) and works on the organization's API.
     let keys = format!("{path}/api-keys");
+    let res = srv
+        .post_as(
+            &keys,
+            &admin,
+            &json!({"name": "shop", "scopes": ["organizations:read"]}),
+        )
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    has_shape(
+        &res.json,
+        &[
+            ("id", Kind::Str),
+            ("name", Kind::Str),
+            ("token", Kind::Str),
+            ("revealed_key", Kind::Str),
+            ("key_preview", Kind::Str),
+            ("scopes", Kind::Arr),
+            ("project_id", Kind::Str),
+            ("created_by", Kind::Str),
+            ("created_at", Kind::Str),
+        ],
+    );
+    assert_eq!(res.json["project_id"], id.as_str());
+    assert_eq!(res.json["created_by"], acme.owner_id.as_str());
+    let key = res.json;
+    assert_eq!(
+        srv.get_as(&acme.base, key["token"].as_str().unwrap())
+            .await
+            .status,
+        200
+    );
+    names_field(
+        &srv.post_as(
+            &keys,
+            &admin,
+            &json!({"name": "k", "on_behalf_of": stranger.id}),
+        )
+        .await,
+        "on_behalf_of",
+    );
+
+    // The project's API keys (rows 6, 7): listed without their secret, revoked by the admin.
     let list = srv.get_as(&keys, &admin).await;
     let rows = a_list(&list, "api_keys");
     assert_eq!(rows.len(), 1);
@@ -142,10 +193,29 @@ async fn seed_004_an_admin_manages_any_organizations_projects_and_their_keys(bac
     );
     assert!(rows[0]["public_jwk"].get("d").is_none(), "{}", list.text);
 
+    // Rotate the signing key (row 9): the platform's key, which every project shares.
+    let rotate = format!("{path}/signing-keys/rotate");
+    let res = srv.post_as(&rotate, &admin, &json!({})).await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    has_shape(
+        &res.json,
+        &[
+            ("id", Kind::Str),
+            ("algorithm", Kind::Str),
+            ("status", Kind::OneOf(&["active"])),
+            ("public_jwk", Kind::Obj),
+            ("created_at", Kind::Str),
+            ("scope", Kind::OneOf(&["platform"])),
+        ],
+    );
+    let list = srv.get_as(&format!("{path}/signing-keys"), &admin).await;
+    assert_eq!(a_list(&list, "signing_keys")[0]["id"], res.json["id"]);
+
     srv.get_as("/v1/admin/projects/proj_00000000000000000000000000", &admin)
         .await
         .assert_error(404, "not_found");
     admins_only(&srv, &stranger, &["/v1/admin/projects", &path, &keys]).await;
+    admins_only_post(&srv, &stranger, &[&keys, &rotate], &json!({"name": "mine"})).await;
 }
 
 const USER: [(&str, Kind); 10] = [

@@ -177,6 +177,19 @@ async fn admin_routes_refuse_everyone_but_platform_admins(backend: Backend) {
         "only {} admin routes?",
         admin_routes.len()
     );
+    // Among them, the project writes whose authority is not an organization role (seed 004
+    // rows 5 and 9: a key made for a member, the platform's signing-key rotation).
+    for path in [
+        "/v1/admin/projects/{id}/api-keys",
+        "/v1/admin/projects/{id}/signing-keys/rotate",
+    ] {
+        assert!(
+            admin_routes
+                .iter()
+                .any(|r| r.method.as_str() == "POST" && r.path == path),
+            "POST {path} is not in the route table"
+        );
+    }
     for route in &admin_routes {
         let path = concrete(&route.path);
         for (who, token) in [

@@ -32,7 +32,7 @@ use crate::{
         pagination::{HasId, List, Page},
         routes::Routes,
     },
-    ids::{ProjectId, UserId},
+    ids::{ProjectId, SigningKeyId, UserId},
 };
 
 pub fn routes() -> Routes {
@@ -48,6 +48,10 @@ pub fn routes() -> Routes {
             list_project_signing_keys,
         )
         .post("/v1/admin/signing-keys/rotate", rotate_signing_key)
+        .post(
+            "/v1/admin/projects/{id}/signing-keys/rotate",
+            rotate_project_signing_key,
+        )
         .get("/v1/admin/mailbox", mailbox)
         .get("/v1/admin/stats", stats)
         .get("/v1/admin/configs", configs::list)
@@ -207,14 +211,70 @@ async fn list_signing_keys(
     Ok(axum::Json(List::slice("signing_keys", keys, &page)))
 }
 
+/// `POST /v1/admin/signing-keys/rotate`: a new token-signing key becomes active (the previous
+/// ones keep verifying until their tokens expire); `201` with the new key's public parts.
 async fn rotate_signing_key(
     State(state): State<AppState>,
-    _admin: PlatformAdmin,
-) -> Result<(StatusCode, axum::Json<Option<SigningKeyInfo>>), Error> {
-    let kid = state.keys.rotate().await?;
-    let keys = state.keys.list().await?;
-    let key = keys.into_iter().find(|k| k.id == kid);
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+) -> Result<(StatusCode, axum::Json<SigningKeyInfo>), Error> {
+    let key = rotate_platform_key(&state, &admin.context(&meta), json!({})).await?;
     Ok((StatusCode::CREATED, axum::Json(key)))
+}
+
+/// `POST /v1/admin/projects/{id}/signing-keys/rotate`: the platform's rotation (every project
+/// shares the platform's signing keys), answered as `POST /v1/admin/signing-keys/rotate` answers
+/// it plus `"scope": "platform"`, and audited as that rotation with the project (and its
+/// organization) in the entry's metadata; not found for an unknown project.
+async fn rotate_project_signing_key(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+) -> Result<(StatusCode, axum::Json<ProjectSigningKey>), Error> {
+    let org = crate::orgs::projects::organization_of(&state.db, &id).await?;
+    let metadata = json!({"project_id": id, "organization_id": org});
+    let key = rotate_platform_key(&state, &admin.context(&meta), metadata).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ProjectSigningKey {
+            key,
+            scope: "platform",
+        }),
+    ))
+}
+
+/// A signing key rotated from a project's path: the platform's, which every project shares.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+struct ProjectSigningKey {
+    #[serde(flatten)]
+    key: SigningKeyInfo,
+    /// Always `platform`.
+    scope: &'static str,
+}
+
+/// Rotates the platform's signing key as `by`, audited (`signing_key.rotated`, a platform
+/// event, with `metadata`); the new key as listed.
+async fn rotate_platform_key(
+    state: &AppState,
+    by: &ActorContext,
+    metadata: serde_json::Value,
+) -> Result<crate::auth::tokens::SigningKeyInfo, Error> {
+    let kid = SigningKeyId::generate();
+    Change::new(
+        "signing_key.rotated",
+        "signing_key",
+        kid.as_str(),
+        json!({ "id": kid }),
+    )
+    .metadata(metadata)
+    .write(state, by, async |tx| state.keys.rotate(tx, &kid).await)
+    .await?;
+    state.keys.reload().await?;
+    let keys = state.keys.list().await?;
+    keys.into_iter()
+        .find(|k| k.id == kid)
+        .ok_or_else(|| anyhow::anyhow!("the new signing key is not listed").into())
 }
 
 async fn mailbox(

@@ -34,7 +34,7 @@ use crate::{
     orgs::{
         access::{org_path_param, OrgAccess, OrgRef},
         members, organizations, projects,
-        roles::{perm, RequiredPermission},
+        roles::{perm, Permission, RequiredPermission, Role},
     },
 };
 
@@ -56,6 +56,7 @@ pub fn routes() -> Routes {
         .patch(PROJECT, update_project)
         .delete(PROJECT, delete_project)
         .get("/v1/admin/projects/{id}/api-keys", list_project_keys)
+        .post("/v1/admin/projects/{id}/api-keys", create_project_key)
         .delete(
             "/v1/admin/projects/{id}/api-keys/{key_id}",
             revoke_project_key,
@@ -352,6 +353,67 @@ async fn list_project_keys(
 ) -> Result<axum::Json<List<ApiKey>>, Error> {
     let access = project_access(&state, admin, meta, &id).await?;
     keys::routes::list(State(state), access, page, Query(filter.in_project(&id))).await
+}
+
+/// `POST /v1/admin/projects/{id}/api-keys`: a key of the project, made by the admin for a member
+/// of its organization — `on_behalf_of` (a member who may manage API keys: an admin or an
+/// owner), else the organization's longest-standing owner. The key's `created_by` is that
+/// member, so its authority is exactly theirs, now and later (lost when they leave or are
+/// demoted); the scopes asked for are checked against their role. The rest of the body is the
+/// organization route's; `api_key.created` is the organization's event, by the admin, with
+/// `on_behalf_of` in its metadata. `201` with the token, shown once.
+async fn create_project_key(
+    State(state): State<AppState>,
+    admin: PlatformAdmin,
+    meta: RequestMeta,
+    Path(id): Path<ProjectId>,
+    Json(mut body): Json<Map<String, Value>>,
+) -> Result<(StatusCode, axum::Json<keys::routes::CreatedKey>), Error> {
+    let mut access = project_access::<perm::ApiKeysManage>(&state, admin, meta, &id).await?;
+    let named = take_string(&mut body, "on_behalf_of")?;
+    let key: keys::routes::CreateKey = rest(body)?;
+    let key = key.in_project(&id)?;
+    let org = access.org_id().clone();
+    let (member, role) = match named {
+        Some(user) => {
+            let user = UserId(user);
+            let role = members::store::member_role(&state.db, &org, &user)
+                .await?
+                .ok_or_else(|| {
+                    Error::invalid_field(
+                        "on_behalf_of",
+                        "is not a member of the project's organization",
+                    )
+                })?;
+            (user, role)
+        }
+        None => {
+            let owner = members::store::longest_standing_owner(&state.db, &org)
+                .await?
+                .ok_or_else(|| {
+                    Error::conflict(
+                        "The project's organization has no owner for the key to answer to; \
+                         name a member who may manage API keys in on_behalf_of",
+                    )
+                })?;
+            (owner, Role::Owner)
+        }
+    };
+    let mut refusals = Vec::new();
+    if !role.can(Permission::ApiKeysManage) {
+        refusals.push(FieldError::new(
+            "on_behalf_of",
+            format!(
+                "is a member with the {} role; a key answers to a member who may manage API \
+                 keys (admin or owner)",
+                role.as_str()
+            ),
+        ));
+    }
+    // The key carries the member's authority, not the admin's.
+    access.role = role;
+    let on_behalf_of = keys::routes::OnBehalfOf { member, refusals };
+    keys::routes::create_key(&state, &access, key, Some(on_behalf_of)).await
 }
 
 /// `DELETE /v1/admin/projects/{id}/api-keys/{key_id}`: revokes a key of the project (a key of

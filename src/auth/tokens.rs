@@ -94,7 +94,10 @@ impl KeyRing {
         };
         ring.reload().await?;
         if ring.ring.read().map(|r| r.active.is_none()).unwrap_or(true) {
-            ring.insert_new_key().await?;
+            let mut conn = ring.db.pool().acquire().await?;
+            let kid = crate::ids::SigningKeyId::generate();
+            ring.insert_new_key(&mut conn, &kid).await?;
+            drop(conn);
             ring.reload().await?;
         }
         Ok(ring)
@@ -104,13 +107,16 @@ impl KeyRing {
         &self.issuer
     }
 
-    async fn insert_new_key(&self) -> anyhow::Result<String> {
+    async fn insert_new_key(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        kid: &crate::ids::SigningKeyId,
+    ) -> anyhow::Result<()> {
         let rng = ring::rand::SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| anyhow::anyhow!("Ed25519 key generation failed"))?;
         let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
             .map_err(|_| anyhow::anyhow!("generated Ed25519 key is invalid"))?;
-        let kid = crate::ids::SigningKeyId::generate();
         let jwk = serde_json::json!({
             "kty": "OKP",
             "crv": "Ed25519",
@@ -124,13 +130,13 @@ impl KeyRing {
             "INSERT INTO signing_keys (id, algorithm, private_key, public_jwk, status, created_at) \
              VALUES ($1, 'EdDSA', $2, $3, 'active', $4)",
         )
-        .bind(&kid)
+        .bind(kid)
         .bind(&sealed)
         .bind(jwk.to_string())
         .bind(storage::now())
-        .execute(self.db.pool())
+        .execute(&mut *conn)
         .await?;
-        Ok(kid.into())
+        Ok(())
     }
 
     /// Reads every published key from the database into memory.
@@ -169,8 +175,15 @@ impl KeyRing {
         Ok(())
     }
 
-    /// Makes a new key active; the previous ones stay published until their tokens expire.
-    pub async fn rotate(&self) -> Result<String, Error> {
+    /// Makes a new key `kid` active, inside the write transaction `tx` (the rotation's change, audited
+    /// with it: `admin::rotate_signing_key`); the previous ones stay published until their tokens
+    /// expire. Once `tx` is committed, [`reload`](Self::reload) makes this node sign with the new
+    /// key (other nodes read it when they first meet its `kid`).
+    pub async fn rotate(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        kid: &crate::ids::SigningKeyId,
+    ) -> Result<(), Error> {
         let now = chrono::Utc::now();
         let until = now
             + chrono::Duration::from_std(ACCESS_TTL).unwrap_or_default()
@@ -181,11 +194,9 @@ impl KeyRing {
         )
         .bind(storage::format_time(now))
         .bind(storage::format_time(until))
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
-        let kid = self.insert_new_key().await?;
-        self.reload().await?;
-        Ok(kid)
+        Ok(self.insert_new_key(tx, kid).await?)
     }
 
     pub fn sign(&self, claims: &Claims) -> Result<String, Error> {

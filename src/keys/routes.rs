@@ -20,7 +20,7 @@ use crate::{
         pagination::{List, Page},
         routes::Routes,
     },
-    ids::KeyId,
+    ids::{KeyId, UserId},
     orgs::{access::OrgAccess, projects::is_origin, roles::perm},
     storage,
 };
@@ -83,14 +83,20 @@ fn check_rate_limit(r: &RateLimitInput, errors: &mut Vec<FieldError>) -> Value {
 }
 
 /// Validates scopes against the catalogue and the caller's own authority: a caller hands out
-/// only scopes it holds (a person by role, a key by role and its own scopes).
-fn check_scopes<P>(access: &OrgAccess<P>, scopes: &[String], errors: &mut Vec<FieldError>) {
+/// only scopes it holds (a person by role, a key by role and its own scopes). `holder` ends a
+/// refusal: whose role lacks the scope ("you do not have", or the member a key is made for).
+fn check_scopes<P>(
+    access: &OrgAccess<P>,
+    scopes: &[String],
+    holder: &str,
+    errors: &mut Vec<FieldError>,
+) {
     for (i, s) in scopes.iter().enumerate() {
         match scope_min_role(s) {
             None => errors.push(FieldError::new(format!("scopes[{i}]"), scope_refusal(s))),
             Some(min) if access.role < min => errors.push(FieldError::new(
                 format!("scopes[{i}]"),
-                format!("needs the {} role, which you do not have", min.as_str()),
+                format!("needs the {} role, which {holder}", min.as_str()),
             )),
             Some(_) if !access.holds_scope(s) => errors.push(FieldError::new(
                 format!("scopes[{i}]"),
@@ -148,12 +154,59 @@ pub struct CreateKey {
     project_id: Option<String>,
 }
 
+impl CreateKey {
+    /// The key of the project `id` (`/v1/admin/projects/{id}/api-keys`): a `project_id` in the
+    /// body may only repeat it.
+    pub fn in_project(mut self, id: &str) -> Result<CreateKey, Error> {
+        if self.project_id.as_deref().is_some_and(|p| p != id) {
+            return Err(Error::invalid_field(
+                "project_id",
+                "is the project of the path; leave it out or give the same id",
+            ));
+        }
+        self.project_id = Some(id.to_string());
+        Ok(self)
+    }
+}
+
+/// The member a key made by a platform admin answers to (`POST
+/// /v1/admin/projects/{id}/api-keys`): the key's `created_by`, so its authority is exactly that
+/// member's. The [`OrgAccess`] given with it carries the member's role, against which the
+/// requested scopes are checked.
+pub struct OnBehalfOf {
+    pub member: UserId,
+    /// What is wrong with the member named (a role that may not manage API keys), reported with
+    /// the body's other refusals.
+    pub refusals: Vec<FieldError>,
+}
+
 pub(crate) async fn create(
     State(state): State<AppState>,
     access: OrgAccess<perm::ApiKeysManage>,
     Json(body): Json<CreateKey>,
 ) -> Result<(StatusCode, axum::Json<CreatedKey>), Error> {
-    let mut errors = Vec::new();
+    create_key(&state, &access, body, None).await
+}
+
+/// Creates a key of the organization of `access`, with the authority of `access.role` (and, for
+/// a calling key, its scopes): the caller's own key, or — `on_behalf_of` — one that answers to
+/// that member, audited with the caller as the actor and the member in the entry's metadata.
+/// `201` with the token, shown this once.
+pub async fn create_key<P>(
+    state: &AppState,
+    access: &OrgAccess<P>,
+    body: CreateKey,
+    on_behalf_of: Option<OnBehalfOf>,
+) -> Result<(StatusCode, axum::Json<CreatedKey>), Error> {
+    let (member, mut errors) = match on_behalf_of {
+        Some(o) => (Some(o.member), o.refusals),
+        None => (None, Vec::new()),
+    };
+    let holder = if member.is_some() {
+        "the member named by on_behalf_of does not have"
+    } else {
+        "you do not have"
+    };
     let name = body.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
         errors.push(FieldError::new("name", "must be 1 to 200 characters"));
@@ -201,7 +254,7 @@ pub(crate) async fn create(
             .map(|s| s.to_string())
             .collect(),
         (Some(s), false) => {
-            check_scopes(&access, s, &mut errors);
+            check_scopes(access, s, holder, &mut errors);
             let mut s = s.clone();
             s.sort();
             s.dedup();
@@ -211,7 +264,7 @@ pub(crate) async fn create(
     if publishable && !access.holds_scope("gateway:proxy") {
         errors.push(FieldError::new(
             "type",
-            "a publishable key carries gateway:proxy, which you do not hold",
+            format!("a publishable key carries gateway:proxy, which {holder}"),
         ));
     }
     let origins = body.allowed_origins.unwrap_or_default();
@@ -265,16 +318,27 @@ pub(crate) async fn create(
         allowed_origins: &origins,
         rate_limit: rate_limit.as_ref(),
         project_id: body.project_id.as_deref(),
-        created_by: access.creator_id(),
+        created_by: match &member {
+            Some(m) => Some(m.as_str()),
+            None => access.creator_id(),
+        },
         expires_at: expires_at.as_deref(),
         secret: &secret,
     };
-    let event =
+    let mut event =
         json!({"id": id, "name": name, "type": key_type, "environment": env, "scopes": scopes});
-    Change::new("api_key.created", "api_key", id.as_str(), event)
-        .write(&state, &access, async |tx| store::insert(tx, &new).await)
+    if let Some(m) = &member {
+        event["on_behalf_of"] = m.as_str().into();
+    }
+    let change = Change::new("api_key.created", "api_key", id.as_str(), event);
+    let change = match &member {
+        Some(m) => change.metadata(json!({ "on_behalf_of": m })),
+        None => change,
+    };
+    change
+        .write(state, access, async |tx| store::insert(tx, &new).await)
         .await?;
-    created_with_token(&state, access.org_id(), &id, token).await
+    created_with_token(state, access.org_id(), &id, token).await
 }
 
 /// A key as it is created or rotated: the key, and its token — the only time it is shown — as
@@ -432,7 +496,7 @@ pub(crate) async fn update(
                 "publishable keys carry only gateway:proxy",
             ));
         } else {
-            check_scopes(&access, s, &mut errors);
+            check_scopes(&access, s, "you do not have", &mut errors);
         }
     }
     if let Some(o) = &body.allowed_origins {

@@ -203,6 +203,24 @@ pub async fn role_of(
     Ok(role.as_deref().and_then(Role::parse))
 }
 
+/// The user's role in the organization, if they are a member (read from the pool).
+pub async fn member_role(db: &Db, org_id: &str, user_id: &UserId) -> Result<Option<Role>, Error> {
+    let mut conn = db.pool().acquire().await?;
+    role_of(&mut conn, org_id, user_id).await
+}
+
+/// The organization's longest-standing owner (the earliest owner membership), if it has one.
+pub async fn longest_standing_owner(db: &Db, org_id: &str) -> Result<Option<UserId>, Error> {
+    let id: Option<String> = sqlx::query_scalar(
+        "SELECT user_id FROM memberships WHERE organization_id = $1 AND role = 'owner' \
+         ORDER BY created_at, id LIMIT 1",
+    )
+    .bind(org_id)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(id.map(UserId))
+}
+
 async fn owners(conn: &mut AnyConnection, org_id: &str) -> Result<i64, Error> {
     Ok(sqlx::query_scalar(
         "SELECT COUNT(*) FROM memberships WHERE organization_id = $1 AND role = 'owner'",
