@@ -16,7 +16,7 @@ use common::{
     fixtures::{an_org, an_org_called, Org},
     Backend, TestServer,
 };
-use gatehouse::billing::invoices::close_periods;
+use gatehouse::billing::invoices::{close_periods, collect::collect_open};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -39,6 +39,7 @@ on_both_databases!(
     a_failed_stripe_payment_is_recorded_and_leaves_the_invoice_open,
     activating_a_plan_invoices_the_replaced_default_plan_cycle,
     a_replaced_free_default_plan_is_invoiced_only_for_its_overage,
+    a_payment_that_keeps_failing_is_given_up_after_the_configured_attempts,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -1716,4 +1717,152 @@ async fn a_replaced_free_default_plan_is_invoiced_only_for_its_overage(backend: 
     assert!(close(&srv, end).await.is_empty());
     assert!(invoices(&srv, &quiet).await.is_empty());
     assert_eq!(invoices(&srv, &busy).await.len(), 1);
+}
+
+async fn a_payment_that_keeps_failing_is_given_up_after_the_configured_attempts(backend: Backend) {
+    let mock = stripe_mock::StripeMock::start(STRIPE_KEY).await;
+    let base_url = mock.base_url();
+    let srv = TestServer::start_with(
+        backend,
+        common::ServerOptions {
+            configure: Box::new(move |c| {
+                c.stripe_secret_key = Some(STRIPE_KEY.into());
+                c.stripe_webhook_secret = Some(STRIPE_WHSEC.into());
+                c.stripe_base_url = base_url;
+                c.allow_private_stripe_target = true;
+                c.allow_private_webhook_targets = true;
+                c.billing_payment_max_attempts = 4;
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = srv.admin_token().await;
+    let o = an_org(&srv).await;
+    a_webhook_endpoint(&srv, &o).await;
+    subscribe(&srv, &o, "midmarket").await;
+    let (start, end) = (t("2026-01-15T10:00:00Z"), t("2026-02-15T10:00:00Z"));
+    set_cycle(&srv, &o, start, end).await;
+
+    // Stripe fails every request. The close run makes the first attempt.
+    mock.fail_every(
+        500,
+        r#"{"error": {"type": "api_error", "message": "Stripe is having a bad day"}}"#,
+    );
+    let id = close(&srv, end).await.remove(0);
+    assert_eq!(mock.requests().len(), 1);
+    let t0 = Utc::now();
+    let hours = |h: i64| t0 + chrono::Duration::hours(h);
+    // Not again within the wait after a failure.
+    assert_eq!(
+        collect_open(&srv.state, None, t0 + chrono::Duration::seconds(30)).await,
+        0
+    );
+    assert_eq!(mock.requests().len(), 1);
+    // Attempts 2, 3 and 4, each after the longest wait (6 h).
+    for (n, at) in [(2, 7), (3, 14), (4, 21)] {
+        assert_eq!(collect_open(&srv.state, None, hours(at)).await, 0);
+        assert_eq!(mock.requests().len(), n, "attempt {n}");
+        assert!(webhook_events(&srv, "invoice.payment_failed").await.len() <= 1);
+    }
+    // The 4th failure gives it up: recorded as final, one event, the invoice still open.
+    let payment = gatehouse::billing::invoices::payment_store::payment_of(
+        &srv.state.db,
+        &gatehouse::ids::InvoiceId::parse(&id).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(payment.0, None);
+    assert_eq!(payment.1, "abandoned");
+    assert!(payment.2.unwrap().contains("Stripe is having a bad day"));
+    let events = webhook_events(&srv, "invoice.payment_failed").await;
+    assert_eq!(events.len(), 1);
+    let data = &events[0]["data"];
+    assert_eq!(data["id"], id);
+    assert_eq!(data["final"], true);
+    assert_eq!(data["attempts"], 4);
+    assert_eq!(data["status"], "open");
+    assert_eq!(data["amount"], 49_900);
+    assert_eq!(data["provider"], "stripe");
+    assert!(data["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Stripe is having a bad day"));
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "open");
+    let audit = srv
+        .get_as(
+            &format!("{}/audit?action=invoice.payment_failed", o.base),
+            &o.owner,
+        )
+        .await;
+    assert_eq!(
+        audit.json["events"][0]["actor_type"], "system",
+        "{}",
+        audit.text
+    );
+
+    // One email to the billing email.
+    let mail = srv
+        .mail(&admin, "owner@example.com", "could not collect")
+        .await;
+    assert!(mail.contains(&id) && mail.contains("4 times"), "{mail}");
+
+    // Never tried again, however late, even once Stripe answers again.
+    mock.stop_failing();
+    assert_eq!(collect_open(&srv.state, None, hours(24 * 30)).await, 0);
+    close(&srv, end).await;
+    assert_eq!(mock.requests().len(), 4);
+    assert_eq!(mock.created(), (0, 0));
+    assert_eq!(
+        webhook_events(&srv, "invoice.payment_failed").await.len(),
+        1
+    );
+    let box_ = srv
+        .get_as("/v1/admin/mailbox?to=owner@example.com", &admin)
+        .await;
+    let given_up_mails = box_.json["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["subject"]
+                .as_str()
+                .unwrap_or("")
+                .contains("could not collect")
+        })
+        .count();
+    assert_eq!(given_up_mails, 1);
+
+    // A platform admin can still settle it.
+    let res = srv
+        .post_as(&format!("/v1/admin/invoices/{id}/pay"), &admin, &json!({}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "paid");
+
+    // Out of attempts without having been given up (a crash after the last one was recorded,
+    // or a maximum lowered since): the next run gives it up without trying again.
+    let b = an_org_called(&srv, "beta").await;
+    a_webhook_endpoint(&srv, &b).await;
+    subscribe(&srv, &b, "smb").await;
+    set_cycle(&srv, &b, start, end).await;
+    mock.fail_every(
+        500,
+        r#"{"error": {"type": "api_error", "message": "down"}}"#,
+    );
+    close_periods(&srv.state, end, Some(&b.id)).await.unwrap();
+    assert_eq!(collect_open(&srv.state, Some(&b.id), hours(7)).await, 0);
+    assert_eq!(mock.requests().len(), 6);
+    // Another node, configured with a maximum of 2.
+    let mut config = srv.state.config.clone();
+    config.billing_payment_max_attempts = 2;
+    let lowered = gatehouse::server::build_state(config).await.unwrap();
+    assert_eq!(collect_open(&lowered, Some(&b.id), hours(14)).await, 0);
+    assert_eq!(mock.requests().len(), 6, "no further attempt");
+    let events = webhook_events(&srv, "invoice.payment_failed").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["data"]["attempts"], 2);
+    srv.mail(&admin, "owner-beta@example.com", "could not collect")
+        .await;
 }

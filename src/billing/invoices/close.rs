@@ -70,7 +70,7 @@ pub async fn close_periods(
     let closed = close_ended(state, at, org_id).await?;
     // With a payment provider: a payment for each new invoice, and another try for those whose
     // payment could not be made before (failures are logged; the invoices stay open).
-    super::collect::collect_open(state, org_id).await;
+    super::collect::collect_open(state, org_id, Utc::now()).await;
     Ok(closed)
 }
 
