@@ -39,6 +39,7 @@ on_both_databases!(
     a_failed_stripe_payment_is_recorded_and_leaves_the_invoice_open,
     activating_a_plan_invoices_the_replaced_default_plan_cycle,
     a_replaced_free_default_plan_is_invoiced_only_for_its_overage,
+    two_activations_at_once_invoice_the_replaced_cycle_once,
     a_payment_that_keeps_failing_is_given_up_after_the_configured_attempts,
 );
 
@@ -1717,6 +1718,33 @@ async fn a_replaced_free_default_plan_is_invoiced_only_for_its_overage(backend: 
     assert!(close(&srv, end).await.is_empty());
     assert!(invoices(&srv, &quiet).await.is_empty());
     assert_eq!(invoices(&srv, &busy).await.len(), 1);
+}
+
+async fn two_activations_at_once_invoice_the_replaced_cycle_once(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let implicit = subscription(&srv, &o).await["id"].clone();
+    let now = Utc::now().timestamp();
+    let start = Utc.timestamp_opt(now - 15 * 86_400, 0).unwrap();
+    let end = Utc.timestamp_opt(now + 15 * 86_400, 0).unwrap();
+    set_cycle(&srv, &o, start, end).await;
+    let path = format!("{}/subscription", o.base);
+    let (mid, ent) = (json!({"plan": "midmarket"}), json!({"plan": "enterprise"}));
+    let (a, b) = tokio::join!(
+        srv.post_as(&path, &o.owner, &mid),
+        srv.post_as(&path, &o.owner, &ent)
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{} / {}", a.text, b.text);
+    let list = invoices(&srv, &o).await;
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0]["subscription_id"], implicit);
+    // About half of SMB's 4,900 (the cycle's midpoint, to the second).
+    let base = list[0]["amount"].as_i64().unwrap();
+    assert!((2400..=2500).contains(&base), "{base}");
+    let winner = if a.status == 201 { &a } else { &b };
+    assert_eq!(subscription(&srv, &o).await["id"], winner.json["id"]);
 }
 
 async fn a_payment_that_keeps_failing_is_given_up_after_the_configured_attempts(backend: Backend) {
