@@ -31,6 +31,7 @@ pub const REFERENCE: &[(&str, &str, &str)] = &[
     ("stripe_webhook_secret", "(none)", "the signing secret (whsec_…) of the Stripe webhook endpoint; set together with stripe_secret_key"),
     ("stripe_base_url", "https://api.stripe.com", "the Stripe API's address (a local stand-in for tests); any other than the default must resolve to public addresses unless allow_private_stripe_target"),
     ("allow_private_stripe_target", "false", "allow a stripe_base_url that resolves to a private/loopback address (stripe-mock, a test server)"),
+    ("billing_payment_max_attempts", "8", "failed attempts at collecting an invoice's payment through Stripe after which it is given up (invoice.payment_failed with final: true, an email to the billing email; the invoice stays open); 1 to 100"),
     ("billing_seller_name", "Gatehouse", "the seller named on invoice PDFs (docs/billing.md)"),
     ("billing_seller_address", "[]", "the seller's address on invoice PDFs, a list of lines (at most 8), e.g. [\"1 Main Street\", \"Springfield\"]"),
     ("billing_seller_email", "billing@gatehouse.local", "the seller's billing email on invoice PDFs"),
@@ -103,6 +104,7 @@ pub struct Config {
     pub stripe_webhook_secret: Option<Secret>,
     pub stripe_base_url: String,
     pub allow_private_stripe_target: bool,
+    pub billing_payment_max_attempts: u32,
     pub billing_seller_name: String,
     pub billing_seller_address: Vec<String>,
     pub billing_seller_email: String,
@@ -197,6 +199,7 @@ impl Default for Config {
             stripe_webhook_secret: None,
             stripe_base_url: crate::billing::payments::stripe::DEFAULT_BASE_URL.into(),
             allow_private_stripe_target: false,
+            billing_payment_max_attempts: 8,
             billing_seller_name: "Gatehouse".into(),
             billing_seller_address: Vec::new(),
             billing_seller_email: "billing@gatehouse.local".into(),
@@ -296,6 +299,9 @@ impl Config {
         }
         crate::events::ssrf::parse_url(&self.stripe_base_url)
             .map_err(|e| anyhow::anyhow!("stripe_base_url {e}"))?;
+        if !(1..=100).contains(&self.billing_payment_max_attempts) {
+            anyhow::bail!("billing_payment_max_attempts must be 1 to 100");
+        }
         let seller_text = |s: &str| !s.trim().is_empty() && s.chars().count() <= 200;
         if !seller_text(&self.billing_seller_name)
             || !seller_text(&self.billing_seller_email)
@@ -474,6 +480,19 @@ mod tests {
         std::fs::write(&path, "secret_key_prefix = \"pk\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("secret_key_prefix"), "{err}");
+        assert_eq!(c.billing_payment_max_attempts, 8);
+        std::fs::write(&path, "billing_payment_max_attempts = 3\n").unwrap();
+        assert_eq!(
+            Config::load(Some(&path))
+                .unwrap()
+                .billing_payment_max_attempts,
+            3
+        );
+        for bad in ["0", "101"] {
+            std::fs::write(&path, format!("billing_payment_max_attempts = {bad}\n")).unwrap();
+            let err = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains("billing_payment_max_attempts"), "{err}");
+        }
     }
 
     #[test]

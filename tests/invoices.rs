@@ -16,7 +16,7 @@ use common::{
     fixtures::{an_org, an_org_called, Org},
     Backend, TestServer,
 };
-use gatehouse::billing::invoices::close_periods;
+use gatehouse::billing::invoices::{close_periods, collect::collect_open};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -37,6 +37,10 @@ on_both_databases!(
     the_pdf_shows_every_amount_of_the_invoice,
     stripe_collects_an_issued_invoice_and_its_webhook_marks_it_paid,
     a_failed_stripe_payment_is_recorded_and_leaves_the_invoice_open,
+    activating_a_plan_invoices_the_replaced_default_plan_cycle,
+    a_replaced_free_default_plan_is_invoiced_only_for_its_overage,
+    two_activations_at_once_invoice_the_replaced_cycle_once,
+    a_payment_that_keeps_failing_is_given_up_after_the_configured_attempts,
 );
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -1506,4 +1510,387 @@ async fn a_failed_stripe_payment_is_recorded_and_leaves_the_invoice_open(backend
     );
     let res = stripe_mock::deliver(&url, STRIPE_WHSEC, now, stranger).await;
     assert_eq!(res.status(), 200);
+}
+
+/// The organization's subscription document.
+async fn subscription(srv: &TestServer, o: &Org) -> Value {
+    let res = srv
+        .get_as(&format!("{}/subscription", o.base), &o.owner)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    res.json
+}
+
+fn secs(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The organization's API requests counted so far in its current period (the read included).
+async fn api_requests_used(srv: &TestServer, o: &Org) -> i64 {
+    let res = srv.get_as(&format!("{}/usage", o.base), &o.owner).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    res.json["api_requests"]["used"].as_i64().unwrap()
+}
+
+async fn activating_a_plan_invoices_the_replaced_default_plan_cycle(backend: Backend) {
+    let srv = TestServer::start_with(
+        backend,
+        common::ServerOptions {
+            configure: Box::new(|c| c.allow_private_webhook_targets = true),
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = srv.admin_token().await;
+    // SMB, the default plan (4,900 a month): 3 API requests a period, then 150 per started
+    // block of 2. MidMarket prices them too, beyond 15: the old cycle's usage alone exceeds it,
+    // so the new subscription's first invoice shows whether that usage leaked into it.
+    patch_plan(
+        &srv,
+        &admin,
+        "smb",
+        &json!({"limits": {"api_requests_per_month": 3},
+                "overage_prices": {"api_requests_per_month": {"per": 2, "amount": 150}}}),
+    )
+    .await;
+    patch_plan(
+        &srv,
+        &admin,
+        "midmarket",
+        &json!({"limits": {"api_requests_per_month": 15},
+                "overage_prices": {"api_requests_per_month": {"per": 1, "amount": 1000}}}),
+    )
+    .await;
+    let o = an_org(&srv).await;
+    a_webhook_endpoint(&srv, &o).await;
+    let implicit = subscription(&srv, &o).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The implicit subscription's cycle began 10 days ago (a 30-day cycle).
+    let now = Utc::now().timestamp();
+    let start = Utc.timestamp_opt(now - 10 * 86_400, 0).unwrap();
+    let end = Utc.timestamp_opt(now + 20 * 86_400, 0).unwrap();
+    set_cycle(&srv, &o, start, end).await;
+    for _ in 0..16 {
+        let res = srv.get_as(&o.base, &o.owner).await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    // The activation itself is the cycle's last request.
+    let used = api_requests_used(&srv, &o).await + 1;
+    assert!(used > 15, "{used}");
+
+    let sub = subscribe(&srv, &o, "midmarket").await;
+    assert_ne!(sub, implicit, "a new subscription");
+    let s = subscription(&srv, &o).await;
+    let activated = t(s["billing_cycle_start"].as_str().unwrap());
+    assert!(activated > start && activated < end);
+
+    // One invoice: the replaced cycle, closed at the activation.
+    let list = invoices(&srv, &o).await;
+    assert_eq!(list.len(), 1, "{list:#?}");
+    let inv = &list[0];
+    assert_eq!(inv["subscription_id"], implicit);
+    assert_eq!(inv["plan"], "smb");
+    assert_eq!(inv["status"], "open");
+    assert_eq!(
+        inv["period"],
+        json!({"start": secs(start), "end": secs(activated)})
+    );
+    assert_eq!(inv["date"], activated.date_naive().to_string());
+    let whole = (end - start).num_seconds();
+    let part = (activated - start).num_seconds();
+    let beyond = used - 3;
+    let blocks = (beyond + 1) / 2;
+    assert_eq!(
+        amounts(inv),
+        [
+            ("base".to_string(), prorated(4900, part, whole)),
+            ("overage".to_string(), blocks * 150),
+        ]
+    );
+    assert_sum_of_lines(inv);
+    let base = &inv["lines"][0];
+    assert_eq!(base["unit_amount"], base["amount"]);
+    assert_eq!(base["period"], inv["period"]);
+    assert!(
+        base["description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({part} of {whole} s)")),
+        "{base}"
+    );
+    assert!(
+        inv["lines"][1]["description"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("API requests beyond the 3 included: {beyond}")),
+        "{inv:#}"
+    );
+    // Issued with the activation: its events, the member's doing.
+    let created = webhook_events(&srv, "invoice.created").await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["data"]["id"], inv["id"]);
+    assert_eq!(created[0]["data"]["amount"], inv["amount"]);
+    let audit = srv
+        .get_as(
+            &format!("{}/audit?action=invoice.created", o.base),
+            &o.owner,
+        )
+        .await;
+    assert_eq!(
+        audit.json["events"][0]["actor_type"], "user",
+        "{}",
+        audit.text
+    );
+
+    // Exactly once: activating again is refused (PATCH changes plans), a retry with the same
+    // Idempotency-Key replays the answer, closing the old cycle's end issues nothing.
+    srv.post_as(
+        &format!("{}/subscription", o.base),
+        &o.owner,
+        &json!({"plan": "enterprise"}),
+    )
+    .await
+    .assert_error(409, "conflict");
+    assert!(close(&srv, end).await.is_empty());
+    assert_eq!(invoices(&srv, &o).await.len(), 1);
+
+    // The new cycle counts from zero: its first invoice is MidMarket's base price alone (the
+    // few requests since are within its 15; the old cycle's would not be).
+    let new_used = api_requests_used(&srv, &o).await;
+    assert!(new_used < 15, "{new_used}");
+    let next_end = t(s["billing_cycle_end"].as_str().unwrap());
+    let issued = close(&srv, next_end).await;
+    assert_eq!(issued.len(), 1);
+    let first = invoice(&srv, &o, &issued[0]).await;
+    assert_eq!(first["subscription_id"], sub);
+    assert_eq!(
+        first["period"],
+        json!({"start": secs(activated), "end": secs(next_end)})
+    );
+    assert_eq!(amounts(&first), [("base".to_string(), 49_900)]);
+    assert_eq!(invoices(&srv, &o).await.len(), 2);
+    assert_eq!(webhook_events(&srv, "invoice.created").await.len(), 2);
+}
+
+async fn a_replaced_free_default_plan_is_invoiced_only_for_its_overage(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let admin = srv.admin_token().await;
+    // A free default plan, with API requests beyond 3 priced.
+    patch_plan(
+        &srv,
+        &admin,
+        "smb",
+        &json!({"amount": 0, "limits": {"api_requests_per_month": 3},
+                "overage_prices": {"api_requests_per_month": {"per": 1, "amount": 25}}}),
+    )
+    .await;
+    let quiet = an_org_called(&srv, "quiet").await;
+    let busy = an_org_called(&srv, "busy").await;
+    assert_eq!(subscription(&srv, &quiet).await["amount"], 0);
+    let now = Utc::now().timestamp();
+    let start = Utc.timestamp_opt(now - 5 * 86_400, 0).unwrap();
+    let end = Utc.timestamp_opt(now + 25 * 86_400, 0).unwrap();
+    for o in [&quiet, &busy] {
+        set_cycle(&srv, o, start, end).await;
+    }
+    // Within the free plan: nothing to bill, no invoice (not even one of 0).
+    subscribe(&srv, &quiet, "midmarket").await;
+    assert!(invoices(&srv, &quiet).await.is_empty());
+    // Beyond it: an invoice of the overage, with the base line at 0.
+    for _ in 0..4 {
+        srv.get_as(&busy.base, &busy.owner).await;
+    }
+    let used = api_requests_used(&srv, &busy).await + 1;
+    subscribe(&srv, &busy, "midmarket").await;
+    let list = invoices(&srv, &busy).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        amounts(&list[0]),
+        [
+            ("base".to_string(), 0),
+            ("overage".to_string(), (used - 3) * 25)
+        ]
+    );
+    assert_sum_of_lines(&list[0]);
+    // Closing the replaced cycles' ends issues nothing for them.
+    assert!(close(&srv, end).await.is_empty());
+    assert!(invoices(&srv, &quiet).await.is_empty());
+    assert_eq!(invoices(&srv, &busy).await.len(), 1);
+}
+
+async fn two_activations_at_once_invoice_the_replaced_cycle_once(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    let implicit = subscription(&srv, &o).await["id"].clone();
+    let now = Utc::now().timestamp();
+    let start = Utc.timestamp_opt(now - 15 * 86_400, 0).unwrap();
+    let end = Utc.timestamp_opt(now + 15 * 86_400, 0).unwrap();
+    set_cycle(&srv, &o, start, end).await;
+    let path = format!("{}/subscription", o.base);
+    let (mid, ent) = (json!({"plan": "midmarket"}), json!({"plan": "enterprise"}));
+    let (a, b) = tokio::join!(
+        srv.post_as(&path, &o.owner, &mid),
+        srv.post_as(&path, &o.owner, &ent)
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409], "{} / {}", a.text, b.text);
+    let list = invoices(&srv, &o).await;
+    assert_eq!(list.len(), 1, "{list:#?}");
+    assert_eq!(list[0]["subscription_id"], implicit);
+    // About half of SMB's 4,900 (the cycle's midpoint, to the second).
+    let base = list[0]["amount"].as_i64().unwrap();
+    assert!((2400..=2500).contains(&base), "{base}");
+    let winner = if a.status == 201 { &a } else { &b };
+    assert_eq!(subscription(&srv, &o).await["id"], winner.json["id"]);
+}
+
+async fn a_payment_that_keeps_failing_is_given_up_after_the_configured_attempts(backend: Backend) {
+    let mock = stripe_mock::StripeMock::start(STRIPE_KEY).await;
+    let base_url = mock.base_url();
+    let srv = TestServer::start_with(
+        backend,
+        common::ServerOptions {
+            configure: Box::new(move |c| {
+                c.stripe_secret_key = Some(STRIPE_KEY.into());
+                c.stripe_webhook_secret = Some(STRIPE_WHSEC.into());
+                c.stripe_base_url = base_url;
+                c.allow_private_stripe_target = true;
+                c.allow_private_webhook_targets = true;
+                c.billing_payment_max_attempts = 4;
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let admin = srv.admin_token().await;
+    let o = an_org(&srv).await;
+    a_webhook_endpoint(&srv, &o).await;
+    subscribe(&srv, &o, "midmarket").await;
+    let (start, end) = (t("2026-01-15T10:00:00Z"), t("2026-02-15T10:00:00Z"));
+    set_cycle(&srv, &o, start, end).await;
+
+    // Stripe fails every request. The close run makes the first attempt.
+    mock.fail_every(
+        500,
+        r#"{"error": {"type": "api_error", "message": "Stripe is having a bad day"}}"#,
+    );
+    let id = close(&srv, end).await.remove(0);
+    assert_eq!(mock.requests().len(), 1);
+    let t0 = Utc::now();
+    let hours = |h: i64| t0 + chrono::Duration::hours(h);
+    // Not again within the wait after a failure.
+    assert_eq!(
+        collect_open(&srv.state, None, t0 + chrono::Duration::seconds(30)).await,
+        0
+    );
+    assert_eq!(mock.requests().len(), 1);
+    // Attempts 2, 3 and 4, each after the longest wait (6 h).
+    for (n, at) in [(2, 7), (3, 14), (4, 21)] {
+        assert_eq!(collect_open(&srv.state, None, hours(at)).await, 0);
+        assert_eq!(mock.requests().len(), n, "attempt {n}");
+        assert!(webhook_events(&srv, "invoice.payment_failed").await.len() <= 1);
+    }
+    // The 4th failure gives it up: recorded as final, one event, the invoice still open.
+    let payment = gatehouse::billing::invoices::payment_store::payment_of(
+        &srv.state.db,
+        &gatehouse::ids::InvoiceId::parse(&id).unwrap(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(payment.0, None);
+    assert_eq!(payment.1, "abandoned");
+    assert!(payment.2.unwrap().contains("Stripe is having a bad day"));
+    let events = webhook_events(&srv, "invoice.payment_failed").await;
+    assert_eq!(events.len(), 1);
+    let data = &events[0]["data"];
+    assert_eq!(data["id"], id);
+    assert_eq!(data["final"], true);
+    assert_eq!(data["attempts"], 4);
+    assert_eq!(data["status"], "open");
+    assert_eq!(data["amount"], 49_900);
+    assert_eq!(data["provider"], "stripe");
+    assert!(data["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Stripe is having a bad day"));
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "open");
+    let audit = srv
+        .get_as(
+            &format!("{}/audit?action=invoice.payment_failed", o.base),
+            &o.owner,
+        )
+        .await;
+    assert_eq!(
+        audit.json["events"][0]["actor_type"], "system",
+        "{}",
+        audit.text
+    );
+
+    // One email to the billing email.
+    let mail = srv
+        .mail(&admin, "owner@example.com", "could not collect")
+        .await;
+    assert!(mail.contains(&id) && mail.contains("4 times"), "{mail}");
+
+    // Never tried again, however late, even once Stripe answers again.
+    mock.stop_failing();
+    assert_eq!(collect_open(&srv.state, None, hours(24 * 30)).await, 0);
+    close(&srv, end).await;
+    assert_eq!(mock.requests().len(), 4);
+    assert_eq!(mock.created(), (0, 0));
+    assert_eq!(
+        webhook_events(&srv, "invoice.payment_failed").await.len(),
+        1
+    );
+    let box_ = srv
+        .get_as("/v1/admin/mailbox?to=owner@example.com", &admin)
+        .await;
+    let given_up_mails = box_.json["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            m["subject"]
+                .as_str()
+                .unwrap_or("")
+                .contains("could not collect")
+        })
+        .count();
+    assert_eq!(given_up_mails, 1);
+
+    // A platform admin can still settle it.
+    let res = srv
+        .post_as(&format!("/v1/admin/invoices/{id}/pay"), &admin, &json!({}))
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(invoice(&srv, &o, &id).await["status"], "paid");
+
+    // Out of attempts without having been given up (a crash after the last one was recorded,
+    // or a maximum lowered since): the next run gives it up without trying again.
+    let b = an_org_called(&srv, "beta").await;
+    a_webhook_endpoint(&srv, &b).await;
+    subscribe(&srv, &b, "smb").await;
+    set_cycle(&srv, &b, start, end).await;
+    mock.fail_every(
+        500,
+        r#"{"error": {"type": "api_error", "message": "down"}}"#,
+    );
+    close_periods(&srv.state, end, Some(&b.id)).await.unwrap();
+    assert_eq!(collect_open(&srv.state, Some(&b.id), hours(7)).await, 0);
+    assert_eq!(mock.requests().len(), 6);
+    // Another node, configured with a maximum of 2.
+    let mut config = srv.state.config.clone();
+    config.billing_payment_max_attempts = 2;
+    let lowered = gatehouse::server::build_state(config).await.unwrap();
+    assert_eq!(collect_open(&lowered, Some(&b.id), hours(14)).await, 0);
+    assert_eq!(mock.requests().len(), 6, "no further attempt");
+    let events = webhook_events(&srv, "invoice.payment_failed").await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["data"]["attempts"], 2);
+    srv.mail(&admin, "owner-beta@example.com", "could not collect")
+        .await;
 }

@@ -212,6 +212,30 @@ pub async fn create(
     // Whole seconds: the cycle's bounds read back exactly as the API shows them.
     let now = Utc::now().trunc_subsecs(0);
     let id = crate::ids::SubscriptionId::generate();
+    let changed_meanwhile = || {
+        Error::new(
+            ErrorCode::Conflict,
+            "The subscription changed while this one was being activated; try again",
+        )
+    };
+    // The default-plan subscription this replaces is closed now, like any period: first every
+    // period of it that has ended (as the cycle job would), then its current cycle up to now,
+    // invoiced in the transaction that replaces it (docs/billing.md).
+    let on_default =
+        |s: &Option<Subscription>| s.as_ref().is_some_and(|s| s.plan == super::DEFAULT_PLAN);
+    let mut current = store::active(&state.db, &org_id).await?;
+    let mut replaced = None;
+    if on_default(&current) {
+        crate::billing::invoices::close::close_ended(&state, now, Some(&org_id)).await?;
+        current = store::active(&state.db, &org_id).await?;
+        if let Some(s) = current.as_ref().filter(|_| on_default(&current)) {
+            // Still due: another node is closing it at this moment.
+            if storage::parse_time(&s.billing_cycle_end).is_none_or(|end| end <= now) {
+                return Err(changed_meanwhile());
+            }
+            replaced = crate::billing::invoices::close::price_replaced(&state, s, now).await?;
+        }
+    }
     // Without a billing email, the one of the subscription it replaces is kept.
     let email = match email {
         Some(e) => Some(e),
@@ -231,19 +255,42 @@ pub async fn create(
         auto_renew: body.auto_renew.unwrap_or(true),
     };
     let data = json!({"id": id, "plan": plan.id, "amount": plan.fields.amount, "currency": plan.fields.currency});
-    Change::new("subscription.created", "subscription", &id, data)
-        .invalidates(Invalidation::organization(&org_id))
+    let mut change = Change::new("subscription.created", "subscription", &id, data)
+        .invalidates(Invalidation::organization(&org_id));
+    if let Some(invoice) = &replaced {
+        change = change.and(
+            "invoice.created",
+            "invoice",
+            &invoice.id,
+            invoice.event_data(),
+        );
+    }
+    change
         .write(&state, &access, async |tx| {
+            // Concurrent activations wait here for each other (PostgreSQL; SQLite's writes are
+            // serialized anyway), then the later one finds the plan activated.
+            if let Some(s) = &current {
+                storage::lock_for_change(tx, state.db.backend(), "subscriptions", &s.id).await?;
+            }
             // The implicit default-plan subscription is replaced by the plan activated; a
             // subscription on another plan is changed with PATCH.
-            let current = store::find_in(tx, &org_id).await?;
-            if current.as_ref().is_some_and(|(status, plan)| {
+            let found = store::find_in(tx, &org_id).await?;
+            if found.as_ref().is_some_and(|(status, plan)| {
                 *status == SubscriptionStatus::Active && plan != super::DEFAULT_PLAN
             }) {
                 return Err(Error::new(
                     ErrorCode::Conflict,
                     "This organization already has an active subscription; PATCH it to change plans",
                 ));
+            }
+            if let Some(invoice) = &replaced {
+                // Still the cycle priced, and not invoiced yet (the close job's claim).
+                let (sub, start) = invoice.subscription();
+                if !store::is_current_cycle(tx, &org_id, sub, start).await?
+                    || !invoice.issue(tx).await?
+                {
+                    return Err(changed_meanwhile());
+                }
             }
             store::start(tx, &new).await?;
             set_organization_plan(tx, &org_id, &plan.id).await

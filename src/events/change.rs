@@ -153,6 +153,25 @@ impl Change {
         Ok(Some(out))
     }
 
+    /// [`write_described`](Self::write_described) and [`write_if`](Self::write_if) at once: a
+    /// change that may find nothing to do (`None`: rolled back, nothing emitted) and whose first
+    /// event's data is known only inside the transaction (a payment given up, with its attempts
+    /// as counted there).
+    pub async fn write_described_if<T>(
+        mut self,
+        state: &AppState,
+        by: &impl Author,
+        change: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<Option<(T, Value)>, Error>,
+    ) -> Result<Option<T>, Error> {
+        let mut tx = super::begin_write(&state.db).await?;
+        let Some((out, data)) = change(&mut *tx).await? else {
+            return Ok(None);
+        };
+        self.events[0].data = data;
+        self.finish(state, by, tx).await?;
+        Ok(Some(out))
+    }
+
     /// Emits the events in the change's transaction, commits, then invalidates.
     async fn finish(
         self,

@@ -64,6 +64,8 @@ struct Inner {
     customers: u64,
     payment_intents: u64,
     fail_next: Option<(u16, String)>,
+    /// Every request is answered this until [`StripeMock::stop_failing`].
+    fail_all: Option<(u16, String)>,
 }
 
 #[derive(Clone)]
@@ -112,6 +114,16 @@ impl StripeMock {
     pub fn fail_next(&self, status: u16, body: &str) {
         self.mock.inner.lock().unwrap().fail_next = Some((status, body.into()));
     }
+
+    /// Every request from now on is answered `status` with this raw body (after
+    /// authentication), until [`stop_failing`](Self::stop_failing).
+    pub fn fail_every(&self, status: u16, body: &str) {
+        self.mock.inner.lock().unwrap().fail_all = Some((status, body.into()));
+    }
+
+    pub fn stop_failing(&self) {
+        self.mock.inner.lock().unwrap().fail_all = None;
+    }
 }
 
 fn stripe_error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Response {
@@ -159,7 +171,7 @@ fn prologue(mock: &Mock, path: &str, headers: &HeaderMap, body: &Bytes) -> Resul
             "Invalid request: the body must be application/x-www-form-urlencoded",
         ));
     }
-    if let Some((status, body)) = inner.fail_next.take() {
+    if let Some((status, body)) = inner.fail_next.take().or_else(|| inner.fail_all.clone()) {
         return Err((StatusCode::from_u16(status).unwrap(), body).into_response());
     }
     if let Some(key) = &recorded.idempotency_key {

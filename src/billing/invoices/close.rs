@@ -60,8 +60,24 @@ pub struct Closed {
 }
 
 /// Closes every period (of one organization's subscription, if given) that ended at or before
-/// `at`, period by period, each with its invoice. Periods another node closed are skipped.
+/// `at`, period by period, each with its invoice, then collects open invoices through the payment
+/// provider, if one is configured. Periods another node closed are skipped.
 pub async fn close_periods(
+    state: &AppState,
+    at: DateTime<Utc>,
+    org_id: Option<&str>,
+) -> Result<Closed, Error> {
+    let closed = close_ended(state, at, org_id).await?;
+    // With a payment provider: a payment for each new invoice, and another try for those whose
+    // payment could not be made before (failures are logged; the invoices stay open).
+    super::collect::collect_open(state, org_id, Utc::now()).await;
+    Ok(closed)
+}
+
+/// [`close_periods`] without the collection: the periods ended by `at` and their invoices
+/// (also run by `POST …/subscription` before it replaces a default-plan subscription, so that
+/// no ended period of it is left unclosed).
+pub async fn close_ended(
     state: &AppState,
     at: DateTime<Utc>,
     org_id: Option<&str>,
@@ -88,9 +104,6 @@ pub async fn close_periods(
             closed.subscriptions += 1;
         }
     }
-    // With a payment provider: a payment for each new invoice, and another try for those whose
-    // payment could not be made before (failures are logged; the invoices stay open).
-    super::collect::collect_open(state, org_id).await;
     Ok(closed)
 }
 
@@ -120,15 +133,17 @@ fn label(limit_name: &str) -> &'static str {
     }
 }
 
-/// The lines of the period `start..end` of `s`.
+/// The lines of the period `start..end` of `s`, billed until `until` (its end, or the moment
+/// the cycle was closed early), and the plan in force at `until`.
 async fn price(
     state: &AppState,
     s: &Subscription,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
+    until: DateTime<Utc>,
 ) -> Result<(Vec<NewLine>, String), Error> {
     let logged = store::changes_since(&state.db, &s.id, &s.billing_cycle_start).await?;
-    let (within, after): (Vec<_>, Vec<_>) = logged.into_iter().partition(|c| c.at < end);
+    let (within, after): (Vec<_>, Vec<_>) = logged.into_iter().partition(|c| c.at < until);
     // The plan at the start is the first change's old plan; at the end, the last change's new
     // one (a change made after the end, before this run, is the next period's).
     let at_start = within
@@ -149,7 +164,7 @@ async fn price(
             to: priced(state, &c.to_plan, c.to_amount),
         })
         .collect();
-    let mut lines = lines::base_and_proration(start, end, &at_start, &changes);
+    let mut lines = lines::base_and_proration(start, end, until, &at_start, &changes);
     // Overage: the plan in force at the end of the period prices usage beyond its limits.
     if let Some(plan) = state.plans.get(&at_end).filter(|p| p.id == at_end) {
         let key = cycle_key(start);
@@ -188,10 +203,139 @@ async fn price(
                 per,
                 block_amount,
             };
-            lines.extend(lines::overage_line(&o, start, end));
+            lines.extend(lines::overage_line(&o, start, until));
         }
     }
     Ok((lines, at_end))
+}
+
+/// The invoice of one period of a subscription, priced and ready to be claimed: what the
+/// period's close ([`close_one`]) and a replaced cycle's early close ([`price_replaced`]) both
+/// issue, through the same claim ([`store::issue`]) and with the same `invoice.created` data.
+#[derive(Debug, Clone)]
+pub struct PeriodInvoice {
+    pub id: InvoiceId,
+    organization_id: String,
+    subscription_id: crate::ids::SubscriptionId,
+    /// The plan in force when the period stopped being billed.
+    plan: String,
+    /// The period's bounds as stored (the subscription's cycle start; its end, or the moment
+    /// the cycle was closed early).
+    period_start: String,
+    period_end: String,
+    currency: String,
+    date: chrono::NaiveDate,
+    lines: Vec<NewLine>,
+}
+
+impl PeriodInvoice {
+    /// The invoice of the cycle of `s` billed until `until` (its end, or earlier).
+    async fn price(
+        state: &AppState,
+        s: &Subscription,
+        until: DateTime<Utc>,
+    ) -> Result<Self, Error> {
+        let bad = || {
+            Error::from(anyhow::anyhow!(
+                "a subscription's billing cycle is not a time"
+            ))
+        };
+        let start = storage::parse_time(&s.billing_cycle_start).ok_or_else(bad)?;
+        let end = storage::parse_time(&s.billing_cycle_end).ok_or_else(bad)?;
+        let (lines, plan) = price(state, s, start, end, until).await?;
+        Ok(PeriodInvoice {
+            id: InvoiceId::generate(),
+            organization_id: s.organization_id.clone(),
+            subscription_id: s.id.clone(),
+            plan,
+            period_start: s.billing_cycle_start.clone(),
+            period_end: if until >= end {
+                s.billing_cycle_end.clone()
+            } else {
+                storage::format_time(until)
+            },
+            currency: s.currency.clone(),
+            date: until.date_naive(),
+            lines,
+        })
+    }
+
+    fn new_invoice(&self) -> NewInvoice<'_> {
+        NewInvoice {
+            id: &self.id,
+            organization_id: &self.organization_id,
+            subscription_id: &self.subscription_id,
+            plan: &self.plan,
+            period_start: &self.period_start,
+            period_end: &self.period_end,
+            currency: &self.currency,
+            date: self.date.to_string(),
+            due_date: (self.date + chrono::Duration::days(DUE_AFTER_DAYS)).to_string(),
+            lines: &self.lines,
+        }
+    }
+
+    /// The sum of its lines.
+    pub fn amount(&self) -> i64 {
+        self.new_invoice().amount()
+    }
+
+    /// The subscription (and cycle start) it bills.
+    pub fn subscription(&self) -> (&str, &str) {
+        (&self.subscription_id, &self.period_start)
+    }
+
+    /// What a run reports of it.
+    fn issued(&self) -> Issued {
+        Issued {
+            invoice_id: self.id.clone(),
+            organization_id: self.organization_id.clone(),
+            subscription_id: self.subscription_id.to_string(),
+            period_start: storage::api_time(&self.period_start),
+            period_end: storage::api_time(&self.period_end),
+            amount: self.amount(),
+            currency: self.currency.clone(),
+        }
+    }
+
+    /// The data of its `invoice.created` event.
+    pub fn event_data(&self) -> serde_json::Value {
+        json!({
+            "id": self.id, "organization_id": self.organization_id,
+            "subscription_id": self.subscription_id, "status": store::InvoiceStatus::Open,
+            "amount": self.amount(), "currency": self.currency,
+            "period": {"start": storage::api_time(&self.period_start),
+                       "end": storage::api_time(&self.period_end)},
+            "lines": self.lines.len(),
+        })
+    }
+
+    /// Claims the period and issues the invoice in the caller's transaction: `false` (nothing
+    /// written) when the period has an invoice already.
+    pub async fn issue(&self, tx: &mut sqlx::AnyConnection) -> Result<bool, Error> {
+        store::issue(tx, &self.new_invoice()).await
+    }
+}
+
+/// The invoice of the current cycle of `s`, a default-plan subscription that `POST
+/// …/subscription` replaces at `at` (before the cycle's end): the cycle closed at that moment,
+/// its base price prorated to the second for the part used, the proration of any plan change
+/// within it, and overage for what it used (docs/billing.md, "Replacing the default-plan
+/// subscription"). `None` when it has nothing to bill (a total of 0: a free default plan with
+/// nothing beyond its limits, or a cycle replaced in its first seconds). The caller claims it
+/// with [`PeriodInvoice::issue`] in the transaction that replaces the subscription, and emits
+/// `invoice.created` with [`PeriodInvoice::event_data`].
+pub async fn price_replaced(
+    state: &AppState,
+    s: &Subscription,
+    at: DateTime<Utc>,
+) -> Result<Option<PeriodInvoice>, Error> {
+    // This node's own counts are in the counters the invoice reads.
+    if let Err(e) = state.usage.flush().await {
+        tracing::warn!(error = %e, "flushing usage before closing a replaced cycle failed");
+    }
+    let invoice = PeriodInvoice::price(state, s, at).await?;
+    Ok((invoice.amount() != 0).then_some(invoice))
 }
 
 /// Closes the current period of `s` (which has ended): issues its invoice and renews or ends
@@ -206,32 +350,10 @@ async fn close_one(
             "a subscription's billing cycle is not a time"
         ))
     };
-    let start = storage::parse_time(&s.billing_cycle_start).ok_or_else(bad)?;
     let end = storage::parse_time(&s.billing_cycle_end).ok_or_else(bad)?;
-    let (lines, plan_at_end) = price(state, s, start, end).await?;
-    let id = InvoiceId::generate();
-    let date = end.date_naive();
-    let new = NewInvoice {
-        id: &id,
-        organization_id: &s.organization_id,
-        subscription_id: &s.id,
-        plan: &plan_at_end,
-        period_start: &s.billing_cycle_start,
-        period_end: &s.billing_cycle_end,
-        currency: &s.currency,
-        date: date.to_string(),
-        due_date: (date + chrono::Duration::days(DUE_AFTER_DAYS)).to_string(),
-        lines: &lines,
-    };
-    let issued = Issued {
-        invoice_id: id.clone(),
-        organization_id: s.organization_id.clone(),
-        subscription_id: s.id.to_string(),
-        period_start: storage::api_time(&s.billing_cycle_start),
-        period_end: storage::api_time(&s.billing_cycle_end),
-        amount: new.amount(),
-        currency: s.currency.clone(),
-    };
+    let invoice = PeriodInvoice::price(state, s, end).await?;
+    let id = invoice.id.clone();
+    let issued = invoice.issued();
     // One cycle on (the next run closes the next period if it has ended too).
     let renewal = (s.auto_renew && !s.cancel_at_period_end).then(|| {
         let interval = state
@@ -242,12 +364,6 @@ async fn close_one(
         (end, add_months(end, interval.months()))
     });
     let time = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let invoice_data = json!({
-        "id": id, "organization_id": s.organization_id, "subscription_id": s.id,
-        "status": store::InvoiceStatus::Open, "amount": issued.amount, "currency": s.currency,
-        "period": {"start": issued.period_start, "end": issued.period_end},
-        "lines": lines.len(),
-    });
     let subscription_data = match renewal {
         Some((_, next_end)) => json!({
             "id": s.id, "plan": s.plan, "status": SubscriptionStatus::Active, "renewed": true,
@@ -259,7 +375,7 @@ async fn close_one(
         }),
     };
     let org_id = s.organization_id.as_str();
-    let done = Change::new("invoice.created", "invoice", &id, invoice_data)
+    let done = Change::new("invoice.created", "invoice", &id, invoice.event_data())
         .and(
             "subscription.updated",
             "subscription",
@@ -270,7 +386,7 @@ async fn close_one(
         .invalidates(Invalidation::organization(org_id))
         .write_if(state, &ActorContext::system(), async |tx| {
             // The claim: a period is invoiced once.
-            if !store::issue(tx, &new).await? {
+            if !invoice.issue(tx).await? {
                 return Ok(None);
             }
             // The subscription changes only if it is still as read.

@@ -6,7 +6,10 @@
 //!   (made once, its id kept) and a PaymentIntent for its amount, idempotent by the invoice id at
 //!   the provider. A failure is logged and recorded; the invoice stays open and a later run
 //!   tries again (after 1, 2, 4, … minutes, at most 6 h apart) — the invoice itself is never
-//!   touched.
+//!   touched. After `billing_payment_max_attempts` failed attempts the payment is given up
+//!   ([`give_up`]): status `abandoned`, one `invoice.payment_failed` with `"final": true` and one
+//!   email to the billing email; the invoice stays open (an admin may still mark it paid or
+//!   void) and is not tried again.
 //! - [`apply_event`] — a verified webhook event: `Paid` settles the open invoice `paid`
 //!   (`invoice.paid`, actor `system`) when the payment's amount and currency are the invoice's
 //!   (otherwise it is logged as an error and the invoice stays open), `Failed` records the failure (`invoice.payment_failed`) and
@@ -47,11 +50,14 @@ pub fn due_again(attempts: i64, last: Option<DateTime<Utc>>, now: DateTime<Utc>)
 }
 
 /// Creates the provider's payment of every open invoice that has none (of one organization when
-/// given). Returns how many were created; failures are logged, recorded and retried next run.
-pub async fn collect_open(state: &AppState, org_id: Option<&str>) -> usize {
+/// given), as of `now` (the clock the retry delays are counted on: `Utc::now()` in the close
+/// runs, a chosen time in tests). Returns how many were created; failures are logged, recorded
+/// and retried by a later run, until the configured number of attempts: then given up.
+pub async fn collect_open(state: &AppState, org_id: Option<&str>, now: DateTime<Utc>) -> usize {
     let Some(provider) = state.payments.as_deref() else {
         return 0;
     };
+    let max_attempts = i64::from(state.config.billing_payment_max_attempts.max(1));
     let pending =
         match payment_store::uncollected(&state.db, provider.name(), org_id, MAX_PER_RUN).await {
             Ok(ids) => ids,
@@ -60,24 +66,39 @@ pub async fn collect_open(state: &AppState, org_id: Option<&str>) -> usize {
                 return 0;
             }
         };
-    let now = Utc::now();
     let mut created = 0;
     for p in pending {
+        let id = p.invoice_id;
+        // Out of attempts (a crash after the last one was recorded, or a lowered maximum).
+        if p.attempts >= max_attempts {
+            give_up_logged(state, provider.name(), &id, max_attempts).await;
+            continue;
+        }
         if !due_again(p.attempts, p.last_attempt, now) {
             continue;
         }
-        let id = p.invoice_id;
-        match collect(state, provider, &id).await {
+        match collect(state, provider, &id, now).await {
             Ok(()) => created += 1,
             Err(e) => {
                 tracing::warn!(invoice_id = %id, provider = provider.name(), error = %e,
-                               "creating the invoice's payment failed; the next run tries again");
+                               "creating the invoice's payment failed; a later run tries again");
                 let message = e.to_string();
-                if let Err(e) =
-                    payment_store::record_attempt(&state.db, &id, provider.name(), Err(&message))
-                        .await
+                match payment_store::record_attempt(
+                    &state.db,
+                    &id,
+                    provider.name(),
+                    Err(&message),
+                    now,
+                )
+                .await
                 {
-                    tracing::warn!(invoice_id = %id, error = %e, "cannot record a payment attempt");
+                    Ok(Some(attempts)) if attempts >= max_attempts => {
+                        give_up_logged(state, provider.name(), &id, max_attempts).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(invoice_id = %id, error = %e, "cannot record a payment attempt");
+                    }
                 }
             }
         }
@@ -85,11 +106,75 @@ pub async fn collect_open(state: &AppState, org_id: Option<&str>) -> usize {
     created
 }
 
+async fn give_up_logged(state: &AppState, provider: &str, id: &InvoiceId, max_attempts: i64) {
+    match give_up(state, provider, id, max_attempts).await {
+        Ok(true) => {
+            tracing::warn!(invoice_id = %id, provider, attempts = max_attempts,
+                           "the invoice's payment is given up; the invoice stays open");
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(invoice_id = %id, error = %e, "cannot give up a payment"),
+    }
+}
+
+/// Gives up the invoice's payment once it failed `max_attempts` times: in one transaction, its
+/// status `abandoned` and the event `invoice.payment_failed` with `"final": true` (actor
+/// `system`); after the commit, one email to the billing email. `false` when there was nothing
+/// to give up (another node did, a payment was made, the invoice was settled meanwhile). A crash
+/// between the commit and the email loses the email, never sends it twice.
+pub async fn give_up(
+    state: &AppState,
+    provider: &str,
+    id: &InvoiceId,
+    max_attempts: i64,
+) -> Result<bool, Error> {
+    let invoice = store::get(&state.db, None, id).await?;
+    let mut data = json!({"id": id, "amount": invoice.amount, "currency": invoice.currency,
+                          "status": store::InvoiceStatus::Open, "provider": provider,
+                          "provider_event_id": null, "final": true});
+    let given_up = Change::new("invoice.payment_failed", "invoice", id, json!({}))
+        .organization(&invoice.organization_id)
+        .write_described_if(state, &ActorContext::system(), async |tx| {
+            let Some((attempts, reason)) = payment_store::abandon(tx, id, max_attempts).await?
+            else {
+                return Ok(None);
+            };
+            data["attempts"] = json!(attempts);
+            data["reason"] = json!(reason.as_deref().unwrap_or("the payment could not be made"));
+            Ok(Some(((attempts, reason), data.clone())))
+        })
+        .await?;
+    let Some((attempts, reason)) = given_up else {
+        return Ok(false);
+    };
+    let billing_email = subscriptions::find(&state.db, &invoice.organization_id)
+        .await?
+        .and_then(|s| s.billing_email);
+    if let Some(to) = billing_email {
+        let money = crate::billing::pdf::format_money(invoice.amount, &invoice.currency);
+        let subject = format!("We could not collect the payment of invoice {id}");
+        let body = format!(
+            "The payment of invoice {id} ({money}, period {start} to {end}) of your organization \
+             ({org}) failed {attempts} times and will not be tried again.\n\nLast error: \
+             {reason}\n\nThe invoice is still open and due on {due}: please pay it another \
+             way or contact us.\n",
+            start = invoice.period.start,
+            end = invoice.period.end,
+            org = invoice.organization_id,
+            reason = reason.as_deref().unwrap_or("unknown"),
+            due = invoice.due_date,
+        );
+        crate::mail::send_later(&state.mailer, crate::mail::Mail::new(to, subject, body));
+    }
+    Ok(true)
+}
+
 /// The invoice's customer and PaymentIntent at the provider.
 async fn collect(
     state: &AppState,
     provider: &dyn PaymentProvider,
     id: &InvoiceId,
+    now: DateTime<Utc>,
 ) -> Result<(), Error> {
     let invoice = store::get(&state.db, None, id).await?;
     let org = invoice.organization_id.as_str();
@@ -130,7 +215,8 @@ async fn collect(
         })
         .await?;
     tracing::info!(invoice_id = %id, payment_intent = %intent.id, "invoice payment created");
-    payment_store::record_attempt(&state.db, id, provider.name(), Ok(&intent.id)).await
+    payment_store::record_attempt(&state.db, id, provider.name(), Ok(&intent.id), now).await?;
+    Ok(())
 }
 
 /// Applies a verified provider event (see the module documentation).
@@ -183,6 +269,8 @@ pub async fn apply_event(
         PaymentOutcome::Failed { reason, .. } => {
             data["status"] = json!(store::InvoiceStatus::Open);
             data["reason"] = json!(reason);
+            // The customer may still pay the same PaymentIntent.
+            data["final"] = json!(false);
             "invoice.payment_failed"
         }
     };

@@ -89,29 +89,58 @@ fn grouped(n: u64) -> String {
     out
 }
 
-/// The base line (the plan in force at the period's start, in full) and, for each plan change
-/// within the period (in time order), a credit for the unused part of the old plan and a
-/// charge for the rest of the new one, to the second. Changes outside `start..end` are ignored.
+/// The base line (the plan in force at the period's start) and, for each plan change within the
+/// period (in time order), a credit for the unused part of the old plan and a charge for the rest
+/// of the new one, to the second.
+///
+/// `until` is when the period stops being billed: its `end` for a period that ran its course, or
+/// the moment a replaced subscription's cycle was closed early (`start <= until <= end`). Up to
+/// `until` the base price is prorated (`price × (until − start) / (end − start)`, in full when
+/// `until` is the end) and each change's credit and charge count the seconds from the change to
+/// `until`; changes outside `start..until` are ignored. Each plan is thus paid for exactly the
+/// seconds it was in force (up to each line's rounding).
 pub fn base_and_proration(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
+    until: DateTime<Utc>,
     at_start: &PricedPlan,
     changes: &[PlanChange],
 ) -> Vec<NewLine> {
     let whole = (end - start).num_seconds().max(1);
-    let mut lines = vec![NewLine {
-        kind: LineKind::Base,
-        description: format!("{} plan, {} to {}", at_start.name, time(start), time(end)),
-        quantity: 1,
-        unit_amount: at_start.amount,
-        amount: at_start.amount,
-        start,
-        end,
-    }];
-    for c in changes.iter().filter(|c| start <= c.at && c.at < end) {
+    let until = until.clamp(start, end);
+    let base = if until == end {
+        NewLine {
+            kind: LineKind::Base,
+            description: format!("{} plan, {} to {}", at_start.name, time(start), time(end)),
+            quantity: 1,
+            unit_amount: at_start.amount,
+            amount: at_start.amount,
+            start,
+            end,
+        }
+    } else {
+        let used = (until - start).num_seconds().max(0);
+        let amount = prorate(at_start.amount, used, whole);
+        NewLine {
+            kind: LineKind::Base,
+            description: format!(
+                "{} plan, {} to {} ({used} of {whole} s)",
+                at_start.name,
+                time(start),
+                time(until)
+            ),
+            quantity: 1,
+            unit_amount: amount,
+            amount,
+            start,
+            end: until,
+        }
+    };
+    let mut lines = vec![base];
+    for c in changes.iter().filter(|c| start <= c.at && c.at < until) {
         // To the second: the change counts from the second it was made in.
         let at = DateTime::from_timestamp(c.at.timestamp(), 0).unwrap_or(c.at);
-        let rest = (end - at).num_seconds().max(0);
+        let rest = (until - at).num_seconds().max(0);
         let credit = -prorate(c.from.amount, rest, whole);
         let charge = prorate(c.to.amount, rest, whole);
         lines.push(NewLine {
@@ -125,7 +154,7 @@ pub fn base_and_proration(
             unit_amount: credit,
             amount: credit,
             start: at,
-            end,
+            end: until,
         });
         lines.push(NewLine {
             kind: LineKind::ProrationCharge,
@@ -138,7 +167,7 @@ pub fn base_and_proration(
             unit_amount: charge,
             amount: charge,
             start: at,
-            end,
+            end: until,
         });
     }
     lines
@@ -200,6 +229,7 @@ mod tests {
         let lines = base_and_proration(
             start,
             end,
+            end,
             &plan("smb", 4900),
             &[PlanChange {
                 at,
@@ -211,6 +241,42 @@ mod tests {
         assert_eq!(amounts, [4900, -2450, 24950]);
         assert_eq!(lines[1].kind, LineKind::ProrationCredit);
         assert_eq!(lines[2].start, at);
+    }
+
+    #[test]
+    fn a_cycle_closed_early_bills_each_plan_for_the_seconds_it_was_in_force() {
+        let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let end = Utc.with_ymd_and_hms(2026, 1, 31, 0, 0, 0).unwrap();
+        let change = Utc.with_ymd_and_hms(2026, 1, 7, 0, 0, 0).unwrap();
+        let until = Utc.with_ymd_and_hms(2026, 1, 16, 0, 0, 0).unwrap();
+        let lines = base_and_proration(start, end, until, &plan("smb", 4900), &[]);
+        assert_eq!(lines.len(), 1);
+        assert_eq!((lines[0].amount, lines[0].unit_amount), (2450, 2450));
+        assert_eq!((lines[0].start, lines[0].end), (start, until));
+        assert_eq!(
+            lines[0].description,
+            "smb plan, 2026-01-01T00:00:00Z to 2026-01-16T00:00:00Z (1296000 of 2592000 s)"
+        );
+        // SMB for 6 days, then MidMarket for 9 days of a 30-day cycle, closed on the 16th.
+        let lines = base_and_proration(
+            start,
+            end,
+            until,
+            &plan("smb", 3000),
+            &[PlanChange {
+                at: change,
+                from: plan("smb", 3000),
+                to: plan("midmarket", 30000),
+            }],
+        );
+        let amounts: Vec<i64> = lines.iter().map(|l| l.amount).collect();
+        assert_eq!(amounts, [1500, -900, 9000]);
+        assert_eq!(amounts.iter().sum::<i64>(), 600 + 9000);
+        // A change after the early close is not this period's; closed at its start, nothing.
+        assert_eq!(
+            base_and_proration(start, end, start, &plan("smb", 4900), &[])[0].amount,
+            0
+        );
     }
 
     #[test]

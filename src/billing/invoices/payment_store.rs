@@ -60,8 +60,8 @@ pub struct Uncollected {
 }
 
 /// Open invoices with something to pay and no payment at `provider` yet (never tried, or every
-/// try failed), never-tried first, then by fewest attempts, at most `limit` (of one organization
-/// when given).
+/// try failed, and not given up), never-tried first, then by fewest attempts, at most `limit` (of
+/// one organization when given).
 pub async fn uncollected(
     db: &Db,
     provider: &str,
@@ -75,7 +75,11 @@ pub async fn uncollected(
     sql.bind(provider.to_string());
     sql.push(" WHERE i.status = ")
         .bind(InvoiceStatus::Open.as_str().to_string());
-    sql.push(" AND i.amount > 0 AND p.payment_intent_id IS NULL");
+    sql.push(
+        " AND i.amount > 0 AND p.payment_intent_id IS NULL AND (p.status IS NULL OR p.status <> ",
+    )
+    .bind(ABANDONED.to_string());
+    sql.push(")");
     if let Some(org) = org_id {
         sql.push(" AND i.organization_id = ").bind(org.to_string());
     }
@@ -101,26 +105,35 @@ pub async fn uncollected(
         .collect()
 }
 
-/// Records an attempt to create the invoice's payment: its PaymentIntent id, or why it failed
-/// (the next run tries again).
+/// `invoice_payments.status` of a payment given up after the configured number of failed
+/// attempts: final, never tried again (the invoice stays open).
+pub const ABANDONED: &str = "abandoned";
+
+/// Records an attempt, made at `now`, to create the invoice's payment: its PaymentIntent id, or
+/// why it failed (a later run tries again). Returns the failed attempts so far (`None` when the
+/// payment was given up meanwhile: a failure no longer counts).
 pub async fn record_attempt(
     db: &Db,
     invoice_id: &InvoiceId,
     provider: &str,
     outcome: Result<&str, &str>,
-) -> Result<(), Error> {
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, Error> {
     let (intent, status, error) = match outcome {
         Ok(pi) => (Some(pi), "created", None),
         Err(e) => (None, "failed", Some(e)),
     };
-    let now = storage::now();
-    sqlx::query(
+    let now = storage::format_time(now);
+    // A created payment is always kept; a failure does not reopen a payment given up.
+    let attempts: Option<i64> = sqlx::query_scalar(
         "INSERT INTO invoice_payments (invoice_id, provider, payment_intent_id, status, attempts, \
          last_error, created_at, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $6, $6) \
          ON CONFLICT (invoice_id) DO UPDATE SET \
          payment_intent_id = COALESCE(invoice_payments.payment_intent_id, excluded.payment_intent_id), \
          status = excluded.status, attempts = invoice_payments.attempts + 1, \
-         last_error = excluded.last_error, updated_at = excluded.updated_at",
+         last_error = excluded.last_error, updated_at = excluded.updated_at \
+         WHERE excluded.status = 'created' OR invoice_payments.status <> $7 \
+         RETURNING attempts",
     )
     .bind(invoice_id)
     .bind(provider)
@@ -128,9 +141,43 @@ pub async fn record_attempt(
     .bind(status)
     .bind(error)
     .bind(&now)
-    .execute(db.pool())
+    .bind(ABANDONED)
+    .fetch_optional(db.pool())
     .await?;
-    Ok(())
+    Ok(attempts)
+}
+
+/// Gives up the invoice's payment after `max_attempts` failed attempts (status
+/// [`ABANDONED`]), in the transaction that emits its event: `Some((attempts, last error))` when
+/// this call did, `None` when it was not due (fewer attempts, a payment made, the invoice no
+/// longer open) or another node gave it up first.
+pub async fn abandon(
+    tx: &mut AnyConnection,
+    invoice_id: &InvoiceId,
+    max_attempts: i64,
+) -> Result<Option<(i64, Option<String>)>, Error> {
+    let done = sqlx::query(
+        "UPDATE invoice_payments SET status = $1, updated_at = $2 WHERE invoice_id = $3 \
+         AND status = 'failed' AND payment_intent_id IS NULL AND attempts >= $4 \
+         AND EXISTS (SELECT 1 FROM invoices i WHERE i.id = invoice_payments.invoice_id \
+         AND i.status = $5)",
+    )
+    .bind(ABANDONED)
+    .bind(storage::now())
+    .bind(invoice_id)
+    .bind(max_attempts)
+    .bind(InvoiceStatus::Open.as_str())
+    .execute(&mut *tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let row: (i64, Option<String>) =
+        sqlx::query_as("SELECT attempts, last_error FROM invoice_payments WHERE invoice_id = $1")
+            .bind(invoice_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    Ok(Some(row))
 }
 
 /// The invoice's payment at the provider: (PaymentIntent id, status, last error).

@@ -126,6 +126,27 @@ pub async fn find_in(
         .transpose()?)
 }
 
+/// Whether the organization's subscription is still `subscription_id`, active, in the cycle
+/// starting at `cycle_start` (as stored), read in the change's transaction.
+pub async fn is_current_cycle(
+    tx: &mut AnyConnection,
+    org_id: &str,
+    subscription_id: &str,
+    cycle_start: &str,
+) -> Result<bool, Error> {
+    let found: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM subscriptions WHERE organization_id = $1 AND id = $2 \
+         AND status = $3 AND billing_cycle_start = $4",
+    )
+    .bind(org_id)
+    .bind(subscription_id)
+    .bind(SubscriptionStatus::Active.as_str())
+    .bind(cycle_start)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// A new active subscription: its plan's price and the first cycle's bounds.
 #[derive(Debug)]
 pub struct NewSubscription<'a> {
