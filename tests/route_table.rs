@@ -25,7 +25,6 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/health/live"),
     ("GET", "/metrics"),
     ("GET", "/.well-known/jwks.json"),
-    ("GET", "/v1/plans"),
     ("GET", "/v1/roles"),
     ("GET", "/v1/organizations/check-availability"),
     ("POST", "/v1/auth/register"),

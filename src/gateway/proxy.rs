@@ -193,20 +193,57 @@ impl Spec {
 }
 
 /// A proxy route's answer for `spec`.
-pub async fn serve(spec: &'static Spec, state: AppState, req: Request) -> Response {
+pub async fn serve(spec: &'static Spec, state: AppState, req: Request) -> Proxied {
     let mut res = handle(spec, state, req)
         .await
         .unwrap_or_else(IntoResponse::into_response);
     res.extensions_mut().insert(RouteLabel(spec.route));
-    res
+    Proxied(res)
 }
 
 macro_rules! route {
     ($name:ident, $spec:expr) => {
-        pub async fn $name(State(state): State<AppState>, req: Request) -> Response {
+        pub async fn $name(State(state): State<AppState>, req: Request) -> Proxied {
             serve(&$spec, state, req).await
         }
     };
+}
+
+/// A proxy route's answer: the provider's, relayed (JSON, a stream of server-sent events, a
+/// file), or the gateway's error. Its type says how the route is described in the OpenAPI
+/// document — the key it takes, in any of the providers' SDKs' spellings — since the proxy
+/// reads the key itself rather than through an extractor (nothing added to the request path).
+pub struct Proxied(pub Response);
+
+impl IntoResponse for Proxied {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl crate::http::openapi::Output for Proxied {
+    fn describe(_d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        op.accepts(crate::http::openapi::GATEWAY_KEYS);
+        op.requires("gateway:proxy");
+        op.note(
+            "Relayed to the organization's provider for this route (or the built-in mock for a \
+             test key): the request and answer are the provider's own API. An API key with the \
+             `gateway:proxy` scope, as `Authorization: Bearer`, `x-api-key`, `api-key`, \
+             `x-goog-api-key` or `?key=`.",
+        );
+        op.success("2XX", "The provider's answer, relayed", None);
+        op.error(401, "Unauthorized: no valid API key");
+        op.error(
+            403,
+            "Forbidden: the key lacks gateway:proxy, or a policy blocked the request",
+        );
+        op.error(429, "Rate limit or quota exceeded");
+        op.error(
+            502,
+            "Every provider tried failed (each attempt in `details`)",
+        );
+        op.error(504, "The provider did not answer in time");
+    }
 }
 
 route!(openai, OPENAI);

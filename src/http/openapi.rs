@@ -86,6 +86,15 @@ impl Describer {
     }
 }
 
+/// The security schemes a gateway key may use: the spellings of the providers' SDKs.
+pub const GATEWAY_KEYS: &[&str] = &[
+    "apiKey",
+    "apiKeyHeader",
+    "azureApiKey",
+    "googleApiKey",
+    "googleApiKeyQuery",
+];
+
 /// One operation being described.
 #[derive(Debug, Default)]
 pub struct Op {
@@ -395,6 +404,22 @@ pub fn document(routes: &[DocumentedRoute], server_url: Option<&str>) -> Value {
                 "apiKey": {
                     "type": "http", "scheme": "bearer", "bearerFormat": "API key",
                     "description": "An organization's secret API key (`sk_live_…`, `sk_test_…`), `Authorization: Bearer <key>`; its scopes bound what it may do.",
+                },
+                "apiKeyHeader": {
+                    "type": "apiKey", "in": "header", "name": "x-api-key",
+                    "description": "An API key as the Anthropic SDK sends it (gateway routes).",
+                },
+                "azureApiKey": {
+                    "type": "apiKey", "in": "header", "name": "api-key",
+                    "description": "An API key as the Azure OpenAI SDK sends it (gateway routes).",
+                },
+                "googleApiKey": {
+                    "type": "apiKey", "in": "header", "name": "x-goog-api-key",
+                    "description": "An API key as the google-genai SDK sends it (gateway routes).",
+                },
+                "googleApiKeyQuery": {
+                    "type": "apiKey", "in": "query", "name": "key",
+                    "description": "An API key in the query string, as Gemini's REST examples pass it (gateway routes).",
                 },
                 "adminToken": {
                     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
