@@ -11,7 +11,6 @@ use crate::mail::StoredMail;
 use axum::{extract::State, http::StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use serde_json::Value;
 use store::PlatformStats;
 
 pub use store::{escape_like, like_pattern};
@@ -110,14 +109,21 @@ async fn get_user(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(id): Path<UserId>,
-) -> Result<axum::Json<Value>, Error> {
-    let user = load_user(&state, &id).await?;
-    let sessions = sessions::list(&state.db, &id, None).await?;
-    let organizations = store::user_organizations(&state.db, &id).await?;
-    let mut body = serde_json::to_value(&user).map_err(anyhow::Error::from)?;
-    body["sessions"] = serde_json::to_value(sessions).map_err(anyhow::Error::from)?;
-    body["organizations"] = serde_json::to_value(organizations).map_err(anyhow::Error::from)?;
-    Ok(axum::Json(body))
+) -> Result<axum::Json<UserDetail>, Error> {
+    Ok(axum::Json(UserDetail {
+        user: load_user(&state, &id).await?,
+        sessions: sessions::list(&state.db, &id, None).await?,
+        organizations: store::user_organizations(&state.db, &id).await?,
+    }))
+}
+
+/// `GET /v1/admin/users/{id}`: the user, their sessions and their organizations.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct UserDetail {
+    #[serde(flatten)]
+    user: User,
+    sessions: Vec<crate::auth::sessions::SessionView>,
+    organizations: Vec<store::UserOrganization>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

@@ -188,20 +188,28 @@ async fn delete(
     organizations::delete(state, access).await
 }
 
+/// `GET /v1/admin/organizations/{id}`: the organization, its members, its subscription and its
+/// usage this period.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct OrganizationDetail {
+    #[serde(flatten)]
+    organization: Organization,
+    members: Vec<store::OrganizationMember>,
+    subscription: Option<crate::billing::subscriptions::SubscriptionDocument>,
+    usage: crate::billing::UsageDocument,
+}
+
 pub(crate) async fn detail(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, Error> {
-    let org = organizations::get(&state.db, &id).await?;
-    let members = store::organization_members(&state.db, &id).await?;
-    let mut body = serde_json::to_value(org).map_err(anyhow::Error::from)?;
-    body["members"] = serde_json::to_value(members).map_err(anyhow::Error::from)?;
-    body["subscription"] = crate::billing::subscriptions::find(&state, &id)
-        .await?
-        .unwrap_or(Value::Null);
-    body["usage"] = crate::billing::usage_document(&state, &id).await?;
-    Ok(axum::Json(body))
+) -> Result<axum::Json<OrganizationDetail>, Error> {
+    Ok(axum::Json(OrganizationDetail {
+        organization: organizations::get(&state.db, &id).await?,
+        members: store::organization_members(&state.db, &id).await?,
+        subscription: crate::billing::subscriptions::find(&state, &id).await?,
+        usage: crate::billing::usage_document(&state, &id).await?,
+    }))
 }
 
 /// `PATCH /v1/admin/organizations/{id}`: a platform admin repairs an organization's profile or
@@ -438,12 +446,12 @@ async fn revoke_project_key(
 as_admin!(list_members, MembersRead, members::list, (page: Page, query: Query<members::MemberQuery>) -> axum::Json<List<members::Member>>);
 as_admin!(
     /// Invites (a pending member), as `POST …/members` does.
-    add_member, MembersManage, members::add, (body: Json<members::Invite>) -> (StatusCode, axum::Json<Value>)
+    add_member, MembersManage, members::add, (body: Json<members::Invite>) -> (StatusCode, axum::Json<members::PendingMember>)
 );
 as_admin!(
     /// Another role for a member or a pending member (`inv_…`); the last owner stays one.
     change_role, MembersManage, members::change_role,
-    (path: Path<(String, String)>, body: Json<members::ChangeRole>) -> axum::Json<Value>
+    (path: Path<(String, String)>, body: Json<members::ChangeRole>) -> axum::Json<members::RoleChanged>
 );
 as_admin!(
     /// Removes a member, or revokes a pending member's invitation; never the last owner.

@@ -66,7 +66,7 @@ pub async fn users(
 }
 
 /// One organization a user belongs to, with the user's role there.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct UserOrganization {
     pub id: String,
     pub name: String,
@@ -133,7 +133,7 @@ pub async fn organizations(
 }
 
 /// One member of an organization, as the platform admin sees them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct OrganizationMember {
     pub id: String,
     pub email: String,

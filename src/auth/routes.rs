@@ -10,7 +10,7 @@ use axum::{
     extract::State,
     http::{header, StatusCode},
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::secret::Secret;
@@ -137,19 +137,32 @@ fn present<'a>(value: Option<&'a str>, field: &str, errors: &mut Vec<FieldError>
     }
 }
 
-fn accepted(message: &str) -> (StatusCode, axum::Json<Value>) {
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "message": message })),
-    )
+/// `202 Accepted` with a message: the same answer whether or not the account exists.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct Accepted {
+    message: &'static str,
+}
+
+fn accepted(message: &'static str) -> (StatusCode, axum::Json<Accepted>) {
+    (StatusCode::ACCEPTED, axum::Json(Accepted { message }))
+}
+
+/// The public keys that verify the access tokens (RFC 7517).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct Jwks {
+    /// One public JWK per published signing key (`kty`, `kid`, `alg`, `use` and the key's
+    /// public parameters).
+    keys: Vec<Value>,
 }
 
 async fn jwks(
     State(state): State<AppState>,
-) -> ([(HeaderName, &'static str); 1], axum::Json<Value>) {
+) -> ([(HeaderName, &'static str); 1], axum::Json<Jwks>) {
     (
         [(header::CACHE_CONTROL, "public, max-age=300")],
-        axum::Json(state.keys.jwks()),
+        axum::Json(Jwks {
+            keys: state.keys.jwks(),
+        }),
     )
 }
 
@@ -169,7 +182,7 @@ pub(crate) async fn register(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<RegisterRequest>,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<SignedIn>), Error> {
     // With signups closed (the platform's `signup_open`), only an invitation opens an account:
     // an organization asked for this person.
     if body.invitation_token.is_none() && !state.platform.current().signup_open {
@@ -233,22 +246,56 @@ pub(crate) async fn register(
         );
     }
     let mut body = signed_in(&state, &user.id, &meta).await?;
-    if let Some(m) = membership {
-        body["membership"] = m;
-    }
+    body.membership = membership;
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
 
 /// The answer of every route that signs a user in (register, password login, MFA and emailed
 /// code completions): a new session's tokens and the user, as `GET /v1/me` shows them.
-async fn signed_in(state: &AppState, user_id: &UserId, meta: &RequestMeta) -> Result<Value, Error> {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct SignedIn {
+    #[serde(flatten)]
+    tokens: sessions::Tokens,
+    user: User,
+    /// Registering with an `invitation_token`: the membership it made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    membership: Option<crate::orgs::members::Membership>,
+}
+
+async fn signed_in(
+    state: &AppState,
+    user_id: &UserId,
+    meta: &RequestMeta,
+) -> Result<SignedIn, Error> {
     let tokens = sessions::start(state, user_id, meta).await?;
     let user = users::get(&state.db, user_id)
         .await?
         .ok_or_else(|| Error::unauthorized("The account no longer exists"))?;
-    let mut body = serde_json::to_value(&tokens).map_err(anyhow::Error::from)?;
-    body["user"] = serde_json::to_value(&user).map_err(anyhow::Error::from)?;
-    Ok(body)
+    Ok(SignedIn {
+        tokens,
+        user,
+        membership: None,
+    })
+}
+
+/// What a login route answers (SPEC §2): a new session's tokens and the user, a refreshed
+/// session's tokens (`grant_type: refresh_token`), or, with MFA on, the challenge that
+/// `POST /v1/auth/mfa/verify` completes.
+#[derive(Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum LoginAnswer {
+    SignedIn(SignedIn),
+    Refreshed(sessions::Tokens),
+    MfaRequired(MfaChallenge),
+}
+
+/// The first factor passed and MFA is on: the second factor goes to `POST /v1/auth/mfa/verify`
+/// with this token.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct MfaChallenge {
+    /// Always `true`.
+    mfa_required: bool,
+    mfa_token: String,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -277,15 +324,24 @@ async fn spend_code(
     user.ok_or_else(|| Error::unauthorized("The code is invalid or expired"))
 }
 
+/// `POST /v1/auth/verify-email`: the address verified.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct EmailVerified {
+    email: String,
+    /// Always `true`.
+    email_verified: bool,
+}
+
 async fn verify_email(
     State(state): State<AppState>,
     Json(body): Json<EmailCode>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<EmailVerified>, Error> {
     let user = spend_code(&state, &body, Purpose::VerifyEmail).await?;
     users::mark_email_verified(&state.db, &user.id).await?;
-    Ok(axum::Json(
-        json!({ "email": user.email, "email_verified": true }),
-    ))
+    Ok(axum::Json(EmailVerified {
+        email: user.email,
+        email_verified: true,
+    }))
 }
 
 /// The login body of `/v1/auth/login` and of the seed adapters (`grantType`/`refreshToken`
@@ -307,7 +363,7 @@ async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<LoginRequest>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<LoginAnswer>, Error> {
     Ok(axum::Json(login_answer(&state, &meta, &body).await?))
 }
 
@@ -317,7 +373,7 @@ pub(crate) async fn login_answer(
     state: &AppState,
     meta: &RequestMeta,
     body: &LoginRequest,
-) -> Result<Value, Error> {
+) -> Result<LoginAnswer, Error> {
     let mut errors = Vec::new();
     match body.grant_type.as_deref().unwrap_or("password") {
         "refresh_token" => {
@@ -325,8 +381,9 @@ pub(crate) async fn login_answer(
             if !errors.is_empty() {
                 return Err(Error::invalid(errors));
             }
-            let tokens = sessions::refresh(state, token).await?;
-            Ok(serde_json::to_value(&tokens).map_err(anyhow::Error::from)?)
+            Ok(LoginAnswer::Refreshed(
+                sessions::refresh(state, token).await?,
+            ))
         }
         "password" => {
             let email = required(&body.email, "email", &mut errors).to_string();
@@ -355,7 +412,7 @@ async fn password_login(
     meta: &RequestMeta,
     email: &str,
     password: &str,
-) -> Result<Value, Error> {
+) -> Result<LoginAnswer, Error> {
     let account = users::credentials_by_email(&state.db, email).await?;
     let hash = account.as_ref().and_then(|a| a.password_hash.as_deref());
     // Unknown email and wrong password: the same work, the same answer.
@@ -386,12 +443,15 @@ async fn first_factor_passed(
     meta: &RequestMeta,
     account: &users::Credentials,
     method: &str,
-) -> Result<Value, Error> {
+) -> Result<LoginAnswer, Error> {
     if account.mfa_enabled {
         let mfa_token =
             codes::issue_mfa_challenge(&state.db, &account.id, &meta.user_agent, &meta.ip_string())
                 .await?;
-        return Ok(json!({ "mfa_required": true, "mfa_token": mfa_token }));
+        return Ok(LoginAnswer::MfaRequired(MfaChallenge {
+            mfa_required: true,
+            mfa_token,
+        }));
     }
     security_event(
         state,
@@ -401,7 +461,9 @@ async fn first_factor_passed(
         json!({ "method": method }),
     )
     .await;
-    signed_in(state, &account.id, meta).await
+    Ok(LoginAnswer::SignedIn(
+        signed_in(state, &account.id, meta).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -415,7 +477,7 @@ async fn mfa_verify(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<MfaVerify>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<SignedIn>, Error> {
     // The attempt is counted on the challenge, then on the user, before the code is checked:
     // at most 5 per token and 10 per user in 15 minutes (across tokens), however many requests
     // race.
@@ -456,7 +518,7 @@ where
 pub(crate) async fn otp_request(
     State(state): State<AppState>,
     Json(body): Json<EmailOnly>,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<Accepted>), Error> {
     let email = users::normalize_email(&body.email)?;
     throttle(&state, format!("otp:{email}"), mail_limit(&state)).await?;
     after_the_answer("sign-in code", async move {
@@ -501,7 +563,7 @@ pub(crate) async fn otp_verify(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<EmailCode>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<LoginAnswer>, Error> {
     let mut user = spend_code(&state, &body, Purpose::Login).await?;
     if user.status != Standing::Active {
         return Err(Error::forbidden("This account is suspended"));
@@ -521,7 +583,7 @@ pub(crate) async fn otp_verify(
 pub(crate) async fn forgot_password(
     State(state): State<AppState>,
     Json(body): Json<EmailOnly>,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<Accepted>), Error> {
     let email = users::normalize_email(&body.email)?;
     throttle(&state, format!("reset:{email}"), mail_limit(&state)).await?;
     after_the_answer("password reset", async move {
@@ -646,23 +708,37 @@ fn parse_environment(env: Option<&str>) -> Result<&'static str, Error> {
     }
 }
 
+/// An access token scoped to one organization (tenant), role and environment.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct ScopedToken {
+    access_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds.
+    expires_in: u64,
+    organization_id: String,
+    role: String,
+    /// `live` or `test`.
+    environment: String,
+}
+
 fn scoped_token(
     state: &AppState,
     auth: &AuthUser,
     tenant: &crate::auth::extract::Tenant,
-) -> Result<Value, Error> {
+) -> Result<ScopedToken, Error> {
     let mut claims = state.keys.claims(&auth.user.id, &auth.session_id);
     claims.tid = Some(tenant.organization_id.clone());
     claims.role = Some(tenant.role.clone());
     claims.env = Some(tenant.environment.clone());
-    Ok(json!({
-        "access_token": state.keys.sign(&claims)?,
-        "token_type": "Bearer",
-        "expires_in": crate::auth::tokens::ACCESS_TTL.as_secs(),
-        "organization_id": tenant.organization_id,
-        "role": tenant.role,
-        "environment": tenant.environment,
-    }))
+    Ok(ScopedToken {
+        access_token: state.keys.sign(&claims)?,
+        token_type: "Bearer",
+        expires_in: crate::auth::tokens::ACCESS_TTL.as_secs(),
+        organization_id: tenant.organization_id.clone(),
+        role: tenant.role.clone(),
+        environment: tenant.environment.clone(),
+    })
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -678,7 +754,7 @@ pub(crate) async fn select_tenant(
     auth: AuthUser,
     meta: RequestMeta,
     Json(body): Json<SelectTenant>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<ScopedToken>, Error> {
     let env = parse_environment(body.environment.as_deref())?;
     let tenant = tenant_of(
         &state,
@@ -702,7 +778,7 @@ pub(crate) async fn switch_environment(
     auth: AuthUser,
     meta: RequestMeta,
     Json(body): Json<SwitchEnvironment>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<ScopedToken>, Error> {
     let env = parse_environment(Some(&body.environment))?;
     let current = auth.tenant.as_ref().ok_or_else(|| {
         Error::bad_request("switch-environment needs a tenant-scoped token (see select-tenant)")
@@ -760,15 +836,33 @@ async fn end_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// TOTP enrolment started: the secret, also as an `otpauth://` URI (a QR code's content).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct TotpEnrolment {
+    secret: String,
+    otpauth_uri: String,
+}
+
 async fn mfa_enrol(
     State(state): State<AppState>,
     auth: AuthUser,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<TotpEnrolment>), Error> {
     let e = mfa::enrol(&state, &auth.user.id, &auth.user.email).await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({ "secret": e.secret, "otpauth_uri": e.otpauth_uri })),
+        axum::Json(TotpEnrolment {
+            secret: e.secret,
+            otpauth_uri: e.otpauth_uri,
+        }),
     ))
+}
+
+/// MFA turned on, and the recovery codes (shown once).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub(crate) struct MfaEnabled {
+    /// Always `true`.
+    mfa_enabled: bool,
+    recovery_codes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -782,7 +876,7 @@ async fn mfa_activate(
     auth: AuthUser,
     meta: RequestMeta,
     Json(body): Json<CodeOnly>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<MfaEnabled>, Error> {
     let codes = mfa::activate(&state, &auth.user.id, &body.code).await?;
     security_event(
         &state,
@@ -792,9 +886,10 @@ async fn mfa_activate(
         json!({"method": "totp"}),
     )
     .await;
-    Ok(axum::Json(
-        json!({ "mfa_enabled": true, "recovery_codes": codes }),
-    ))
+    Ok(axum::Json(MfaEnabled {
+        mfa_enabled: true,
+        recovery_codes: codes,
+    }))
 }
 
 async fn mfa_disable(

@@ -24,7 +24,7 @@ use crate::{
 pub const REFRESH_TTL_DAYS: i64 = 30;
 
 /// A session's tokens as answered once; `Debug` shows neither token.
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct Tokens {
     pub access_token: String,
     pub refresh_token: String,

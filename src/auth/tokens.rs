@@ -250,9 +250,10 @@ impl KeyRing {
         }
     }
 
-    pub fn jwks(&self) -> serde_json::Value {
+    /// The published public keys (the `keys` of `/.well-known/jwks.json`).
+    pub fn jwks(&self) -> Vec<serde_json::Value> {
         let ring = self.ring.read().unwrap_or_else(|e| e.into_inner());
-        serde_json::json!({ "keys": ring.jwks })
+        ring.jwks.clone()
     }
 
     /// Every key ever made, newest first (public parts only).

@@ -25,7 +25,7 @@ use std::{
 
 use axum::{extract::State, http::StatusCode};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -34,7 +34,7 @@ use crate::{
     error::{Error, FieldError},
     http::{
         extract::{Json, Path},
-        pagination::Page,
+        pagination::{List, Page},
         request_meta::RequestMeta,
         routes::Routes,
     },
@@ -165,29 +165,30 @@ pub fn routes() -> Routes {
         .merge(invoices::routes())
 }
 
-fn list_body(plans: Vec<Arc<Plan>>, page: &Page) -> Value {
+fn list_body(plans: Vec<Arc<Plan>>, page: &Page) -> List<Plan> {
     let total = plans.len() as i64;
-    let items: Vec<&Plan> = plans
+    let items: Vec<Plan> = plans
         .iter()
         .skip(page.offset.max(0) as usize)
         .take(page.limit.max(0) as usize)
-        .map(|p| p.as_ref())
+        .map(|p| p.as_ref().clone())
         .collect();
-    let has_more = page.offset + (items.len() as i64) < total;
-    json!({
-        "plans": items,
-        "total": total,
-        "limit": page.limit,
-        "offset": page.offset,
-        "has_more": has_more,
-    })
+    List {
+        key: "plans",
+        has_more: page.offset + (items.len() as i64) < total,
+        items,
+        total,
+        limit: page.limit,
+        offset: page.offset,
+        next_cursor: None,
+    }
 }
 
 pub(crate) async fn list_plans(
     State(state): State<AppState>,
     _user: AuthUser,
     page: Page,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<List<Plan>>, Error> {
     Ok(axum::Json(list_body(state.plans.all(), &page)))
 }
 
@@ -195,7 +196,7 @@ async fn admin_list(
     State(state): State<AppState>,
     _admin: PlatformAdmin,
     page: Page,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<List<Plan>>, Error> {
     Ok(axum::Json(list_body(state.plans.all(), &page)))
 }
 
@@ -524,20 +525,26 @@ async fn admin_delete(
 
 /// How `GET …/usage` shows a period: a calendar month as dates, end inclusive (seed 000); a
 /// billing cycle as its start and end times (RFC 3339, end excluded: the next cycle's start).
-pub fn period_document(p: &crate::limits::usage::UsagePeriod) -> Value {
+pub fn period_document(p: &crate::limits::usage::UsagePeriod) -> PeriodDocument {
     if p.calendar {
         let last = p.end - chrono::Duration::days(1);
-        json!({"start": p.start.date_naive().to_string(), "end": last.date_naive().to_string()})
+        PeriodDocument {
+            start: p.start.date_naive().to_string(),
+            end: last.date_naive().to_string(),
+        }
     } else {
         let t = |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        json!({"start": t(p.start), "end": t(p.end)})
+        PeriodDocument {
+            start: t(p.start),
+            end: t(p.end),
+        }
     }
 }
 
 async fn usage(
     State(state): State<AppState>,
     access: OrgAccess<perm::UsageRead>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<UsageDocument>, Error> {
     Ok(axum::Json(usage_document(&state, access.org_id()).await?))
 }
 
@@ -612,16 +619,53 @@ pub async fn period_usage(state: &AppState, org_id: &str) -> Result<PeriodUsage,
 
 /// An organization's usage this period against its plan's limits (the `…/usage` body; also in
 /// the platform admin's organization detail).
-pub async fn usage_document(state: &AppState, org_id: &str) -> Result<Value, Error> {
+pub async fn usage_document(state: &AppState, org_id: &str) -> Result<UsageDocument, Error> {
     let usage = period_usage(state, org_id).await?;
-    let mut body = Map::new();
-    body.insert("organization_id".into(), json!(org_id));
-    body.insert("plan".into(), json!(usage.plan));
-    body.insert("period".into(), period_document(&usage.period));
-    for q in &usage.quantities {
-        body.insert(q.name.into(), json!({"limit": q.limit, "used": q.used}));
-    }
-    Ok(Value::Object(body))
+    Ok(UsageDocument {
+        organization_id: org_id.to_string(),
+        plan: usage.plan,
+        period: period_document(&usage.period),
+        quantities: usage
+            .quantities
+            .iter()
+            .map(|q| {
+                (
+                    q.name,
+                    Used {
+                        limit: q.limit,
+                        used: q.used,
+                    },
+                )
+            })
+            .collect(),
+    })
+}
+
+/// `GET …/usage`: the current period and, per metered quantity (`api_requests`,
+/// `gateway_requests`, `gateway_tokens`, `gateway_cost` in cents, `members`, `projects`), the
+/// plan's limit and what was used.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct UsageDocument {
+    organization_id: String,
+    plan: String,
+    period: PeriodDocument,
+    #[serde(flatten)]
+    quantities: std::collections::BTreeMap<&'static str, Used>,
+}
+
+/// One metered quantity: the plan's limit (`null`: unlimited) and what was used.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Used {
+    limit: Option<u64>,
+    used: u64,
+}
+
+/// A usage period: a calendar month as dates (`YYYY-MM-DD`, end inclusive), or a billing
+/// cycle as RFC 3339 times (end excluded).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct PeriodDocument {
+    pub start: String,
+    pub end: String,
 }
 
 /// Refuses with 429 `quota_exceeded` when an organization already has as many `what` (members,

@@ -17,7 +17,7 @@ pub mod store;
 
 use axum::{extract::State, http::StatusCode};
 use chrono::{DateTime, SubsecRound, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use self::store::{NewSubscription, Subscription, SubscriptionPatch, SubscriptionStatus};
@@ -32,30 +32,58 @@ use crate::{
 };
 
 /// The subscription document (seed 000 shape, plus the cancellation fields).
-fn document(state: &AppState, s: &Subscription) -> Value {
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct SubscriptionDocument {
+    id: crate::ids::SubscriptionId,
+    organization_id: String,
+    plan: String,
+    status: SubscriptionStatus,
+    billing_cycle_start: String,
+    billing_cycle_end: String,
+    /// In the currency's minor units, per billing cycle.
+    amount: i64,
+    currency: String,
+    billing_email: Option<String>,
+    auto_renew: bool,
+    cancel_at_period_end: bool,
+    canceled_at: Option<String>,
+    /// The plan's features (free-form, as the plan defines them).
+    features: Value,
+    created_at: String,
+    updated_at: String,
+}
+
+fn document(state: &AppState, s: &Subscription) -> SubscriptionDocument {
     let features = state
         .plans
         .get(&s.plan)
         .map(|p| p.fields.features.clone())
         .unwrap_or_else(|| json!({}));
     let time = |t: &str| storage::api_time(t);
-    json!({
-        "id": s.id,
-        "organization_id": s.organization_id,
-        "plan": s.plan,
-        "status": s.status,
-        "billing_cycle_start": time(&s.billing_cycle_start),
-        "billing_cycle_end": time(&s.billing_cycle_end),
-        "amount": s.amount,
-        "currency": s.currency,
-        "billing_email": s.billing_email,
-        "auto_renew": s.auto_renew,
-        "cancel_at_period_end": s.cancel_at_period_end,
-        "canceled_at": s.canceled_at.as_deref().map(time),
-        "features": features,
-        "created_at": time(&s.created_at),
-        "updated_at": time(&s.updated_at),
-    })
+    SubscriptionDocument {
+        id: s.id.clone(),
+        organization_id: s.organization_id.clone(),
+        plan: s.plan.clone(),
+        status: s.status,
+        billing_cycle_start: time(&s.billing_cycle_start),
+        billing_cycle_end: time(&s.billing_cycle_end),
+        amount: s.amount,
+        currency: s.currency.clone(),
+        billing_email: s.billing_email.clone(),
+        auto_renew: s.auto_renew,
+        cancel_at_period_end: s.cancel_at_period_end,
+        canceled_at: s.canceled_at.as_deref().map(time),
+        features,
+        created_at: time(&s.created_at),
+        updated_at: time(&s.updated_at),
+    }
+}
+
+/// The organization's subscription document, after a change that leaves it one.
+async fn document_of(state: &AppState, org_id: &str) -> Result<SubscriptionDocument, Error> {
+    find(state, org_id)
+        .await?
+        .ok_or_else(|| Error::not_found("This organization has no subscription"))
 }
 
 /// The organization's active subscription, or `not_found`.
@@ -66,7 +94,7 @@ async fn active(state: &AppState, org_id: &str) -> Result<Subscription, Error> {
 }
 
 /// The organization's subscription document, if it has one (the admin organization detail).
-pub async fn find(state: &AppState, org_id: &str) -> Result<Option<Value>, Error> {
+pub async fn find(state: &AppState, org_id: &str) -> Result<Option<SubscriptionDocument>, Error> {
     Ok(store::find(&state.db, org_id)
         .await?
         .map(|s| document(state, &s)))
@@ -131,7 +159,7 @@ impl SubscriptionInput {
 pub async fn get(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingRead>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<SubscriptionDocument>, Error> {
     // Every organization has one from its creation ([`start_implicit`], [`backfill`]).
     let doc = find(&state, access.org_id())
         .await?
@@ -205,7 +233,7 @@ pub async fn create(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingManage>,
     Json(body): Json<SubscriptionInput>,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<SubscriptionDocument>), Error> {
     let (plan, email) = body.validate(&state, true)?;
     let plan = plan.ok_or_else(|| Error::invalid_field("plan", "is required"))?;
     let org_id = access.org_id().to_string();
@@ -296,7 +324,7 @@ pub async fn create(
             set_organization_plan(tx, &org_id, &plan.id).await
         })
         .await?;
-    let doc = find(&state, &org_id).await?.unwrap_or_default();
+    let doc = document_of(&state, &org_id).await?;
     Ok((StatusCode::CREATED, axum::Json(doc)))
 }
 
@@ -304,7 +332,7 @@ pub async fn update(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingManage>,
     Json(body): Json<SubscriptionInput>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<SubscriptionDocument>, Error> {
     let (plan, email) = body.validate(&state, false)?;
     let org_id = access.org_id().to_string();
     let current = active(&state, &org_id).await?;
@@ -341,13 +369,13 @@ pub async fn update(
             }
         })
         .await?;
-    Ok(axum::Json(find(&state, &org_id).await?.unwrap_or_default()))
+    Ok(axum::Json(document_of(&state, &org_id).await?))
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
     access: OrgAccess<perm::BillingCancel>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<SubscriptionDocument>, Error> {
     let org_id = access.org_id().to_string();
     let current = active(&state, &org_id).await?;
     let id = current.id;
@@ -357,7 +385,7 @@ pub async fn cancel(
             store::cancel_at_period_end(tx, &id).await
         })
         .await?;
-    Ok(axum::Json(find(&state, &org_id).await?.unwrap_or_default()))
+    Ok(axum::Json(document_of(&state, &org_id).await?))
 }
 
 /// The cycle job: every subscription whose cycle ended by `now` gets the invoice of each

@@ -112,8 +112,8 @@ async fn warn(
              includes in the period {start} to {end} ({percent}%).\n\n{advice}\n",
             used = q.used,
             plan = usage.plan,
-            start = period["start"].as_str().unwrap_or_default(),
-            end = period["end"].as_str().unwrap_or_default(),
+            start = period.start,
+            end = period.end,
             advice = if percent >= 100 {
                 "Beyond the limit, usage is refused or billed as overage, as your plan states; \
                  upgrade the plan to raise it."

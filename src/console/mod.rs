@@ -13,7 +13,13 @@ use axum::{
 };
 use include_dir::{include_dir, Dir};
 
-use crate::{error::Error, http::routes::Routes};
+use crate::{
+    error::Error,
+    http::{
+        openapi::{Describer, Op, Output},
+        routes::Routes,
+    },
+};
 
 static FILES: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/console");
 
@@ -119,17 +125,57 @@ fn content_type(path: &str) -> &'static str {
 }
 
 /// The application's page, whatever its path (the application routes in the browser).
-async fn page(headers: HeaderMap) -> Result<Response, Error> {
-    serve("index.html", &headers)
+async fn page(headers: HeaderMap) -> Result<Page, Error> {
+    serve("index.html", &headers).map(Page)
 }
 
 /// The API reference.
-async fn docs(headers: HeaderMap) -> Result<Response, Error> {
-    serve_with("docs.html", &headers, DOCS_CSP)
+async fn docs(headers: HeaderMap) -> Result<Page, Error> {
+    serve_with("docs.html", &headers, DOCS_CSP).map(Page)
 }
 
-async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Result<Response, Error> {
-    serve(&path, &headers)
+async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Result<File, Error> {
+    serve(&path, &headers).map(File)
+}
+
+/// An HTML page of the console (or `304 Not Modified`).
+pub struct Page(Response);
+
+/// A file of the console, of the type its extension names (or `304 Not Modified`).
+pub struct File(Response);
+
+impl IntoResponse for Page {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl IntoResponse for File {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl Output for Page {
+    fn describe(_d: &mut Describer, op: &mut Op) {
+        op.success(
+            "200",
+            "The page",
+            Some(("text/html", serde_json::json!({"type": "string"}))),
+        );
+        op.success("304", "Not modified (`If-None-Match`)", None);
+    }
+}
+
+impl Output for File {
+    fn describe(_d: &mut Describer, op: &mut Op) {
+        op.success_in(
+            "200",
+            "The file (JavaScript, CSS, an image, a font…), of the type its extension names",
+            &[("*/*", serde_json::json!({}))],
+        );
+        op.success("304", "Not modified (`If-None-Match`)", None);
+    }
 }
 
 /// Answers a file with its type and validator; revalidated on every use (`no-cache`), so a new

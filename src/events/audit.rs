@@ -22,7 +22,7 @@ const COLUMNS: &str = "id, actor_type, actor_id, action, resource_type, resource
                        organization_id, ip_address, user_agent, request_id, metadata, created_at";
 
 /// One audit event, in the seed-004 shape.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct AuditEvent {
     pub id: crate::ids::AuditId,
     pub actor_type: String,
@@ -34,6 +34,7 @@ pub struct AuditEvent {
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// What the action recorded (free-form, per action).
     pub metadata: serde_json::Value,
     pub created_at: String,
 }

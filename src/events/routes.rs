@@ -7,7 +7,6 @@ use crate::events::webhooks::CreatedEndpoint;
 use crate::events::webhooks::Endpoint;
 use crate::events::webhooks::RotatedSecret;
 use crate::http::pagination::List;
-use serde_json::Value;
 use std::collections::HashMap;
 
 use axum::{
@@ -193,7 +192,7 @@ async fn test<C: WebhookCaller>(
     State(state): State<AppState>,
     caller: C,
     Path(p): Path<HashMap<String, String>>,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<TestSent>), Error> {
     let event_id = webhooks::send_test(
         &state.db,
         &caller.scope(),
@@ -203,8 +202,19 @@ async fn test<C: WebhookCaller>(
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({ "event_id": event_id, "event_type": "webhook.test" })),
+        axum::Json(TestSent {
+            event_id,
+            event_type: "webhook.test",
+        }),
     ))
+}
+
+/// `POST …/webhooks/{id}/test`: the test event queued for delivery to the endpoint.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct TestSent {
+    event_id: String,
+    /// Always `webhook.test`.
+    event_type: &'static str,
 }
 
 async fn rotate<C: WebhookCaller>(
@@ -252,24 +262,59 @@ async fn audit_log<C: WebhookCaller>(
     caller: C,
     page: Page,
     Query(query): Query<AuditQuery>,
-) -> Result<Response, Error> {
+) -> Result<AuditLog, Error> {
     let filter = AuditFilter::from_query(&query)?;
     let scope = caller.audit_scope();
     if let Some(format) = query.format {
         let stream = audit::export(state.db.clone(), scope, filter, format);
-        return Ok((
-            [
-                (header::CONTENT_TYPE, format.content_type().to_string()),
+        return Ok(AuditLog(
+            (
+                [
+                    (header::CONTENT_TYPE, format.content_type().to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"audit.{}\"", format.extension()),
+                    ),
+                ],
+                Body::from_stream(stream),
+            )
+                .into_response(),
+        ));
+    }
+    Ok(AuditLog(
+        axum::Json(audit::list(&state.db, &scope, &filter, &page).await?).into_response(),
+    ))
+}
+
+/// The audit log's answer: a page of events (JSON), or with `format` the whole filtered log as
+/// a CSV or NDJSON download.
+pub struct AuditLog(Response);
+
+impl IntoResponse for AuditLog {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl crate::http::openapi::Output for AuditLog {
+    fn describe(d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        let page = d.output::<List<audit::AuditEvent>>();
+        op.success_in(
+            "200",
+            "A page of events; with `format=csv` or `format=ndjson`, every event matching the filters, as a download (`Content-Disposition: attachment`)",
+            &[
+                ("application/json", page),
                 (
-                    header::CONTENT_DISPOSITION,
-                    format!("attachment; filename=\"audit.{}\"", format.extension()),
+                    "text/csv",
+                    serde_json::json!({"type": "string", "description": "A header line, then one line per event"}),
+                ),
+                (
+                    "application/x-ndjson",
+                    serde_json::json!({"type": "string", "description": "One JSON event per line"}),
                 ),
             ],
-            Body::from_stream(stream),
-        )
-            .into_response());
+        );
     }
-    Ok(axum::Json(audit::list(&state.db, &scope, &filter, &page).await?).into_response())
 }
 
 impl crate::http::openapi::Input for AdminCaller {

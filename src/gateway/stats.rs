@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use chrono::{DateTime, DurationRound, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::{
     analytics::{add_range, GroupBy, Range, Source},
@@ -34,16 +33,59 @@ pub struct StatsQuery {
     group_by: Option<String>,
 }
 
-fn summary(s: &Sums) -> Value {
-    json!({
-        "requests": s.requests,
-        "errors": s.errors,
-        "prompt_tokens": s.prompt_tokens,
-        "completion_tokens": s.completion_tokens,
-        "total_tokens": s.prompt_tokens + s.completion_tokens,
-        "cost_usd": (s.cost_usd * 1e9).round() / 1e9,
-        "latency_ms": {"p50": s.percentile(50.0), "p95": s.percentile(95.0), "p99": s.percentile(99.0)},
-    })
+/// `GET …/analytics/stats`: the window, its totals and (with `group_by`) one entry per group.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Stats {
+    /// RFC 3339, inclusive.
+    start: String,
+    /// RFC 3339, exclusive.
+    end: String,
+    group_by: Option<String>,
+    totals: Summary,
+    /// Empty without `group_by`.
+    series: Vec<Summary>,
+}
+
+/// The requests of a window or of one group.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "StatsSummary")]
+pub struct Summary {
+    requests: i64,
+    /// Answers with a status of 400 or more.
+    errors: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    total_tokens: i64,
+    cost_usd: f64,
+    latency_ms: Latency,
+    /// The group (a model, provider, key id, day, or hour as `…T13:00:00Z`); in `series` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+}
+
+/// Latency percentiles in milliseconds (`null` without requests).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Latency {
+    p50: Option<i64>,
+    p95: Option<i64>,
+    p99: Option<i64>,
+}
+
+fn summary(s: &Sums) -> Summary {
+    Summary {
+        requests: s.requests,
+        errors: s.errors,
+        prompt_tokens: s.prompt_tokens,
+        completion_tokens: s.completion_tokens,
+        total_tokens: s.prompt_tokens + s.completion_tokens,
+        cost_usd: (s.cost_usd * 1e9).round() / 1e9,
+        latency_ms: Latency {
+            p50: s.percentile(50.0),
+            p95: s.percentile(95.0),
+            p99: s.percentile(99.0),
+        },
+        group: None,
+    }
 }
 
 fn label(by: GroupBy, g: String) -> String {
@@ -57,7 +99,7 @@ pub async fn stats(
     State(state): State<AppState>,
     access: OrgAccess<perm::AnalyticsRead>,
     Query(q): Query<StatsQuery>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<Stats>, Error> {
     let now = chrono::Utc::now();
     let parse = |field: &str, v: &Option<String>, default: chrono::DateTime<chrono::Utc>| match v {
         Some(s) => storage::parse_time(s)
@@ -113,22 +155,21 @@ pub async fn stats(
     }
     let mut total = Sums::default();
     groups.values().for_each(|s| total.merge(s));
-    let series: Vec<Value> = match by {
+    let series: Vec<Summary> = match by {
         GroupBy::None => Vec::new(),
         _ => groups
             .into_iter()
-            .map(|(k, sums)| {
-                let mut v = summary(&sums);
-                v["group"] = json!(label(by, k));
-                v
+            .map(|(k, sums)| Summary {
+                group: Some(label(by, k)),
+                ..summary(&sums)
             })
             .collect(),
     };
-    Ok(axum::Json(json!({
-        "start": start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "end": end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "group_by": q.group_by,
-        "totals": summary(&total),
-        "series": series,
-    })))
+    Ok(axum::Json(Stats {
+        start: start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        end: end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        group_by: q.group_by,
+        totals: summary(&total),
+        series,
+    }))
 }

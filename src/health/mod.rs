@@ -1,7 +1,7 @@
 //! Health and operations (SPEC §9): `/health`, `/health/ready`, `/health/live`, `/metrics`.
 
 use axum::http::HeaderName;
-use serde_json::Value;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::{
@@ -23,15 +23,18 @@ pub fn routes() -> Routes {
         .get("/metrics", metrics)
 }
 
-#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(rename = "HealthStatus")]
 pub enum Status {
     Ok,
     Degraded,
     Down,
 }
 
-#[derive(Debug, Serialize)]
+/// One dependency's state.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[schemars(rename = "HealthCheck")]
 pub struct Check {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,9 +105,40 @@ fn limits_check(state: &AppState) -> Check {
     }
 }
 
-pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
+/// `GET /health`: the node's overall state and each dependency's.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Health {
+    /// `ok`, `degraded` (working, with a dependency down or node-local) or `down` (503).
+    pub status: Status,
+    pub version: &'static str,
+    /// Seconds since this node started.
+    pub uptime_s: u64,
+    /// `database`, `rate_limits`, and `redis` when one is configured.
+    pub checks: BTreeMap<&'static str, Check>,
+}
+
+/// `GET /health/ready`: whether this node can serve (database reachable, migrations applied).
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Readiness {
+    pub status: Status,
+    pub checks: ReadinessChecks,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct ReadinessChecks {
+    pub database: Check,
+    pub migrations: StatusOnly,
+}
+
+/// `GET /health/live` (and the migrations' check): a state alone.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct StatusOnly {
+    pub status: Status,
+}
+
+pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
     let database = database_check(&state).await;
-    let mut checks = serde_json::Map::new();
+    let mut checks = BTreeMap::new();
     let mut overall = database.status;
     if let Some(redis) = &state.redis {
         let mut check = Check::from_result(
@@ -118,23 +152,14 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, axum::
                 overall = Status::Degraded;
             }
         }
-        checks.insert(
-            "redis".into(),
-            serde_json::to_value(check).unwrap_or_default(),
-        );
+        checks.insert("redis", check);
     }
     let limits = limits_check(&state);
     if limits.status != Status::Ok && overall == Status::Ok {
         overall = Status::Degraded;
     }
-    checks.insert(
-        "rate_limits".into(),
-        serde_json::to_value(limits).unwrap_or_default(),
-    );
-    checks.insert(
-        "database".into(),
-        serde_json::to_value(database).unwrap_or_default(),
-    );
+    checks.insert("rate_limits", limits);
+    checks.insert("database", database);
     let code = if overall == Status::Down {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
@@ -142,16 +167,16 @@ pub(crate) async fn health(State(state): State<AppState>) -> (StatusCode, axum::
     };
     (
         code,
-        Json(serde_json::json!({
-            "status": overall,
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_s": state.started_at.elapsed().as_secs(),
-            "checks": checks,
-        })),
+        Json(Health {
+            status: overall,
+            version: env!("CARGO_PKG_VERSION"),
+            uptime_s: state.started_at.elapsed().as_secs(),
+            checks,
+        }),
     )
 }
 
-async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
+async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Readiness>) {
     let database = database_check(&state).await;
     let migrated =
         database.status == Status::Ok && state.db.migrations_applied().await.unwrap_or(false);
@@ -163,15 +188,18 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>)
     };
     (
         code,
-        Json(serde_json::json!({
-            "status": status,
-            "checks": { "database": database, "migrations": { "status": if migrated { Status::Ok } else { Status::Down } } },
-        })),
+        Json(Readiness {
+            status,
+            checks: ReadinessChecks {
+                database,
+                migrations: StatusOnly { status },
+            },
+        }),
     )
 }
 
-async fn live() -> axum::Json<Value> {
-    Json(serde_json::json!({ "status": Status::Ok }))
+async fn live() -> axum::Json<StatusOnly> {
+    Json(StatusOnly { status: Status::Ok })
 }
 
 /// The Prometheus text format, or OpenMetrics when `Accept` asks for it.

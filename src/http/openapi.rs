@@ -151,6 +151,18 @@ impl Op {
         self.responses.insert(status.to_string(), r);
     }
 
+    /// A success answer of one of several media types (the client's choice, or the request's).
+    pub fn success_in(&mut self, status: &str, description: &str, bodies: &[(&str, Value)]) {
+        let content: Map<String, Value> = bodies
+            .iter()
+            .map(|(media_type, schema)| (media_type.to_string(), json!({ "schema": schema })))
+            .collect();
+        self.responses.insert(
+            status.to_string(),
+            json!({ "description": description, "content": content }),
+        );
+    }
+
     /// The credentials that may call it (any one).
     pub fn accepts(&mut self, schemes: &[&'static str]) {
         for s in schemes {

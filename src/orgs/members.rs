@@ -5,7 +5,7 @@
 
 use crate::http::pagination::List;
 use axum::{extract::State, http::StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use store::{sole_owner_of, Invitation, InvitationStatus, Member, MemberStatus};
@@ -173,24 +173,39 @@ pub async fn add(
     State(state): State<AppState>,
     access: OrgAccess<perm::MembersManage>,
     Json(body): Json<Invite>,
-) -> Result<(StatusCode, axum::Json<Value>), Error> {
+) -> Result<(StatusCode, axum::Json<PendingMember>), Error> {
     let inv = invite(&state, &access, &body.email, &body.name, &body.role).await?;
-    Ok((StatusCode::CREATED, axum::Json(pending_member(&inv))))
+    Ok((StatusCode::CREATED, axum::Json(pending_member(inv))))
 }
 
 /// An invitation shown as the pending member it makes (its id is the member's id).
-fn pending_member(inv: &Invitation) -> Value {
-    json!({
-        "id": inv.id,
-        "invitation_id": inv.id,
-        "organization_id": inv.organization_id,
-        "email": inv.email,
-        "name": inv.name,
-        "role": inv.role,
-        "status": MemberStatus::PendingInvite,
-        "invitation_sent_at": inv.invitation_sent_at,
-        "expires_at": inv.expires_at,
-    })
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct PendingMember {
+    /// The invitation's id (`inv_…`), the pending member's id until they accept.
+    id: InvitationId,
+    invitation_id: InvitationId,
+    organization_id: crate::ids::OrgId,
+    email: String,
+    name: String,
+    role: Role,
+    /// Always `pending_invite`.
+    status: MemberStatus,
+    invitation_sent_at: String,
+    expires_at: String,
+}
+
+fn pending_member(inv: Invitation) -> PendingMember {
+    PendingMember {
+        id: inv.id.clone(),
+        invitation_id: inv.id,
+        organization_id: inv.organization_id,
+        email: inv.email,
+        name: inv.name,
+        role: inv.role,
+        status: MemberStatus::PendingInvite,
+        invitation_sent_at: inv.invitation_sent_at,
+        expires_at: inv.expires_at,
+    }
 }
 
 pub async fn create_invitation(
@@ -292,7 +307,7 @@ async fn change_invitation_role<P>(
     access: &OrgAccess<P>,
     id: &InvitationId,
     role: Role,
-) -> Result<Value, Error> {
+) -> Result<PendingMember, Error> {
     let org_id = access.org_id();
     let inv = store::invitation(&state.db, org_id, id).await?;
     still_open(&inv)?;
@@ -314,7 +329,7 @@ async fn change_invitation_role<P>(
     })
     .await?;
     Ok(pending_member(
-        &store::invitation(&state.db, org_id, id).await?,
+        store::invitation(&state.db, org_id, id).await?,
     ))
 }
 
@@ -362,7 +377,7 @@ pub async fn accept(
     user_id: &UserId,
     user_email: &str,
     session_id: Option<&str>,
-) -> Result<serde_json::Value, Error> {
+) -> Result<Membership, Error> {
     let TokenInvitation {
         id,
         organization_id: org_id,
@@ -413,9 +428,42 @@ pub async fn accept(
         )
         .await;
     }
-    Ok(
-        json!({ "organization_id": org_id, "user_id": user_id, "role": role, "status": MemberStatus::Active, "invitation_id": id }),
-    )
+    Ok(Membership {
+        organization_id: org_id,
+        user_id: user_id.clone(),
+        role,
+        status: MemberStatus::Active,
+        invitation_id: id,
+    })
+}
+
+/// The membership an accepted invitation made.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Membership {
+    organization_id: crate::ids::OrgId,
+    user_id: UserId,
+    role: Role,
+    /// Always `active`.
+    status: MemberStatus,
+    invitation_id: InvitationId,
+}
+
+/// A member's new role (`PATCH …/members/{user_id}`); a pending member's (`inv_…`) answers the
+/// pending member.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum RoleChanged {
+    Member(MemberRole),
+    Pending(PendingMember),
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct MemberRole {
+    id: UserId,
+    organization_id: crate::ids::OrgId,
+    role: Role,
+    /// Always `active`.
+    status: MemberStatus,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -429,7 +477,7 @@ pub async fn accept_invitation(
     auth: AuthUser,
     meta: crate::http::request_meta::RequestMeta,
     Json(body): Json<AcceptInvitation>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<Membership>, Error> {
     let ctx = ActorContext::new(
         crate::events::Actor::User(auth.user.id.clone()),
         (&meta).into(),
@@ -483,13 +531,13 @@ pub async fn change_role(
     access: OrgAccess<perm::MembersManage>,
     Path((_, user_id)): Path<(String, String)>,
     Json(body): Json<ChangeRole>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<RoleChanged>, Error> {
     let new_role = parse_role("role", &body.role)?;
     access.may_grant(new_role)?;
     // A pending member's id is their invitation's (`inv_…`), as the members list shows it.
     if let Some(id) = InvitationId::parse(&user_id) {
         let member = change_invitation_role(&state, &access, &id, new_role).await?;
-        return Ok(axum::Json(member));
+        return Ok(axum::Json(RoleChanged::Pending(member)));
     }
     let user_id = UserId::from(user_id);
     let org_id = access.org_id();
@@ -515,9 +563,12 @@ pub async fn change_role(
             ))
         })
         .await?;
-    Ok(axum::Json(
-        json!({ "id": user_id, "organization_id": org_id, "role": new_role, "status": MemberStatus::Active }),
-    ))
+    Ok(axum::Json(RoleChanged::Member(MemberRole {
+        id: user_id,
+        organization_id: org_id.clone(),
+        role: new_role,
+        status: MemberStatus::Active,
+    })))
 }
 
 pub async fn remove(

@@ -3,7 +3,7 @@
 
 use crate::http::pagination::List;
 use axum::{extract::State, http::StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 pub use store::{get, org_select, Organization};
@@ -317,22 +317,38 @@ pub struct SlugQuery {
     slug: Option<String>,
 }
 
+/// Whether a slug may be used for a new organization, and if not, why.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct SlugAvailability {
+    slug: String,
+    available: bool,
+    /// Why the slug is not valid (absent when it is valid, taken or not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
 pub async fn check_availability(
     State(state): State<AppState>,
     Query(q): Query<SlugQuery>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<SlugAvailability>, Error> {
     let slug = q
         .slug
         .ok_or_else(|| Error::invalid_field("slug", "is required"))?
         .trim()
         .to_string();
     if let Err(why) = validate_slug(&slug) {
-        return Ok(axum::Json(
-            json!({ "slug": slug, "available": false, "reason": why }),
-        ));
+        return Ok(axum::Json(SlugAvailability {
+            slug,
+            available: false,
+            reason: Some(why.to_string()),
+        }));
     }
     let taken = store::slug_taken(&state.db, &slug).await?;
-    Ok(axum::Json(json!({ "slug": slug, "available": !taken })))
+    Ok(axum::Json(SlugAvailability {
+        slug,
+        available: !taken,
+        reason: None,
+    }))
 }
 
 pub async fn get_one(

@@ -5,7 +5,6 @@
 use crate::http::pagination::List;
 use axum::{body::Bytes, extract::State, http::HeaderMap};
 use serde_json::json;
-use serde_json::Value;
 
 use super::{
     collect,
@@ -83,13 +82,20 @@ pub async fn stripe_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<Received>, Error> {
     let Some(provider) = state.payments.as_deref().filter(|p| p.name() == "stripe") else {
         return Err(Error::not_found("Stripe payments are not configured"));
     };
     let event = payments::verify_webhook(provider, &headers, &body)?;
     collect::apply_event(&state, provider.name(), &event).await?;
-    Ok(axum::Json(json!({"received": true})))
+    Ok(axum::Json(Received { received: true }))
+}
+
+/// The payment provider's event was taken (applied, seen before, or of no concern).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct Received {
+    /// Always `true`.
+    received: bool,
 }
 
 /// Moves an open invoice to `to` (paid or void), emitting `invoice.paid|voided` as its

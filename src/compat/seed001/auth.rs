@@ -3,11 +3,10 @@
 //! `scoped_access_token` (a token whose claims carry the tenant, role and environment), and the
 //! tenants (= organizations) of the caller. Bodies are the `/v1` routes' bodies.
 
+use axum::extract::State;
 use axum::http::StatusCode;
-use axum::{extract::State, response::Response};
-use serde_json::Value;
 
-use super::{alias, items, reshape};
+use super::{alias, items, reshape, Reshaped};
 use crate::{
     app::AppState,
     auth::{
@@ -17,6 +16,7 @@ use crate::{
     error::Error,
     http::{
         extract::{Json, Query},
+        openapi::Output,
         pagination::Page,
         request_meta::RequestMeta,
         routes::Routes,
@@ -55,7 +55,7 @@ async fn register(
     state: State<AppState>,
     meta: RequestMeta,
     body: Json<v1::RegisterRequest>,
-) -> Response {
+) -> Reshaped<impl Output> {
     reshape(v1::register(state, meta, body).await, GLOBAL).await
 }
 
@@ -63,16 +63,15 @@ async fn login(
     State(state): State<AppState>,
     meta: RequestMeta,
     Json(body): Json<LoginRequest>,
-) -> Result<axum::Json<Value>, Error> {
-    let mut answer = v1::login_answer(&state, &meta, &body).await?;
-    GLOBAL(&mut answer);
-    Ok(axum::Json(answer))
+) -> Result<Reshaped<impl Output>, Error> {
+    let answer = v1::login_answer(&state, &meta, &body).await?;
+    Ok(reshape(axum::Json(answer), GLOBAL).await)
 }
 
 async fn otp_request(
     state: State<AppState>,
     body: Json<v1::EmailOnly>,
-) -> Result<(axum::http::StatusCode, axum::Json<Value>), Error> {
+) -> Result<(axum::http::StatusCode, axum::Json<v1::Accepted>), Error> {
     v1::otp_request(state, body).await
 }
 
@@ -80,14 +79,14 @@ async fn otp_verify(
     state: State<AppState>,
     meta: RequestMeta,
     body: Json<v1::EmailCode>,
-) -> Response {
+) -> Reshaped<impl Output> {
     reshape(v1::otp_verify(state, meta, body).await, GLOBAL).await
 }
 
 async fn forgot_password(
     state: State<AppState>,
     body: Json<v1::EmailOnly>,
-) -> Result<(axum::http::StatusCode, axum::Json<Value>), Error> {
+) -> Result<(axum::http::StatusCode, axum::Json<v1::Accepted>), Error> {
     v1::forgot_password(state, body).await
 }
 
@@ -113,7 +112,7 @@ async fn select_tenant(
     auth: AuthUser,
     meta: RequestMeta,
     body: Json<v1::SelectTenant>,
-) -> Response {
+) -> Reshaped<impl Output> {
     reshape(v1::select_tenant(state, auth, meta, body).await, SCOPED).await
 }
 
@@ -122,7 +121,7 @@ async fn switch_environment(
     auth: AuthUser,
     meta: RequestMeta,
     body: Json<v1::SwitchEnvironment>,
-) -> Response {
+) -> Reshaped<impl Output> {
     reshape(
         v1::switch_environment(state, auth, meta, body).await,
         SCOPED,
@@ -149,7 +148,7 @@ async fn create_tenant(
     organizations::create(state, creator, meta, body).await
 }
 
-async fn list_tenants(state: State<AppState>, auth: AuthUser, page: Page) -> Response {
+async fn list_tenants(state: State<AppState>, auth: AuthUser, page: Page) -> Reshaped<impl Output> {
     reshape(
         organizations::list_mine(state, auth, page).await,
         items("organizations"),
@@ -160,6 +159,6 @@ async fn list_tenants(state: State<AppState>, auth: AuthUser, page: Page) -> Res
 async fn check_availability(
     state: State<AppState>,
     query: Query<organizations::SlugQuery>,
-) -> Result<axum::Json<Value>, Error> {
+) -> Result<axum::Json<organizations::SlugAvailability>, Error> {
     organizations::check_availability(state, query).await
 }

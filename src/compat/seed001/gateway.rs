@@ -5,11 +5,11 @@
 use axum::{
     body::Bytes,
     extract::{Request, State},
-    response::Response,
 };
 use serde_json::{Map, Value};
 
-use super::{alias, in_tenant, items, reshape, TenantAccess};
+use super::{alias, in_tenant, items, reshape, Reshaped, TenantAccess};
+use crate::http::openapi::Output;
 use crate::{
     app::AppState,
     error::Error,
@@ -91,7 +91,7 @@ async fn create_key(
     state: State<AppState>,
     access: TenantAccess<perm::ApiKeysManage>,
     body: Json<CreateKey>,
-) -> Response {
+) -> Reshaped<impl Output> {
     reshape(keys::create(state, access.0, body).await, |key| {
         alias("token", "key")(key);
         enabled(key);
@@ -104,7 +104,7 @@ async fn list_keys(
     access: TenantAccess<perm::ApiKeysRead>,
     page: Page,
     filter: Query<KeyFilter>,
-) -> Response {
+) -> Reshaped<impl Output> {
     reshape(keys::list(state, access.0, page, filter).await, |list| {
         items("api_keys")(list);
         if let Some(keys) = list["items"].as_array_mut() {
@@ -120,7 +120,7 @@ async fn update_key(
     access: TenantAccess<perm::ApiKeysManage>,
     Path(id): Path<String>,
     Json(mut body): Json<Map<String, Value>>,
-) -> Result<Response, Error> {
+) -> Result<Reshaped<impl Output>, Error> {
     if let Some(on) = body.remove("enabled") {
         let Some(on) = on.as_bool() else {
             return Err(Error::invalid_field("enabled", "must be true or false"));
@@ -141,7 +141,7 @@ async fn update_key(
 }
 
 /// The gateway's health: one process serves both planes, so this is `/health`'s answer.
-async fn health(state: State<AppState>) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+async fn health(state: State<AppState>) -> (axum::http::StatusCode, axum::Json<health::Health>) {
     health::health(state).await
 }
 

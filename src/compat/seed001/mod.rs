@@ -14,6 +14,8 @@ mod auth;
 mod gateway;
 mod service;
 
+use std::marker::PhantomData;
+
 use axum::{
     body::Body,
     extract::FromRequestParts,
@@ -96,8 +98,8 @@ macro_rules! in_tenant {
             state: State<AppState>,
             access: TenantAccess<perm::$perm>,
             $($arg: $ty),*
-        ) -> axum::response::Response {
-            axum::response::IntoResponse::into_response($target(state, access.0, $($arg),*).await)
+        ) -> super::Reshaped<impl crate::http::openapi::Output> {
+            super::Reshaped::unchanged($target(state, access.0, $($arg),*).await)
         }
     };
     ($name:ident, $perm:ident, $target:path, items $plural:literal, ($($arg:ident: $ty:ty),*)) => {
@@ -105,7 +107,7 @@ macro_rules! in_tenant {
             state: State<AppState>,
             access: TenantAccess<perm::$perm>,
             $($arg: $ty),*
-        ) -> axum::response::Response {
+        ) -> super::Reshaped<impl crate::http::openapi::Output> {
             super::reshape($target(state, access.0, $($arg),*).await, super::items($plural)).await
         }
     };
@@ -115,11 +117,9 @@ macro_rules! in_tenant {
             access: TenantAccess<perm::$perm>,
             Path(id): Path<$id>,
             $($arg: $ty),*
-        ) -> axum::response::Response {
+        ) -> super::Reshaped<impl crate::http::openapi::Output> {
             let path = access.path(id);
-            axum::response::IntoResponse::into_response(
-                $target(state, access.0, path, $($arg),*).await,
-            )
+            super::Reshaped::unchanged($target(state, access.0, path, $($arg),*).await)
         }
     };
 }
@@ -129,31 +129,59 @@ pub(crate) use in_tenant;
 /// same extractors (a platform admin's or a signed-in user's lists).
 macro_rules! listed {
     ($name:ident, $target:path, items $plural:literal, ($($arg:ident: $ty:ty),*)) => {
-        async fn $name($($arg: $ty),*) -> axum::response::Response {
+        async fn $name($($arg: $ty),*) -> super::Reshaped<impl crate::http::openapi::Output> {
             super::reshape($target($($arg),*).await, super::items($plural)).await
         }
     };
 }
 pub(crate) use listed;
 
+/// The answer of the `/v1` handler whose answer type is `A`, as seed 001 shapes it (a list's
+/// array under `items`, an alias beside a field, or unchanged). The OpenAPI document describes
+/// it with `A`'s own description, which the reshaped body still matches: a list's schema
+/// (`ListOf…`) takes its array under any name, and the `/v1` schemas allow added fields.
+pub struct Reshaped<A>(Response, PhantomData<fn() -> A>);
+
+impl<A: IntoResponse> Reshaped<A> {
+    /// The `/v1` answer as it is (the seed's path, the `/v1` body).
+    pub(crate) fn unchanged(answer: A) -> Self {
+        Reshaped(answer.into_response(), PhantomData)
+    }
+}
+
+impl<A> IntoResponse for Reshaped<A> {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl<A: crate::http::openapi::Output> crate::http::openapi::Output for Reshaped<A> {
+    fn describe(d: &mut crate::http::openapi::Describer, op: &mut crate::http::openapi::Op) {
+        A::describe(d, op);
+    }
+}
+
 /// A `/v1` handler's answer with its JSON body changed by `f`; refusals and empty answers pass
 /// unchanged.
-pub(crate) async fn reshape(answer: impl IntoResponse, f: impl FnOnce(&mut Value)) -> Response {
+pub(crate) async fn reshape<A: IntoResponse>(answer: A, f: impl FnOnce(&mut Value)) -> Reshaped<A> {
     let res = answer.into_response();
+    let reshaped = |res| Reshaped(res, PhantomData);
     if !res.status().is_success() || res.status() == axum::http::StatusCode::NO_CONTENT {
-        return res;
+        return reshaped(res);
     }
     let (mut parts, body) = res.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
-        return Error::from(anyhow::anyhow!("an answer could not be read")).into_response();
+        return reshaped(
+            Error::from(anyhow::anyhow!("an answer could not be read")).into_response(),
+        );
     };
     let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
+        return reshaped(Response::from_parts(parts, Body::from(bytes)));
     };
     f(&mut value);
     let bytes = serde_json::to_vec(&value).unwrap_or_default();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(bytes))
+    reshaped(Response::from_parts(parts, Body::from(bytes)))
 }
 
 /// A `/v1` list (`{"<plural>": […], total, limit, offset, has_more}`) as the seed's
