@@ -284,7 +284,7 @@ async fn signed_in(
 #[derive(Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub(crate) enum LoginAnswer {
-    SignedIn(SignedIn),
+    SignedIn(Box<SignedIn>),
     Refreshed(sessions::Tokens),
     MfaRequired(MfaChallenge),
 }
@@ -461,9 +461,9 @@ async fn first_factor_passed(
         json!({ "method": method }),
     )
     .await;
-    Ok(LoginAnswer::SignedIn(
+    Ok(LoginAnswer::SignedIn(Box::new(
         signed_in(state, &account.id, meta).await?,
-    ))
+    )))
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

@@ -624,8 +624,9 @@ impl Output for () {
     }
 }
 
-/// An answer the handler builds itself (a file, a stream, a page): its media type is the
-/// route's own (see its description).
+/// An answer the handler builds itself, undescribed (`tests/openapi.rs` refuses it outside the
+/// gateway's proxy routes): answer a newtype that describes itself instead (`Pdf`,
+/// `console::Page`, `events::routes::AuditLog`, `compat::seed001::Reshaped`).
 impl Output for Response {
     fn describe(_d: &mut Describer, op: &mut Op) {
         op.success("2XX", "Success", None);
