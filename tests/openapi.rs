@@ -126,6 +126,75 @@ async fn the_document_lists_every_route_of_the_router(backend: Backend) {
         undescribed.is_empty(),
         "success answers without a schema (answer a type deriving JsonSchema, not Json<Value> or Response): {undescribed:#?}"
     );
+    // A list says what it lists.
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        if name.starts_with("ListOf") {
+            let items = &schema["additionalProperties"]["items"];
+            assert!(
+                items.is_object() && items != &json!({}),
+                "{name} lists any JSON"
+            );
+        }
+    }
+    // The answers that were free JSON or built by hand, by their types.
+    let success = |method: &str, path: &str, status: &str, media_type: &str| {
+        operation(&doc, method, path)["responses"][status]["content"][media_type]["schema"].clone()
+    };
+    let named = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
+    assert_eq!(
+        success("POST", "/v1/auth/login", "200", "application/json"),
+        named("LoginAnswer")
+    );
+    // Seed 001's answers are described by the `/v1` answer they reshape.
+    assert_eq!(
+        success(
+            "POST",
+            "/platform/api/global/auth/login",
+            "200",
+            "application/json"
+        ),
+        named("LoginAnswer")
+    );
+    assert_eq!(
+        success(
+            "GET",
+            "/platform/api/service/members",
+            "200",
+            "application/json"
+        ),
+        named("ListOfMember")
+    );
+    assert_eq!(
+        success(
+            "GET",
+            "/v1/organizations/{org_id}/subscription",
+            "200",
+            "application/json"
+        ),
+        named("SubscriptionDocument")
+    );
+    assert_eq!(
+        success(
+            "GET",
+            "/v1/organizations/{org_id}/usage",
+            "200",
+            "application/json"
+        ),
+        named("UsageDocument")
+    );
+    // The audit log: a page of events, or its CSV or NDJSON export.
+    let audit =
+        &operation(&doc, "GET", "/v1/organizations/{org_id}/audit")["responses"]["200"]["content"];
+    assert_eq!(
+        audit["application/json"]["schema"],
+        named("ListOfAuditEvent")
+    );
+    assert!(audit["text/csv"].is_object() && audit["application/x-ndjson"].is_object());
+    // The console's pages are HTML.
+    assert_eq!(
+        success("GET", "/login", "200", "text/html"),
+        json!({"type": "string"})
+    );
 
     // The ids are unique (code generators name functions after them).
     let ids: Vec<&str> = doc["paths"]

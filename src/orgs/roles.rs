@@ -180,17 +180,25 @@ fn permission_names(role: Role) -> Vec<&'static str> {
     names
 }
 
+/// A role as `GET /v1/roles` shows it.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct RoleDocument {
+    id: &'static str,
+    name: &'static str,
+    description: &'static str,
+    /// The permissions (scope names) the role holds, each once.
+    permissions: Vec<&'static str>,
+}
+
 /// `GET /v1/roles`
-pub fn roles_document(page: &Page) -> List<serde_json::Value> {
-    let roles: Vec<serde_json::Value> = Role::ALL
+pub fn roles_document(page: &Page) -> List<RoleDocument> {
+    let roles: Vec<RoleDocument> = Role::ALL
         .iter()
-        .map(|r| {
-            serde_json::json!({
-                "id": r.as_str(),
-                "name": r.as_str(),
-                "description": r.description(),
-                "permissions": permission_names(*r),
-            })
+        .map(|r| RoleDocument {
+            id: r.as_str(),
+            name: r.as_str(),
+            description: r.description(),
+            permissions: permission_names(*r),
         })
         .collect();
     List::slice("roles", roles, page)
