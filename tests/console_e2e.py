@@ -488,6 +488,13 @@ def main():
             page.wait_for_load_state("networkidle")
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"the {tab} page scrolls sideways at 390px: {width}px"
+            if tab == "Policies":
+                page.get_by_label("Prompt").fill("about project falcon")
+                page.get_by_role("button", name="Check prompt").click()
+                expect(page.locator("#policy-verdict").get_by_role("status")).to_contain_text("Blocked")
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 390, f"the policies' verdict scrolls sideways at 390px: {width}px"
+                shot(page, "13d-policies-phone")
         shot(page, "13c-settings-phone")
 
         # Signing out ends the session: the pages ask to sign in again.
