@@ -309,6 +309,35 @@ def main():
         expect(rule).to_contain_text("project falcon")
         shot(page, "22-policies")
 
+        # The policies' "Try it" box: the API's dry run says what a prompt would do, recording
+        # nothing (the usage totals below count only the two gateway calls).
+        try_rules = page.get_by_role("region", name="Try it")
+        try_rules.get_by_label("Prompt").fill("tell me about Project Falcon")
+        try_rules.get_by_role("button", name="Check prompt").click()
+        verdict = page.locator("#policy-verdict")
+        expect(verdict.get_by_role("status")).to_contain_text("Blocked")
+        expect(verdict.get_by_role("row").filter(has_text="No falcon")).to_contain_text("keyword")
+        shot(page, "22a-policy-try-it")
+        try_rules.get_by_label("Prompt").fill("hello there")
+        try_rules.get_by_role("button", name="Check prompt").click()
+        expect(verdict.get_by_role("status")).to_contain_text("Allowed")
+        # A rule that redacts: the text as the provider would get it.
+        page.get_by_label("Rule name").fill("No emails")
+        page.get_by_label("Type").select_option("pii")
+        page.get_by_label("Configuration (JSON)").fill('{"kinds": ["email"]}')
+        page.get_by_label("Action").select_option("redact")
+        page.get_by_role("button", name="Add rule").click()
+        expect(page.get_by_role("row").filter(has_text="No emails").first).to_contain_text("redact")
+        try_rules.get_by_label("Prompt").fill("mail jane@example.com the notes")
+        try_rules.get_by_role("button", name="Check prompt").click()
+        expect(verdict.get_by_role("status")).to_contain_text("Redacted")
+        expect(verdict.locator("pre.redacted")).to_have_text("mail [REDACTED:EMAIL] the notes")
+        shot(page, "22a2-policy-try-it-redact")
+        # Then off again, so the gateway calls below are judged by the keyword rule only.
+        page.get_by_role("button", name="Delete No emails").click()
+        expect(page.get_by_role("status").filter(has_text="No emails is deleted.")).to_be_visible()
+        expect(page.locator("#policy-verdict")).to_be_empty()
+
         # A gateway key of the test environment, tried from the page: the mock answers; the
         # rule refuses a prompt that names the project.
         page.get_by_role("link", name="API keys").click()
@@ -459,6 +488,13 @@ def main():
             page.wait_for_load_state("networkidle")
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 390, f"the {tab} page scrolls sideways at 390px: {width}px"
+            if tab == "Policies":
+                page.get_by_label("Prompt").fill("about project falcon")
+                page.get_by_role("button", name="Check prompt").click()
+                expect(page.locator("#policy-verdict").get_by_role("status")).to_contain_text("Blocked")
+                width = page.evaluate("document.documentElement.scrollWidth")
+                assert width <= 390, f"the policies' verdict scrolls sideways at 390px: {width}px"
+                shot(page, "13d-policies-phone")
         shot(page, "13c-settings-phone")
 
         # Signing out ends the session: the pages ask to sign in again.
@@ -524,9 +560,21 @@ def account_flows(browser, console_errors):
     expect(page.get_by_label("Your name")).to_have_value("Ivy I. Invitee")
     expect(page.get_by_role("row").filter(has_text="this one")).to_have_count(1)
     page.get_by_role("button", name="Set up an authenticator app").click()
+    # The otpauth:// link as a QR code (an SVG), with the secret as text beside it.
+    qr = page.get_by_role("img", name="QR code of the authenticator set-up link")
+    expect(qr).to_be_visible()
+    assert qr.evaluate("(svg) => svg.querySelector('path').getAttribute('d').length") > 1000
+    box = qr.bounding_box()
+    assert box and box["width"] >= 150 and abs(box["width"] - box["height"]) < 1, box
+    expect(page.locator("#totp-secret")).to_have_text(re.compile(r"^[A-Z2-7]{16,}=*$"))
     secret = page.locator("#totp-secret").inner_text()
     page.get_by_label("Code from your app").fill(totp(secret))
     shot(page, "16-account-mfa-setup")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    expect(qr).to_be_visible()
+    shot(page, "16b-account-mfa-setup-phone")
+    page.set_viewport_size({"width": 1000, "height": 800})
     page.get_by_role("button", name="Turn on").click()
     codes = page.locator("#recovery-codes")
     expect(codes).to_be_visible()
@@ -556,7 +604,8 @@ def account_flows(browser, console_errors):
 
 def admin_flows(browser, console_errors):
     """A platform admin: the overview, suspending and reactivating an organization, finding a
-    user, a platform setting changed and restored, a signing-key rotation, the mailbox."""
+    user, the plan catalogue (create, edit, delete), a platform setting changed and restored, a
+    signing-key rotation, the mailbox."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
     page.on("pageerror", lambda e: console_errors.append(str(e)))
@@ -587,6 +636,58 @@ def admin_flows(browser, console_errors):
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_text("1 in all")).to_be_visible()
     expect(page.get_by_role("row").filter(has_text=INVITEE)).to_contain_text("on")
+
+    # The plan catalogue: a plan created, listed, edited, refused where the API refuses (with
+    # its message), and deleted; the default plan cannot be.
+    page.get_by_role("link", name="Plans", exact=True).click()
+    expect(page.get_by_role("heading", name="Plans", exact=True)).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text="MidMarket")).to_contain_text("499.00 USD / month")
+    create = page.locator("#plan-create")
+    create.get_by_label("Plan id").fill("team")
+    create.get_by_label("Plan name").fill("Team")
+    create.get_by_label("Amount (minor units)").fill("9900")
+    create.get_by_label("Interval").select_option("year")
+    create.get_by_label("members", exact=True).fill("20")
+    create.get_by_label("gateway_tokens_per_month", exact=True).fill("5000000")
+    create.get_by_label("Features (JSON object)").fill('{"sso": true, "support": "email"}')
+    create.get_by_label("Overage prices (JSON object)").fill('{"projects": {"per": 1, "amount": 500}}')
+    create.get_by_role("button", name="Create plan").click()
+    # projects is left unlimited: no overage on it, says the API.
+    expect(create.get_by_role("alert")).to_contain_text("overage_prices.projects")
+    shot(page, "31-admin-plan-error")
+    create.get_by_label("Overage prices (JSON object)").fill('{"gateway_tokens_per_month": {"per": 1000, "amount": 2}}')
+    create.get_by_role("button", name="Create plan").click()
+    expect(page.get_by_role("status")).to_have_text("Team is created.")
+    team = page.get_by_role("row").filter(has_text="team")
+    expect(team).to_contain_text("99.00 USD / year")
+    expect(team).to_contain_text("members: 20")
+    expect(team).to_contain_text("projects: unlimited")
+    expect(team).to_contain_text("sso: true")
+    expect(team).to_contain_text("gateway tokens per month: 0.02 USD per 1,000")
+    shot(page, "32-admin-plans")
+    page.get_by_role("button", name="Edit team").click()
+    editor = page.locator("#plan-editor")
+    expect(editor.get_by_label("Plan id")).to_have_value("team")
+    expect(editor.get_by_label("Plan name")).to_be_focused()
+    editor.get_by_label("Amount (minor units)").fill("12900")
+    editor.get_by_label("members", exact=True).fill("")
+    editor.get_by_label("Features (JSON object)").fill('{"sso": false}')
+    shot(page, "33-admin-plan-edit")
+    editor.get_by_role("button", name="Save plan").click()
+    expect(page.get_by_role("status")).to_have_text("Team is saved.")
+    expect(team).to_contain_text("129.00 USD / year")
+    expect(team).to_contain_text("members: unlimited")
+    expect(team).to_contain_text("sso: false")
+    expect(team).not_to_contain_text("support")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "plans scroll sideways"
+    shot(page, "34-admin-plans-phone")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.get_by_role("button", name="Delete smb").click()
+    expect(page.get_by_role("alert")).to_contain_text("The default plan (smb) cannot be deleted")
+    page.get_by_role("button", name="Delete team").click()
+    expect(page.get_by_role("status")).to_have_text("Team is deleted.")
+    expect(team).to_have_count(0)
 
     page.get_by_role("link", name="Configuration").click()
     expect(page.get_by_role("heading", name="Platform configuration")).to_be_visible()

@@ -1364,7 +1364,8 @@ async fn keys_and_providers_in_use_are_read_again_in_the_background(backend: Bac
         res.json["choices"][0]["message"]["content"],
         "from upstream"
     );
-    until(502).await.assert_error(502, "upstream_error");
+    // No provider left: a live key is told how to add one (400, not a 5xx SDKs would retry).
+    until(400).await.assert_error(400, "invalid_request");
     // The key was aged too: let its own re-read land before changing it behind the cache's back
     // (bounded wait on the condition, not on time).
     for _ in 0..500 {
@@ -1380,9 +1381,9 @@ async fn keys_and_providers_in_use_are_read_again_in_the_background(backend: Bac
 
     // The same for the key itself.
     sql("UPDATE api_keys SET status = 'revoked' WHERE organization_id = $1").await;
-    assert_eq!(call().await.status, 502, "the cached key still works");
+    assert_eq!(call().await.status, 400, "the cached key still works");
     srv.state.api_keys.age_entries(Duration::from_secs(46));
-    assert_eq!(call().await.status, 502, "served while it is read again");
+    assert_eq!(call().await.status, 400, "served while it is read again");
     until(401).await.assert_error(401, "unauthorized");
 }
 

@@ -8,10 +8,11 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    fixtures::{a_key, an_org, Org},
+    fixtures::{a_key, an_org, an_org_called, Org},
     Backend, TestServer,
 };
 use gatehouse::environment::Environment;
+use gatehouse::orgs::roles::Role;
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -27,6 +28,8 @@ on_both_databases!(
     model_and_max_tokens_rules,
     no_raw_secret_is_stored_anywhere,
     a_rule_change_reaches_every_node,
+    a_dry_run_says_what_the_gateway_would_do_and_records_nothing,
+    a_dry_run_reads_with_policies_read_and_is_bounded,
 );
 
 async fn policy(srv: &TestServer, o: &Org, body: Value) -> Value {
@@ -838,4 +841,283 @@ async fn a_rule_change_reaches_every_node(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     node_b.abort();
+}
+
+/// `POST …/policies/evaluate` as `token` with `body`.
+async fn evaluate(srv: &TestServer, o: &Org, token: &str, body: Value) -> common::Response {
+    srv.post_as(&format!("{}/policies/evaluate", o.base), token, &body)
+        .await
+}
+
+/// The ids of the rules a dry run matched.
+fn matched(res: &common::Response) -> Vec<&str> {
+    res.json["matched"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", res.text))
+        .iter()
+        .map(|m| m["policy_id"].as_str().unwrap())
+        .collect()
+}
+
+async fn a_dry_run_says_what_the_gateway_would_do_and_records_nothing(backend: Backend) {
+    let (srv, o, gw) = an_org_with_a_gateway_key(backend).await;
+    let block = policy(
+        &srv,
+        &o,
+        json!({"name": "Codenames", "type": "keyword", "action": "block", "config": {"keywords": ["phoenix"]}}),
+    )
+    .await;
+    let redact = policy(
+        &srv,
+        &o,
+        json!({"name": "No emails", "type": "pii", "action": "redact", "severity": "high", "config": {"kinds": ["email"]}}),
+    )
+    .await;
+    let flag = policy(
+        &srv,
+        &o,
+        json!({"name": "Watch budget", "type": "keyword", "action": "flag", "config": {"keywords": ["budget"]}}),
+    )
+    .await;
+    let off = policy(
+        &srv,
+        &o,
+        json!({"name": "Off", "type": "keyword", "action": "block", "enabled": false, "config": {"keywords": ["hello"]}}),
+    )
+    .await;
+    let id = |p: &Value| p["id"].as_str().unwrap().to_string();
+    // Another organization's rule is not this one's.
+    let other = an_org_called(&srv, "other").await;
+    let theirs = policy(
+        &srv,
+        &other,
+        json!({"name": "Theirs", "type": "keyword", "action": "block", "config": {"keywords": ["hello"]}}),
+    )
+    .await;
+
+    // Block: the rule named, with its masked match.
+    let res = evaluate(&srv, &o, &o.owner, json!({"text": "tell me about Phoenix"})).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["action"], "block");
+    assert_eq!(matched(&res), [id(&block)]);
+    let m = &res.json["matched"][0];
+    assert_eq!(m["name"], "Codenames");
+    assert_eq!(m["action"], "block");
+    assert_eq!(m["type"], "keyword");
+    assert_eq!(m["matches"][0]["type"], "keyword");
+    assert!(res.json["redacted_text"].is_null());
+
+    // Redact: the text as the provider would get it.
+    let res = evaluate(
+        &srv,
+        &o,
+        &o.owner,
+        json!({"text": "write to jane@example.com today"}),
+    )
+    .await;
+    assert_eq!(res.json["action"], "redact", "{}", res.text);
+    assert_eq!(matched(&res), [id(&redact)]);
+    assert_eq!(res.json["matched"][0]["severity"], "high");
+    assert_eq!(res.json["matched"][0]["matches"][0]["type"], "email");
+    assert_ne!(
+        res.json["matched"][0]["matches"][0]["excerpt"],
+        "jane@example.com"
+    );
+    assert_eq!(res.json["redacted_text"], "write to [REDACTED:EMAIL] today");
+    // The gateway forwards exactly that.
+    let call = srv
+        .post_as(
+            "/openai/v1/chat/completions",
+            &gw,
+            &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "write to jane@example.com today"}]}),
+        )
+        .await;
+    assert_eq!(call.status, 200, "{}", call.text);
+    assert!(reply(&call).contains("[REDACTED:EMAIL]"), "{}", call.text);
+
+    // Messages: each one redacted; a block and a redact together block.
+    let res = evaluate(
+        &srv,
+        &o,
+        &o.owner,
+        json!({"messages": [{"role": "system", "content": "mail ops@corp.com"}, {"role": "user", "content": "the budget"}]}),
+    )
+    .await;
+    assert_eq!(res.json["action"], "redact", "{}", res.text);
+    assert_eq!(matched(&res), {
+        let mut ids = [id(&redact), id(&flag)];
+        ids.sort();
+        ids
+    });
+    assert_eq!(
+        res.json["redacted_messages"],
+        json!([{"role": "system", "content": "mail [REDACTED:EMAIL]"}, {"role": "user", "content": "the budget"}])
+    );
+    assert!(res.json["redacted_text"].is_null());
+    let res = evaluate(&srv, &o, &o.owner, json!({"text": "phoenix mail a@b.io"})).await;
+    assert_eq!(res.json["action"], "block", "{}", res.text);
+    assert!(res.json["redacted_text"].is_null());
+
+    // Flag only.
+    let res = evaluate(&srv, &o, &o.owner, json!({"text": "our budget"})).await;
+    assert_eq!(res.json["action"], "flag", "{}", res.text);
+    assert_eq!(matched(&res), [id(&flag)]);
+
+    // No match (the disabled rule and the other organization's do not run): allow.
+    let res = evaluate(&srv, &o, &o.owner, json!({"text": "hello there"})).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["action"], "allow");
+    assert_eq!(res.json["matched"], json!([]));
+
+    // policy_ids: only those, a disabled one too (tried before it is turned on).
+    let res = evaluate(
+        &srv,
+        &o,
+        &o.owner,
+        json!({"text": "hello phoenix", "policy_ids": [id(&off)]}),
+    )
+    .await;
+    assert_eq!(res.json["action"], "block", "{}", res.text);
+    assert_eq!(matched(&res), [id(&off)]);
+    let res = evaluate(
+        &srv,
+        &o,
+        &o.owner,
+        json!({"text": "phoenix budget", "policy_ids": [id(&flag)]}),
+    )
+    .await;
+    assert_eq!(res.json["action"], "flag", "{}", res.text);
+    // Unknown ids, another organization's included, are refused naming the field.
+    for bad in [json!([id(&theirs)]), json!([id(&flag), "pol_nope"])] {
+        let res = evaluate(&srv, &o, &o.owner, json!({"text": "x", "policy_ids": bad})).await;
+        let err = res.assert_error(400, "invalid_request");
+        assert!(
+            err["details"][0]["field"]
+                .as_str()
+                .unwrap()
+                .starts_with("policy_ids["),
+            "{}",
+            res.text
+        );
+    }
+    // Model rules get the model the request would name.
+    let allow = policy(
+        &srv,
+        &o,
+        json!({"name": "Only mini", "type": "model_allowlist", "action": "block", "config": {"models": ["gpt-4o-mini"]}}),
+    )
+    .await;
+    let res = evaluate(&srv, &o, &o.owner, json!({"text": "hi", "model": "gpt-4o"})).await;
+    assert_eq!(res.json["action"], "block", "{}", res.text);
+    assert_eq!(matched(&res), [id(&allow)]);
+
+    // Nothing was recorded by the dry runs: the one gateway call's redaction is the only
+    // violation, and no policy.violation event came from them.
+    let found = violations(&srv, &o, 1, "").await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["policy_id"], id(&redact).as_str());
+    let logs = srv
+        .get_as(&format!("{}/analytics/logs", o.base), &o.owner)
+        .await;
+    assert_eq!(
+        logs.json["logs"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        logs.text
+    );
+    let audit = srv
+        .get_as(
+            &format!("{}/audit?action=policy.violation", o.base),
+            &o.owner,
+        )
+        .await;
+    assert_eq!(audit.status, 200, "{}", audit.text);
+    let rows = audit.json["events"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{}", audit.text);
+}
+
+async fn a_dry_run_reads_with_policies_read_and_is_bounded(backend: Backend) {
+    let srv = TestServer::start(backend).await;
+    let o = an_org(&srv).await;
+    policy(
+        &srv,
+        &o,
+        json!({"name": "Codenames", "type": "keyword", "action": "block", "config": {"keywords": ["phoenix"]}}),
+    )
+    .await;
+    let body = json!({"text": "phoenix"});
+    // A member may (policies:read), a viewer may not.
+    let (member, _) = o.a_member(&srv, "member@example.com", Role::Member).await;
+    let res = evaluate(&srv, &o, &member, body.clone()).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["action"], "block");
+    let (viewer, _) = o.a_member(&srv, "viewer@example.com", Role::Viewer).await;
+    evaluate(&srv, &o, &viewer, body.clone())
+        .await
+        .assert_error(403, "forbidden");
+    // Keys: policies:read may, a gateway key may not; a test-environment key sees the same
+    // rules (they are the organization's, in both environments).
+    let reader = o
+        .key_token(
+            &srv,
+            a_key()
+                .environment(Environment::Test)
+                .scopes(&["policies:read"]),
+        )
+        .await;
+    let res = evaluate(&srv, &o, &reader, body.clone()).await;
+    assert_eq!(res.json["action"], "block", "{}", res.text);
+    let gw = o
+        .a_key_token(&srv, Environment::Live, &["gateway:proxy"])
+        .await;
+    evaluate(&srv, &o, &gw, body.clone())
+        .await
+        .assert_error(403, "forbidden");
+    // Another organization's owner: not found.
+    let other = an_org_called(&srv, "other").await;
+    evaluate(&srv, &o, &other.owner, body.clone())
+        .await
+        .assert_error(404, "not_found");
+
+    // Bounds, each refused naming its field.
+    let big = "a".repeat(64 * 1024 + 1);
+    let many: Vec<Value> = (0..101)
+        .map(|_| json!({"role": "user", "content": "x"}))
+        .collect();
+    let halves = vec![
+        json!({"role": "user", "content": "a".repeat(40 * 1024)}),
+        json!({"role": "user", "content": "a".repeat(40 * 1024)}),
+    ];
+    for (bad, field) in [
+        (json!({}), "text"),
+        (
+            json!({"text": "a", "messages": [{"role": "user", "content": "b"}]}),
+            "text",
+        ),
+        (json!({"text": big}), "text"),
+        (json!({"messages": []}), "messages"),
+        (json!({"messages": many}), "messages"),
+        (json!({"messages": halves}), "messages"),
+        (
+            json!({"messages": [{"role": "wizard", "content": "b"}]}),
+            "messages[0].role",
+        ),
+        (json!({"text": "a", "policy_ids": []}), "policy_ids"),
+        (json!({"text": "a", "model": ""}), "model"),
+        (json!({"text": "a", "verbose": true}), "verbose"),
+    ] {
+        let res = evaluate(&srv, &o, &o.owner, bad.clone()).await;
+        let err = res.assert_error(400, "invalid_request");
+        let fields: Vec<&str> = err["details"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}", res.text))
+            .iter()
+            .filter_map(|f| f["field"].as_str())
+            .collect();
+        assert!(fields.contains(&field), "{field} for {bad}: {}", res.text);
+    }
+    // At the bound exactly: fine.
+    let res = evaluate(&srv, &o, &o.owner, json!({"text": "a".repeat(64 * 1024)})).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.json["action"], "allow");
 }

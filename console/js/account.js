@@ -1,9 +1,44 @@
 // The signed-in person's own page: profile name, password change, two-step verification (TOTP:
-// enrol with the secret or its otpauth:// link, recovery codes shown once; turn off with a code)
+// enrol by scanning the QR code of its otpauth:// link, or with the secret or the link; recovery
+// codes shown once; turn off with a code)
 // and the sessions of the account (end any but this one).
 
 import { api, refreshUser, currentUser } from './api.js';
 import { h, form, field, notice, actionButton, when, table, copy } from './ui.js';
+import qrcode from '/console/vendor/qrcode-generator-2.0.4/qrcode.mjs';
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+/**
+ * `text` as a QR code: an SVG (one path of dark modules, a 4-module quiet zone), built as DOM
+ * nodes; the library only computes the modules.
+ */
+export function qrSvg(text, label) {
+  const qr = qrcode(0, 'M');
+  qr.addData(text);
+  qr.make();
+  const n = qr.getModuleCount();
+  const size = n + 8;
+  let d = '';
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < n; c++) if (qr.isDark(r, c)) d += `M${c + 4} ${r + 4}h1v1h-1z`;
+  }
+  const svg = document.createElementNS(SVG, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${size} ${size}`);
+  svg.setAttribute('class', 'qr');
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', label);
+  svg.setAttribute('shape-rendering', 'crispEdges');
+  const bg = document.createElementNS(SVG, 'rect');
+  bg.setAttribute('width', String(size));
+  bg.setAttribute('height', String(size));
+  bg.setAttribute('fill', '#fff');
+  const path = document.createElementNS(SVG, 'path');
+  path.setAttribute('d', d);
+  path.setAttribute('fill', '#000');
+  svg.append(bg, path);
+  return svg;
+}
 
 export async function account(main, message = null) {
   const user = await refreshUser();
@@ -60,18 +95,24 @@ export async function account(main, message = null) {
   if (currentUser() && !currentUser().email_verified) top.append(h('p', { class: 'muted' }, 'Your email is not verified yet: open the link in the verification email.'));
 }
 
-/** Enrolment: the secret (to type in) and its otpauth:// link, then a code to confirm. */
+/**
+ * Enrolment: the QR code of the otpauth:// link (to scan), the secret beside it (to type in) and
+ * the link, then a code to confirm.
+ */
 async function enrol(panel, reload) {
   const e = await api('POST', '/v1/me/mfa/totp', {});
   const secret = h('code', { id: 'totp-secret' }, e.secret);
   panel.replaceChildren(
     h('h2', {}, 'Set up an authenticator app'),
-    h('p', {}, 'Add an account in your authenticator app with this secret (or open the link on the phone that has the app), then enter the 6-digit code it shows.'),
-    h('div', { class: 'secret' },
-      secret,
-      h('div', { class: 'row buttons' },
-        h('button', { type: 'button', class: 'secondary', onclick: () => copy(e.secret, secret) }, 'Copy secret'),
-        h('a', { href: e.otpauth_uri }, 'Open in authenticator app'))),
+    h('p', {}, 'Scan this QR code with your authenticator app, or add an account with the secret beside it (or open the link on the phone that has the app), then enter the 6-digit code it shows.'),
+    h('div', { class: 'secret totp' },
+      h('figure', { class: 'qr', id: 'totp-qr' }, qrSvg(e.otpauth_uri, 'QR code of the authenticator set-up link')),
+      h('div', { class: 'totp-text' },
+        h('strong', {}, 'Secret'),
+        secret,
+        h('div', { class: 'row buttons' },
+          h('button', { type: 'button', class: 'secondary', onclick: () => copy(e.secret, secret) }, 'Copy secret'),
+          h('a', { href: e.otpauth_uri }, 'Open in authenticator app')))),
     form([field('Code from your app', 'code', { attrs: { required: true, inputmode: 'numeric', autocomplete: 'one-time-code' } })],
       'Turn on', async (v) => {
         const r = await api('POST', '/v1/me/mfa/totp/verify', { code: v.code.trim() });

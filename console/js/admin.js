@@ -1,12 +1,13 @@
 // The platform admin's pages (`/admin/…`, for users with is_platform_admin): platform stats,
-// organizations (suspend, reactivate), users (suspend, reactivate), the platform configuration,
-// the token signing keys (rotate), and the development mailbox.
+// organizations (suspend, reactivate), users (suspend, reactivate), the plan catalogue (create,
+// edit, delete), the platform configuration, the token signing keys (rotate), and the
+// development mailbox.
 
 import { api } from './api.js';
 import { h, link, form, field, notice, actionButton, badge, when, table } from './ui.js';
 
 export const ADMIN_TABS = [
-  ['stats', 'Overview'], ['organizations', 'Organizations'], ['users', 'Users'],
+  ['stats', 'Overview'], ['organizations', 'Organizations'], ['users', 'Users'], ['plans', 'Plans'],
   ['configs', 'Configuration'], ['signing-keys', 'Signing keys'], ['mailbox', 'Mailbox'],
 ];
 
@@ -91,6 +92,128 @@ async function users(main) {
   ]);
 }
 
+/** The numeric limits every plan states (the API's `LIMIT_NAMES`), empty meaning unlimited. */
+const PLAN_LIMITS = ['requests_per_hour', 'api_requests_per_month', 'gateway_requests_per_month',
+  'gateway_tokens_per_month', 'members', 'projects'];
+
+const price = (p) => `${(p.amount / 100).toFixed(2)} ${p.currency.toUpperCase()} / ${p.interval}`;
+
+/** A JSON object typed in a textarea, or a 400-like error naming the field. */
+function jsonObject(text, name) {
+  let v;
+  try {
+    v = JSON.parse(text && text.trim() ? text : '{}');
+  } catch (e) {
+    throw Object.assign(new Error(`${name} is not JSON: ${e.message}`), { status: 400 });
+  }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) {
+    throw Object.assign(new Error(`${name} must be a JSON object`), { status: 400 });
+  }
+  return v;
+}
+
+/** `next`, plus a null for each key of `previous` it no longer has (PATCH merges, null removes). */
+function replacing(previous, next) {
+  const out = { ...next };
+  for (const k of Object.keys(previous || {})) if (!(k in next)) out[k] = null;
+  return out;
+}
+
+/** The plan form's fields, filled from `p` when editing. */
+function planFields(p) {
+  const limits = (p && p.limits) || {};
+  return [
+    h('div', { class: 'row' },
+      field('Plan id', 'id', { value: p ? p.id : '', hint: p ? 'Cannot be changed.' : 'Lowercase letters, digits, - and _ (e.g. team).', attrs: { required: true, maxlength: 40, pattern: '[a-z0-9_-]+', readonly: !!p } }),
+      field('Plan name', 'name', { value: p ? p.name : '', attrs: { required: true, maxlength: 100 } })),
+    h('div', { class: 'row' },
+      field('Amount (minor units)', 'amount', { type: 'number', value: p ? String(p.amount) : '0', hint: 'In cents: 4900 is 49.00.', attrs: { required: true, min: 0, step: 1 } }),
+      field('Currency', 'currency', { value: p ? p.currency : 'usd', hint: 'ISO 4217, lowercase.', attrs: { required: true, maxlength: 3, minlength: 3 } }),
+      field('Interval', 'interval', { tag: 'select', options: ['month', 'year'], value: p ? p.interval : 'month' })),
+    h('fieldset', {}, h('legend', {}, 'Limits (empty: unlimited)'),
+      h('div', { class: 'row' }, PLAN_LIMITS.map((k) => field(k, `limit.${k}`, {
+        type: 'number', value: limits[k] == null ? '' : String(limits[k]), attrs: { min: 0, step: 1 },
+      })))),
+    field('Features (JSON object)', 'features', { tag: 'textarea', value: JSON.stringify((p && p.features) || {}, null, 2), attrs: { rows: 5, spellcheck: 'false' } }),
+    field('Overage prices (JSON object)', 'overage_prices', { tag: 'textarea', value: JSON.stringify((p && p.overage_prices) || {}, null, 2), hint: 'Per billable limit: {"gateway_tokens_per_month": {"per": 1000, "amount": 2}} (amount in minor units per block).', attrs: { rows: 6, spellcheck: 'false' } }),
+  ];
+}
+
+/** The form's values as the API's plan body (`p`: the plan being edited, for PATCH). */
+function planBody(v, p) {
+  const limits = {};
+  for (const k of PLAN_LIMITS) {
+    const raw = (v[`limit.${k}`] || '').trim();
+    limits[k] = raw === '' ? null : Number(raw);
+  }
+  const features = jsonObject(v.features, 'Features');
+  const overage = jsonObject(v.overage_prices, 'Overage prices');
+  const body = {
+    name: v.name, amount: Number(v.amount), currency: (v.currency || '').trim(), interval: v.interval, limits,
+    features: p ? replacing(p.features, features) : features,
+    overage_prices: p ? replacing(p.overage_prices, overage) : overage,
+  };
+  if (!p) body.id = (v.id || '').trim();
+  return body;
+}
+
+async function plans(main, message = null, editing = null) {
+  const list = await api('GET', '/v1/admin/plans?limit=100');
+  const rows = list.plans || [];
+  const top = h('div', {}, message ? notice(message) : null);
+  const reload = (msg, edit = null) => plans(main, msg, edit);
+  // A plan's object as a list ("gateway tokens per month: 5,000,000"); `show` formats a value.
+  const compact = (o, show = (v) => (v === null ? 'unlimited' : typeof v === 'number' ? number(v) : typeof v === 'object' ? JSON.stringify(v) : String(v))) => {
+    const entries = Object.entries(o || {});
+    return entries.length
+      ? h('ul', { class: 'kv' }, entries.map(([k, v]) => h('li', {}, h('span', { class: 'muted' }, k.replaceAll('_', ' ')), ': ', show(v))))
+      : '—';
+  };
+  const overage = (p) => compact(p.overage_prices, (v) => (v && typeof v === 'object' && 'per' in v
+    ? `${(Number(v.amount) / 100).toFixed(2)} ${p.currency.toUpperCase()} per ${number(v.per)}`
+    : JSON.stringify(v)));
+  const edited = editing && rows.find((p) => p.id === editing);
+  const editor = edited ? h('section', { class: 'panel', id: 'plan-editor', 'aria-labelledby': 'plan-editor-title' },
+    h('h2', { id: 'plan-editor-title' }, `Edit plan ${edited.id}`),
+    form(planFields(edited), 'Save plan', async (v) => {
+      await api('PATCH', `/v1/admin/plans/${encodeURIComponent(edited.id)}`, planBody(v, edited));
+      await reload(`${v.name} is saved.`);
+    }, { busyText: 'Saving…', secondary: h('button', { type: 'button', class: 'secondary', onclick: () => reload() }, 'Cancel') })) : null;
+  main.replaceChildren(...[
+    h('h1', {}, 'Plans'),
+    top,
+    editor,
+    h('section', { class: 'panel' },
+      h('h2', {}, `Catalogue (${rows.length})`),
+      h('p', { class: 'muted' }, 'Every node reloads the catalogue when a plan changes. The default plan (smb) and plans organizations are on cannot be deleted.'),
+      table([
+        { label: 'Plan', cell: (p) => [h('strong', {}, p.name), h('div', { class: 'mono nowrap muted' }, p.id)] },
+        { label: 'Price', cell: (p) => price(p) },
+        { label: 'Limits', cell: (p) => compact(p.limits) },
+        { label: 'Features', cell: (p) => compact(p.features) },
+        { label: 'Overage', cell: overage },
+        { label: '', cls: 'actions', cell: (p) => [
+          actionButton('Edit', async () => {
+            await reload(null, p.id);
+            const first = document.querySelector('#plan-editor input[name=name]');
+            if (first) first.focus();
+          }, { errorTarget: top, label: `Edit ${p.id}` }),
+          actionButton('Delete', async () => {
+            if (!confirm(`Delete the plan “${p.name}” (${p.id})?`)) return;
+            await api('DELETE', `/v1/admin/plans/${encodeURIComponent(p.id)}`);
+            await reload(`${p.name} is deleted.`);
+          }, { cls: 'danger small', errorTarget: top, label: `Delete ${p.id}` }),
+        ] },
+      ], rows, 'No plans.')),
+    h('section', { class: 'panel', id: 'plan-create', 'aria-labelledby': 'plan-create-title' },
+      h('h2', { id: 'plan-create-title' }, 'Create a plan'),
+      form(planFields(null), 'Create plan', async (v) => {
+        const body = planBody(v, null);
+        await api('POST', '/v1/admin/plans', body);
+        await reload(`${body.name} is created.`);
+      }, { busyText: 'Creating…' }))].filter(Boolean));
+}
+
 async function configs(main, message = null) {
   const list = await api('GET', '/v1/admin/configs?limit=100');
   const top = h('div', {}, message ? notice(message) : null);
@@ -150,4 +273,4 @@ async function mailbox(main) {
   await load('');
 }
 
-export const ADMIN_PAGES = { stats, organizations, users, configs, 'signing-keys': signingKeys, mailbox };
+export const ADMIN_PAGES = { stats, organizations, users, plans, configs, 'signing-keys': signingKeys, mailbox };

@@ -116,6 +116,7 @@ export async function policies(main, org, t, message = null) {
         { label: 'Status', cell: (p) => badge(p.enabled ? 'active' : 'disabled') },
         { label: '', cls: 'actions', cell: (p) => (canManage ? [toggle(p), remove(p)] : null) },
       ], rows, 'No rules: every request passes.')),
+    tryPolicies(base, rows),
     canManage ? h('section', { class: 'panel' },
       h('h2', {}, 'Add a rule'),
       form([
@@ -141,6 +142,53 @@ export async function policies(main, org, t, message = null) {
         }, 'tenant');
         await reload(`${v.name} is added.`);
       }, { busyText: 'Adding…' })) : null);
+}
+
+const VERDICTS = {
+  allow: 'Allowed: no rule matches, the request would be forwarded unchanged.',
+  block: 'Blocked: the gateway would refuse this request (403 policy_violation).',
+  redact: 'Redacted: the request would be forwarded with the matches replaced.',
+  flag: 'Flagged: the request would be forwarded unchanged and the violations recorded.',
+};
+
+/**
+ * The "Try it" box: a prompt checked against the rules by the API's dry run (`…/evaluate`),
+ * which records nothing. Shows the verdict, each matched rule with its masked matches, and the
+ * text as the provider would get it.
+ */
+function tryPolicies(base, rows) {
+  const out = h('div', { id: 'policy-verdict' });
+  const enabled = rows.filter((p) => p.enabled).length;
+  return h('section', { class: 'panel', 'aria-labelledby': 'try-policies' },
+    h('h2', { id: 'try-policies' }, 'Try it'),
+    h('p', { class: 'muted' }, `Checks a prompt against the ${enabled} enabled rule${enabled === 1 ? '' : 's'} as the gateway would, without calling a provider or recording anything.`),
+    form([
+      field('Prompt', 'text', { tag: 'textarea', attrs: { rows: 4, required: true, maxlength: 65536, spellcheck: 'false' } }),
+      field('Model', 'model', { hint: 'Optional: for model allowlist and denylist rules.', attrs: { maxlength: 200 } }),
+    ], 'Check prompt', async (v) => {
+      out.replaceChildren();
+      const body = { text: v.text };
+      if (v.model && v.model.trim()) body.model = v.model.trim();
+      const r = await api('POST', `${base}/evaluate`, body, 'tenant');
+      out.replaceChildren(verdict(r));
+      return null;
+    }, { busyText: 'Checking…' }),
+    out);
+}
+
+function verdict(r) {
+  return h('div', { class: `verdict ${r.action}`, role: 'status' },
+    h('p', {}, h('span', { class: `badge verdict-${r.action}` }, r.action), ' ', VERDICTS[r.action] || ''),
+    r.matched.length ? table([
+      { label: 'Rule', cell: (m) => m.name },
+      { label: 'Type', cell: (m) => m.type },
+      { label: 'Action', cell: (m) => m.action },
+      { label: 'Severity', cell: (m) => m.severity },
+      { label: 'Matches', cell: (m) => m.matches.map((x) => h('code', { class: 'match' }, `${x.type}: ${x.excerpt}`)) },
+    ], r.matched) : null,
+    r.redacted_text != null ? h('div', { class: 'field' },
+      h('strong', {}, 'Sent to the provider as'),
+      h('pre', { class: 'redacted' }, r.redacted_text)) : null);
 }
 
 /** A cursor-paged list: each "Older" press appends the next page's rows. */

@@ -194,6 +194,11 @@ impl Op {
                 || json!({ "name": name, "in": "path", "required": true, "schema": {"type": "string"} }),
             );
         }
+        let listed = self.responses.get("200").is_some_and(|r| {
+            r["content"]["application/json"]["schema"]["$ref"]
+                .as_str()
+                .is_some_and(|s| s.contains("/ListOf"))
+        });
         let mut responses = Map::new();
         for (status, r) in std::mem::take(&mut self.responses) {
             responses.insert(status, r);
@@ -213,9 +218,10 @@ impl Op {
         });
         let tag = self.tag.unwrap_or_else(|| tag_of(path));
         op["tags"] = json!([tag]);
-        if let Some(s) = self.summary {
-            op["summary"] = s.into();
-        }
+        op["summary"] = self
+            .summary
+            .unwrap_or_else(|| summary_of(method, path, listed))
+            .into();
         let mut description = self.notes.join("\n\n");
         if let Some(p) = self.permission {
             if !description.is_empty() {
@@ -277,6 +283,93 @@ fn operation_id(method: &Method, path: &str) -> String {
         );
     }
     id.trim_end_matches('_').replace("__", "_")
+}
+
+/// Path segments that name an action rather than a resource (`POST …/rotate-secret`).
+const ACTIONS: &[&str] = &[
+    "test",
+    "retry",
+    "rotate",
+    "rotate-secret",
+    "rotations",
+    "accept",
+    "verify",
+    "pay",
+    "void",
+    "evaluate",
+    "status",
+    "select-tenant",
+    "switch-environment",
+    "check-availability",
+    "resend",
+];
+
+/// A short title for an operation that has none, from its method and path: "List api keys",
+/// "Get api key", "Create project", "Update member", "Rotate secret", "Login".
+fn summary_of(method: &Method, path: &str, listed: bool) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let one = segments.last().is_some_and(|s| s.starts_with('{'));
+    let Some(last) = segments
+        .iter()
+        .rev()
+        .find(|s| !s.starts_with('{') && **s != "v1")
+    else {
+        return "Home".into();
+    };
+    let words = last.replace(['-', '_', '.'], " ");
+    // What an action acts on: the resource named before it (`…/webhooks/{id}/test`).
+    let object = segments
+        .iter()
+        .rev()
+        .filter(|s| !s.starts_with('{'))
+        .nth(1)
+        .filter(|s| {
+            !matches!(
+                **s,
+                "v1" | "auth" | "admin" | "organizations" | "global" | "me"
+            )
+        })
+        .map(|s| s.replace(['-', '_'], " "));
+    let singular = |w: &str| -> String {
+        if let Some(stem) = w.strip_suffix("ies") {
+            format!("{stem}y")
+        } else if w.ends_with("ss") {
+            w.to_string()
+        } else {
+            w.strip_suffix('s').unwrap_or(w).to_string()
+        }
+    };
+    let capitalized = |w: &str| -> String {
+        let mut c = w.chars();
+        c.next()
+            .map(|f| f.to_uppercase().chain(c).collect())
+            .unwrap_or_default()
+    };
+    let action = path.starts_with("/v1/auth/")
+        || path.starts_with("/api/v1/auth/")
+        || path.contains("/global/auth/")
+        || ACTIONS.contains(last);
+    match *method {
+        Method::GET if listed => format!("List {words}"),
+        Method::GET if one => format!("Get {}", singular(&words)),
+        Method::GET => capitalized(&words),
+        Method::POST if action => match object {
+            Some(o) if ACTIONS.contains(last) || path.contains("/auth/") => {
+                let verb = match *last {
+                    "rotations" => "Rotate".to_string(),
+                    "rotate-secret" => "Rotate the secret of".to_string(),
+                    _ => capitalized(&words),
+                };
+                format!("{verb} {}", singular(&o))
+            }
+            _ => capitalized(&words),
+        },
+        Method::POST => format!("Create {}", singular(&words)),
+        Method::PATCH => format!("Update {}", singular(&words)),
+        Method::PUT => format!("Set {}", singular(&words)),
+        Method::DELETE => format!("Delete {}", singular(&words)),
+        _ => format!("{method} {words}"),
+    }
 }
 
 /// The area a path belongs to (the document's tags).

@@ -16,7 +16,7 @@ const MAX_TERM_EXCERPT: usize = 80;
 
 /// One match inside a hit: its type (`email`, `aws_access_key`, `keyword`, `model`, …) and a
 /// masked excerpt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MatchInfo {
     /// The match type (serialized as `type`).
     #[serde(rename = "type")]

@@ -16,7 +16,8 @@
 //! [`Hit`] per matching rule with masked excerpts, plus the redacted body when a `redact`
 //! rule matched; the gateway decides what to do with `block` hits.
 //!
-//! Around the engine: [`routes`] (the rules' CRUD routes), [`store`] (their queries and the
+//! Around the engine: [`routes`] (the rules' CRUD routes), [`evaluate`] (a dry run of the
+//! rules on a prompt, recording nothing), [`store`] (their queries and the
 //! per-organization cache of compiled matchers, dropped on every node by the bus's `org:<id>`
 //! message) and [`violations`]
 //! (recording, with the usage-log entry, and the `…/analytics/violations` routes). The gateway
@@ -25,6 +26,7 @@
 
 pub mod detectors;
 pub mod engine;
+pub mod evaluate;
 pub mod extract;
 pub mod routes;
 pub mod rules;
@@ -44,6 +46,10 @@ pub fn routes() -> Routes {
     Routes::new()
         .get(P, routes::list)
         .post(P, routes::create)
+        .post(
+            "/v1/organizations/{org_id}/policies/evaluate",
+            evaluate::evaluate,
+        )
         .get(ONE, routes::get)
         .put(ONE, routes::replace)
         .delete(ONE, routes::delete)

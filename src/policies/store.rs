@@ -108,6 +108,21 @@ pub async fn list(db: &Db, org_id: &str, page: &Page) -> Result<List<Policy>, Er
         .await
 }
 
+/// Every rule of the organization (at most [`MAX_RULES`]), enabled or not, in id order: what
+/// the engine compiles.
+pub async fn rules(db: &Db, org_id: &str) -> Result<Vec<Rule>, Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM policies WHERE organization_id = $1 ORDER BY id"
+    ))
+    .bind(org_id)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Policy::from_row(r).map(Policy::rule))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Inserts a new rule, unless the organization already has [`MAX_RULES`] (refused naming
 /// `type`).
 pub async fn insert(
@@ -233,16 +248,8 @@ impl MatcherCache {
                 return Ok(m.clone());
             }
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM policies WHERE organization_id = $1 AND enabled = TRUE ORDER BY id"
-        ))
-        .bind(org_id)
-        .fetch_all(db.pool())
-        .await?;
-        let rules = rows
-            .iter()
-            .map(|r| Policy::from_row(r).map(Policy::rule))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut rules = self::rules(db, org_id).await?;
+        rules.retain(|r| r.enabled);
         let matcher = Arc::new(Matcher::compile(&rules));
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_ORGS {
