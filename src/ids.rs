@@ -58,16 +58,10 @@ macro_rules! id_types {
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(&self.0) }
         }
-        impl schemars::JsonSchema for $name {
-            fn inline_schema() -> bool { true }
-            fn schema_name() -> std::borrow::Cow<'static, str> { stringify!($name).into() }
-            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({
-                    "type": "string",
-                    "description": concat!("An id of the `", $prefix, "_…` kind"),
-                })
-            }
-        }
+        $crate::wire::string_schema!($name, {
+            "type": "string",
+            "description": concat!("An id of the `", $prefix, "_…` kind"),
+        });
         impl From<String> for $name {
             fn from(s: String) -> Self { Self(s) }
         }

@@ -153,13 +153,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let user = gatehouse::auth::users::create(
                 &db,
                 &gatehouse::events::ActorContext::system(),
-                gatehouse::auth::users::NewUser {
-                    email: &email,
-                    name: &name,
-                    password: &password,
-                    is_platform_admin: true,
-                    email_verified: true,
-                },
+                gatehouse::auth::users::NewUser::platform_admin(&email, &name, &password),
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -55,18 +55,8 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// A secret is read as a string (a provider's API key, a storage credential); never written back.
-impl schemars::JsonSchema for Secret {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Secret".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({ "type": "string", "writeOnly": true })
-    }
-}
+// A secret is read as a string (a provider's API key, a storage credential); never written back.
+crate::wire::string_schema!(Secret, { "type": "string", "writeOnly": true });
 
 #[cfg(test)]
 mod tests {

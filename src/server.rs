@@ -57,13 +57,7 @@ pub async fn bootstrap_admin(db: &Db) -> anyhow::Result<()> {
     users::create(
         db,
         &crate::events::ActorContext::system(),
-        users::NewUser {
-            email,
-            name: "Platform admin",
-            password: &password,
-            is_platform_admin: true,
-            email_verified: true,
-        },
+        users::NewUser::platform_admin(email, "Platform admin", &password),
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot create the bootstrap admin: {e}"))?;

@@ -29,6 +29,27 @@ impl fmt::Display for UnknownValue {
 
 impl std::error::Error for UnknownValue {}
 
+/// `string_schema!(Secret, { "type": "string", "writeOnly": true })`: the JSON Schema of a type
+/// that travels as a string (an id, a closed set, a secret), named after the type and inlined
+/// where it is used, so the OpenAPI document shows its constraints at every field.
+macro_rules! string_schema {
+    ($name:ident, $schema:tt) => {
+        impl ::schemars::JsonSchema for $name {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
+                ::schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+
+pub(crate) use string_schema;
+
 /// Declares a closed set of values with one spelling per variant:
 ///
 /// ```ignore
@@ -75,13 +96,7 @@ macro_rules! string_enum {
             }
         }
 
-        impl ::schemars::JsonSchema for $name {
-            fn inline_schema() -> bool { true }
-            fn schema_name() -> ::std::borrow::Cow<'static, str> { stringify!($name).into() }
-            fn json_schema(_: &mut ::schemars::SchemaGenerator) -> ::schemars::Schema {
-                ::schemars::json_schema!({ "type": "string", "enum": Self::NAMES })
-            }
-        }
+        $crate::wire::string_schema!($name, { "type": "string", "enum": $name::NAMES });
 
         impl ::std::str::FromStr for $name {
             type Err = $crate::wire::UnknownValue;

@@ -170,13 +170,7 @@ async fn a_newcomer_signs_up_invites_and_creates_a_key_in_the_browser() {
     gatehouse::auth::users::create(
         &srv.state.db,
         &gatehouse::events::ActorContext::system(),
-        gatehouse::auth::users::NewUser {
-            email: admin_email,
-            name: "Root",
-            password: common::PASSWORD,
-            is_platform_admin: true,
-            email_verified: true,
-        },
+        gatehouse::auth::users::NewUser::platform_admin(admin_email, "Root", common::PASSWORD),
     )
     .await
     .unwrap();

@@ -630,13 +630,11 @@ async fn every_route_taking_an_address_folds_and_checks_it(backend: Backend) {
     let err = gatehouse::auth::users::create(
         &srv.state.db,
         &gatehouse::events::ActorContext::system(),
-        gatehouse::auth::users::NewUser {
-            email: "ad\u{200b}min@example.com",
-            name: "Admin",
-            password: PASSWORD,
-            is_platform_admin: true,
-            email_verified: true,
-        },
+        gatehouse::auth::users::NewUser::platform_admin(
+            "ad\u{200b}min@example.com",
+            "Admin",
+            PASSWORD,
+        ),
     )
     .await
     .unwrap_err();

@@ -28,7 +28,7 @@ use crate::{
     http::request_meta::RequestMeta,
     http::{
         extract::{Json, Path, Query},
-        pagination::{HasId, List, Page},
+        pagination::{has_id, List, Page},
         routes::Routes,
     },
     ids::{ProjectId, SigningKeyId, UserId},
@@ -73,11 +73,7 @@ impl PlatformAdmin {
     }
 }
 
-impl HasId for User {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(User);
 
 /// The filters of the admin lists; each list reads the ones it documents (`q` and `status`
 /// for users and organizations, `organization_id` for projects, `to` for the mailbox).

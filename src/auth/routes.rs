@@ -203,14 +203,13 @@ pub(crate) async fn register(
     let user = users::create(
         &state.db,
         &ActorContext::new(Actor::System, (&meta).into()),
-        NewUser {
-            email: &body.email,
-            name: body.name.trim(),
-            password: body.password.expose(),
-            is_platform_admin: false,
+        NewUser::signing_up(
+            &body.email,
+            body.name.trim(),
+            body.password.expose(),
             // The invitation came by email: the address is proven.
-            email_verified: body.invitation_token.is_some(),
-        },
+            body.invitation_token.is_some(),
+        ),
     )
     .await?;
     let membership = match &body.invitation_token {

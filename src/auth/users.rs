@@ -251,12 +251,44 @@ pub async fn fold_stored_emails(db: &Db) -> Result<EmailFoldReport, Error> {
     Ok(report)
 }
 
+/// A user to create: a platform admin ([`NewUser::platform_admin`]) or a person signing up
+/// ([`NewUser::signing_up`]).
 pub struct NewUser<'a> {
-    pub email: &'a str,
-    pub name: &'a str,
-    pub password: &'a str,
-    pub is_platform_admin: bool,
-    pub email_verified: bool,
+    email: &'a str,
+    name: &'a str,
+    password: &'a str,
+    is_platform_admin: bool,
+    email_verified: bool,
+}
+
+impl<'a> NewUser<'a> {
+    /// A platform admin (created by an operator or at the first start): its email counts as
+    /// verified.
+    pub fn platform_admin(email: &'a str, name: &'a str, password: &'a str) -> Self {
+        NewUser {
+            email,
+            name,
+            password,
+            is_platform_admin: true,
+            email_verified: true,
+        }
+    }
+
+    /// A person signing up; `email_verified` when the address is already proven.
+    pub fn signing_up(
+        email: &'a str,
+        name: &'a str,
+        password: &'a str,
+        email_verified: bool,
+    ) -> Self {
+        NewUser {
+            email,
+            name,
+            password,
+            is_platform_admin: false,
+            email_verified,
+        }
+    }
 }
 
 /// Creates a user after checking the email and password rules. Hashing runs off the async

@@ -104,6 +104,26 @@ fn cycle_end(start: DateTime<Utc>, interval: BillingInterval) -> DateTime<Utc> {
     crate::limits::usage::add_months(start, interval.months())
 }
 
+/// A new subscription to `plan` whose first cycle starts at `start`.
+fn first_cycle<'a>(
+    plan: &'a super::Plan,
+    id: &'a crate::ids::SubscriptionId,
+    org_id: &'a str,
+    start: DateTime<Utc>,
+    billing_email: Option<String>,
+    auto_renew: bool,
+) -> NewSubscription<'a> {
+    NewSubscription {
+        id,
+        organization_id: org_id,
+        plan,
+        billing_cycle_start: start,
+        billing_cycle_end: cycle_end(start, plan.fields.interval),
+        billing_email,
+        auto_renew,
+    }
+}
+
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionInput {
@@ -196,17 +216,7 @@ async fn start_default(
 ) -> Result<(), Error> {
     let now = now.trunc_subsecs(0);
     let billing_email = store::first_owner_email(tx, org_id).await?;
-    let new = NewSubscription {
-        id,
-        organization_id: org_id,
-        plan: &plan.id,
-        amount: plan.fields.amount,
-        currency: &plan.fields.currency,
-        billing_cycle_start: now,
-        billing_cycle_end: cycle_end(now, plan.fields.interval),
-        billing_email,
-        auto_renew: true,
-    };
+    let new = first_cycle(plan, id, org_id, now, billing_email, true);
     store::start(tx, &new).await
 }
 
@@ -271,17 +281,8 @@ pub async fn create(
             .await?
             .and_then(|s| s.billing_email),
     };
-    let new = NewSubscription {
-        id: &id,
-        organization_id: &org_id,
-        plan: &plan.id,
-        amount: plan.fields.amount,
-        currency: &plan.fields.currency,
-        billing_cycle_start: now,
-        billing_cycle_end: cycle_end(now, plan.fields.interval),
-        billing_email: email,
-        auto_renew: body.auto_renew.unwrap_or(true),
-    };
+    let auto_renew = body.auto_renew.unwrap_or(true);
+    let new = first_cycle(&plan, &id, &org_id, now, email, auto_renew);
     let data = json!({"id": id, "plan": plan.id, "amount": plan.fields.amount, "currency": plan.fields.currency});
     let mut change = Change::new("subscription.created", "subscription", &id, data)
         .invalidates(Invalidation::organization(&org_id));

@@ -10,7 +10,7 @@ use sqlx::{any::AnyRow, Row};
 
 use crate::{
     error::{Error, FieldError, Result},
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     ids::OrgId,
     storage::{self, Db, RowExt, Sql},
 };
@@ -39,11 +39,7 @@ pub struct AuditEvent {
     pub created_at: String,
 }
 
-impl HasId for AuditEvent {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(AuditEvent);
 
 impl AuditEvent {
     fn from_row(row: &AnyRow) -> Result<AuditEvent, sqlx::Error> {

@@ -9,7 +9,7 @@ use super::{outbox, webhooks, ActorContext, NewEvent, Scope};
 use crate::ids::WebhookId;
 use crate::{
     error::{Error, Result},
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -50,11 +50,7 @@ pub struct Delivery {
     pub completed_at: Option<String>,
 }
 
-impl HasId for Delivery {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Delivery);
 
 impl Delivery {
     pub(crate) fn from_row(row: &AnyRow) -> Result<Delivery, sqlx::Error> {

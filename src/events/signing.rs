@@ -87,18 +87,8 @@ pub fn signature_header(
         .join(" ")
 }
 
-/// Written once, in the answer that creates or rotates it.
-impl schemars::JsonSchema for WebhookSecret {
-    fn inline_schema() -> bool {
-        true
-    }
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "WebhookSecret".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({ "type": "string", "pattern": "^whsec_" })
-    }
-}
+// Written once, in the answer that creates or rotates it.
+crate::wire::string_schema!(WebhookSecret, { "type": "string", "pattern": "^whsec_" });
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ use crate::{
     crypto::MasterKey,
     environment::Environment,
     error::{Error, FieldError, Result},
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -49,11 +49,7 @@ pub struct Endpoint {
     pub updated_at: String,
 }
 
-impl HasId for Endpoint {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Endpoint);
 
 impl Endpoint {
     fn from_row(row: &AnyRow) -> Result<Endpoint, sqlx::Error> {

@@ -12,7 +12,7 @@ use sqlx::Row;
 use super::rollup::{bucket, Sums};
 use crate::{
     error::Error,
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -36,11 +36,7 @@ pub struct LogEntry {
     pub created_at: String,
 }
 
-impl HasId for LogEntry {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(LogEntry);
 
 impl LogEntry {
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {

@@ -510,22 +510,10 @@ pub fn document(routes: &[DocumentedRoute], server_url: Option<&str>) -> Value {
                     "type": "http", "scheme": "bearer", "bearerFormat": "API key",
                     "description": "An organization's secret API key (`sk_live_…`, `sk_test_…`), `Authorization: Bearer <key>`; its scopes bound what it may do.",
                 },
-                "apiKeyHeader": {
-                    "type": "apiKey", "in": "header", "name": "x-api-key",
-                    "description": "An API key as the Anthropic SDK sends it (gateway routes).",
-                },
-                "azureApiKey": {
-                    "type": "apiKey", "in": "header", "name": "api-key",
-                    "description": "An API key as the Azure OpenAI SDK sends it (gateway routes).",
-                },
-                "googleApiKey": {
-                    "type": "apiKey", "in": "header", "name": "x-goog-api-key",
-                    "description": "An API key as the google-genai SDK sends it (gateway routes).",
-                },
-                "googleApiKeyQuery": {
-                    "type": "apiKey", "in": "query", "name": "key",
-                    "description": "An API key in the query string, as Gemini's REST examples pass it (gateway routes).",
-                },
+                "apiKeyHeader": gateway_key("header", "x-api-key", "as the Anthropic SDK sends it"),
+                "azureApiKey": gateway_key("header", "api-key", "as the Azure OpenAI SDK sends it"),
+                "googleApiKey": gateway_key("header", "x-goog-api-key", "as the google-genai SDK sends it"),
+                "googleApiKeyQuery": gateway_key("query", "key", "in the query string, as Gemini's REST examples pass it"),
                 "adminToken": {
                     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                     "description": "A platform administrator's access token.",
@@ -537,6 +525,15 @@ pub fn document(routes: &[DocumentedRoute], server_url: Option<&str>) -> Value {
         doc["servers"] = json!([{ "url": url }]);
     }
     doc
+}
+
+/// A security scheme of the gateway's routes: an API key where an SDK sends it (a header or the
+/// query string) instead of `Authorization: Bearer`.
+fn gateway_key(place: &str, name: &str, how: &str) -> Value {
+    json!({
+        "type": "apiKey", "in": place, "name": name,
+        "description": format!("An API key {how} (gateway routes)."),
+    })
 }
 
 fn error_envelope_schema() -> Value {

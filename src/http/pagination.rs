@@ -127,6 +127,19 @@ pub trait HasId {
     fn id(&self) -> &str;
 }
 
+/// `has_id!(Member);`: the cursor of a list of `Member`s is its `id` field (any id that derefs
+/// to `str`).
+macro_rules! has_id {
+    ($t:ty) => {
+        impl $crate::http::pagination::HasId for $t {
+            fn id(&self) -> &str {
+                &self.id
+            }
+        }
+    };
+}
+pub(crate) use has_id;
+
 impl<T> List<T> {
     /// Builds the page from rows fetched with `limit + 1` (see `Page::apply_*`).
     pub fn from_rows(key: &'static str, mut rows: Vec<T>, total: i64, page: &Page) -> Self

@@ -10,7 +10,7 @@ use super::{KeyStatus, KeyType};
 use crate::{
     environment::Environment,
     error::Error,
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     ids::KeyId,
     storage::{self, Db, RowExt, Sql},
 };
@@ -53,11 +53,7 @@ struct RateLimitSchema {
     tokens_per_minute: Option<i64>,
 }
 
-impl HasId for ApiKey {
-    fn id(&self) -> &str {
-        self.id.as_str()
-    }
-}
+has_id!(ApiKey);
 
 const COLUMNS: &str =
     "id, organization_id, name, type, environment, key_preview, scopes, allowed_origins, \

@@ -12,7 +12,7 @@ use sqlx::Row;
 
 use crate::{
     error::Error,
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -127,11 +127,7 @@ pub struct StoredMail {
     pub created_at: String,
 }
 
-impl HasId for StoredMail {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(StoredMail);
 
 /// The development mailbox, newest first, optionally for one recipient.
 pub async fn list_mailbox(

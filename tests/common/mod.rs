@@ -536,13 +536,7 @@ impl TestServer {
         gatehouse::auth::users::create(
             &self.state.db,
             &gatehouse::events::ActorContext::system(),
-            gatehouse::auth::users::NewUser {
-                email: &email,
-                name: "Admin",
-                password: PASSWORD,
-                is_platform_admin: true,
-                email_verified: true,
-            },
+            gatehouse::auth::users::NewUser::platform_admin(&email, "Admin", PASSWORD),
         )
         .await
         .expect("admin user");

@@ -34,8 +34,6 @@ use crate::{
     storage,
 };
 
-/// Days from an invoice's date to its due date.
-pub const DUE_AFTER_DAYS: i64 = 30;
 /// Periods of one subscription closed in one run at most (a job away for ten years of
 /// monthly cycles catches up over several runs).
 const MAX_PERIODS_PER_RUN: usize = 120;
@@ -209,26 +207,10 @@ async fn price(
     Ok((lines, at_end))
 }
 
-/// The invoice of one period of a subscription, priced and ready to be claimed: what the
-/// period's close ([`close_one`]) and a replaced cycle's early close ([`price_replaced`]) both
-/// issue, through the same claim ([`store::issue`]) and with the same `invoice.created` data.
-#[derive(Debug, Clone)]
-pub struct PeriodInvoice {
-    pub id: InvoiceId,
-    organization_id: String,
-    subscription_id: crate::ids::SubscriptionId,
-    /// The plan in force when the period stopped being billed.
-    plan: String,
-    /// The period's bounds as stored (the subscription's cycle start; its end, or the moment
-    /// the cycle was closed early).
-    period_start: String,
-    period_end: String,
-    currency: String,
-    date: chrono::NaiveDate,
-    lines: Vec<NewLine>,
-}
-
-impl PeriodInvoice {
+/// The invoice of one period of a subscription: what the period's close ([`close_one`]) and a
+/// replaced cycle's early close ([`price_replaced`]) both issue, through the same claim
+/// ([`store::issue`]) and with the same `invoice.created` data.
+impl NewInvoice {
     /// The invoice of the cycle of `s` billed until `until` (its end, or earlier).
     async fn price(
         state: &AppState,
@@ -243,7 +225,7 @@ impl PeriodInvoice {
         let start = storage::parse_time(&s.billing_cycle_start).ok_or_else(bad)?;
         let end = storage::parse_time(&s.billing_cycle_end).ok_or_else(bad)?;
         let (lines, plan) = price(state, s, start, end, until).await?;
-        Ok(PeriodInvoice {
+        Ok(NewInvoice {
             id: InvoiceId::generate(),
             organization_id: s.organization_id.clone(),
             subscription_id: s.id.clone(),
@@ -258,26 +240,6 @@ impl PeriodInvoice {
             date: until.date_naive(),
             lines,
         })
-    }
-
-    fn new_invoice(&self) -> NewInvoice<'_> {
-        NewInvoice {
-            id: &self.id,
-            organization_id: &self.organization_id,
-            subscription_id: &self.subscription_id,
-            plan: &self.plan,
-            period_start: &self.period_start,
-            period_end: &self.period_end,
-            currency: &self.currency,
-            date: self.date.to_string(),
-            due_date: (self.date + chrono::Duration::days(DUE_AFTER_DAYS)).to_string(),
-            lines: &self.lines,
-        }
-    }
-
-    /// The sum of its lines.
-    pub fn amount(&self) -> i64 {
-        self.new_invoice().amount()
     }
 
     /// The subscription (and cycle start) it bills.
@@ -313,7 +275,7 @@ impl PeriodInvoice {
     /// Claims the period and issues the invoice in the caller's transaction: `false` (nothing
     /// written) when the period has an invoice already.
     pub async fn issue(&self, tx: &mut sqlx::AnyConnection) -> Result<bool, Error> {
-        store::issue(tx, &self.new_invoice()).await
+        store::issue(tx, self).await
     }
 }
 
@@ -323,18 +285,18 @@ impl PeriodInvoice {
 /// within it, and overage for what it used (docs/billing.md, "Replacing the default-plan
 /// subscription"). `None` when it has nothing to bill (a total of 0: a free default plan with
 /// nothing beyond its limits, or a cycle replaced in its first seconds). The caller claims it
-/// with [`PeriodInvoice::issue`] in the transaction that replaces the subscription, and emits
-/// `invoice.created` with [`PeriodInvoice::event_data`].
+/// with [`NewInvoice::issue`] in the transaction that replaces the subscription, and emits
+/// `invoice.created` with [`NewInvoice::event_data`].
 pub async fn price_replaced(
     state: &AppState,
     s: &Subscription,
     at: DateTime<Utc>,
-) -> Result<Option<PeriodInvoice>, Error> {
+) -> Result<Option<NewInvoice>, Error> {
     // This node's own counts are in the counters the invoice reads.
     if let Err(e) = state.usage.flush().await {
         tracing::warn!(error = %e, "flushing usage before closing a replaced cycle failed");
     }
-    let invoice = PeriodInvoice::price(state, s, at).await?;
+    let invoice = NewInvoice::price(state, s, at).await?;
     Ok((invoice.amount() != 0).then_some(invoice))
 }
 
@@ -351,7 +313,7 @@ async fn close_one(
         ))
     };
     let end = storage::parse_time(&s.billing_cycle_end).ok_or_else(bad)?;
-    let invoice = PeriodInvoice::price(state, s, end).await?;
+    let invoice = NewInvoice::price(state, s, end).await?;
     let id = invoice.id.clone();
     let issued = invoice.issued();
     // One cycle on (the next run closes the next period if it has ended too).

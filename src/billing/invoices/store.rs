@@ -11,7 +11,7 @@ use sqlx::{AnyConnection, Row};
 use super::lines::{LineKind, NewLine};
 use crate::{
     error::Error,
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     ids::{InvoiceId, InvoiceLineId, SubscriptionId},
     storage::{self, Db, RowExt, Sql},
 };
@@ -76,11 +76,7 @@ pub struct Invoice {
     pub voided_at: Option<String>,
 }
 
-impl HasId for Invoice {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Invoice);
 
 const COLUMNS: &str = "id, organization_id, subscription_id, plan, status, amount, currency, \
                        date, due_date, period_start, period_end, created_at, paid_at, voided_at";
@@ -189,35 +185,45 @@ pub async fn get(db: &Db, org_id: Option<&str>, id: &str) -> Result<Invoice, Err
     Ok(invoice)
 }
 
-/// An invoice about to be issued: its period, plan, currency and lines.
+/// Days from an invoice's date to its due date.
+pub const DUE_AFTER_DAYS: i64 = 30;
+
+/// The invoice of one period of a subscription, priced and ready to be claimed: its period,
+/// plan, currency, date and lines (priced and reported by [`super::close`]).
 #[derive(Debug, Clone)]
-pub struct NewInvoice<'a> {
-    pub id: &'a InvoiceId,
-    pub organization_id: &'a str,
-    pub subscription_id: &'a SubscriptionId,
-    pub plan: &'a str,
-    /// The period's bounds exactly as stored in the subscription.
-    pub period_start: &'a str,
-    pub period_end: &'a str,
-    pub currency: &'a str,
-    pub date: String,
-    pub due_date: String,
-    pub lines: &'a [NewLine],
+pub struct NewInvoice {
+    pub id: InvoiceId,
+    pub organization_id: String,
+    pub subscription_id: SubscriptionId,
+    /// The plan in force when the period stopped being billed.
+    pub plan: String,
+    /// The period's bounds as stored (the subscription's cycle start; its end, or the moment
+    /// the cycle was closed early).
+    pub period_start: String,
+    pub period_end: String,
+    pub currency: String,
+    pub date: chrono::NaiveDate,
+    pub lines: Vec<NewLine>,
 }
 
-impl NewInvoice<'_> {
+impl NewInvoice {
     /// The sum of the lines.
     pub fn amount(&self) -> i64 {
         self.lines
             .iter()
             .fold(0i64, |sum, l| sum.saturating_add(l.amount))
     }
+
+    /// [`DUE_AFTER_DAYS`] after its date.
+    pub fn due_date(&self) -> chrono::NaiveDate {
+        self.date + chrono::Duration::days(DUE_AFTER_DAYS)
+    }
 }
 
 /// Claims the period and issues its invoice: inserted as `draft` with its lines, then `open`.
 /// `false` (nothing written) when the period has an invoice already: another node, or an
 /// earlier run, issued it.
-pub async fn issue(tx: &mut AnyConnection, new: &NewInvoice<'_>) -> Result<bool, Error> {
+pub async fn issue(tx: &mut AnyConnection, new: &NewInvoice) -> Result<bool, Error> {
     let now = storage::now();
     let claimed = sqlx::query(
         "INSERT INTO invoices (id, organization_id, subscription_id, plan, period_start, \
@@ -225,17 +231,17 @@ pub async fn issue(tx: &mut AnyConnection, new: &NewInvoice<'_>) -> Result<bool,
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
          ON CONFLICT (subscription_id, period_start) DO NOTHING",
     )
-    .bind(new.id)
-    .bind(new.organization_id)
-    .bind(new.subscription_id)
-    .bind(new.plan)
-    .bind(new.period_start)
-    .bind(new.period_end)
+    .bind(&new.id)
+    .bind(&new.organization_id)
+    .bind(&new.subscription_id)
+    .bind(&new.plan)
+    .bind(&new.period_start)
+    .bind(&new.period_end)
     .bind(new.amount())
-    .bind(new.currency)
+    .bind(&new.currency)
     .bind(InvoiceStatus::Draft.as_str())
-    .bind(&new.date)
-    .bind(&new.due_date)
+    .bind(new.date.to_string())
+    .bind(new.due_date().to_string())
     .bind(&now)
     .execute(&mut *tx)
     .await?;
@@ -249,7 +255,7 @@ pub async fn issue(tx: &mut AnyConnection, new: &NewInvoice<'_>) -> Result<bool,
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(InvoiceLineId::generate())
-        .bind(new.id)
+        .bind(&new.id)
         .bind(position as i64)
         .bind(l.kind.as_str())
         .bind(&l.description)
@@ -263,7 +269,7 @@ pub async fn issue(tx: &mut AnyConnection, new: &NewInvoice<'_>) -> Result<bool,
     }
     sqlx::query("UPDATE invoices SET status = $1 WHERE id = $2")
         .bind(InvoiceStatus::Open.as_str())
-        .bind(new.id)
+        .bind(&new.id)
         .execute(&mut *tx)
         .await?;
     Ok(true)

@@ -13,6 +13,7 @@ use sqlx::{AnyConnection, Row};
 
 use crate::ids::SubscriptionId;
 use crate::{
+    billing::Plan,
     error::Error,
     storage::{self, Db, RowExt, Sql},
 };
@@ -147,14 +148,12 @@ pub async fn is_current_cycle(
     Ok(found.is_some())
 }
 
-/// A new active subscription: its plan's price and the first cycle's bounds.
+/// A new active subscription: its plan (whose price it takes) and the first cycle's bounds.
 #[derive(Debug)]
 pub struct NewSubscription<'a> {
     pub id: &'a SubscriptionId,
     pub organization_id: &'a str,
-    pub plan: &'a str,
-    pub amount: i64,
-    pub currency: &'a str,
+    pub plan: &'a Plan,
     pub billing_cycle_start: chrono::DateTime<chrono::Utc>,
     pub billing_cycle_end: chrono::DateTime<chrono::Utc>,
     pub billing_email: Option<String>,
@@ -175,12 +174,12 @@ pub async fn start(tx: &mut AnyConnection, new: &NewSubscription<'_>) -> Result<
     )
     .bind(new.id)
     .bind(new.organization_id)
-    .bind(new.plan)
+    .bind(&new.plan.id)
     .bind(SubscriptionStatus::Active.as_str())
     .bind(storage::format_time(new.billing_cycle_start))
     .bind(storage::format_time(new.billing_cycle_end))
-    .bind(new.amount)
-    .bind(new.currency)
+    .bind(new.plan.fields.amount)
+    .bind(&new.plan.fields.currency)
     .bind(new.billing_email.clone())
     .bind(new.auto_renew)
     .bind(storage::format_time(new.billing_cycle_start))

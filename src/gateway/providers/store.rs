@@ -13,7 +13,7 @@ use crate::ids::ProviderId;
 use crate::{
     error::Error,
     events::change::found,
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -33,11 +33,7 @@ pub struct Provider {
     pub updated_at: String,
 }
 
-impl HasId for Provider {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Provider);
 
 const COLUMNS: &str =
     "id, organization_id, provider, name, base_url, api_key, models, priority, enabled, \

@@ -11,7 +11,7 @@ use crate::ids::UserId;
 use crate::{
     admin::like_pattern,
     error::Error,
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     orgs::roles::Role,
     storage::{self, Backend, Db, RowExt, Sql},
 };
@@ -52,11 +52,7 @@ pub struct Member {
     pub invitation_sent_at: Option<String>,
 }
 
-impl HasId for Member {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Member);
 
 impl Member {
     fn from_row(r: &sqlx::any::AnyRow) -> Result<Self, sqlx::Error> {
@@ -341,11 +337,7 @@ pub struct Invitation {
     pub revoked_at: Option<String>,
 }
 
-impl HasId for Invitation {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Invitation);
 
 const INVITATION_COLUMNS: &str =
     "id, organization_id, email, name, role, status, invited_by, created_at, \

@@ -10,7 +10,7 @@ use crate::wire::Standing;
 use crate::{
     error::{Error, ResultExt},
     events::change::found,
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     storage::{self, Backend, Db, RowExt, Sql},
 };
 
@@ -36,11 +36,7 @@ pub struct Organization {
     pub role: Option<String>,
 }
 
-impl HasId for Organization {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Organization);
 
 /// The columns of an organization (alias `o`) with its counts. `members_count` counts what the
 /// members list does: the members and the live (pending, unexpired) invitations.

@@ -10,7 +10,7 @@ use crate::ids::ProjectId;
 use crate::{
     error::Error,
     events::change::found,
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, HasId, List, Page},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -26,11 +26,7 @@ pub struct Project {
     pub updated_at: String,
 }
 
-impl HasId for Project {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Project);
 
 const PROJECT_COLUMNS: &str =
     "id, organization_id, name, settings, allowed_origins, redirect_urls, created_at, updated_at";

@@ -9,7 +9,7 @@ use super::Found;
 use crate::{
     error::Error,
     events::{ActorContext, NewEvent},
-    http::pagination::{HasId, List, Page},
+    http::pagination::{has_id, List, Page},
     storage::{self, Db, RowExt, Sql},
 };
 
@@ -32,11 +32,7 @@ pub struct Violation {
     pub created_at: String,
 }
 
-impl HasId for Violation {
-    fn id(&self) -> &str {
-        &self.id
-    }
-}
+has_id!(Violation);
 
 const COLUMNS: &str = "SELECT id, policy_id, policy_name, type, action, severity, stage, key_id, \
                        environment, log_id, model, matches, created_at";
