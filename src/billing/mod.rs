@@ -166,22 +166,8 @@ pub fn routes() -> Routes {
 }
 
 fn list_body(plans: Vec<Arc<Plan>>, page: &Page) -> List<Plan> {
-    let total = plans.len() as i64;
-    let items: Vec<Plan> = plans
-        .iter()
-        .skip(page.offset.max(0) as usize)
-        .take(page.limit.max(0) as usize)
-        .map(|p| p.as_ref().clone())
-        .collect();
-    List {
-        key: "plans",
-        has_more: page.offset + (items.len() as i64) < total,
-        items,
-        total,
-        limit: page.limit,
-        offset: page.offset,
-        next_cursor: None,
-    }
+    let plans = plans.iter().map(|p| p.as_ref().clone()).collect();
+    List::slice("plans", plans, page)
 }
 
 pub(crate) async fn list_plans(
